@@ -1,0 +1,150 @@
+"""PackedDataset: weighted mix of prepared data directories as one global, rank-agnostic sequence
+of packed samples, addressed by a global sequence id.
+
+    seq_id --blend--> (source s, k-th sample of s) --source epoch k // n_s--> document runs
+
+The order is fully determined by (seed, data manifests, weights, seq_len): per source and source
+epoch a seeded document shuffle and sample shuffle (see source.py), and a deterministic blend whose
+source proportions match the weights over any window (see blend.py).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data.blend import blend_schedule
+from pipeline.data.source import SourceStream
+from pipeline.errors import UserError
+from pipeline.manifest import MANIFEST_NAME, load_manifest
+
+RELEASE_EVERY_BYTES = 256 << 20
+
+
+@dataclass(frozen=True)
+class DocSpan:
+    """A sample covers tokens [token_offset, token_offset + num_tokens) of document `doc` (index
+    within shard `shard`, the shard's prefix name in its data directory) of source `source`."""
+    source: str
+    shard: str
+    doc: int
+    token_offset: int
+    num_tokens: int
+
+
+def _check_sources(sources) -> list[tuple[Path, float]]:
+    if not sources:
+        raise UserError("data.sources: no data sources given")
+    out = []
+    for i, item in enumerate(sources):
+        try:
+            path, weight = item
+            weight = float(weight)
+        except (TypeError, ValueError):
+            raise UserError(f"data.sources[{i}]: expected (data_dir, weight), got {item!r}") from None
+        if not (math.isfinite(weight) and weight > 0):
+            raise UserError(f"data.sources[{i}]: weight must be a positive number, got {weight}")
+        out.append((Path(path), weight))
+    return out
+
+
+class PackedDataset:
+    """Samples of seq_len + 1 tokens from the `split` shards of weighted prepared data directories.
+
+    samples_per_epoch = the sum over sources of the samples in one pass over each source; epoch =
+    seq_id // samples_per_epoch. With weights proportional to source sizes an epoch sees each
+    source about once; otherwise sources wrap into their next epoch at their own pace.
+    `release_every_bytes`: once reads may have made this many bytes of the mapped shards resident,
+    those pages are dropped from the resident set, so host memory stays flat over long runs.
+    Not thread-safe (per-epoch index caches): use one instance per thread.
+    """
+
+    def __init__(self, sources: list[tuple[str | Path, float]], seq_len: int, *,
+                 split: str = "train", seed: int = 0):
+        if split not in ("train", "val"):
+            raise UserError(f"split: expected 'train' or 'val', got {split!r}")
+        if not isinstance(seq_len, int) or seq_len < 1:
+            raise UserError(f"data.seq_len: must be a positive integer, got {seq_len!r}")
+        if not isinstance(seed, int) or seed < 0:
+            raise UserError(f"seed: must be a non-negative integer, got {seed!r}")
+        checked = _check_sources(sources)
+        manifests = [load_manifest(d) for d, _ in checked]
+        tok0 = manifests[0].tokenizer
+        for (d, _), m in zip(checked[1:], manifests[1:]):
+            if m.tokenizer.sha256 != tok0.sha256:
+                raise UserError(
+                    f"{d / MANIFEST_NAME}: tokenizer sha256 {m.tokenizer.sha256[:12]} differs from "
+                    f"{checked[0][0] / MANIFEST_NAME} ({tok0.sha256[:12]}); all sources must share one tokenizer")
+        self.seq_len, self.split, self.seed = seq_len, split, seed
+        self.weights = [w for _, w in checked]
+        self.streams = [SourceStream(d, m, split, seq_len, seed, i)
+                        for i, ((d, _), m) in enumerate(zip(checked, manifests))]
+        self._shard_index: dict[tuple[str, str], tuple[int, int]] = {}   # (source, shard) -> stream, shard
+        for i, st in enumerate(self.streams):
+            for j, key in enumerate(zip(st.shard_sources, st.shard_prefixes)):
+                if key in self._shard_index:
+                    other = self.streams[self._shard_index[key][0]].data_dir
+                    raise UserError(f"{st.data_dir}: shard {key[1]} of source '{key[0]}' is also in {other}; "
+                                    "give the sources distinct names (lai-prep --source NAME=KIND...)")
+                self._shard_index[key] = (i, j)
+        self._blend = blend_schedule(self.weights)
+        self.samples_per_epoch = sum(st.num_samples for st in self.streams)
+        self.vocab_size, self.eos_id = tok0.vocab_size, tok0.eos_id
+        self.tokenizer_path = checked[0][0] / tok0.path
+        self.fingerprint = self._fingerprint(manifests)
+        self.release_every_bytes = RELEASE_EVERY_BYTES
+        self._bytes_since_release = 0
+
+    def _fingerprint(self, manifests) -> str:
+        """Hash of everything that determines the sample order (not of paths: data may move)."""
+        ident = {"seq_len": self.seq_len, "split": self.split, "seed": self.seed,
+                 "blend": self._blend.quota.tolist(),
+                 "data": [[m.tokenizer.sha256, [(s.prefix, s.num_tokens, s.bin_sha256)
+                                                 for s in m.shards_of(self.split)]] for m in manifests]}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+    def _pieces(self, seq_id: int):
+        if not isinstance(seq_id, (int, np.integer)) or seq_id < 0:
+            raise IndexError(f"seq_id must be a non-negative integer, got {seq_id!r}")
+        s, k = self._blend.assign(int(seq_id))
+        return self.streams[s], self.streams[s].pieces(k)
+
+    def sample(self, seq_id: int, out: np.ndarray | None = None) -> np.ndarray:
+        """The tokens of global sample `seq_id`: int64 [seq_len + 1] (written into `out` if given)."""
+        stream, pieces = self._pieces(seq_id)
+        if out is None:
+            out = np.empty(self.seq_len + 1, dtype=np.int64)
+        self._bytes_since_release += stream.read(pieces, out)
+        if self._bytes_since_release >= self.release_every_bytes:
+            for st in self.streams:
+                st.release_pages()
+            self._bytes_since_release = 0
+        return out
+
+    def locate(self, seq_id: int) -> list[DocSpan]:
+        """Which document runs global sample `seq_id` is made of, in order (exact: their tokens
+        concatenated are `sample(seq_id)`)."""
+        stream, pieces = self._pieces(seq_id)
+        return [DocSpan(stream.shard_sources[p.shard], stream.shard_prefixes[p.shard], p.doc,
+                        p.offset, p.length) for p in pieces]
+
+    def span_tokens(self, span: DocSpan) -> np.ndarray:
+        """The tokens a DocSpan refers to (a read-only view of the mapped shard)."""
+        i, j = self._shard_index[(span.source, span.shard)]
+        reader = self.streams[i].readers[j]
+        start = int(reader.starts[reader.document_indices[span.doc]]) + span.token_offset
+        return reader.tokens[start: start + span.num_tokens]
+
+    def data_dir(self, source: str, shard: str) -> Path:
+        """The prepared directory holding `shard` of `source` (for reading documents back)."""
+        return self.streams[self._shard_index[(source, shard)][0]].data_dir
+
+    def summary(self) -> str:
+        tokens = sum(st.num_tokens for st in self.streams)
+        docs = sum(st.num_docs for st in self.streams)
+        return (f"{len(self.streams)} source(s), {self.split}: {docs:,} documents, {tokens:,} tokens, "
+                f"{self.samples_per_epoch:,} samples/epoch of {self.seq_len}+1 tokens")

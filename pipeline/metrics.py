@@ -1,0 +1,129 @@
+"""TensorBoard logging of a (multi-rank) training run.
+
+Layout under `log_dir` (RUN/tb/):
+
+    tb/events.out.tfevents.*            global scalars and histograms, written by rank 0 only
+    tb/rank-00000/events.out.tfevents.* per-rank scalars, one subdirectory ("run") per rank
+
+Global values (losses, LAI fractions, throughput of all ranks) are reduced by the caller and
+handed to `scalars`/`histogram` on every rank; only rank 0 writes them, the others no-op, so the
+calls need no rank checks. Per-rank values (this rank's tokens/s, step-time breakdown, memory) go
+through `rank_scalars`, which every rank writes into its own subdirectory: no collective is
+needed, and TensorBoard overlays the rank runs in one chart per tag, so a straggler stands out.
+(On a multi-node job `log_dir` must be on a shared filesystem for the rank runs to be visible.)
+
+Tag groups (one TensorBoard section each): `train/` (loss, lr, grad_norm, skipped steps),
+`val/` (loss, ppl), `perf/` (tokens_per_s, step-time parts, tflops, mfu, memory), `lai/`
+(excluded_frac, kept_tokens, value histogram), `lai_source/<source>/` (excluded_frac, mean_value,
+sequences) from `source_scalars`.
+
+Resuming: pass `purge_step=<first step of the resumed run>`; TensorBoard then hides the events
+the interrupted run wrote at steps >= purge_step, so a resumed run's curves equal the
+uninterrupted run's.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+
+def _numpy(values) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(values, dtype=np.float64).reshape(-1)
+
+
+class Metrics:
+    """TensorBoard writer for global scalars (rank 0) plus per-rank scalars (every rank)."""
+
+    def __init__(self, log_dir: str | Path, rank: int, world: int, *, flush_secs: int = 30,
+                 purge_step: int | None = None):
+        if not 0 <= rank < world:
+            raise ValueError(f"Metrics: rank {rank} not in [0, {world})")
+        self.log_dir, self.rank, self.world = Path(log_dir), rank, world
+        self._flush_secs, self._purge_step = flush_secs, purge_step
+        self._global = self._writer(self.log_dir) if rank == 0 else None
+        self._rank_writer: SummaryWriter | None = None   # created on first rank_scalars
+
+    def _writer(self, path: Path) -> SummaryWriter:
+        return SummaryWriter(str(path), flush_secs=self._flush_secs, purge_step=self._purge_step)
+
+    def scalars(self, step: int, values: Mapping[str, float]) -> None:
+        """Global scalars `{tag: value}` (floats, 0-d tensors); written by rank 0 only."""
+        if self._global is not None:
+            for tag, v in values.items():
+                self._global.add_scalar(tag, float(v), global_step=step)
+
+    def histogram(self, step: int, tag: str, values) -> None:
+        """Distribution of `values` (1-D array/tensor, any device) at `step`; rank 0 only.
+        Non-finite values are dropped (TensorBoard cannot bin them); nothing is written if none
+        are left."""
+        if self._global is None:
+            return
+        v = _numpy(values)
+        v = v[np.isfinite(v)]
+        if v.size:
+            self._global.add_histogram(tag, v, global_step=step)
+
+    def rank_scalars(self, step: int, values: Mapping[str, float]) -> None:
+        """This rank's own scalars, written by every rank to `log_dir/rank-XXXXX/`."""
+        if self._rank_writer is None:
+            self._rank_writer = self._writer(self.log_dir / f"rank-{self.rank:05d}")
+        for tag, v in values.items():
+            self._rank_writer.add_scalar(tag, float(v), global_step=step)
+
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        """A text note (e.g. the resolved config) on rank 0, shown in TensorBoard's Text tab."""
+        if self._global is not None:
+            self._global.add_text(tag, text, global_step=step)
+
+    def flush(self) -> None:
+        """Write pending events now (also happens every `flush_secs` and on close)."""
+        for w in (self._global, self._rank_writer):
+            if w is not None:
+                w.flush()
+
+    def close(self) -> None:
+        for w in (self._global, self._rank_writer):
+            if w is not None:
+                w.close()
+        self._global = self._rank_writer = None
+
+    def __enter__(self) -> Metrics:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _tag_name(name: str) -> str:
+    """A source name made safe for a tag component (TensorBoard splits sections on '/')."""
+    return re.sub(r"[^A-Za-z0-9_.\-]", "_", name) or "_"
+
+
+def source_scalars(sources: Sequence[str], values, kept) -> dict[str, float]:
+    """Per-source LAI scalars of one step, from each sequence's source name, value and keep flag
+    (equal lengths): `lai_source/<source>/excluded_frac`, `.../mean_value` (mean over all the
+    source's sequences, kept or not) and `.../sequences`. Sources absent from the step are absent
+    from the result (TensorBoard then draws no point rather than a fake zero)."""
+    v = _numpy(values)
+    k = _numpy(kept).astype(bool)
+    if not len(sources) == v.size == k.size:
+        raise ValueError(f"source_scalars: lengths differ: sources {len(sources)}, "
+                         f"values {v.size}, kept {k.size}")
+    names, inverse = np.unique(np.asarray(sources, dtype=object).astype(str), return_inverse=True)
+    count = np.bincount(inverse, minlength=len(names))
+    excluded = np.bincount(inverse, weights=~k, minlength=len(names))
+    total = np.bincount(inverse, weights=v, minlength=len(names))
+    out: dict[str, float] = {}
+    for i, name in enumerate(names):
+        prefix = f"lai_source/{_tag_name(name)}/"
+        out[prefix + "excluded_frac"] = float(excluded[i] / count[i])
+        out[prefix + "mean_value"] = float(total[i] / count[i])
+        out[prefix + "sequences"] = float(count[i])
+    return out

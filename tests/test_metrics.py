@@ -1,0 +1,149 @@
+"""TensorBoard metrics read back with tensorboard's own EventAccumulator; FLOPs formula against
+torch's FLOP counter on a real (tiny) HF model."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from pipeline.flops import matmul_params, mfu, model_flops_per_token
+from pipeline.metrics import Metrics, source_scalars
+
+
+def events(path) -> EventAccumulator:
+    acc = EventAccumulator(str(path), size_guidance={"scalars": 0, "histograms": 0})
+    acc.Reload()
+    return acc
+
+
+def scalars(acc: EventAccumulator, tag: str) -> list[tuple[int, float]]:
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_scalars_histograms_and_rank_runs(tmp_path):
+    world = 2
+    ms = [Metrics(tmp_path, rank, world) for rank in range(world)]
+    values = np.array([-2.0, -0.5, 0.25, 1.0, 3.0, np.nan, np.inf])
+    for step in range(3):
+        for rank, m in enumerate(ms):       # every rank makes the same calls, as the loop does
+            m.scalars(step, {"train/loss": 4.0 - step, "lai/excluded_frac": torch.tensor(0.25)})
+            m.histogram(step, "lai/value", torch.from_numpy(values * (step + 1)))
+            m.histogram(step, "lai/empty", [])
+            m.rank_scalars(step, {"perf/tokens_per_s": 100.0 * (rank + 1) + step})
+    ms[0].text("config", "run:\n  seed: 0")
+    for m in ms:
+        m.close()
+
+    acc = events(tmp_path)
+    assert scalars(acc, "train/loss") == [(0, 4.0), (1, 3.0), (2, 2.0)]   # once, not per rank
+    assert scalars(acc, "lai/excluded_frac") == [(s, 0.25) for s in range(3)]
+    hist = acc.Histograms("lai/value")
+    assert [h.step for h in hist] == [0, 1, 2]
+    for h in hist:                                     # non-finite values dropped, rest binned
+        f = values[np.isfinite(values)] * (h.step + 1)
+        assert h.histogram_value.num == 5
+        assert h.histogram_value.min == f.min() and h.histogram_value.max == f.max()
+        assert h.histogram_value.sum == pytest.approx(f.sum())
+    assert "lai/empty" not in acc.Tags()["histograms"]
+    [note] = acc.Tensors("config/text_summary")
+    assert note.tensor_proto.string_val == [b"run:\n  seed: 0"]
+    assert "perf/tokens_per_s" not in acc.Tags()["scalars"]
+    for rank in range(world):
+        run = events(tmp_path / f"rank-{rank:05d}")
+        assert scalars(run, "perf/tokens_per_s") == [(s, 100.0 * (rank + 1) + s) for s in range(3)]
+        assert "train/loss" not in run.Tags()["scalars"]
+
+
+def test_purge_step_hides_the_interrupted_tail(tmp_path):
+    with Metrics(tmp_path, 0, 1, flush_secs=1) as m:
+        for step in range(10):
+            m.scalars(step, {"train/loss": float(step)})
+    with Metrics(tmp_path, 0, 1, purge_step=6) as m:   # resumed at step 6
+        for step in range(6, 10):
+            m.scalars(step, {"train/loss": 100.0 + step})
+    want = [(s, float(s)) for s in range(6)] + [(s, 100.0 + s) for s in range(6, 10)]
+    assert scalars(events(tmp_path), "train/loss") == want
+
+
+def test_source_scalars_match_direct_computation():
+    rng = np.random.default_rng(0)
+    sources = list(rng.choice(["wiki", "code", "web/forum"], size=50))
+    values = rng.normal(size=50)
+    kept = values > 0.3
+    got = source_scalars(sources, torch.from_numpy(values), torch.from_numpy(kept))
+    want = {}
+    for name in set(sources):
+        sel = np.array([s == name for s in sources])
+        tag = "lai_source/" + name.replace("/", "_")
+        want[tag + "/excluded_frac"] = float((~kept[sel]).mean())
+        want[tag + "/mean_value"] = float(values[sel].mean())
+        want[tag + "/sequences"] = float(sel.sum())
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=1e-12), k
+    assert source_scalars([], [], []) == {}
+    with pytest.raises(ValueError, match="lengths differ"):
+        source_scalars(["a"], [1.0, 2.0], [True])
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_flops_formula_equals_counted_flops(tied):
+    """6 N + 12 L d T per token must equal what torch's FLOP counter measures for a forward and
+    backward pass of an eager-attention GPT-2 (all matmuls, full T x T attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=96, n_positions=32, n_embd=32, n_layer=2, n_head=4,
+                     bos_token_id=1, eos_token_id=2, tie_word_embeddings=tied,
+                     attn_implementation="eager")
+    model = GPT2LMHeadModel(cfg)
+    b, t = 2, 16
+    ids = torch.randint(0, 96, (b, t))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(input_ids=ids, labels=ids).loss.backward()
+    assert counter.get_total_flops() == b * t * model_flops_per_token(model, t)
+    per_layer = 32 * 96 + 32 * 32 + 32 * 128 + 128 * 32      # c_attn, attn c_proj, c_fc, mlp c_proj
+    assert matmul_params(model) == 2 * per_layer + 96 * 32   # + LM head, tied or not
+
+
+ZERO3_PARAMS = textwrap.dedent("""
+    import sys
+    import deepspeed, torch.distributed as dist
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from pipeline.flops import matmul_params
+    dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
+    cfg = GPT2Config(vocab_size=96, n_positions=32, n_embd=32, n_layer=2, n_head=4,
+                     bos_token_id=1, eos_token_id=2)
+    ds = {"train_micro_batch_size_per_gpu": 1, "zero_optimization": {"stage": 3}}
+    with deepspeed.zero.Init(config_dict_or_path=ds):
+        model = GPT2LMHeadModel(cfg)
+    assert model.lm_head.weight.numel() == 0          # really partitioned
+    print("matmul_params", matmul_params(model))
+    dist.destroy_process_group()
+""")
+
+
+@pytest.mark.slow
+def test_matmul_params_under_zero3(tmp_path):
+    """ZeRO-3 empties each rank's parameter tensors; the count must still be the full model's."""
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OMP_NUM_THREADS="1",
+               LOCAL_RANK="0")
+    p = subprocess.run([sys.executable, "-c", ZERO3_PARAMS, str(tmp_path / "store")], env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.splitlines()[-1] == "matmul_params 27648"
+
+
+def test_mfu():
+    assert mfu(1e6, 6e6, peak_tflops=12.0, n_devices=2) == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        mfu(1.0, 1.0, peak_tflops=0.0)

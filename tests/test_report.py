@@ -1,0 +1,219 @@
+"""lai-report on a real (tiny) prepared dataset, a real sentencepiece tokenizer and a ledger
+written by Ledger with made-up values: every number is checked against a direct computation."""
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+from datagen import make_data_dir
+
+from pipeline.data import PackedDataset
+from pipeline.errors import UserError
+from pipeline.fsutil import sha256_file
+from pipeline.indexed import IndexedReader
+from pipeline.ledger import Ledger, read_ledger
+from pipeline.manifest import load_manifest
+from pipeline.report import build_report, main
+
+ROOT = Path(__file__).resolve().parents[1]
+SEQ_LEN, MICRO, WORLD, STEPS = 16, 2, 2, 12
+WORDS = {"alpha": "river stone mountain cloud forest meadow".split(),
+         "beta": "import return lambda yield class def".split()}
+
+
+def texts(source: str, n: int, rng) -> list[str]:
+    return [f"{source} {i} " + " ".join(rng.choice(WORDS[source], size=rng.integers(4, 14)))
+            for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """RUN dir with data.json pointing at two prepared directories (one source each), and a
+    2-rank ledger of 12 steps whose values depend on the source (beta mostly harmful)."""
+    root = tmp_path_factory.mktemp("report")
+    rng = np.random.default_rng(0)
+    corpus = {name: texts(name, 30, rng) for name in WORDS}
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus["alpha"] + corpus["beta"]), model_writer=model,
+        vocab_size=64, model_type="bpe", pad_id=0, bos_id=1, eos_id=2, unk_id=3,
+        hard_vocab_limit=False, minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    dirs = []
+    for name, docs in corpus.items():
+        d = make_data_dir(root / f"data-{name}", [sp.encode(t) + [sp.eos_id()] for t in docs[:24]],
+                          vocab_size=64, source=name,
+                          val_docs=[sp.encode(t) + [sp.eos_id()] for t in docs[24:]])
+        (d / "tokenizer.model").write_bytes(model.getvalue())     # the real tokenizer
+        manifest = load_manifest(d)
+        manifest.tokenizer.sha256 = sha256_file(d / "tokenizer.model")
+        manifest.save(d)
+        dirs.append(d)
+    run = root / "run"
+    run.mkdir()
+    ds = PackedDataset([(dirs[0], 0.6), (dirs[1], 0.4)], SEQ_LEN, split="train", seed=3)
+    (run / "data.json").write_text(json.dumps({
+        "sources": [[str(dirs[0]), 0.6], [str(dirs[1]), 0.4]], "seq_len": SEQ_LEN, "seed": 3,
+        "val_sources": [[str(d), 1.0] for d in dirs], "fingerprint": ds.fingerprint}))
+    for rank in range(WORLD):
+        led = Ledger(run, rank, chunk_rows=5)
+        for step in range(STEPS):
+            first = (step * WORLD + rank) * MICRO
+            seq = np.arange(first, first + MICRO)
+            src = [ds.locate(int(s))[0].source for s in seq]
+            v = rng.normal(size=MICRO) + np.where(np.array(src) == "alpha", 0.8, -0.8)
+            led.append(step, seq, v, v > 0, rng.uniform(2, 4, size=MICRO))
+        led.close()
+    return run, ds, sp, dirs
+
+
+def direct(rows, ds):
+    """Per-document and per-source token-weighted aggregates by plain Python loops."""
+    doc = defaultdict(lambda: defaultdict(float))
+    src = defaultdict(lambda: defaultdict(float))
+    src_seqs = defaultdict(set)
+    for r in rows:
+        for s in ds.locate(int(r["seq_id"])):
+            for acc in (doc[(s.source, s.shard, s.doc)], src[s.source]):
+                acc["tokens"] += s.num_tokens
+                acc["value"] += s.num_tokens * r["value"]
+                acc["excluded"] += s.num_tokens * (not r["kept"])
+                acc["loss"] += s.num_tokens * float(r["loss"])
+            doc[(s.source, s.shard, s.doc)]["sequences"] += 1
+            src_seqs[s.source].add(int(r["seq_id"]))
+    for key, acc in src.items():
+        acc["sequences"] = len(src_seqs[key])
+    return doc, src
+
+
+def test_spans_cover_the_samples(run):
+    """What the report relies on: a sample's tokens are its located document runs, in order."""
+    _, ds, _, dirs = run
+    readers = {}
+    for seq_id in range(0, 3 * ds.samples_per_epoch, 7):
+        spans = ds.locate(seq_id)
+        pieces = []
+        for s in spans:
+            d = dirs[0] if s.source == "alpha" else dirs[1]
+            r = readers.setdefault(s.shard, IndexedReader(d / s.shard))
+            pieces.append(r[s.doc][s.token_offset:s.token_offset + s.num_tokens])
+        assert np.array_equal(np.concatenate(pieces), ds.sample(seq_id))
+
+
+def test_report_numbers_match_direct_computation(run):
+    run_dir, ds, sp, dirs = run
+    rep = build_report(run_dir, top=3, min_tokens=4)
+    rows = read_ledger(run_dir)
+    assert rep["sequences"] == rows.size == STEPS * WORLD * MICRO
+    assert rep["steps"] == {"count": STEPS, "first": 0, "last": STEPS - 1}
+    assert rep["excluded_frac"] == pytest.approx(float((~rows["kept"]).mean()), rel=1e-12)
+
+    doc, src = direct(rows, ds)
+    assert [s["source"] for s in rep["sources"]] == sorted(src)
+    for s in rep["sources"]:
+        acc = src[s["source"]]
+        assert s["tokens"] == acc["tokens"] and s["sequences"] == acc["sequences"]
+        assert s["mean_value"] == pytest.approx(acc["value"] / acc["tokens"], rel=1e-9)
+        assert s["excluded_frac"] == pytest.approx(acc["excluded"] / acc["tokens"], rel=1e-12)
+        assert s["mean_loss"] == pytest.approx(acc["loss"] / acc["tokens"], rel=1e-6)
+    by_src = {s["source"]: s for s in rep["sources"]}
+    assert by_src["alpha"]["mean_value"] > 0 > by_src["beta"]["mean_value"]   # the planted signal
+
+    ranked = sorted((k for k, a in doc.items() if a["tokens"] >= 4),
+                    key=lambda k: doc[k]["value"] / doc[k]["tokens"])
+    docs = rep["documents"]
+    assert docs["count"] == len(doc) and docs["ranked"] == len(ranked)
+    key = lambda e: (e["source"], e["shard"], e["doc"])  # noqa: E731
+    assert [key(e) for e in docs["least_valuable"]] == ranked[:3]
+    assert [key(e) for e in docs["most_valuable"]] == ranked[::-1][:3]
+    for e in docs["least_valuable"] + docs["most_valuable"]:
+        acc = doc[key(e)]
+        assert e["mean_value"] == pytest.approx(acc["value"] / acc["tokens"], rel=1e-9)
+        assert e["sequences"] == acc["sequences"] and e["tokens"] == acc["tokens"]
+        d = dirs[0] if e["source"] == "alpha" else dirs[1]
+        text = sp.decode(IndexedReader(d / e["shard"])[e["doc"]].tolist())
+        assert e["snippet"] == text and e["snippet"].startswith(f"{e['source']} ")
+
+    out = run_dir / "report"
+    assert json.loads((out / "report.json").read_text()) == rep
+    md = (out / "report.md").read_text()
+    assert "| alpha |" in md and docs["most_valuable"][0]["snippet"] in md
+    lines = (out / "documents.csv").read_text().splitlines()
+    assert lines[0] == "source,shard,doc,sequences,tokens,mean_value,excluded_frac,mean_loss"
+    assert len(lines) == 1 + len(doc)
+    import matplotlib.image
+
+    png = matplotlib.image.imread(out / "valuation.png")
+    assert png.shape[0] > 300 and png.shape[1] > 800
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]   # no temporaries left
+
+
+def test_cli(run, tmp_path):
+    run_dir = run[0]
+    env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    p = subprocess.run([sys.executable, "-m", "pipeline.report", str(run_dir)], cwd=ROOT,
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    out = p.stdout.strip().splitlines()
+    assert len(out) == 1 and out[0].startswith("report: 48 sequences over 12 steps")
+    assert out[0].endswith(str(run_dir / "report" / "report.md"))
+
+    p = subprocess.run([sys.executable, "-m", "pipeline.report", str(tmp_path / "missing")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing'}: run directory not found"]
+
+
+def test_errors(run, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path)])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'ledger'}: no ledger in this run directory (was it trained by lai-train?)\n"
+    Ledger(tmp_path, 0).close()
+    with pytest.raises(UserError, match="no committed rows"):
+        build_report(tmp_path)
+    led = Ledger(tmp_path, 0)
+    led.append(0, [0], [1.0], [True], [2.0])
+    led.close()
+    with pytest.raises(UserError, match=r"data.json: missing"):
+        build_report(tmp_path)
+    (tmp_path / "data.json").write_text(json.dumps({"sources": [], "seq_len": 8, "seed": 0}))
+    with pytest.raises(UserError, match="'sources' must be a non-empty list"):
+        build_report(tmp_path)
+    (tmp_path / "data.json").write_text(json.dumps({"sources": [["x", 1]], "seq_len": "8",
+                                                    "seed": 0}))
+    with pytest.raises(UserError, match="field 'seq_len' is missing or not of type int"):
+        build_report(tmp_path)
+    spec = json.loads((run[0] / "data.json").read_text())
+    (tmp_path / "data.json").write_text(json.dumps({**spec, "seed": 4}))
+    with pytest.raises(UserError, match="fingerprint differs"):
+        build_report(tmp_path)
+
+
+def test_unscored_sequences_are_left_out_of_values(run, tmp_path):
+    """NaN values (LAI disabled, filter none) count for exclusion and loss but not for value."""
+    _, ds, _, _ = run
+    (tmp_path / "data.json").write_text((run[0] / "data.json").read_text())
+    seq = np.arange(16)
+    values = np.where(seq % 2 == 0, np.nan, np.linspace(-1, 1, 16))
+    led = Ledger(tmp_path, 0)
+    led.append(0, seq, values, seq % 3 != 0, np.full(16, 3.0))
+    led.close()
+    rep = build_report(tmp_path, min_tokens=1)
+    doc, src = direct(read_ledger(tmp_path), ds)
+    scored = direct(read_ledger(tmp_path)[1::2], ds)[1]
+    for s in rep["sources"]:
+        assert s["mean_value"] == pytest.approx(scored[s["source"]]["value"]
+                                                / scored[s["source"]]["tokens"], rel=1e-9)
+        assert s["excluded_frac"] == pytest.approx(src[s["source"]]["excluded"]
+                                                   / src[s["source"]]["tokens"], rel=1e-12)
+    ranked = rep["documents"]["most_valuable"] + rep["documents"]["least_valuable"]
+    assert ranked and all(e["mean_value"] is not None for e in ranked)
+    assert rep["mean_value"] == pytest.approx(np.nanmean(values))
