@@ -1,0 +1,62 @@
+"""Layer-Aware Influence (LAI): online per-sequence valuation without a backward pass.
+
+Definitions (causal LM; position-aligned targets, -100 ignored; the public lai_values /
+full_gradient_values take HF labels and shift them inside):
+  l_j        = mean cross-entropy of sequence j over its N_j valid target positions
+  g_{j,t}    = d l_j / d logits_{j,t} = (softmax - onehot(target)) / N_j, 0 at ignored positions
+               (closed form from the forward's logits, fp32 / float64 for float64 models)
+  a^(l)_{j,t} = input of layer l at position t, taken as 0 at ignored target positions.
+               Layer set "linear" (default): every nn.Linear / GPT-2 Conv1D incl. the LM head
+               (whose input is the final hidden state); "blocks": the hidden state entering
+               each transformer block plus the final hidden state.
+  Pairings (K(z, j), a kernel between sequences):
+    token_pair: sum_l sum_{t,t'} <a_zt, a_jt'> <g_zt, g_jt'> = <Phi_z, Phi_j>,
+                Phi_j = sum_l sum_t a^(l)_{j,t} (x) g_{j,t} (every layer's output gradient
+                replaced by the logit gradient: the ghost gradient inner product)
+    aligned:    (sum_l sum_t <a_zt, a_jt>) * (sum_t <g_zt, g_jt>)   (the paper's code)
+    pooled:     (sum_l <abar_z, abar_j>) * <gbar_z, gbar_j>,
+                abar = mean of a over valid positions, gbar = sum of g over positions
+  value(j) = mean over z in R \\ {j} of K(z, j); include_self=True averages over R + {j}
+             (the self term K(j, j) >= 0, as in the paper's code, protects high-loss sequences).
+
+Sign convention: value(j) approximates <grad l_R, grad l_j>, so value > 0 means an SGD step on
+j lowers the reference loss (keep) and value <= threshold (default 0) is excluded. The paper
+writes the same quantity with a minus sign as an "influence" (the first-order change of the
+reference loss), so its negative influence = our positive value.
+
+Reference R: "local" = this rank's micro-batch; "global" = the global micro-batch over the
+data-parallel group; "val" = a cached held-out set (LAIScorer.set_val_reference, forward only,
+combined over ranks). lai_values with ref_input_ids uses that batch as R (j not in R).
+
+Methods: "exact" (features all-gathered across ranks, chunked Grams) and "sketch" (CountSketch
+of the layer-input side and of the vocabulary side, unbiased, fp32 accumulation, hashes fixed by
+`seed` on every rank and for the whole run so a cached val reference stays comparable).
+Cost (T tokens per sequence, D = sum_l d_l, V vocab, B local / N global sequences,
+m = sketch_dim):
+  exact token_pair   min(N B T^2 (D+V), (N+B) T D V) flops per step; gathers N T (D+V) floats
+  exact aligned      N B T (D+V) flops per step; gathers N T (D+V) floats
+  exact pooled       D+V per token; N B (D+V) flops per step; gathers N (D+V) floats (any T)
+  sketch token_pair  O(D+V) hashing + 2m flops per token; one all-reduce of m floats per step
+                     (the sketched reference sum: independent of T and B)
+  sketch aligned /   O(D+V) hashing per token; gathers N m floats, N B m flops per step
+  pooled             (independent of T)
+  include_self with sketch adds the exact self term (token_pair: B T^2 (D+V) flops).
+lai_values / full_gradient_values run the model in eval mode (dropout off, deterministic) and
+leave parameters, .grad, requires_grad and every module's train/eval mode as found. A bf16 model
+gives values within ~0.2% (relative L2) of its fp32 copy (tests/test_lai_sketch.py).
+Measured costs and fidelity: docs/LAI_COST.md (benchmarks/lai_cost.py).
+"""
+from .api import lai_values
+from .capture import LAYER_SETS, LayerInputCapture
+from .features import PAIRINGS
+from .grads import logit_grads, per_sequence_loss
+from .policy import FilterPolicy
+from .reference import full_gradient_values, ghost_values, loss_values, random_values
+from .scorer import DEFAULT_PAIRING, DEFAULT_SKETCH_DIM, METHODS, REFERENCES, LAIScorer
+
+__all__ = [
+    "DEFAULT_PAIRING", "DEFAULT_SKETCH_DIM", "LAYER_SETS", "METHODS", "PAIRINGS", "REFERENCES",
+    "FilterPolicy", "LAIScorer", "LayerInputCapture",
+    "full_gradient_values", "ghost_values", "lai_values", "logit_grads", "loss_values",
+    "per_sequence_loss", "random_values",
+]

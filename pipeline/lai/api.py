@@ -1,0 +1,55 @@
+"""Model-level entry point: `lai_values(model, input_ids, labels, ...)` (HF label convention).
+
+The forward runs under torch.no_grad in eval mode (dropout off, deterministic); the model's
+mode, parameters, .grad and requires_grad are left as found.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .capture import LayerInputCapture
+from .distributed import Comm
+from .grads import shift_labels
+from .modelio import eval_mode, model_logits
+from .scorer import DEFAULT_PAIRING, LAIScorer
+
+
+def check_ids(input_ids: torch.Tensor, labels: torch.Tensor | None, name: str = "input_ids"
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate [B, T] ids/labels; return (input_ids, shifted targets)."""
+    if not torch.is_tensor(input_ids) or input_ids.dim() != 2:
+        got = tuple(input_ids.shape) if torch.is_tensor(input_ids) else type(input_ids).__name__
+        raise ValueError(f"{name}: expected an int tensor [B, T], got {got}")
+    if input_ids.numel() == 0:
+        raise ValueError(f"{name}: empty batch (shape {tuple(input_ids.shape)})")
+    labels = input_ids if labels is None else labels
+    if tuple(labels.shape) != tuple(input_ids.shape):
+        raise ValueError(f"labels for {name}: shape {tuple(labels.shape)} != "
+                         f"{name} shape {tuple(input_ids.shape)}")
+    if not (labels[:, 1:] != -100).any():
+        raise ValueError(f"labels for {name}: all labels are -100 (nothing to score)")
+    return input_ids, shift_labels(labels)
+
+
+def lai_values(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor | None = None, *,
+               ref_input_ids: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None,
+               pairing: str = DEFAULT_PAIRING, method: str = "exact", layers: str = "linear",
+               include_self: bool = False, sketch_dim: int | None = None, seed: int = 0
+               ) -> torch.Tensor:
+    """float64 [B] LAI values of the batch against ref_* (default: the batch itself, j left
+    out unless include_self). Single-process: no communication even if torch.distributed is
+    initialized. See pipeline.lai for the definitions."""
+    scorer = LAIScorer(pairing=pairing, method=method, layers=layers,
+                       reference="local" if ref_input_ids is None else "val",
+                       include_self=include_self, sketch_dim=sketch_dim, seed=seed)
+    input_ids, targets = check_ids(input_ids, labels)
+    if ref_input_ids is None and ref_labels is not None:
+        raise ValueError("ref_labels given without ref_input_ids")
+    with torch.no_grad(), eval_mode(model):
+        if ref_input_ids is not None:
+            scorer._set_val(model, [check_ids(ref_input_ids, ref_labels, "ref_input_ids")],
+                            Comm.local())
+        with LayerInputCapture(model, layers) as cap:
+            logits = model_logits(model, input_ids)
+        return scorer.values(cap.inputs, logits, targets)  # local/val: no communication

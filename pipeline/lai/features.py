@@ -1,0 +1,76 @@
+"""Per-sequence LAI features for one pairing (the inputs of the exact method).
+
+token_pair / aligned: a [B, T, D] = the layer inputs concatenated over layers (each distinct
+input once, scaled by sqrt(#layers reading it)), zero at ignored target positions;
+g [B, T, V] = logit gradients.  pooled: a [B, D] = mean of a over valid positions (abar),
+g [B, V] = sum of g over positions (gbar).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .capture import unique_inputs
+from .grads import _logit_grads, check_targets, compute_dtype
+
+PAIRINGS = ("token_pair", "aligned", "pooled")
+
+
+def check_pairing(pairing: str) -> str:
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pairing: unknown pairing {pairing!r}, expected one of {PAIRINGS}")
+    return pairing
+
+
+@dataclass
+class Features:
+    a: torch.Tensor
+    g: torch.Tensor
+
+    @property
+    def n(self) -> int:
+        return self.a.shape[0]
+
+    def to(self, device) -> "Features":
+        return Features(self.a.to(device), self.g.to(device))
+
+
+def check_inputs(inputs: list[torch.Tensor], logits: torch.Tensor) -> None:
+    if not inputs:
+        raise ValueError("inputs: no layer inputs captured (run the forward inside "
+                         "LayerInputCapture)")
+    for i, x in enumerate(inputs):
+        if x.dim() != 3 or tuple(x.shape[:2]) != tuple(logits.shape[:2]):
+            raise ValueError(f"inputs[{i}]: expected [B, T, d] with [B, T] = "
+                             f"{tuple(logits.shape[:2])}, got {tuple(x.shape)}")
+
+
+def build_features(inputs: list[torch.Tensor], logits: torch.Tensor, targets: torch.Tensor,
+                   pairing: str) -> Features:
+    """Features of this batch; fp32 (float64 for a float64 model), detached."""
+    check_pairing(pairing)
+    valid = check_targets(logits, targets)
+    check_inputs(inputs, logits)
+    dt = compute_dtype(logits)
+    mask = valid.to(dt).unsqueeze(-1)
+    n_valid = valid.sum(dim=1, keepdim=True).to(dt)
+    uniq = unique_inputs(inputs)
+    g = _logit_grads(logits.detach(), targets, valid)
+    if pairing == "pooled":
+        a = torch.cat([(x.detach().to(dt) * mask).sum(dim=1) * w for x, w in uniq], dim=-1)
+        return Features(a / n_valid, g.sum(dim=1))
+    a = torch.cat([x.detach().to(dt) * w for x, w in uniq], dim=-1) * mask
+    return Features(a, g)
+
+
+def cat_features(parts: list[Features]) -> Features:
+    """Concatenate along the batch, zero-padding the position dim (zeros are ignored
+    positions, so padding changes no kernel value)."""
+    if parts[0].a.dim() == 2:
+        return Features(torch.cat([p.a for p in parts]), torch.cat([p.g for p in parts]))
+    t = max(p.a.shape[1] for p in parts)
+
+    def pad(x):
+        return torch.nn.functional.pad(x, (0, 0, 0, t - x.shape[1]))
+    return Features(torch.cat([pad(p.a) for p in parts]), torch.cat([pad(p.g) for p in parts]))

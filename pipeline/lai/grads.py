@@ -1,0 +1,68 @@
+"""Per-sequence loss and its closed-form logit gradient (no backward pass).
+
+Targets here are already aligned with positions (targets[:, t] is the token predicted at t,
+-100 = ignored); `shift_labels` converts HF-convention labels. Shapes: logits [B, T, V],
+targets [B, T].
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+
+
+def compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """float64 for float64 models, float32 otherwise (bf16/fp16/fp32 accumulate in fp32)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def shift_labels(labels: torch.Tensor) -> torch.Tensor:
+    """HF convention (labels[:, t+1] is predicted at t) -> position-aligned targets [B, T]."""
+    pad = torch.full_like(labels[:, :1], IGNORE)
+    return torch.cat([labels[:, 1:], pad], dim=1)
+
+
+def check_targets(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Validate shapes and ids; return the valid mask [B, T] (every sequence needs a target)."""
+    if logits.dim() != 3:
+        raise ValueError(f"logits: expected [B, T, V], got shape {tuple(logits.shape)}")
+    if targets.dim() != 2 or tuple(targets.shape) != tuple(logits.shape[:2]):
+        raise ValueError(f"targets: expected shape {tuple(logits.shape[:2])} (= logits [B, T]), "
+                         f"got {tuple(targets.shape)}")
+    if targets.shape[0] == 0 or targets.shape[1] == 0:
+        raise ValueError(f"empty batch: targets shape {tuple(targets.shape)}")
+    valid = targets != IGNORE
+    bad = valid & ((targets < 0) | (targets >= logits.shape[-1]))
+    if bad.any():
+        raise ValueError(f"targets: ids must be in [0, {logits.shape[-1]}) or {IGNORE}, "
+                         f"got {int(targets[bad][0])}")
+    empty = (~valid.any(dim=1)).nonzero().flatten()
+    if empty.numel():
+        raise ValueError(f"targets: sequence {int(empty[0])} has no valid target "
+                         f"(all labels are {IGNORE})")
+    return valid
+
+
+def logit_grads(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """g[j, t] = d l_j / d logits[j, t] = (softmax - onehot(target)) / N_j, 0 at ignored
+    positions; [B, T, V] in fp32 (float64 for float64 logits), detached."""
+    valid = check_targets(logits, targets)
+    return _logit_grads(logits.detach(), targets, valid)
+
+
+def _logit_grads(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    g = torch.softmax(logits.to(compute_dtype(logits)), dim=-1)
+    g.scatter_add_(-1, targets.clamp_min(0).unsqueeze(-1),
+                   -torch.ones_like(g[..., :1]))
+    scale = valid.to(g.dtype) / valid.sum(dim=1, keepdim=True).to(g.dtype)
+    return g.mul_(scale.unsqueeze(-1))
+
+
+def per_sequence_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """l_j = mean cross-entropy over the valid targets of sequence j; [B], differentiable,
+    fp32 (float64 for float64 logits)."""
+    valid = check_targets(logits, targets)
+    ce = F.cross_entropy(logits.to(compute_dtype(logits)).transpose(1, 2), targets,
+                         ignore_index=IGNORE, reduction="none")
+    return ce.sum(dim=1) / valid.sum(dim=1).to(ce.dtype)

@@ -1,0 +1,88 @@
+"""2 ranks over gloo: global / val references and the filter policy equal the single-process
+computation on the concatenated global batch."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from pipeline.lai import (FilterPolicy, LAIScorer, LayerInputCapture, lai_values, loss_values,
+                          random_values)
+from pipeline.lai.grads import shift_labels
+from test_lai_support import batch, tiny_model
+
+pytestmark = pytest.mark.slow
+
+SPLIT = [3, 2]                 # unequal local batches exercise the padded gather
+CASES = [(p, m, s) for p in ("token_pair", "aligned", "pooled") for m in ("exact", "sketch")
+         for s in (False, True)]
+
+
+def global_batch():
+    return batch(sum(SPLIT), 10, 128, seed=11), batch(4, 8, 128, seed=12)
+
+
+def worker(rank, port, out_dir):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=2)
+    try:
+        model = tiny_model("gpt2")
+        ids, val = global_batch()
+        lo = sum(SPLIT[:rank])
+        ids = ids[lo:lo + SPLIT[rank]]
+        val = val[2 * rank:2 * rank + 2]
+        with LayerInputCapture(model) as cap:
+            logits = model(input_ids=ids).logits
+        targets = shift_labels(ids)
+        out = {}
+        for pairing, method, include_self in CASES:
+            kw = dict(pairing=pairing, method=method, layers="linear", include_self=include_self,
+                      sketch_dim=4096 if method == "sketch" else None, seed=3)
+            out[("global", pairing, method, include_self)] = LAIScorer(
+                reference="global", **kw).values(cap.inputs, logits, targets)
+            scorer = LAIScorer(reference="val", **kw)
+            scorer.set_val_reference(model, [(val, shift_labels(val))])
+            out[("val", pairing, method, include_self)] = scorer.values(cap.inputs, logits,
+                                                                        targets)
+        values = out[("global", "token_pair", "exact", False)]
+        out["mask"] = FilterPolicy(max_exclude_frac=0.5).mask(values, step=0)
+        out["loss"] = loss_values(torch.arange(float(SPLIT[rank])) + 10 * rank)
+        out["random"] = random_values(SPLIT[rank], seed=5, step=2)
+        torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_ranks_equal_single_process(tmp_path):
+    mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    res = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    model = tiny_model("gpt2")
+    ids, val = global_batch()
+
+    def joined(key):
+        return torch.cat([r[key] for r in res])
+
+    for pairing, method, include_self in CASES:
+        kw = dict(pairing=pairing, method=method, include_self=include_self,
+                  sketch_dim=4096 if method == "sketch" else None, seed=3)
+        tol = 1e-9 if method == "exact" else 1e-6
+        for ref, single in (("global", lai_values(model, ids, **kw)),
+                            ("val", lai_values(model, ids, ref_input_ids=val, **kw))):
+            got = joined((ref, pairing, method, include_self))
+            err = ((got - single).abs().max() / single.abs().max()).item()
+            assert err < tol, (ref, pairing, method, include_self, err)
+    values = lai_values(model, ids)
+    assert torch.equal(joined("mask"), FilterPolicy(max_exclude_frac=0.5).global_mask(values, 0))
+    assert not joined("mask").all()
+    assert torch.equal(joined("loss"), loss_values(torch.tensor([0.0, 1.0, 2.0, 10.0, 11.0])))
+    assert torch.equal(joined("random"), random_values(5, seed=5, step=2))

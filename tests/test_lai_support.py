@@ -1,0 +1,104 @@
+"""Shared helpers for the LAI tests (no tests here): tiny HF models, explicit constructions."""
+from __future__ import annotations
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from pipeline.lai.capture import hooked_modules
+from pipeline.lai.grads import logit_grads, shift_labels
+
+ARCHS = {
+    "gpt2": dict(n_embd=32, n_layer=2, n_head=2, n_positions=128, resid_pdrop=0.0,
+                 embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0),
+    "gpt_neox": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128),
+    "llama": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128),
+}
+
+
+def tiny_model(arch: str = "gpt2", vocab: int = 128, dtype=torch.float64, seed: int = 0,
+               **overrides):
+    torch.manual_seed(seed)
+    cfg = AutoConfig.for_model(arch, vocab_size=vocab, **{**ARCHS[arch], **overrides})
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    return model.to(dtype).eval()
+
+
+def synthetic_corpus(n: int, t: int, vocab: int, noise_frac: float = 0.2, seed: int = 0):
+    """[n, t] token sequences of one fixed language (a sparse Markov chain: 4 successors per
+    token), with a `noise_frac` share of sequences replaced by uniform random tokens (the
+    harmful ones); `seed` draws the samples. Returns (ids, is_noise)."""
+    succ = torch.randint(0, vocab, (vocab, 4), generator=torch.Generator().manual_seed(1234))
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.empty(n, t, dtype=torch.int64)
+    ids[:, 0] = torch.randint(0, vocab, (n,), generator=gen)
+    for i in range(1, t):
+        pick = torch.randint(0, 4, (n,), generator=gen)
+        ids[:, i] = succ[ids[:, i - 1], pick]
+    noise = torch.rand(n, generator=gen) < noise_frac
+    ids[noise] = torch.randint(0, vocab, (int(noise.sum()), t), generator=gen)
+    return ids, noise
+
+
+def trained_tiny_model(steps: int = 40, arch: str = "gpt2", vocab: int = 256, t: int = 32,
+                       hidden: int = 64, dtype=torch.float32, seed: int = 0):
+    """A tiny model briefly trained (AdamW) on the clean part of the synthetic corpus."""
+    overrides = {"n_embd": hidden, "n_positions": max(t, 128)} if arch == "gpt2" else {
+        "hidden_size": hidden, "intermediate_size": 4 * hidden,
+        "max_position_embeddings": max(t, 128)}
+    model = tiny_model(arch, vocab=vocab, dtype=torch.float32, seed=seed, **overrides).train()
+    ids, noise = synthetic_corpus(steps * 16, t, vocab, noise_frac=0.0, seed=seed + 100)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for s in range(steps):
+        x = ids[s * 16:(s + 1) * 16]
+        loss = model(input_ids=x, labels=x).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.to(dtype).eval()
+
+
+def batch(b: int, t: int, vocab: int, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (b, t), generator=gen)
+
+
+def explicit_features(model, input_ids, labels=None):
+    """Per-layer inputs (no dedupe), logit grads and valid mask, by hand."""
+    labels = input_ids if labels is None else labels
+    targets = shift_labels(labels)
+    inputs = []
+    hooks = [m.register_forward_pre_hook(lambda m, a: inputs.append(a[0].detach()))
+             for m in hooked_modules(model, "linear")]
+    with torch.no_grad():
+        logits = model(input_ids=input_ids).logits
+    for h in hooks:
+        h.remove()
+    valid = (targets != -100).to(logits.dtype)
+    inputs = [x * valid.unsqueeze(-1) for x in inputs]
+    return inputs, logit_grads(logits, targets), valid
+
+
+def explicit_kernel(model, input_ids, pairing, labels=None):
+    """K [B, B] built literally from the definitions (pseudo-gradients for token_pair)."""
+    inputs, g, valid = explicit_features(model, input_ids, labels)
+    if pairing == "token_pair":
+        phi = torch.cat([torch.einsum("btd,btv->bdv", a, g).flatten(1) for a in inputs], 1)
+        return phi @ phi.T
+    if pairing == "aligned":
+        ka = sum(torch.einsum("ztd,jtd->zj", a, a) for a in inputs)
+        return ka * torch.einsum("ztv,jtv->zj", g, g)
+    n = valid.sum(1, keepdim=True)
+    abar = [a.sum(1) / n for a in inputs]
+    ka = sum(x @ x.T for x in abar)
+    gbar = g.sum(1)
+    return ka * (gbar @ gbar.T)
+
+
+def loo_mean(k: torch.Tensor, include_self: bool = False) -> torch.Tensor:
+    """value_j from a full kernel matrix over the batch as its own reference."""
+    n = k.shape[0]
+    if include_self:
+        return k.sum(0) / n
+    return (k.sum(0) - k.diagonal()) / (n - 1)
