@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -52,10 +53,14 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 
 def remove_stale_tmp(directory: str | os.PathLike) -> int:
-    """Delete leftover temporary files (from a killed writer) in `directory`; returns how many."""
+    """Delete leftover temporary files or directories (from a killed writer) in `directory`;
+    returns how many."""
     n = 0
     for p in Path(directory).glob(".*.tmp.*"):
         with contextlib.suppress(FileNotFoundError):
-            p.unlink()
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
             n += 1
     return n

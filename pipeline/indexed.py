@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import UserError
 from pipeline.fsutil import tmp_name
 
 MAGIC = b"MMIDIDX\x00\x00"
@@ -37,8 +38,9 @@ CODE_OF = {np.dtype(v): k for k, v in DTYPE_CODES.items()}
 TOKEN_DTYPES = (np.dtype(np.uint16), np.dtype(np.int32))
 
 
-class ShardFormatError(ValueError):
-    """A shard on disk is not a valid indexed dataset; the message names the file and the problem."""
+class ShardFormatError(UserError, ValueError):
+    """A shard on disk is not a valid indexed dataset; the message names the file and the problem
+    (a UserError: CLIs report it in one line and exit 2)."""
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
