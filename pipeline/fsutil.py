@@ -44,6 +44,19 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
         f.write("\n")
 
 
+def read_json(path: str | os.PathLike, if_missing: str = "missing") -> Any:
+    """Parse a JSON file; UserError `<path>: <if_missing>` if absent, `<path>: unreadable (...)`
+    if it is not valid JSON."""
+    from pipeline.errors import UserError
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: {if_missing}")
+    try:
+        return json.loads(p.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{p}: unreadable ({e})") from None
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

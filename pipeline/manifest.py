@@ -6,13 +6,12 @@ relative to the directory so a prepared directory can be moved or copied as a wh
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
-from pipeline.fsutil import atomic_write_json
+from pipeline.fsutil import atomic_write_json, read_json
 
 FORMAT = "lai-shards"
 VERSION = 1
@@ -76,12 +75,7 @@ def load_manifest(directory: str | Path) -> Manifest:
     path = Path(directory) / MANIFEST_NAME
     if not Path(directory).is_dir():
         raise UserError(f"{directory}: data directory does not exist")
-    if not path.is_file():
-        raise UserError(f"{path}: no manifest (data prep has not completed in this directory)")
-    try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: unreadable manifest ({e})") from None
+    raw = read_json(path, "no manifest (data prep has not completed in this directory)")
     where = str(path)
     if raw.get("format") != FORMAT or raw.get("version") != VERSION:
         raise UserError(f"{where}: not a {FORMAT} v{VERSION} manifest "

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from tqdm import tqdm
 
 from pipeline.data import PackedDataset
 from pipeline.errors import UserError, cli_main
-from pipeline.fsutil import atomic_write, atomic_write_json
+from pipeline.fsutil import atomic_write, atomic_write_json, read_json
 from pipeline.indexed import IndexedReader, ShardFormatError
 from pipeline.ledger import read_ledger
 
@@ -42,12 +41,7 @@ from pipeline.ledger import read_ledger
 def load_data_spec(run_dir: Path) -> dict:
     """RUN/data.json, validated: {"sources": [[dir, weight], ...], "seq_len": int, "seed": int}."""
     path = run_dir / "data.json"
-    if not path.is_file():
-        raise UserError(f"{path}: missing (not a lai-train run directory?)")
-    try:
-        spec = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: unreadable ({e})") from None
+    spec = read_json(path, "missing (not a lai-train run directory?)")
     for key, kind in (("sources", list), ("seq_len", int), ("seed", int)):
         if not isinstance(spec.get(key), kind):
             raise UserError(f"{path}: field '{key}' is missing or not of type {kind.__name__}")
