@@ -1,0 +1,287 @@
+"""lai-train end to end on 2 CPU ranks (torchrun, gloo, real DeepSpeed), tiny Llama/GPT-2 models:
+
+- ZeRO 0-3 train with LAI on and the loss goes down (ZeRO 1 with optimizer offload, ZeRO 2 in
+  bf16); TensorBoard holds the scalars, the ledger
+  matches the masks and the TensorBoard excluded fractions, lai-report runs on the run dir;
+- resume: 2N straight == N + N (ZeRO 2, via a finished run extended with train.steps: warned)
+  and == run stopped by SIGTERM mid-run + re-run (ZeRO 3): identical per-sequence losses,
+  values, masks and final parameters; a breaking config change is refused with one line;
+- LAI disabled == LAI scoring without filtering (bitwise: scoring never perturbs training);
+- non-finite gradients: every rank skips, the run aborts after train.max_nonfinite_steps.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "tiny_cpu.yaml"
+N = 4   # steps before the interruption; straight runs train 2N
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """A prepared directory with a real sentencepiece tokenizer: repetitive English sentences,
+    every 4th document random tokens."""
+    import sentencepiece as spm
+
+    from pipeline.fsutil import sha256_file
+    from pipeline.manifest import load_manifest
+    from datagen import make_data_dir
+    out = tmp_path_factory.mktemp("data")
+    rng = np.random.default_rng(0)
+    animals = "cat dog bird fish horse mouse sheep goat camel zebra tiger whale".split()
+    verbs = "sees likes follows eats chases feeds greets watches".split()
+    adjectives = "big small red green quick lazy happy sleepy".split()
+    texts = [" ".join(f"the {rng.choice(adjectives)} {rng.choice(animals)} {rng.choice(verbs)} "
+                      f"the {rng.choice(animals)} ." for _ in range(int(rng.integers(2, 8))))
+             for _ in range(500)]
+    corpus = out / "corpus.txt"
+    corpus.write_text("\n".join(texts))
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(out / "sp"), vocab_size=64,
+                                   hard_vocab_limit=False, bos_id=1, eos_id=2, pad_id=0,
+                                   unk_id=3, minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_file=str(out / "sp.model"))
+    docs = [np.array(sp.encode(t) + [2]) for t in texts]
+    for i in range(0, len(docs), 4):          # every 4th document is noise: LAI should drop some
+        docs[i] = np.append(rng.integers(4, sp.get_piece_size(), size=40), 2)
+    d = make_data_dir(out / "prepared", docs[:440], vocab_size=sp.get_piece_size(), source="animals",
+                      val_docs=docs[440:])
+    os.replace(out / "sp.model", d / "tokenizer.model")
+    m = load_manifest(d)
+    m.tokenizer = dataclasses.replace(m.tokenizer, sha256=sha256_file(d / "tokenizer.model"))
+    m.save(d)
+    return d
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _args(data: Path, run: Path, *overrides: str) -> list[str]:
+    return [str(CONFIG), f"run.out_dir={run}", f"data.sources=[{{path: '{data}', weight: 1.0}}]",
+            "data.seq_len=32", "model.n_layer=2", "model.hidden=64", "model.n_head=2",
+            "train.micro_batch=4", f"train.steps={2 * N}", "train.lr=1e-2", "train.min_lr=1e-3",
+            "train.warmup_steps=2", "train.eval_every=4", "train.eval_batches=2",
+            "lai.warmup_steps=1", "lai.max_exclude_frac=0.25", "log.every=1",
+            "log.histogram_every=4", "run.save_every=4", *overrides]
+
+
+def _env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+            "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _torchrun(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+            "--master_port", str(_port()), "-m", "pipeline.train", *args]
+
+
+def train(data: Path, run: Path, *overrides: str, rc: int = 0) -> str:
+    p = subprocess.run(_torchrun(_args(data, run, *overrides)), env=_env(), cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    out = p.stdout + p.stderr
+    assert p.returncode == rc, out[-4000:]
+    return out
+
+
+def ledger(run: Path) -> np.ndarray:
+    from pipeline.ledger import read_ledger
+    return read_ledger(run)
+
+
+def final_params(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    return load_file(run / "final" / "model.safetensors")
+
+
+def scalars(run: Path, sub: str = "") -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ea = EventAccumulator(str(run / "tb" / sub))
+    ea.Reload()
+    return {t: [(e.step, e.value) for e in ea.Scalars(t)] for t in ea.Tags()["scalars"]}
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    la, lb = ledger(a), ledger(b)
+    assert la.size == lb.size == 2 * N * 8
+    for f in ("step", "seq_id", "kept", "loss", "value"):
+        assert np.array_equal(la[f], lb[f]), f"ledger column {f} differs"
+    pa, pb = final_params(a), final_params(b)
+    assert pa.keys() == pb.keys()
+    for k in pa:
+        assert torch.equal(pa[k], pb[k]), f"final parameter {k} differs"
+
+
+def loss_by_step(run: Path) -> np.ndarray:
+    rows = ledger(run)
+    return np.array([rows["loss"][rows["step"] == s].mean() for s in range(1, 2 * N + 1)])
+
+
+# ---------------------------------------------------------------- ZeRO stages
+
+def test_zero0_trains_with_lai_logs_and_ledger(data_dir, tmp_path):
+    run = tmp_path / "z0"
+    out = train(data_dir, run, "train.zero_stage=0", "run.keep_checkpoints=1")
+    losses = loss_by_step(run)
+    assert losses[-1] < losses[0] - 0.3, losses
+    tb = scalars(run)
+    for tag in ("train/loss", "train/loss_kept", "train/lr", "train/grad_norm", "val/loss",
+                "val/ppl", "lai/excluded_frac", "lai/kept_tokens", "perf/tokens_per_s",
+                "perf/tflops_per_device", "lai_source/animals/excluded_frac",
+                "lai_source/animals/mean_value"):
+        assert tag in tb, f"{tag} missing from TensorBoard: {sorted(tb)}"
+    assert [s for s, _ in tb["train/loss"]] == list(range(1, 2 * N + 1))
+    per_rank = scalars(run, "rank-00001")
+    for tag in ("perf/time_data_s", "perf/time_forward_s", "perf/time_lai_s",
+                "perf/time_backward_step_s", "perf/tokens_per_s_rank", "perf/peak_memory_gib"):
+        assert tag in per_rank, tag
+    # ledger: every sequence of every step once; masks agree with TensorBoard and the policy
+    rows = ledger(run)
+    assert rows.size == 2 * N * 8 and set(rows["rank"]) == {0, 1}
+    excluded = dict(tb["lai/excluded_frac"])
+    for s in range(1, 2 * N + 1):
+        r = rows[rows["step"] == s]
+        assert np.isclose((~r["kept"]).mean(), excluded[s])
+        assert (r["value"][~r["kept"]] <= 0).all()          # only non-positive values dropped
+        assert (~r["kept"]).sum() <= 2                      # max_exclude_frac 0.25 of 8
+    assert (~rows["kept"]).any(), "LAI never excluded anything: the test data cannot show it"
+    assert not (~rows["kept"][rows["step"] == 1]).any()     # lai.warmup_steps=1
+    assert "done: 8 steps" in out
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert ckpts == ["step_00000008"], ckpts           # saved at 4 and 8, kept the last 1
+    # the run dir is complete: resolved config, DeepSpeed JSON without a scheduler, final model
+    import json
+
+    import transformers
+    ds = json.loads((run / "ds_config.json").read_text())
+    assert ds["train_batch_size"] == 8 and "scheduler" not in ds and "optimizer" not in ds
+    assert (run / "config.yaml").is_file() and (run / "data.json").is_file()
+    model = transformers.AutoModelForCausalLM.from_pretrained(run / "final")
+    tok = transformers.AutoTokenizer.from_pretrained(run / "final")
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=str(data_dir / "tokenizer.model"))
+    text = "the quick cat  sees the dog ."
+    assert tok(text, add_special_tokens=False).input_ids == sp.encode(text)
+    assert model.config.vocab_size == sp.get_piece_size()
+    from pipeline.report import build_report
+    build_report(run)
+    assert (run / "report" / "report.md").is_file()
+
+
+# ---------------------------------------------------------------- resume
+
+def test_zero2_resume_equals_straight_run(data_dir, tmp_path):
+    # constant LR: a shorter run shares the schedule; bf16: ZeRO 2 with the bf16 optimizer
+    const = ["train.zero_stage=2", "train.schedule=constant", "train.precision=bf16"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(data_dir, straight, *const)
+    train(data_dir, split, *const, f"train.steps={N}")
+    out = train(data_dir, split, *const)                        # extends the finished run
+    assert f"resumed from {split / 'checkpoints' / f'step_{N:08d}'}" in out
+    assert f"train.steps: {N} -> {2 * N}" in out                # harmless change: warned
+    assert_same_run(straight, split)
+    assert (ledger(straight)["loss"][:8].mean() - ledger(straight)["loss"][-8:].mean()) > 0.3
+    # a change that breaks resumption is refused before anything starts, one line, exit 2
+    p = subprocess.run([sys.executable, "-m", "pipeline.train",
+                        *_args(data_dir, split, *const, "model.hidden=32")],
+                       env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: run.resume:"), p.stderr
+    assert "model.hidden: 64 -> 32" in lines[0]
+
+
+def test_zero3_sigterm_then_resume_equals_straight_run(data_dir, tmp_path):
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    train(data_dir, straight, "train.zero_stage=3")
+    losses = loss_by_step(straight)
+    assert losses[-1] < losses[0] - 0.3, losses
+    proc = subprocess.Popen(_torchrun(_args(data_dir, stopped, "train.zero_stage=3",
+                                            "run.save_every=0")),
+                            env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if f"step 2/{2 * N} " in line:        # mid-run: signal the trainers (not the launcher)
+            for child in psutil.Process(proc.pid).children():
+                child.send_signal(signal.SIGTERM)
+            break
+    seen += proc.stdout.readlines()
+    proc.wait(timeout=120)
+    out = "".join(seen)
+    assert "stopped by SIGTERM" in out, out[-3000:]
+    assert "exitcode  : 75" in out or proc.returncode == 75, out[-3000:]
+    from pipeline import checkpoint
+    ckpt = checkpoint.latest(stopped)
+    assert ckpt is not None and checkpoint.read_meta(ckpt)["step"] < 2 * N
+    assert not (stopped / "final").exists()
+    train(data_dir, stopped, "train.zero_stage=3", "run.save_every=0")
+    assert_same_run(straight, stopped)
+    import transformers                       # ZeRO-3 export gathered every parameter
+    _, info = transformers.AutoModelForCausalLM.from_pretrained(stopped / "final",
+                                                               output_loading_info=True)
+    assert not info["missing_keys"] and not info["mismatched_keys"], info
+
+
+# ---------------------------------------------------------------- LAI off, faults
+
+def test_lai_disabled_equals_unfiltered_lai_run(data_dir, tmp_path):
+    """ZeRO 1 with the optimizer offloaded: LAI scoring (filter in warmup) leaves training
+    bitwise identical to plain training, and the loss goes down."""
+    off, scored = tmp_path / "off", tmp_path / "scored"
+    common = ["train.zero_stage=1", "train.offload_optimizer=cpu"]
+    train(data_dir, off, *common, "lai.enabled=false", "lai.filter=none")
+    train(data_dir, scored, *common, "lai.filter=lai", "lai.warmup_steps=100")
+    a, b = ledger(off), ledger(scored)
+    assert np.isnan(a["value"]).all() and np.isfinite(b["value"]).all()
+    assert np.array_equal(a["loss"], b["loss"]) and a["kept"].all() and b["kept"].all()
+    pa, pb = final_params(off), final_params(scored)
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    losses = loss_by_step(scored)
+    assert losses[-1] < losses[0] - 0.3, losses
+
+
+def test_nonfinite_steps_are_skipped_then_abort(data_dir, tmp_path):
+    """(one process: that every rank agrees on skipping is tested in test_train_step)"""
+    args = _args(data_dir, tmp_path / "nan", "train.zero_stage=0", "train.lr=1e30",
+                 "train.warmup_steps=0", "train.min_lr=0", "train.max_nonfinite_steps=2",
+                 "train.eval_every=0", "train.micro_batch=8")
+    p = subprocess.run([sys.executable, "-m", "pipeline.train", *args], env=_env(), cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "update skipped (1 in a row)" in p.stdout
+    assert p.stderr.strip().splitlines()[-1].startswith(
+        "error: train.max_nonfinite_steps: 2 steps in a row")
+
+
+def test_time_limit_saves_and_exits_75_then_resumes(data_dir, tmp_path):
+    """(one process, no launcher: the exit code is the trainer's own)"""
+    run = tmp_path / "limited"
+    base = [sys.executable, "-m", "pipeline.train",
+            *_args(data_dir, run, "train.steps=3", "train.eval_every=0", "run.save_every=0")]
+    p = subprocess.run([*base, "run.time_limit_s=0.001"], env=_env(), cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 75, p.stdout + p.stderr
+    assert "stopped by run.time_limit_s at step 1" in p.stdout
+    from pipeline import checkpoint
+    assert checkpoint.read_meta(checkpoint.latest(run))["step"] == 1
+    p = subprocess.run(base, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "resumed from" in p.stdout and (run / "final" / "config.json").is_file()
+    assert sorted(set(ledger(run)["step"])) == [1, 2, 3]
