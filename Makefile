@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m pipeline.demo
+	launch/demo.sh
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
