@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Launch lai-train on this node through the deepspeed launcher (one node, or one node of many).
+set -euo pipefail
+# shellcheck source=launch/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+usage() {
+    cat <<USAGE
+Usage: launch/train.sh [options] CONFIG.yaml [dotted.key=value ...]
+
+Runs 'deepspeed --module pipeline.train CONFIG.yaml key=value ...' with one rank per local device:
+every GPU (nvidia-smi, else torch.cuda.device_count(); CUDA_VISIBLE_DEVICES is honoured), or on a
+machine without GPUs (or with CUDA_VISIBLE_DEVICES="") \$LAI_CPU_RANKS CPU ranks (default 2, gloo).
+OMP_NUM_THREADS defaults to cores / local ranks.
+
+Options:
+  --ranks N          ranks on this node (default: detected as above; with --hostfile: the slots)
+  --hostfile FILE    multi-node: one "HOST slots=N" line per node (MPI style, as deepspeed reads it)
+  --node_rank K      no-SSH multi-node: this node's line in FILE (0-based); run the same command
+                     on every node, each with its own K.
+                     Without it, --hostfile fans out from this node over pdsh/ssh (passwordless SSH).
+  --slurm            inside a Slurm step with one task per node (srun --ntasks-per-node=1): the
+                     hostfile comes from \$SLURM_JOB_NODELIST with --ranks (or \$SLURM_GPUS_ON_NODE,
+                     or the detected devices) slots per node, written to
+                     \$TMPDIR/lai-hostfile.JOBID.NODEID; node rank = \$SLURM_NODEID
+  --master_addr A    rendezvous host (default: 127.0.0.1; with --hostfile: \$MASTER_ADDR, else its
+                     first host)
+  --master_port P    rendezvous port (default: \$MASTER_PORT or 29500)
+  -h, --help         this text
+
+Examples:
+  launch/train.sh configs/tiny_cpu.yaml train.steps=20 run.out_dir=runs/tiny
+  # two nodes, no SSH: on node 0 and node 1 respectively (hostfile lists both, e.g. "gpu-a slots=8")
+  launch/train.sh --hostfile hosts --node_rank 0 configs/run.yaml
+  launch/train.sh --hostfile hosts --node_rank 1 configs/run.yaml
+
+Exit codes are lai-train's: 0 done, 2 bad input, 75 stopped after a checkpoint (re-run to resume).
+USAGE
+}
+
+ranks=""
+hostfile=""
+node_rank=""
+slurm=""
+master_addr="${MASTER_ADDR:-}"
+master_port="${MASTER_PORT:-29500}"
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        -h|--help) usage; exit 0 ;;
+        --slurm) slurm=1; shift ;;
+        --ranks|--hostfile|--node_rank|--master_addr|--master_port)
+            [[ $# -ge 2 ]] || lai_die "$1 needs a value"
+            declare "${1#--}=$2"; shift 2 ;;
+        --) shift; break ;;
+        -*) lai_die "unknown option '$1' (see --help)" ;;
+        *) break ;;
+    esac
+done
+[[ $# -ge 1 ]] || { usage >&2; lai_die "missing CONFIG.yaml"; }
+config="$1"; shift
+[[ -f "$config" ]] || lai_die "config file '$config' not found"
+for n in ranks node_rank master_port; do
+    v="${!n}"
+    [[ -z "$v" || "$v" =~ ^[0-9]+$ ]] || lai_die "--$n: '$v' is not a non-negative integer"
+done
+[[ "$ranks" != "0" ]] || lai_die "--ranks: must be at least 1"
+
+deepspeed="$(lai_tool deepspeed)"
+python="$(dirname "$deepspeed")/python"            # the launcher's own interpreter
+[[ -x "$python" ]] || python="$(lai_tool python3)"
+
+# Local device count: GPUs (nvidia-smi, else torch), 0 without any or with CUDA_VISIBLE_DEVICES="".
+count_gpus() {
+    if [[ -v CUDA_VISIBLE_DEVICES && -z "$CUDA_VISIBLE_DEVICES" ]]; then
+        echo 0
+    elif command -v nvidia-smi >/dev/null 2>&1; then
+        nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true
+    else
+        "$python" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0
+    fi
+}
+
+if [[ -n "$slurm" ]]; then
+    [[ -n "${SLURM_JOB_NODELIST:-}" && -n "${SLURM_NODEID:-}" ]] \
+        || lai_die "--slurm: not inside a Slurm step (run it with srun --ntasks-per-node=1 inside sbatch/salloc)"
+    [[ -z "$hostfile" && -z "$node_rank" ]] || lai_die "--slurm derives the hostfile and node rank; drop --hostfile/--node_rank"
+    [[ "${SLURM_STEP_NUM_TASKS:-1}" == "${SLURM_STEP_NUM_NODES:-1}" && "${SLURM_STEP_NUM_NODES:-1}" == "${SLURM_JOB_NUM_NODES:-1}" ]] \
+        || lai_die "--slurm: the step must run one task on each of the job's ${SLURM_JOB_NUM_NODES:-?} nodes (srun --ntasks-per-node=1)"
+    slots="${ranks:-${SLURM_GPUS_ON_NODE:-}}"
+    if [[ -z "$slots" ]]; then
+        slots="$(count_gpus)"
+        (( slots > 0 )) || slots="${LAI_CPU_RANKS:-2}"
+    fi
+    hostfile="${TMPDIR:-/tmp}/lai-hostfile.${SLURM_JOB_ID:-0}.$SLURM_NODEID"
+    scontrol show hostnames "$SLURM_JOB_NODELIST" | awk -v s="$slots" '{print $1, "slots=" s}' >"$hostfile"
+    node_rank="$SLURM_NODEID"
+    ranks=""
+fi
+
+ds_args=()
+if [[ -n "$hostfile" ]]; then
+    [[ -f "$hostfile" ]] || lai_die "hostfile '$hostfile' not found (one 'HOST slots=N' line per node)"
+    mapfile -t hosts < <(awk '$1 !~ /^#/ && $2 ~ /^slots=[0-9]+$/ {print $1, substr($2, 7)}' "$hostfile")
+    [[ ${#hosts[@]} -gt 0 ]] || lai_die "hostfile '$hostfile' has no 'HOST slots=N' line"
+    [[ -n "$master_addr" ]] || master_addr="${hosts[0]%% *}"
+    ds_args+=(--hostfile "$hostfile" --master_addr "$master_addr")
+    if [[ -n "$node_rank" ]]; then
+        (( node_rank < ${#hosts[@]} )) || lai_die "--node_rank $node_rank: '$hostfile' lists only ${#hosts[@]} node(s)"
+        ds_args+=(--no_ssh --node_rank "$node_rank")
+        local_slots="${hosts[$node_rank]##* }"
+    else
+        local_slots="${hosts[0]##* }"
+    fi
+    [[ -z "$ranks" ]] || { ds_args+=(--num_gpus "$ranks"); local_slots="$ranks"; }
+    nranks="$local_slots"
+    desc="node ${node_rank:-0 (ssh fan-out)} of ${#hosts[@]} from $hostfile, $nranks rank(s) here"
+else
+    [[ -z "$node_rank" ]] || lai_die "--node_rank needs --hostfile"
+    master_addr="127.0.0.1"
+    ngpus="$(count_gpus)"
+    if (( ngpus > 0 )); then
+        if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
+            IFS=',' read -r -a visible <<<"$CUDA_VISIBLE_DEVICES"
+        else
+            mapfile -t visible < <(seq 0 $((ngpus - 1)))
+        fi
+        nranks="${ranks:-${#visible[@]}}"
+        (( nranks <= ${#visible[@]} )) || lai_die "--ranks $nranks: only ${#visible[@]} GPU(s) visible"
+        devices="$(IFS=','; echo "${visible[*]:0:$nranks}")"
+        ds_args+=(--include "localhost:$devices")
+        desc="$nranks GPU rank(s) (devices $devices)"
+    else
+        nranks="${ranks:-${LAI_CPU_RANKS:-2}}"
+        [[ "$nranks" =~ ^[1-9][0-9]*$ ]] || lai_die "LAI_CPU_RANKS: '$nranks' is not a positive integer"
+        ds_args+=(--num_gpus "$nranks")
+        desc="$nranks CPU rank(s) (no GPU found)"
+    fi
+fi
+ds_args+=(--master_port "$master_port")
+
+# Rank 0's node hosts the rendezvous store: say so clearly if the port is taken.
+if [[ "${node_rank:-0}" == "0" ]] && lai_port_busy 127.0.0.1 "$master_port"; then
+    lai_die "master port $master_port is in use (another run on this node?): pass --master_port P or set MASTER_PORT"
+fi
+
+cores="${SLURM_CPUS_ON_NODE:-$(nproc)}"
+threads=$(( cores / nranks ))
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( threads > 0 ? threads : 1 ))}"
+export PYTHONPATH="$LAI_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+echo "launch: $desc, OMP_NUM_THREADS=$OMP_NUM_THREADS, master $master_addr:$master_port"
+
+# The launcher processes ignore SIGUSR1, so a USR1 sent to the whole step / process group (Slurm's
+# preemption warning, or `kill -USR1 -- -PGID`) reaches only the trainers, whose handler saves a
+# checkpoint and exits 75. The trainers install their own handler, which replaces the inherited ignore.
+trap '' USR1
+exec "$deepspeed" "${ds_args[@]}" --module pipeline.train "$config" "$@"
