@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from pipeline.data import PackedDataset, RankLoader
+from benchmarks.common import machine as common_machine
 from pipeline.errors import cli_main
 from pipeline.fsutil import atomic_write
 from pipeline.manifest import MANIFEST_NAME
@@ -71,13 +71,7 @@ def raw_floor(ds: PackedDataset, seq_len: int):
 
 
 def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()).group(1)
-    except (OSError, AttributeError):
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores (1-min load {os.getloadavg()[0]:.1f} at the end), "
-            f"Python {platform.python_version()}, numpy {np.__version__}")
+    return f"{common_machine()} (1-min load {os.getloadavg()[0]:.1f} at the end)"
 
 
 def write_doc(section: str) -> None:

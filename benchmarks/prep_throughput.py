@@ -16,7 +16,6 @@ import argparse
 import datetime
 import multiprocessing as mp
 import os
-import platform
 import re
 import resource
 import shutil
@@ -28,6 +27,7 @@ from pathlib import Path
 from data_prep.prep import PrepOptions, run_prep
 from data_prep.sources import iter_documents, parse_source
 from data_prep.tokenize import batched
+from benchmarks.common import machine as common_machine
 from pipeline.errors import cli_main
 from pipeline.fsutil import atomic_write
 
@@ -37,14 +37,8 @@ TARGET = 0.8
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()).group(1)
-    except (OSError, AttributeError):
-        pass
     import sentencepiece
-    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"sentencepiece {sentencepiece.__version__}")
+    return f"{common_machine()}, sentencepiece {sentencepiece.__version__}"
 
 
 def cpu_seconds() -> tuple[float, float]:

@@ -91,9 +91,14 @@ def barrier() -> None:
         dist.barrier()
 
 
-def shutdown(engine=None) -> None:
-    """Destroy the engine (DeepSpeed needs it before the group goes) and the process group."""
+def shutdown(engine=None, *, clean: bool = True) -> None:
+    """Destroy the engine (DeepSpeed needs it before the group goes) and the process group.
+    clean (every rank gets here together): a barrier first, so that no rank tears its connections
+    down while a peer still uses them. clean=False (an error on this rank): no collective, which
+    could wait forever for peers that are elsewhere."""
     if engine is not None:
         engine.destroy()
     if dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()

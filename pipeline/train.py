@@ -422,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return train(cfg, info, resume_from)
     finally:
-        dist.shutdown()
+        dist.shutdown(clean=False)     # a no-op after train's own clean shutdown
 
 
 if __name__ == "__main__":

@@ -53,6 +53,7 @@ def worker(rank, port, out_dir):
         out["loss"] = loss_values(torch.arange(float(SPLIT[rank])) + 10 * rank)
         out["random"] = random_values(SPLIT[rank], seed=5, step=2)
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()         # both ranks done before either tears gloo down
     finally:
         dist.destroy_process_group()
 

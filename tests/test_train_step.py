@@ -160,7 +160,8 @@ def _check_baseline_filters(rank):
     from pipeline.step import Selector
     losses = torch.tensor([[1.0, 5.0, 2.0], [3.0, 4.0, 0.5]])[rank]
     seq_ids = torch.arange(B) + rank * B
-    sel = Selector(LAIConfig(enabled=False, filter="loss", baseline_rate=0.34), seed=0)
+    sel = Selector(LAIConfig(enabled=False, filter="loss", baseline_rate=0.34,
+                             max_exclude_frac=0.5), seed=0)
     values, keep = sel.select(1, None, None, None, losses, seq_ids)
     assert keep.tolist() == [[True, False, True], [True, False, True]][rank]
     assert ((values <= 0) == ~keep).all()

@@ -44,7 +44,8 @@ m = sketch_dim):
 lai_values / full_gradient_values run the model in eval mode (dropout off, deterministic) and
 leave parameters, .grad, requires_grad and every module's train/eval mode as found. A bf16 model
 gives values within ~0.2% (relative L2) of its fp32 copy (tests/test_lai_sketch.py).
-Measured costs and fidelity: docs/LAI_COST.md (benchmarks/lai_cost.py).
+Measured costs: docs/LAI_COST.md (benchmarks/lai_cost.py); fidelity against the full-gradient
+inner product and the evidence for the defaults: docs/FIDELITY.md (benchmarks/fidelity.py).
 """
 from .api import lai_values
 from .capture import LAYER_SETS, LayerInputCapture
@@ -52,10 +53,12 @@ from .features import PAIRINGS
 from .grads import logit_grads, per_sequence_loss
 from .policy import FilterPolicy
 from .reference import full_gradient_values, ghost_values, loss_values, random_values
-from .scorer import DEFAULT_PAIRING, DEFAULT_SKETCH_DIM, METHODS, REFERENCES, LAIScorer
+from .scorer import (DEFAULT_PAIRING, DEFAULT_SKETCH_DIM, METHODS, REFERENCES, LAIScorer,
+                     default_sketch_dim)
 
 __all__ = [
     "DEFAULT_PAIRING", "DEFAULT_SKETCH_DIM", "LAYER_SETS", "METHODS", "PAIRINGS", "REFERENCES",
+    "default_sketch_dim",
     "FilterPolicy", "LAIScorer", "LayerInputCapture",
     "full_gradient_values", "ghost_values", "lai_values", "logit_grads", "loss_values",
     "per_sequence_loss", "random_values",

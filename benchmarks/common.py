@@ -1,0 +1,285 @@
+"""Shared helpers of the benchmark scripts: statistics (numpy only), the corruption operators,
+the default prepared corpus, machine description, markdown tables, timing.
+
+Corruption operators act on token arrays and (for line shuffling) on text through the corpus's
+own tokenizer, so the same operator corrupts a whole document (benchmarks/corrupt.py) or a packed
+training sequence (benchmarks/fidelity.py).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "benchmarks" / "out"
+
+# --------------------------------------------------------------------------- statistics
+
+
+def rankdata(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n with ties given their average rank (scipy.stats.rankdata 'average')."""
+    x = np.asarray(x, dtype=np.float64)
+    order = np.argsort(x, kind="mergesort")
+    ranks = np.empty(len(x), dtype=np.float64)
+    sx = x[order]
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and sx[j + 1] == sx[i]:
+            j += 1
+        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1.0
+        i = j + 1
+    return ranks
+
+
+def pearson(x, y) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    xc, yc = x - x.mean(), y - y.mean()
+    den = np.sqrt((xc * xc).sum() * (yc * yc).sum())
+    return float((xc * yc).sum() / den) if den > 0 else float("nan")
+
+
+def spearman(x, y) -> float:
+    return pearson(rankdata(x), rankdata(y))
+
+
+def auroc(scores, positives) -> float:
+    """P(score of a random positive > score of a random negative), ties count one half."""
+    scores = np.asarray(scores, dtype=np.float64)
+    pos = np.asarray(positives, dtype=bool)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    r = rankdata(scores)
+    return float((r[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def sign_agreement(a, b, threshold: float = 0.0) -> float:
+    """Fraction of items on which two scores make the same keep (> threshold) / drop decision."""
+    a = np.asarray(a) > threshold
+    b = np.asarray(b) > threshold
+    return float((a == b).mean())
+
+
+def within_group_percentile(values: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Rank-normalise values to (0, 1] within each group (e.g. each scored batch), so scores from
+    batches with different references can be pooled for AUROC."""
+    out = np.empty(len(values), dtype=np.float64)
+    for g in np.unique(groups):
+        m = groups == g
+        out[m] = rankdata(values[m]) / m.sum()
+    return out
+
+
+def mean_std(xs: Sequence[float]) -> tuple[float, float]:
+    a = np.asarray([x for x in xs if x == x], dtype=np.float64)
+    if a.size == 0:
+        return float("nan"), float("nan")
+    return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
+
+
+# --------------------------------------------------------------------------- corruption
+
+CORRUPTIONS = ("duplicate", "repeat", "shuffle", "garbage")
+CORRUPTION_DOC = {
+    "duplicate": "the document is replaced by one fixed boilerplate text (256 tokens of a real "
+                 "document) tiled to its length: mass duplication, memorised fast, lowest loss",
+    "repeat": "the document is replaced by a short span of itself (1-4 tokens) tiled to its length: "
+              "degenerate repetition, low loss once learned",
+    "shuffle": "the document's lines in random order: every line is real code, the order is not; "
+               "per-token loss close to clean text",
+    "garbage": "uniformly random token ids: trivially high loss",
+}
+
+
+class Corruptor:
+    """Applies one corruption type to a 1-D token array; output has the same length.
+
+    tokenizer: a sentencepiece.SentencePieceProcessor (needed by "shuffle" only); special ids
+    (< num_special) are never produced by "garbage"; boilerplate: the token array "duplicate"
+    copies (documents start at its beginning; `offset` = None picks a random window, as a
+    packed sequence would see it). All randomness comes from the rng passed in.
+    """
+
+    def __init__(self, vocab_size: int, tokenizer=None, num_special: int = 4, boilerplate=None):
+        self.vocab_size = vocab_size
+        self.tokenizer = tokenizer
+        self.num_special = num_special
+        self.boilerplate = None if boilerplate is None else np.asarray(boilerplate, dtype=np.int64)
+
+    def __call__(self, kind: str, tokens: np.ndarray, rng: np.random.Generator,
+                 offset: int | None = 0) -> np.ndarray:
+        tokens = np.asarray(tokens, dtype=np.int64)
+        n = len(tokens)
+        if n == 0:
+            return tokens.copy()
+        if kind == "duplicate":
+            if self.boilerplate is None or len(self.boilerplate) == 0:
+                raise ValueError("the 'duplicate' corruption needs a boilerplate token array")
+            b = self.boilerplate
+            start = int(rng.integers(0, len(b))) if offset is None else offset
+            return np.resize(np.roll(b, -start), n).astype(np.int64)
+        if kind == "garbage":
+            return rng.integers(self.num_special, self.vocab_size, size=n, dtype=np.int64)
+        if kind == "repeat":
+            period = int(rng.integers(1, 5))
+            start = int(rng.integers(0, max(1, n - period)))
+            span = tokens[start:start + period]
+            return np.resize(span, n).astype(np.int64)
+        if kind == "shuffle":
+            if self.tokenizer is None:
+                raise ValueError("the 'shuffle' corruption needs the corpus tokenizer")
+            text = self.tokenizer.decode([int(t) for t in tokens if t >= self.num_special])
+            lines = text.split("\n")
+            rng.shuffle(lines)
+            ids = np.asarray(self.tokenizer.encode("\n".join(lines)), dtype=np.int64)
+            if len(ids) == 0:
+                return tokens.copy()
+            # same length as the input: trim, or continue with the shuffled text again
+            return np.resize(ids, n).astype(np.int64)
+        raise ValueError(f"unknown corruption {kind!r} (choose from {', '.join(CORRUPTIONS)})")
+
+
+def load_tokenizer(path: str | Path):
+    import sentencepiece as spm
+    return spm.SentencePieceProcessor(model_file=str(path))
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+def prepare_default_corpus(out_dir: Path, vocab_size: int, extra: Sequence[str] = ()) -> Path:
+    """Run the real data prep (`python -m data_prep --source stdlib`) into out_dir unless a complete
+    prepared directory (manifest.json) is already there. Returns out_dir."""
+    if (out_dir / "manifest.json").is_file():
+        return out_dir
+    cmd = [sys.executable, "-m", "data_prep", "--source", "stdlib", "--out", str(out_dir),
+           "--vocab-size", str(vocab_size), *extra]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return out_dir
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+    return (f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} torch thread(s), Python {platform.python_version()}")
+
+
+def now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def md_table(header: Sequence[str], rows: Sequence[Sequence], floatfmt: str = "{:.3f}") -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return "n/a" if v != v else floatfmt.format(v)
+        return str(v)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def keep_notes(path: Path, marker: str = "<!-- notes: kept across re-runs -->") -> str:
+    """The hand-written tail of a generated doc (everything from `marker` on), or the bare marker."""
+    if path.is_file():
+        text = path.read_text()
+        if marker in text:
+            return text[text.index(marker):]
+    return marker + "\n"
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], rounds: int = 5, warmup: int = 1
+                     ) -> dict[str, float]:
+    """Best-of-`rounds` wall seconds of each fn, measured round-robin (one call of each per round)
+    so that load from other processes hits all of them alike; min is the least noisy estimate of
+    the undisturbed time on a shared machine. CUDA work is synchronised around each call."""
+    import torch
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    best = {k: float("inf") for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return best
+
+
+RESULTS_HEADER = """# Results
+
+Benchmarks that show what LAI costs and what it buys. Every section is generated by the script it
+names (one command each; seeds fixed) and replaced when that script runs again. The fidelity table
+(LAI vs the exact full-gradient inner product) is in [FIDELITY.md](FIDELITY.md).
+"""
+
+
+def update_section(path: Path, name: str, text: str) -> None:
+    """Replace (or append) the block between `<!-- begin NAME -->` and `<!-- end NAME -->` of a
+    generated markdown file, leaving the other sections as they are."""
+    begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+    doc = path.read_text() if path.is_file() else RESULTS_HEADER
+    block = f"{begin}\n{text.rstrip()}\n{end}"
+    if begin in doc and end in doc:
+        doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
+    else:
+        doc = doc.rstrip() + "\n\n" + block + "\n"
+    from pipeline.fsutil import atomic_write
+    with atomic_write(path, "w") as f:
+        f.write(doc)
+
+
+def lai_step_timings(model, x, scorers: dict, layers: str = "linear", rounds: int = 5,
+                     extra: dict | None = None) -> dict[str, float]:
+    """Best-of-`rounds` seconds of one training step on x (int64 [B, T+1]) without LAI ("plain":
+    forward, per-sequence loss, backward) and with each scorer (forward under LayerInputCapture,
+    LAI values, masked backward: what pipeline.train does), measured round-robin. `extra` adds
+    other callables to the same rounds."""
+    import torch
+    from pipeline.lai import LayerInputCapture, per_sequence_loss
+    inp, tgt = x[:, :-1], x[:, 1:]
+    model.train()
+
+    def plain():
+        model.zero_grad(set_to_none=True)
+        per_sequence_loss(model(input_ids=inp).logits, tgt).mean().backward()
+
+    def with_lai(scorer):
+        def step():
+            model.zero_grad(set_to_none=True)
+            with LayerInputCapture(model, layers=layers) as cap:
+                logits = model(input_ids=inp).logits
+            losses = per_sequence_loss(logits, tgt)
+            with torch.no_grad():
+                keep = scorer.values(cap.inputs, logits, tgt) > 0
+            (losses * keep).sum().div(len(losses)).backward()
+        return step
+
+    fns = {"plain": plain, **{k: with_lai(s) for k, s in scorers.items()}, **(extra or {})}
+    out = time_interleaved(fns, rounds=rounds)
+    model.zero_grad(set_to_none=True)
+    return out
