@@ -17,9 +17,13 @@ Top to bottom:
      lai-<pairing>   each pairing, global reference, exact (isolates the pairing)
      lai-paper       aligned, include_self, local reference, exact (the paper's code)
      lai-val         default pairing, clean validation cache as reference, sketch
+     full-gradient   upper reference: the exact full-gradient inner product against the global
+                     batch (lai.filter=full_gradient, LAI off so the ledger holds its values),
+                     same policy as lai-default
      random@rate     random exclusion at lai-default's measured exclusion rate
      loss@rate       exclude the highest-loss sequences at the same rate (SPL-style)
-     *-cap0.1, *@0.1 lai-default, lai-val, random and loss with at most 10% of each batch excluded
+     *-cap0.1, *@0.1 lai-default, lai-val, full-gradient, random and loss with at most 10% of
+                     each batch excluded
 4. from each run's TensorBoard (`val/loss`) and ledger (per-sequence values, keep decisions):
    final clean validation loss (mean +- std over seeds), steps to reach the unfiltered run's final
    loss, AUROC of the values for flagging corrupted sequences (a sequence is corrupted when most
@@ -67,12 +71,14 @@ def variants(default_pairing: str) -> dict[str, list[str]]:
     v["lai-paper"] = ["lai.filter=lai", "lai.method=exact", "lai.reference=local",
                       "lai.pairing=aligned", "lai.include_self=true"]
     v["lai-val"] = ["lai.filter=lai", "lai.method=sketch", "lai.reference=val", "lai.pairing=default"]
+    v["full-gradient"] = ["lai.enabled=false", "lai.filter=full_gradient"]
     v["random@rate"] = ["lai.enabled=false", "lai.filter=random"]
     v["loss@rate"] = ["lai.enabled=false", "lai.filter=loss"]
     # the same at a 10% exclusion cap: only the lowest-valued tenth of each global batch goes
     cap = "lai.max_exclude_frac=0.1"
     v["lai-default-cap0.1"] = v["lai-default"] + [cap]
     v["lai-val-cap0.1"] = v["lai-val"] + [cap]
+    v["full-gradient-cap0.1"] = v["full-gradient"] + [cap]
     v["random@0.1"] = ["lai.enabled=false", "lai.filter=random", "lai.baseline_rate=0.1"]
     v["loss@0.1"] = ["lai.enabled=false", "lai.filter=loss", "lai.baseline_rate=0.1"]
     return v

@@ -92,7 +92,9 @@ class TrainConfig:
 @dataclass
 class LAIConfig:
     enabled: bool = True               # compute LAI values (and filter with them if filter=lai)
-    filter: str = "lai"                # lai | none | random | loss  (what decides the mask)
+    filter: str = "lai"                # lai | none | random | loss | full_gradient (what decides
+                                       # the mask; full_gradient: the exact full-gradient inner
+                                       # product, a small-model evaluation reference, no ZeRO-3)
     pairing: str = "default"           # token_pair | aligned | pooled | default (the LAI default)
     method: str = "sketch"             # sketch (scales: T-independent traffic) | exact
     layers: str = "linear"             # linear | blocks
@@ -140,7 +142,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.offload_params": ("none", "cpu"),
     "train.precision": ("fp32", "bf16"),
     "train.schedule": ("cosine", "wsd", "constant"),
-    "lai.filter": ("lai", "none", "random", "loss"),
+    "lai.filter": ("lai", "none", "random", "loss", "full_gradient"),
     "lai.method": ("exact", "sketch"),
     "lai.layers": ("linear", "blocks"),
     "lai.reference": ("local", "global", "val"),
@@ -383,7 +385,10 @@ def validate(cfg: Config, world: int = 1) -> None:
     need(t.eval_every >= 0, "train.eval_every", f"must be >= 0, got {t.eval_every}")
 
     need(lai.enabled or lai.filter != "lai", "lai.filter",
-         "'lai' needs lai.enabled=true (or use none | random | loss)")
+         "'lai' needs lai.enabled=true (or use none | random | loss | full_gradient)")
+    need(lai.filter != "full_gradient" or t.zero_stage != 3, "lai.filter",
+         "'full_gradient' (exact per-sample gradients of the whole model on every rank: a "
+         "small-model evaluation reference) needs full parameters; not with train.zero_stage=3")
     if lai.enabled and lai.pairing != "default":
         from pipeline import lai as lai_mod
         pairings = getattr(lai_mod, "PAIRINGS", None)

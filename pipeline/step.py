@@ -121,9 +121,16 @@ class Selector:
                  random -> exclude each sequence with probability baseline_rate (a coin per
                            seq_id and run.seed, whichever rank holds it);
                  loss   -> exclude the baseline_rate fraction of highest losses of the global
-                           micro-batch (self-paced-learning style).
+                           micro-batch (self-paced-learning style);
+                 full_gradient -> FilterPolicy(threshold, warmup, cap) on the exact full-gradient
+                           inner product (pipeline.lai.full_gradient_values) of each sequence with
+                           the rest of the global micro-batch (j left out unless include_self):
+                           an upper reference for evaluating LAI on small models, not a
+                           production filter (every rank computes B_global per-sample gradients
+                           of the whole model; needs the full parameters, so no ZeRO-3).
     The baselines go through a FilterPolicy(threshold=0) too: same warmup, same cap, never a whole
-    global micro-batch. Their score is the ledger value when LAI is disabled (NaN for none)."""
+    global micro-batch. The ledger value is the LAI value when LAI is enabled, else the filter's
+    score (the full-gradient value for full_gradient, NaN for none)."""
 
     def __init__(self, lai_cfg: LAIConfig, seed: int):
         self.cfg, self.seed = lai_cfg, seed
@@ -138,7 +145,7 @@ class Selector:
                 seed=seed)
         from pipeline.lai import FilterPolicy
         c = lai_cfg
-        threshold = c.threshold if c.filter == "lai" else 0.0
+        threshold = c.threshold if c.filter in ("lai", "full_gradient") else 0.0
         self.policy = FilterPolicy(threshold=threshold, warmup_steps=c.warmup_steps,
                                    max_exclude_frac=c.max_exclude_frac)
 
@@ -151,9 +158,12 @@ class Selector:
 
     @torch.no_grad()
     def select(self, step: int, cap, logits: torch.Tensor, targets: torch.Tensor,
-               losses: torch.Tensor, seq_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+               losses: torch.Tensor, seq_ids: torch.Tensor, *,
+               input_ids: torch.Tensor | None = None, model: torch.nn.Module | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """(values float64 [B], keep bool [B]) for optimizer step `step` (1-based). Collective:
-        every rank calls it with its own micro-batch."""
+        every rank calls it with its own micro-batch. `input_ids` [B, T] and the (unwrapped)
+        `model` are needed by filter=full_gradient only; the model is left as found."""
         c = self.cfg
         values = None
         if self.scorer is not None:
@@ -163,6 +173,8 @@ class Selector:
         else:
             if c.filter == "lai":
                 score = values
+            elif c.filter == "full_gradient":
+                score = self._full_gradient(model, input_ids, targets)
             elif c.filter == "random":
                 u = [np.random.default_rng([self.seed, int(i)]).random() for i in seq_ids.tolist()]
                 score = torch.tensor(u, dtype=torch.float64, device=losses.device) - c.baseline_rate
@@ -180,6 +192,26 @@ class Selector:
         if values is None:
             values = torch.full_like(losses, float("nan"), dtype=torch.float64)
         return values.detach(), keep
+
+    def _full_gradient(self, model, input_ids, targets) -> torch.Tensor:
+        """float64 [B]: full_gradient_values of this rank's sequences against the global
+        micro-batch (all ranks' sequences gathered; local batches are equal-sized). Every rank
+        computes the whole global batch, so the model must hold its full parameters."""
+        if model is None or input_ids is None:
+            raise ValueError("lai.filter=full_gradient: select() needs input_ids= and model=")
+        bad = bool((targets == -100).any()) or not torch.equal(input_ids[:, 1:], targets[:, :-1])
+        if dist.any_rank(bad, input_ids.device):        # raised on every rank together
+            from pipeline.errors import UserError
+            raise UserError("lai.filter: full_gradient scores whole sequences whose targets are "
+                            "the inputs shifted by one; a batch has ignored (-100) or other "
+                            "targets")
+        # the seq_len + 1 token sample: HF shifts inside (labels=None), all seq_len targets count
+        x = torch.cat(dist.gather_tensors(torch.cat([input_ids[:, :1], targets], 1)))
+        from pipeline.lai import full_gradient_values
+        values = full_gradient_values(model, x, include_self=self.cfg.include_self)
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        b = input_ids.shape[0]
+        return values[rank * b:(rank + 1) * b]
 
     def needs_val_reference(self) -> bool:
         return self.scorer is not None and self.cfg.reference == "val"

@@ -244,7 +244,8 @@ def train(cfg: Config, info: dist.DistInfo, resume_from: Path | None) -> int:
                 logits = engine(input_ids=input_ids).logits
             losses = per_sequence_loss(logits, targets)
             t2 = clock(info.device)
-            values, keep = selector.select(step, cap, logits, targets, losses, batch["seq_ids"])
+            values, keep = selector.select(step, cap, logits, targets, losses, batch["seq_ids"],
+                                           input_ids=input_ids, model=engine.module)
             t3 = clock(info.device)
             n_tokens = (targets != -100).sum(1)
             loss, stats = masked_loss(losses, n_tokens, keep, info.world)

@@ -43,7 +43,7 @@ def test_shipped_configs_load_and_name_the_contract_keys():
                 "train.zero_stage", "lai.enabled", "lai.filter"):
         section, name = key.split(".")
         assert hasattr(getattr(cfg, section), name), key
-    assert CHOICES["lai.filter"] == ("lai", "none", "random", "loss")
+    assert CHOICES["lai.filter"] == ("lai", "none", "random", "loss", "full_gradient")
 
 
 def test_zero_presets_merge_over_a_run_config(data_dir):

@@ -12,21 +12,13 @@ single-process autograd:
 from __future__ import annotations
 
 import copy
-import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+
+from engine_support import (B, T, V, WORLD, engine_and_optimizer, run_on_ranks, seeded_model,
+                            tiny_cfg)
 import torch.nn.functional as F
-
-WORLD, B, T, V = 2, 3, 16, 128
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _batch(rank: int, micro: int):
@@ -43,32 +35,6 @@ def _batch(rank: int, micro: int):
 # keep masks per (micro, rank): uneven kept counts across ranks
 KEEP = {0: [[True, False, False], [True, True, False]],
         1: [[False, True, True], [False, False, True]]}
-
-
-def _cfg(stage: int, grad_accum: int = 1):
-    from pipeline.config import Config
-    cfg = Config()
-    cfg.train.zero_stage, cfg.train.grad_accum, cfg.train.micro_batch = stage, grad_accum, B
-    cfg.train.grad_clip = 0.0
-    cfg.model.family, cfg.model.n_layer, cfg.model.hidden, cfg.model.n_head = "gpt2", 2, 32, 2
-    return cfg
-
-
-def _model(cfg):
-    from pipeline.model import build_model
-    torch.manual_seed(0)
-    return build_model(cfg.model, vocab_size=V, seq_len=T)
-
-
-def _engine(cfg, model):
-    import deepspeed
-
-    from pipeline.config import ds_config
-    from pipeline.step import build_optimizer
-    opt = build_optimizer(model, cfg.train, torch.device("cpu"), offload=False)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=opt,
-                                      config=ds_config(cfg, WORLD, cuda=False))
-    return engine, opt
 
 
 def _reference_grads(model, micro_steps):
@@ -103,10 +69,10 @@ def _masked_backward(engine, rank, micro):
 
 
 def _check_masked_equals_kept_only(rank, stage, grad_accum):
-    cfg = _cfg(stage, grad_accum)
-    model = _model(cfg)
+    cfg = tiny_cfg(stage, "gpt2", grad_accum)
+    model = seeded_model(cfg)
     ref = _reference_grads(model, list(range(grad_accum)))
-    engine, _ = _engine(cfg, model)
+    engine, _ = engine_and_optimizer(cfg, model)
     for micro in range(grad_accum):
         _masked_backward(engine, rank, micro)
         if micro < grad_accum - 1:
@@ -121,8 +87,8 @@ def _check_masked_equals_kept_only(rank, stage, grad_accum):
 def _check_all_kept_is_plain_mean(rank):
     from pipeline.lai import per_sequence_loss
     from pipeline.step import masked_loss
-    cfg = _cfg(0)
-    model = _model(cfg)
+    cfg = tiny_cfg(0, "gpt2")
+    model = seeded_model(cfg)
     ids = torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(rank))
     logits = model(input_ids=ids).logits
     tgt = torch.roll(ids, -1, 1)          # every target valid: equal tokens on every rank
@@ -137,8 +103,8 @@ def _lai_values(rank, stage, reference):
     from pipeline.config import LAIConfig
     from pipeline.lai import per_sequence_loss
     from pipeline.step import Selector
-    cfg = _cfg(stage)
-    engine, _ = _engine(cfg, _model(cfg))
+    cfg = tiny_cfg(stage, "gpt2")
+    engine, _ = engine_and_optimizer(cfg, seeded_model(cfg))
     sel = Selector(LAIConfig(enabled=True, filter="lai", reference=reference), seed=0)
     if sel.needs_val_reference():
         sel.refresh_val_reference(engine.module, [_batch(rank, 5), _batch(rank, 6)])
@@ -181,8 +147,8 @@ def _params(engine, stage):
 
 
 def _check_nonfinite_skips(rank, stage):
-    cfg = _cfg(stage)
-    engine, opt = _engine(cfg, _model(cfg))
+    cfg = tiny_cfg(stage, "gpt2")
+    engine, opt = engine_and_optimizer(cfg, seeded_model(cfg))
     before = _params(engine, stage)
     loss, stats = _masked_backward(engine, rank, 0)
     assert not stats.nonfinite
@@ -207,28 +173,20 @@ def _check_nonfinite_skips(rank, stage):
     engine.destroy()
 
 
-def _worker(rank: int, port: int):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
-    torch.set_num_threads(1)
-    from pipeline import dist
-    dist.init()
-    try:
-        _check_all_kept_is_plain_mean(rank)
-        for stage in (0, 2, 3):
-            _check_masked_equals_kept_only(rank, stage, grad_accum=1)
-        _check_masked_equals_kept_only(rank, 2, grad_accum=2)
-        for reference in ("global", "val"):
-            v0, v3 = _lai_values(rank, 0, reference), _lai_values(rank, 3, reference)
-            assert v0.dtype == torch.float64 and v0.shape == (B,) and v0.abs().max() > 0
-            torch.testing.assert_close(v3, v0, rtol=1e-5, atol=1e-12)
-        _check_baseline_filters(rank)
-        for stage in (0, 2):
-            _check_nonfinite_skips(rank, stage)
-    finally:
-        dist.shutdown()
+def _checks(rank: int):
+    _check_all_kept_is_plain_mean(rank)
+    for stage in (0, 2, 3):
+        _check_masked_equals_kept_only(rank, stage, grad_accum=1)
+    _check_masked_equals_kept_only(rank, 2, grad_accum=2)
+    for reference in ("global", "val"):
+        v0, v3 = _lai_values(rank, 0, reference), _lai_values(rank, 3, reference)
+        assert v0.dtype == torch.float64 and v0.shape == (B,) and v0.abs().max() > 0
+        torch.testing.assert_close(v3, v0, rtol=1e-5, atol=1e-12)
+    _check_baseline_filters(rank)
+    for stage in (0, 2):
+        _check_nonfinite_skips(rank, stage)
 
 
 @pytest.mark.slow
 def test_lai_step_math_on_two_ranks():
-    mp.spawn(_worker, args=(_port(),), nprocs=WORLD, join=True)
+    run_on_ranks(_checks)
