@@ -32,7 +32,6 @@ from tqdm import tqdm
 from pipeline.data import PackedDataset
 from pipeline.errors import UserError, cli_main
 from pipeline.fsutil import atomic_write, atomic_write_json, read_json
-from pipeline.indexed import IndexedReader, ShardFormatError
 from pipeline.ledger import read_ledger
 
 
@@ -106,12 +105,11 @@ def group_stats(rows: np.ndarray, span_row: np.ndarray, group: np.ndarray, token
 # ---------------------------------------------------------------------------- snippets
 
 class Snippets:
-    """Decoded text of whole documents: tokens from the shards (pipeline.indexed), text from the
-    dataset's tokenizer (sentencepiece model file or HF tokenizer directory)."""
+    """Decoded text of whole documents: tokens from the dataset's mapped shards, text from its
+    tokenizer (sentencepiece model file or HF tokenizer directory)."""
 
     def __init__(self, dataset: PackedDataset, max_tokens: int = 96, max_chars: int = 200):
         self.dataset, self.max_tokens, self.max_chars = dataset, max_tokens, max_chars
-        self._readers: dict[Path, IndexedReader] = {}
         tokenizer_path = Path(dataset.tokenizer_path)
         if tokenizer_path.is_dir():
             from transformers import AutoTokenizer
@@ -124,21 +122,8 @@ class Snippets:
             sp = spm.SentencePieceProcessor(model_file=str(tokenizer_path))
             self._decode = sp.decode            # control tokens (EOS, BOS) decode to ""
 
-    def tokens(self, source: str, shard: str, doc: int) -> np.ndarray:
-        prefix = self.dataset.data_dir(source, shard) / shard
-        r = self._readers.get(prefix)
-        if r is None:
-            try:
-                r = self._readers[prefix] = IndexedReader(prefix)
-            except ShardFormatError as e:
-                raise UserError(str(e)) from None
-        # a document is sequences document_indices[doc] .. [doc + 1] (one, in our shards)
-        first, end = (int(i) for i in r.document_indices[doc:doc + 2])
-        start = lambda i: int(r.starts[i]) if i < len(r) else r.num_tokens  # noqa: E731
-        return r.tokens[start(first):start(end)]
-
     def __call__(self, source: str, shard: str, doc: int) -> str:
-        ids = self.tokens(source, shard, doc)
+        ids = self.dataset.document_tokens(source, shard, doc)
         text = " ".join(self._decode([int(t) for t in ids[:self.max_tokens]]).split())
         if len(text) > self.max_chars or len(ids) > self.max_tokens:
             text = text[:self.max_chars].rstrip() + "…"

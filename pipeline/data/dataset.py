@@ -132,12 +132,20 @@ class PackedDataset:
         return [DocSpan(stream.shard_sources[p.shard], stream.shard_prefixes[p.shard], p.doc,
                         p.offset, p.length) for p in pieces]
 
+    def document_tokens(self, source: str, shard: str, doc: int) -> np.ndarray:
+        """All tokens of document `doc` of `shard` (a read-only view of the mapped shard; a
+        Megatron document may span several stored sequences)."""
+        i, j = self._shard_index[(source, shard)]
+        reader = self.streams[i].readers[j]
+        first, end = (int(k) for k in reader.document_indices[doc:doc + 2])
+        start = int(reader.starts[first])
+        stop = int(reader.starts[end]) if end < len(reader) else reader.num_tokens
+        return reader.tokens[start:stop]
+
     def span_tokens(self, span: DocSpan) -> np.ndarray:
         """The tokens a DocSpan refers to (a read-only view of the mapped shard)."""
-        i, j = self._shard_index[(span.source, span.shard)]
-        reader = self.streams[i].readers[j]
-        start = int(reader.starts[reader.document_indices[span.doc]]) + span.token_offset
-        return reader.tokens[start: start + span.num_tokens]
+        tokens = self.document_tokens(span.source, span.shard, span.doc)
+        return tokens[span.token_offset: span.token_offset + span.num_tokens]
 
     def data_dir(self, source: str, shard: str) -> Path:
         """The prepared directory holding `shard` of `source` (for reading documents back)."""
