@@ -183,12 +183,12 @@ def _comm_worker(rank: int, world: int, port: int, spec: dict, q) -> None:
 
 def comm_part(args, size) -> list[dict]:
     import torch.multiprocessing as mp
-    from pipeline.dist import _free_port
+    from pipeline.dist import free_port
     spec = {"model": size["models"][list(size["models"])[-1]], "vocab": size["vocab"],
             "seq_len": size["seq_len"], "batch": size["micro_batch"]}
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_comm_worker, args=(r, 2, port, spec, q)) for r in range(2)]
     for p in procs:
         p.start()

@@ -42,14 +42,15 @@ def init(local_rank: int | None = None) -> DistInfo:
     if "RANK" not in os.environ:              # plain `python -m pipeline.train`: world of one
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK=str(local_rank),
                           MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"),
-                          MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())))
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())))
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False,
                                verbose=False)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (rendezvous for local runs)."""
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -2,17 +2,12 @@
 model, a real engine with the trainer's client optimizer, and a free rendezvous port."""
 from __future__ import annotations
 
-import socket
 
 import torch
 
+from pipeline.dist import free_port
+
 WORLD, B, T, V = 2, 3, 16, 128      # ranks, sequences per rank, tokens per sequence, vocab
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny_cfg(stage: int, family: str, grad_accum: int = 1):

@@ -23,6 +23,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from pipeline.dist import free_port
+
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 HOSTS_FILE = Path("/etc/hosts")
 HOSTS_MARK = "# lai-test-slurm-cluster"
@@ -32,12 +34,6 @@ FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PRE
 
 class SlurmError(RuntimeError):
     """The cluster could not be started, or a job did not reach the expected state."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(cmd: list[str], env: dict | None = None, timeout: float = 60, check: bool = True,
@@ -220,7 +216,7 @@ class SlurmCluster:
         w = self.workdir
         host = socket.gethostname().split(".")[0]
         topo = _topology()
-        ports = [_free_port() for _ in range(len(self.nodes) + 1)]
+        ports = [free_port() for _ in range(len(self.nodes) + 1)]
         node_lines = "\n".join(
             f"NodeName={n} NodeAddr=127.0.0.1 Port={p} {topo} State=UNKNOWN"
             for n, p in zip(self.nodes, ports[1:]))

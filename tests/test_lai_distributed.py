@@ -1,13 +1,13 @@
 """2 ranks over gloo: global / val references and the filter policy equal the single-process
 computation on the concatenated global batch."""
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from pipeline.dist import free_port
 from pipeline.lai import (FilterPolicy, LAIScorer, LayerInputCapture, lai_values, loss_values,
                           random_values)
 from pipeline.lai.grads import shift_labels
@@ -56,12 +56,6 @@ def worker(rank, port, out_dir):
         dist.barrier()         # both ranks done before either tears gloo down
     finally:
         dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_ranks_equal_single_process(tmp_path):

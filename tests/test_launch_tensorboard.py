@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -13,14 +12,10 @@ from pathlib import Path
 import psutil
 import pytest
 
+from pipeline.dist import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "launch" / "tensorboard.sh"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _write_run(run_dir: Path, losses: list[float]) -> None:
@@ -55,7 +50,7 @@ def test_serves_runs_side_by_side_on_loopback_and_stops(tmp_path):
     exp = tmp_path / "exp"
     _write_run(exp / "baseline", [4.0, 3.5, 3.2])
     _write_run(exp / "lai", [4.0, 3.4, 3.0])
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([str(SCRIPT), "--port", str(port), str(exp)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from datagen import make_data_dir, random_docs
+from pipeline.dist import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SH = REPO / "launch" / "train.sh"
@@ -23,12 +23,6 @@ def tiny_overrides(data: Path, out: Path, steps: int) -> list[str]:
             f"train.steps={steps}", "train.warmup_steps=1", "train.eval_every=0",
             "lai.warmup_steps=0", "log.every=1", "log.histogram_every=0", "run.save_every=2",
             f"run.out_dir={out}"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(*args, timeout: float = 300) -> subprocess.CompletedProcess:
