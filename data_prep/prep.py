@@ -35,7 +35,7 @@ from data_prep.tokenizer import (HF_DIR, SPM_FILE, TrainConfig, check_train_conf
                                  sample_sentences, tokenizer_entry, tokenizer_sha256, train_sentencepiece,
                                  training_sentences)
 from pipeline.errors import UserError
-from pipeline.fsutil import atomic_write_json, remove_stale_tmp
+from pipeline.fsutil import atomic_write_json, read_json, remove_stale_tmp
 from pipeline.indexed import bin_path, idx_path, token_dtype
 from pipeline.manifest import MANIFEST_NAME, Manifest, ShardEntry, TokenizerEntry, load_manifest
 
@@ -128,12 +128,8 @@ def _refuse_changed(path: Path, old: dict, new: dict) -> None:
 
 
 def _read_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: unreadable ({e})") from None
+    """The JSON at `path`, or None if there is none yet (UserError if unreadable)."""
+    return read_json(path) if path.is_file() else None
 
 
 def _clean_stale(out: Path, part: int | None) -> None:
@@ -141,10 +137,7 @@ def _clean_stale(out: Path, part: int | None) -> None:
     if part is None:
         for d in (out, out / PARTS):
             if d.is_dir():
-                for p in d.glob(".*.tmp.*"):
-                    if p.is_dir():
-                        shutil.rmtree(p, ignore_errors=True)
-                remove_stale_tmp(d)
+                remove_stale_tmp(d)             # files and directories
         return
     for pattern, d in ((f".*-p{part:05d}-*.tmp.*", out), (f".part-{part:05d}.*.tmp.*", out / PARTS)):
         for p in d.glob(pattern):
