@@ -138,7 +138,6 @@ def train(cfg: Config, info: dist.DistInfo, resume_from: Path | None) -> int:
     from pipeline.flops import achieved_tflops, mfu, model_flops_per_token
     from pipeline.lai import per_sequence_loss
     from pipeline.ledger import Ledger
-    from pipeline.manifest import load_manifest
     from pipeline.metrics import Metrics, source_scalars
 
     t_start = time.time()
@@ -161,7 +160,7 @@ def train(cfg: Config, info: dist.DistInfo, resume_from: Path | None) -> int:
         except UserError as e:
             raise UserError(f"train.eval_every / lai.reference=val need a val split: {e} (set "
                             "train.eval_every=0, or prepare the data with a val fraction)") from None
-    tok = load_manifest(d.sources[0].path).tokenizer
+    tok = train_ds.tokenizer
     if info.main:
         write_run_files(cfg, run_dir, ds, train_ds.fingerprint)
 

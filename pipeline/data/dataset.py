@@ -93,7 +93,7 @@ class PackedDataset:
                 self._shard_index[key] = (i, j)
         self._blend = blend_schedule(self.weights)
         self.samples_per_epoch = sum(st.num_samples for st in self.streams)
-        self.vocab_size, self.eos_id = tok0.vocab_size, tok0.eos_id
+        self.tokenizer = tok0                     # the sources' shared TokenizerEntry
         self.tokenizer_path = checked[0][0] / tok0.path
         self.fingerprint = self._fingerprint(manifests)
         self.release_every_bytes = RELEASE_EVERY_BYTES
@@ -131,6 +131,14 @@ class PackedDataset:
         stream, pieces = self._pieces(seq_id)
         return [DocSpan(stream.shard_sources[p.shard], stream.shard_prefixes[p.shard], p.doc,
                         p.offset, p.length) for p in pieces]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def eos_id(self) -> int:
+        return self.tokenizer.eos_id
 
     def document_tokens(self, source: str, shard: str, doc: int) -> np.ndarray:
         """All tokens of document `doc` of `shard` (a read-only view of the mapped shard; a
