@@ -104,7 +104,7 @@ CORRUPTION_DOC = {
 class Corruptor:
     """Applies one corruption type to a 1-D token array; output has the same length.
 
-    tokenizer: a sentencepiece.SentencePieceProcessor (needed by "shuffle" only); special ids
+    tokenizer: the corpus's pipeline.format.tokenizer.Tokenizer (needed by "shuffle" only); special ids
     (< num_special) are never produced by "garbage"; boilerplate: the token array "duplicate"
     copies (documents start at its beginning; `offset` = None picks a random window, as a
     packed sequence would see it). All randomness comes from the rng passed in.
@@ -149,9 +149,12 @@ class Corruptor:
         raise ValueError(f"unknown corruption {kind!r} (choose from {', '.join(CORRUPTIONS)})")
 
 
-def load_tokenizer(path: str | Path):
-    import sentencepiece as spm
-    return spm.SentencePieceProcessor(model_file=str(path))
+def median_minus_loss(losses: np.ndarray, ref: np.ndarray | None = None) -> np.ndarray:
+    """The loss ranking score the benchmarks report: median reference loss minus l_j (float64;
+    reference = `losses` themselves unless `ref`). Higher = lower loss. (The trainer's loss filter,
+    pipeline.lai.loss_scores, thresholds at its exclusion rate instead of the median.)"""
+    losses = np.asarray(losses, dtype=np.float64)
+    return float(np.median(losses if ref is None else np.asarray(ref, np.float64))) - losses
 
 
 # --------------------------------------------------------------------------- corpus

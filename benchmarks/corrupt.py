@@ -32,8 +32,9 @@ from tqdm import tqdm
 from benchmarks import common as C
 from pipeline.errors import UserError, cli_main
 from pipeline.fsutil import atomic_write_json, sha256_file
-from pipeline.indexed import IndexedReader, IndexedWriter
-from pipeline.manifest import load_manifest
+from pipeline.format.indexed import IndexedReader, IndexedWriter
+from pipeline.format.manifest import load_manifest
+from pipeline.format.tokenizer import load_tokenizer
 
 GROUND_TRUTH = "corruption.json"
 
@@ -53,7 +54,8 @@ def corrupt_corpus(src: Path, out: Path, frac: float, types: list[str], seed: in
         raise UserError(f"{out}: output must differ from the source directory")
     out.mkdir(parents=True, exist_ok=True)
     tok_path = src / man.tokenizer.path
-    tokenizer = C.load_tokenizer(tok_path) if man.tokenizer.kind == "sentencepiece" else None
+    tokenizer = load_tokenizer(man.tokenizer.kind, tok_path) \
+        if man.tokenizer.kind == "sentencepiece" else None
     if "shuffle" in types and tokenizer is None:
         raise UserError(f"{src}: the 'shuffle' corruption needs a sentencepiece tokenizer")
     special = max(man.tokenizer.eos_id, man.tokenizer.bos_id, man.tokenizer.pad_id) + 1

@@ -163,15 +163,13 @@ def score(model, x: torch.Tensor, ref: str, val_x: torch.Tensor, fn, **kw) -> np
 
 
 def loss_score(losses: np.ndarray, ref: str, val_losses: np.ndarray) -> np.ndarray:
-    """pipeline.lai.loss_values (reference median loss minus l_j) under reference `ref`."""
-    from pipeline.lai import loss_values
-    t = torch.from_numpy(losses)
+    """Median reference loss minus l_j (common.median_minus_loss) under reference `ref`."""
     if ref == "global":
-        return loss_values(t).numpy()
+        return C.median_minus_loss(losses)
     if ref == "val":
-        return loss_values(t, torch.from_numpy(val_losses)).numpy()
+        return C.median_minus_loss(losses, val_losses)
     q = len(losses) // LOCAL_RANKS
-    return np.concatenate([loss_values(t[r * q:(r + 1) * q]).numpy() for r in range(LOCAL_RANKS)])
+    return np.concatenate([C.median_minus_loss(losses[r * q:(r + 1) * q]) for r in range(LOCAL_RANKS)])
 
 
 def variants_for(ref: str) -> list[Variant]:
@@ -460,7 +458,8 @@ def main(argv=None) -> int:
     if train.samples_per_epoch < need:
         raise SystemExit(f"error: {data_dir}: {train.samples_per_epoch} train sequences, the benchmark needs {need}")
     sketch_dim = args.sketch_dim or getattr(lai, "DEFAULT_SKETCH_DIM", 4096)
-    corruptor = C.Corruptor(train.vocab_size, C.load_tokenizer(train.tokenizer_path),
+    from pipeline.format.tokenizer import load_tokenizer
+    corruptor = C.Corruptor(train.vocab_size, load_tokenizer(train.tokenizer.kind, train.tokenizer_path),
                             boilerplate=corpus_truth["boilerplate"]["tokens"])
     batches = scored_batches(clean, corruptor, args.score_batches, args.batch, args.corrupt_frac, args.seed + 1)
     val_x = torch.from_numpy(np.stack([val.sample(i) for i in range(args.batch)]).astype(np.int64))

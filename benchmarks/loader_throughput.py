@@ -25,7 +25,7 @@ from pipeline.data import PackedDataset, RankLoader
 from benchmarks.common import machine as common_machine
 from pipeline.errors import cli_main
 from pipeline.fsutil import atomic_write
-from pipeline.manifest import MANIFEST_NAME
+from pipeline.format.manifest import MANIFEST_NAME
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "DATA_PREP.md"

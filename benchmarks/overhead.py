@@ -183,7 +183,7 @@ def _comm_worker(rank: int, world: int, port: int, spec: dict, q) -> None:
 
 def comm_part(args, size) -> list[dict]:
     import torch.multiprocessing as mp
-    from pipeline.dist import free_port
+    from pipeline.comm import free_port
     spec = {"model": size["models"][list(size["models"])[-1]], "vocab": size["vocab"],
             "seq_len": size["seq_len"], "batch": size["micro_batch"]}
     ctx = mp.get_context("spawn")

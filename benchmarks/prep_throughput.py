@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from data_prep.prep import PrepOptions, run_prep
+from data_prep.options import PrepOptions
+from data_prep.single import run_prep
 from data_prep.sources import iter_documents, parse_source
 from data_prep.tokenize import batched
 from benchmarks.common import machine as common_machine

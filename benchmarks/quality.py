@@ -156,7 +156,7 @@ def tb_scalars(tb_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
 
 def sequence_labels(run_dir: Path, seq_ids: np.ndarray, labels) -> tuple[np.ndarray, np.ndarray]:
     """(corrupted bool, kind str) per ledger row: corrupted = most tokens from corrupted docs."""
-    from pipeline.report import build_dataset, load_data_spec
+    from pipeline.report.valuation import build_dataset, load_data_spec
     ds = build_dataset(load_data_spec(run_dir))
     cache: dict[int, tuple[float, str]] = {}
     fr, kinds = np.empty(len(seq_ids)), np.empty(len(seq_ids), dtype=object)
@@ -168,7 +168,7 @@ def sequence_labels(run_dir: Path, seq_ids: np.ndarray, labels) -> tuple[np.ndar
 
 
 def analyse_run(run_dir: Path, labels, lai_warmup: int) -> dict:
-    from pipeline.ledger import read_ledger
+    from pipeline.train.ledger import read_ledger
     steps, val = tb_scalars(run_dir / "tb", "val/loss")
     rows = read_ledger(run_dir)
     bad, kinds = sequence_labels(run_dir, rows["seq_id"], labels)

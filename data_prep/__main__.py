@@ -1,4 +1,5 @@
-"""`lai-prep`: corpora -> tokenizer -> Megatron-format shards + manifest.json (see data_prep.prep).
+"""`lai-prep`: corpora -> tokenizer -> Megatron-format shards + manifest.json (data_prep.single;
+partitioned Slurm array mode: data_prep.partitioned).
 
     lai-prep --source stdlib --out data/stdlib                      train a tokenizer, write shards
     lai-prep tokenizer --source ... --out OUT [...]                 partitioned: tokenizer + plan
@@ -84,7 +85,7 @@ def _prep_parser(prog: str, partitioned: bool) -> argparse.ArgumentParser:
 
 
 def _options(a: argparse.Namespace):
-    from data_prep.prep import PrepOptions
+    from data_prep.options import PrepOptions
     specs = [parse_source(s, default_field=a.text_field) for s in a.source]
     if a.sources:
         specs += load_source_list(a.sources, default_field=a.text_field)
@@ -119,15 +120,16 @@ def _dir_parser(prog: str, what: str) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd = argv.pop(0) if argv and argv[0] in ("tokenizer", "merge", "verify") else "prep"
-    from data_prep import prep
+    from data_prep import partitioned, single
     if cmd == "merge":
-        prep.run_merge(_dir_parser("lai-prep merge", "merge the parts of a partitioned run").parse_args(argv).out)
+        partitioned.run_merge(_dir_parser("lai-prep merge", "merge the parts of a partitioned run").parse_args(argv).out)
     elif cmd == "verify":
-        prep.run_verify(_dir_parser("lai-prep verify", "check every shard of a prepared directory").parse_args(argv).out)
+        single.run_verify(_dir_parser("lai-prep verify", "check every shard of a prepared directory").parse_args(argv).out)
     elif cmd == "tokenizer":
-        prep.run_tokenizer(_options(_prep_parser("lai-prep tokenizer", partitioned=False).parse_args(argv)))
+        partitioned.run_tokenizer(_options(_prep_parser("lai-prep tokenizer", partitioned=False).parse_args(argv)))
     else:
-        prep.run_prep(_options(_prep_parser("lai-prep", partitioned=True).parse_args(argv)))
+        opts = _options(_prep_parser("lai-prep", partitioned=True).parse_args(argv))
+        (single.run_prep if opts.part is None else partitioned.run_part)(opts)
     return 0
 
 

@@ -15,8 +15,8 @@ import numpy as np
 
 from pipeline.errors import UserError
 from pipeline.fsutil import sha256_file
-from pipeline.indexed import IndexedReader, IndexedWriter, ShardFormatError, bin_path, idx_path
-from pipeline.manifest import ShardEntry
+from pipeline.format.indexed import IndexedReader, IndexedWriter, ShardFormatError, bin_path, idx_path
+from pipeline.format.manifest import ShardEntry
 
 SHARD_RE = re.compile(r"^[A-Za-z0-9_]+-(train|val)-(p\d{5}-)?\d{5}\.(bin|idx)$")
 

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from data_prep.tokenizer import Tokenizer, load_tokenizer
+from pipeline.format.tokenizer import Tokenizer, load_tokenizer
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""Tokenizers: train a sentencepiece model on the corpus, or use an existing sentencepiece model or
-a Hugging Face tokenizer, behind one small interface (`Tokenizer`) that the worker pool uses.
+"""The prepared directory's tokenizer: train a sentencepiece model on the corpus, or install an
+existing sentencepiece model or Hugging Face tokenizer (loading is pipeline.format.tokenizer's).
 
 Training is reproducible: the capped training sample is drawn by our own seeded reservoir sampler
 (sentencepiece's own sampler is not seed-stable), and the saved model does not record the thread
@@ -12,7 +12,6 @@ characters outside the vocabulary. That suits code (the stdlib corpus) as well a
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import random
@@ -22,11 +21,11 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from pipeline.errors import UserError
-from pipeline.fsutil import atomic_write, sha256_file, tmp_name
-from pipeline.manifest import TokenizerEntry
+from pipeline.format.manifest import TokenizerEntry
+from pipeline.format.tokenizer import (HF_DIR, SPM_FILE, HFTokenizer, SentencePieceTokenizer,
+                                       load_tokenizer, tokenizer_sha256)
+from pipeline.fsutil import atomic_write, tmp_name
 
-SPM_FILE = "tokenizer.model"     # sentencepiece model inside a prepared directory
-HF_DIR = "tokenizer"             # HF tokenizer directory inside a prepared directory
 MAX_SENTENCE_CHARS = 4096        # longer lines are cut into pieces for training
 
 
@@ -112,83 +111,6 @@ def train_sentencepiece(sentences: list[str], out_path: str | os.PathLike, cfg: 
         f.write(proto.SerializeToString())
 
 
-class Tokenizer:
-    """What the shard writer needs from a tokenizer."""
-    kind: str
-    vocab_size: int
-    eos_id: int
-    bos_id: int = -1
-    pad_id: int = -1
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        raise NotImplementedError
-
-    def decode(self, ids) -> str:
-        raise NotImplementedError
-
-
-class SentencePieceTokenizer(Tokenizer):
-    kind = "sentencepiece"
-
-    def __init__(self, path: str | os.PathLike):
-        import sentencepiece as spm
-        self.sp = spm.SentencePieceProcessor()
-        try:
-            self.sp.Load(str(path))
-        except (OSError, RuntimeError) as e:
-            raise UserError(f"{path}: not a sentencepiece model ({str(e).strip().splitlines()[-1]})") from None
-        self.vocab_size = self.sp.get_piece_size()
-        self.eos_id, self.bos_id, self.pad_id = self.sp.eos_id(), self.sp.bos_id(), self.sp.pad_id()
-        if self.eos_id < 0:
-            raise UserError(f"{path}: sentencepiece model has no EOS piece (eos_id=-1)")
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return self.sp.encode(texts, out_type=int, num_threads=1)
-
-    def decode(self, ids) -> str:
-        return self.sp.decode([int(i) for i in ids])
-
-
-class HFTokenizer(Tokenizer):
-    kind = "hf"
-
-    def __init__(self, name_or_path: str | os.PathLike):
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        from transformers import AutoTokenizer
-        try:
-            self.tok = AutoTokenizer.from_pretrained(str(name_or_path))
-        except Exception as e:  # OSError, ValueError, hub errors: one line
-            msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise UserError(f"{name_or_path}: cannot load HF tokenizer ({msg})") from None
-        self.vocab_size = len(self.tok)
-        if self.tok.eos_token_id is None:
-            raise UserError(f"{name_or_path}: HF tokenizer has no EOS token")
-        self.eos_id = int(self.tok.eos_token_id)
-        self.bos_id = -1 if self.tok.bos_token_id is None else int(self.tok.bos_token_id)
-        self.pad_id = -1 if self.tok.pad_token_id is None else int(self.tok.pad_token_id)
-
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return self.tok(texts, add_special_tokens=False, verbose=False)["input_ids"]
-
-    def decode(self, ids) -> str:
-        return self.tok.decode([int(i) for i in ids])
-
-
-def load_tokenizer(kind: str, path: str | os.PathLike) -> Tokenizer:
-    return SentencePieceTokenizer(path) if kind == "sentencepiece" else HFTokenizer(path)
-
-
-def tokenizer_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a model file, or of a tokenizer directory (file names and contents, sorted)."""
-    p = Path(path)
-    if p.is_file():
-        return sha256_file(p)
-    h = hashlib.sha256()
-    for f in sorted(x for x in p.rglob("*") if x.is_file()):
-        h.update(f.relative_to(p).as_posix().encode() + b"\0" + sha256_file(f).encode() + b"\n")
-    return h.hexdigest()
-
-
 def tokenizer_entry(out_dir: str | os.PathLike, kind: str) -> TokenizerEntry:
     """Load the tokenizer installed in `out_dir` and describe it for the manifest."""
     rel = SPM_FILE if kind == "sentencepiece" else HF_DIR
@@ -215,7 +137,7 @@ def install_tokenizer(spec: str, out_dir: str | os.PathLike) -> str:
         final = out / HF_DIR
         tmp = tmp_name(final)
         shutil.rmtree(tmp, ignore_errors=True)
-        tok.tok.save_pretrained(tmp)
+        tok.save_hf(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         return "hf"

@@ -2,8 +2,8 @@
 
     make_data_dir(path, docs, vocab_size=512, source="synthetic", val_docs=None, ...)
 
-writes `<source>-<split>-NNNNN.bin/.idx` shards with pipeline.indexed.IndexedWriter and a manifest
-with pipeline.manifest.Manifest. The tokenizer file is a stand-in (its bytes only set the sha256
+writes `<source>-<split>-NNNNN.bin/.idx` shards with pipeline.format.indexed.IndexedWriter and a manifest
+with pipeline.format.manifest.Manifest. The tokenizer file is a stand-in (its bytes only set the sha256
 the loader compares across sources); tests that decode text must use a real tokenizer.
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.fsutil import atomic_write, sha256_file
-from pipeline.indexed import IndexedWriter, bin_path, idx_path, token_dtype
-from pipeline.manifest import Manifest, ShardEntry, TokenizerEntry
+from pipeline.format.indexed import IndexedWriter, bin_path, idx_path, token_dtype
+from pipeline.format.manifest import Manifest, ShardEntry, TokenizerEntry
 
 EOS = 2
 

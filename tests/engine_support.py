@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.dist import free_port
+from pipeline.comm import free_port
 
 WORLD, B, T, V = 2, 3, 16, 128      # ranks, sequences per rank, tokens per sequence, vocab
 
@@ -21,7 +21,7 @@ def tiny_cfg(stage: int, family: str, grad_accum: int = 1):
 
 
 def seeded_model(cfg):
-    from pipeline.model import build_model
+    from pipeline.train.model import build_model
     torch.manual_seed(0)
     return build_model(cfg.model, vocab_size=V, seq_len=T)
 
@@ -30,9 +30,11 @@ def engine_and_optimizer(cfg, model):
     """deepspeed.initialize with the trainer's client AdamW (call inside a WORLD-rank group)."""
     import deepspeed
 
-    from pipeline.config import ds_config
-    from pipeline.step import build_optimizer
-    opt = build_optimizer(model, cfg.train, torch.device("cpu"), offload=False)
+    from pipeline.comm import Comm
+    from pipeline.train.optim import SkipGate, build_optimizer
+    from pipeline.train.setup import ds_config
+    opt = build_optimizer(model, cfg.train, SkipGate(Comm.resolve(), torch.device("cpu")),
+                          offload=False)
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt,
                                       config=ds_config(cfg, WORLD, cuda=False))
     return engine, opt
@@ -43,14 +45,14 @@ def _rank_entry(rank: int, fn, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from pipeline import dist
-    dist.init()
+    from pipeline.train import runtime
+    runtime.init()
     try:
         fn(rank)
     except BaseException:
-        dist.shutdown(clean=False)     # no barrier: the peer may be inside another collective
+        runtime.shutdown(clean=False)  # no barrier: the peer may be inside another collective
         raise
-    dist.shutdown()
+    runtime.shutdown()
 
 
 def run_on_ranks(fn) -> None:

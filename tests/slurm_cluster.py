@@ -23,7 +23,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from pipeline.dist import free_port
+from pipeline.comm import free_port
 
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 HOSTS_FILE = Path("/etc/hosts")

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import (CHOICES, Config, config_hash, data_json, ds_config, load_config,
-                             resume_changes)
+from pipeline.config import CHOICES, Config, load_config, save_yaml
 from pipeline.errors import UserError
-from pipeline.step import lr_at
+from pipeline.lai import FILTERS
+from pipeline.train.optim import lr_at
+from pipeline.train.resume import config_hash, resume_changes
+from pipeline.train.setup import data_json, ds_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -43,7 +45,8 @@ def test_shipped_configs_load_and_name_the_contract_keys():
                 "train.zero_stage", "lai.enabled", "lai.filter"):
         section, name = key.split(".")
         assert hasattr(getattr(cfg, section), name), key
-    assert CHOICES["lai.filter"] == ("lai", "none", "random", "loss", "full_gradient")
+    assert tuple(FILTERS) == ("lai", "none", "random", "loss", "full_gradient")
+    assert "model.family" in CHOICES
 
 
 def test_zero_presets_merge_over_a_run_config(data_dir):
@@ -107,15 +110,31 @@ def test_bad_yaml_names_file_and_key(tmp_path):
     (["lai.filter=best"], "lai.filter"),
     (["lai.reference=everything"], "lai.reference"),
     (["lai.enabled=false", "lai.filter=lai"], "lai.filter"),
-    (["lai.max_exclude_frac=1.0"], "lai.max_exclude_frac"),
+    (["lai.max_exclude_frac=1.5"], "lai.max_exclude_frac"),
+    (["lai.sketch_dim=2"], "lai.sketch_dim"),
+    (["lai.method=exact", "lai.sketch_dim=1024"], "lai.sketch_dim"),
+    (["lai.pairing=default"], "lai.pairing"),
     (["model.hidden=65"], "model.hidden"),
     (["train.min_lr=1.0"], "train.min_lr"),
 ])
 def test_validation_names_the_field(data_dir, overrides, field):
-    cfg = _valid(data_dir, *overrides)
-    with pytest.raises(UserError) as e:
-        cfg.validate(world=3)
-    assert str(e.value).startswith(f"{field}: "), str(e.value)
+    with pytest.raises(UserError) as e:          # the lai section already fails when it loads
+        _valid(data_dir, *overrides).validate(world=3)
+    assert str(e.value).startswith(f"{field}: ") and "\n" not in str(e.value), str(e.value)
+
+
+def test_lai_settings_are_resolved_when_the_config_loads(data_dir):
+    """No sentinels downstream: the pairing and the sketch size are concrete after loading and
+    in RUN/config.yaml; sketch_dim is left unset for method=exact and kept when given."""
+    cfg = _valid(data_dir)
+    assert (cfg.lai.pairing, cfg.lai.method, cfg.lai.sketch_dim) == ("token_pair", "sketch", 1 << 18)
+    assert "sketch_dim: 262144" in save_yaml(cfg) and "pairing: token_pair" in save_yaml(cfg)
+    assert _valid(data_dir, "lai.pairing=pooled").lai.sketch_dim == 1 << 12
+    assert _valid(data_dir, "lai.method=exact").lai.sketch_dim is None
+    assert _valid(data_dir, "lai.sketch_dim=1024").lai.sketch_dim == 1024
+    again = load_config(None, [f"data.sources=[{{path: '{data_dir}'}}]"])
+    assert again.lai == load_config(None, [f"data.sources=[{{path: '{data_dir}'}}]",
+                                           "lai.sketch_dim=262144"]).lai
 
 
 def test_missing_data_path_fails(tmp_path, data_dir):
@@ -181,6 +200,8 @@ def test_lr_schedules():
     (["train.zero_stgae=2"], "unknown key 'train.zero_stgae'"),
     (["train.micro_batch=x"], "train.micro_batch: expected int"),
     (["train.global_batch=100"], "train.global_batch:"),
+    (["lai.sketch_dim=2"], "lai.sketch_dim: must be an int >= 4, got 2"),
+    (["lai.method=exact", "lai.sketch_dim=1024"], "lai.sketch_dim: 1024 is only used by"),
 ])
 def test_cli_fails_fast_with_one_line(data_dir, args, field):
     p = subprocess.run([sys.executable, "-m", "pipeline.train",

@@ -10,7 +10,7 @@ import torch
 from datagen import make_data_dir, random_docs
 from pipeline.data import DocSpan, PackedDataset, RankLoader
 from pipeline.errors import UserError
-from pipeline.manifest import Manifest, ShardEntry, TokenizerEntry
+from pipeline.format.manifest import Manifest, ShardEntry, TokenizerEntry
 
 L = 16              # seq_len
 PER_SHARD = 40      # documents per shard

@@ -17,9 +17,10 @@ import pytest
 from data_prep.__main__ import main
 from data_prep.sources import iter_documents, parse_source, stdlib_files, stdlib_root
 from data_prep.split import DocSplitter
-from data_prep.tokenizer import SentencePieceTokenizer, TrainConfig, train_sentencepiece, training_sentences
-from pipeline.indexed import IndexedReader
-from pipeline.manifest import load_manifest
+from data_prep.tokenizer import TrainConfig, train_sentencepiece, training_sentences
+from pipeline.format.tokenizer import SentencePieceTokenizer
+from pipeline.format.indexed import IndexedReader
+from pipeline.format.manifest import load_manifest
 from test_indexed import ref_read
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from pipeline.manifest import load_manifest
+from pipeline.format.manifest import load_manifest
 from test_data_prep import (VOCAB, _hf_tokenizer, make_docs, prep, prep_cli, read_docs,  # noqa: F401
                             spm_model, write_text_dir)
 
@@ -117,7 +117,7 @@ def test_invalid_utf8_replaced_and_counted_or_strict(tmp_path, capsys, spm_model
     m = load_manifest(out)
     st = m.stats["sources"]["c"]
     assert (st["docs"], st["bad_utf8"], st["empty"], st["train_docs"]) == (3, 1, 1, 2)
-    from data_prep.tokenizer import SentencePieceTokenizer
+    from pipeline.format.tokenizer import SentencePieceTokenizer
     tok = SentencePieceTokenizer(out / "tokenizer.model")
     assert [tok.decode(d[:-1]) for d in read_docs(out)[("c", "train")]] == ["caf\ufffd data\n", "fine text"]
     strict = tmp_path / "strict"

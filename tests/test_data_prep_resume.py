@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.manifest import load_manifest
+from pipeline.format.manifest import load_manifest
 from test_data_prep import (ROOT, VOCAB, dir_bytes, make_docs, prep, prep_cli, read_docs,  # noqa: F401
                             spm_model, write_text_dir)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.indexed import IndexedReader, IndexedWriter, ShardFormatError, token_dtype
+from pipeline.format.indexed import IndexedReader, IndexedWriter, ShardFormatError, token_dtype
 
 # --- independent implementation of the layout (megatron.core.datasets.indexed_dataset, v1) ------
 MAGIC = b"MMIDIDX\x00\x00"

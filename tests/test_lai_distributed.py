@@ -7,9 +7,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pipeline.dist import free_port
-from pipeline.lai import (FilterPolicy, LAIScorer, LayerInputCapture, lai_values, loss_values,
-                          random_values)
+from pipeline.comm import Comm, free_port
+from pipeline.lai import (FilterPolicy, LAIScorer, LayerInputCapture, lai_values, loss_scores,
+                          random_scores)
 from pipeline.lai.grads import shift_labels
 from test_lai_support import batch, tiny_model
 
@@ -50,8 +50,10 @@ def worker(rank, port, out_dir):
                                                                         targets)
         values = out[("global", "token_pair", "exact", False)]
         out["mask"] = FilterPolicy(max_exclude_frac=0.5).mask(values, step=0)
-        out["loss"] = loss_values(torch.arange(float(SPLIT[rank])) + 10 * rank)
-        out["random"] = random_values(SPLIT[rank], seed=5, step=2)
+        out["loss"] = loss_scores(torch.arange(float(SPLIT[rank])) + 10 * rank, 0.4,
+                                  Comm.resolve())
+        ids = torch.arange(SPLIT[rank]) + sum(SPLIT[:rank])
+        out["random"] = random_scores(ids, seed=5, rate=0.3)
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
         dist.barrier()         # both ranks done before either tears gloo down
     finally:
@@ -79,5 +81,6 @@ def test_two_ranks_equal_single_process(tmp_path):
     values = lai_values(model, ids)
     assert torch.equal(joined("mask"), FilterPolicy(max_exclude_frac=0.5).global_mask(values, 0))
     assert not joined("mask").all()
-    assert torch.equal(joined("loss"), loss_values(torch.tensor([0.0, 1.0, 2.0, 10.0, 11.0])))
-    assert torch.equal(joined("random"), random_values(5, seed=5, step=2))
+    assert torch.equal(joined("loss"), loss_scores(torch.tensor([0.0, 1.0, 2.0, 10.0, 11.0]), 0.4))
+    assert (joined("loss") <= 0).sum() == 2                  # the 2 highest of 5 (rate 0.4)
+    assert torch.equal(joined("random"), random_scores(torch.arange(5), seed=5, rate=0.3))

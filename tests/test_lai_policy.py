@@ -18,7 +18,7 @@ def test_threshold_excludes_values_at_or_below():
 
 
 def test_warmup_keeps_everything_before_warmup_steps():
-    policy = FilterPolicy(warmup_steps=10)
+    policy = FilterPolicy(warmup_steps=10, max_exclude_frac=0.5)
     vals = v(-1.0, 1.0, 2.0, 3.0)
     assert policy.mask(vals, 9).all()
     assert policy.mask(vals, 10).tolist() == [False, True, True, True]
@@ -51,8 +51,17 @@ def test_ties_broken_by_global_position():
 @pytest.mark.parametrize("kwargs", [dict(threshold=float("nan")), dict(warmup_steps=-1),
                                     dict(max_exclude_frac=1.5)])
 def test_bad_settings(kwargs):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=f"^lai.{next(iter(kwargs))}: "):
         FilterPolicy(**kwargs)
+
+
+def test_one_default_and_range_with_the_run_config():
+    """FilterPolicy and the lai settings share the cap's default and its range [0, 1]."""
+    from pipeline.lai import LAISettings
+    assert FilterPolicy().max_exclude_frac == LAISettings().max_exclude_frac == 0.1
+    LAISettings(max_exclude_frac=1.0).resolved()
+    with pytest.raises(ValueError, match="^lai.max_exclude_frac: "):
+        LAISettings(max_exclude_frac=1.01).resolved()
 
 
 def test_bad_values():

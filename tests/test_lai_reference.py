@@ -1,9 +1,9 @@
-"""Reference scorers equal brute-force per-sample autograd; loss / random baselines."""
+"""Reference scorers equal brute-force per-sample autograd; the loss / random baseline scores."""
 import pytest
 import torch
 
-from pipeline.lai import (full_gradient_values, ghost_values, loss_values, per_sequence_loss,
-                          random_values)
+from pipeline.lai import (full_gradient_values, ghost_values, loss_scores, per_sequence_loss,
+                          random_scores)
 from pipeline.lai.capture import hooked_modules
 from pipeline.lai.grads import shift_labels
 from test_lai_support import batch, loo_mean, tiny_model
@@ -46,15 +46,19 @@ def test_ghost_equals_per_sample_linear_layer_grads(arch):
     assert rel_err(ghost_values(model, ids), loo_mean(q @ q.T)) < 1e-9
 
 
-def test_loss_values_median_minus_loss():
+def test_loss_scores_kth_highest_minus_loss():
     losses = torch.tensor([1.0, 3.0, 2.0, 10.0])
-    assert torch.equal(loss_values(losses), torch.tensor([1.5, -0.5, 0.5, -7.5],
-                                                         dtype=torch.float64))
-    assert torch.equal(loss_values(losses, torch.tensor([2.0])),
-                       torch.tensor([1.0, -1.0, 0.0, -8.0], dtype=torch.float64))
+    assert torch.equal(loss_scores(losses, 0.5), torch.tensor([2.0, 0.0, 1.0, -7.0],
+                                                             dtype=torch.float64))
+    assert (loss_scores(losses, 0.0) > 0).all()              # k = 0: nothing to exclude
 
 
-def test_random_values_deterministic_per_step():
-    a, b = random_values(5, seed=1, step=3), random_values(5, seed=1, step=3)
-    assert torch.equal(a, b) and not torch.equal(a, random_values(5, seed=1, step=4))
-    assert a.dtype == torch.float64 and a.shape == (5,)
+def test_random_scores_depend_on_seed_and_seq_id_only():
+    import numpy as np
+    ids = torch.tensor([7, 3, 11])
+    a = random_scores(ids, seed=1, rate=0.25)
+    assert torch.equal(a, random_scores(ids, seed=1, rate=0.25)) and a.dtype == torch.float64
+    assert torch.equal(a[1:], random_scores(ids[1:], seed=1, rate=0.25))   # per sequence
+    assert not torch.equal(a, random_scores(ids, seed=2, rate=0.25))
+    want = [np.random.default_rng([1, i]).random() - 0.25 for i in (7, 3, 11)]
+    assert a.tolist() == want

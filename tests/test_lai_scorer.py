@@ -30,9 +30,11 @@ def test_val_reference_round_trip(tmp_path, method, pairing):
                                                             ("pairing", "method", "sketch_dim",
                                                              "seed")})
     assert torch.allclose(v, expected, rtol=1e-9, atol=0)
-    other = LAIScorer(reference="val", **{**kw, "seed": 8})
-    with pytest.raises(ValueError, match="config"):
-        other.load_state_dict(scorer.state_dict())
+    other = LAIScorer(reference="val", **{**kw, "seed": 8})   # a cache made with other hashes:
+    assert not other.load_state_dict(scorer.state_dict())     # dropped, to be recomputed
+    with pytest.raises(ValueError, match="set_val_reference"):
+        other.values(cap.inputs, logits, shift_labels(ids))
+    assert restored.load_state_dict(scorer.state_dict())
 
 
 def test_captured_inputs_share_memory_for_shared_inputs():
@@ -52,3 +54,33 @@ def test_bad_options():
         with LayerInputCapture(model) as cap:
             logits = model(input_ids=batch(2, 6, 128)).logits
         LAIScorer(reference="local").values(cap.inputs, logits, torch.zeros(2, 5).long())
+
+
+def test_selector_recomputes_a_val_reference_cached_under_other_options():
+    """Resuming with changed LAI options: a cached val reference that no longer fits is dropped
+    and recomputed at the next step; one that fits is restored as it was."""
+    import dataclasses
+
+    from pipeline.lai import LAISettings, Selector
+    model = tiny_model("gpt_neox")
+    val = batch(4, 10, 128, seed=2)
+    calls = []
+
+    def val_batches():
+        calls.append(1)
+        return [(val, shift_labels(val))]
+    s = LAISettings(reference="val", method="exact", val_refresh_every=10)
+    first = Selector(s, seed=0, val_batches=val_batches)
+    first.refresh(1, model)
+    first.refresh(5, model)                        # not due yet
+    assert len(calls) == 1 and first.val_step == 1
+    state = first.state_dict()
+    same = Selector(s, seed=0, val_batches=val_batches)
+    same.load_state_dict(state)
+    same.refresh(5, model)
+    assert len(calls) == 1 and same.val_step == 1
+    other = Selector(dataclasses.replace(s, pairing="pooled"), seed=0, val_batches=val_batches)
+    other.load_state_dict(state)
+    assert other.val_step is None
+    other.refresh(5, model)
+    assert len(calls) == 2 and other.val_step == 5

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pipeline.dist import free_port
+from pipeline.comm import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "launch" / "tensorboard.sh"

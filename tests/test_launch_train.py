@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from datagen import make_data_dir, random_docs
-from pipeline.dist import free_port
+from pipeline.comm import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SH = REPO / "launch" / "train.sh"

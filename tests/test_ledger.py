@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pipeline.errors import UserError
-from pipeline.ledger import ROW, Ledger, read_ledger
+from pipeline.train.ledger import ROW, Ledger, read_ledger
 
 MICRO, WORLD = 3, 2
 
@@ -144,7 +144,7 @@ def test_errors(tmp_path):
 KILLED_WRITER = textwrap.dedent("""
     import os, sys, time
     import numpy as np
-    from pipeline.ledger import Ledger
+    from pipeline.train.ledger import Ledger
     led = Ledger(sys.argv[1], 0, chunk_rows=100_000)
     led.append(0, np.arange(10), np.ones(10), np.ones(10, bool), np.ones(10))
     led.flush()                                      # one complete chunk

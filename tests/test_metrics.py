@@ -13,8 +13,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pipeline.flops import matmul_params, mfu, model_flops_per_token
-from pipeline.metrics import Metrics, source_scalars
+from pipeline.train.flops import matmul_params, mfu, model_flops_per_token
+from pipeline.train.metrics import Metrics, source_scalars
 
 
 def events(path) -> EventAccumulator:
@@ -119,7 +119,7 @@ ZERO3_PARAMS = textwrap.dedent("""
     import sys
     import deepspeed, torch.distributed as dist
     from transformers import GPT2Config, GPT2LMHeadModel
-    from pipeline.flops import matmul_params
+    from pipeline.train.flops import matmul_params
     dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
     cfg = GPT2Config(vocab_size=96, n_positions=32, n_embd=32, n_layer=2, n_head=4,
                      bos_token_id=1, eos_token_id=2)

@@ -17,10 +17,11 @@ from datagen import make_data_dir
 from pipeline.data import PackedDataset
 from pipeline.errors import UserError
 from pipeline.fsutil import sha256_file
-from pipeline.indexed import IndexedReader
-from pipeline.ledger import Ledger, read_ledger
-from pipeline.manifest import load_manifest
-from pipeline.report import build_report, main
+from pipeline.format.indexed import IndexedReader
+from pipeline.train.ledger import Ledger, read_ledger
+from pipeline.format.manifest import load_manifest
+from pipeline.report.cli import main
+from pipeline.report.valuation import build_report
 
 ROOT = Path(__file__).resolve().parents[1]
 SEQ_LEN, MICRO, WORLD, STEPS = 16, 2, 2, 12

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pipeline.comm import Comm
 from engine_support import (B, T, V, WORLD, engine_and_optimizer, run_on_ranks, seeded_model,
                             tiny_cfg)
 
@@ -38,7 +39,7 @@ def _full(engine, stage, what):
 def _train_micro(engine, rank, selector=None, keep=None):
     """One forward, (optional) full-gradient select, masked backward and step; returns keep."""
     from pipeline.lai import per_sequence_loss
-    from pipeline.step import masked_loss
+    from pipeline.train.step import masked_loss
     x = _sample(rank)
     ids, tgt = x[:, :-1], x[:, 1:]
     logits = engine(input_ids=ids).logits
@@ -52,22 +53,21 @@ def _train_micro(engine, rank, selector=None, keep=None):
         for n, p in engine.module.named_parameters():
             assert p.grad is None, f"{n}: .grad set by the full-gradient filter"
             assert torch.equal(p.detach(), weights[n]), f"{n}: changed by the filter"
-    loss, _ = masked_loss(losses, torch.full((B,), T), keep, WORLD)
+    loss, _ = masked_loss(losses, torch.full((B,), T), keep, Comm.resolve())
     engine.backward(loss)
     return keep
 
 
 def _check_values_and_mask(rank, stage):
-    from pipeline.config import LAIConfig
-    from pipeline.lai import FilterPolicy, full_gradient_values, per_sequence_loss
-    from pipeline.step import Selector
+    from pipeline.lai import (FilterPolicy, LAISettings, Selector, full_gradient_values,
+                              per_sequence_loss)
     cfg = tiny_cfg(stage, "llama")
     model = seeded_model(cfg)
     ref_model = copy.deepcopy(model)
     ref = full_gradient_values(ref_model, torch.cat([_sample(r) for r in range(WORLD)]))
     # threshold between the 3rd and 4th value: 3 candidates, the cap (floor(0.34 * 6) = 2) binds
     thr = float(ref.sort().values[2:4].mean())
-    lai_cfg = LAIConfig(enabled=False, filter="full_gradient", threshold=thr, warmup_steps=1,
+    lai_cfg = LAISettings(enabled=False, filter="full_gradient", threshold=thr, warmup_steps=1,
                         max_exclude_frac=0.34)
     policy = FilterPolicy(threshold=thr, warmup_steps=1, max_exclude_frac=0.34)
     want = policy.global_mask(ref, 1)
@@ -90,7 +90,7 @@ def _check_values_and_mask(rank, stage):
                           input_ids=ids, model=engine.module)
     assert keep1.all()
     # include_self: the self term joins the mean
-    sel_self = Selector(LAIConfig(enabled=False, filter="full_gradient", include_self=True), seed=0)
+    sel_self = Selector(LAISettings(enabled=False, filter="full_gradient", include_self=True), seed=0)
     v_self, _ = sel_self.select(2, None, logits, tgt, losses, torch.arange(B) + rank * B,
                                 input_ids=ids, model=engine.module)
     ref_self = full_gradient_values(ref_model, torch.cat([_sample(r) for r in range(WORLD)]),
@@ -109,12 +109,11 @@ def _check_values_and_mask(rank, stage):
 
 def _check_training_unchanged(rank, stage):
     """The engine that ran the filter trains exactly like one that did not (same keep)."""
-    from pipeline.config import LAIConfig
-    from pipeline.step import Selector
+    from pipeline.lai import LAISettings, Selector
     cfg = tiny_cfg(stage, "llama")
     model = seeded_model(cfg)
     twin = copy.deepcopy(model)
-    sel = Selector(LAIConfig(enabled=False, filter="full_gradient", max_exclude_frac=0.5), seed=0)
+    sel = Selector(LAISettings(enabled=False, filter="full_gradient", max_exclude_frac=0.5), seed=0)
     a = engine_and_optimizer(cfg, model)[0]
     a.train()
     keep = _train_micro(a, rank, selector=sel)

@@ -38,7 +38,7 @@ def data_dir(tmp_path_factory) -> Path:
     import sentencepiece as spm
 
     from pipeline.fsutil import sha256_file
-    from pipeline.manifest import load_manifest
+    from pipeline.format.manifest import load_manifest
     from datagen import make_data_dir
     out = tmp_path_factory.mktemp("data")
     rng = np.random.default_rng(0)
@@ -100,7 +100,7 @@ def train(data: Path, run: Path, *overrides: str, rc: int = 0) -> str:
 
 
 def ledger(run: Path) -> np.ndarray:
-    from pipeline.ledger import read_ledger
+    from pipeline.train.ledger import read_ledger
     return read_ledger(run)
 
 
@@ -178,7 +178,7 @@ def test_zero0_trains_with_lai_logs_and_ledger(data_dir, tmp_path):
     text = "the quick cat  sees the dog ."
     assert tok(text, add_special_tokens=False).input_ids == sp.encode(text)
     assert model.config.vocab_size == sp.get_piece_size()
-    from pipeline.report import build_report
+    from pipeline.report.valuation import build_report
     build_report(run)
     assert (run / "report" / "report.md").is_file()
 
@@ -227,7 +227,7 @@ def test_zero3_sigterm_then_resume_equals_straight_run(data_dir, tmp_path):
     out = "".join(seen)
     assert "stopped by SIGTERM" in out, out[-3000:]
     assert "exitcode  : 75" in out or proc.returncode == 75, out[-3000:]
-    from pipeline import checkpoint
+    from pipeline.train import checkpoint
     ckpt = checkpoint.latest(stopped)
     assert ckpt is not None and checkpoint.read_meta(ckpt)["step"] < 2 * N
     assert not (stopped / "final").exists()
@@ -237,6 +237,27 @@ def test_zero3_sigterm_then_resume_equals_straight_run(data_dir, tmp_path):
     _, info = transformers.AutoModelForCausalLM.from_pretrained(stopped / "final",
                                                                output_loading_info=True)
     assert not info["missing_keys"] and not info["mismatched_keys"], info
+
+
+def test_resume_with_changed_lai_options_works_with_a_note(data_dir, tmp_path):
+    """A finished run resumed with train.steps raised and other LAI options (pairing, hence the
+    resolved sketch size) continues, with one line naming what changed; the val reference cached
+    under the old options is recomputed (values stay finite). Before: a warning that the change
+    was harmless, then a crash in LAIScorer.load_state_dict."""
+    run = tmp_path / "changed"
+    common = ["train.zero_stage=0", "lai.reference=val", "train.eval_every=0"]
+    train(data_dir, run, *common, f"train.steps={N}")
+    out = train(data_dir, run, *common, "lai.pairing=pooled")
+    note = [line for line in out.splitlines() if "resumed from" in line]
+    assert len(note) == 1, out[-3000:]
+    assert "lai.pairing: 'token_pair' -> 'pooled'" in note[0], note
+    assert "lai.sketch_dim: 262144 -> 4096" in note[0] and f"train.steps: {N} -> {2 * N}" in note[0]
+    rows = ledger(run)
+    assert sorted(set(rows["step"])) == list(range(1, 2 * N + 1))
+    assert np.isfinite(rows["value"]).all()
+    import yaml
+    saved = yaml.safe_load((run / "config.yaml").read_text())["lai"]
+    assert (saved["pairing"], saved["sketch_dim"]) == ("pooled", 4096)     # resolved values
 
 
 # ---------------------------------------------------------------- LAI off, faults
@@ -279,7 +300,7 @@ def test_time_limit_saves_and_exits_75_then_resumes(data_dir, tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 75, p.stdout + p.stderr
     assert "stopped by run.time_limit_s at step 1" in p.stdout
-    from pipeline import checkpoint
+    from pipeline.train import checkpoint
     assert checkpoint.read_meta(checkpoint.latest(run))["step"] == 1
     p = subprocess.run(base, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr

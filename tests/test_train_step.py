@@ -16,6 +16,7 @@ import copy
 import pytest
 import torch
 
+from pipeline.comm import Comm
 from engine_support import (B, T, V, WORLD, engine_and_optimizer, run_on_ranks, seeded_model,
                             tiny_cfg)
 import torch.nn.functional as F
@@ -59,11 +60,11 @@ def _full_grads(engine):
 
 def _masked_backward(engine, rank, micro):
     from pipeline.lai import per_sequence_loss
-    from pipeline.step import masked_loss
+    from pipeline.train.step import masked_loss
     ids, tgt = _batch(rank, micro)
     losses = per_sequence_loss(engine(input_ids=ids).logits, tgt)
     loss, stats = masked_loss(losses, (tgt != -100).sum(1), torch.tensor(KEEP[micro][rank]),
-                              WORLD)
+                              Comm.resolve())
     engine.backward(loss)
     return loss, stats
 
@@ -86,28 +87,26 @@ def _check_masked_equals_kept_only(rank, stage, grad_accum):
 
 def _check_all_kept_is_plain_mean(rank):
     from pipeline.lai import per_sequence_loss
-    from pipeline.step import masked_loss
+    from pipeline.train.step import masked_loss
     cfg = tiny_cfg(0, "gpt2")
     model = seeded_model(cfg)
     ids = torch.randint(0, V, (B, T), generator=torch.Generator().manual_seed(rank))
     logits = model(input_ids=ids).logits
     tgt = torch.roll(ids, -1, 1)          # every target valid: equal tokens on every rank
     loss, stats = masked_loss(per_sequence_loss(logits, tgt), torch.full((B,), T),
-                              torch.ones(B, dtype=torch.bool), WORLD)
+                              torch.ones(B, dtype=torch.bool), Comm.resolve())
     plain = F.cross_entropy(logits.transpose(1, 2), tgt)
     torch.testing.assert_close(loss, plain, rtol=1e-6, atol=0)
     assert stats.kept_tokens == stats.tokens == WORLD * B * T
 
 
 def _lai_values(rank, stage, reference):
-    from pipeline.config import LAIConfig
-    from pipeline.lai import per_sequence_loss
-    from pipeline.step import Selector
+    from pipeline.lai import LAISettings, Selector, per_sequence_loss
     cfg = tiny_cfg(stage, "gpt2")
     engine, _ = engine_and_optimizer(cfg, seeded_model(cfg))
-    sel = Selector(LAIConfig(enabled=True, filter="lai", reference=reference), seed=0)
-    if sel.needs_val_reference():
-        sel.refresh_val_reference(engine.module, [_batch(rank, 5), _batch(rank, 6)])
+    sel = Selector(LAISettings(enabled=True, filter="lai", reference=reference), seed=0,
+                   val_batches=lambda: [_batch(rank, 5), _batch(rank, 6)])
+    sel.refresh(1, engine.module)                         # reference=val: the cache is made
     ids, tgt = _batch(rank, 0)
     with sel.capture(engine.module) as cap:
         logits = engine(input_ids=ids).logits
@@ -122,21 +121,20 @@ def _check_baseline_filters(rank):
     coin, the same whichever rank holds the sequence; both identical on every rank."""
     import numpy as np
 
-    from pipeline.config import LAIConfig
-    from pipeline.step import Selector
+    from pipeline.lai import LAISettings, Selector
     losses = torch.tensor([[1.0, 5.0, 2.0], [3.0, 4.0, 0.5]])[rank]
     seq_ids = torch.arange(B) + rank * B
-    sel = Selector(LAIConfig(enabled=False, filter="loss", baseline_rate=0.34,
+    sel = Selector(LAISettings(enabled=False, filter="loss", baseline_rate=0.34,
                              max_exclude_frac=0.5), seed=0)
     values, keep = sel.select(1, None, None, None, losses, seq_ids)
     assert keep.tolist() == [[True, False, True], [True, False, True]][rank]
     assert ((values <= 0) == ~keep).all()
-    sel = Selector(LAIConfig(enabled=False, filter="random", baseline_rate=0.5,
+    sel = Selector(LAISettings(enabled=False, filter="random", baseline_rate=0.5,
                              max_exclude_frac=0.9), seed=3)
     values, keep = sel.select(1, None, None, None, losses, seq_ids)
     coin = [np.random.default_rng([3, int(i)]).random() > 0.5 for i in seq_ids]
     assert keep.tolist() == coin
-    sel = Selector(LAIConfig(enabled=False, filter="random", warmup_steps=2), seed=3)
+    sel = Selector(LAISettings(enabled=False, filter="random", warmup_steps=2), seed=3)
     assert sel.select(2, None, None, None, losses, seq_ids)[1].all()   # first 2 steps: warmup
 
 
@@ -155,19 +153,18 @@ def _check_nonfinite_skips(rank, stage):
     # rank 1's loss turns NaN *after* the backward, so its gradients stay finite: only the
     # all-reduced flag can make rank 0 skip too
     nan_loss = torch.tensor([float("nan") if rank == 1 else 1.0, 1.0, 1.0], requires_grad=True)
-    from pipeline.step import masked_loss
-    _, bad = masked_loss(nan_loss, torch.ones(3), torch.ones(3, dtype=torch.bool), WORLD)
+    from pipeline.train.step import masked_loss
+    _, bad = masked_loss(nan_loss, torch.ones(3), torch.ones(3, dtype=torch.bool), Comm.resolve())
     assert bad.nonfinite                                  # on both ranks
-    opt.skip = bad.nonfinite
+    opt.gate.observe(bad.nonfinite)
     engine.step()
-    opt.skip = False
-    assert opt.last_skipped
+    assert opt.gate.close(engine)                        # skipped, on both ranks
     after = _params(engine, stage)
     for n in before:
         assert torch.equal(before[n], after[n]), f"ZeRO {stage}: {n} changed on a skipped step"
     _masked_backward(engine, rank, 0)                     # a good step updates again
     engine.step()
-    assert not opt.last_skipped
+    assert not opt.gate.close(engine)
     after = _params(engine, stage)
     assert any(not torch.equal(before[n], after[n]) for n in before)
     engine.destroy()

@@ -20,7 +20,7 @@ import numpy as np
 from pipeline.data.blend import blend_schedule
 from pipeline.data.source import SourceStream
 from pipeline.errors import UserError
-from pipeline.manifest import MANIFEST_NAME, load_manifest
+from pipeline.format.manifest import MANIFEST_NAME, load_manifest
 
 RELEASE_EVERY_BYTES = 256 << 20
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.indexed import IndexedReader, ShardFormatError, idx_path
-from pipeline.manifest import MANIFEST_NAME, Manifest
+from pipeline.format.indexed import IndexedReader, ShardFormatError, idx_path
+from pipeline.format.manifest import MANIFEST_NAME, Manifest
 
 EPOCH_CACHE = 2   # epochs of index arrays kept per source (a batch may straddle an epoch boundary)
 FAULT_AROUND = 64 << 10   # a page fault may map this much around it (Linux fault_around_bytes)

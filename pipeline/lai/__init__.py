@@ -24,6 +24,9 @@ j lowers the reference loss (keep) and value <= threshold (default 0) is exclude
 writes the same quantity with a minus sign as an "influence" (the first-order change of the
 reference loss), so its negative influence = our positive value.
 
+Settings: LAISettings (settings.py) holds every option, checked and resolved in one place; the
+trainer's Selector (selector.py) turns them into values and a keep mask per micro-batch, with the
+baseline filters of baselines.py and the FilterPolicy (policy.py).
 Reference R: "local" = this rank's micro-batch; "global" = the global micro-batch over the
 data-parallel group; "val" = a cached held-out set (LAIScorer.set_val_reference, forward only,
 combined over ranks). lai_values with ref_input_ids uses that batch as R (j not in R).
@@ -48,18 +51,21 @@ Measured costs: docs/LAI_COST.md (benchmarks/lai_cost.py); fidelity against the 
 inner product and the evidence for the defaults: docs/FIDELITY.md (benchmarks/fidelity.py).
 """
 from .api import lai_values
+from .baselines import FILTERS, FilterInput, full_gradient_scores, loss_scores, random_scores
 from .capture import LAYER_SETS, LayerInputCapture
 from .features import PAIRINGS
 from .grads import logit_grads, per_sequence_loss
 from .policy import FilterPolicy
-from .reference import full_gradient_values, ghost_values, loss_values, random_values
-from .scorer import (DEFAULT_PAIRING, DEFAULT_SKETCH_DIM, METHODS, REFERENCES, LAIScorer,
-                     default_sketch_dim)
+from .reference import full_gradient_values, ghost_values
+from .scorer import LAIScorer
+from .selector import Selector
+from .settings import (DEFAULT_PAIRING, DEFAULT_SKETCH_DIM, METHODS, REFERENCES, LAISettings,
+                       default_sketch_dim)
 
 __all__ = [
-    "DEFAULT_PAIRING", "DEFAULT_SKETCH_DIM", "LAYER_SETS", "METHODS", "PAIRINGS", "REFERENCES",
-    "default_sketch_dim",
-    "FilterPolicy", "LAIScorer", "LayerInputCapture",
-    "full_gradient_values", "ghost_values", "lai_values", "logit_grads", "loss_values",
-    "per_sequence_loss", "random_values",
+    "DEFAULT_PAIRING", "DEFAULT_SKETCH_DIM", "FILTERS", "LAYER_SETS", "METHODS", "PAIRINGS",
+    "REFERENCES", "default_sketch_dim",
+    "FilterInput", "FilterPolicy", "LAIScorer", "LAISettings", "LayerInputCapture", "Selector",
+    "full_gradient_scores", "full_gradient_values", "ghost_values", "lai_values", "logit_grads",
+    "loss_scores", "per_sequence_loss", "random_scores",
 ]

@@ -8,11 +8,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pipeline.comm import Comm
+
 from .capture import LayerInputCapture
-from .distributed import Comm
 from .grads import shift_labels
 from .modelio import eval_mode, model_logits
-from .scorer import DEFAULT_PAIRING, LAIScorer
+from .scorer import LAIScorer
+from .settings import DEFAULT_PAIRING
 
 
 def check_ids(input_ids: torch.Tensor, labels: torch.Tensor | None, name: str = "input_ids"

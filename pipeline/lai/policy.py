@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .distributed import Comm
+from pipeline.comm import Comm
+
+from .settings import DEFAULT_MAX_EXCLUDE_FRAC, check_policy
 
 
 @dataclass
@@ -20,15 +22,10 @@ class FilterPolicy:
     Values are gathered over `group`, so every rank takes the same global decision."""
     threshold: float = 0.0
     warmup_steps: int = 0
-    max_exclude_frac: float = 0.5
+    max_exclude_frac: float = DEFAULT_MAX_EXCLUDE_FRAC
 
     def __post_init__(self):
-        if not math.isfinite(self.threshold):
-            raise ValueError(f"threshold: must be finite, got {self.threshold}")
-        if int(self.warmup_steps) != self.warmup_steps or self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps: must be an int >= 0, got {self.warmup_steps}")
-        if not 0.0 <= self.max_exclude_frac <= 1.0:
-            raise ValueError(f"max_exclude_frac: must be in [0, 1], got {self.max_exclude_frac}")
+        check_policy(self.threshold, self.warmup_steps, self.max_exclude_frac)
 
     def mask(self, values: torch.Tensor, step: int, group=None) -> torch.Tensor:
         """bool [B_local], True = keep."""

@@ -1,5 +1,5 @@
-"""Reference scorers for evaluation and baselines (same sign convention as LAI: value > 0 =
-a step on j lowers the reference loss).
+"""Reference scorers for evaluation (same sign convention as LAI: value > 0 = a step on j lowers
+the reference loss); the baseline filters are in baselines.py.
 
   full_gradient_values: mean_z <grad l_z, grad l_j> over all trainable parameters, exact per-
       sample gradients via torch.func (functional_call + vmap(grad)); eval mode (dropout off).
@@ -7,8 +7,6 @@ a step on j lowers the reference loss).
   ghost_values: the same inner product restricted to the linear layers' weights and biases,
       from captured inputs a and true output gradients delta (one backward of sum_j l_j,
       through torch.autograd.grad so .grad is untouched).
-  loss_values: median reference loss minus l_j (SPL-style; high loss = low value).
-  random_values: standard normal, seeded by (seed, step), one value per global position.
 """
 from __future__ import annotations
 
@@ -19,7 +17,6 @@ from torch.func import functional_call, grad, vmap
 
 from .api import check_ids
 from .capture import hooked_modules
-from .distributed import Comm
 from .exact import reference_mean
 from .grads import IGNORE, per_sequence_loss
 from .modelio import eval_mode, model_logits
@@ -117,26 +114,3 @@ def ghost_values(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor
         elif ref_labels is not None:
             raise ValueError("ref_labels given without ref_input_ids")
     return _flat_values(q, r, include_self)
-
-
-def loss_values(losses: torch.Tensor, ref_losses: torch.Tensor | None = None, *,
-                group=None) -> torch.Tensor:
-    """float64 [B]: median(reference losses) - l_j. Reference: `ref_losses`, else the global
-    micro-batch of `group` (all ranks' `losses`). Median of an even count = midpoint."""
-    if losses.dim() != 1 or losses.numel() == 0:
-        raise ValueError(f"losses: expected a non-empty 1-D tensor, got {tuple(losses.shape)}")
-    losses = losses.detach().to(torch.float64)
-    if ref_losses is None:
-        ref_losses = torch.cat(Comm.resolve(group).gather(losses))
-    return torch.quantile(ref_losses.detach().to(torch.float64), 0.5) - losses
-
-
-def random_values(n_local: int, *, seed: int, step: int, group=None,
-                  device: torch.device | str = "cpu") -> torch.Tensor:
-    """float64 [n_local] standard normal values, one per global position (the global micro-
-    batch across `group`), identical for a given (seed, step) whatever the rank layout."""
-    comm = Comm.resolve(group)
-    offset, total = comm.offset_and_total(n_local, torch.device(device))
-    gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
-    z = torch.randn(total, generator=gen, dtype=torch.float64)
-    return z[offset:offset + n_local].to(device)

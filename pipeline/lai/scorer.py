@@ -12,56 +12,39 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from .capture import LayerInputCapture, check_layers
-from .distributed import Comm
+from pipeline.comm import Comm
+
+from .capture import LayerInputCapture
 from .exact import ref_totals, reference_mean, self_kernel
-from .features import Features, build_features, cat_features, check_inputs, check_pairing
+from .features import Features, build_features, cat_features, check_inputs
 from .grads import check_targets
 from .modelio import eval_mode, model_logits
-from .sketch import sketch_features, split_dim
-
-METHODS = ("exact", "sketch")
-REFERENCES = ("local", "global", "val")
-DEFAULT_PAIRING = "token_pair"
-# Sketch sizes from docs/FIDELITY.md (Pearson with exact, trained tiny model, global reference):
-# token_pair 0.895 at 2^16, 0.948 at 2^18; aligned 0.97 at 2^18; pooled 0.98 already at 2^12.
-DEFAULT_SKETCH_DIM = 1 << 18
-POOLED_SKETCH_DIM = 1 << 12
-
-
-def default_sketch_dim(pairing: str) -> int:
-    """The sketch size used when none is given: the smallest measured size with Pearson >= 0.95."""
-    return POOLED_SKETCH_DIM if pairing == "pooled" else DEFAULT_SKETCH_DIM
-
-
-def _choice(name: str, value: Any, options: tuple) -> Any:
-    if value not in options:
-        raise ValueError(f"{name}: unknown option {value!r}, expected one of {options}")
-    return value
+from .settings import DEFAULT_PAIRING, LAISettings
+from .sketch import sketch_features
 
 
 class LAIScorer:
     """Train-loop scorer. Capture the forward with LayerInputCapture(model, scorer.layers),
     then `values(cap.inputs, logits, targets, group)`; all ranks of `group` call it together.
-    sketch_dim is for method="sketch" only (None -> default_sketch_dim(pairing)); any other
-    combination of options works. Options are validated here (ValueError)."""
+    The options are LAISettings fields, checked and resolved there (ValueError naming the
+    field); sketch_dim is for method="sketch" only (None: the pairing's default)."""
 
     def __init__(self, *, pairing: str = DEFAULT_PAIRING, method: str = "exact",
                  layers: str = "linear", reference: str = "global", include_self: bool = False,
                  sketch_dim: int | None = None, seed: int = 0):
-        self.pairing = check_pairing(pairing)
-        self.method = _choice("method", method, METHODS)
-        self.layers = check_layers(layers)
-        self.reference = _choice("reference", reference, REFERENCES)
-        self.include_self = bool(include_self)
-        if method == "sketch":
-            sketch_dim = default_sketch_dim(pairing) if sketch_dim is None else sketch_dim
-            split_dim(sketch_dim, pairing)
-        elif sketch_dim is not None:
-            raise ValueError("sketch_dim: only used by method='sketch'")
-        self.sketch_dim = sketch_dim
+        s = LAISettings(pairing=pairing, method=method, layers=layers, reference=reference,
+                        include_self=bool(include_self), sketch_dim=sketch_dim).resolved()
+        self.pairing, self.method, self.layers = s.pairing, s.method, s.layers
+        self.reference, self.include_self, self.sketch_dim = s.reference, s.include_self, \
+            s.sketch_dim
         self.seed = int(seed)
+        self._config = {**s.scoring(), "seed": self.seed}
         self._val: dict[str, Any] | None = None
+
+    @classmethod
+    def from_settings(cls, s: LAISettings, seed: int) -> LAIScorer:
+        """The scorer of resolved run settings `s`."""
+        return cls(**s.scoring(), seed=seed)
 
     # -- features -------------------------------------------------------------------------
     def _local(self, inputs, logits, targets):
@@ -80,8 +63,8 @@ class LAIScorer:
         if isinstance(local, Features):
             parts = [Features(a, g) for a, g in zip(comm.gather(local.a), comm.gather(local.g))]
             return {"features": cat_features(parts), "n": sum(p.n for p in parts)}
-        total = comm.all_reduce_sum(local.sum(0))
-        n = comm.all_reduce_sum(torch.tensor([local.shape[0]], dtype=torch.int64,
+        total = comm.all_reduce(local.sum(0))
+        n = comm.all_reduce(torch.tensor([local.shape[0]], dtype=torch.int64,
                                              device=local.device))
         return {"sum": total, "n": int(n)}
 
@@ -134,23 +117,18 @@ class LAIScorer:
         self._val = self._reference(local, comm)
 
     # -- checkpointing --------------------------------------------------------------------
-    def _config(self) -> dict[str, Any]:
-        return {"pairing": self.pairing, "method": self.method, "layers": self.layers,
-                "reference": self.reference, "include_self": self.include_self,
-                "sketch_dim": self.sketch_dim, "seed": self.seed}
-
     def state_dict(self) -> dict[str, Any]:
         val = None
         if self._val is not None:
             val = {k: (Features(v.a.cpu(), v.g.cpu()).__dict__ if isinstance(v, Features)
                        else v.cpu() if torch.is_tensor(v) else v) for k, v in self._val.items()}
-        return {"config": self._config(), "val": val}
+        return {"config": self._config, "val": val}
 
-    def load_state_dict(self, d: dict[str, Any]) -> None:
-        if d.get("config") != self._config():
-            raise ValueError(f"LAIScorer.load_state_dict: saved config {d.get('config')} != "
-                             f"this scorer's {self._config()}")
-        val = d.get("val")
+    def load_state_dict(self, d: dict[str, Any]) -> bool:
+        """Restore the cached val reference; returns False (and holds none) when it was made
+        with other options than this scorer's, so the caller recomputes it."""
+        val = d.get("val") if d.get("config") == self._config else None
         if val is not None and "features" in val:
             val = {**val, "features": Features(**val["features"])}
         self._val = val
+        return val is not None or d.get("val") is None

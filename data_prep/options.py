@@ -1,0 +1,117 @@
+"""lai-prep's options and the checks every mode shares: what defines the documents, the tokenizer
+and the shards (re-runs must match them), and refusing a re-run with other arguments."""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from data_prep.sources import SourceSpec, check_source
+from data_prep.split import DocSplitter
+from data_prep.tokenizer import TrainConfig, check_train_config
+from pipeline.errors import UserError
+from pipeline.fsutil import read_json
+
+
+@dataclass
+class PrepOptions:
+    sources: list[SourceSpec]
+    out: Path
+    tokenizer: str = "train"           # train | spm:PATH | hf:NAME_OR_PATH
+    vocab_size: int = 8192
+    model_type: str = "bpe"
+    byte_fallback: bool = True
+    pad_id: int = 0
+    bos_id: int = 1
+    eos_id: int = 2
+    unk_id: int = 3
+    train_sentences: int = 250_000
+    train_threads: int = 0             # 0: same as workers
+    val_fraction: float = 0.01
+    seed: int = 0
+    shard_tokens: int = 100_000_000
+    dtype: str = "auto"                # auto | uint16 | int32
+    max_docs: int | None = None        # per source
+    max_bytes: int | None = None       # per source (UTF-8 bytes of non-empty documents)
+    strict: bool = False
+    workers: int = 2
+    force: bool = False
+    num_parts: int = 1
+    part: int | None = None
+    progress: bool | None = None       # tqdm bar: None = when stderr is a terminal
+
+    def reading_args(self) -> dict[str, Any]:
+        """What defines the document streams."""
+        return {"sources": [s.to_json() for s in self.sources], "max_docs": self.max_docs,
+                "max_bytes": self.max_bytes, "strict": self.strict}
+
+    def tokenizer_args(self) -> dict[str, Any]:
+        """What defines the tokenizer."""
+        a: dict[str, Any] = {"tokenizer": self.tokenizer}
+        if self.tokenizer == "train":
+            a.update(self.reading_args(), **{k: v for k, v in asdict(self.train_config()).items() if k != "num_threads"})
+            if self.model_type == "unigram":     # unigram EM depends on the thread count
+                a["train_threads"] = self.train_config().num_threads
+        return a
+
+    def output_args(self) -> dict[str, Any]:
+        """What defines the shards: the manifest's `args`; re-runs must match them."""
+        a = {**self.reading_args(), "tokenizer": self.tokenizer_args(), "dtype": self.dtype,
+             "val_fraction": self.val_fraction, "seed": self.seed, "shard_tokens": self.shard_tokens}
+        if self.part is not None:
+            a["num_parts"] = self.num_parts
+        return a
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(vocab_size=self.vocab_size, model_type=self.model_type, byte_fallback=self.byte_fallback,
+                           pad_id=self.pad_id, bos_id=self.bos_id, eos_id=self.eos_id, unk_id=self.unk_id,
+                           max_sentences=self.train_sentences, seed=self.seed,
+                           num_threads=self.train_threads or self.workers)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _diff(old: Any, new: Any, path: str = "") -> str | None:
+    """The first difference between two JSON-like values, as 'key: old -> new'."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new), key=str):
+            d = _diff(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))
+            if d:
+                return d
+        return None
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new)):
+            d = _diff(a, b, f"{path}[{i}]")
+            if d:
+                return d
+        return None
+    return None if old == new else f"{path}: {json.dumps(old)} -> {json.dumps(new)}"
+
+
+def refuse_changed(path: Path, old: dict, new: dict) -> None:
+    raise UserError(f"{path}: the output was made with different arguments ({_diff(old, new)}); re-run with the "
+                    f"same arguments to resume, pass --force to start over, or use another --out")
+
+
+def read_optional(path: Path) -> dict | None:
+    """The JSON at `path`, or None if there is none yet (UserError if unreadable)."""
+    return read_json(path) if path.is_file() else None
+
+
+def check_options(opts: PrepOptions) -> None:
+    """Fail before reading anything on bad options, missing inputs or an unusable --out."""
+    if opts.tokenizer == "train":
+        check_train_config(opts.train_config())
+        if opts.dtype == "uint16" and opts.vocab_size > 65536:
+            raise UserError(f"--vocab-size {opts.vocab_size}: does not fit --dtype uint16 (ids up to 65535)")
+    DocSplitter(opts.val_fraction, opts.seed)
+    for spec in opts.sources:
+        check_source(spec)
+    try:
+        opts.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{opts.out}: cannot create the output directory ({e.strerror or e})") from None

@@ -1,0 +1,258 @@
+"""The stages both lai-prep modes run: documents of a source, the tokenizer, tokenization into
+shards with progress saved after every shard, and the manifest.
+
+Progress (single run: OUT/progress.json; a part: OUT/parts/part-KKKKK.progress.json) lists the
+completed shards with their checksums and the finished sources. Re-running the same command
+resumes: listed shards whose checksums match are kept, the document stream is re-read (cheap) and
+documents already in those shards are skipped, so a killed run followed by a re-run writes the same
+bytes as an uninterrupted run. Documents are tokenized in input order and shard boundaries depend
+only on the stream, so the worker count never changes the output.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from data_prep.options import PrepOptions, log, read_optional, refuse_changed
+from data_prep.shards import ShardStreams, shard_intact
+from data_prep.sources import ReadStats, SourceSpec, iter_documents
+from data_prep.split import SPLITS, DocSplitter
+from data_prep.tokenize import Progress as Bar, batched, encode_stream
+from data_prep.tokenizer import (install_tokenizer, sample_sentences, tokenizer_entry,
+                                 train_sentencepiece, training_sentences)
+from pipeline.errors import UserError
+from pipeline.format.indexed import token_dtype
+from pipeline.format.manifest import Manifest, ShardEntry, TokenizerEntry
+from pipeline.format.tokenizer import SPM_FILE, tokenizer_sha256
+from pipeline.fsutil import atomic_write_json
+
+TOKENIZER_INFO = "tokenizer-info.json"
+
+
+def documents(spec: SourceSpec, opts: PrepOptions, stats: ReadStats, lo: int = 0,
+              hi: int | None = None) -> Iterator[tuple[str, bytes]]:
+    """Non-empty documents (text, UTF-8 bytes) with stream index in [lo, hi), honoring --max-docs /
+    --max-bytes; counts documents, empty ones, invalid UTF-8 and bytes of the range into `stats`."""
+    reader = ReadStats()
+    bad_seen = 0
+    for i, text in enumerate(iter_documents(spec, strict=opts.strict, stats=reader)):
+        if (hi is not None and i >= hi) or (opts.max_docs is not None and i >= opts.max_docs) or (
+                opts.max_bytes is not None and stats.bytes >= opts.max_bytes):
+            break
+        bad, bad_seen = reader.bad_utf8 - bad_seen, reader.bad_utf8
+        if i < lo:
+            continue
+        stats.docs += 1
+        stats.bad_utf8 += bad
+        if not text.strip():
+            stats.empty += 1
+            continue
+        data = text.encode("utf-8")
+        stats.bytes += len(data)
+        yield text, data
+
+
+def check_nonempty(spec: SourceSpec, stats: ReadStats) -> None:
+    if stats.docs == stats.empty:
+        raise UserError(f"{spec.path or spec.kind}: source '{spec.name}' has no non-empty documents "
+                        f"({stats.docs} read, {stats.empty} empty)")
+
+
+def count_docs(opts: PrepOptions) -> dict[str, int]:
+    """Documents per source (empty ones included), the unit parts are cut in."""
+    counts = {}
+    for spec in opts.sources:
+        stats = ReadStats()
+        for _ in documents(spec, opts, stats):
+            pass
+        check_nonempty(spec, stats)
+        counts[spec.name] = stats.docs
+    return counts
+
+
+def ensure_tokenizer(opts: PrepOptions, *, count_docs: bool = False) -> tuple[TokenizerEntry, dict[str, int] | None]:
+    """Train or install the tokenizer in OUT unless OUT already has one made with the same args.
+    With count_docs, also returns the number of documents of each source (for partitioning)."""
+    out = opts.out
+    info_path = out / TOKENIZER_INFO
+    info = read_optional(info_path)
+    if info and info.get("args") == opts.tokenizer_args():
+        entry = TokenizerEntry(**info["entry"])
+        if (out / entry.path).exists() and tokenizer_sha256(out / entry.path) == entry.sha256:
+            return entry, (count_docs(opts) if count_docs else None)
+    info_path.unlink(missing_ok=True)
+    counts: dict[str, int] | None = None
+    if opts.tokenizer == "train":
+        cfg = opts.train_config()
+        t0 = time.perf_counter()
+        counts = {}
+
+        def corpus() -> Iterator[str]:
+            for spec in opts.sources:
+                stats = ReadStats()
+                for text, _ in documents(spec, opts, stats):
+                    yield text
+                check_nonempty(spec, stats)
+                counts[spec.name] = stats.docs
+
+        sentences = sample_sentences(training_sentences(corpus()), cfg.max_sentences, cfg.seed)
+        log(f"lai-prep: training a {cfg.vocab_size}-piece {cfg.model_type} sentencepiece model on "
+            f"{len(sentences):,} lines ({cfg.num_threads} threads)")
+        train_sentencepiece(sentences, out / SPM_FILE, cfg)
+        log(f"lai-prep: tokenizer trained in {time.perf_counter() - t0:.1f} s -> {out / SPM_FILE}")
+        kind = "sentencepiece"
+    else:
+        kind = install_tokenizer(opts.tokenizer, out)
+        if count_docs:
+            counts = count_docs(opts)
+    entry = tokenizer_entry(out, kind)
+    atomic_write_json(info_path, {"args": opts.tokenizer_args(), "entry": asdict(entry)})
+    return entry, counts
+
+
+def choose_dtype(entry: TokenizerEntry, requested: str, out: Path) -> np.dtype:
+    """The token dtype; refuses a tokenizer whose ids do not fit it."""
+    if requested == "auto":
+        return token_dtype(entry.vocab_size)
+    if requested not in ("uint16", "int32"):
+        raise UserError(f"--dtype: must be auto, uint16 or int32, got {requested!r}")
+    dtype = np.dtype(requested)
+    if entry.vocab_size - 1 > np.iinfo(dtype).max:
+        raise UserError(f"{out / entry.path}: vocab size {entry.vocab_size} does not fit {requested} "
+                        f"(ids up to {entry.vocab_size - 1}); use --dtype int32 or auto")
+    return dtype
+
+
+@dataclass
+class Progress:
+    """Progress of one single run or one part, saved after every completed shard."""
+    path: Path
+    args: dict[str, Any]
+    shards: list[ShardEntry] = field(default_factory=list)
+    sources_done: dict[str, dict] = field(default_factory=dict)
+
+    def save(self) -> None:
+        atomic_write_json(self.path, {"args": self.args, "shards": [asdict(s) for s in self.shards],
+                                      "sources_done": self.sources_done})
+
+    def add(self, entry: ShardEntry) -> None:
+        self.shards.append(entry)
+        self.save()
+
+
+def load_progress(path: Path, args: dict, out: Path, extra: list[ShardEntry] | None = None) -> Progress:
+    """The saved progress (or `extra`, a broken manifest's shards), keeping per (source, split)
+    only the leading shards that are intact."""
+    raw = read_optional(path)
+    if raw is not None and raw.get("args") != args:
+        refuse_changed(path, raw.get("args", {}), args)
+    run = Progress(path, args)
+    if raw is None and not extra:
+        return run
+    listed = [ShardEntry(**s) for s in raw["shards"]] if raw else list(extra or [])
+    by_stream: dict[tuple[str, str], list[ShardEntry]] = {}
+    for e in listed:
+        by_stream.setdefault((e.source, e.split), []).append(e)
+    redo: set[str] = set()
+    for (source, _), entries in by_stream.items():
+        for e in sorted(entries, key=lambda e: e.prefix):
+            if not shard_intact(out, e):
+                log(f"lai-prep: {out / e.prefix}: incomplete or changed; redoing it and what follows")
+                redo.add(source)
+                break
+            run.shards.append(e)
+    if raw:   # (from a manifest, every source is re-read: cheap, and it recounts the read stats)
+        run.sources_done = {k: v for k, v in raw.get("sources_done", {}).items() if k not in redo}
+    return run
+
+
+def tokenize_source(spec: SourceSpec, opts: PrepOptions, run: Progress, streams: ShardStreams,
+                     splitter: DocSplitter, entry: TokenizerEntry, dtype: np.dtype,
+                     lo: int = 0, hi: int | None = None) -> ReadStats:
+    skip = {s: 0 for s in SPLITS}
+    for s in SPLITS:
+        done = [e for e in run.shards if e.source == spec.name and e.split == s]
+        skip[s] = sum(e.num_docs for e in done)
+        streams.start(spec.name, s, len(done))
+    stats = ReadStats()
+    seen = {s: 0 for s in SPLITS}
+
+    def todo() -> Iterator[tuple[tuple[str, int], str]]:
+        for text, data in documents(spec, opts, stats, lo, hi):
+            split = splitter.split_of(data)
+            seen[split] += 1
+            if seen[split] > skip[split]:
+                yield (split, len(data)), text
+
+    batches = (([m for m, _ in b], [t for _, t in b]) for b in batched(todo(), lambda item: item[0][1]))
+    bar = Bar(f"{spec.name}", disable=None if opts.progress is None else not opts.progress)
+    try:
+        for metas, enc in encode_stream(batches, kind=entry.kind, path=opts.out / entry.path, dtype=dtype,
+                                        workers=opts.workers):
+            for (split, _), tokens in zip(metas, enc.documents()):
+                streams.add(spec.name, split, tokens)
+            bar.update(len(metas), int(enc.lengths.sum()), sum(n for _, n in metas))
+    finally:
+        bar.close()
+    streams.finish(spec.name)
+    return stats
+
+
+def source_stats(spec: SourceSpec, read: dict, shards: list[ShardEntry]) -> dict[str, int]:
+    s = dict(read)
+    for split in SPLITS:
+        mine = [e for e in shards if e.source == spec.name and e.split == split]
+        s[f"{split}_docs"] = sum(e.num_docs for e in mine)
+        s[f"{split}_tokens"] = sum(e.num_tokens for e in mine)
+    return s
+
+
+def sorted_shards(shards: list[ShardEntry], sources: list[SourceSpec]) -> list[ShardEntry]:
+    order = {s.name: i for i, s in enumerate(sources)}
+    return sorted(shards, key=lambda e: (order[e.source], SPLITS.index(e.split), e.prefix))
+
+
+def make_manifest(opts: PrepOptions, entry: TokenizerEntry, dtype: np.dtype, splitter: DocSplitter,
+                   shards: list[ShardEntry], read: dict[str, dict], args: dict) -> Manifest:
+    shards = sorted_shards(shards, opts.sources)
+    per_source = {s.name: source_stats(s, read[s.name], shards) for s in opts.sources}
+    stats = {"sources": per_source, "num_docs": sum(e.num_docs for e in shards),
+             "num_tokens": sum(e.num_tokens for e in shards), "num_shards": len(shards)}
+    return Manifest(tokenizer=entry, dtype=dtype.name, split=splitter.to_json(),
+                    sources=[{"name": s.name, "spec": s.to_json()} for s in opts.sources],
+                    shards=shards, args=args, stats=stats)
+
+
+def summary(m: Manifest, out: Path, seconds: float) -> str:
+    st = m.stats
+    rd = ReadStats()
+    for s in st["sources"].values():
+        rd.add(ReadStats(**{k: s[k] for k in ("docs", "empty", "bad_utf8", "bytes")}))
+    tr = sum(s["train_tokens"] for s in st["sources"].values())
+    return (f"lai-prep: {rd.docs:,} docs ({rd.empty:,} empty skipped, {rd.bad_utf8:,} with bad UTF-8), "
+            f"{rd.bytes / 1e6:.1f} MB -> {st['num_tokens']:,} tokens (train {tr:,}, val {st['num_tokens'] - tr:,}) "
+            f"in {st['num_shards']} shards, vocab {m.tokenizer.vocab_size} {m.dtype}, {seconds:.1f} s -> {out}")
+
+
+def tokenize_all(opts: PrepOptions, run: Progress, entry: TokenizerEntry, dtype: np.dtype,
+                  ranges: dict[str, tuple[int, int | None]], require_nonempty: bool) -> dict[str, dict]:
+    splitter = DocSplitter(opts.val_fraction, opts.seed)
+    streams = ShardStreams(opts.out, dtype, opts.shard_tokens, run.add, part=opts.part)
+    try:
+        for spec in opts.sources:
+            if spec.name in run.sources_done:
+                continue
+            lo, hi = ranges.get(spec.name, (0, None))
+            stats = tokenize_source(spec, opts, run, streams, splitter, entry, dtype, lo, hi)
+            if require_nonempty:
+                check_nonempty(spec, stats)
+            run.sources_done[spec.name] = asdict(stats)
+            run.save()
+    except BaseException:
+        streams.discard()
+        raise
+    return run.sources_done

@@ -1,0 +1,109 @@
+"""The run config's schema: one typed dataclass per section (run, data, model, train, lai, log).
+
+The `lai` section is pipeline.lai's own settings type (LAISettings): it is resolved to concrete
+values when the config loads (pipeline.config.load). Choices of the other sections are in CHOICES;
+ranges and cross-field rules in pipeline.config.validate.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.lai.settings import LAISettings
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/default"      # RUN directory (config, checkpoints, tb, ledger, final)
+    seed: int = 0                      # model init and every RNG of the run
+    resume: str = "auto"               # auto (latest complete checkpoint, if any) | never | PATH
+    time_limit_s: float = 0.0          # > 0: save and exit 75 once this much wall time has passed
+    save_every: int = 100              # checkpoint every N steps (0 = only at the end / on stop)
+    keep_checkpoints: int = 3          # complete checkpoints kept (oldest removed)
+
+
+@dataclass
+class SourceConfig:
+    path: str = ""                     # prepared data directory (output of lai-prep)
+    weight: float = 1.0                # mixing weight
+
+
+@dataclass
+class DataConfig:
+    sources: list[SourceConfig] = field(default_factory=list)
+    val_sources: list[SourceConfig] = field(default_factory=list)   # empty = same as sources
+    seq_len: int = 128
+
+
+@dataclass
+class ModelConfig:
+    family: str = "llama"              # llama | gpt_neox | gpt2 | gpt_neo
+    n_layer: int = 2
+    hidden: int = 64
+    n_head: int = 2
+    n_kv_head: int = 0                 # llama grouped-query heads; 0 = n_head
+    intermediate: int = 0              # MLP width; 0 = family default (4*hidden; llama: 8/3*hidden)
+    tie_word_embeddings: bool = True
+    activation_checkpointing: bool = False
+    rope_theta: float = 10000.0        # llama / gpt_neox
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100                   # optimizer steps
+    micro_batch: int = 4               # sequences per rank per micro-step
+    grad_accum: int = 1                # micro-steps per optimizer step (owned by DeepSpeed)
+    global_batch: int = 0              # optional check: must equal micro_batch*grad_accum*world
+    zero_stage: int = 0
+    offload_optimizer: str = "none"    # none | cpu   (ZeRO >= 1)
+    offload_params: str = "none"       # none | cpu   (ZeRO 3)
+    precision: str = "fp32"            # fp32 | bf16
+    lr: float = 3e-4
+    min_lr: float = 3e-5
+    schedule: str = "cosine"           # cosine | wsd (warmup-stable-decay) | constant; all warm up
+    warmup_steps: int = 10
+    decay_frac: float = 0.2            # wsd: fraction of the steps spent in the final decay
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0             # 0 = off
+    max_nonfinite_steps: int = 5       # abort after this many skipped (non-finite) steps in a row
+    eval_every: int = 50               # 0 = no eval
+    eval_batches: int = 4              # micro-batches per rank per eval
+
+
+@dataclass
+class LogConfig:
+    every: int = 10                    # TensorBoard scalar cadence (steps)
+    histogram_every: int = 50          # LAI value histogram cadence (steps)
+    peak_tflops: float = 0.0           # per-device peak for MFU (989: H100 bf16); 0 = no MFU
+    ledger_chunk_rows: int = 4096
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    lai: LAISettings = field(default_factory=LAISettings)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self, world: int = 1) -> Config:
+        from pipeline.config.validate import validate
+        validate(self, world)
+        return self
+
+
+CHOICES: dict[str, tuple[str, ...]] = {          # the lai section's choices: pipeline.lai.settings
+    "model.family": ("llama", "gpt_neox", "gpt2", "gpt_neo"),
+    "train.offload_optimizer": ("none", "cpu"),
+    "train.offload_params": ("none", "cpu"),
+    "train.precision": ("fp32", "bf16"),
+    "train.schedule": ("cosine", "wsd", "constant"),
+}

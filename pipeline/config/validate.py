@@ -1,0 +1,111 @@
+"""Validation of a loaded run config: ranges, choices and cross-field rules, before anything
+starts. The first bad field raises a one-line UserError `<field>: <what is wrong>`; the lai
+section is checked by pipeline.lai.settings (its one validation)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.config.schema import CHOICES, Config
+from pipeline.errors import UserError
+from pipeline.lai.baselines import FILTERS
+from pipeline.lai.settings import check as check_lai
+
+
+def need(ok: bool, key: str, what: str) -> None:
+    if not ok:
+        raise UserError(f"{key}: {what}")
+
+
+def validate(cfg: Config, world: int = 1) -> None:
+    """Raise UserError naming the first bad field. `world` = data-parallel ranks."""
+    for key, choices in CHOICES.items():
+        section, name = key.split(".")
+        v = getattr(getattr(cfg, section), name)
+        need(v in choices, key, f"{v!r} is not one of {', '.join(choices)}")
+    _run(cfg)
+    _data(cfg)
+    _model(cfg)
+    _train(cfg, world)
+    _lai(cfg)
+    _log(cfg)
+
+
+def _run(cfg: Config) -> None:
+    r = cfg.run
+    need(r.resume in ("auto", "never") or bool(r.resume), "run.resume", "auto | never | PATH")
+    need(r.time_limit_s >= 0, "run.time_limit_s", f"must be >= 0, got {r.time_limit_s}")
+    need(r.save_every >= 0, "run.save_every", f"must be >= 0, got {r.save_every}")
+    need(r.keep_checkpoints >= 1, "run.keep_checkpoints", f"must be >= 1, got {r.keep_checkpoints}")
+    need(bool(r.out_dir), "run.out_dir", "must be set")
+
+
+def _data(cfg: Config) -> None:
+    d = cfg.data
+    need(len(d.sources) > 0, "data.sources", "no data sources (a list of {path, weight})")
+    for name, sources in (("data.sources", d.sources), ("data.val_sources", d.val_sources)):
+        for i, s in enumerate(sources):
+            key = f"{name}[{i}]"
+            need(bool(s.path), f"{key}.path", "must be set")
+            need(s.weight > 0, f"{key}.weight", f"must be > 0, got {s.weight}")
+            need(Path(s.path).is_dir(), f"{key}.path", f"{s.path}: directory not found")
+            need((Path(s.path) / "manifest.json").is_file(), f"{key}.path",
+                 f"{s.path}: not a prepared data directory (no manifest.json; run lai-prep)")
+    need(d.seq_len >= 2, "data.seq_len", f"must be >= 2, got {d.seq_len}")
+
+
+def _model(cfg: Config) -> None:
+    m = cfg.model
+    for key in ("n_layer", "hidden", "n_head"):
+        need(getattr(m, key) >= 1, f"model.{key}", f"must be >= 1, got {getattr(m, key)}")
+    need(m.hidden % m.n_head == 0, "model.hidden",
+         f"{m.hidden} is not divisible by model.n_head={m.n_head}")
+    need(m.n_kv_head >= 0, "model.n_kv_head", f"must be >= 0, got {m.n_kv_head}")
+    need(m.n_kv_head == 0 or m.n_head % m.n_kv_head == 0, "model.n_kv_head",
+         f"model.n_head={m.n_head} is not divisible by {m.n_kv_head}")
+    need(m.n_kv_head == 0 or m.family == "llama", "model.n_kv_head",
+         f"grouped-query heads need family llama, not {m.family}")
+    need(m.intermediate >= 0, "model.intermediate", f"must be >= 0, got {m.intermediate}")
+
+
+def _train(cfg: Config, world: int) -> None:
+    t = cfg.train
+    for key in ("steps", "micro_batch", "grad_accum", "eval_batches", "max_nonfinite_steps"):
+        need(getattr(t, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(t, key)}")
+    need(0 <= t.zero_stage <= 3, "train.zero_stage", f"must be 0, 1, 2 or 3, got {t.zero_stage}")
+    need(t.global_batch in (0, t.micro_batch * t.grad_accum * world), "train.global_batch",
+         f"{t.global_batch} != train.micro_batch ({t.micro_batch}) x train.grad_accum "
+         f"({t.grad_accum}) x ranks ({world}) = {t.micro_batch * t.grad_accum * world}")
+    need(t.offload_optimizer == "none" or t.zero_stage >= 1, "train.offload_optimizer",
+         "needs train.zero_stage >= 1")
+    need(t.offload_params == "none" or t.zero_stage == 3, "train.offload_params",
+         "needs train.zero_stage = 3")
+    need(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
+    need(0 <= t.min_lr <= t.lr, "train.min_lr", f"must be in [0, train.lr={t.lr}], got {t.min_lr}")
+    need(t.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {t.warmup_steps}")
+    need(0 < t.decay_frac <= 1, "train.decay_frac", f"must be in (0, 1], got {t.decay_frac}")
+    need(t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}")
+    need(0 <= t.beta1 < 1, "train.beta1", f"must be in [0, 1), got {t.beta1}")
+    need(0 <= t.beta2 < 1, "train.beta2", f"must be in [0, 1), got {t.beta2}")
+    need(t.eps > 0, "train.eps", f"must be > 0, got {t.eps}")
+    need(t.grad_clip >= 0, "train.grad_clip", f"must be >= 0, got {t.grad_clip}")
+    need(t.eval_every >= 0, "train.eval_every", f"must be >= 0, got {t.eval_every}")
+
+
+def _lai(cfg: Config) -> None:
+    try:
+        check_lai(cfg.lai)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    f = FILTERS[cfg.lai.filter]
+    need(not (f.needs_full_params and cfg.train.zero_stage == 3), "lai.filter",
+         f"{cfg.lai.filter!r} ({f.about}) needs full parameters; not with train.zero_stage=3")
+
+
+def _log(cfg: Config) -> None:
+    log = cfg.log
+    need(log.every >= 1, "log.every", f"must be >= 1, got {log.every}")
+    need(log.histogram_every >= 0, "log.histogram_every",
+         f"must be >= 0, got {log.histogram_every}")
+    need(log.peak_tflops >= 0, "log.peak_tflops", f"must be >= 0, got {log.peak_tflops}")
+    need(log.ledger_chunk_rows >= 1, "log.ledger_chunk_rows",
+         f"must be >= 1, got {log.ledger_chunk_rows}")

@@ -1,0 +1,117 @@
+"""The filters that decide which sequences are excluded: LAI and the baselines it is compared with.
+
+Each filter turns this rank's part of the global micro-batch (`FilterInput`) into a float64 score
+per sequence, or None (keep everything); the selector hands the scores to the FilterPolicy
+(score <= threshold -> candidate, same warmup, same cap, never the whole global micro-batch).
+Scores use the LAI sign convention: higher = more worth keeping.
+
+  lai            the LAI values (needs lai.enabled)
+  none           keep everything
+  random         exclude each sequence with probability lai.baseline_rate: a coin per (seed,
+                 seq_id), the same whichever rank holds the sequence
+  loss           exclude the lai.baseline_rate fraction of highest losses of the global
+                 micro-batch (self-paced-learning style)
+  full_gradient  the exact full-gradient inner product of each sequence with the rest of the
+                 global micro-batch (pipeline.lai.full_gradient_values; j left out unless
+                 include_self): an upper reference for small models, not a production filter
+
+A new filter is one more `Filter` in FILTERS (its name becomes a valid `lai.filter`); anything it
+needs beyond FilterInput's fields is a field added there and filled by the caller.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.comm import Comm
+from pipeline.errors import UserError
+
+if TYPE_CHECKING:
+    from .settings import LAISettings
+
+
+@dataclass
+class FilterInput:
+    """What a filter may look at: this rank's sequences of the global micro-batch."""
+    step: int                          # optimizer step, 1-based
+    seq_ids: torch.Tensor              # int64 [B] global sequence ids
+    input_ids: torch.Tensor | None     # int64 [B, T] (full_gradient)
+    targets: torch.Tensor | None       # int64 [B, T] position-aligned, -100 ignored
+    losses: torch.Tensor               # [B] per-sequence mean losses
+    model: nn.Module | None = None     # the unwrapped model (full_gradient); left as found
+    lai_values: torch.Tensor | None = None   # float64 [B] when lai.enabled
+    comm: Comm = Comm()                # the data-parallel ranks (collective filters)
+
+
+@dataclass(frozen=True)
+class Filter:
+    scores: Callable[[FilterInput, "LAISettings", int], torch.Tensor | None]  # (input, settings, seed)
+    needs_lai: bool = False            # its scores are the LAI values
+    uses_threshold: bool = False       # lai.threshold applies (else the threshold is 0)
+    uses_rate: bool = False            # excludes about lai.baseline_rate of each micro-batch
+    needs_full_params: bool = False    # every rank needs the whole model (not with ZeRO-3)
+    about: str = ""
+
+
+def random_scores(seq_ids: torch.Tensor, seed: int, rate: float) -> torch.Tensor:
+    """float64 [B]: u - rate, u uniform in [0, 1) from (seed, seq_id) alone (<= 0 with
+    probability `rate`)."""
+    u = [np.random.default_rng([seed, int(i)]).random() for i in seq_ids.tolist()]
+    return torch.tensor(u, dtype=torch.float64, device=seq_ids.device) - rate
+
+
+def loss_scores(losses: torch.Tensor, rate: float, comm: Comm = Comm()) -> torch.Tensor:
+    """float64 [B]: kth - l_j, kth = the k-th highest loss of the global micro-batch (all ranks of
+    `comm`), k = round(rate * N): <= 0 for the k highest losses."""
+    if losses.dim() != 1 or losses.numel() == 0:
+        raise ValueError(f"losses: expected a non-empty 1-D tensor, got {tuple(losses.shape)}")
+    losses = losses.detach().double()
+    everyone = torch.cat(comm.gather(losses))
+    k = round(rate * everyone.numel())
+    kth = torch.topk(everyone, k).values[-1] if k else math.inf
+    return kth - losses
+
+
+def full_gradient_scores(model: nn.Module, input_ids: torch.Tensor, targets: torch.Tensor, *,
+                         include_self: bool, comm: Comm = Comm()) -> torch.Tensor:
+    """float64 [B]: full_gradient_values of this rank's sequences against the global micro-batch
+    (all ranks' sequences gathered; local batches are equal-sized). Every rank computes the whole
+    global batch, so the model must hold its full parameters. Whole sequences only: targets must
+    be the inputs shifted by one (refused on every rank together otherwise)."""
+    from .reference import full_gradient_values
+    bad = bool((targets == -100).any()) or not torch.equal(input_ids[:, 1:], targets[:, :-1])
+    if comm.any(bad, input_ids.device):
+        raise UserError("lai.filter: full_gradient scores whole sequences whose targets are the "
+                         "inputs shifted by one; a batch has ignored (-100) or other targets")
+    # the seq_len + 1 token sample: HF shifts inside (labels=None), all seq_len targets count
+    x = torch.cat(comm.gather(torch.cat([input_ids[:, :1], targets], 1), same_shape=True))
+    values = full_gradient_values(model, x, include_self=include_self)
+    b = input_ids.shape[0]
+    return values[comm.rank * b:(comm.rank + 1) * b]
+
+
+def _full_gradient(i: FilterInput, s: LAISettings, seed: int) -> torch.Tensor:
+    if i.model is None or i.input_ids is None:
+        raise ValueError("lai.filter=full_gradient: the filter input needs input_ids and the "
+                         "model")
+    return full_gradient_scores(i.model, i.input_ids, i.targets, include_self=s.include_self,
+                                comm=i.comm)
+
+
+FILTERS: dict[str, Filter] = {
+    "lai": Filter(lambda i, s, seed: i.lai_values, needs_lai=True, uses_threshold=True,
+                  about="the LAI values"),
+    "none": Filter(lambda i, s, seed: None, about="keep everything"),
+    "random": Filter(lambda i, s, seed: random_scores(i.seq_ids, seed, s.baseline_rate),
+                     uses_rate=True, about="a seeded coin per sequence"),
+    "loss": Filter(lambda i, s, seed: loss_scores(i.losses, s.baseline_rate, i.comm),
+                   uses_rate=True, about="the highest losses of the global micro-batch"),
+    "full_gradient": Filter(_full_gradient, uses_threshold=True, needs_full_params=True,
+                            about="exact per-sample gradients of the whole model on every rank: "
+                                  "a small-model evaluation reference"),
+}

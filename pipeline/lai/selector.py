@@ -1,0 +1,100 @@
+"""Selector: the values and keep mask of every micro-batch, as the run's LAI settings say.
+
+    sel = Selector(settings, seed, comm, val_batches=lambda: [(input_ids, targets), ...])
+    sel.refresh(step, model)                         # reference=val: recompute the cache when due
+    with sel.capture(model) as cap:
+        logits = model(input_ids=input_ids).logits
+    values, keep = sel.select(step, cap, logits, targets, losses, seq_ids,
+                              input_ids=input_ids, model=model)
+
+values: the LAI values when lai.enabled, else the filter's scores (NaN for filter=none); they are
+what the ledger records. keep: FilterPolicy(threshold, warmup, cap) on the scores of the filter
+`lai.filter` (pipeline.lai.baselines), the same global decision on every rank.
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Callable
+
+import torch
+from torch import nn
+
+from pipeline.comm import Comm
+
+from .baselines import FILTERS, FilterInput
+from .capture import LayerInputCapture
+from .policy import FilterPolicy
+from .scorer import LAIScorer
+from .settings import LAISettings
+
+Batches = Callable[[], list[tuple[torch.Tensor, torch.Tensor]]]
+
+
+class Selector:
+    """Collective: every rank calls `refresh` and `select` together. State (a checkpoint member,
+    per rank): the cached val reference and the step it was computed at."""
+
+    def __init__(self, settings: LAISettings, seed: int, comm: Comm | None = None,
+                 val_batches: Batches | None = None):
+        """`comm`: the data-parallel ranks (default: torch.distributed's default group, if any)."""
+        s = self.settings = settings
+        self.seed, self.val_batches = seed, val_batches
+        self.comm = comm or Comm.resolve()
+        self.scorer = LAIScorer.from_settings(s, seed) if s.enabled else None
+        self.filter = FILTERS[s.filter]
+        self.policy = FilterPolicy(threshold=s.threshold if self.filter.uses_threshold else 0.0,
+                                   warmup_steps=s.warmup_steps,
+                                   max_exclude_frac=s.max_exclude_frac)
+        self.val_step: int | None = None
+
+    def capture(self, model: nn.Module):
+        """Context for the forward: records layer inputs when LAI is on."""
+        if self.scorer is None:
+            return nullcontext()
+        return LayerInputCapture(model, self.scorer.layers)
+
+    def refresh(self, step: int, model: nn.Module) -> None:
+        """reference=val: (re)compute the cached val reference at the first step and then every
+        lai.val_refresh_every steps (forward only, in eval mode)."""
+        s = self.settings
+        if self.scorer is None or s.reference != "val":
+            return
+        if self.val_step is not None and step - self.val_step < s.val_refresh_every:
+            return
+        self.scorer.set_val_reference(model, self.val_batches(), group=self.comm.group)
+        self.val_step = step
+
+    @torch.no_grad()
+    def select(self, step: int, cap, logits: torch.Tensor | None, targets: torch.Tensor | None,
+               losses: torch.Tensor, seq_ids: torch.Tensor, *,
+               input_ids: torch.Tensor | None = None, model: nn.Module | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(values float64 [B], keep bool [B]) for optimizer step `step` (1-based)."""
+        values = None
+        if self.scorer is not None:
+            values = self.scorer.values(cap.inputs, logits, targets, group=self.comm.group)
+        score = self.filter.scores(FilterInput(step, seq_ids, input_ids, targets, losses, model,
+                                               values, self.comm), self.settings, self.seed)
+        if score is None:
+            keep = torch.ones_like(losses, dtype=torch.bool)
+        else:
+            # a non-finite score comes from non-finite logits, whose step is skipped anyway
+            # (masked_loss flags it); the policy needs finite values to decide on the others
+            finite = torch.nan_to_num(score, nan=0.0, posinf=0.0, neginf=0.0)
+            keep = self.policy.mask(finite, step - 1, group=self.comm.group)  # 0-based steps
+            values = score if values is None else values
+        if values is None:
+            values = torch.full_like(losses, float("nan"), dtype=torch.float64)
+        return values.detach(), keep
+
+    def state_dict(self) -> dict:
+        return {"scorer": self.scorer.state_dict() if self.scorer is not None else None,
+                "val_step": self.val_step}
+
+    def load_state_dict(self, d: dict) -> None:
+        """A val reference cached under other LAI options is dropped (recomputed at the next
+        step)."""
+        restored = True
+        if self.scorer is not None and d.get("scorer") is not None:
+            restored = self.scorer.load_state_dict(d["scorer"])
+        self.val_step = d.get("val_step") if restored else None

@@ -1,0 +1,118 @@
+"""LAISettings: every LAI option, settled once (the `lai:` section of the run config).
+
+    s = LAISettings(pairing="pooled", method="sketch").resolved()   # s.sketch_dim == 4096
+
+`LAISettings(...)` holds what was asked for; `resolved()` checks every field (one ValueError whose
+one-line message starts with `lai.<field>: `) and fills in what was left to LAI (`sketch_dim=None`
+with method=sketch -> the pairing's measured default). The run config resolves its `lai:` section
+when it loads, so RUN/config.yaml, the checkpoint and every component see the concrete values.
+The defaults are the ones the benchmarks support (docs/FIDELITY.md, docs/RESULTS.md).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from .capture import LAYER_SETS
+from .features import PAIRINGS
+from .sketch import split_dim
+
+METHODS = ("exact", "sketch")
+REFERENCES = ("local", "global", "val")
+DEFAULT_PAIRING = "token_pair"
+# Sketch sizes from docs/FIDELITY.md (Pearson with exact, trained tiny model, global reference):
+# token_pair 0.895 at 2^16, 0.948 at 2^18; aligned 0.97 at 2^18; pooled 0.98 already at 2^12.
+DEFAULT_SKETCH_DIM = 1 << 18
+POOLED_SKETCH_DIM = 1 << 12
+DEFAULT_MAX_EXCLUDE_FRAC = 0.1     # 0.5 hurt val loss in docs/RESULTS.md; 0.1 did not
+
+
+def default_sketch_dim(pairing: str) -> int:
+    """The sketch size used when none is given: the smallest measured size with Pearson >= 0.95."""
+    return POOLED_SKETCH_DIM if pairing == "pooled" else DEFAULT_SKETCH_DIM
+
+
+@dataclass
+class LAISettings:
+    enabled: bool = True               # compute LAI values (and filter with them if filter=lai)
+    filter: str = "lai"                # what decides the keep mask: see pipeline.lai.baselines
+                                       # (lai | none | random | loss | full_gradient)
+    pairing: str = DEFAULT_PAIRING     # token_pair | aligned | pooled
+    method: str = "sketch"             # sketch (scales: T-independent traffic) | exact
+    layers: str = "linear"             # linear | blocks
+    reference: str = "global"          # local | global | val
+    include_self: bool = False
+    sketch_dim: int | None = None      # method=sketch: sketch size (None: the pairing's default);
+                                       # method=exact: must stay unset
+    threshold: float = 0.0             # value <= threshold -> excluded
+    warmup_steps: int = 0              # no filtering before this step
+    max_exclude_frac: float = DEFAULT_MAX_EXCLUDE_FRAC   # cap on the excluded fraction of each
+                                       # global micro-batch, in [0, 1] (never all of it)
+    baseline_rate: float = 0.1         # filter=random: exclusion probability; filter=loss: the
+                                       # fraction of highest-loss sequences excluded
+    val_refresh_every: int = 100       # reference=val: recompute the val features every N steps
+    val_batches: int = 2               # reference=val: micro-batches per rank in the reference
+
+    def resolved(self) -> LAISettings:
+        """A checked copy with concrete values (ValueError `lai.<field>: ...` on a bad one)."""
+        check(self)
+        sketch_dim = self.sketch_dim
+        if self.method == "sketch" and sketch_dim is None:
+            sketch_dim = default_sketch_dim(self.pairing)
+        return dataclasses.replace(self, sketch_dim=sketch_dim)
+
+    def scoring(self) -> dict:
+        """The options that define the LAI values (what a cached reference depends on)."""
+        return {k: getattr(self, k) for k in ("pairing", "method", "layers", "reference",
+                                               "include_self", "sketch_dim")}
+
+
+def _need(ok: bool, field: str, what: str) -> None:
+    if not ok:
+        raise ValueError(f"lai.{field}: {what}")
+
+
+def _one_of(s: LAISettings, field: str, options) -> None:
+    v = getattr(s, field)
+    _need(v in options, field, f"{v!r} is not one of {', '.join(options)}")
+
+
+def check_policy(threshold: float, warmup_steps: int, max_exclude_frac: float) -> None:
+    """The filter policy's fields (also FilterPolicy's own check)."""
+    _need(isinstance(threshold, (int, float)) and math.isfinite(threshold), "threshold",
+          f"must be a finite number, got {threshold!r}")
+    _need(int(warmup_steps) == warmup_steps and warmup_steps >= 0, "warmup_steps",
+          f"must be an int >= 0, got {warmup_steps!r}")
+    _need(0.0 <= max_exclude_frac <= 1.0, "max_exclude_frac",
+          f"must be in [0, 1], got {max_exclude_frac!r}")
+
+
+def check(s: LAISettings) -> None:
+    """Raise ValueError naming the first bad field of `s` (unresolved or resolved)."""
+    from .baselines import FILTERS
+    _one_of(s, "filter", tuple(FILTERS))
+    _one_of(s, "pairing", PAIRINGS)
+    _one_of(s, "method", METHODS)
+    _one_of(s, "layers", LAYER_SETS)
+    _one_of(s, "reference", REFERENCES)
+    _need(s.enabled or not FILTERS[s.filter].needs_lai, "filter",
+          f"{s.filter!r} needs lai.enabled=true (or use "
+          f"{' | '.join(n for n, f in FILTERS.items() if not f.needs_lai)})")
+    if s.method == "exact":
+        _need(s.sketch_dim is None, "sketch_dim",
+              f"{s.sketch_dim} is only used by lai.method=sketch (lai.method is exact); "
+              "remove it or set lai.method=sketch")
+    elif s.sketch_dim is not None:
+        try:
+            split_dim(s.sketch_dim, s.pairing)
+        except ValueError:
+            _need(False, "sketch_dim", f"must be an int >= 4, got {s.sketch_dim!r}")
+    check_policy(s.threshold, s.warmup_steps, s.max_exclude_frac)
+    _need(0 <= s.baseline_rate < 1, "baseline_rate", f"must be in [0, 1), got {s.baseline_rate}")
+    _need(not FILTERS[s.filter].uses_rate or s.baseline_rate <= s.max_exclude_frac,
+          "baseline_rate", f"{s.baseline_rate} exceeds lai.max_exclude_frac "
+          f"{s.max_exclude_frac}, which caps every filter; raise lai.max_exclude_frac")
+    _need(s.val_refresh_every >= 1, "val_refresh_every",
+          f"must be >= 1, got {s.val_refresh_every}")
+    _need(s.val_batches >= 1, "val_batches", f"must be >= 1, got {s.val_batches}")

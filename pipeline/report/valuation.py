@@ -1,0 +1,157 @@
+"""The valuation of a run: its ledger rows attributed to documents and sources.
+
+Inputs: RUN/data.json (PackedDataset's arguments, to locate every sequence's documents; if it
+also holds "fingerprint" = PackedDataset.fingerprint, re-prepared data is refused), the ledger
+(pipeline.train.ledger) and the dataset's tokenizer (for text snippets).
+A sequence's value, keep flag and loss are attributed to every document it covers, weighted by
+the number of the document's tokens in it; so a document's (or source's)
+
+    mean_value    = sum_seq tokens * value / sum_seq tokens
+    excluded_frac = sum_seq tokens * [not kept] / sum_seq tokens    (trained-token weighted)
+    sequences     = how many ledger sequences covered it (over all epochs)
+
+Outputs (each written atomically), under RUN/report/:
+    report.md       summary, per-source table, most/least valuable documents with snippets
+    report.json     the same numbers, machine readable
+    documents.csv   every trained document, least valuable first (the list to act on)
+    valuation.png   excluded fraction over training and value distribution early vs late
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data import PackedDataset
+from pipeline.errors import UserError
+from pipeline.format.tokenizer import load_tokenizer
+from pipeline.fsutil import atomic_write, atomic_write_json, read_json
+from pipeline.report.render import markdown, plot
+from pipeline.report.stats import group_stats, locate_all
+from pipeline.train.ledger import read_ledger
+
+
+# ---------------------------------------------------------------------------- inputs
+
+def load_data_spec(run_dir: Path) -> dict:
+    """RUN/data.json, validated: {"sources": [[dir, weight], ...], "seq_len": int, "seed": int}."""
+    path = run_dir / "data.json"
+    spec = read_json(path, "missing (not a lai-train run directory?)")
+    for key, kind in (("sources", list), ("seq_len", int), ("seed", int)):
+        if not isinstance(spec.get(key), kind):
+            raise UserError(f"{path}: field '{key}' is missing or not of type {kind.__name__}")
+    if not spec["sources"] or not all(isinstance(s, list) and len(s) == 2 for s in spec["sources"]):
+        raise UserError(f"{path}: field 'sources' must be a non-empty list of [data_dir, weight]")
+    return spec
+
+
+def build_dataset(spec: dict) -> PackedDataset:
+    """The run's training PackedDataset."""
+    return PackedDataset([(Path(d), float(w)) for d, w in spec["sources"]], spec["seq_len"],
+                         split="train", seed=spec["seed"])
+
+
+# ---------------------------------------------------------------------------- snippets
+
+class Snippets:
+    """Decoded text of whole documents: tokens from the dataset's mapped shards, text from its
+    tokenizer."""
+
+    def __init__(self, dataset: PackedDataset, max_tokens: int = 96, max_chars: int = 200):
+        self.dataset, self.max_tokens, self.max_chars = dataset, max_tokens, max_chars
+        self._decode = load_tokenizer(dataset.tokenizer.kind, dataset.tokenizer_path).decode
+
+    def __call__(self, source: str, shard: str, doc: int) -> str:
+        ids = self.dataset.document_tokens(source, shard, doc)
+        text = " ".join(self._decode([int(t) for t in ids[:self.max_tokens]]).split())
+        if len(text) > self.max_chars or len(ids) > self.max_tokens:
+            text = text[:self.max_chars].rstrip() + "…"
+        return text
+
+
+# ---------------------------------------------------------------------------- report
+
+def _clean(x):
+    """JSON-safe number (NaN -> None)."""
+    x = float(x)
+    return None if not math.isfinite(x) else x
+
+
+def _load(run_dir: Path) -> tuple[np.ndarray, PackedDataset]:
+    """The committed ledger rows and the run's training dataset (refused if re-prepared)."""
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir}: run directory not found")
+    rows = read_ledger(run_dir)
+    if rows.size == 0:
+        raise UserError(f"{run_dir / 'ledger'}: no committed rows yet")
+    spec = load_data_spec(run_dir)
+    dataset = build_dataset(spec)
+    if spec.get("fingerprint", dataset.fingerprint) != dataset.fingerprint:
+        raise UserError(f"{run_dir / 'data.json'}: the data directories no longer produce the "
+                        "run's sample order (fingerprint differs): were they re-prepared?")
+    return rows, dataset
+
+
+def _counts(stats: dict[str, np.ndarray], i: int) -> dict:
+    return {k: (int(v[i]) if k in ("sequences", "tokens") else _clean(v[i]))
+            for k, v in stats.items()}
+
+
+def build_report(run_dir: str | Path, *, top: int = 10, min_tokens: int = 16) -> dict:
+    """Compute the valuation of a run and write RUN/report/*; returns the report.json dict."""
+    run_dir = Path(run_dir)
+    rows, dataset = _load(run_dir)
+    spans = locate_all(rows, dataset)
+    sources = sorted({k[0] for k in spans.docs})
+    src_of_doc = np.array([sources.index(k[0]) for k in spans.docs], dtype=np.int64)
+    per_src = group_stats(rows, spans.row, src_of_doc[spans.doc], spans.tokens, len(sources))
+    per_doc = group_stats(rows, spans.row, spans.doc, spans.tokens, len(spans.docs))
+    snippet = Snippets(dataset)
+
+    def doc_entry(i: int, with_text: bool) -> dict:
+        source, shard, doc = spans.docs[i]
+        e = {"source": source, "shard": shard, "doc": doc, **_counts(per_doc, i)}
+        if with_text:
+            e["snippet"] = snippet(source, shard, doc)
+        return e
+
+    order = np.lexsort((np.arange(len(spans.docs)), per_doc["mean_value"]))   # ascending, stable
+    rankable = (per_doc["tokens"] >= min_tokens) & np.isfinite(per_doc["mean_value"])
+    ranked = [int(i) for i in order if rankable[i]]
+    steps = np.unique(rows["step"])
+    report = {
+        "run_dir": str(run_dir),
+        "sequences": int(rows.size),
+        "steps": {"count": int(steps.size), "first": int(steps[0]), "last": int(steps[-1])},
+        "excluded_frac": float((~rows["kept"]).mean()),
+        "mean_value": _clean(np.nanmean(rows["value"])) if np.isfinite(rows["value"]).any()
+        else None,
+        "mean_loss": _clean(rows["loss"].astype(np.float64).mean()),
+        "sources": [{"source": name, **_counts(per_src, s)} for s, name in enumerate(sources)],
+        "documents": {
+            "count": len(spans.docs), "ranked": len(ranked), "min_tokens": min_tokens,
+            "most_valuable": [doc_entry(i, True) for i in ranked[::-1][:top]],
+            "least_valuable": [doc_entry(i, True) for i in ranked[:top]],
+        },
+    }
+    out = run_dir / "report"
+    atomic_write_json(out / "report.json", report)
+    _write_csv(out / "documents.csv", (doc_entry(int(i), False) for i in order))
+    plot(out / "valuation.png", rows, spans, sources, src_of_doc)
+    with atomic_write(out / "report.md", "w") as f:
+        f.write(markdown(report))
+    return report
+
+
+def _write_csv(path: Path, entries) -> None:
+    buf = io.StringIO()
+    fields = ["source", "shard", "doc", "sequences", "tokens", "mean_value", "excluded_frac",
+              "mean_loss"]
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    w.writerows(entries)
+    with atomic_write(path, "w") as f:
+        f.write(buf.getvalue())

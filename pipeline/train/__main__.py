@@ -1,0 +1,5 @@
+import sys
+
+from pipeline.train.cli import main
+
+sys.exit(main())

@@ -1,0 +1,110 @@
+"""What a run reports while it trains: TensorBoard scalars every log.every steps (averaged over
+the window since the last report), the LAI value histogram every log.histogram_every steps, and
+one console line per report. Collective: every rank calls `after_step` for every step."""
+from __future__ import annotations
+
+import torch
+
+from pipeline.comm import Comm
+from pipeline.config import Config
+from pipeline.train.flops import achieved_tflops, mfu
+from pipeline.train.metrics import Metrics, source_scalars
+from pipeline.train.runtime import DistInfo, log0, peak_memory_gib
+from pipeline.train.state import Counters
+from pipeline.train.step import StepResult
+
+
+class Window:
+    """What happened since the last report (rank-local until `scalars`)."""
+
+    def __init__(self):
+        self.seconds_by_part = [0.0, 0.0, 0.0, 0.0]     # data, forward, LAI, backward + step
+        self.rank_tokens = 0
+        self.steps = 0
+        self.loss = self.kept_loss = self.kept_tokens = self.excluded = self.sequences = 0.0
+        self.grad_norm = self.lr = float("nan")
+        self.rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.seconds_by_part)
+
+    def add(self, r: StepResult) -> None:
+        stats = [m.stats for m in r.micros]
+        for m in r.micros:
+            self.seconds_by_part = [a + b for a, b in zip(self.seconds_by_part, m.seconds)]
+            self.rank_tokens += m.rank_tokens
+            self.rows.append((m.seq_ids.cpu(), m.values.cpu(), m.keep.cpu()))
+        self.steps += 1
+        self.loss += sum(s.loss for s in stats) / len(stats)
+        self.kept_loss += sum(s.kept_loss for s in stats) / len(stats)
+        self.kept_tokens += sum(s.kept_tokens for s in stats)
+        self.excluded += sum(s.seqs - s.kept_seqs for s in stats)
+        self.sequences += sum(s.seqs for s in stats)
+        self.grad_norm, self.lr = r.grad_norm, r.lr
+
+    def scalars(self) -> dict[str, float]:
+        n = max(self.steps, 1)
+        return {"train/loss": self.loss / n, "train/loss_kept": self.kept_loss / n,
+                "train/lr": self.lr, "train/grad_norm": self.grad_norm,
+                "lai/excluded_frac": self.excluded / max(self.sequences, 1.0),
+                "lai/kept_tokens": self.kept_tokens / n}
+
+    def rank_scalars(self) -> dict[str, float]:
+        n = max(self.steps, 1)
+        names = ("perf/time_data_s", "perf/time_forward_s", "perf/time_lai_s",
+                 "perf/time_backward_step_s")
+        return {k: v / n for k, v in zip(names, self.seconds_by_part)}
+
+    def source_rows(self, dataset) -> tuple[list[str], list[float], list[bool]]:
+        srcs, vals, kept = [], [], []
+        for seq_ids, values, keep in self.rows:
+            srcs += [dataset.locate(int(i))[0].source for i in seq_ids]
+            vals += values.tolist()
+            kept += keep.tolist()
+        return srcs, vals, kept
+
+
+class StepLog:
+    """Reports of one run (see the module doc)."""
+
+    def __init__(self, cfg: Config, info: DistInfo, comm: Comm, metrics: Metrics, dataset,
+                 flops_per_token: float):
+        self.cfg, self.info, self.comm, self.metrics = cfg, info, comm, metrics
+        self.dataset, self.flops_per_token = dataset, flops_per_token
+        self.window = Window()
+
+    def after_step(self, r: StepResult, counters: Counters) -> None:
+        self.window.add(r)
+        log, last = self.cfg.log, r.step == self.cfg.train.steps
+        if r.step % log.every == 0 or last:
+            self._report(r, counters)
+            self.window = Window()
+        if log.histogram_every and r.step % log.histogram_every == 0 and self.cfg.lai.enabled:
+            values = torch.cat([m.values for m in r.micros])
+            self.metrics.histogram(r.step, "lai/values",
+                                   torch.cat(self.comm.gather(values, same_shape=True)))
+
+    def _report(self, r: StepResult, counters: Counters) -> None:
+        w, info = self.window, self.info
+        rank_tps = w.rank_tokens / max(w.seconds, 1e-9)
+        all_tps = float(self.comm.all_reduce(torch.tensor([rank_tps], dtype=torch.float64,
+                                                          device=info.device)).item())
+        scalars = w.scalars()
+        scalars.update({"train/skipped_steps": counters.skipped_steps,
+                        "train/tokens": counters.tokens, "perf/tokens_per_s": all_tps,
+                        "perf/tflops_per_device":
+                            achieved_tflops(all_tps, self.flops_per_token) / info.world})
+        if self.cfg.log.peak_tflops > 0:
+            scalars["perf/mfu"] = mfu(all_tps, self.flops_per_token, self.cfg.log.peak_tflops,
+                                      info.world)
+        parts = self.comm.gather_objects(w.source_rows(self.dataset))
+        srcs, vals, kept = (sum((p[i] for p in parts), []) for i in range(3))
+        if srcs:
+            scalars.update(source_scalars(srcs, vals, kept))
+        self.metrics.scalars(r.step, scalars)
+        self.metrics.rank_scalars(r.step, {**w.rank_scalars(), "perf/tokens_per_s_rank": rank_tps,
+                                           "perf/peak_memory_gib": peak_memory_gib(info.device)})
+        log0(info, f"step {r.step}/{self.cfg.train.steps} loss {scalars['train/loss']:.4f} "
+                   f"excluded {scalars['lai/excluded_frac']:.2%} lr {r.lr:.2e} "
+                   f"grad_norm {r.grad_norm:.3f} {all_tps:,.0f} tok/s")

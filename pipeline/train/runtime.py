@@ -1,0 +1,107 @@
+"""The process group and this rank's device (data parallel only: one group, all ranks).
+
+Works under `deepspeed --num_gpus N`, `torchrun --nproc_per_node N`, srun (via the launchers) and
+as a single process without any launcher (world 1). NCCL on CUDA, gloo on CPU. Collectives go
+through pipeline.comm; this module only starts and ends the group, and times the device.
+"""
+from __future__ import annotations
+
+import os
+import random
+import resource
+import signal
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from pipeline.comm import free_port
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init(local_rank: int | None = None) -> DistInfo:
+    """Initialise torch.distributed through DeepSpeed (a no-op if already initialised) and pick
+    this rank's device. `local_rank`: from `--local_rank` (deepspeed launcher) or LOCAL_RANK."""
+    import deepspeed
+
+    if local_rank is None or local_rank < 0:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    else:
+        # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce kernel (~30 s) that only
+        # its inference all-reduce uses; training talks gloo, so mark the op unavailable.
+        from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+        deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
+    if "RANK" not in os.environ:              # plain `python -m pipeline.train`: world of one
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK=str(local_rank),
+                          MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"),
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())))
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False,
+                               verbose=False)
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def shutdown(engine=None, *, clean: bool = True) -> None:
+    """Destroy the engine (DeepSpeed needs it before the group goes) and the process group.
+    clean (every rank gets here together): a barrier first, so that no rank tears its connections
+    down while a peer still uses them. clean=False (an error on this rank): no collective, which
+    could wait forever for peers that are elsewhere."""
+    if engine is not None:
+        engine.destroy()
+    if dist.is_initialized():
+        if clean and dist.get_world_size() > 1:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+def clock(device: torch.device) -> float:
+    """Seconds, after the device finished its queued work (so step-time parts are real)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # KiB on Linux
+
+
+def log0(info: DistInfo, msg: str) -> None:
+    """A progress line on rank 0's stdout."""
+    if info.main:
+        print(f"[lai-train] {msg}", flush=True)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class StopFlag:
+    """Set by SIGTERM/SIGUSR1 (Slurm preemption, scancel --signal); read at step boundaries."""
+
+    def __init__(self):
+        self.signal: str | None = None
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handler)
+
+    def _handler(self, signum, frame) -> None:
+        self.signal = signal.Signals(signum).name

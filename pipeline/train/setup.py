@@ -1,0 +1,128 @@
+"""Setting a run up: its data, its DeepSpeed engine, and the files that describe it.
+
+    data = open_data(cfg, info)                    # train dataset + this rank's loader, val split
+    parts = build_engine(cfg, info, data, comm)    # model -> guarded AdamW -> deepspeed.initialize
+    write_run_files(cfg, run_dir, ds_config(...), data.train.fingerprint)
+
+The DeepSpeed JSON is derived from the config here (`ds_config`), never written by hand.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.comm import Comm
+from pipeline.config import Config, save_yaml
+from pipeline.data import PackedDataset, RankLoader
+from pipeline.errors import UserError
+from pipeline.fsutil import atomic_write, atomic_write_json
+from pipeline.train.flops import model_flops_per_token
+from pipeline.train.model import build_model
+from pipeline.train.optim import SkipGate, build_optimizer
+from pipeline.train.runtime import DistInfo
+
+
+@dataclass
+class Data:
+    train: PackedDataset
+    loader: RankLoader                 # this rank's slice of every global micro-batch
+    val: PackedDataset | None          # for eval and the val reference
+    micro_batch: int
+    info: DistInfo
+
+    def val_batches(self, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The first `n` val micro-batches of this rank, (input_ids, targets) on its device
+        (the same ones every time)."""
+        loader = RankLoader(self.val, self.micro_batch, self.info.rank, self.info.world)
+        dev = self.info.device
+        return [(b["input_ids"].to(dev), b["targets"].to(dev))
+                for b in (loader.next_batch() for _ in range(n))]
+
+
+def open_data(cfg: Config, info: DistInfo) -> Data:
+    d = cfg.data
+    sources = [(s.path, s.weight) for s in d.sources]
+    train = PackedDataset(sources, d.seq_len, split="train", seed=cfg.run.seed)
+    loader = RankLoader(train, cfg.train.micro_batch, info.rank, info.world)
+    val = None
+    if cfg.train.eval_every > 0 or (cfg.lai.enabled and cfg.lai.reference == "val"):
+        val_sources = [(s.path, s.weight) for s in (d.val_sources or d.sources)]
+        try:
+            val = PackedDataset(val_sources, d.seq_len, split="val", seed=cfg.run.seed)
+        except UserError as e:
+            raise UserError(f"train.eval_every / lai.reference=val need a val split: {e} (set "
+                            "train.eval_every=0, or prepare the data with a val fraction)") from None
+    return Data(train, loader, val, cfg.train.micro_batch, info)
+
+
+@dataclass
+class EngineParts:
+    engine: Any                        # deepspeed.DeepSpeedEngine
+    optimizer: torch.optim.Optimizer   # the client AdamW, guarded by `gate`
+    gate: SkipGate
+    n_params: int
+    flops_per_token: float
+
+
+def build_engine(cfg: Config, info: DistInfo, data: Data, comm: Comm) -> EngineParts:
+    """The model (seeded by the caller), its guarded optimizer and the DeepSpeed engine."""
+    import deepspeed
+    tok = data.train.tokenizer
+    model = build_model(cfg.model, vocab_size=data.train.vocab_size, seq_len=cfg.data.seq_len,
+                        bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id)
+    flops = model_flops_per_token(model, cfg.data.seq_len)
+    n_params = sum(p.numel() for p in model.parameters())
+    gate = SkipGate(comm, info.device)
+    optimizer = build_optimizer(model, cfg.train, gate, offload=cfg.train.offload_optimizer != "none")
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer,
+        config=ds_config(cfg, info.world, info.device.type == "cuda"))
+    return EngineParts(engine, optimizer, gate, n_params, flops)
+
+
+def write_run_files(cfg: Config, run_dir: Path, ds: dict, fingerprint: str) -> None:
+    """RUN/config.yaml (resolved), RUN/ds_config.json (derived), RUN/data.json (for lai-report)."""
+    with atomic_write(run_dir / "config.yaml", "w") as f:
+        f.write(save_yaml(cfg))
+    atomic_write_json(run_dir / "ds_config.json", ds)
+    atomic_write_json(run_dir / "data.json", data_json(cfg, fingerprint))
+
+
+def ds_config(cfg: Config, world: int, cuda: bool) -> dict[str, Any]:
+    """The DeepSpeed JSON. No optimizer/scheduler sections: the client AdamW is built by the
+    trainer and the LR schedule (ours) sets its lr every step."""
+    t = cfg.train
+    zero: dict[str, Any] = {"stage": t.zero_stage}
+    if t.offload_optimizer != "none":
+        zero["offload_optimizer"] = {"device": t.offload_optimizer, "pin_memory": cuda}
+    if t.offload_params != "none":
+        zero["offload_param"] = {"device": t.offload_params, "pin_memory": cuda}
+    return {
+        "train_micro_batch_size_per_gpu": t.micro_batch,
+        "gradient_accumulation_steps": t.grad_accum,
+        "train_batch_size": t.micro_batch * t.grad_accum * world,
+        "gradient_clipping": t.grad_clip,
+        "bf16": {"enabled": t.precision == "bf16"},
+        "fp16": {"enabled": False},
+        "zero_optimization": zero,
+        # the client optimizer is AdamW plus our skip gate (a subclass, which DeepSpeed calls
+        # "untested"); on CPU it may also run on offloaded states (no DeepSpeed CPU Adam build)
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": cuda,
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+def data_json(cfg: Config, fingerprint: str | None = None) -> dict[str, Any]:
+    """RUN/data.json: exactly PackedDataset's arguments, for lai-report to rebuild the dataset
+    (plus the train dataset's fingerprint, so re-prepared data is detected)."""
+    val = cfg.data.val_sources or cfg.data.sources
+    extra = {"fingerprint": fingerprint} if fingerprint else {}
+    return {**extra, "sources": [[s.path, s.weight] for s in cfg.data.sources],
+            "val_sources": [[s.path, s.weight] for s in val],
+            "seq_len": cfg.data.seq_len, "seed": cfg.run.seed}
+

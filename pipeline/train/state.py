@@ -1,0 +1,102 @@
+"""TrainState: everything a checkpoint saves and restores, as one object.
+
+    state = TrainState(engine, rank)
+    state.register("loader", loader)                      # global: identical on every rank
+    state.register("ledger", ledger, per_rank=True)       # each rank's own
+    checkpoint.save(state, run_dir, step, ...); checkpoint.load(state, path)
+
+The DeepSpeed engine (model, optimizer, ZeRO partitions) is saved by DeepSpeed; every other
+member is a named component with `state_dict()` / `load_state_dict(d)`. Global members go into
+DeepSpeed's client state (written from rank 0, read by every rank), per-rank members into the
+rank's own file. `state_dict()` is called on every rank at every save (a member may commit
+rank-local work then, as the ledger flushes). A member registered with `optional=True` keeps its
+fresh state when a checkpoint predates it; any other missing member refuses the checkpoint.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from pipeline.errors import UserError
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, d: dict) -> None: ...
+
+
+@dataclass
+class _Member:
+    component: Stateful
+    per_rank: bool
+    optional: bool
+
+
+class TrainState:
+    def __init__(self, engine, rank: int):
+        self.engine, self.rank = engine, rank
+        self._members: dict[str, _Member] = {}
+
+    def register(self, name: str, component: Stateful, *, per_rank: bool = False,
+                 optional: bool = False) -> None:
+        if name in self._members:
+            raise ValueError(f"TrainState: {name!r} is registered twice")
+        self._members[name] = _Member(component, per_rank, optional)
+
+    def state_dicts(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(global state, this rank's state), each {member name: its state_dict()}."""
+        out: tuple[dict, dict] = ({}, {})
+        for name, m in self._members.items():
+            out[m.per_rank][name] = m.component.state_dict()
+        return out
+
+    def load_state_dicts(self, global_state: dict, rank_state: dict, where: str) -> None:
+        """Restore every member from the two dicts of `state_dicts`; `where` names the
+        checkpoint in errors."""
+        for name, m in self._members.items():
+            saved = (rank_state if m.per_rank else global_state).get(name)
+            if saved is None:
+                if m.optional:
+                    continue
+                raise UserError(f"{where}: the checkpoint has no {name!r} state (saved by another "
+                                "version of lai-train?)")
+            m.component.load_state_dict(saved)
+
+
+@dataclass
+class Counters:
+    """The step counters (global: identical on every rank)."""
+    step: int = 0                 # optimizer steps done
+    tokens: int = 0               # target tokens trained on (all ranks)
+    skipped_steps: int = 0        # steps whose update was skipped
+    bad_in_a_row: int = 0         # skipped steps since the last applied one
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, d: dict) -> None:
+        for k in asdict(self):
+            setattr(self, k, int(d[k]))
+
+
+class RNGState:
+    """Python, numpy and torch (CPU and CUDA) generator states of this process."""
+
+    def state_dict(self) -> dict:
+        state = {"python": random.getstate(), "numpy": np.random.get_state(),
+                 "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state["cuda"])

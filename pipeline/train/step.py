@@ -1,0 +1,158 @@
+"""One optimizer step, top to bottom: `grad_accum` micro-steps, each
+
+    batch -> forward (layer inputs captured) -> per-sequence losses -> values and keep mask
+          -> masked, globally normalised loss -> backward -> engine.step
+
+where DeepSpeed's step applies the update at the accumulation boundary, unless the SkipGate
+skips it on every rank (a non-finite loss or gradient on any rank).
+
+The masked loss (per micro-step m, all ranks r, sequences j with n_j valid target tokens,
+per-sequence mean loss l_j, keep mask k_j):
+
+    K_m      = sum_{r, j} k_j n_j                    (all_reduce: kept target tokens of micro-step m)
+    loss_r   = world * sum_{j on r} k_j n_j l_j / K_m   (what rank r hands to engine.backward)
+
+DeepSpeed averages gradients over the `world` ranks and scales each micro-step by 1/grad_accum, so
+the optimizer step sees
+
+    G = (1/A) sum_{m=1..A} grad( sum_{kept j in m, all ranks} sum_t ce_{j,t} / K_m )
+
+the mean over the A micro-steps of the gradient of each micro-step's kept-token mean loss. With
+A = 1 this is exactly the gradient of training on only the kept sequences (the token mean over
+them). With A > 1 each micro-step is normalised by its own kept tokens, as plain DeepSpeed
+training normalises each micro-step by its own tokens; normalising by the kept tokens of the whole
+step would need the keep decisions of micro-steps that have not run their forward yet. The two
+agree when every micro-step keeps the same number of tokens (e.g. no filtering, packed data).
+Dropped sequences contribute exactly zero gradient (their terms are selected away, not multiplied
+by zero, so even a non-finite dropped loss cannot leak into the loss value).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from pipeline.comm import Comm
+from pipeline.lai import Selector, per_sequence_loss
+from pipeline.train.optim import SkipGate, lr_at, set_lr
+from pipeline.train.runtime import clock
+
+
+@dataclass
+class MicroStats:
+    """Global (all-rank) sums of one micro-step, identical on every rank."""
+    kept_tokens: float
+    tokens: float
+    kept_loss_sum: float      # sum over kept sequences of n_j l_j
+    loss_sum: float           # sum over all sequences of n_j l_j (finite ones)
+    nonfinite: bool
+    kept_seqs: float
+    seqs: float
+
+    @property
+    def loss(self) -> float:          # token mean over all sequences
+        return self.loss_sum / max(self.tokens, 1.0)
+
+    @property
+    def kept_loss(self) -> float:     # token mean over kept sequences (what is trained)
+        return self.kept_loss_sum / max(self.kept_tokens, 1.0)
+
+
+def masked_loss(losses: torch.Tensor, n_tokens: torch.Tensor, keep: torch.Tensor,
+                comm: Comm) -> tuple[torch.Tensor, MicroStats]:
+    """The loss rank r hands to engine.backward (see the module doc) and the micro-step's global
+    sums. `losses` [B] differentiable per-sequence mean losses, `n_tokens` [B] valid targets,
+    `keep` bool [B]. Collective over `comm` (one all_reduce of 7 numbers)."""
+    n = n_tokens.to(losses.dtype)
+    weighted = torch.where(keep, losses * n, torch.zeros_like(losses))
+    finite = torch.isfinite(losses.detach())
+    local = torch.stack([
+        (n * keep).sum().double(),
+        n.sum().double(),
+        weighted.detach().sum().double(),
+        torch.where(finite, losses.detach() * n, torch.zeros_like(n)).sum().double(),
+        (~finite).any().double(),
+        keep.sum().double(),
+        torch.tensor(float(keep.numel()), dtype=torch.float64, device=losses.device),
+    ])
+    g = comm.all_reduce(local).tolist()
+    stats = MicroStats(kept_tokens=g[0], tokens=g[1], kept_loss_sum=g[2], loss_sum=g[3],
+                       nonfinite=g[4] > 0, kept_seqs=g[5], seqs=g[6])
+    loss = weighted.sum() / max(g[0], 1.0) * comm.world
+    return loss, stats
+
+
+@dataclass
+class Micro:
+    """What one micro-step leaves for the ledger and the logs (this rank's sequences)."""
+    seq_ids: torch.Tensor
+    values: torch.Tensor              # float64 [B]
+    keep: torch.Tensor                # bool [B]
+    losses: torch.Tensor              # [B], detached
+    stats: MicroStats                 # global sums
+    seconds: tuple[float, float, float, float]   # data, forward, LAI, backward + step
+    rank_tokens: int
+
+
+@dataclass
+class StepResult:
+    step: int
+    lr: float
+    grad_norm: float
+    skipped: bool
+    micros: list[Micro] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> int:          # target tokens of the step, all ranks
+        return int(sum(m.stats.tokens for m in self.micros))
+
+
+class StepRunner:
+    """Runs optimizer steps on the parts a step touches. Collective: every rank runs each step.
+    `own_grad_norm`: DeepSpeed keeps no gradient norm (ZeRO 0 in fp32), so measure it here."""
+
+    def __init__(self, engine, optimizer, gate: SkipGate, selector: Selector, loader, comm: Comm,
+                 device: torch.device, train_cfg, own_grad_norm: bool):
+        self.engine, self.optimizer, self.gate = engine, optimizer, gate
+        self.selector, self.loader, self.comm, self.device = selector, loader, comm, device
+        self.t, self.own_grad_norm = train_cfg, own_grad_norm
+
+    def step(self, step: int) -> StepResult:
+        """Optimizer step `step` (1-based): LR, val reference, the micro-steps, the update."""
+        lr = lr_at(step, self.t)
+        set_lr(self.optimizer, lr)
+        self.selector.refresh(step, self.engine.module)
+        out = StepResult(step, lr, float("nan"), False)
+        for _ in range(self.t.grad_accum):
+            out.micros.append(self._micro_step(step, out))
+        out.skipped = self.gate.close(self.engine)
+        if not self.own_grad_norm:
+            gn = self.engine.get_global_grad_norm()
+            out.grad_norm = float(gn) if gn is not None else float("nan")
+        return out
+
+    def _micro_step(self, step: int, out: StepResult) -> Micro:
+        engine, dev = self.engine, self.device
+        t0 = clock(dev)
+        batch = self.loader.next_batch()
+        input_ids, targets = batch["input_ids"].to(dev), batch["targets"].to(dev)
+        t1 = clock(dev)
+        with self.selector.capture(engine.module) as cap:
+            logits = engine(input_ids=input_ids).logits
+        losses = per_sequence_loss(logits, targets)
+        t2 = clock(dev)
+        values, keep = self.selector.select(step, cap, logits, targets, losses, batch["seq_ids"],
+                                            input_ids=input_ids, model=engine.module)
+        t3 = clock(dev)
+        n_tokens = (targets != -100).sum(1)
+        loss, stats = masked_loss(losses, n_tokens, keep, self.comm)
+        self.gate.observe(stats.nonfinite)
+        del cap, logits
+        engine.backward(loss)
+        if self.own_grad_norm and engine.is_gradient_accumulation_boundary():
+            grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
+            out.grad_norm = float(torch.nn.utils.get_total_norm(grads))
+        engine.step()
+        t4 = clock(dev)
+        return Micro(batch["seq_ids"], values, keep, losses.detach(), stats,
+                     (t1 - t0, t2 - t1, t3 - t2, t4 - t3), int(n_tokens.sum()))

@@ -1,0 +1,192 @@
+"""The Trainer: one run, read top to bottom.
+
+    Trainer(cfg, info, resume).run()
+
+setup (__init__): data -> run files -> model, optimizer, DeepSpeed engine -> LAI selector,
+ledger, counters -> one TrainState that checkpoints save and restore -> metrics;
+then `run()`: a loop of `train_step` (pipeline.train.step: the micro-steps and the update) and
+log / eval / save / stop, each a short method; at the end the final export.
+Exit codes: 0 finished (RUN/final written), 75 stopped by SIGTERM/SIGUSR1 or run.time_limit_s
+after saving a checkpoint (re-run the same command to resume).
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.comm import Comm
+from pipeline.config import Config, save_yaml
+from pipeline.errors import UserError
+from pipeline.lai import Selector, per_sequence_loss
+from pipeline.train import checkpoint
+from pipeline.train.export import export_final
+from pipeline.train.ledger import Ledger
+from pipeline.train.log import StepLog
+from pipeline.train.metrics import Metrics
+from pipeline.train.resume import Resume, config_hash
+from pipeline.train.runtime import DistInfo, StopFlag, log0, seed_everything, shutdown
+from pipeline.train.setup import build_engine, ds_config, open_data, write_run_files
+from pipeline.train.state import Counters, RNGState, TrainState
+from pipeline.train.step import StepResult, StepRunner
+
+EXIT_STOPPED = 75
+
+
+class Trainer:
+    def __init__(self, cfg: Config, info: DistInfo, resume: Resume | None):
+        self.t_start = time.time()
+        self.cfg, self.info, self.resume = cfg, info, resume
+        self.comm = Comm.resolve()
+        self.stop, self.out_of_time = StopFlag(), False
+        self.run_dir = Path(cfg.run.out_dir)
+        seed_everything(cfg.run.seed)
+        self.data = open_data(cfg, info)
+        if info.main:
+            write_run_files(cfg, self.run_dir, ds_config(cfg, info.world, info.device.type == "cuda"),
+                            self.data.train.fingerprint)
+        self.parts = build_engine(cfg, info, self.data, self.comm)
+        self.selector = Selector(cfg.lai, cfg.run.seed, self.comm,
+                                 val_batches=lambda: self.data.val_batches(cfg.lai.val_batches))
+        self.ledger = Ledger(self.run_dir, info.rank, chunk_rows=cfg.log.ledger_chunk_rows)
+        self.counters = Counters()
+        self.state = self._register()
+        self._restore()
+        self.metrics = Metrics(self.run_dir / "tb", info.rank, info.world,
+                               purge_step=self.counters.step + 1)
+        t = cfg.train
+        self.runner = StepRunner(self.parts.engine, self.parts.optimizer, self.parts.gate,
+                                 self.selector, self.data.loader, self.comm, info.device, t,
+                                 own_grad_norm=t.zero_stage == 0 and t.precision == "fp32")
+        self.log = StepLog(cfg, info, self.comm, self.metrics, self.data.train,
+                           self.parts.flops_per_token)
+        self._announce()
+
+    def _register(self) -> TrainState:
+        """Every component that holds state, in the one TrainState checkpoints handle."""
+        state = TrainState(self.parts.engine, self.info.rank)
+        state.register("counters", self.counters)
+        state.register("loader", self.data.loader)
+        state.register("lai", self.selector, per_rank=True)
+        state.register("ledger", self.ledger, per_rank=True)
+        state.register("rng", RNGState(), per_rank=True)
+        return state
+
+    def _restore(self) -> None:
+        if self.resume is None:
+            self.ledger.load_state_dict({"next_step": 1})   # rows of an unsaved earlier attempt
+            return
+        checkpoint.load(self.state, self.resume.path)
+        log0(self.info, self.resume.note())
+
+    def _announce(self) -> None:
+        cfg, info, t = self.cfg, self.info, self.cfg.train
+        if self.counters.step == 0:
+            self.metrics.text("config", "```\n" + save_yaml(cfg) + "\n```")
+        log0(info, f"{self.parts.n_params / 1e6:.2f}M params, {info.world} rank(s) on "
+                   f"{info.device.type}, ZeRO {t.zero_stage}, {t.precision}, global batch "
+                   f"{t.micro_batch}x{t.grad_accum}x{info.world}, LAI "
+                   f"{'on' if cfg.lai.enabled else 'off'}, filter {cfg.lai.filter}; "
+                   f"run dir {self.run_dir}")
+
+    # ------------------------------------------------------------ the loop
+    def run(self) -> int:
+        """Train to train.steps (0) or until stopped (EXIT_STOPPED, after a checkpoint)."""
+        steps = self.cfg.train.steps
+        while self.counters.step < steps:
+            result = self.train_step()
+            self.log.after_step(result, self.counters)
+            self.evaluate_if_due(result.step)
+            stopping = self.stop_requested()
+            if self.save_due(result.step) or stopping:
+                self.save()
+            if stopping and result.step < steps:
+                return self.stopped()
+        return self.finish()
+
+    def train_step(self) -> StepResult:
+        """One optimizer step, recorded in the ledger and counted; aborts after too many skipped
+        steps in a row."""
+        result = self.runner.step(self.counters.step + 1)
+        for m in result.micros:
+            self.ledger.append(result.step, m.seq_ids, m.values, m.keep, m.losses)
+        c, t = self.counters, self.cfg.train
+        c.step, c.tokens = result.step, c.tokens + result.tokens
+        if not result.skipped:
+            c.bad_in_a_row = 0
+            return result
+        c.skipped_steps += 1
+        c.bad_in_a_row += 1
+        log0(self.info, f"step {c.step}: non-finite loss or gradient norm, update skipped "
+                        f"({c.bad_in_a_row} in a row)")
+        if c.bad_in_a_row >= t.max_nonfinite_steps:
+            raise UserError(f"train.max_nonfinite_steps: {c.bad_in_a_row} steps in a row had a "
+                            f"non-finite loss or gradient norm (last at step {c.step}); lower "
+                            "train.lr, raise train.warmup_steps, or check the data")
+        return result
+
+    def evaluate_if_due(self, step: int) -> None:
+        t = self.cfg.train
+        if not (t.eval_every and (step % t.eval_every == 0 or step == t.steps)):
+            return
+        val_loss = evaluate(self.parts.engine, self.data.val_batches(t.eval_batches), self.comm)
+        ppl = math.exp(min(val_loss, 50.0))
+        self.metrics.scalars(step, {"val/loss": val_loss, "val/ppl": ppl})
+        log0(self.info, f"step {step}: val loss {val_loss:.4f} ppl {ppl:.2f}")
+
+    def stop_requested(self) -> bool:
+        """A signal or the time limit, on any rank (the same answer on every rank)."""
+        limit = self.cfg.run.time_limit_s
+        self.out_of_time = limit > 0 and time.time() - self.t_start >= limit
+        return self.comm.any(self.stop.signal is not None or self.out_of_time, self.info.device)
+
+    def save_due(self, step: int) -> bool:
+        every = self.cfg.run.save_every
+        return bool(every and step % every == 0) or step == self.cfg.train.steps
+
+    def save(self) -> None:
+        meta = {"world": self.info.world, "config": self.cfg.to_dict(),
+                "config_hash": config_hash({**self.cfg.to_dict(), "world": self.info.world})}
+        path = checkpoint.save(self.state, self.run_dir, self.counters.step, meta=meta,
+                               keep=self.cfg.run.keep_checkpoints)
+        log0(self.info, f"checkpoint {path}")
+
+    # ------------------------------------------------------------ the end
+    def stopped(self) -> int:
+        why = self.stop.signal or ("run.time_limit_s" if self.out_of_time
+                                   else "a signal to another rank")
+        log0(self.info, f"stopped by {why} at step {self.counters.step}; re-run the same "
+                        "command to resume")
+        self._close()
+        return EXIT_STOPPED
+
+    def finish(self) -> int:
+        t, c = self.cfg.train, self.counters
+        final = export_final(self.parts.engine, self.run_dir, self.data.train.tokenizer_path,
+                             self.data.train.tokenizer, self.info.main, zero3=t.zero_stage == 3)
+        self._close()
+        log0(self.info, f"done: {c.step} steps, {c.tokens:,} tokens, {c.skipped_steps} skipped, "
+                        f"{time.time() - self.t_start:.0f}s; final model {final}; TensorBoard: "
+                        f"tensorboard --logdir {self.run_dir / 'tb'}")
+        return 0
+
+    def _close(self) -> None:
+        self.metrics.close()
+        self.ledger.close()
+        shutdown(self.parts.engine)
+
+
+@torch.no_grad()
+def evaluate(engine, batches: list[tuple[torch.Tensor, torch.Tensor]], comm: Comm) -> float:
+    """Token-mean loss over `batches` (input_ids, targets) of every rank."""
+    engine.eval()
+    total = torch.zeros(2, dtype=torch.float64, device=batches[0][0].device)
+    for input_ids, targets in batches:
+        losses = per_sequence_loss(engine(input_ids=input_ids).logits, targets)
+        n = (targets != -100).sum(1)
+        total += torch.stack([(losses.double() * n).sum(), n.sum().double()])
+    engine.train()
+    comm.all_reduce(total)
+    return float(total[0] / total[1])
