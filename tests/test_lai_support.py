@@ -17,11 +17,32 @@ ARCHS = {
 }
 
 
+# layers that see the batch flattened to [B*T, d] (OPT's MLP), other attention / MLP variants,
+# and a mixture of experts (Mixtral: each expert sees only the tokens routed to it)
+MORE_ARCHS = {
+    "opt": dict(hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=2,
+                max_position_embeddings=128, word_embed_proj_dim=32, dropout=0.0,
+                attention_dropout=0.0),
+    "gptj": dict(n_embd=32, n_layer=2, n_head=2, rotary_dim=8, n_positions=128, resid_pdrop=0.0,
+                 embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0),
+    "qwen2": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=1, intermediate_size=64, max_position_embeddings=128),
+    "mistral": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                    num_key_value_heads=1, intermediate_size=64, max_position_embeddings=128),
+    "mixtral": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                    num_key_value_heads=1, intermediate_size=64, max_position_embeddings=128,
+                    num_local_experts=4, num_experts_per_tok=2),
+}
+
+
 def tiny_model(arch: str = "gpt2", vocab: int = 128, dtype=torch.float64, seed: int = 0,
                **overrides):
     torch.manual_seed(seed)
-    cfg = AutoConfig.for_model(arch, vocab_size=vocab, **{**ARCHS[arch], **overrides})
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    cfg = AutoConfig.for_model(arch, vocab_size=vocab,
+                               **{**ARCHS.get(arch, MORE_ARCHS.get(arch)), **overrides})
+    # eager experts: the default grouped matmul has no float64 kernel
+    extra = {"experts_implementation": "eager"} if arch == "mixtral" else {}
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager", **extra)
     return model.to(dtype).eval()
 
 
@@ -65,7 +86,8 @@ def batch(b: int, t: int, vocab: int, seed: int = 1):
 
 
 def explicit_features(model, input_ids, labels=None):
-    """Per-layer inputs (no dedupe), logit grads and valid mask, by hand."""
+    """Per-layer inputs (no dedupe; a layer that saw the batch as [B*T, d] rows has row
+    b * T + t for position t of sequence b), logit grads and valid mask, by hand."""
     labels = input_ids if labels is None else labels
     targets = shift_labels(labels)
     inputs = []
@@ -75,6 +97,7 @@ def explicit_features(model, input_ids, labels=None):
         logits = model(input_ids=input_ids).logits
     for h in hooks:
         h.remove()
+    inputs = [x.reshape(*input_ids.shape, -1) for x in inputs]
     valid = (targets != -100).to(logits.dtype)
     inputs = [x * valid.unsqueeze(-1) for x in inputs]
     return inputs, logit_grads(logits, targets), valid

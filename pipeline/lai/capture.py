@@ -7,15 +7,24 @@ Layer sets:
             (the LM head's input).
 Layers that read the same tensor (q/k/v projections, gate/up) get the same detached tensor
 object in `inputs`, so duplicates cost no memory; `unique_inputs` folds them into weights.
+A layer may see the batch flattened to [B*T, d] rows (OPT's MLP); features.check_inputs views
+those back as [B, T, d]. A mixture-of-experts model (each expert sees only the tokens routed to
+it, as rows whose positions the layer input does not tell) is captured with the "blocks" set
+when "linear" is asked for, with a one-line warning on stderr (once per model).
 """
 from __future__ import annotations
 
 import math
+import re
+import sys
+import weakref
 
 import torch
 from torch import nn
 
 LAYER_SETS = ("linear", "blocks")
+_MOE = re.compile(r"Moe|MoE|Expert")          # HF's mixture-of-experts blocks and expert modules
+_WARNED: weakref.WeakSet = weakref.WeakSet()
 
 
 def _linear_types() -> tuple[type, ...]:
@@ -49,9 +58,28 @@ def hooked_modules(model: nn.Module, layers: str) -> list[nn.Module]:
     return [*blocks, model.get_output_embeddings()]
 
 
+def routes_tokens(model: nn.Module) -> bool:
+    """Whether `model` has mixture-of-experts layers (experts that see routed tokens only)."""
+    return any(_MOE.search(type(m).__name__) for m in model.modules())
+
+
+def effective_layers(model: nn.Module, layers: str) -> str:
+    """The layer set captured for `layers` on `model`: "blocks" instead of "linear" for a
+    mixture of experts (warned once per model)."""
+    if check_layers(layers) == "linear" and routes_tokens(model):
+        if model not in _WARNED:
+            _WARNED.add(model)
+            print(f"warning: lai.layers=linear: {type(model).__name__} routes tokens to experts "
+                  "(an expert's rows are not positions of the batch); using layers=blocks",
+                  file=sys.stderr, flush=True)
+        return "blocks"
+    return layers
+
+
 class LayerInputCapture:
     """Context manager: during forwards inside the `with`, records each hooked module's input
-    (detached, no extra graph) into `inputs` (list of [B, T, d_l] tensors, forward order).
+    (detached, no extra graph) into `inputs` (list of [B, T, d_l] or [B*T, d_l] tensors,
+    forward order).
     Hooks are removed on exit; `inputs` stays until `clear()` or the object is dropped."""
 
     def __init__(self, model: nn.Module, layers: str = "linear"):
@@ -73,8 +101,9 @@ class LayerInputCapture:
 
     def __enter__(self) -> "LayerInputCapture":
         self.clear()
+        layers = effective_layers(self.model, self.layers)
         self._handles = [m.register_forward_pre_hook(self._hook, with_kwargs=True)
-                         for m in hooked_modules(self.model, self.layers)]
+                         for m in hooked_modules(self.model, layers)]
         return self
 
     def __exit__(self, *exc) -> None:

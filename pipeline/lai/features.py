@@ -36,14 +36,24 @@ class Features:
         return Features(self.a.to(device), self.g.to(device))
 
 
-def check_inputs(inputs: list[torch.Tensor], logits: torch.Tensor) -> None:
+def check_inputs(inputs: list[torch.Tensor], logits: torch.Tensor) -> list[torch.Tensor]:
+    """The layer inputs as [B, T, d] ([B, T] = logits'): a layer that saw the batch flattened to
+    [B*T, d] rows (OPT's MLP; row b * T + t is position t of sequence b) is viewed back. The same
+    tensor read by several layers stays one object (unique_inputs counts on it)."""
     if not inputs:
         raise ValueError("inputs: no layer inputs captured (run the forward inside "
                          "LayerInputCapture)")
+    b, t = logits.shape[:2]
+    viewed: dict[int, torch.Tensor] = {}
+    out = []
     for i, x in enumerate(inputs):
-        if x.dim() != 3 or tuple(x.shape[:2]) != tuple(logits.shape[:2]):
-            raise ValueError(f"inputs[{i}]: expected [B, T, d] with [B, T] = "
-                             f"{tuple(logits.shape[:2])}, got {tuple(x.shape)}")
+        if x.dim() == 2 and x.shape[0] == b * t:
+            x = viewed.setdefault(id(x), x.reshape(b, t, x.shape[1]))
+        elif x.dim() != 3 or tuple(x.shape[:2]) != (b, t):
+            raise ValueError(f"inputs[{i}]: expected [B, T, d] or [B*T, d] with [B, T] = "
+                             f"{(b, t)}, got {tuple(x.shape)}")
+        out.append(x)
+    return out
 
 
 def build_features(inputs: list[torch.Tensor], logits: torch.Tensor, targets: torch.Tensor,
@@ -51,7 +61,7 @@ def build_features(inputs: list[torch.Tensor], logits: torch.Tensor, targets: to
     """Features of this batch; fp32 (float64 for a float64 model), detached."""
     check_pairing(pairing)
     valid = check_targets(logits, targets)
-    check_inputs(inputs, logits)
+    inputs = check_inputs(inputs, logits)
     dt = compute_dtype(logits)
     mask = valid.to(dt).unsqueeze(-1)
     n_valid = valid.sum(dim=1, keepdim=True).to(dt)

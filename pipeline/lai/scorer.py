@@ -51,7 +51,7 @@ class LAIScorer:
         """This rank's exact Features, aligned/pooled sketch Features, or token_pair sketches
         [B, sketch_dim]."""
         valid = check_targets(logits, targets)
-        check_inputs(inputs, logits)
+        inputs = check_inputs(inputs, logits)
         if self.method == "exact":
             return build_features(inputs, logits, targets, self.pairing)
         return sketch_features(inputs, logits, targets, valid, self.pairing, self.sketch_dim,
