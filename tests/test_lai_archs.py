@@ -9,9 +9,9 @@
 import pytest
 import torch
 
-from pipeline.lai import LAIScorer, LayerInputCapture, lai_values, logit_grads
+from pipeline.lai import LAIScorer, LayerInputCapture, lai_values
 from pipeline.lai.grads import shift_labels
-from test_lai_support import batch, explicit_kernel, loo_mean, tiny_model
+from test_lai_support import batch, block_kernel, explicit_kernel, loo_mean, tiny_model
 
 PAIRINGS = ["token_pair", "aligned", "pooled"]
 
@@ -48,21 +48,6 @@ def test_opt_mlp_rows_are_viewed_back_as_positions():
     assert torch.corrcoef(torch.stack([sketch, exact]))[0, 1] > 0.9
 
 
-def _block_kernel(model, ids):
-    """K [B, B] from the hidden state entering each decoder layer plus the final one."""
-    inputs = []
-    mods = [*model.model.layers, model.lm_head]
-    hooks = [m.register_forward_pre_hook(lambda m, a, kw: inputs.append(
-        (a[0] if a else kw["hidden_states"]).detach()), with_kwargs=True) for m in mods]
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits
-    for h in hooks:
-        h.remove()
-    g = logit_grads(logits, shift_labels(ids))
-    phi = torch.cat([torch.einsum("btd,btv->bdv", a, g).flatten(1) for a in inputs], 1)
-    return phi @ phi.T
-
-
 def test_mixture_of_experts_falls_back_to_blocks_with_one_warning(capsys):
     model = tiny_model("mixtral")
     ids = batch(4, 10, 128)
@@ -70,7 +55,8 @@ def test_mixture_of_experts_falls_back_to_blocks_with_one_warning(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("warning: lai.layers=linear: ") \
         and "layers=blocks" in err[0], err
-    assert rel_err(v, loo_mean(_block_kernel(model, ids))) < 1e-9
+    assert rel_err(v, loo_mean(block_kernel(model, ids, [*model.model.layers, model.lm_head]))) \
+        < 1e-9
     assert torch.equal(v, lai_values(model, ids, layers="blocks"))
     lai_values(model, ids)
     assert capsys.readouterr().err == ""                       # once per model

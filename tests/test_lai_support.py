@@ -119,6 +119,24 @@ def explicit_kernel(model, input_ids, pairing, labels=None):
     return ka * (gbar @ gbar.T)
 
 
+def block_kernel(model, input_ids, blocks) -> torch.Tensor:
+    """token_pair K [B, B] built literally from the input of each module in `blocks` (the
+    transformer blocks, then the LM head: the hidden state entering each block + the final one)."""
+    inputs = []
+    hooks = [m.register_forward_pre_hook(lambda m, a, kw: inputs.append(
+        (a[0] if a else kw["hidden_states"]).detach()), with_kwargs=True) for m in blocks]
+    with torch.no_grad():
+        logits = model(input_ids=input_ids).logits
+    for h in hooks:
+        h.remove()
+    assert len(inputs) == len(blocks)
+    targets = shift_labels(input_ids)
+    g = logit_grads(logits, targets)
+    mask = (targets != -100).to(g.dtype).unsqueeze(-1)
+    phi = torch.cat([torch.einsum("btd,btv->bdv", a * mask, g).flatten(1) for a in inputs], 1)
+    return phi @ phi.T
+
+
 def loo_mean(k: torch.Tensor, include_self: bool = False) -> torch.Tensor:
     """value_j from a full kernel matrix over the batch as its own reference."""
     n = k.shape[0]
