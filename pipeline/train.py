@@ -145,6 +145,8 @@ def train(cfg: Config, info: dist.DistInfo, resume_from: Path | None) -> int:
     run_dir = Path(cfg.run.out_dir)
     t, d = cfg.train, cfg.data
     cuda = info.device.type == "cuda"
+    if cuda:                 # perf/peak_memory_gib is this run's, also in a long-lived process
+        torch.cuda.reset_peak_memory_stats(info.device)
     ds = ds_config(cfg, info.world, cuda)
 
     # data: this rank's slice of every global micro-batch; val split for eval / the val reference

@@ -102,7 +102,7 @@ class LAIScorer:
             own = self_kernel(local, self.pairing)
         else:
             cross = local @ ref["sum"].to(local.device, local.dtype)
-            own = local.square().sum(1)
+            own = torch.linalg.vector_norm(local, dim=1).square()
         if in_ref:
             cross = cross - own
         self_k = None

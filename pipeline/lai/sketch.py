@@ -170,18 +170,16 @@ def sketch_features(inputs: list[torch.Tensor], logits: torch.Tensor, targets: t
         ca = _positional(_input_side(inputs, seed, k1, dt, mask), k1, seed, STREAM_POS_A)
     else:
         ca = _input_side(inputs, seed, k1, dt, mask, pooled_n=mask.sum(1, keepdim=True))
+    out = ca.new_empty(b, k1 * k2 if pairing == "token_pair" else k2)
     step = _chunk(b, t, v, logits.device)
-    parts = []
     for s in range(0, b, step):
         sl = slice(s, s + step)
         cg = _vocab_side(logits[sl], targets[sl], valid[sl], k2, seed, dt)   # [c, T, k2]
         if pairing == "token_pair":
-            parts.append((ca[sl].transpose(1, 2) @ cg).flatten(1))
+            torch.matmul(ca[sl].transpose(1, 2), cg, out=out[sl].view(-1, k1, k2))
         elif pairing == "aligned":
-            parts.append(_positional(cg, k2, seed, STREAM_POS_G))
+            out[sl] = _positional(cg, k2, seed, STREAM_POS_G)
         else:
-            parts.append(cg.sum(1))
+            out[sl] = cg.sum(1)
         del cg
-    if pairing == "token_pair":
-        return torch.cat(parts)
-    return Features(ca, torch.cat(parts))
+    return out if pairing == "token_pair" else Features(ca, out)
