@@ -44,15 +44,21 @@ from benchmarks import common as C
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "cpu": 0.0}
 SIZES = {
     "gpu": {"vocab": 50257, "seq_len": 1024, "model": ("gpt2", 12, 768, 12), "precision": "bf16",
-            "steps": 30, "small_steps": 15, "log_every": 5, "small_batch": 8, "max_batch": 64,
-            "bare_steps": 20, "fidelity_batches": 3, "sketch_dims": [1 << 16, 1 << 18, 1 << 20]},
+            "steps": 20, "small_steps": 15, "log_every": 5, "small_batch": 8, "max_batch": 64,
+            "bare_steps": 20, "fidelity_batches": 6, "fidelity_batch": 16, "sketch_dims": [1 << 16, 1 << 18, 1 << 20]},
     "dry": {"vocab": 512, "seq_len": 64, "model": ("gpt2", 2, 64, 2), "precision": "fp32",
             "steps": 6, "small_steps": 6, "log_every": 2, "small_batch": 4, "max_batch": 8,
-            "bare_steps": 4, "fidelity_batches": 2, "sketch_dims": [1 << 12, 1 << 16]},
+            "bare_steps": 4, "fidelity_batches": 2, "fidelity_batch": 4, "sketch_dims": [1 << 12, 1 << 16]},
 }
 MODES = {"off": ["lai.enabled=false", "lai.filter=none"],
          "sketch": ["lai.enabled=true", "lai.filter=lai", "lai.method=sketch"],
-         "exact": ["lai.enabled=true", "lai.filter=lai", "lai.method=exact"]}
+         "exact": ["lai.enabled=true", "lai.filter=lai", "lai.method=exact"],
+         "sketch-blocks": ["lai.enabled=true", "lai.filter=lai", "lai.method=sketch",
+                           "lai.layers=blocks"]}
+for _m in ("off", "sketch-blocks"):
+    MODES[f"{_m}-compiled"] = MODES[_m] + ["model.compile=true"]
+# (mode, micro-batch: "big" = the probed size, "small" = SIZES' small_batch, or a number)
+PLAN = "off:big,sketch:big,bare:big,off:small,sketch:small,exact:small,bare:small"
 
 
 def parse_args(argv=None):
@@ -63,6 +69,9 @@ def parse_args(argv=None):
                    help="data and run directories (default: a folder under /tmp)")
     p.add_argument("--parts", default="env,tests,data,overhead,profile,fidelity")
     p.add_argument("--batch", type=int, default=0, help="micro-batch of the large runs (0: probe)")
+    p.add_argument("--plan", default=PLAN,
+                   help=f"overhead runs as MODE:BATCH (modes: bare, {', '.join(MODES)}; batch: "
+                        f"big | small | N), in order (default {PLAN})")
     p.add_argument("--doc", action="store_true", help="also update docs/RESULTS.md")
     p.add_argument("--report", type=Path, metavar="JSON",
                    help="only rewrite the report (and with --doc the docs) from a results file")
@@ -328,15 +337,20 @@ def overhead_part(args, size, res) -> None:
     big = probe_batch(args, size)
     res["overhead"] = {"batch": big, "peak_tflops": peak, "rows": []}
     rows = res["overhead"]["rows"]
-    plan = [("bare", big, size["bare_steps"]), ("off", big, size["steps"]),
-            ("sketch", big, size["steps"]), ("bare", size["small_batch"], size["bare_steps"]),
-            ("off", size["small_batch"], size["small_steps"]),
-            ("sketch", size["small_batch"], size["small_steps"]),
-            ("exact", size["small_batch"], size["small_steps"])]
+    plan = []
+    for item in args.plan.split(","):
+        mode, _, b = item.partition(":")
+        if mode != "bare" and mode not in MODES:
+            raise ValueError(f"--plan: unknown mode {mode!r}")
+        batch = big if b == "big" else size["small_batch"] if b == "small" else int(b)
+        steps = size["bare_steps"] if mode == "bare" else \
+            size["steps"] if batch == big else size["small_steps"]
+        plan.append((mode, batch, steps))
     for mode, batch, steps in plan:
         try:
             rows.append(bare_loop(args, size, batch, steps, peak) if mode == "bare"
                         else trainer_run(args, size, mode, batch, steps, peak))
+            _save(args, res)
         except Exception as e:    # record and keep going
             rows.append({"mode": mode, "batch": batch, "error": f"{type(e).__name__}: {e}"})
             log(f"{mode} b{batch} failed: {e}")
@@ -458,7 +472,7 @@ def fidelity_part(args, size, res) -> None:
     bf16 = copy.deepcopy(model).to(torch.bfloat16)
     data = PackedDataset([(args.work / f"stdlib-v{size['vocab']}", 1.0)], size["seq_len"],
                          split="val", seed=0)
-    b = size["small_batch"]
+    b = size["fidelity_batch"]
     rows = []
     for k in range(size["fidelity_batches"]):
         ids = torch.from_numpy(np.stack([data.sample(k * b + i) for i in range(b)]))[:, :-1]
@@ -470,6 +484,7 @@ def fidelity_part(args, size, res) -> None:
         for dim in size["sketch_dims"]:
             sk = lai_values(model, ids, method="sketch", sketch_dim=dim)
             row[f"pearson_sketch_{dim}"] = C.pearson(sk.cpu().numpy(), exact.cpu().numpy())
+            row[f"spearman_sketch_{dim}"] = C.spearman(sk.cpu().numpy(), exact.cpu().numpy())
         row["pearson_bf16_exact"] = C.pearson(lai_values(bf16, ids, method="exact").cpu().numpy(),
                                               exact.cpu().numpy())
         rows.append(row)
@@ -533,13 +548,18 @@ def section(res) -> str:
             L.append(f"- torch.compile of the vocabulary side failed: {prof['compile_error']}")
     fid = res.get("fidelity")
     if fid:
-        keys = [k for k in fid["rows"][0] if k.startswith("pearson")]
+        keys = [k for k in fid["rows"][0] if k.startswith(("pearson", "spearman"))]
+        rows = [[r["batch"], r["exact_s"], *[r[k] for k in keys]] for r in fid["rows"]]
+        rows.append(["mean", float(np.mean([r["exact_s"] for r in fid["rows"]])),
+                     *[float(np.mean([r[k] for r in fid["rows"]])) for k in keys]])
         L += ["", f"### Sketch vs exact (token_pair, the batch of {fid['batch']} as reference, "
               f"model: {Path(fid['model']).parent.name or fid['model']})", "",
-              C.md_table(["batch", "exact s", *keys],
-                         [[r["batch"], r["exact_s"], *[r[k] for k in keys]] for r in fid["rows"]],
-                         "{:.4f}"), ""]
+              C.md_table(["batch", "exact s", *keys], rows, "{:.4f}"), ""]
     return "\n".join(L)
+
+
+def _save(args, res) -> None:
+    (args.out / "gpu_check.json").write_text(json.dumps(res, indent=1, default=str))
 
 
 def _write_report(args, res) -> int:
@@ -577,7 +597,7 @@ def main(argv=None) -> int:
             _teardown()
         res.setdefault("part_seconds", {})[name] = time.perf_counter() - t
         res["seconds"] = time.perf_counter() - t0
-        (args.out / "gpu_check.json").write_text(json.dumps(res, indent=1, default=str))
+        _save(args, res)
     _write_report(args, res)
     log(f"done in {res['seconds'] / 60:.1f} min: {len(res['errors'])} part(s) failed; "
         f"results {args.out / 'gpu_check.json'}")

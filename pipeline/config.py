@@ -61,6 +61,8 @@ class ModelConfig:
     intermediate: int = 0              # MLP width; 0 = family default (4*hidden; llama: 8/3*hidden)
     tie_word_embeddings: bool = True
     activation_checkpointing: bool = False
+    compile: bool = False              # torch.compile each transformer block's forward (the LM
+                                       # head, loss and LAI stay eager); with LAI: lai.layers=blocks
     rope_theta: float = 10000.0        # llama / gpt_neox
 
 
@@ -101,6 +103,7 @@ class LAIConfig:
     reference: str = "global"          # local | global | val
     include_self: bool = False
     sketch_dim: int = 0                # method=sketch: sketch size (0 = the LAI module's default)
+    compile: bool = True               # method=sketch on CUDA: torch.compile the sketch kernels
     threshold: float = 0.0             # value <= threshold -> excluded
     warmup_steps: int = 0              # no filtering before this step
     max_exclude_frac: float = 0.1      # cap on the excluded fraction of each global micro-batch
@@ -394,6 +397,11 @@ def validate(cfg: Config, world: int = 1) -> None:
         pairings = getattr(lai_mod, "PAIRINGS", None)
         need(pairings is None or lai.pairing in pairings, "lai.pairing",
              f"{lai.pairing!r} is not one of default, {', '.join(pairings or ())}")
+    need(not (m.compile and lai.enabled and lai.layers == "linear"), "model.compile",
+         "compiled blocks hide their linear layers from LAI's input hooks; use lai.layers=blocks "
+         "(the block inputs stay visible) or model.compile=false")
+    need(not (m.compile and t.zero_stage == 3), "model.compile",
+         "not with train.zero_stage=3 (its parameter hooks run inside the blocks)")
     need(lai.sketch_dim >= 0, "lai.sketch_dim", f"must be >= 0, got {lai.sketch_dim}")
     need(lai.warmup_steps >= 0, "lai.warmup_steps", f"must be >= 0, got {lai.warmup_steps}")
     need(0 <= lai.max_exclude_frac < 1, "lai.max_exclude_frac",

@@ -142,7 +142,7 @@ class Selector:
                 method=lai_cfg.method, layers=lai_cfg.layers, reference=lai_cfg.reference,
                 include_self=lai_cfg.include_self,
                 sketch_dim=(lai_cfg.sketch_dim or None) if lai_cfg.method == "sketch" else None,
-                seed=seed)
+                seed=seed, compile=None if lai_cfg.compile else False)
         from pipeline.lai import FilterPolicy
         c = lai_cfg
         threshold = c.threshold if c.filter in ("lai", "full_gradient") else 0.0

@@ -2,7 +2,7 @@
 runs them):
 
 - LAI values on CUDA agree with the CPU in fp32, and a bf16 model's with its fp32 copy, for every
-  pairing and method;
+  pairing and method; the compiled sketch kernels equal the eager ones;
 - a 1-rank DeepSpeed ZeRO-2 bf16 step with LAI (NCCL): the excluded sequences contribute nothing
   (replacing their tokens leaves every gradient unchanged, while keeping them changes it);
 - checkpoint save and resume on CUDA: a run stopped after N steps and extended to 2N equals the
@@ -32,19 +32,37 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-@pytest.mark.parametrize("method", ["exact", "sketch"])
-@pytest.mark.parametrize("pairing", PAIRINGS)
-def test_lai_values_cuda_match_cpu_and_bf16_match_fp32(pairing, method):
-    from pipeline.lai import lai_values
+@pytest.fixture(scope="module")
+def trained():
     model = trained_tiny_model(steps=20)
     ids, _ = synthetic_corpus(16, 32, 256, noise_frac=0.2, seed=7)
-    kw = dict(pairing=pairing, method=method)
+    return model, ids
+
+
+@pytest.mark.parametrize("method", ["exact", "sketch"])
+@pytest.mark.parametrize("pairing", PAIRINGS)
+def test_lai_values_cuda_match_cpu_and_bf16_match_fp32(trained, pairing, method):
+    from pipeline.lai import lai_values
+    model, ids = trained
+    kw = dict(pairing=pairing, method=method, compile=False)
     cpu = lai_values(model, ids, **kw)
     gpu = lai_values(copy.deepcopy(model).cuda(), ids.cuda(), **kw)
     bf16 = lai_values(copy.deepcopy(model).cuda().to(torch.bfloat16), ids.cuda(), **kw)
     assert gpu.device.type == "cuda" and gpu.dtype == bf16.dtype == torch.float64
     assert _rel(gpu.cpu(), cpu) < 1e-4, (gpu, cpu)
     assert _rel(bf16, gpu) < 3e-2 and torch.corrcoef(torch.stack([bf16, gpu]))[0, 1] > 0.999
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_sketch_kernels_equal_eager_on_cuda(trained, dtype):
+    from pipeline.lai import lai_values
+    from pipeline.lai.sketch import Kernels
+    model, ids = trained
+    model = copy.deepcopy(model).cuda().to(dtype)
+    eager = lai_values(model, ids.cuda(), method="sketch", compile=False)
+    compiled = lai_values(model, ids.cuda(), method="sketch", compile=True)
+    assert Kernels._failed is None, Kernels._failed
+    assert _rel(compiled, eager) < 1e-5, (compiled, eager)
 
 
 # ---------------------------------------------------------------- one DeepSpeed rank on CUDA
@@ -81,7 +99,8 @@ def _step_grads(ids: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor, de
     model = build_model(cfg.model, vocab_size=V, seq_len=T)
     opt = build_optimizer(model, cfg.train, device, offload=False)
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds_config(cfg, 1, True))
-    sel = Selector(LAIConfig(enabled=True, filter="lai", max_exclude_frac=0.5), seed=0)
+    sel = Selector(LAIConfig(enabled=True, filter="lai", max_exclude_frac=0.5, compile=False),
+                   seed=0)
     ids, targets = ids.to(device), targets.to(device)
     with sel.capture(engine.module) as cap:
         logits = engine(input_ids=ids).logits
@@ -133,7 +152,7 @@ def _train(data: Path, run: Path, steps: int) -> str:
             "train.micro_batch=8", "train.global_batch=0", f"train.steps={steps}",
             "train.zero_stage=2", "train.precision=bf16", "train.schedule=constant",
             "train.lr=1e-2", "train.warmup_steps=2", "train.eval_every=0", "lai.warmup_steps=1",
-            "lai.max_exclude_frac=0.25", "log.every=1", "run.save_every=0"]
+            "lai.max_exclude_frac=0.25", "lai.compile=false", "log.every=1", "run.save_every=0"]
     path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
     env = {**os.environ, "PYTHONPATH": path}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):   # a fresh 1-rank world

@@ -44,11 +44,12 @@ class LAIScorer:
     """Train-loop scorer. Capture the forward with LayerInputCapture(model, scorer.layers),
     then `values(cap.inputs, logits, targets, group)`; all ranks of `group` call it together.
     sketch_dim is for method="sketch" only (None -> default_sketch_dim(pairing)); any other
-    combination of options works. Options are validated here (ValueError)."""
+    combination of options works. Options are validated here (ValueError). compile: run the
+    sketch kernels through torch.compile (None: on CUDA tensors only; sketch.Kernels)."""
 
     def __init__(self, *, pairing: str = DEFAULT_PAIRING, method: str = "exact",
                  layers: str = "linear", reference: str = "global", include_self: bool = False,
-                 sketch_dim: int | None = None, seed: int = 0):
+                 sketch_dim: int | None = None, seed: int = 0, compile: bool | None = None):
         self.pairing = check_pairing(pairing)
         self.method = _choice("method", method, METHODS)
         self.layers = check_layers(layers)
@@ -61,6 +62,7 @@ class LAIScorer:
             raise ValueError("sketch_dim: only used by method='sketch'")
         self.sketch_dim = sketch_dim
         self.seed = int(seed)
+        self.compile = compile
         self._val: dict[str, Any] | None = None
 
     # -- features -------------------------------------------------------------------------
@@ -71,8 +73,9 @@ class LAIScorer:
         check_inputs(inputs, logits)
         if self.method == "exact":
             return build_features(inputs, logits, targets, self.pairing)
+        compiled = logits.is_cuda if self.compile is None else self.compile
         return sketch_features(inputs, logits, targets, valid, self.pairing, self.sketch_dim,
-                               self.seed)
+                               self.seed, compiled)
 
     def _reference(self, local, comm: Comm) -> dict[str, Any]:
         """Reference over all ranks of `comm` from this rank's local features (gathered) or

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import torch
 
@@ -102,14 +103,74 @@ def _signed(x: torch.Tensor, n: int, k: int, seed: int, stream: int, dt: torch.d
     return x * (s * weight if weight != 1.0 else s)
 
 
+@functools.lru_cache(maxsize=512)
+def _rotation(k: int, seed: int, stream: int, device: torch.device) -> torch.Tensor:
+    """Index [k] with folded.index_select(-1, r)[..., b] = folded[..., (b - o) mod k]: the cyclic
+    shift by the stream's offset o, as a tensor (compiled kernels then serve every layer)."""
+    return ((torch.arange(k) - offset(k, seed, stream)) % k).to(device)
+
+
+def input_kernel(x: torch.Tensor, s: torch.Tensor, rotation: torch.Tensor, k: int
+                 ) -> torch.Tensor:
+    """One layer's C1 sketch: x [..., d] signed by s [d] (dtype of the result, weight folded
+    in), folded into k buckets and rotated by its offset (`rotation`): [..., k]."""
+    return fold(x * s, k).index_select(-1, rotation)
+
+
+def vocab_kernel(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
+                 s: torch.Tensor, k: int) -> torch.Tensor:
+    """C2(g_t) for every token of `logits` [c, T, V] -> [c, T, k], g = (softmax - onehot) / N_j
+    (0 at ignored positions), without materialising g: the softmax (dtype of the signs s [V])
+    signed in place and folded; the one-hot is one bucket per token (bucket y mod k)."""
+    dt = s.dtype
+    p = torch.softmax(logits, dim=-1, dtype=dt).mul_(s)
+    out = fold(p, k)
+    tgt = targets.clamp_min(0)
+    out = out.scatter_add(-1, (tgt % k).unsqueeze(-1), -s[tgt].unsqueeze(-1))
+    scale = valid.to(dt) / valid.sum(dim=1, keepdim=True).to(dt)
+    return out.mul_(scale.unsqueeze(-1))
+
+
+class Kernels:
+    """The two sketch kernels, eager or through torch.compile (the GPU default: the compiled
+    kernels read each captured input and each logit once). If compiling fails (no Triton, an
+    unsupported backend) the eager kernels run instead, after one warning."""
+
+    _compiled: dict = {}
+    _failed: str | None = None
+
+    def __init__(self, compiled: bool):
+        self.compiled = compiled and Kernels._failed is None
+
+    def __call__(self, fn, *args):
+        if self.compiled and Kernels._failed is None:
+            try:
+                if fn not in Kernels._compiled:
+                    Kernels._compiled[fn] = torch.compile(fn, dynamic=None, fullgraph=True)
+                return Kernels._compiled[fn](*args)
+            except Exception as e:      # fall back, say so once
+                Kernels._failed = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                warnings.warn(f"LAI sketch: torch.compile failed ({Kernels._failed}); "
+                              "running the eager kernels", stacklevel=2)
+        return fn(*args)
+
+
 def _input_side(inputs, seed: int, k1: int, dt: torch.dtype, mask: torch.Tensor | None,
-                pooled_n: torch.Tensor | None = None) -> torch.Tensor:
+                pooled_n: torch.Tensor | None = None, kernels: Kernels | None = None
+                ) -> torch.Tensor:
     """sum_l C1_l(a_l): [B, T, k1] per token, or with `pooled_n` the sketch of abar [B, k1].
     `mask` [B, T] (dt) zeroes ignored positions (None: the caller's vocabulary side is already
     zero there, as for token_pair)."""
     out = None
+    fused = kernels is not None and kernels.compiled and mask is None
     for layer, (x, w) in enumerate(unique_inputs(inputs)):
         x = x.detach()
+        if fused:                      # one compiled pass per layer
+            s = signs(x.shape[-1], seed, layer, x.device, dt)
+            y = kernels(input_kernel, x, s * w if w != 1.0 else s,
+                        _rotation(k1, seed, layer, x.device), k1)
+            out = y if out is None else out.add_(y)
+            continue
         if pooled_n is not None:
             x = (x.to(dt) * mask.unsqueeze(-1)).sum(1) / pooled_n
         elif mask is not None:
@@ -122,18 +183,10 @@ def _input_side(inputs, seed: int, k1: int, dt: torch.dtype, mask: torch.Tensor 
 
 
 def _vocab_side(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, k2: int,
-                seed: int, dt: torch.dtype) -> torch.Tensor:
-    """C2(g_t) for every token of `logits` [c, T, V] -> [c, T, k2], g = (softmax - onehot) / N_j
-    (0 at ignored positions), without materialising g: softmax once, signed in place, folded."""
-    v = logits.shape[-1]
-    s = signs(v, seed, STREAM_VOCAB, logits.device, dt)
-    p = torch.softmax(logits.detach(), dim=-1, dtype=dt).mul_(s)
-    out = fold(p, k2)
-    del p
-    tgt = targets.clamp_min(0)
-    out.scatter_add_(-1, (tgt % k2).unsqueeze(-1), -s[tgt].unsqueeze(-1))
-    scale = valid.to(dt) / valid.sum(dim=1, keepdim=True).to(dt)
-    return out.mul_(scale.unsqueeze(-1))
+                seed: int, dt: torch.dtype, kernels: Kernels | None = None) -> torch.Tensor:
+    """vocab_kernel with this seed's vocabulary signs; [c, T, k2]."""
+    s = signs(logits.shape[-1], seed, STREAM_VOCAB, logits.device, dt)
+    return (kernels or Kernels(False))(vocab_kernel, logits.detach(), targets, valid, s, k2)
 
 
 def _positional(z: torch.Tensor, k: int, seed: int, stream: int) -> torch.Tensor:
@@ -153,19 +206,21 @@ def _chunk(b: int, t: int, v: int, device: torch.device) -> int:
 
 
 def sketch_features(inputs: list[torch.Tensor], logits: torch.Tensor, targets: torch.Tensor,
-                    valid: torch.Tensor, pairing: str, sketch_dim: int, seed: int
-                    ) -> torch.Tensor | Features:
+                    valid: torch.Tensor, pairing: str, sketch_dim: int, seed: int,
+                    compiled: bool = False) -> torch.Tensor | Features:
     """token_pair: per-sequence Kronecker sketches [B, k1 * k2] (summed over the reference);
     aligned / pooled: Features(a=[B, k1], g=[B, k2]), the two sides sketched separately
     (their kernel is a product of two Grams, so the reference must be gathered, B x
     sketch_dim floats; a Kronecker sketch would have the variance of only min(k1, k2) buckets).
-    Inputs are validated by the caller. The vocabulary side goes in chunks of sequences."""
+    Inputs are validated by the caller. The vocabulary side goes in chunks of sequences.
+    `compiled`: run the kernels through torch.compile (see Kernels)."""
     k1, k2 = split_dim(sketch_dim, pairing)
+    kernels = Kernels(compiled)
     dt = compute_dtype(logits)
     b, t, v = logits.shape
     mask = valid.to(dt)
     if pairing == "token_pair":       # g = 0 at ignored positions: no mask on the input side
-        ca = _input_side(inputs, seed, k1, dt, None)                       # [B, T, k1]
+        ca = _input_side(inputs, seed, k1, dt, None, kernels=kernels)      # [B, T, k1]
     elif pairing == "aligned":
         ca = _positional(_input_side(inputs, seed, k1, dt, mask), k1, seed, STREAM_POS_A)
     else:
@@ -174,7 +229,7 @@ def sketch_features(inputs: list[torch.Tensor], logits: torch.Tensor, targets: t
     step = _chunk(b, t, v, logits.device)
     for s in range(0, b, step):
         sl = slice(s, s + step)
-        cg = _vocab_side(logits[sl], targets[sl], valid[sl], k2, seed, dt)   # [c, T, k2]
+        cg = _vocab_side(logits[sl], targets[sl], valid[sl], k2, seed, dt, kernels)  # [c,T,k2]
         if pairing == "token_pair":
             torch.matmul(ca[sl].transpose(1, 2), cg, out=out[sl].view(-1, k1, k2))
         elif pairing == "aligned":
