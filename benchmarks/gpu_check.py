@@ -75,8 +75,6 @@ def parse_args(argv=None):
     p.add_argument("--doc", action="store_true", help="also update docs/RESULTS.md")
     p.add_argument("--report", type=Path, metavar="JSON",
                    help="only rewrite the report (and with --doc the docs) from a results file")
-    p.add_argument("--bare", type=int, nargs=2, metavar=("BATCH", "STEPS"),
-                   help=argparse.SUPPRESS)              # internal: one bare-loop process
     return p.parse_args(argv)
 
 
@@ -163,13 +161,7 @@ def _config(args, size, batch: int, steps: int) -> list[str]:
 
 
 def _tb(run_dir: Path, tag: str, sub: str = "") -> list[tuple[int, float, float]]:
-    """(step, wall time, value) of a scalar in RUN/tb[/sub]."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    acc = EventAccumulator(str(run_dir / "tb" / sub), size_guidance={"scalars": 0})
-    acc.Reload()
-    if tag not in acc.Tags().get("scalars", []):
-        return []
-    return [(e.step, e.wall_time, e.value) for e in acc.Scalars(tag)]
+    return C.tb_events(run_dir / "tb" / sub, tag)
 
 
 def _median_after_first(rows) -> float:
@@ -204,10 +196,7 @@ def trainer_run(args, size, mode: str, batch: int, steps: int, peak: float) -> d
              for k in ("time_data_s", "time_forward_s", "time_lai_s", "time_backward_step_s")}
     step_s = sum(parts.values())
     loss = _tb(run, "train/loss")
-    tokens = batch * size["seq_len"]
-    # wall clock between the first and the last log line: everything the loop does
-    (s0, w0, _), (s1, w1, _) = loss[1] if len(loss) > 2 else loss[0], loss[-1]
-    wall_tps = (s1 - s0) * tokens / (w1 - w0) if w1 > w0 else float("nan")
+    wall_tps = C.wall_tokens_per_s(run, batch * size["seq_len"])
     row = {"mode": mode, "batch": batch, "steps": steps, "step_s": step_s, **parts,
            "tokens_per_s": _median_after_first(_tb(run, "perf/tokens_per_s")),
            "wall_tokens_per_s": wall_tps, "mfu": _median_after_first(_tb(run, "perf/mfu")),
@@ -222,10 +211,10 @@ def trainer_run(args, size, mode: str, batch: int, steps: int, peak: float) -> d
 
 
 def bare_loop(args, size, batch: int, steps: int, peak: float) -> dict:
-    """Plain DeepSpeed training on the same model, data and batch, in its own process (see
-    `bare_main`)."""
-    cmd = [sys.executable, "-m", "benchmarks.gpu_check", "--bare", str(batch), str(steps),
-           "--work", str(args.work), *(["--dry"] if args.dry else [])]
+    """Plain DeepSpeed training on the same model, data and batch (benchmarks.bare_loop), in its
+    own process."""
+    cmd = [sys.executable, "-m", "benchmarks.bare_loop", *_config(args, size, batch, steps),
+           *MODES["off"], "--steps", str(steps)]
     logfile = args.out / f"bare-b{batch}.log"
     with open(logfile, "w") as f:
         rc = subprocess.run(cmd, cwd=C.ROOT, env=_fresh_env(), stdout=subprocess.PIPE,
@@ -238,56 +227,6 @@ def bare_loop(args, size, batch: int, steps: int, peak: float) -> dict:
     log(f"bare DeepSpeed b{batch}: {row['step_s'] * 1e3:.1f} ms/step, "
         f"{row['wall_tokens_per_s']:,.0f} tok/s, MFU {row['mfu']:.3f}")
     return row
-
-
-def bare_main(args, size) -> int:
-    """The bare loop: forward, token-mean cross-entropy, backward, step; wall clock over `steps`
-    after 3 warm-up steps. Prints one JSON line."""
-    import deepspeed
-    import torch
-    import torch.nn.functional as F
-
-    from pipeline import dist
-    from pipeline.config import ds_config, load_config
-    from pipeline.data import PackedDataset, RankLoader
-    from pipeline.flops import model_flops_per_token
-    from pipeline.model import build_model
-    from pipeline.step import build_optimizer
-    batch, steps = args.bare
-    argv = _config(args, size, batch, steps)
-    cfg = load_config(argv[0], argv[1:] + MODES["off"])
-    info = dist.init(0)
-    ds = PackedDataset([(s.path, s.weight) for s in cfg.data.sources], cfg.data.seq_len,
-                       split="train", seed=0)
-    loader = RankLoader(ds, batch, 0, 1)
-    torch.manual_seed(0)
-    model = build_model(cfg.model, vocab_size=ds.vocab_size, seq_len=cfg.data.seq_len)
-    opt = build_optimizer(model, cfg.train, info.device, offload=False)
-    engine, *_ = deepspeed.initialize(model=model, optimizer=opt,
-                                      config=ds_config(cfg, 1, info.device.type == "cuda"))
-    sync = torch.cuda.synchronize if info.device.type == "cuda" else (lambda: None)
-    warm = 3
-    for i in range(warm + steps):
-        if i == warm:
-            sync()
-            t0 = time.perf_counter()
-        b = loader.next_batch()
-        x = b["input_ids"].to(info.device, non_blocking=True)
-        y = b["targets"].to(info.device, non_blocking=True)
-        logits = engine(input_ids=x).logits
-        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-        engine.backward(loss)
-        engine.step()
-    sync()
-    seconds = (time.perf_counter() - t0) / steps
-    tps = batch * cfg.data.seq_len / seconds
-    mem = torch.cuda.max_memory_allocated() / 2**30 if info.device.type == "cuda" else float("nan")
-    print(json.dumps({"mode": "bare", "batch": batch, "steps": steps, "step_s": seconds,
-                      "wall_tokens_per_s": tps, "peak_mem_gib": mem, "final_loss": loss.item(),
-                      "tflops": tps * model_flops_per_token(engine.module, cfg.data.seq_len)
-                      / 1e12}), flush=True)
-    dist.shutdown(engine)
-    return 0
 
 
 def probe_batch(args, size) -> int:
@@ -576,8 +515,6 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     args.work = args.work or Path("/tmp") / ("lai-gpu-check-dry" if args.dry else "lai-gpu-check")
     args.work.mkdir(parents=True, exist_ok=True)
-    if args.bare:
-        return bare_main(args, size)
     if args.report:
         res = json.loads(args.report.read_text())
         return _write_report(args, res)
