@@ -172,6 +172,29 @@ def prepare_default_corpus(out_dir: Path, vocab_size: int, extra: Sequence[str] 
     return out_dir
 
 
+# --------------------------------------------------------------------------- TensorBoard
+
+
+def tb_events(tb_dir: Path, tag: str) -> list[tuple[int, float, float]]:
+    """(step, wall time, value) of every event of scalar `tag` in one TensorBoard folder."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    if tag not in acc.Tags().get("scalars", []):
+        return []
+    return [(e.step, e.wall_time, e.value) for e in acc.Scalars(tag)]
+
+
+def wall_tokens_per_s(run_dir: Path, tokens_per_step: int) -> float:
+    """Tokens per second of a trainer run by the wall clock between its second and its last
+    train/loss log line: everything the loop does (logging, ledger, timers), start-up excluded."""
+    loss = tb_events(run_dir / "tb", "train/loss")
+    if len(loss) < 2:
+        return float("nan")
+    (s0, w0, _), (s1, w1, _) = loss[1] if len(loss) > 2 else loss[0], loss[-1]
+    return (s1 - s0) * tokens_per_step / (w1 - w0) if w1 > w0 else float("nan")
+
+
 # --------------------------------------------------------------------------- reporting
 
 

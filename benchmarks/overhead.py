@@ -9,7 +9,9 @@ Three parts, each reported as ratios to LAI off on the same machine:
 1. trainer: the real `lai-train` (DeepSpeed, torchrun, gloo on CPU) for three model sizes x
    {off, sketch, exact} (default pairing, global reference); step time = the trainer's own
    per-rank step-time parts (TensorBoard perf/time_*_s) after the first logging window, tokens/s =
-   perf/tokens_per_s, peak memory = perf/peak_memory_gib (max RSS on CPU, max allocated on CUDA);
+   perf/tokens_per_s and by the wall clock between log lines, peak memory = perf/peak_memory_gib
+   (max RSS on CPU, max allocated on CUDA); and a bare DeepSpeed loop on the same config
+   (benchmarks.bare_loop) as the reference for the pipeline's own overhead;
 2. scaling: in one process, the training step with LAI vs without while sequence length, batch
    size and vocabulary size grow (benchmarks.common.lai_step_timings);
 3. communication: bytes each rank hands to collectives during one `LAIScorer.values` call with
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -63,7 +66,7 @@ def parse_args(argv=None):
 
 
 def trainer_part(args, size, data_dir: Path) -> list[dict]:
-    from benchmarks.quality import run_train, tb_scalars
+    from benchmarks.quality import run_train
     out = args.out / args.size
     rows = []
     for name, (n_layer, hidden, n_head) in size["models"].items():
@@ -77,23 +80,43 @@ def trainer_part(args, size, data_dir: Path) -> list[dict]:
         config = out / f"{name}.yaml"
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        tokens = size["micro_batch"] * args.nproc * size["seq_len"]
         for mode, ov in MODES.items():
             run_dir = out / name / mode
             wall = run_train(config, run_dir, 0, ov, args.nproc)
+            ranks = sorted((run_dir / "tb").glob("rank-*"))
             parts = {}
             for tag in ("time_data_s", "time_forward_s", "time_lai_s", "time_backward_step_s"):
-                per_rank = [tb_scalars(d, f"perf/{tag}")[1][1:] for d in sorted((run_dir / "tb").glob("rank-*"))]
+                per_rank = [[v for _, _, v in C.tb_events(d, f"perf/{tag}")][1:] for d in ranks]
                 parts[tag] = float(np.max([np.median(v) for v in per_rank if len(v)]))   # slowest rank
-            _, tps = tb_scalars(run_dir / "tb", "perf/tokens_per_s")
-            mem = [tb_scalars(d, "perf/peak_memory_gib")[1] for d in sorted((run_dir / "tb").glob("rank-*"))]
-            n_params = _params_from_log(run_dir)
-            rows.append({"model": name, "params_M": n_params, "mode": mode,
+            tps = [v for _, _, v in C.tb_events(run_dir / "tb", "perf/tokens_per_s")]
+            mem = [v for d in ranks for _, _, v in C.tb_events(d, "perf/peak_memory_gib")]
+            rows.append({"model": name, "params_M": _params_from_log(run_dir), "mode": mode,
                          "step_s": sum(parts.values()), **parts,
                          "tokens_per_s": float(np.median(tps[1:])) if len(tps) > 1 else float("nan"),
-                         "peak_mem_gib": float(max(m.max() for m in mem if len(m))), "wall_s": wall})
+                         "wall_tokens_per_s": C.wall_tokens_per_s(run_dir, tokens),
+                         "peak_mem_gib": float(max(mem)), "wall_s": wall})
             print(f"overhead {name} {mode}: step {rows[-1]['step_s'] * 1e3:.0f} ms, "
                   f"{rows[-1]['tokens_per_s']:.0f} tok/s, {rows[-1]['peak_mem_gib']:.2f} GiB", flush=True)
+        rows.append(bare_row(args, config, name, size, data_dir))
     return rows
+
+
+def bare_row(args, config: Path, name: str, size, data_dir: Path) -> dict:
+    """benchmarks.bare_loop on the same config (model, data, batch, ranks) as the trainer runs."""
+    from pipeline.comm import free_port
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc),
+           "--master_port", str(free_port()), "-m", "benchmarks.bare_loop", str(config),
+           "lai.enabled=false", "lai.filter=none", "--steps", str(size["steps"])]
+    p = subprocess.run(cmd, cwd=C.ROOT, capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+    if p.returncode != 0:
+        raise SystemExit(f"error: bare loop for {name} exited {p.returncode}: {p.stderr[-500:]}")
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    print(f"overhead {name} bare: {r['step_s'] * 1e3:.0f} ms/step, {r['wall_tokens_per_s']:.0f} tok/s",
+          flush=True)
+    return {"model": name, "mode": "bare", "step_s": r["step_s"],
+            "wall_tokens_per_s": r["wall_tokens_per_s"]}
 
 
 def _params_from_log(run_dir: Path) -> float:
@@ -223,15 +246,27 @@ def section(args, size, trainer, scaling, comm, seconds) -> str:
               "LAI time (perf/time_lai_s) over the LAI-off step: the least noisy overhead estimate on a "
               "shared machine, where whole-step times of separate runs drift by +-20%.", ""]
         base = {r["model"]: r for r in trainer if r["mode"] == "off"}
+        bare = {r["model"]: r for r in trainer if r["mode"] == "bare"}
         tab = []
         for r in trainer:
+            if r["mode"] == "bare":
+                continue
             b = base[r["model"]]
             tab.append([r["model"], r["params_M"], r["mode"], r["step_s"] * 1e3, r["step_s"] / b["step_s"],
                         r["time_lai_s"] * 1e3, r["time_lai_s"] / b["step_s"], r["tokens_per_s"],
-                        r["tokens_per_s"] / b["tokens_per_s"], r["peak_mem_gib"],
-                        r["peak_mem_gib"] / b["peak_mem_gib"]])
+                        r["tokens_per_s"] / b["tokens_per_s"], r.get("wall_tokens_per_s", float("nan")),
+                        r["peak_mem_gib"], r["peak_mem_gib"] / b["peak_mem_gib"]])
         L += [C.md_table(["model", "params (M)", "LAI", "step ms", "step ratio", "LAI ms", "LAI / step off",
-                          "tokens/s", "tokens/s ratio", "peak mem GiB", "mem ratio"], tab, "{:.2f}"), ""]
+                          "tokens/s", "tokens/s ratio", "wall tokens/s", "peak mem GiB", "mem ratio"],
+                         tab, "{:.2f}"), ""]
+        if bare:
+            L += ["Pipeline with LAI off against a bare DeepSpeed loop (`benchmarks.bare_loop`: the same "
+                  "model, data, batch, ranks and DeepSpeed JSON; engine forward, loss, backward, step and "
+                  "nothing else), wall-clock tokens/s:", "",
+                  C.md_table(["model", "bare tokens/s", "pipeline (LAI off) tokens/s", "ratio"],
+                             [[m, bare[m]["wall_tokens_per_s"], base[m]["wall_tokens_per_s"],
+                               base[m]["wall_tokens_per_s"] / bare[m]["wall_tokens_per_s"]]
+                              for m in bare if m in base], "{:.2f}"), ""]
     if scaling:
         m = size["scaling"]["model"]
         L += [f"### Growth with sequence length, batch and vocabulary (one process, llama {m[0]} layers, "

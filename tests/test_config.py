@@ -116,6 +116,8 @@ def test_bad_yaml_names_file_and_key(tmp_path):
     (["lai.pairing=default"], "lai.pairing"),
     (["model.hidden=65"], "model.hidden"),
     (["train.min_lr=1.0"], "train.min_lr"),
+    (["model.compile=true"], "model.compile"),                        # LAI on linear layers
+    (["model.compile=true", "lai.layers=blocks", "train.zero_stage=3"], "model.compile"),
 ])
 def test_validation_names_the_field(data_dir, overrides, field):
     with pytest.raises(UserError) as e:          # the lai section already fails when it loads

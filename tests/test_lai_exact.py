@@ -130,3 +130,24 @@ def test_leaves_model_state_as_found():
 def test_bad_input_raises_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call(tiny_model("gpt2"))
+
+
+@pytest.mark.parametrize("layers", ["linear", "blocks"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_capture_keeps_only_what_autograd_saves(arch, layers):
+    """In a training forward every captured input is a tensor autograd saves for the backward
+    anyway (the layer's own input), so capturing costs no activation memory (without activation
+    checkpointing, which frees those: there use layers=blocks, whose inputs it keeps)."""
+    from pipeline.lai import LayerInputCapture
+    model = tiny_model(arch, dtype=torch.float32).train()
+    saved = set()
+
+    def pack(t):
+        saved.add(t.untyped_storage().data_ptr())
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with LayerInputCapture(model, layers) as cap:
+            model(input_ids=batch(2, 8, 128))
+    assert cap.inputs
+    kept = {x.untyped_storage().data_ptr() for x in cap.inputs}
+    assert kept <= saved, f"{len(kept - saved)} captured input(s) not held by autograd"

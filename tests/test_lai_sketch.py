@@ -72,3 +72,15 @@ def test_bf16_model_close_to_fp32(trained, pairing, method):
     assert ((bf16 - fp32).norm() / fp32.norm()).item() < 2e-2
     assert pearson(bf16, fp32) > 0.999
 
+
+
+@pytest.mark.slow
+def test_compiled_kernels_equal_eager(trained):
+    """The torch.compile path (the GPU default) computes what the eager kernels do; here with
+    inductor's CPU backend."""
+    from pipeline.lai.sketch import Kernels
+    model, ids = trained
+    eager = lai_values(model, ids[:8], method="sketch", compile=False)
+    compiled = lai_values(model, ids[:8], method="sketch", compile=True)
+    assert Kernels._failed is None, Kernels._failed
+    assert torch.allclose(compiled, eager, rtol=1e-5, atol=1e-9), (compiled, eager)

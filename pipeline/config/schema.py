@@ -46,6 +46,8 @@ class ModelConfig:
     intermediate: int = 0              # MLP width; 0 = family default (4*hidden; llama: 8/3*hidden)
     tie_word_embeddings: bool = True
     activation_checkpointing: bool = False
+    compile: bool = False              # torch.compile each transformer block's forward (the LM
+                                       # head, loss and LAI stay eager); with LAI: lai.layers=blocks
     rope_theta: float = 10000.0        # llama / gpt_neox
 
 

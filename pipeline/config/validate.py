@@ -99,6 +99,11 @@ def _lai(cfg: Config) -> None:
     f = FILTERS[cfg.lai.filter]
     need(not (f.needs_full_params and cfg.train.zero_stage == 3), "lai.filter",
          f"{cfg.lai.filter!r} ({f.about}) needs full parameters; not with train.zero_stage=3")
+    need(not (cfg.model.compile and cfg.lai.enabled and cfg.lai.layers == "linear"),
+         "model.compile", "compiled blocks hide their linear layers from LAI's input hooks; use "
+         "lai.layers=blocks (the block inputs stay visible) or model.compile=false")
+    need(not (cfg.model.compile and cfg.train.zero_stage == 3), "model.compile",
+         "not with train.zero_stage=3 (its parameter hooks run inside the blocks)")
 
 
 def _log(cfg: Config) -> None:

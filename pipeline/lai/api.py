@@ -37,14 +37,15 @@ def check_ids(input_ids: torch.Tensor, labels: torch.Tensor | None, name: str = 
 def lai_values(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor | None = None, *,
                ref_input_ids: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None,
                pairing: str = DEFAULT_PAIRING, method: str = "exact", layers: str = "linear",
-               include_self: bool = False, sketch_dim: int | None = None, seed: int = 0
-               ) -> torch.Tensor:
+               include_self: bool = False, sketch_dim: int | None = None, seed: int = 0,
+               compile: bool | None = None) -> torch.Tensor:
     """float64 [B] LAI values of the batch against ref_* (default: the batch itself, j left
     out unless include_self). Single-process: no communication even if torch.distributed is
     initialized. See pipeline.lai for the definitions."""
     scorer = LAIScorer(pairing=pairing, method=method, layers=layers,
                        reference="local" if ref_input_ids is None else "val",
-                       include_self=include_self, sketch_dim=sketch_dim, seed=seed)
+                       include_self=include_self, sketch_dim=sketch_dim, seed=seed,
+                       compile=compile)
     input_ids, targets = check_ids(input_ids, labels)
     if ref_input_ids is None and ref_labels is not None:
         raise ValueError("ref_labels given without ref_input_ids")

@@ -49,12 +49,11 @@ def hooked_modules(model: nn.Module, layers: str) -> list[nn.Module]:
         if not mods:
             raise ValueError("layers='linear': the model has no nn.Linear / Conv1D layer")
         return mods
-    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m)]
-    if not lists or not hasattr(model, "get_output_embeddings") \
+    blocks = decoder_blocks(model)
+    if blocks is None or not hasattr(model, "get_output_embeddings") \
             or model.get_output_embeddings() is None:
         raise ValueError("layers='blocks' needs a model with a ModuleList of transformer blocks "
                          "and get_output_embeddings() (an HF causal LM)")
-    blocks = max(lists, key=lambda ml: sum(p.numel() for p in ml.parameters()))
     return [*blocks, model.get_output_embeddings()]
 
 
@@ -74,6 +73,12 @@ def effective_layers(model: nn.Module, layers: str) -> str:
                   file=sys.stderr, flush=True)
         return "blocks"
     return layers
+
+
+def decoder_blocks(model: nn.Module) -> nn.ModuleList | None:
+    """The transformer blocks of an HF causal LM (its largest ModuleList), None if it has none."""
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m)]
+    return max(lists, key=lambda ml: sum(p.numel() for p in ml.parameters())) if lists else None
 
 
 class LayerInputCapture:

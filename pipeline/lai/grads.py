@@ -63,6 +63,6 @@ def per_sequence_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     """l_j = mean cross-entropy over the valid targets of sequence j; [B], differentiable,
     fp32 (float64 for float64 logits)."""
     valid = check_targets(logits, targets)
-    ce = F.cross_entropy(logits.to(compute_dtype(logits)).transpose(1, 2), targets,
-                         ignore_index=IGNORE, reduction="none")
-    return ce.sum(dim=1) / valid.sum(dim=1).to(ce.dtype)
+    ce = F.cross_entropy(logits.flatten(0, 1).to(compute_dtype(logits)), targets.flatten(),
+                         ignore_index=IGNORE, reduction="none")      # [B*T, V]: softmax on the
+    return ce.view(targets.shape).sum(dim=1) / valid.sum(dim=1).to(ce.dtype)  # contiguous dim

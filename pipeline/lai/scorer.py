@@ -27,24 +27,26 @@ class LAIScorer:
     """Train-loop scorer. Capture the forward with LayerInputCapture(model, scorer.layers),
     then `values(cap.inputs, logits, targets, group)`; all ranks of `group` call it together.
     The options are LAISettings fields, checked and resolved there (ValueError naming the
-    field); sketch_dim is for method="sketch" only (None: the pairing's default)."""
+    field); sketch_dim is for method="sketch" only (None: the pairing's default). compile: run
+    the sketch kernels through torch.compile (None: on CUDA tensors only; sketch.Kernels)."""
 
     def __init__(self, *, pairing: str = DEFAULT_PAIRING, method: str = "exact",
                  layers: str = "linear", reference: str = "global", include_self: bool = False,
-                 sketch_dim: int | None = None, seed: int = 0):
+                 sketch_dim: int | None = None, seed: int = 0, compile: bool | None = None):
         s = LAISettings(pairing=pairing, method=method, layers=layers, reference=reference,
                         include_self=bool(include_self), sketch_dim=sketch_dim).resolved()
         self.pairing, self.method, self.layers = s.pairing, s.method, s.layers
         self.reference, self.include_self, self.sketch_dim = s.reference, s.include_self, \
             s.sketch_dim
         self.seed = int(seed)
+        self.compile = compile
         self._config = {**s.scoring(), "seed": self.seed}
         self._val: dict[str, Any] | None = None
 
     @classmethod
     def from_settings(cls, s: LAISettings, seed: int) -> LAIScorer:
-        """The scorer of resolved run settings `s`."""
-        return cls(**s.scoring(), seed=seed)
+        """The scorer of resolved run settings `s` (lai.compile: on CUDA, or never)."""
+        return cls(**s.scoring(), seed=seed, compile=None if s.compile else False)
 
     # -- features -------------------------------------------------------------------------
     def _local(self, inputs, logits, targets):
@@ -54,8 +56,9 @@ class LAIScorer:
         inputs = check_inputs(inputs, logits)
         if self.method == "exact":
             return build_features(inputs, logits, targets, self.pairing)
+        compiled = logits.is_cuda if self.compile is None else self.compile
         return sketch_features(inputs, logits, targets, valid, self.pairing, self.sketch_dim,
-                               self.seed)
+                               self.seed, compiled)
 
     def _reference(self, local, comm: Comm) -> dict[str, Any]:
         """Reference over all ranks of `comm` from this rank's local features (gathered) or
@@ -85,7 +88,7 @@ class LAIScorer:
             own = self_kernel(local, self.pairing)
         else:
             cross = local @ ref["sum"].to(local.device, local.dtype)
-            own = local.square().sum(1)
+            own = torch.linalg.vector_norm(local, dim=1).square()
         if in_ref:
             cross = cross - own
         self_k = None

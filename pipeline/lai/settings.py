@@ -45,6 +45,7 @@ class LAISettings:
     include_self: bool = False
     sketch_dim: int | None = None      # method=sketch: sketch size (None: the pairing's default);
                                        # method=exact: must stay unset
+    compile: bool = True               # method=sketch on CUDA: torch.compile the sketch kernels
     threshold: float = 0.0             # value <= threshold -> excluded
     warmup_steps: int = 0              # no filtering before this step
     max_exclude_frac: float = DEFAULT_MAX_EXCLUDE_FRAC   # cap on the excluded fraction of each

@@ -8,25 +8,41 @@ the vocabulary side are unbiased for inner products and independent, so
 token_pair: S_j = sum_t C1(a_jt) (x) C2(g_jt) (k1 * k2 values) has E<S_z, S_j> = K(z, j), and
 the reference enters as one summed sketch per rank (all-reduce of k1 * k2 floats);
 aligned / pooled: <C1 x_z, C1 x_j> <C2 y_z, C2 y_j> has expectation K(z, j) for z != j, and
-the per-sequence sketches (k1 + k2 floats) are gathered. Coordinates are hashed by a
-pairwise-independent family h(x) = ((alpha x + beta) mod p) mod k (p = 2^31 - 1) whose
-parameters come from (seed, stream) only, so every rank and every batch shape agrees.
-Layer l's coordinate i uses stream l; aligned also hashes the position t (bucket shift and sign
-per position). Accumulation is fp32 (float64 for float64 models). Cost per token:
-O(sum_l d_l + V) to hash plus k1 * k2 for token_pair's outer product.
+the per-sequence sketches (k1 + k2 floats) are gathered.
+
+Hashing. A CountSketch is unbiased for any fixed bucket map as long as the signs of distinct
+coordinates are pairwise independent (E[s_v s_w] = 0), so buckets are structured for speed and
+signs are random: coordinate i of stream l goes to bucket (i + o_l) mod k with sign s_l(i), o_l a
+random offset, s_l from a pairwise-independent family ((alpha i + beta) mod p) mod 2
+(p = 2^31 - 1). The sketch of a [.., n] tensor is then a few contiguous slice sums (no scatter,
+no atomics): memory-bound, one pass. Layer l is stream l; the vocabulary side one stream (its
+offset is irrelevant, a cyclic shift of all buckets preserves inner products); aligned also
+hashes the position t (an extra cyclic shift and sign per position). The parameters come from
+(seed, stream) only, so every rank and every batch shape agrees, and sign tables are cached per
+(size, seed, stream, device).
+
+Cost: the layer-input side reads every captured input once for the whole batch; the vocabulary
+side g = (softmax - onehot) / N is never materialised: per chunk of sequences the softmax is
+computed once (fp32), signed in place and folded into k2 buckets, and the one-hot enters as one
+bucket per token. Accumulation is fp32 (float64 for float64 models). token_pair adds k1 * k2 * T
+flops per sequence for the outer product.
 """
 from __future__ import annotations
 
+import functools
 import math
+import warnings
 
 import torch
 
 from .capture import unique_inputs
 from .features import Features
-from .grads import _logit_grads, compute_dtype
+from .grads import compute_dtype
 
 PRIME = (1 << 31) - 1
-BLOCK = 1 << 24
+STREAM_VOCAB, STREAM_POS_A, STREAM_POS_G = -1, -2, -3
+# elements of one [chunk, T, V] softmax block: small on CPU (cache), large on GPUs (launches)
+CHUNK_ELEMENTS = {"cpu": 1 << 24, "cuda": 1 << 28}
 
 
 def split_dim(sketch_dim: int, pairing: str) -> tuple[int, int]:
@@ -45,67 +61,180 @@ def _params(seed: int, stream: int) -> list[int]:
     return [int(v) for v in torch.randint(1, PRIME, (4,), generator=gen)]
 
 
-def bucket_and_sign(n: int, k: int, seed: int, stream: int, device) -> tuple[torch.Tensor,
-                                                                          torch.Tensor]:
-    """Hash of 0..n-1: bucket in [0, k) (int64 [n]) and sign +-1 (float32 [n])."""
-    a1, b1, a2, b2 = _params(seed, stream)
-    x = torch.arange(n, dtype=torch.int64, device=device)
-    bucket = ((a1 * x + b1) % PRIME) % k
-    sign = 1.0 - 2.0 * (((a2 * x + b2) % PRIME) % 2).to(torch.float32)
-    return bucket, sign
+def offset(k: int, seed: int, stream: int) -> int:
+    """The bucket offset o of `stream` in a k-bucket sketch."""
+    return _params(seed, stream)[0] % k
 
 
-STREAM_VOCAB, STREAM_POS_A, STREAM_POS_G = -1, -2, -3
+@functools.lru_cache(maxsize=512)
+def signs(n: int, seed: int, stream: int, device: torch.device, dtype: torch.dtype
+          ) -> torch.Tensor:
+    """Signs +-1 of coordinates 0..n-1 of `stream`; [n] (cached: the same tensor every call)."""
+    _, _, a, b = _params(seed, stream)
+    x = torch.arange(n, dtype=torch.int64)
+    return (1.0 - 2.0 * (((a * x + b) % PRIME) % 2).to(dtype)).to(device)
 
 
-def _count_sketch(x: torch.Tensor, k: int, seed: int, stream: int,
-                  pos_stream: int | None = None) -> torch.Tensor:
-    """CountSketch of the last dim, [..., n] -> [..., k]; with `pos_stream`, of the (position,
-    coordinate) pairs of x [c, T, n] -> [c, k]: position t shifts the bucket by h(t) and flips
-    the sign by s(t)."""
-    bucket, sign = bucket_and_sign(x.shape[-1], k, seed, stream, x.device)
-    if pos_stream is None:
-        return x.new_zeros(*x.shape[:-1], k).index_add_(x.dim() - 1, bucket,
-                                                         x * sign.to(x.dtype))
-    c, t, n = x.shape
-    shift, psign = bucket_and_sign(t, k, seed, pos_stream, x.device)
-    idx = ((bucket.unsqueeze(0) + shift.unsqueeze(1)) % k).reshape(1, t * n).expand(c, -1)
-    src = (x * (psign.unsqueeze(1) * sign.unsqueeze(0)).to(x.dtype)).reshape(c, t * n)
-    return x.new_zeros(c, k).scatter_add_(1, idx, src)
+def fold(y: torch.Tensor, k: int, off: int = 0, out: torch.Tensor | None = None) -> torch.Tensor:
+    """out[..., (i + off) mod k] += y[..., i] for every i: [..., n] -> [..., k] (added into
+    `out` when given). Contiguous slice sums only; y is read once."""
+    n = y.shape[-1]
+    if n > k:                                       # whole blocks of k first, then rotate
+        q = n // k
+        folded = y[..., :q * k].unflatten(-1, (q, k)).sum(-2)
+        if n > q * k:
+            folded[..., :n - q * k] += y[..., q * k:]
+        if off:
+            folded = torch.roll(folded, off, -1)
+        return folded if out is None else out.add_(folded)
+    if out is None:
+        out = y.new_zeros(*y.shape[:-1], k)
+    first = min(n, k - off)                         # n <= k: at most two slices (wrap-around)
+    out[..., off:off + first] += y[..., :first]
+    if first < n:
+        out[..., :n - first] += y[..., first:]
+    return out
+
+
+def _signed(x: torch.Tensor, n: int, k: int, seed: int, stream: int, dt: torch.dtype,
+            weight: float = 1.0) -> torch.Tensor:
+    """x * weight * s_stream, in dtype dt (one pass, no separate cast of x)."""
+    s = signs(n, seed, stream, x.device, dt)
+    return x * (s * weight if weight != 1.0 else s)
+
+
+@functools.lru_cache(maxsize=512)
+def _rotation(k: int, seed: int, stream: int, device: torch.device) -> torch.Tensor:
+    """Index [k] with folded.index_select(-1, r)[..., b] = folded[..., (b - o) mod k]: the cyclic
+    shift by the stream's offset o, as a tensor (compiled kernels then serve every layer)."""
+    return ((torch.arange(k) - offset(k, seed, stream)) % k).to(device)
+
+
+def input_kernel(x: torch.Tensor, s: torch.Tensor, rotation: torch.Tensor, k: int
+                 ) -> torch.Tensor:
+    """One layer's C1 sketch: x [..., d] signed by s [d] (dtype of the result, weight folded
+    in), folded into k buckets and rotated by its offset (`rotation`): [..., k]."""
+    return fold(x * s, k).index_select(-1, rotation)
+
+
+def vocab_kernel(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
+                 s: torch.Tensor, k: int) -> torch.Tensor:
+    """C2(g_t) for every token of `logits` [c, T, V] -> [c, T, k], g = (softmax - onehot) / N_j
+    (0 at ignored positions), without materialising g: the softmax (dtype of the signs s [V])
+    signed in place and folded; the one-hot is one bucket per token (bucket y mod k)."""
+    dt = s.dtype
+    p = torch.softmax(logits, dim=-1, dtype=dt).mul_(s)
+    out = fold(p, k)
+    tgt = targets.clamp_min(0)
+    out = out.scatter_add(-1, (tgt % k).unsqueeze(-1), -s[tgt].unsqueeze(-1))
+    scale = valid.to(dt) / valid.sum(dim=1, keepdim=True).to(dt)
+    return out.mul_(scale.unsqueeze(-1))
+
+
+class Kernels:
+    """The two sketch kernels, eager or through torch.compile (the GPU default: the compiled
+    kernels read each captured input and each logit once). If compiling fails (no Triton, an
+    unsupported backend) the eager kernels run instead, after one warning."""
+
+    _compiled: dict = {}
+    _failed: str | None = None
+
+    def __init__(self, compiled: bool):
+        self.compiled = compiled and Kernels._failed is None
+
+    def __call__(self, fn, *args):
+        if self.compiled and Kernels._failed is None:
+            try:
+                if fn not in Kernels._compiled:
+                    Kernels._compiled[fn] = torch.compile(fn, dynamic=None, fullgraph=True)
+                return Kernels._compiled[fn](*args)
+            except Exception as e:      # fall back, say so once
+                Kernels._failed = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                warnings.warn(f"LAI sketch: torch.compile failed ({Kernels._failed}); "
+                              "running the eager kernels", stacklevel=2)
+        return fn(*args)
+
+
+def _input_side(inputs, seed: int, k1: int, dt: torch.dtype, mask: torch.Tensor | None,
+                pooled_n: torch.Tensor | None = None, kernels: Kernels | None = None
+                ) -> torch.Tensor:
+    """sum_l C1_l(a_l): [B, T, k1] per token, or with `pooled_n` the sketch of abar [B, k1].
+    `mask` [B, T] (dt) zeroes ignored positions (None: the caller's vocabulary side is already
+    zero there, as for token_pair)."""
+    out = None
+    fused = kernels is not None and kernels.compiled and mask is None
+    for layer, (x, w) in enumerate(unique_inputs(inputs)):
+        x = x.detach()
+        if fused:                      # one compiled pass per layer
+            s = signs(x.shape[-1], seed, layer, x.device, dt)
+            y = kernels(input_kernel, x, s * w if w != 1.0 else s,
+                        _rotation(k1, seed, layer, x.device), k1)
+            out = y if out is None else out.add_(y)
+            continue
+        if pooled_n is not None:
+            x = (x.to(dt) * mask.unsqueeze(-1)).sum(1) / pooled_n
+        elif mask is not None:
+            x = x * mask.unsqueeze(-1)
+        y = _signed(x, x.shape[-1], k1, seed, layer, dt, w)
+        if out is None:
+            out = y.new_zeros(*y.shape[:-1], k1)
+        fold(y, k1, offset(k1, seed, layer), out)
+    return out
+
+
+def _vocab_side(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, k2: int,
+                seed: int, dt: torch.dtype, kernels: Kernels | None = None) -> torch.Tensor:
+    """vocab_kernel with this seed's vocabulary signs; [c, T, k2]."""
+    s = signs(logits.shape[-1], seed, STREAM_VOCAB, logits.device, dt)
+    return (kernels or Kernels(False))(vocab_kernel, logits.detach(), targets, valid, s, k2)
+
+
+def _positional(z: torch.Tensor, k: int, seed: int, stream: int) -> torch.Tensor:
+    """Sketch of the (position, coordinate) pairs of per-token sketches z [c, T, k] -> [c, k]:
+    position t shifts every bucket by h(t) and flips the sign by s(t)."""
+    t = z.shape[1]
+    a, b, _, _ = _params(seed, stream)
+    shift = ((a * torch.arange(t, dtype=torch.int64) + b) % PRIME) % k            # random h(t)
+    idx = (torch.arange(k).unsqueeze(0) - shift.unsqueeze(1)) % k                 # [T, k]
+    z = z * signs(t, seed, stream, z.device, z.dtype).view(1, t, 1)
+    idx = idx.to(z.device)
+    return z.gather(2, idx.unsqueeze(0).expand(z.shape[0], -1, -1)).sum(1)
+
+
+def _chunk(b: int, t: int, v: int, device: torch.device) -> int:
+    return max(1, CHUNK_ELEMENTS.get(device.type, CHUNK_ELEMENTS["cuda"]) // max(1, t * v))
 
 
 def sketch_features(inputs: list[torch.Tensor], logits: torch.Tensor, targets: torch.Tensor,
-                    valid: torch.Tensor, pairing: str, sketch_dim: int, seed: int
-                    ) -> torch.Tensor | Features:
+                    valid: torch.Tensor, pairing: str, sketch_dim: int, seed: int,
+                    compiled: bool = False) -> torch.Tensor | Features:
     """token_pair: per-sequence Kronecker sketches [B, k1 * k2] (summed over the reference);
     aligned / pooled: Features(a=[B, k1], g=[B, k2]), the two sides sketched separately
     (their kernel is a product of two Grams, so the reference must be gathered, B x
     sketch_dim floats; a Kronecker sketch would have the variance of only min(k1, k2) buckets).
-    Inputs are validated by the caller; sequences go in chunks (no extra full [B, T, V])."""
+    Inputs are validated by the caller. The vocabulary side goes in chunks of sequences.
+    `compiled`: run the kernels through torch.compile (see Kernels)."""
     k1, k2 = split_dim(sketch_dim, pairing)
+    kernels = Kernels(compiled)
     dt = compute_dtype(logits)
-    uniq = unique_inputs(inputs)
     b, t, v = logits.shape
-    step = max(1, BLOCK // (t * (v + k1 + max(x.shape[-1] for x, _ in uniq)) + k1 * k2))
-    sa, sg = [], []
+    mask = valid.to(dt)
+    if pairing == "token_pair":       # g = 0 at ignored positions: no mask on the input side
+        ca = _input_side(inputs, seed, k1, dt, None, kernels=kernels)      # [B, T, k1]
+    elif pairing == "aligned":
+        ca = _positional(_input_side(inputs, seed, k1, dt, mask), k1, seed, STREAM_POS_A)
+    else:
+        ca = _input_side(inputs, seed, k1, dt, mask, pooled_n=mask.sum(1, keepdim=True))
+    out = ca.new_empty(b, k1 * k2 if pairing == "token_pair" else k2)
+    step = _chunk(b, t, v, logits.device)
     for s in range(0, b, step):
         sl = slice(s, s + step)
-        mask = valid[sl].to(dt).unsqueeze(-1)
-
-        def xs():   # one masked, weighted layer input at a time, never all layers at once
-            return ((x[sl].detach().to(dt) * (mask * w), l) for l, (x, w) in enumerate(uniq))
-        g = _logit_grads(logits[sl].detach(), targets[sl], valid[sl])
+        cg = _vocab_side(logits[sl], targets[sl], valid[sl], k2, seed, dt, kernels)  # [c,T,k2]
         if pairing == "token_pair":
-            ca = sum(_count_sketch(x, k1, seed, l) for x, l in xs())               # [c, T, k1]
-            sa.append((ca.transpose(1, 2) @ _count_sketch(g, k2, seed, STREAM_VOCAB)).flatten(1))
+            torch.matmul(ca[sl].transpose(1, 2), cg, out=out[sl].view(-1, k1, k2))
         elif pairing == "aligned":
-            sa.append(sum(_count_sketch(x, k1, seed, l, STREAM_POS_A) for x, l in xs()))
-            sg.append(_count_sketch(g, k2, seed, STREAM_VOCAB, STREAM_POS_G))
+            out[sl] = _positional(cg, k2, seed, STREAM_POS_G)
         else:
-            n_valid = mask.sum(1)
-            sa.append(sum(_count_sketch(x.sum(1) / n_valid, k1, seed, l) for x, l in xs()))
-            sg.append(_count_sketch(g.sum(1), k2, seed, STREAM_VOCAB))
-        del g
-    if pairing == "token_pair":
-        return torch.cat(sa)
-    return Features(torch.cat(sa), torch.cat(sg))
+            out[sl] = cg.sum(1)
+        del cg
+    return out if pairing == "token_pair" else Features(ca, out)

@@ -2,16 +2,20 @@
 
     model = build_model(cfg.model, vocab_size=manifest vocab, seq_len=cfg.data.seq_len, ...)
 
-Families: llama, gpt_neox, gpt2, gpt_neo. Dropout is off (pretraining at this scale rarely uses it,
+Families: llama, gpt_neox, gpt2, gpt_neo. `model.compile` compiles each block's forward with
+torch.compile (regional compilation: one graph serves every block; hooks on the blocks, such as
+LAI's layers=blocks capture, run eagerly around it). Dropout is off (pretraining at this scale rarely uses it,
 and it would make LAI's forward differ from the trained one). Weights come from the model's own
 initializer under the torch RNG state the caller seeded.
 """
 from __future__ import annotations
 
+import torch
 import transformers
 from torch import nn
 
 from pipeline.config import ModelConfig
+from pipeline.lai.capture import decoder_blocks
 
 
 def hf_config(m: ModelConfig, *, vocab_size: int, seq_len: int, bos_id: int = -1,
@@ -59,5 +63,8 @@ def build_model(m: ModelConfig, *, vocab_size: int, seq_len: int, bos_id: int = 
     model = transformers.AutoModelForCausalLM.from_config(cfg)
     if m.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if m.compile:                 # regional: each block's forward, so module hooks stay eager
+        for block in decoder_blocks(model) or ():
+            block.forward = torch.compile(block.forward)
     model.train()
     return model

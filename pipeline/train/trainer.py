@@ -42,6 +42,8 @@ class Trainer:
         self.comm = Comm.resolve()
         self.stop, self.out_of_time = StopFlag(), False
         self.run_dir = Path(cfg.run.out_dir)
+        if info.device.type == "cuda":    # perf/peak_memory_gib is this run's, also in a
+            torch.cuda.reset_peak_memory_stats(info.device)   # long-lived process
         seed_everything(cfg.run.seed)
         self.data = open_data(cfg, info)
         if info.main:
