@@ -337,6 +337,7 @@ def profile_part(args, size, res) -> None:
     from pipeline.config import load_config
     from pipeline.lai import LAIScorer, LayerInputCapture
     from pipeline.lai import sketch as S
+    from pipeline.lai.pairings import PAIRINGS
     from pipeline.train.model import build_model
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     b = res.get("overhead", {}).get("batch", size["max_batch"])
@@ -347,16 +348,16 @@ def profile_part(args, size, res) -> None:
     x = torch.randint(0, size["vocab"], (b, size["seq_len"] + 1), device=dev)
     ids, tgt = x[:, :-1], x[:, 1:]
     scorer = LAIScorer(method="sketch", reference="local")
-    k1, k2 = S.split_dim(scorer.sketch_dim, "token_pair")
+    k1, k2 = PAIRINGS["token_pair"].split(scorer.sketch_dim)
     valid = torch.ones_like(tgt, dtype=torch.bool)
     with torch.no_grad():
         with LayerInputCapture(model) as cap:
             logits = model(input_ids=ids).logits
         inputs = cap.inputs
-        ca = S._input_side(inputs, 0, k1, torch.float32, None)
-        step = S._chunk(b, size["seq_len"], size["vocab"], logits.device)
+        ca = S.input_side(inputs, 0, k1, torch.float32, None)
+        step = S.chunk_size(b, size["seq_len"], size["vocab"], logits.device)
 
-        def vocab(fn=S._vocab_side):
+        def vocab(fn=S.vocab_side):
             return [fn(logits[s:s + step], tgt[s:s + step], valid[s:s + step], k2, 0,
                        torch.float32) for s in range(0, b, step)]
         cg = torch.cat(vocab())
@@ -366,14 +367,14 @@ def profile_part(args, size, res) -> None:
                 model(input_ids=ids)
         t = {"forward": _timed(lambda: model(input_ids=ids)), "forward_capture": _timed(fwd_capture),
              "values": _timed(lambda: scorer.values(inputs, logits, tgt)),
-             "input_side": _timed(lambda: S._input_side(inputs, 0, k1, torch.float32, None)),
+             "input_side": _timed(lambda: S.input_side(inputs, 0, k1, torch.float32, None)),
              "vocab_side": _timed(vocab),
              "outer_product": _timed(lambda: ca.transpose(1, 2) @ cg),
              "softmax_fp32": _timed(lambda: [torch.softmax(logits[s:s + step], -1,
                                                            dtype=torch.float32)
                                              for s in range(0, b, step)])}
         try:
-            compiled = torch.compile(S._vocab_side, dynamic=False)
+            compiled = torch.compile(S.vocab_side, dynamic=False)
             t0 = time.perf_counter()
             vocab(compiled)
             t["compile_seconds"] = time.perf_counter() - t0

@@ -24,9 +24,12 @@ j lowers the reference loss (keep) and value <= threshold (default 0) is exclude
 writes the same quantity with a minus sign as an "influence" (the first-order change of the
 reference loss), so its negative influence = our positive value.
 
-Settings: LAISettings (settings.py) holds every option, checked and resolved in one place; the
-trainer's Selector (selector.py) turns them into values and a keep mask per micro-batch, with the
-baseline filters of baselines.py and the FilterPolicy (policy.py).
+Modules: settings.py (LAISettings: every option, checked and resolved in one place),
+pairings.py (one object per pairing: its features, exact kernel and sketch; built on
+features.py, exact.py, sketch.py), capture.py (layer-input hooks), grads.py (losses, logit
+gradients), scorer.py (values against a reference, over ranks via pipeline.comm), policy.py
+(FilterPolicy), baselines.py (every filter: lai and the baselines), selector.py (what the
+trainer calls per micro-batch), reference.py (full-gradient and ghost references), api.py.
 Reference R: "local" = this rank's micro-batch; "global" = the global micro-batch over the
 data-parallel group; "val" = a cached held-out set (LAIScorer.set_val_reference, forward only,
 combined over ranks). lai_values with ref_input_ids uses that batch as R (j not in R).
@@ -53,18 +56,17 @@ inner product and the evidence for the defaults: docs/FIDELITY.md (benchmarks/fi
 from .api import lai_values
 from .baselines import FILTERS, FilterInput, full_gradient_scores, loss_scores, random_scores
 from .capture import LAYER_SETS, LayerInputCapture
-from .features import PAIRINGS
+from .pairings import PAIRINGS
 from .grads import logit_grads, per_sequence_loss
 from .policy import FilterPolicy
 from .reference import full_gradient_values, ghost_values
 from .scorer import LAIScorer
 from .selector import Selector
-from .settings import (DEFAULT_PAIRING, DEFAULT_SKETCH_DIM, METHODS, REFERENCES, LAISettings,
-                       default_sketch_dim)
+from .settings import DEFAULT_PAIRING, DEFAULT_SKETCH_DIM, METHODS, REFERENCES, LAISettings
 
 __all__ = [
     "DEFAULT_PAIRING", "DEFAULT_SKETCH_DIM", "FILTERS", "LAYER_SETS", "METHODS", "PAIRINGS",
-    "REFERENCES", "default_sketch_dim",
+    "REFERENCES",
     "FilterInput", "FilterPolicy", "LAIScorer", "LAISettings", "LayerInputCapture", "Selector",
     "full_gradient_scores", "full_gradient_values", "ghost_values", "lai_values", "logit_grads",
     "loss_scores", "per_sequence_loss", "random_scores",

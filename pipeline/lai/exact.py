@@ -1,10 +1,10 @@
-"""Exact LAI kernels, chunked so peak memory stays bounded.
+"""Exact LAI kernels, chunked so peak memory stays bounded (which pairing uses which: pairings.py).
 
-K(z, j) per pairing (features as in features.py):
-  token_pair: sum_{t,t'} <a_zt, a_jt'> <g_zt, g_jt'> = <Phi_z, Phi_j>, Phi = sum_t a_t (x) g_t
-  aligned:    <vec a_z, vec a_j> * <vec g_z, vec g_j>
-  pooled:     <abar_z, abar_j> * <gbar_z, gbar_j>
-token_pair sums over reference tokens by whichever contraction is cheaper: token Grams
+  token-pair kernel:  K(z, j) = sum_{t,t'} <a_zt, a_jt'> <g_zt, g_jt'> = <Phi_z, Phi_j>,
+                      Phi = sum_t a_t (x) g_t                       (token_pair)
+  product kernel:     K(z, j) = <vec a_z, vec a_j> * <vec g_z, vec g_j>  (aligned: per-token
+                      features; pooled: abar, gbar; and both pairings' sketches)
+The token-pair kernel sums over reference tokens by whichever contraction is cheaper: token Grams
 (n_q * n_r * (D + V) flops) or the summed pseudo-gradient S = sum_z Phi_z (D x V, (n_q + n_r) *
 D * V flops); both only touch valid positions (a = g = 0 elsewhere).
 """
@@ -24,10 +24,25 @@ def _tokens(f: Features) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return f.a[keep], f.g[keep], keep.nonzero()[:, 0]
 
 
-def self_kernel(f: Features, pairing: str) -> torch.Tensor:
-    """K(j, j) for every sequence of `f`; [B]."""
-    if pairing != "token_pair":
-        return f.a.flatten(1).square().sum(1) * f.g.flatten(1).square().sum(1)
+def product_self(f: Features) -> torch.Tensor:
+    """Product kernel K(j, j) for every sequence of `f`; [B]."""
+    return f.a.flatten(1).square().sum(1) * f.g.flatten(1).square().sum(1)
+
+
+def product_totals(q: Features, r: Features) -> torch.Tensor:
+    """sum_{z in r} of the product kernel K(z, j) for every sequence j of `q`; [B_q].
+    Per-token features of different T are zero-padded (padded positions are ignored ones)."""
+    qa, ra = q.a.flatten(1), r.a.flatten(1)
+    qg, rg = q.g.flatten(1), r.g.flatten(1)
+    if qa.shape[1] != ra.shape[1]:
+        t = max(q.a.shape[1], r.a.shape[1])
+        pad = lambda x: torch.nn.functional.pad(x, (0, 0, 0, t - x.shape[1])).flatten(1)  # noqa
+        qa, ra, qg, rg = pad(q.a), pad(r.a), pad(q.g), pad(r.g)
+    return ((qa @ ra.T) * (qg @ rg.T)).sum(1)
+
+
+def token_pair_self(f: Features) -> torch.Tensor:
+    """Token-pair kernel K(j, j) for every sequence of `f` (per-token features); [B]."""
     out = []
     step = max(1, BLOCK // (f.a.shape[1] ** 2))
     for s in range(0, f.n, step):
@@ -41,16 +56,8 @@ def token_pair_route(nq: int, nr: int, d: int, v: int) -> str:
     return "phi" if (nq + nr) * d * v < nq * nr * (d + v) and d * v <= PHI_MAX else "gram"
 
 
-def ref_totals(q: Features, r: Features, pairing: str) -> torch.Tensor:
-    """sum_{z in r} K(z, j) for every sequence j of `q`; [B_q]."""
-    if pairing != "token_pair":
-        qa, ra = q.a.flatten(1), r.a.flatten(1)
-        qg, rg = q.g.flatten(1), r.g.flatten(1)
-        if qa.shape[1] != ra.shape[1]:   # aligned with different T: zero-pad positions
-            t = max(q.a.shape[1], r.a.shape[1])
-            pad = lambda x: torch.nn.functional.pad(x, (0, 0, 0, t - x.shape[1])).flatten(1)
-            qa, ra, qg, rg = pad(q.a), pad(r.a), pad(q.g), pad(r.g)
-        return ((qa @ ra.T) * (qg @ rg.T)).sum(1)
+def token_pair_totals(q: Features, r: Features) -> torch.Tensor:
+    """sum_{z in r} of the token-pair kernel K(z, j) for every sequence j of `q`; [B_q]."""
     qa, qg, qseq = _tokens(q)
     ra, rg, _ = _tokens(r)
     d, v = qa.shape[1], qg.shape[1]

@@ -1,9 +1,10 @@
-"""Per-sequence LAI features for one pairing (the inputs of the exact method).
+"""Per-sequence LAI features (the inputs of the exact kernels; which ones a pairing uses is the
+pairing object's choice, pairings.py):
 
-token_pair / aligned: a [B, T, D] = the layer inputs concatenated over layers (each distinct
-input once, scaled by sqrt(#layers reading it)), zero at ignored target positions;
-g [B, T, V] = logit gradients.  pooled: a [B, D] = mean of a over valid positions (abar),
-g [B, V] = sum of g over positions (gbar).
+token_features: a [B, T, D] = the layer inputs concatenated over layers (each distinct input
+once, scaled by sqrt(#layers reading it)), zero at ignored target positions; g [B, T, V] = logit
+gradients.  pooled_features: a [B, D] = mean of a over valid positions (abar), g [B, V] = sum of
+g over positions (gbar).
 """
 from __future__ import annotations
 
@@ -13,15 +14,6 @@ import torch
 
 from .capture import unique_inputs
 from .grads import _logit_grads, check_targets, compute_dtype
-
-PAIRINGS = ("token_pair", "aligned", "pooled")
-
-
-def check_pairing(pairing: str) -> str:
-    if pairing not in PAIRINGS:
-        raise ValueError(f"pairing: unknown pairing {pairing!r}, expected one of {PAIRINGS}")
-    return pairing
-
 
 @dataclass
 class Features:
@@ -56,22 +48,29 @@ def check_inputs(inputs: list[torch.Tensor], logits: torch.Tensor) -> list[torch
     return out
 
 
-def build_features(inputs: list[torch.Tensor], logits: torch.Tensor, targets: torch.Tensor,
-                   pairing: str) -> Features:
-    """Features of this batch; fp32 (float64 for a float64 model), detached."""
-    check_pairing(pairing)
+def _prepared(inputs, logits, targets):
+    """(distinct inputs with weights, valid mask as a float [B, T, 1], logit gradients, dtype)."""
     valid = check_targets(logits, targets)
     inputs = check_inputs(inputs, logits)
     dt = compute_dtype(logits)
-    mask = valid.to(dt).unsqueeze(-1)
-    n_valid = valid.sum(dim=1, keepdim=True).to(dt)
-    uniq = unique_inputs(inputs)
     g = _logit_grads(logits.detach(), targets, valid)
-    if pairing == "pooled":
-        a = torch.cat([(x.detach().to(dt) * mask).sum(dim=1) * w for x, w in uniq], dim=-1)
-        return Features(a / n_valid, g.sum(dim=1))
+    return unique_inputs(inputs), valid.to(dt).unsqueeze(-1), g, dt
+
+
+def token_features(inputs: list[torch.Tensor], logits: torch.Tensor, targets: torch.Tensor
+                   ) -> Features:
+    """Per-token features a [B, T, D], g [B, T, V]; fp32 (float64 for a float64 model)."""
+    uniq, mask, g, dt = _prepared(inputs, logits, targets)
     a = torch.cat([x.detach().to(dt) * w for x, w in uniq], dim=-1) * mask
     return Features(a, g)
+
+
+def pooled_features(inputs: list[torch.Tensor], logits: torch.Tensor, targets: torch.Tensor
+                    ) -> Features:
+    """abar [B, D] (mean over valid positions), gbar [B, V] (sum over positions)."""
+    uniq, mask, g, dt = _prepared(inputs, logits, targets)
+    a = torch.cat([(x.detach().to(dt) * mask).sum(dim=1) * w for x, w in uniq], dim=-1)
+    return Features(a / mask.sum(dim=1), g.sum(dim=1))
 
 
 def cat_features(parts: list[Features]) -> Features:

@@ -15,12 +15,12 @@ from torch import nn
 from pipeline.comm import Comm
 
 from .capture import LayerInputCapture
-from .exact import ref_totals, reference_mean, self_kernel
-from .features import Features, build_features, cat_features, check_inputs
+from .exact import reference_mean
+from .features import Features, cat_features, check_inputs
 from .grads import check_targets
 from .modelio import eval_mode, model_logits
+from .pairings import PAIRINGS
 from .settings import DEFAULT_PAIRING, LAISettings
-from .sketch import sketch_features
 
 
 class LAIScorer:
@@ -40,6 +40,7 @@ class LAIScorer:
             s.sketch_dim
         self.seed = int(seed)
         self.compile = compile
+        self.kernel = PAIRINGS[s.pairing]       # features, exact kernel and sketch of the pairing
         self._config = {**s.scoring(), "seed": self.seed}
         self._val: dict[str, Any] | None = None
 
@@ -55,10 +56,10 @@ class LAIScorer:
         valid = check_targets(logits, targets)
         inputs = check_inputs(inputs, logits)
         if self.method == "exact":
-            return build_features(inputs, logits, targets, self.pairing)
+            return self.kernel.features(inputs, logits, targets)
         compiled = logits.is_cuda if self.compile is None else self.compile
-        return sketch_features(inputs, logits, targets, valid, self.pairing, self.sketch_dim,
-                               self.seed, compiled)
+        return self.kernel.sketch(inputs, logits, targets, valid, self.sketch_dim, self.seed,
+                                  compiled)
 
     def _reference(self, local, comm: Comm) -> dict[str, Any]:
         """Reference over all ranks of `comm` from this rank's local features (gathered) or
@@ -84,8 +85,8 @@ class LAIScorer:
             comm = Comm.local() if self.reference == "local" else Comm.resolve(group)
             ref, in_ref = self._reference(local, comm), True
         if isinstance(local, Features):
-            cross = ref_totals(local, ref["features"].to(local.a.device), self.pairing)
-            own = self_kernel(local, self.pairing)
+            cross = self.kernel.ref_totals(local, ref["features"].to(local.a.device))
+            own = self.kernel.self_kernel(local)
         else:
             cross = local @ ref["sum"].to(local.device, local.dtype)
             own = torch.linalg.vector_norm(local, dim=1).square()
@@ -93,8 +94,8 @@ class LAIScorer:
             cross = cross - own
         self_k = None
         if self.include_self:   # sketch: exact self term, no sketch noise on the largest term
-            self_k = own if self.method == "exact" else self_kernel(
-                build_features(inputs, logits, targets, self.pairing), self.pairing)
+            self_k = own if self.method == "exact" else self.kernel.self_kernel(
+                self.kernel.features(inputs, logits, targets))
         return reference_mean(cross, ref["n"] - int(in_ref), self_k, self.include_self)
 
     # -- validation reference -------------------------------------------------------------

@@ -15,22 +15,13 @@ import math
 from dataclasses import dataclass
 
 from .capture import LAYER_SETS
-from .features import PAIRINGS
-from .sketch import split_dim
+from .pairings import PAIRINGS
 
 METHODS = ("exact", "sketch")
 REFERENCES = ("local", "global", "val")
 DEFAULT_PAIRING = "token_pair"
-# Sketch sizes from docs/FIDELITY.md (Pearson with exact, trained tiny model, global reference):
-# token_pair 0.895 at 2^16, 0.948 at 2^18; aligned 0.97 at 2^18; pooled 0.98 already at 2^12.
-DEFAULT_SKETCH_DIM = 1 << 18
-POOLED_SKETCH_DIM = 1 << 12
+DEFAULT_SKETCH_DIM = PAIRINGS[DEFAULT_PAIRING].default_sketch_dim
 DEFAULT_MAX_EXCLUDE_FRAC = 0.1     # 0.5 hurt val loss in docs/RESULTS.md; 0.1 did not
-
-
-def default_sketch_dim(pairing: str) -> int:
-    """The sketch size used when none is given: the smallest measured size with Pearson >= 0.95."""
-    return POOLED_SKETCH_DIM if pairing == "pooled" else DEFAULT_SKETCH_DIM
 
 
 @dataclass
@@ -60,7 +51,7 @@ class LAISettings:
         check(self)
         sketch_dim = self.sketch_dim
         if self.method == "sketch" and sketch_dim is None:
-            sketch_dim = default_sketch_dim(self.pairing)
+            sketch_dim = PAIRINGS[self.pairing].default_sketch_dim
         return dataclasses.replace(self, sketch_dim=sketch_dim)
 
     def scoring(self) -> dict:
@@ -93,7 +84,7 @@ def check(s: LAISettings) -> None:
     """Raise ValueError naming the first bad field of `s` (unresolved or resolved)."""
     from .baselines import FILTERS
     _one_of(s, "filter", tuple(FILTERS))
-    _one_of(s, "pairing", PAIRINGS)
+    _one_of(s, "pairing", tuple(PAIRINGS))
     _one_of(s, "method", METHODS)
     _one_of(s, "layers", LAYER_SETS)
     _one_of(s, "reference", REFERENCES)
@@ -105,10 +96,7 @@ def check(s: LAISettings) -> None:
               f"{s.sketch_dim} is only used by lai.method=sketch (lai.method is exact); "
               "remove it or set lai.method=sketch")
     elif s.sketch_dim is not None:
-        try:
-            split_dim(s.sketch_dim, s.pairing)
-        except ValueError:
-            _need(False, "sketch_dim", f"must be an int >= 4, got {s.sketch_dim!r}")
+        PAIRINGS[s.pairing].split(s.sketch_dim)          # ValueError naming lai.sketch_dim
     check_policy(s.threshold, s.warmup_steps, s.max_exclude_frac)
     _need(0 <= s.baseline_rate < 1, "baseline_rate", f"must be in [0, 1), got {s.baseline_rate}")
     _need(not FILTERS[s.filter].uses_rate or s.baseline_rate <= s.max_exclude_frac,

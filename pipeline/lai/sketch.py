@@ -1,4 +1,5 @@
 """Unbiased Kronecker CountSketch of the LAI features; communication independent of T and B.
+The sketch kernels and their hashing are here; how each pairing combines them, in pairings.py.
 
 Each pairing's kernel is an inner product of per-sequence tensors x_j (x) y_j:
   token_pair: Phi_j = sum_t a_jt (x) g_jt      aligned: vec(a_j) (x) vec(g_j)
@@ -30,30 +31,16 @@ flops per sequence for the outer product.
 from __future__ import annotations
 
 import functools
-import math
 import warnings
 
 import torch
 
 from .capture import unique_inputs
-from .features import Features
-from .grads import compute_dtype
 
 PRIME = (1 << 31) - 1
 STREAM_VOCAB, STREAM_POS_A, STREAM_POS_G = -1, -2, -3
 # elements of one [chunk, T, V] softmax block: small on CPU (cache), large on GPUs (launches)
 CHUNK_ELEMENTS = {"cpu": 1 << 24, "cuda": 1 << 28}
-
-
-def split_dim(sketch_dim: int, pairing: str) -> tuple[int, int]:
-    """(k1, k2) buckets of the input and vocabulary sides: token_pair k1 * k2 <= sketch_dim
-    (k1 = floor(sqrt)); aligned / pooled k1 + k2 = sketch_dim."""
-    if not isinstance(sketch_dim, int) or isinstance(sketch_dim, bool) or sketch_dim < 4:
-        raise ValueError(f"sketch_dim: expected an int >= 4, got {sketch_dim!r}")
-    if pairing == "token_pair":
-        k1 = math.isqrt(sketch_dim)
-        return k1, sketch_dim // k1
-    return sketch_dim // 2, sketch_dim - sketch_dim // 2
 
 
 def _params(seed: int, stream: int) -> list[int]:
@@ -155,7 +142,7 @@ class Kernels:
         return fn(*args)
 
 
-def _input_side(inputs, seed: int, k1: int, dt: torch.dtype, mask: torch.Tensor | None,
+def input_side(inputs, seed: int, k1: int, dt: torch.dtype, mask: torch.Tensor | None,
                 pooled_n: torch.Tensor | None = None, kernels: Kernels | None = None
                 ) -> torch.Tensor:
     """sum_l C1_l(a_l): [B, T, k1] per token, or with `pooled_n` the sketch of abar [B, k1].
@@ -182,14 +169,14 @@ def _input_side(inputs, seed: int, k1: int, dt: torch.dtype, mask: torch.Tensor 
     return out
 
 
-def _vocab_side(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, k2: int,
+def vocab_side(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, k2: int,
                 seed: int, dt: torch.dtype, kernels: Kernels | None = None) -> torch.Tensor:
     """vocab_kernel with this seed's vocabulary signs; [c, T, k2]."""
     s = signs(logits.shape[-1], seed, STREAM_VOCAB, logits.device, dt)
     return (kernels or Kernels(False))(vocab_kernel, logits.detach(), targets, valid, s, k2)
 
 
-def _positional(z: torch.Tensor, k: int, seed: int, stream: int) -> torch.Tensor:
+def positional(z: torch.Tensor, k: int, seed: int, stream: int) -> torch.Tensor:
     """Sketch of the (position, coordinate) pairs of per-token sketches z [c, T, k] -> [c, k]:
     position t shifts every bucket by h(t) and flips the sign by s(t)."""
     t = z.shape[1]
@@ -201,40 +188,16 @@ def _positional(z: torch.Tensor, k: int, seed: int, stream: int) -> torch.Tensor
     return z.gather(2, idx.unsqueeze(0).expand(z.shape[0], -1, -1)).sum(1)
 
 
-def _chunk(b: int, t: int, v: int, device: torch.device) -> int:
+def chunk_size(b: int, t: int, v: int, device: torch.device) -> int:
     return max(1, CHUNK_ELEMENTS.get(device.type, CHUNK_ELEMENTS["cuda"]) // max(1, t * v))
 
 
-def sketch_features(inputs: list[torch.Tensor], logits: torch.Tensor, targets: torch.Tensor,
-                    valid: torch.Tensor, pairing: str, sketch_dim: int, seed: int,
-                    compiled: bool = False) -> torch.Tensor | Features:
-    """token_pair: per-sequence Kronecker sketches [B, k1 * k2] (summed over the reference);
-    aligned / pooled: Features(a=[B, k1], g=[B, k2]), the two sides sketched separately
-    (their kernel is a product of two Grams, so the reference must be gathered, B x
-    sketch_dim floats; a Kronecker sketch would have the variance of only min(k1, k2) buckets).
-    Inputs are validated by the caller. The vocabulary side goes in chunks of sequences.
-    `compiled`: run the kernels through torch.compile (see Kernels)."""
-    k1, k2 = split_dim(sketch_dim, pairing)
-    kernels = Kernels(compiled)
-    dt = compute_dtype(logits)
+def vocab_chunks(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, k2: int,
+                 seed: int, dt: torch.dtype, kernels: Kernels):
+    """Yields (slice of sequences, C2(g) of their tokens [c, T, k2]) chunk by chunk, so no full
+    [B, T, V] block is ever held."""
     b, t, v = logits.shape
-    mask = valid.to(dt)
-    if pairing == "token_pair":       # g = 0 at ignored positions: no mask on the input side
-        ca = _input_side(inputs, seed, k1, dt, None, kernels=kernels)      # [B, T, k1]
-    elif pairing == "aligned":
-        ca = _positional(_input_side(inputs, seed, k1, dt, mask), k1, seed, STREAM_POS_A)
-    else:
-        ca = _input_side(inputs, seed, k1, dt, mask, pooled_n=mask.sum(1, keepdim=True))
-    out = ca.new_empty(b, k1 * k2 if pairing == "token_pair" else k2)
-    step = _chunk(b, t, v, logits.device)
+    step = chunk_size(b, t, v, logits.device)
     for s in range(0, b, step):
         sl = slice(s, s + step)
-        cg = _vocab_side(logits[sl], targets[sl], valid[sl], k2, seed, dt, kernels)  # [c,T,k2]
-        if pairing == "token_pair":
-            torch.matmul(ca[sl].transpose(1, 2), cg, out=out[sl].view(-1, k1, k2))
-        elif pairing == "aligned":
-            out[sl] = _positional(cg, k2, seed, STREAM_POS_G)
-        else:
-            out[sl] = cg.sum(1)
-        del cg
-    return out if pairing == "token_pair" else Features(ca, out)
+        yield sl, vocab_side(logits[sl], targets[sl], valid[sl], k2, seed, dt, kernels)

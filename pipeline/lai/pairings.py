@@ -1,0 +1,132 @@
+"""The three pairings of two sequences, one object each: its features, its exact kernel and its
+sketch (PAIRINGS[name]; the settings' `lai.pairing` is one of these names).
+
+    token_pair: K(z, j) = sum_l sum_{t,t'} <a_zt, a_jt'> <g_zt, g_jt'> = <Phi_z, Phi_j>,
+                Phi_j = sum_l sum_t a^(l)_{j,t} (x) g_{j,t} (the ghost gradient inner product with
+                every layer's output gradient replaced by the logit gradient)
+    aligned:    (sum_l sum_t <a_zt, a_jt>) * (sum_t <g_zt, g_jt>)   (the paper's code)
+    pooled:     (sum_l <abar_z, abar_j>) * <gbar_z, gbar_j>
+
+Exact: `features` -> Features, then `ref_totals` (sum of K(z, j) over a reference) and
+`self_kernel` (K(j, j)). Sketch: `sketch` -> a summed-reference sketch [B, k1 * k2] (token_pair:
+the reference enters as one all-reduced sum) or Features of sketches (aligned, pooled: gathered,
+the product kernel on them); `split` gives the (input side, vocabulary side) bucket counts of a
+sketch size, `default_sketch_dim` the measured default (docs/FIDELITY.md: the smallest size with
+Pearson >= 0.95 against exact).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .exact import product_self, product_totals, token_pair_self, token_pair_totals
+from .features import Features, pooled_features, token_features
+from .grads import compute_dtype
+from .sketch import (STREAM_POS_A, STREAM_POS_G, Kernels, input_side, positional,
+                     vocab_chunks)
+
+
+class Pairing:
+    name: str
+    default_sketch_dim: int
+
+    # -- exact ------------------------------------------------------------------------------
+    def features(self, inputs: list[torch.Tensor], logits: torch.Tensor, targets: torch.Tensor
+                 ) -> Features:
+        return token_features(inputs, logits, targets)
+
+    def ref_totals(self, q: Features, r: Features) -> torch.Tensor:
+        """sum_{z in r} K(z, j) for every sequence j of `q`; [B_q]."""
+        return product_totals(q, r)
+
+    def self_kernel(self, f: Features) -> torch.Tensor:
+        """K(j, j) for every sequence of `f`; [B]."""
+        return product_self(f)
+
+    # -- sketch -----------------------------------------------------------------------------
+    def split(self, sketch_dim: int) -> tuple[int, int]:
+        """(k1, k2) buckets of the input and vocabulary sides of a `sketch_dim` sketch: the two
+        sides sketched separately, k1 + k2 = sketch_dim (their kernel is a product of two Grams;
+        a Kronecker sketch would have the variance of only min(k1, k2) buckets)."""
+        check_sketch_dim(sketch_dim)
+        return sketch_dim // 2, sketch_dim - sketch_dim // 2
+
+    def sketch(self, inputs: list[torch.Tensor], logits: torch.Tensor, targets: torch.Tensor,
+               valid: torch.Tensor, sketch_dim: int, seed: int, compiled: bool = False
+               ) -> torch.Tensor | Features:
+        """This batch's sketch (inputs validated by the caller; `compiled`: sketch.Kernels)."""
+        k1, k2 = self.split(sketch_dim)
+        kernels, dt = Kernels(compiled), compute_dtype(logits)
+        mask = valid.to(dt)
+        ca = self._input_sketch(inputs, mask, k1, seed, dt, kernels)
+        out = ca.new_empty(logits.shape[0], k2)
+        for sl, cg in vocab_chunks(logits, targets, valid, k2, seed, dt, kernels):
+            out[sl] = self._vocab_sketch(cg, k2, seed)
+        return Features(ca, out)
+
+    def _input_sketch(self, inputs, mask, k1, seed, dt, kernels) -> torch.Tensor:
+        """The input side's sketch of every sequence, [B, k1] (a separately sketched pairing)."""
+        raise NotImplementedError
+
+    def _vocab_sketch(self, cg: torch.Tensor, k2: int, seed: int) -> torch.Tensor:
+        """The vocabulary side's sketch [c, k2] from per-token sketches cg [c, T, k2]."""
+        raise NotImplementedError
+
+
+class TokenPair(Pairing):
+    name, default_sketch_dim = "token_pair", 1 << 18     # Pearson 0.895 at 2^16, 0.948 at 2^18
+
+    def ref_totals(self, q: Features, r: Features) -> torch.Tensor:
+        return token_pair_totals(q, r)
+
+    def self_kernel(self, f: Features) -> torch.Tensor:
+        return token_pair_self(f)
+
+    def split(self, sketch_dim: int) -> tuple[int, int]:
+        """k1 * k2 <= sketch_dim, k1 = floor(sqrt): S_j = sum_t C1(a_jt) (x) C2(g_jt)."""
+        check_sketch_dim(sketch_dim)
+        k1 = math.isqrt(sketch_dim)
+        return k1, sketch_dim // k1
+
+    def sketch(self, inputs, logits, targets, valid, sketch_dim, seed, compiled=False):
+        """Per-sequence Kronecker sketches [B, k1 * k2] (summed over the reference)."""
+        k1, k2 = self.split(sketch_dim)
+        kernels, dt = Kernels(compiled), compute_dtype(logits)
+        # g = 0 at ignored positions: no mask on the input side
+        ca = input_side(inputs, seed, k1, dt, None, kernels=kernels)      # [B, T, k1]
+        out = ca.new_empty(logits.shape[0], k1 * k2)
+        for sl, cg in vocab_chunks(logits, targets, valid, k2, seed, dt, kernels):
+            torch.matmul(ca[sl].transpose(1, 2), cg, out=out[sl].view(-1, k1, k2))
+        return out
+
+
+class Aligned(Pairing):
+    name, default_sketch_dim = "aligned", 1 << 18        # Pearson 0.97 at 2^18
+
+    def _input_sketch(self, inputs, mask, k1, seed, dt, kernels):
+        return positional(input_side(inputs, seed, k1, dt, mask), k1, seed, STREAM_POS_A)
+
+    def _vocab_sketch(self, cg, k2, seed):
+        return positional(cg, k2, seed, STREAM_POS_G)
+
+
+class Pooled(Pairing):
+    name, default_sketch_dim = "pooled", 1 << 12         # Pearson 0.98 already at 2^12
+
+    def features(self, inputs, logits, targets):
+        return pooled_features(inputs, logits, targets)
+
+    def _input_sketch(self, inputs, mask, k1, seed, dt, kernels):
+        return input_side(inputs, seed, k1, dt, mask, pooled_n=mask.sum(1, keepdim=True))
+
+    def _vocab_sketch(self, cg, k2, seed):
+        return cg.sum(1)
+
+
+def check_sketch_dim(sketch_dim) -> None:
+    if not isinstance(sketch_dim, int) or isinstance(sketch_dim, bool) or sketch_dim < 4:
+        raise ValueError(f"lai.sketch_dim: must be an int >= 4, got {sketch_dim!r}")
+
+
+PAIRINGS: dict[str, Pairing] = {p.name: p for p in (TokenPair(), Aligned(), Pooled())}
