@@ -31,7 +31,10 @@ class Comm:
 
     @staticmethod
     def resolve(group: Any = None) -> Comm:
-        """`group` if given, else the default group when torch.distributed is initialised."""
+        """`group` (a process group, or a Comm as it is) if given, else the default group when
+        torch.distributed is initialised."""
+        if isinstance(group, Comm):
+            return group
         if group is not None:
             return Comm(group, True)
         if dist.is_available() and dist.is_initialized():

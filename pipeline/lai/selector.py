@@ -61,7 +61,7 @@ class Selector:
             return
         if self.val_step is not None and step - self.val_step < s.val_refresh_every:
             return
-        self.scorer.set_val_reference(model, self.val_batches(), group=self.comm.group)
+        self.scorer.set_val_reference(model, self.val_batches(), group=self.comm)
         self.val_step = step
 
     @torch.no_grad()
@@ -72,7 +72,7 @@ class Selector:
         """(values float64 [B], keep bool [B]) for optimizer step `step` (1-based)."""
         values = None
         if self.scorer is not None:
-            values = self.scorer.values(cap.inputs, logits, targets, group=self.comm.group)
+            values = self.scorer.values(cap.inputs, logits, targets, group=self.comm)
         score = self.filter.scores(FilterInput(step, seq_ids, input_ids, targets, losses, model,
                                                values, self.comm), self.settings, self.seed)
         if score is None:
@@ -81,7 +81,7 @@ class Selector:
             # a non-finite score comes from non-finite logits, whose step is skipped anyway
             # (masked_loss flags it); the policy needs finite values to decide on the others
             finite = torch.nan_to_num(score, nan=0.0, posinf=0.0, neginf=0.0)
-            keep = self.policy.mask(finite, step - 1, group=self.comm.group)  # 0-based steps
+            keep = self.policy.mask(finite, step - 1, group=self.comm)  # 0-based steps
             values = score if values is None else values
         if values is None:
             values = torch.full_like(losses, float("nan"), dtype=torch.float64)

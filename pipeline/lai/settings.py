@@ -94,7 +94,7 @@ def check(s: LAISettings) -> None:
     if s.method == "exact":
         _need(s.sketch_dim is None, "sketch_dim",
               f"{s.sketch_dim} is only used by lai.method=sketch (lai.method is exact); "
-              "remove it or set lai.method=sketch")
+              "remove it (lai.sketch_dim=null) or set lai.method=sketch")
     elif s.sketch_dim is not None:
         PAIRINGS[s.pairing].split(s.sketch_dim)          # ValueError naming lai.sketch_dim
     check_policy(s.threshold, s.warmup_steps, s.max_exclude_frac)
