@@ -5,6 +5,7 @@ runs them):
   pairing and method; the compiled sketch kernels equal the eager ones;
 - a 1-rank DeepSpeed ZeRO-2 bf16 step with LAI (NCCL): the excluded sequences contribute nothing
   (replacing their tokens leaves every gradient unchanged, while keeping them changes it);
+- the loader's pinned batches (asynchronous copies) hold what the unpinned ones do;
 - checkpoint save and resume on CUDA: a run stopped after N steps and extended to 2N equals the
   straight 2N-step run bit for bit (ledger values, masks, losses and final parameters).
 """
@@ -137,6 +138,17 @@ def test_zero2_bf16_step_excluded_sequences_contribute_nothing(one_rank):
             assert torch.equal(swapped[name], grad), \
                 f"{name}: excluded rows changed the gradient by {(swapped[name] - grad).abs().max()}"
     assert any(not torch.allclose(kept_all[n], base[n]) for n in base)   # the control can fail
+
+
+def test_pinned_batches_equal_unpinned(tmp_path):
+    from datagen import make_data_dir, random_docs
+
+    from pipeline.data import PackedDataset, RankLoader
+    d = make_data_dir(tmp_path / "d", random_docs(50, V, seed=0), vocab_size=V)
+    ds = PackedDataset([(d, 1.0)], T)
+    a, b = RankLoader(ds, B, 0, 1).next_batch(), RankLoader(ds, B, 0, 1, pin_memory=True).next_batch()
+    assert b["input_ids"].is_pinned() and b["targets"].is_pinned()
+    assert torch.equal(a["input_ids"], b["input_ids"]) and torch.equal(a["targets"], b["targets"])
 
 
 # ---------------------------------------------------------------- checkpoint and resume

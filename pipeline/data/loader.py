@@ -17,7 +17,7 @@ from pipeline.errors import UserError
 
 class RankLoader:
     def __init__(self, dataset: PackedDataset, micro_batch: int, rank: int, world: int,
-                 samples_consumed: int = 0):
+                 samples_consumed: int = 0, pin_memory: bool = False):
         if micro_batch < 1 or world < 1 or not 0 <= rank < world:
             raise UserError(f"RankLoader: need micro_batch >= 1 and 0 <= rank < world, "
                             f"got micro_batch={micro_batch}, rank={rank}, world={world}")
@@ -25,6 +25,7 @@ class RankLoader:
             raise UserError(f"RankLoader: samples_consumed must be >= 0, got {samples_consumed}")
         self.dataset, self.micro_batch, self.rank, self.world = dataset, micro_batch, rank, world
         self.samples_consumed = int(samples_consumed)
+        self.pin_memory = pin_memory      # page-locked batches: asynchronous copies to a GPU
 
     @property
     def global_batch(self) -> int:
@@ -38,9 +39,10 @@ class RankLoader:
         for row, i in zip(x, seq_ids):
             self.dataset.sample(int(i), out=row)
         self.samples_consumed += self.global_batch
-        return {"input_ids": torch.from_numpy(np.ascontiguousarray(x[:, :-1])),
-                "targets": torch.from_numpy(np.ascontiguousarray(x[:, 1:])),
-                "seq_ids": torch.from_numpy(seq_ids)}
+        ids, targets = (torch.from_numpy(np.ascontiguousarray(a)) for a in (x[:, :-1], x[:, 1:]))
+        if self.pin_memory:
+            ids, targets = ids.pin_memory(), targets.pin_memory()
+        return {"input_ids": ids, "targets": targets, "seq_ids": torch.from_numpy(seq_ids)}
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         while True:

@@ -18,7 +18,7 @@ class Window:
     """What happened since the last report (rank-local until `scalars`)."""
 
     def __init__(self):
-        self.seconds_by_part = [0.0, 0.0, 0.0, 0.0]     # data, forward, LAI, backward + step
+        self.clocks = []                  # each micro-step's PhaseClock, read at the report
         self.rank_tokens = 0
         self.steps = 0
         self.loss = self.kept_loss = self.kept_tokens = self.excluded = self.sequences = 0.0
@@ -26,13 +26,14 @@ class Window:
         self.rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     @property
-    def seconds(self) -> float:
-        return sum(self.seconds_by_part)
+    def seconds_by_part(self) -> list[float]:
+        """Summed seconds of data, forward, LAI, backward + step (waits for the device once)."""
+        return [sum(p) for p in zip(*(c.durations() for c in self.clocks))] or [0.0] * 4
 
     def add(self, r: StepResult) -> None:
         stats = [m.stats for m in r.micros]
         for m in r.micros:
-            self.seconds_by_part = [a + b for a, b in zip(self.seconds_by_part, m.seconds)]
+            self.clocks.append(m.clock)
             self.rank_tokens += m.rank_tokens
             self.rows.append((m.seq_ids.cpu(), m.values.cpu(), m.keep.cpu()))
         self.steps += 1
@@ -50,11 +51,11 @@ class Window:
                 "lai/excluded_frac": self.excluded / max(self.sequences, 1.0),
                 "lai/kept_tokens": self.kept_tokens / n}
 
-    def rank_scalars(self) -> dict[str, float]:
+    def rank_scalars(self, parts: list[float]) -> dict[str, float]:
         n = max(self.steps, 1)
         names = ("perf/time_data_s", "perf/time_forward_s", "perf/time_lai_s",
                  "perf/time_backward_step_s")
-        return {k: v / n for k, v in zip(names, self.seconds_by_part)}
+        return {k: v / n for k, v in zip(names, parts)}
 
     def source_rows(self, dataset) -> tuple[list[str], list[float], list[bool]]:
         srcs, vals, kept = [], [], []
@@ -87,7 +88,8 @@ class StepLog:
 
     def _report(self, r: StepResult, counters: Counters) -> None:
         w, info = self.window, self.info
-        rank_tps = w.rank_tokens / max(w.seconds, 1e-9)
+        phases = w.seconds_by_part
+        rank_tps = w.rank_tokens / max(sum(phases), 1e-9)
         all_tps = float(self.comm.all_reduce(torch.tensor([rank_tps], dtype=torch.float64,
                                                           device=info.device)).item())
         scalars = w.scalars()
@@ -103,7 +105,8 @@ class StepLog:
         if srcs:
             scalars.update(source_scalars(srcs, vals, kept))
         self.metrics.scalars(r.step, scalars)
-        self.metrics.rank_scalars(r.step, {**w.rank_scalars(), "perf/tokens_per_s_rank": rank_tps,
+        self.metrics.rank_scalars(r.step, {**w.rank_scalars(phases),
+                                           "perf/tokens_per_s_rank": rank_tps,
                                            "perf/peak_memory_gib": peak_memory_gib(info.device)})
         log0(info, f"step {r.step}/{self.cfg.train.steps} loss {scalars['train/loss']:.4f} "
                    f"excluded {scalars['lai/excluded_frac']:.2%} lr {r.lr:.2e} "

@@ -51,6 +51,7 @@ def init(local_rank: int | None = None) -> DistInfo:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK=str(local_rank),
                           MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"),
                           MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())))
+    # DeepSpeed binds each rank's GPU to NCCL (device_id) where that is safe (world > 1)
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False,
                                verbose=False)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
@@ -70,11 +71,29 @@ def shutdown(engine=None, *, clean: bool = True) -> None:
         dist.destroy_process_group()
 
 
-def clock(device: torch.device) -> float:
-    """Seconds, after the device finished its queued work (so step-time parts are real)."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
+class PhaseClock:
+    """Marks between the phases of a micro-step. On CUDA each mark is an event in the stream, so
+    marking never waits for the device; `durations` reads them (waiting for the last one), which
+    the loop does once per log window. Elsewhere: the wall clock."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: list = []
+
+    def mark(self) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def durations(self) -> list[float]:
+        """Seconds between consecutive marks."""
+        if not self.cuda:
+            return [b - a for a, b in zip(self.marks, self.marks[1:])]
+        self.marks[-1].synchronize()
+        return [a.elapsed_time(b) / 1e3 for a, b in zip(self.marks, self.marks[1:])]
 
 
 def peak_memory_gib(device: torch.device) -> float:

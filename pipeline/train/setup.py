@@ -46,7 +46,8 @@ def open_data(cfg: Config, info: DistInfo) -> Data:
     d = cfg.data
     sources = [(s.path, s.weight) for s in d.sources]
     train = PackedDataset(sources, d.seq_len, split="train", seed=cfg.run.seed)
-    loader = RankLoader(train, cfg.train.micro_batch, info.rank, info.world)
+    loader = RankLoader(train, cfg.train.micro_batch, info.rank, info.world,
+                        pin_memory=info.device.type == "cuda")
     val = None
     if cfg.train.eval_every > 0 or (cfg.lai.enabled and cfg.lai.reference == "val"):
         val_sources = [(s.path, s.weight) for s in (d.val_sources or d.sources)]

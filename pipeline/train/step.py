@@ -35,7 +35,7 @@ import torch
 from pipeline.comm import Comm
 from pipeline.lai import Selector, per_sequence_loss
 from pipeline.train.optim import SkipGate, lr_at, set_lr
-from pipeline.train.runtime import clock
+from pipeline.train.runtime import PhaseClock
 
 
 @dataclass
@@ -90,7 +90,7 @@ class Micro:
     keep: torch.Tensor                # bool [B]
     losses: torch.Tensor              # [B], detached
     stats: MicroStats                 # global sums
-    seconds: tuple[float, float, float, float]   # data, forward, LAI, backward + step
+    clock: PhaseClock                 # marks: data, forward, LAI, backward + step
     rank_tokens: int
 
 
@@ -133,17 +133,19 @@ class StepRunner:
 
     def _micro_step(self, step: int, out: StepResult) -> Micro:
         engine, dev = self.engine, self.device
-        t0 = clock(dev)
-        batch = self.loader.next_batch()
-        input_ids, targets = batch["input_ids"].to(dev), batch["targets"].to(dev)
-        t1 = clock(dev)
+        clock = PhaseClock(dev)
+        clock.mark()
+        batch = self.loader.next_batch()          # pinned host memory on CUDA: async copies
+        input_ids = batch["input_ids"].to(dev, non_blocking=True)
+        targets = batch["targets"].to(dev, non_blocking=True)
+        clock.mark()
         with self.selector.capture(engine.module) as cap:
             logits = engine(input_ids=input_ids).logits
         losses = per_sequence_loss(logits, targets)
-        t2 = clock(dev)
+        clock.mark()
         values, keep = self.selector.select(step, cap, logits, targets, losses, batch["seq_ids"],
                                             input_ids=input_ids, model=engine.module)
-        t3 = clock(dev)
+        clock.mark()
         n_tokens = (targets != -100).sum(1)
         loss, stats = masked_loss(losses, n_tokens, keep, self.comm)
         self.gate.observe(stats.nonfinite)
@@ -153,6 +155,6 @@ class StepRunner:
             grads = [p.grad for p in engine.module.parameters() if p.grad is not None]
             out.grad_norm = float(torch.nn.utils.get_total_norm(grads))
         engine.step()
-        t4 = clock(dev)
-        return Micro(batch["seq_ids"], values, keep, losses.detach(), stats,
-                     (t1 - t0, t2 - t1, t3 - t2, t4 - t3), int(n_tokens.sum()))
+        clock.mark()
+        return Micro(batch["seq_ids"], values, keep, losses.detach(), stats, clock,
+                     int(n_tokens.sum()))
