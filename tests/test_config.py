@@ -213,3 +213,20 @@ def test_cli_fails_fast_with_one_line(data_dir, args, field):
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and field in lines[0], p.stderr
+
+
+def test_reference_auto_is_val_when_the_run_has_val_data(tmp_path):
+    from datagen import make_data_dir, random_docs
+    docs = random_docs(30, 64, seed=0)
+    with_val = make_data_dir(tmp_path / "a", docs[:20], vocab_size=64, val_docs=docs[20:])
+    no_val = make_data_dir(tmp_path / "b", docs, vocab_size=64, source="other")
+
+    def ref(*overrides):            # tiny_cpu.yaml asks for global: ask for the default
+        return _valid(no_val, "lai.reference=auto", *overrides).lai.reference
+
+    assert ref() == "global"                                     # no val data: self-influence
+    assert ref(f"data.sources=[{{path: '{with_val}', weight: 1}}]") == "val"   # a val split
+    assert ref(f"data.val_sources=[{{path: '{with_val}', weight: 1}}]") == "val"
+    assert ref(f"data.sources=[{{path: '{with_val}', weight: 1}}]", "lai.reference=global") \
+        == "global"                                              # an explicit choice stays
+    assert "reference: val" in save_yaml(_valid(with_val, "lai.reference=auto"))

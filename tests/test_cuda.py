@@ -110,7 +110,7 @@ def _step_grads(ids: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor, de
     with sel.capture(engine.module) as cap:
         logits = engine(input_ids=ids).logits
     losses = per_sequence_loss(logits, targets)
-    values, _ = sel.select(1, cap, logits, targets, losses, torch.arange(B))
+    values, _, _ = sel.select(1, cap, logits, targets, losses, torch.arange(B))
     assert values.shape == (B,) and torch.isfinite(values).all() and values.abs().max() > 0
     loss, stats = masked_loss(losses, (targets != -100).sum(1), keep.to(device), Comm.resolve())
     del cap, logits

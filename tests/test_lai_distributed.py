@@ -11,6 +11,7 @@ from pipeline.comm import Comm, free_port
 from pipeline.lai import (FilterPolicy, LAIScorer, LayerInputCapture, lai_values, loss_scores,
                           random_scores)
 from pipeline.lai.grads import shift_labels
+from pipeline.lai.normalize import normalize
 from test_lai_support import batch, tiny_model
 
 pytestmark = pytest.mark.slow
@@ -54,6 +55,8 @@ def worker(rank, port, out_dir):
                                   Comm.resolve())
         ids = torch.arange(SPLIT[rank]) + sum(SPLIT[:rank])
         out["random"] = random_scores(ids, seed=5, rate=0.3)
+        for mode in ("zscore", "rank"):
+            out[mode] = normalize(values, mode, Comm.resolve())
         torch.save(out, os.path.join(out_dir, f"rank{rank}.pt"))
         dist.barrier()         # both ranks done before either tears gloo down
     finally:
@@ -80,6 +83,8 @@ def test_two_ranks_equal_single_process(tmp_path):
             assert err < tol, (ref, pairing, method, include_self, err)
     values = lai_values(model, ids)
     assert torch.equal(joined("mask"), FilterPolicy(max_exclude_frac=0.5).global_mask(values, 0))
+    for mode in ("zscore", "rank"):          # normalised against the global micro-batch
+        torch.testing.assert_close(joined(mode), normalize(values, mode), rtol=1e-9, atol=1e-12)
     assert not joined("mask").all()
     assert torch.equal(joined("loss"), loss_scores(torch.tensor([0.0, 1.0, 2.0, 10.0, 11.0]), 0.4))
     assert (joined("loss") <= 0).sum() == 2                  # the 2 highest of 5 (rate 0.4)

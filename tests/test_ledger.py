@@ -37,9 +37,9 @@ def train(run: Path, ledgers: list[Ledger], steps: range, ckpt_every: int = 0) -
             # mix input kinds: tensors on rank 0, numpy on rank 1
             if rank == 0:
                 led.append(step, torch.from_numpy(seq), torch.from_numpy(v), torch.from_numpy(k),
-                           torch.from_numpy(loss))
+                           torch.from_numpy(loss), torch.from_numpy(2 * v))
             else:
-                led.append(step, seq, v, k, loss)
+                led.append(step, seq, v, k, loss, 2 * v)
         if ckpt_every and (step + 1) % ckpt_every == 0:
             states = [led.state_dict() for led in ledgers]
             assert all(s == states[0] for s in states)
@@ -53,7 +53,7 @@ def expected(steps: range) -> np.ndarray:
         for rank in range(WORLD):
             seq, v, k, loss = batch(step, rank)
             for i in range(MICRO):
-                rows.append((step, seq[i], v[i], loss[i], k[i], rank))
+                rows.append((step, seq[i], v[i], loss[i], k[i], 2 * v[i], rank))
     out = np.array(rows, ROW.descr + [("rank", "<i4")])
     return out[np.lexsort((out["seq_id"], out["step"]))]
 

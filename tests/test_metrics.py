@@ -83,7 +83,7 @@ def test_source_scalars_match_direct_computation():
         sel = np.array([s == name for s in sources])
         tag = "lai_source/" + name.replace("/", "_")
         want[tag + "/excluded_frac"] = float((~kept[sel]).mean())
-        want[tag + "/mean_value"] = float(values[sel].mean())
+        want[tag + "/mean_value_norm"] = float(values[sel].mean())
         want[tag + "/sequences"] = float(sel.sum())
     assert got.keys() == want.keys()
     for k in want:

@@ -47,7 +47,7 @@ def _train_micro(engine, rank, selector=None, keep=None):
     if selector is not None:
         modes = [m.training for m in engine.module.modules()]
         weights = {n: p.detach().clone() for n, p in engine.module.named_parameters()}
-        _, keep = selector.select(2, None, logits, tgt, losses, torch.arange(B) + rank * B,
+        _, keep, _ = selector.select(2, None, logits, tgt, losses, torch.arange(B) + rank * B,
                                   input_ids=ids, model=engine.module)
         assert [m.training for m in engine.module.modules()] == modes
         for n, p in engine.module.named_parameters():
@@ -80,18 +80,18 @@ def _check_values_and_mask(rank, stage):
     ids, tgt = x[:, :-1], x[:, 1:]
     logits = engine(input_ids=ids).logits
     losses = per_sequence_loss(logits, tgt)
-    values, keep = sel.select(2, None, logits, tgt, losses, torch.arange(B) + rank * B,
+    values, keep, _ = sel.select(2, None, logits, tgt, losses, torch.arange(B) + rank * B,
                               input_ids=ids, model=engine.module)
     assert values.dtype == torch.float64 and values.shape == (B,)
     torch.testing.assert_close(values, ref[mine], rtol=1e-5, atol=1e-12)
     assert keep.tolist() == want[mine].tolist()
     # warmup: optimizer step 1 is policy step 0 < warmup_steps = 1 -> everything kept
-    _, keep1 = sel.select(1, None, logits, tgt, losses, torch.arange(B) + rank * B,
+    _, keep1, _ = sel.select(1, None, logits, tgt, losses, torch.arange(B) + rank * B,
                           input_ids=ids, model=engine.module)
     assert keep1.all()
     # include_self: the self term joins the mean
     sel_self = Selector(LAISettings(enabled=False, filter="full_gradient", include_self=True), seed=0)
-    v_self, _ = sel_self.select(2, None, logits, tgt, losses, torch.arange(B) + rank * B,
+    v_self, _, _ = sel_self.select(2, None, logits, tgt, losses, torch.arange(B) + rank * B,
                                 input_ids=ids, model=engine.module)
     ref_self = full_gradient_values(ref_model, torch.cat([_sample(r) for r in range(WORLD)]),
                                     include_self=True)

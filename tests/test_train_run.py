@@ -143,7 +143,7 @@ def test_zero0_trains_with_lai_logs_and_ledger(data_dir, tmp_path):
     for tag in ("train/loss", "train/loss_kept", "train/lr", "train/grad_norm", "val/loss",
                 "val/ppl", "lai/excluded_frac", "lai/kept_tokens", "perf/tokens_per_s",
                 "perf/tflops_per_device", "lai_source/animals/excluded_frac",
-                "lai_source/animals/mean_value"):
+                "lai_source/animals/mean_value_norm"):
         assert tag in tb, f"{tag} missing from TensorBoard: {sorted(tb)}"
     assert [s for s, _ in tb["train/loss"]] == list(range(1, 2 * N + 1))
     per_rank = scalars(run, "rank-00001")

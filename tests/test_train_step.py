@@ -110,7 +110,7 @@ def _lai_values(rank, stage, reference):
     ids, tgt = _batch(rank, 0)
     with sel.capture(engine.module) as cap:
         logits = engine(input_ids=ids).logits
-    values, keep = sel.select(1, cap, logits, tgt, per_sequence_loss(logits, tgt),
+    values, keep, _ = sel.select(1, cap, logits, tgt, per_sequence_loss(logits, tgt),
                               torch.arange(B) + rank * B)
     engine.destroy()
     return values
@@ -126,12 +126,12 @@ def _check_baseline_filters(rank):
     seq_ids = torch.arange(B) + rank * B
     sel = Selector(LAISettings(enabled=False, filter="loss", baseline_rate=0.34,
                              max_exclude_frac=0.5), seed=0)
-    values, keep = sel.select(1, None, None, None, losses, seq_ids)
+    values, keep, _ = sel.select(1, None, None, None, losses, seq_ids)
     assert keep.tolist() == [[True, False, True], [True, False, True]][rank]
     assert ((values <= 0) == ~keep).all()
     sel = Selector(LAISettings(enabled=False, filter="random", baseline_rate=0.5,
                              max_exclude_frac=0.9), seed=3)
-    values, keep = sel.select(1, None, None, None, losses, seq_ids)
+    values, keep, _ = sel.select(1, None, None, None, losses, seq_ids)
     coin = [np.random.default_rng([3, int(i)]).random() > 0.5 for i in seq_ids]
     assert keep.tolist() == coin
     sel = Selector(LAISettings(enabled=False, filter="random", warmup_steps=2), seed=3)

@@ -193,10 +193,23 @@ def load_config(paths: str | Path | list[str | Path] | None = None,
 def resolve(cfg: Config) -> Config:
     """`cfg` with its lai section resolved (UserError naming the lai field if it is bad)."""
     try:
-        cfg.lai = cfg.lai.resolved()
+        cfg.lai = cfg.lai.resolved(has_val=has_val_data(cfg))
     except ValueError as e:
         raise UserError(str(e)) from None
     return cfg
+
+
+def has_val_data(cfg: Config) -> bool:
+    """The run has val data: data.val_sources, or a val split in every training source (read
+    from their manifests; an unreadable one counts as none, and validation reports it)."""
+    if cfg.data.val_sources:
+        return True
+    from pipeline.format.manifest import load_manifest
+    try:
+        return bool(cfg.data.sources) and all(load_manifest(s.path).shards_of("val")
+                                              for s in cfg.data.sources)
+    except UserError:
+        return False
 
 
 def config_from_dict(d: dict, where: str = "config") -> Config:

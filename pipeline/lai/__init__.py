@@ -61,13 +61,14 @@ from .grads import logit_grads, per_sequence_loss
 from .policy import FilterPolicy
 from .reference import full_gradient_values, ghost_values
 from .scorer import LAIScorer
-from .selector import Selector
+from .selector import Selection, Selector
 from .settings import DEFAULT_PAIRING, DEFAULT_SKETCH_DIM, METHODS, REFERENCES, LAISettings
 
 __all__ = [
     "DEFAULT_PAIRING", "DEFAULT_SKETCH_DIM", "FILTERS", "LAYER_SETS", "METHODS", "PAIRINGS",
     "REFERENCES",
-    "FilterInput", "FilterPolicy", "LAIScorer", "LAISettings", "LayerInputCapture", "Selector",
+    "FilterInput", "FilterPolicy", "LAIScorer", "LAISettings", "LayerInputCapture", "Selection",
+    "Selector",
     "full_gradient_scores", "full_gradient_values", "ghost_values", "lai_values", "logit_grads",
     "loss_scores", "per_sequence_loss", "random_scores",
 ]

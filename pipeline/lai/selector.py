@@ -4,17 +4,19 @@
     sel.refresh(step, model)                         # reference=val: recompute the cache when due
     with sel.capture(model) as cap:
         logits = model(input_ids=input_ids).logits
-    values, keep = sel.select(step, cap, logits, targets, losses, seq_ids,
-                              input_ids=input_ids, model=model)
+    values, keep, value_norm = sel.select(step, cap, logits, targets, losses, seq_ids,
+                                          input_ids=input_ids, model=model)
 
 values: the LAI values when lai.enabled, else the filter's scores (NaN for filter=none); they are
-what the ledger records. keep: FilterPolicy(threshold, warmup, cap) on the scores of the filter
-`lai.filter` (pipeline.lai.baselines), the same global decision on every rank.
+what the ledger records, with value_norm, their z-score within the global micro-batch (the value
+that means the same at every step: pipeline.lai.normalize). keep: FilterPolicy(threshold, warmup,
+cap) on the scores of the filter `lai.filter` (pipeline.lai.baselines) -- for filter=lai the
+values normalised as lai.normalize says -- the same global decision on every rank.
 """
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -23,11 +25,18 @@ from pipeline.comm import Comm
 
 from .baselines import FILTERS, FilterInput
 from .capture import LayerInputCapture
+from .normalize import normalize
 from .policy import FilterPolicy
 from .scorer import LAIScorer
 from .settings import LAISettings
 
 Batches = Callable[[], list[tuple[torch.Tensor, torch.Tensor]]]
+
+
+class Selection(NamedTuple):
+    values: torch.Tensor              # float64 [B] (see the module doc)
+    keep: torch.Tensor                # bool [B]
+    value_norm: torch.Tensor          # float64 [B]: z-score of values in the global micro-batch
 
 
 class Selector:
@@ -68,13 +77,15 @@ class Selector:
     def select(self, step: int, cap, logits: torch.Tensor | None, targets: torch.Tensor | None,
                losses: torch.Tensor, seq_ids: torch.Tensor, *,
                input_ids: torch.Tensor | None = None, model: nn.Module | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(values float64 [B], keep bool [B]) for optimizer step `step` (1-based)."""
+               ) -> Selection:
+        """Values, keep mask and normalised values for optimizer step `step` (1-based)."""
         values = None
         if self.scorer is not None:
             values = self.scorer.values(cap.inputs, logits, targets, group=self.comm)
         score = self.filter.scores(FilterInput(step, seq_ids, input_ids, targets, losses, model,
                                                values, self.comm), self.settings, self.seed)
+        if self.filter.needs_lai and self.settings.normalize != "none":
+            score = normalize(score, self.settings.normalize, self.comm)
         if score is None:
             keep = torch.ones_like(losses, dtype=torch.bool)
         else:
@@ -85,7 +96,8 @@ class Selector:
             values = score if values is None else values
         if values is None:
             values = torch.full_like(losses, float("nan"), dtype=torch.float64)
-        return values.detach(), keep
+        values = values.detach()
+        return Selection(values, keep, normalize(values, "zscore", self.comm))
 
     def state_dict(self) -> dict:
         return {"scorer": self.scorer.state_dict() if self.scorer is not None else None,

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 
 from .capture import LAYER_SETS
+from .normalize import NORMALIZE
 from .pairings import PAIRINGS
 
 METHODS = ("exact", "sketch")
@@ -32,12 +33,18 @@ class LAISettings:
     pairing: str = DEFAULT_PAIRING     # token_pair | aligned | pooled
     method: str = "sketch"             # sketch (scales: T-independent traffic) | exact
     layers: str = "linear"             # linear | blocks
-    reference: str = "global"          # local | global | val
+    reference: str = "auto"            # auto | local | global | val; auto: val when the run
+                                       # has val data (data.val_sources or a val split), else
+                                       # global (docs/RESULTS.md: the clean val reference did best)
     include_self: bool = False
     sketch_dim: int | None = None      # method=sketch: sketch size (None: the pairing's default);
                                        # method=exact: must stay unset
     compile: bool = True               # method=sketch on CUDA: torch.compile the sketch kernels
-    threshold: float = 0.0             # value <= threshold -> excluded
+    normalize: str = "none"            # what filter=lai thresholds: none (the raw value) |
+                                       # zscore | rank (against the global micro-batch; see
+                                       # pipeline.lai.normalize)
+    threshold: float = 0.0             # value <= threshold -> excluded (the normalised value
+                                       # when lai.normalize is set: e.g. zscore and -1.0)
     warmup_steps: int = 0              # no filtering before this step
     max_exclude_frac: float = DEFAULT_MAX_EXCLUDE_FRAC   # cap on the excluded fraction of each
                                        # global micro-batch, in [0, 1] (never all of it)
@@ -46,13 +53,17 @@ class LAISettings:
     val_refresh_every: int = 100       # reference=val: recompute the val features every N steps
     val_batches: int = 2               # reference=val: micro-batches per rank in the reference
 
-    def resolved(self) -> LAISettings:
-        """A checked copy with concrete values (ValueError `lai.<field>: ...` on a bad one)."""
+    def resolved(self, has_val: bool = False) -> LAISettings:
+        """A checked copy with concrete values (ValueError `lai.<field>: ...` on a bad one).
+        `has_val`: the run has val data (what reference=auto resolves by)."""
         check(self)
         sketch_dim = self.sketch_dim
         if self.method == "sketch" and sketch_dim is None:
             sketch_dim = PAIRINGS[self.pairing].default_sketch_dim
-        return dataclasses.replace(self, sketch_dim=sketch_dim)
+        reference = self.reference
+        if reference == "auto":
+            reference = "val" if has_val else "global"
+        return dataclasses.replace(self, sketch_dim=sketch_dim, reference=reference)
 
     def scoring(self) -> dict:
         """The options that define the LAI values (what a cached reference depends on)."""
@@ -87,7 +98,8 @@ def check(s: LAISettings) -> None:
     _one_of(s, "pairing", tuple(PAIRINGS))
     _one_of(s, "method", METHODS)
     _one_of(s, "layers", LAYER_SETS)
-    _one_of(s, "reference", REFERENCES)
+    _one_of(s, "reference", ("auto", *REFERENCES))
+    _one_of(s, "normalize", NORMALIZE)
     _need(s.enabled or not FILTERS[s.filter].needs_lai, "filter",
           f"{s.filter!r} needs lai.enabled=true (or use "
           f"{' | '.join(n for n, f in FILTERS.items() if not f.needs_lai)})")

@@ -35,7 +35,7 @@ class Window:
         for m in r.micros:
             self.clocks.append(m.clock)
             self.rank_tokens += m.rank_tokens
-            self.rows.append((m.seq_ids.cpu(), m.values.cpu(), m.keep.cpu()))
+            self.rows.append((m.seq_ids.cpu(), m.value_norm.cpu(), m.keep.cpu()))
         self.steps += 1
         self.loss += sum(s.loss for s in stats) / len(stats)
         self.kept_loss += sum(s.kept_loss for s in stats) / len(stats)

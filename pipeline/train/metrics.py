@@ -14,8 +14,8 @@ needed, and TensorBoard overlays the rank runs in one chart per tag, so a stragg
 
 Tag groups (one TensorBoard section each): `train/` (loss, lr, grad_norm, skipped steps),
 `val/` (loss, ppl), `perf/` (tokens_per_s, step-time parts, tflops, mfu, memory), `lai/`
-(excluded_frac, kept_tokens, value histogram), `lai_source/<source>/` (excluded_frac, mean_value,
-sequences) from `source_scalars`.
+(excluded_frac, kept_tokens, value histogram), `lai_source/<source>/` (excluded_frac,
+mean_value_norm, sequences) from `source_scalars`.
 
 Resuming: pass `purge_step=<first step of the resumed run>`; TensorBoard then hides the events
 the interrupted run wrote at steps >= purge_step, so a resumed run's curves equal the
@@ -107,9 +107,10 @@ def _tag_name(name: str) -> str:
 
 
 def source_scalars(sources: Sequence[str], values, kept) -> dict[str, float]:
-    """Per-source LAI scalars of one step, from each sequence's source name, value and keep flag
-    (equal lengths): `lai_source/<source>/excluded_frac`, `.../mean_value` (mean over all the
-    source's sequences, kept or not) and `.../sequences`. Sources absent from the step are absent
+    """Per-source LAI scalars of one step, from each sequence's source name, normalised value
+    (its z-score within its global micro-batch, so steps compare) and keep flag (equal lengths):
+    `lai_source/<source>/excluded_frac`, `.../mean_value_norm` (mean over all the source's
+    sequences, kept or not) and `.../sequences`. Sources absent from the step are absent
     from the result (TensorBoard then draws no point rather than a fake zero)."""
     v = _numpy(values)
     k = _numpy(kept).astype(bool)
@@ -124,6 +125,6 @@ def source_scalars(sources: Sequence[str], values, kept) -> dict[str, float]:
     for i, name in enumerate(names):
         prefix = f"lai_source/{_tag_name(name)}/"
         out[prefix + "excluded_frac"] = float(excluded[i] / count[i])
-        out[prefix + "mean_value"] = float(total[i] / count[i])
+        out[prefix + "mean_value_norm"] = float(total[i] / count[i])
         out[prefix + "sequences"] = float(count[i])
     return out

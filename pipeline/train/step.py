@@ -87,6 +87,7 @@ class Micro:
     """What one micro-step leaves for the ledger and the logs (this rank's sequences)."""
     seq_ids: torch.Tensor
     values: torch.Tensor              # float64 [B]
+    value_norm: torch.Tensor          # float64 [B], z-score in the global micro-batch
     keep: torch.Tensor                # bool [B]
     losses: torch.Tensor              # [B], detached
     stats: MicroStats                 # global sums
@@ -143,8 +144,9 @@ class StepRunner:
             logits = engine(input_ids=input_ids).logits
         losses = per_sequence_loss(logits, targets)
         clock.mark()
-        values, keep = self.selector.select(step, cap, logits, targets, losses, batch["seq_ids"],
-                                            input_ids=input_ids, model=engine.module)
+        values, keep, value_norm = self.selector.select(
+            step, cap, logits, targets, losses, batch["seq_ids"], input_ids=input_ids,
+            model=engine.module)
         clock.mark()
         n_tokens = (targets != -100).sum(1)
         loss, stats = masked_loss(losses, n_tokens, keep, self.comm)
@@ -156,5 +158,5 @@ class StepRunner:
             out.grad_norm = float(torch.nn.utils.get_total_norm(grads))
         engine.step()
         clock.mark()
-        return Micro(batch["seq_ids"], values, keep, losses.detach(), stats, clock,
+        return Micro(batch["seq_ids"], values, value_norm, keep, losses.detach(), stats, clock,
                      int(n_tokens.sum()))

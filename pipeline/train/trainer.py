@@ -113,7 +113,7 @@ class Trainer:
         steps in a row."""
         result = self.runner.step(self.counters.step + 1)
         for m in result.micros:
-            self.ledger.append(result.step, m.seq_ids, m.values, m.keep, m.losses)
+            self.ledger.append(result.step, m.seq_ids, m.values, m.keep, m.losses, m.value_norm)
         c, t = self.counters, self.cfg.train
         c.step, c.tokens = result.step, c.tokens + result.tokens
         if not result.skipped:
