@@ -186,8 +186,10 @@ def test_zero0_trains_with_lai_logs_and_ledger(data_dir, tmp_path):
 # ---------------------------------------------------------------- resume
 
 def test_zero2_resume_equals_straight_run(data_dir, tmp_path):
-    # constant LR: a shorter run shares the schedule; bf16: ZeRO 2 with the bf16 optimizer
-    const = ["train.zero_stage=2", "train.schedule=constant", "train.precision=bf16"]
+    # constant LR: a shorter run shares the schedule; bf16: ZeRO 2 with the bf16 optimizer;
+    # normalised values with memory across epochs: the memory is state that must survive too
+    const = ["train.zero_stage=2", "train.schedule=constant", "train.precision=bf16",
+             "lai.normalize=zscore", "lai.threshold=-0.5", "lai.memory_weight=1.0"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(data_dir, straight, *const)
     train(data_dir, split, *const, f"train.steps={N}")

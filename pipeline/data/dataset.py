@@ -133,6 +133,20 @@ class PackedDataset:
                         p.offset, p.length) for p in pieces]
 
     @property
+    def num_docs(self) -> list[int]:
+        """Documents of each source (this split), in source order."""
+        return [st.num_docs for st in self.streams]
+
+    def document_keys(self, seq_id: int) -> list[tuple[int, int, int]]:
+        """(source index, document index within the source, tokens) of each document run of
+        sample `seq_id`: a document's identity across epochs (pipeline.lai.memory)."""
+        out = []
+        for span in self.locate(seq_id):
+            i, j = self._shard_index[(span.source, span.shard)]
+            out.append((i, int(self.streams[i].shard_first_doc[j]) + span.doc, span.num_tokens))
+        return out
+
+    @property
     def vocab_size(self) -> int:
         return self.tokenizer.vocab_size
 

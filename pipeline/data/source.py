@@ -80,7 +80,7 @@ class SourceStream:
             self.readers.append(r)
         self._doc_start = np.concatenate(starts)   # int64 [num_docs] first token in its shard
         self._doc_len = np.concatenate(lengths)    # int64 [num_docs]
-        self._shard_first_doc = np.asarray(first, dtype=np.int64)
+        self.shard_first_doc = np.asarray(first, dtype=np.int64)  # source-wide doc index
         self.num_docs = len(self._doc_len)
         self.num_tokens = int(self._doc_len.sum())
         self.num_samples = (self.num_tokens - 1) // seq_len if self.num_tokens else 0
@@ -115,9 +115,9 @@ class SourceStream:
             doc, end = int(ep.doc_order[j]), int(ep.doc_end[j])
             n = min(need, end - pos)
             if n > 0:
-                shard = int(np.searchsorted(self._shard_first_doc, doc, side="right")) - 1
+                shard = int(np.searchsorted(self.shard_first_doc, doc, side="right")) - 1
                 offset = pos - (end - int(self._doc_len[doc]))
-                out.append(Piece(shard, doc - int(self._shard_first_doc[shard]), offset, n,
+                out.append(Piece(shard, doc - int(self.shard_first_doc[shard]), offset, n,
                                  int(self._doc_start[doc]) + offset))
             need -= n
             pos += n

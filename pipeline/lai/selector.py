@@ -25,6 +25,7 @@ from pipeline.comm import Comm
 
 from .baselines import FILTERS, FilterInput
 from .capture import LayerInputCapture
+from .memory import DocumentMemory, Documents
 from .normalize import normalize
 from .policy import FilterPolicy
 from .scorer import LAIScorer
@@ -44,10 +45,16 @@ class Selector:
     per rank): the cached val reference and the step it was computed at."""
 
     def __init__(self, settings: LAISettings, seed: int, comm: Comm | None = None,
-                 val_batches: Batches | None = None):
-        """`comm`: the data-parallel ranks (default: torch.distributed's default group, if any)."""
+                 val_batches: Batches | None = None, documents: Documents | None = None):
+        """`comm`: the data-parallel ranks (default: torch.distributed's default group, if any);
+        `documents`: the training data, for lai.memory_weight (its memory is `self.memory`)."""
         s = self.settings = settings
-        self.seed, self.val_batches = seed, val_batches
+        self.seed, self.val_batches, self.documents = seed, val_batches, documents
+        self.memory = None
+        if s.memory_weight > 0:
+            if documents is None:
+                raise ValueError("lai.memory_weight: the selector needs the training documents")
+            self.memory = DocumentMemory(documents.num_docs, s.memory_decay)
         self.comm = comm or Comm.resolve()
         self.scorer = LAIScorer.from_settings(s, seed) if s.enabled else None
         self.filter = FILTERS[s.filter]
@@ -86,6 +93,8 @@ class Selector:
                                                values, self.comm), self.settings, self.seed)
         if self.filter.needs_lai and self.settings.normalize != "none":
             score = normalize(score, self.settings.normalize, self.comm)
+        if self.memory is not None and step > self.settings.warmup_steps:
+            score = self._remember(seq_ids, score)
         if score is None:
             keep = torch.ones_like(losses, dtype=torch.bool)
         else:
@@ -98,6 +107,18 @@ class Selector:
             values = torch.full_like(losses, float("nan"), dtype=torch.float64)
         values = values.detach()
         return Selection(values, keep, normalize(values, "zscore", self.comm))
+
+    def _remember(self, seq_ids: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+        """score + memory_weight * the documents' remembered scores, then this step's scores
+        remembered; over the whole global micro-batch, so the memory is the same on every
+        rank (pipeline.lai.memory)."""
+        id_parts = self.comm.gather(seq_ids.detach().cpu())
+        ids, scores = torch.cat(id_parts), torch.cat(self.comm.gather(score.detach().cpu()))
+        keys = [self.documents.document_keys(int(i)) for i in ids]
+        combined = scores.to(torch.float64) + self.settings.memory_weight * self.memory.prior(keys)
+        self.memory.observe(keys, scores)
+        offset = sum(p.numel() for p in id_parts[:self.comm.rank])
+        return combined[offset:offset + seq_ids.numel()].to(score.device)
 
     def state_dict(self) -> dict:
         return {"scorer": self.scorer.state_dict() if self.scorer is not None else None,

@@ -45,6 +45,9 @@ class LAISettings:
                                        # pipeline.lai.normalize)
     threshold: float = 0.0             # value <= threshold -> excluded (the normalised value
                                        # when lai.normalize is set: e.g. zscore and -1.0)
+    memory_weight: float = 0.0         # > 0: memory across epochs (pipeline.lai.memory): the
+                                       # score adds this times the document's remembered score
+    memory_decay: float = 0.5          # memory: weight of the older observations per new one
     warmup_steps: int = 0              # no filtering before this step
     max_exclude_frac: float = DEFAULT_MAX_EXCLUDE_FRAC   # cap on the excluded fraction of each
                                        # global micro-batch, in [0, 1] (never all of it)
@@ -110,6 +113,12 @@ def check(s: LAISettings) -> None:
     elif s.sketch_dim is not None:
         PAIRINGS[s.pairing].split(s.sketch_dim)          # ValueError naming lai.sketch_dim
     check_policy(s.threshold, s.warmup_steps, s.max_exclude_frac)
+    _need(isinstance(s.memory_weight, (int, float)) and math.isfinite(s.memory_weight)
+          and s.memory_weight >= 0, "memory_weight", f"must be a finite number >= 0, got "
+          f"{s.memory_weight!r}")
+    _need(s.memory_weight == 0 or (s.filter == "lai" and s.normalize != "none"), "memory_weight",
+          "remembers normalised LAI scores: needs lai.filter=lai and lai.normalize=zscore|rank")
+    _need(0 <= s.memory_decay < 1, "memory_decay", f"must be in [0, 1), got {s.memory_decay}")
     _need(0 <= s.baseline_rate < 1, "baseline_rate", f"must be in [0, 1), got {s.baseline_rate}")
     _need(not FILTERS[s.filter].uses_rate or s.baseline_rate <= s.max_exclude_frac,
           "baseline_rate", f"{s.baseline_rate} exceeds lai.max_exclude_frac "

@@ -51,7 +51,8 @@ class Trainer:
                             self.data.train.fingerprint)
         self.parts = build_engine(cfg, info, self.data, self.comm)
         self.selector = Selector(cfg.lai, cfg.run.seed, self.comm,
-                                 val_batches=lambda: self.data.val_batches(cfg.lai.val_batches))
+                                 val_batches=lambda: self.data.val_batches(cfg.lai.val_batches),
+                                 documents=self.data.train)
         self.ledger = Ledger(self.run_dir, info.rank, chunk_rows=cfg.log.ledger_chunk_rows)
         self.counters = Counters()
         self.state = self._register()
@@ -72,6 +73,8 @@ class Trainer:
         state.register("counters", self.counters)
         state.register("loader", self.data.loader)
         state.register("lai", self.selector, per_rank=True)
+        if self.selector.memory is not None:      # identical on every rank: saved once
+            state.register("lai_memory", self.selector.memory, optional=True)
         state.register("ledger", self.ledger, per_rank=True)
         state.register("rng", RNGState(), per_rank=True)
         return state
