@@ -120,6 +120,8 @@ ZERO3_PARAMS = textwrap.dedent("""
     import deepspeed, torch.distributed as dist
     from transformers import GPT2Config, GPT2LMHeadModel
     from pipeline.train.flops import matmul_params
+    from pipeline.train.runtime import skip_cpu_shm_op
+    skip_cpu_shm_op()
     dist.init_process_group("gloo", init_method="file://" + sys.argv[1], rank=0, world_size=1)
     cfg = GPT2Config(vocab_size=96, n_positions=32, n_embd=32, n_layer=2, n_head=4,
                      bos_token_id=1, eos_token_id=2)

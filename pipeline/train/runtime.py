@@ -32,6 +32,16 @@ class DistInfo:
         return self.rank == 0
 
 
+def skip_cpu_shm_op() -> None:
+    """DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce kernel (~30 s, and a wait
+    without end on the build lock a killed compile leaves behind) that only its inference
+    all-reduce uses; training talks gloo, so mark the op unavailable. Call before DeepSpeed
+    initialises its comm backend (deepspeed.init_distributed, zero.Init)."""
+    import deepspeed
+    from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
+    deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
+
+
 def init(local_rank: int | None = None) -> DistInfo:
     """Initialise torch.distributed through DeepSpeed (a no-op if already initialised) and pick
     this rank's device. `local_rank`: from `--local_rank` (deepspeed launcher) or LOCAL_RANK."""
@@ -43,10 +53,7 @@ def init(local_rank: int | None = None) -> DistInfo:
     if cuda:
         torch.cuda.set_device(local_rank)
     else:
-        # DeepSpeed's CPU backend JIT-compiles a shared-memory all-reduce kernel (~30 s) that only
-        # its inference all-reduce uses; training talks gloo, so mark the op unavailable.
-        from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder
-        deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
+        skip_cpu_shm_op()
     if "RANK" not in os.environ:              # plain `python -m pipeline.train`: world of one
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK=str(local_rank),
                           MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"),
