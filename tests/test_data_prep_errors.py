@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 
 import pytest
 
 from pipeline.format.manifest import load_manifest
 from test_data_prep import (VOCAB, _hf_tokenizer, make_docs, prep, prep_cli, read_docs,  # noqa: F401
                             spm_model, write_text_dir)
+
+
+DOUBLED_WORD = re.compile(r"\b(\w+) \1\b")     # "at at column": a message glitch
 
 
 def fails(capsys, *args) -> str:
@@ -21,6 +25,7 @@ def fails(capsys, *args) -> str:
     assert e.value.code == 2, err
     lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
     assert len(lines) == 1 and "Traceback" not in err, err
+    assert not DOUBLED_WORD.search(lines[0]), lines[0]
     return lines[0]
 
 
@@ -68,6 +73,7 @@ def test_unreadable_parquet_and_missing_column(tmp_path, capsys):
     ('{"text": "ok"}\n{"body": "x", "id": 1}\n', "d.jsonl:2: missing text field 'text' (fields: body, id)"),
     ('{"text": 5}\n', "d.jsonl:1: text field 'text' is int, not a string"),
     ('["not an object"]\n', "d.jsonl:1: expected a JSON object, got list"),
+    ('{"text": "no end', "d.jsonl:1: invalid JSON (Unterminated string starting at column 10)"),
 ])
 def test_bad_jsonl(tmp_path, capsys, spm_model, content, message):
     (tmp_path / "d.jsonl").write_text(content)
