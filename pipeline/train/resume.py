@@ -22,11 +22,11 @@ from pipeline.errors import UserError
 from pipeline.train import checkpoint
 
 # Differences that make a checkpoint unusable (refused); every other difference is noted.
-# run.out_dir / run.resume are where and how, not what: never compared.
+# run.out_dir / run.resume / data.verify are where and how, not what: never compared.
 RESUME_BREAKING = ("model.", "data.", "run.seed", "train.micro_batch", "train.grad_accum",
                    "train.zero_stage", "train.precision", "train.offload_optimizer",
                    "train.offload_params", "world")
-RESUME_IGNORED = ("run.out_dir", "run.resume")
+RESUME_IGNORED = ("run.out_dir", "run.resume", "data.verify")
 
 
 @dataclass
@@ -75,7 +75,8 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 def config_hash(cfg_dict: dict[str, Any]) -> str:
     """sha256 of the fields that must not change across a resume (see RESUME_BREAKING)."""
-    flat = {k: v for k, v in _flatten(cfg_dict).items() if k.startswith(RESUME_BREAKING)}
+    flat = {k: v for k, v in _flatten(cfg_dict).items()
+            if k.startswith(RESUME_BREAKING) and not k.startswith(RESUME_IGNORED)}
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()
 
 

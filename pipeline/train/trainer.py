@@ -28,7 +28,8 @@ from pipeline.train.log import StepLog
 from pipeline.train.metrics import Metrics
 from pipeline.train.resume import Resume, config_hash
 from pipeline.train.runtime import DistInfo, StopFlag, log0, seed_everything, shutdown
-from pipeline.train.setup import build_engine, ds_config, open_data, write_run_files
+from pipeline.train.setup import (build_engine, ds_config, open_data, verify_data,
+                                  write_run_files)
 from pipeline.train.state import Counters, RNGState, TrainState
 from pipeline.train.step import StepResult, StepRunner
 
@@ -46,6 +47,7 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(info.device)   # long-lived process
         seed_everything(cfg.run.seed)
         self.data = open_data(cfg, info)
+        verify_data(cfg, self.run_dir, info, self.comm)
         if info.main:
             write_run_files(cfg, self.run_dir, ds_config(cfg, info.world, info.device.type == "cuda"),
                             self.data.train.fingerprint)
