@@ -75,8 +75,10 @@ def machine() -> str:
 
 
 def write_doc(section: str) -> None:
+    """Replace the section of DOC whose heading is `section`'s first line (or append it)."""
     text = DOC.read_text() if DOC.is_file() else "# Data preparation and loading\n"
-    pattern = re.compile(r"^## Loader\n.*?(?=^## |\Z)", re.S | re.M)
+    heading = re.escape(section.splitlines()[0])
+    pattern = re.compile(rf"^{heading}\n.*?(?=^## |\Z)", re.S | re.M)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
     with atomic_write(DOC, "w") as f:
         f.write(text)

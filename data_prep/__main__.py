@@ -16,6 +16,7 @@ from pathlib import Path
 
 from data_prep.sources import load_source_list, parse_source
 from pipeline.errors import UserError, cli_main
+from pipeline.values import to_bool
 
 SOURCES_HELP = """\
 sources (repeat --source, or list them in --sources FILE.yaml|json):
@@ -44,7 +45,11 @@ def _positive(v: str) -> int:
 
 
 def _bool(v: str) -> bool:
-    return v.lower() in ("1", "true", "yes", "on")
+    """Every boolean spelling of pipeline.values (a bad one: argparse's usage error, exit 2)."""
+    try:
+        return to_bool(v)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _prep_parser(prog: str, partitioned: bool) -> argparse.ArgumentParser:

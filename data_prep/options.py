@@ -75,17 +75,17 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _diff(old: Any, new: Any, path: str = "") -> str | None:
+def changed(old: Any, new: Any, path: str = "") -> str | None:
     """The first difference between two JSON-like values, as 'key: old -> new'."""
     if isinstance(old, dict) and isinstance(new, dict):
         for k in sorted(set(old) | set(new), key=str):
-            d = _diff(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))
+            d = changed(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))
             if d:
                 return d
         return None
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         for i, (a, b) in enumerate(zip(old, new)):
-            d = _diff(a, b, f"{path}[{i}]")
+            d = changed(a, b, f"{path}[{i}]")
             if d:
                 return d
         return None
@@ -93,7 +93,7 @@ def _diff(old: Any, new: Any, path: str = "") -> str | None:
 
 
 def refuse_changed(path: Path, old: dict, new: dict) -> None:
-    raise UserError(f"{path}: the output was made with different arguments ({_diff(old, new)}); re-run with the "
+    raise UserError(f"{path}: the output was made with different arguments ({changed(old, new)}); re-run with the "
                     f"same arguments to resume, pass --force to start over, or use another --out")
 
 

@@ -17,6 +17,7 @@ from pipeline.errors import UserError
 from pipeline.fsutil import sha256_file
 from pipeline.format.indexed import IndexedReader, IndexedWriter, ShardFormatError, bin_path, idx_path
 from pipeline.format.manifest import ShardEntry
+from pipeline.format.verify import ShardCheck
 
 SHARD_RE = re.compile(r"^[A-Za-z0-9_]+-(train|val)-(p\d{5}-)?\d{5}\.(bin|idx)$")
 
@@ -26,9 +27,12 @@ def shard_prefix(source: str, split: str, index: int, part: int | None = None) -
     return f"{source}-{split}-{tag}{index:05d}"
 
 
-def shard_entry(out: Path, source: str, split: str, prefix: str, num_docs: int, num_tokens: int) -> ShardEntry:
-    return ShardEntry(source=source, split=split, prefix=prefix, num_docs=num_docs, num_tokens=num_tokens,
-                      bin_sha256=sha256_file(bin_path(out / prefix)), idx_sha256=sha256_file(idx_path(out / prefix)))
+def shard_entry(out: Path, source: str, split: str, w: IndexedWriter) -> ShardEntry:
+    """The manifest entry of the shard `w` just finalized in `out`."""
+    prefix = w.prefix.name
+    return ShardEntry(source=source, split=split, prefix=prefix, num_docs=w.num_docs, num_tokens=w.num_tokens,
+                      bin_sha256=sha256_file(bin_path(out / prefix)), idx_sha256=sha256_file(idx_path(out / prefix)),
+                      max_id=w.max_id)
 
 
 def shard_intact(out: Path, entry: ShardEntry) -> bool:
@@ -44,18 +48,15 @@ def verify_shard(out: Path, entry: ShardEntry, dtype: str, vocab_size: int) -> N
         r = IndexedReader(out / entry.prefix)
     except ShardFormatError as e:
         raise UserError(str(e)) from None
-    ipath, bpath = idx_path(out / entry.prefix), bin_path(out / entry.prefix)
+    ipath = idx_path(out / entry.prefix)
     if r.dtype.name != dtype:
         raise UserError(f"{ipath}: dtype {r.dtype.name}, manifest says {dtype}")
     if (r.num_docs, r.num_tokens) != (entry.num_docs, entry.num_tokens):
         raise UserError(f"{ipath}: {r.num_docs} documents / {r.num_tokens} tokens, manifest says "
                         f"{entry.num_docs} / {entry.num_tokens}")
-    if sha256_file(ipath) != entry.idx_sha256:
-        raise UserError(f"{ipath}: checksum does not match the manifest")
-    if sha256_file(bpath) != entry.bin_sha256:
-        raise UserError(f"{bpath}: checksum does not match the manifest")
-    if r.num_tokens and int(r.tokens.max()) >= vocab_size:
-        raise UserError(f"{bpath}: token id {int(r.tokens.max())} >= vocab size {vocab_size}")
+    problem = ShardCheck(out, entry, r.dtype, vocab_size).run()
+    if problem:
+        raise UserError(problem)
 
 
 class ShardStreams:
@@ -87,7 +88,7 @@ class ShardStreams:
         w = self._open.pop(key)
         w.finalize()
         self._next[key] += 1
-        self.on_complete(shard_entry(self.out, key[0], key[1], w.prefix.name, w.num_docs, w.num_tokens))
+        self.on_complete(shard_entry(self.out, key[0], key[1], w))
 
     def finish(self, source: str) -> None:
         """Close the open shards of `source` (train before val)."""

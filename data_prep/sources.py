@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 from pipeline.errors import UserError
+from pipeline.values import to_bool
 
 KINDS = ("stdlib", "text", "jsonl", "json", "parquet", "hf")
 TEXT_MODES = ("file", "line", "blank")
@@ -74,12 +75,10 @@ class ReadStats:
 
 
 def _flag(value: str, where: str) -> bool:
-    v = str(value).lower()
-    if v in ("1", "true", "yes", "on"):
-        return True
-    if v in ("0", "false", "no", "off"):
-        return False
-    raise UserError(f"{where}: expected a boolean (1/0/true/false), got {value!r}")
+    try:
+        return to_bool(value)
+    except ValueError as e:
+        raise UserError(f"{where}: {e}") from None
 
 
 def _default_name(kind: str, path: str) -> str:
@@ -299,6 +298,11 @@ def _record_text(rec: Any, field: str, where: str) -> str:
     return value
 
 
+def _json_problem(e: json.JSONDecodeError) -> str:
+    """json's message ready for "at <position>" (some of its messages already end in "at")."""
+    return f"{e.msg.removesuffix(' at')} at"
+
+
 def _jsonl_docs(files: list[Path], field: str, strict: bool, stats: ReadStats) -> Iterator[str]:
     for f in files:
         try:
@@ -311,7 +315,7 @@ def _jsonl_docs(files: list[Path], field: str, strict: bool, stats: ReadStats) -
                     try:
                         rec = json.loads(line)
                     except json.JSONDecodeError as e:
-                        raise UserError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+                        raise UserError(f"{where}: invalid JSON ({_json_problem(e)} column {e.colno})") from None
                     yield _record_text(rec, field, where)
         except (OSError, EOFError) as e:
             raise UserError(f"{f}: cannot read ({getattr(e, 'strerror', None) or e})") from None
@@ -323,7 +327,7 @@ def _json_docs(files: list[Path], field: str, strict: bool, stats: ReadStats) ->
         try:
             records = json.loads(text)
         except json.JSONDecodeError as e:
-            raise UserError(f"{f}: invalid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+            raise UserError(f"{f}: invalid JSON ({_json_problem(e)} line {e.lineno} column {e.colno})") from None
         if not isinstance(records, list):
             raise UserError(f"{f}: expected a JSON array of records, got {type(records).__name__}")
         for i, rec in enumerate(records):

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from data_prep.options import PrepOptions, log, read_optional, refuse_changed
+from data_prep.options import PrepOptions, changed, log, read_optional
 from data_prep.shards import ShardStreams, shard_intact
 from data_prep.sources import ReadStats, SourceSpec, iter_documents
 from data_prep.split import SPLITS, DocSplitter
@@ -25,7 +25,7 @@ from data_prep.tokenize import Progress as Bar, batched, encode_stream
 from data_prep.tokenizer import (install_tokenizer, sample_sentences, tokenizer_entry,
                                  train_sentencepiece, training_sentences)
 from pipeline.errors import UserError
-from pipeline.format.indexed import token_dtype
+from pipeline.format.indexed import bin_path, idx_path, token_dtype
 from pipeline.format.manifest import Manifest, ShardEntry, TokenizerEntry
 from pipeline.format.tokenizer import SPM_FILE, tokenizer_sha256
 from pipeline.fsutil import atomic_write_json
@@ -134,10 +134,11 @@ class Progress:
     args: dict[str, Any]
     shards: list[ShardEntry] = field(default_factory=list)
     sources_done: dict[str, dict] = field(default_factory=dict)
+    failed: bool = False             # the run ended on an error (not killed or interrupted)
 
     def save(self) -> None:
         atomic_write_json(self.path, {"args": self.args, "shards": [asdict(s) for s in self.shards],
-                                      "sources_done": self.sources_done})
+                                      "sources_done": self.sources_done, "failed": self.failed})
 
     def add(self, entry: ShardEntry) -> None:
         self.shards.append(entry)
@@ -146,10 +147,24 @@ class Progress:
 
 def load_progress(path: Path, args: dict, out: Path, extra: list[ShardEntry] | None = None) -> Progress:
     """The saved progress (or `extra`, a broken manifest's shards), keeping per (source, split)
-    only the leading shards that are intact."""
+    only the leading shards that are intact. Progress made with other arguments is dropped (with
+    its shards) when that run failed or completed no shard; a run that was killed after completing
+    shards is refused in one line (its shards resume with its own arguments)."""
     raw = read_optional(path)
     if raw is not None and raw.get("args") != args:
-        refuse_changed(path, raw.get("args", {}), args)
+        old = [ShardEntry(**s) for s in raw.get("shards", [])]
+        diff = changed(raw.get("args", {}), args)
+        if old and not raw.get("failed"):
+            raise UserError(f"{path}: {len(old)} shard(s) of an interrupted run made with other "
+                            f"arguments ({diff}) would be lost; re-run with its arguments to resume "
+                            "it, pass --force to start over, or use another --out")
+        for e in old:
+            for f in (bin_path(out / e.prefix), idx_path(out / e.prefix)):
+                f.unlink(missing_ok=True)
+        log(f"lai-prep: {path}: the earlier run {'failed' if raw.get('failed') else 'completed no shard'}"
+            f" with other arguments ({diff}); starting over")
+        path.unlink()
+        raw = None
     run = Progress(path, args)
     if raw is None and not extra:
         return run
@@ -252,7 +267,10 @@ def tokenize_all(opts: PrepOptions, run: Progress, entry: TokenizerEntry, dtype:
                 check_nonempty(spec, stats)
             run.sources_done[spec.name] = asdict(stats)
             run.save()
-    except BaseException:
+    except BaseException as e:
         streams.discard()
+        if isinstance(e, Exception):          # an error, not a kill or Ctrl-C: see load_progress
+            run.failed = True
+            run.save()
         raise
     return run.sources_done

@@ -149,8 +149,16 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( threads > 0 ? threads : 1 ))}"
 export PYTHONPATH="$LAI_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 echo "launch: $desc, OMP_NUM_THREADS=$OMP_NUM_THREADS, master $master_addr:$master_port"
 
-# The launcher processes ignore SIGUSR1, so a USR1 sent to the whole step / process group (Slurm's
-# preemption warning, or `kill -USR1 -- -PGID`) reaches only the trainers, whose handler saves a
-# checkpoint and exits 75. The trainers install their own handler, which replaces the inherited ignore.
+# Stop signals sent to the whole step / process group must reach only the trainers, whose handler
+# saves a checkpoint and exits 75; the launcher processes wait for them and pass the 75 on.
+# - SIGUSR1 (Slurm's preemption warning, `kill -USR1 -- -PGID`): the launcher processes ignore it;
+#   the trainers' own handler replaces the inherited ignore.
+# - SIGTERM (a time limit, `kill -TERM -- -PGID`, Slurm's TERM to every process of the step): the
+#   deepspeed launcher installs a TERM handler of its own (terminate the ranks, SIGKILL them 30 s
+#   later, exit at once, leaving the master port taken), which would replace an ignore. So TERM is
+#   blocked instead, for the launcher and the ranks it starts; each trainer unblocks it once its
+#   handler is in place (a TERM that came during start-up is delivered then).
 trap '' USR1
-exec "$deepspeed" "${ds_args[@]}" --module pipeline.train "$config" "$@"
+exec "$python" -c 'import os, signal, sys
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+os.execv(sys.argv[1], sys.argv[1:])' "$deepspeed" "${ds_args[@]}" --module pipeline.train "$config" "$@"

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from data_prep.shards import shard_entry
 from pipeline.fsutil import atomic_write, sha256_file
-from pipeline.format.indexed import IndexedWriter, bin_path, idx_path, token_dtype
+from pipeline.format.indexed import IndexedWriter, token_dtype
 from pipeline.format.manifest import Manifest, ShardEntry, TokenizerEntry
 
 EOS = 2
@@ -34,9 +35,7 @@ def _write_shards(out: Path, source: str, split: str, docs, docs_per_shard: int,
         with IndexedWriter(out / prefix, dtype) as w:
             for d in docs[first: first + docs_per_shard]:
                 w.add_document(d)
-        entries.append(ShardEntry(source=source, split=split, prefix=prefix, num_docs=w.num_docs,
-                                  num_tokens=w.num_tokens, bin_sha256=sha256_file(bin_path(out / prefix)),
-                                  idx_sha256=sha256_file(idx_path(out / prefix))))
+        entries.append(shard_entry(out, source, split, w))
     return entries
 
 

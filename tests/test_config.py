@@ -74,8 +74,17 @@ def test_overrides_are_typed(data_dir):
     ("train=3", "unknown key 'train'"),
     ("train.steps=3.5", "train.steps: expected int, got 3.5"),
     ("train.steps=many", "train.steps: expected int, got 'many'"),
-    ("lai.enabled=maybe", "lai.enabled: expected bool, got 'maybe'"),
-    ("train.lr=fast", "train.lr: expected float, got 'fast'"),
+    ("lai.enabled=maybe", "lai.enabled: expected a boolean (true/false, yes/no, on/off, 1/0), "
+                          "got 'maybe'"),
+    ("lai.enabled=2", "lai.enabled: expected a boolean"),
+    ("train.lr=fast", "train.lr: expected a number, got 'fast'"),
+    ("train.lr=true", "train.lr: expected a number, got True"),
+    ("train.lr=.inf", "train.lr: expected a finite number, got inf"),
+    ("train.lr=1e999", "train.lr: expected a finite number, got '1e999'"),
+    ("train.lr=nan", "train.lr: expected a finite number, got 'nan'"),
+    ("lai.threshold=-.inf", "lai.threshold: expected a finite number, got -inf"),
+    ("run.time_limit_s=.nan", "run.time_limit_s: expected a finite number, got nan"),
+    ("data.sources=[{path: x, weight: .inf}]", "data.sources[0].weight: expected a finite number"),
     ("data.sources=3", "data.sources: expected list"),
     ("data.sources=[{path: x, wieght: 2}]", "unknown key 'data.sources[0].wieght'"),
     ("train.steps", "expected dotted.key=value"),
@@ -84,6 +93,40 @@ def test_bad_overrides_name_the_field(override, message):
     with pytest.raises(UserError, match=None) as e:
         load_config(ROOT / "configs" / "tiny_cpu.yaml", [override])
     assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_booleans_and_floats_read_alike_in_yaml_and_overrides(tmp_path):
+    """One set of boolean spellings (pipeline.values) and numeric strings for floats: YAML 1.1
+    reads `1e-3` as a string, which a float field takes as the number it is."""
+    for text, want in (("1", True), ("0", False), ("yes", True), ("No", False), ("ON", True),
+                       ("off", False), ("true", True), ("False", False)):
+        assert load_config(None, [f"lai.include_self={text}"]).lai.include_self is want, text
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  lr: 1e-3\n  min_lr: '2.5e-4'\n  eps: 1\nlai:\n  enabled: 0\n"
+                 "  filter: none\n  include_self: 'yes'\n")
+    cfg = load_config(p)
+    assert (cfg.train.lr, cfg.train.min_lr, cfg.train.eps) == (1e-3, 2.5e-4, 1.0)
+    assert type(cfg.train.eps) is float
+    assert cfg.lai.enabled is False and cfg.lai.include_self is True
+    p.write_text("train:\n  lr: .inf\n")
+    with pytest.raises(UserError, match=r"c.yaml: train.lr: expected a finite number, got inf"):
+        load_config(p)
+
+
+def test_lai_prep_reads_booleans_the_same_way():
+    from data_prep.__main__ import _prep_parser
+    from data_prep.sources import parse_source
+    parser = _prep_parser("lai-prep", partitioned=False)
+    a = parser.parse_args(["--out", "x", "--byte-fallback", "off", "--progress", "Yes"])
+    assert a.byte_fallback is False and a.progress is True
+    assert parse_source("stdlib,tests=ON").tests is True
+    assert parse_source("hf:x:train,streaming=false").streaming is False
+    with pytest.raises(UserError, match=r"--source stdlib,tests=maybe: tests: expected a boolean "
+                                        r".*got 'maybe'"):
+        parse_source("stdlib,tests=maybe")
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["--out", "x", "--progress", "maybe"])
+    assert e.value.code == 2
 
 
 def test_bad_yaml_names_file_and_key(tmp_path):
@@ -204,6 +247,7 @@ def test_lr_schedules():
     (["train.global_batch=100"], "train.global_batch:"),
     (["lai.sketch_dim=2"], "lai.sketch_dim: must be an int >= 4, got 2"),
     (["lai.method=exact", "lai.sketch_dim=1024"], "lai.sketch_dim: 1024 is only used by"),
+    (["train.lr=.inf"], "train.lr: expected a finite number, got inf"),     # was: a NaN model
 ])
 def test_cli_fails_fast_with_one_line(data_dir, args, field):
     p = subprocess.run([sys.executable, "-m", "pipeline.train",

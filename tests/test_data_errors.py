@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import re
 
+import numpy as np
 import pytest
 
 from datagen import make_data_dir, random_docs
@@ -67,3 +69,73 @@ def test_bad_weights_and_arguments(good):
 
 def test_same_shards_twice_are_ambiguous(good):
     expect("also in", [(good, 1.0), (good, 2.0)])
+
+
+# ---------------------------------------------------------------- token ids and changed bytes
+
+def _with_bad_token(docs, doc: int, token: int):
+    docs = [d.copy() for d in docs]
+    docs[doc][3] = token
+    return docs
+
+
+def _drop_max_id(data_dir) -> None:
+    """The manifest as an older lai-prep wrote it (no max_id per shard)."""
+    m = json.loads((data_dir / "manifest.json").read_text())
+    for s in m["shards"]:
+        del s["max_id"]
+    (data_dir / "manifest.json").write_text(json.dumps(m))
+
+
+def test_token_id_beyond_the_vocab_is_refused_when_the_shard_opens(tmp_path):
+    docs = _with_bad_token(random_docs(30, seed=1, min_len=8), doc=17, token=600)
+    d = make_data_dir(tmp_path / "d", docs, vocab_size=512, source="bad", docs_per_shard=10)
+    assert json.loads((d / "manifest.json").read_text())["shards"][1]["max_id"] == 600
+    expect(f"{d / 'bad-train-00001.bin'}: document 7: token id 600 >= vocab size 512 ",
+           [(d, 1.0)])
+
+
+def test_token_id_beyond_the_vocab_is_caught_in_the_batch(tmp_path):
+    """An older manifest without max_id: the loader's per-batch check names shard and document
+    before the batch reaches a model (negative ids in an int32 shard too)."""
+    for vocab, token, what in ((512, 513, ">= vocab size 512"), (70000, -5, "is negative")):
+        docs = [_with_bad_token([d], 0, token)[0] for d in random_docs(20, seed=2, min_len=8)]
+        d = make_data_dir(tmp_path / f"v{vocab}", docs, vocab_size=vocab, docs_per_shard=10)
+        _drop_max_id(d)
+        ds = PackedDataset([(d, 1.0)], 8)
+        loader = RankLoader(ds, 2, rank=1, world=2)
+        with pytest.raises(UserError) as e:
+            loader.next_batch()
+        msg = str(e.value)
+        m = re.match(rf"{d}/(synthetic-train-0000[01]).bin: document (\d+): token id {token} {what} ", msg)
+        assert m and "\n" not in msg, msg
+        shard, doc = m.group(1), int(m.group(2))
+        assert token in ds.document_tokens("synthetic", shard, doc)
+        assert loader.samples_consumed == 0          # nothing was handed out
+
+
+def test_shard_check_finds_changed_bytes_and_ids_beyond_the_vocab(good):
+    from pipeline.format.manifest import load_manifest
+    from pipeline.format.verify import ShardCheck
+    from pipeline.fsutil import sha256_file
+    m = load_manifest(good)
+    check = ShardCheck(good, m.shards[1], np.dtype(m.dtype), m.tokenizer.vocab_size)
+    assert check.run() is None
+    seen = []
+    assert ShardCheck(good, m.shards[1], np.dtype(m.dtype), 100).run(seen.append).startswith(
+        f"{good / 'good-train-00001.bin'}: document ")                 # ids up to 511 > 100
+    assert sum(seen) == check.nbytes
+    path = good / "good-train-00001.bin"
+    tokens = np.fromfile(path, dtype=m.dtype)
+    tokens[10:110] = 7                                                 # same size, other ids
+    tokens.tofile(path)
+    assert check.run() == (f"{path}: checksum does not match the manifest (its bytes changed "
+                           "since lai-prep wrote it)")
+    stamp = check.stamp()
+    # the same change with the checksum updated, and an id past the vocabulary
+    tokens[::50] = 999
+    tokens.tofile(path)
+    m.shards[1].bin_sha256 = sha256_file(path)
+    got = ShardCheck(good, m.shards[1], np.dtype(m.dtype), 512).run()
+    assert got.startswith(f"{path}: document 0: token id 999 >= vocab size 512 "), got
+    assert check.stamp() != stamp                                      # the mtime moved

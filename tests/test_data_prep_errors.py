@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 
 import pytest
 
 from pipeline.format.manifest import load_manifest
 from test_data_prep import (VOCAB, _hf_tokenizer, make_docs, prep, prep_cli, read_docs,  # noqa: F401
                             spm_model, write_text_dir)
+
+
+DOUBLED_WORD = re.compile(r"\b(\w+) \1\b")     # "at at column": a message glitch
 
 
 def fails(capsys, *args) -> str:
@@ -21,6 +25,7 @@ def fails(capsys, *args) -> str:
     assert e.value.code == 2, err
     lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
     assert len(lines) == 1 and "Traceback" not in err, err
+    assert not DOUBLED_WORD.search(lines[0]), lines[0]
     return lines[0]
 
 
@@ -68,6 +73,7 @@ def test_unreadable_parquet_and_missing_column(tmp_path, capsys):
     ('{"text": "ok"}\n{"body": "x", "id": 1}\n', "d.jsonl:2: missing text field 'text' (fields: body, id)"),
     ('{"text": 5}\n', "d.jsonl:1: text field 'text' is int, not a string"),
     ('["not an object"]\n', "d.jsonl:1: expected a JSON object, got list"),
+    ('{"text": "no end', "d.jsonl:1: invalid JSON (Unterminated string starting at column 10)"),
 ])
 def test_bad_jsonl(tmp_path, capsys, spm_model, content, message):
     (tmp_path / "d.jsonl").write_text(content)
@@ -217,3 +223,45 @@ def test_partitioned_mode_misuse(tmp_path, capsys):
     assert "--part: must be in [0, --num-parts) = [0, 2), got 2" in fails(
         capsys, *src, "--out", tmp_path / "o", "--num-parts", 2, "--part", 2)
     assert "no manifest" in fails(capsys, "verify", tmp_path / "o")
+
+
+def test_rerun_with_corrected_arguments_after_a_failure_starts_over(tmp_path, capsys, spm_model):
+    """A prep that failed leaves progress.json; the corrected command (other arguments) starts
+    over, removing the failed run's shards, instead of asking for --force."""
+    docs = make_docs(1200, seed=8)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs) + "{oops\n")
+    out = tmp_path / "out"
+    common = ["--out", out, "--tokenizer", f"spm:{spm_model}", "--shard-tokens", 3000, "--workers", 1]
+    assert "bad.jsonl:1201: invalid JSON" in fails(capsys, "--source", f"jsonl:{bad}", *common)
+    progress = json.loads((out / "progress.json").read_text())
+    assert progress["failed"] is True and len(progress["shards"]) >= 2
+    good = tmp_path / "good.jsonl"
+    good.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    prep("--source", f"jsonl:{good}", *common)
+    err = capsys.readouterr().err
+    assert f"lai-prep: {out / 'progress.json'}: the earlier run failed with other arguments (" in err
+    assert "); starting over" in err
+    assert load_manifest(out).shards and not (out / "progress.json").exists()
+    assert not list(out.glob("bad-*")) and list(out.glob("good-train-*.bin"))
+
+
+def test_rerun_with_other_arguments_after_a_kill_says_why_not(tmp_path, capsys, spm_model):
+    """A run killed after completing shards: other arguments would lose them, so one line says
+    so; the same arguments resume it."""
+    from dataclasses import asdict
+    src = write_text_dir(tmp_path / "c", make_docs(60, seed=3))
+    out = tmp_path / "out"
+    args = ["--source", f"text:{src}", "--out", out, "--tokenizer", f"spm:{spm_model}", "--shard-tokens"]
+    prep(*args, 300)
+    m = load_manifest(out)
+    assert len(m.shards) >= 3
+    (out / "progress.json").write_text(json.dumps(          # as a kill after two shards leaves it
+        {"args": m.args, "shards": [asdict(s) for s in m.shards[:2]], "sources_done": {}}))
+    (out / "manifest.json").unlink()
+    assert fails(capsys, *args, 400) == (
+        f"error: {out / 'progress.json'}: 2 shard(s) of an interrupted run made with other "
+        "arguments (shard_tokens: 300 -> 400) would be lost; re-run with its arguments to resume "
+        "it, pass --force to start over, or use another --out")
+    prep(*args, 300)
+    assert load_manifest(out).shards == m.shards

@@ -1,7 +1,8 @@
 """The project's Slurm scripts on a real two-node Slurm cluster (two slurmd daemons on this machine):
 data prep as tokenizer -> array -> merge jobs, training on 2 nodes x 1 CPU rank, and preemption
-(USR1 -> checkpoint -> exit 75 -> requeue -> resume) ending with the same losses as an uninterrupted
-run. Needs root (and apt-get if Slurm is not installed); skipped with the reason otherwise."""
+(USR1 to the batch script, or TERM to the job step as a time limit sends it -> checkpoint -> exit
+75 -> requeue -> resume) ending with the same losses as an uninterrupted run. Needs root (and
+apt-get if Slurm is not installed); skipped with the reason otherwise."""
 from __future__ import annotations
 
 import json
@@ -150,10 +151,14 @@ def test_train_on_two_nodes(cluster, work, reference):
     assert (out / "final").is_dir()
 
 
+@pytest.mark.parametrize("sig", ["USR1", "TERM"])
 def test_preemption_saves_requeues_and_resumes_to_the_same_loss(cluster, work, prepared,
-                                                                 reference):
+                                                                 reference, sig):
+    """USR1 to the batch script (the --signal=B:USR1 warning, forwarded to the ranks), or TERM
+    to every process of the job step, launchers included (what the time limit sends, KillWait
+    before its SIGKILL): the ranks save, exit 75, the job requeues and resumes."""
     data, _ = prepared
-    out = work / "run-preempted"
+    out = work / f"run-{sig}"
     job = cluster.sbatch([str(LAUNCH / "slurm_train.sbatch"), *train_args(data, out)], cwd=work,
                          env=job_env(work))
 
@@ -167,14 +172,15 @@ def test_preemption_saves_requeues_and_resumes_to_the_same_loss(cluster, work, p
         assert rec["JobState"] in ("PENDING", "RUNNING"), show(cluster, job)
         assert time.monotonic() < deadline, show(cluster, job)
         time.sleep(0.3)
-    cluster.scancel("--signal=USR1", "--batch", str(job))
+    cluster.scancel(f"--signal={sig}", *(["--batch"] if sig == "USR1" else []), str(job))
 
     rec = cluster.wait(job, timeout=300)[0]
     assert rec["JobState"] == "COMPLETED" and rec["ExitCode"] == "0:0", show(cluster, job)
     assert rec["Restarts"] == "1", show(cluster, job)
     text = Path(rec["StdOut"]).read_text()         # --open-mode=append: both runs in one log
-    assert "USR1 received: asking the trainers to save a checkpoint and stop" in text
-    m = re.search(r"stopped by SIGUSR1 at step (\d+)", text)
+    if sig == "USR1":
+        assert "USR1 received: asking the trainers to save a checkpoint and stop" in text
+    m = re.search(rf"stopped by SIG{sig} at step (\d+)", text)
     assert m, show(cluster, job)
     stopped_at = int(m.group(1))
     assert 3 <= stopped_at < STEPS

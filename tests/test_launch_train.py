@@ -1,12 +1,17 @@
-"""launch/train.sh end to end: a real 2-rank CPU DeepSpeed run through the script, then the same run
-continued through the hostfile (no-SSH) path with a hostfile that lists localhost."""
+"""launch/train.sh end to end: a real 2-rank CPU DeepSpeed run through the script, stopped by
+SIGTERM to its whole process group (what a time limit sends): the ranks save and exit 75 and the
+launcher waits for them; then at once, on the same master port, the run continues through the
+hostfile (no-SSH) path with a hostfile that lists localhost."""
 from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import subprocess
 from pathlib import Path
 
+import psutil
 import pytest
 
 from datagen import make_data_dir, random_docs
@@ -14,6 +19,7 @@ from pipeline.comm import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_SH = REPO / "launch" / "train.sh"
+STEPS = 30
 
 
 def tiny_overrides(data: Path, out: Path, steps: int) -> list[str]:
@@ -21,16 +27,20 @@ def tiny_overrides(data: Path, out: Path, steps: int) -> list[str]:
     return [f"data.sources=[{{path: {data}, weight: 1.0}}]", "data.seq_len=32",
             "model.n_layer=2", "model.hidden=64", "model.n_head=2", "train.micro_batch=2",
             f"train.steps={steps}", "train.warmup_steps=1", "train.eval_every=0",
-            "lai.warmup_steps=0", "log.every=1", "log.histogram_every=0", "run.save_every=2",
+            "lai.warmup_steps=0", "log.every=1", "log.histogram_every=0", "run.save_every=0",
             f"run.out_dir={out}"]
 
 
-def launch(*args, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run launch/train.sh on CPU ranks (CUDA_VISIBLE_DEVICES="" hides any GPU)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port()),
+def launch_env(port: int | None = None) -> dict[str, str]:
+    """CPU ranks (CUDA_VISIBLE_DEVICES="" hides any GPU), outside any Slurm job."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(port or free_port()),
            "CUDA_VISIBLE_DEVICES": ""}
-    env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
-    return subprocess.run([str(TRAIN_SH), *map(str, args)], cwd=REPO, env=env,
+    return {k: v for k, v in env.items() if not k.startswith("SLURM_")}
+
+
+def launch(*args, port: int | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run launch/train.sh to its end."""
+    return subprocess.run([str(TRAIN_SH), *map(str, args)], cwd=REPO, env=launch_env(port),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -42,27 +52,57 @@ def tb_steps(run: Path, tag: str = "train/loss") -> dict[int, float]:
     return {e.step: e.value for e in acc.Scalars(tag)}
 
 
+def group_members(pgid: int) -> list[int]:
+    members = []
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) == pgid:
+                members.append(p.pid)
+        except (ProcessLookupError, psutil.Error):
+            pass
+    return members
+
+
 @pytest.mark.slow
-def test_train_sh_two_cpu_ranks_then_hostfile_resume(tmp_path):
+def test_train_sh_sigterm_to_the_group_saves_then_hostfile_resume(tmp_path):
     data = make_data_dir(tmp_path / "data", random_docs(200, 512, min_len=8, max_len=64))
     run = tmp_path / "run"
     config = REPO / "configs" / "tiny_cpu.yaml"
+    port = free_port()
 
-    # 1) single node: two CPU ranks detected by the script (no GPU here), 2 steps
-    p = launch(config, *tiny_overrides(data, run, steps=2))
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert "launch: 2 CPU rank(s) (no GPU found), OMP_NUM_THREADS=1" in p.stdout
+    # 1) single node: two CPU ranks detected by the script (no GPU here), in a session of its own;
+    #    at step 3, SIGTERM to the whole process group (launcher processes and ranks alike)
+    proc = subprocess.Popen([str(TRAIN_SH), str(config), *tiny_overrides(data, run, STEPS)],
+                            cwd=REPO, env=launch_env(port), start_new_session=True, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if f"step 3/{STEPS} " in line:
+            os.killpg(proc.pid, signal.SIGTERM)
+            break
+    seen += proc.stdout.readlines()
+    rc = proc.wait(timeout=120)
+    out = "".join(seen)
+    assert rc == 75, out[-3000:]                        # the ranks' exit code, passed on
+    assert "launch: 2 CPU rank(s) (no GPU found), OMP_NUM_THREADS=1" in out
+    stopped = int(re.search(r"stopped by SIGTERM at step (\d+);", out).group(1))
+    assert 3 <= stopped < STEPS
+    from pipeline.train import checkpoint
+    assert checkpoint.latest(run) == run / "checkpoints" / f"step_{stopped:08d}"
+    assert checkpoint.damage(checkpoint.latest(run)) is None
+    assert not (run / "final").exists()
+    assert group_members(proc.pid) == []                # the launcher returned after its ranks
     assert json.loads((run / "ds_config.json").read_text())["train_batch_size"] == 2 * 2
-    assert (run / "final").is_dir()
-    assert sorted(tb_steps(run)) == [1, 2]
-    assert (run / "checkpoints" / "step_00000002").is_dir()
 
-    # 2) the hostfile path, no SSH: "localhost slots=2", node rank 0; resumes the run to step 4.
-    #    (there is no sshd here: deepspeed's SSH path would fail its reachability check)
+    # 2) at once, on the same master port: the hostfile path, no SSH ("localhost slots=2", node
+    #    rank 0) resumes the run to its end. (No sshd here: deepspeed's SSH path would fail.)
     hosts = tmp_path / "hostfile"
     hosts.write_text("# one node\nlocalhost slots=2\n")
-    p = launch("--hostfile", hosts, "--node_rank", 0, config, *tiny_overrides(data, run, steps=4))
+    p = launch("--hostfile", hosts, "--node_rank", 0, config, *tiny_overrides(data, run, STEPS),
+               port=port)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert f"launch: node 0 of 1 from {hosts}, 2 rank(s) here" in p.stdout
-    assert sorted(tb_steps(run)) == [1, 2, 3, 4]
-    assert (run / "checkpoints" / "step_00000004").is_dir()
+    assert f"resumed from {run / 'checkpoints' / f'step_{stopped:08d}'} at step {stopped}" in p.stdout
+    assert sorted(tb_steps(run)) == list(range(1, STEPS + 1))
+    assert (run / "final").is_dir() and (run / "checkpoints" / f"step_{STEPS:08d}").is_dir()

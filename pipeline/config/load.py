@@ -3,7 +3,8 @@
     cfg = load_config("configs/tiny_cpu.yaml", ["train.steps=20", "lai.filter=random"])
 
 Every error is a one-line UserError naming the file/field: an unknown key (with close matches),
-a value of the wrong type. The `lai` section is resolved here (pipeline.lai.LAISettings.resolved:
+a value of the wrong type (booleans and floats as pipeline.values reads them, in YAML and on the
+command line alike). The `lai` section is resolved here (pipeline.lai.LAISettings.resolved:
 its own checks, then concrete values for what was left to LAI), so everything downstream, and
 RUN/config.yaml, sees concrete values. Ranges and cross-field rules: pipeline.config.validate.
 """
@@ -20,6 +21,7 @@ import yaml
 
 from pipeline.config.schema import Config
 from pipeline.errors import UserError
+from pipeline.values import to_bool, to_float
 
 
 def _fields(cls) -> dict[str, dataclasses.Field]:
@@ -64,23 +66,21 @@ def _type_name(tp) -> str:
 
 
 def _coerce(value: Any, tp, key: str, where: str) -> Any:
-    """`value` (from YAML) as type `tp`, or a UserError naming `key`. No silent conversions except
-    int -> float."""
+    """`value` (from YAML) as type `tp`, or a UserError naming `key`. Booleans and floats are read
+    by pipeline.values (every boolean spelling; numbers, also as numeric strings, finite only);
+    nothing else is converted."""
     bad = UserError(f"{where}: {key}: expected {_type_name(tp)}, got {value!r}")
     if _optional(tp) is not None:
         return None if value is None else _coerce(value, _optional(tp), key, where)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
+    if tp in (bool, float):
+        try:
+            return (to_bool if tp is bool else to_float)(value)
+        except ValueError as e:
+            raise UserError(f"{where}: {key}: {e}") from None
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad
         return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise bad
-        return float(value)
     if tp is str:
         if not isinstance(value, str):
             raise bad
@@ -130,11 +130,6 @@ def _parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         raise UserError(f"{where}: cannot parse value {raw!r}") from None
-    if tp is float and isinstance(value, str):   # YAML 1.1 reads "1e-3" as a string
-        try:
-            value = float(value)
-        except ValueError:
-            pass
     return key, _coerce(value, tp, key, "command line")
 
 

@@ -34,6 +34,10 @@ class DataConfig:
     sources: list[SourceConfig] = field(default_factory=list)
     val_sources: list[SourceConfig] = field(default_factory=list)   # empty = same as sources
     seq_len: int = 128
+    verify: str = "first"              # sha256 + token ids of every shard against its manifest:
+                                       # first (on a run's first start, and for shards whose files
+                                       # changed since; recorded in RUN/data-verified.json) |
+                                       # always (every start) | never
 
 
 @dataclass
@@ -103,6 +107,7 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {          # the lai section's choices: pipeline.lai.settings
+    "data.verify": ("first", "always", "never"),
     "model.family": ("llama", "gpt_neox", "gpt2", "gpt_neo"),
     "train.offload_optimizer": ("none", "cpu"),
     "train.offload_params": ("none", "cpu"),

@@ -20,7 +20,9 @@ import numpy as np
 from pipeline.data.blend import blend_schedule
 from pipeline.data.source import SourceStream
 from pipeline.errors import UserError
+from pipeline.format.indexed import bin_path
 from pipeline.format.manifest import MANIFEST_NAME, load_manifest
+from pipeline.format.verify import bad_token
 
 RELEASE_EVERY_BYTES = 256 << 20
 
@@ -124,6 +126,20 @@ class PackedDataset:
                 st.release_pages()
             self._bytes_since_release = 0
         return out
+
+    def check_tokens(self, samples: np.ndarray, seq_ids: np.ndarray) -> None:
+        """The loader's guard on every batch, before it reaches a model: a UserError naming the
+        shard file and document if a token of `samples` (int64 [n, seq_len + 1], global ids
+        `seq_ids`) is outside [0, vocab_size). Costs a min and a max over the batch."""
+        if not samples.size or (samples.min() >= 0 and samples.max() < self.vocab_size):
+            return
+        row, col = (int(i[0]) for i in np.nonzero((samples < 0) | (samples >= self.vocab_size)))
+        seq_id = int(seq_ids[row])
+        for span in self.locate(seq_id):
+            if col < span.num_tokens:
+                path = bin_path(self.data_dir(span.source, span.shard) / span.shard)
+                raise bad_token(path, span.doc, int(samples[row, col]), self.vocab_size)
+            col -= span.num_tokens
 
     def locate(self, seq_id: int) -> list[DocSpan]:
         """Which document runs global sample `seq_id` is made of, in order (exact: their tokens

@@ -38,6 +38,7 @@ class RankLoader:
         x = np.empty((self.micro_batch, self.dataset.seq_len + 1), dtype=np.int64)
         for row, i in zip(x, seq_ids):
             self.dataset.sample(int(i), out=row)
+        self.dataset.check_tokens(x, seq_ids)          # ids outside the vocabulary: one line
         self.samples_consumed += self.global_batch
         ids, targets = (torch.from_numpy(np.ascontiguousarray(a)) for a in (x[:, :-1], x[:, 1:]))
         if self.pin_memory:

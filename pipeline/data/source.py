@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.format.indexed import IndexedReader, ShardFormatError, idx_path
-from pipeline.format.manifest import MANIFEST_NAME, Manifest
+from pipeline.format.indexed import IndexedReader, ShardFormatError, bin_path, idx_path
+from pipeline.format.manifest import MANIFEST_NAME, Manifest, ShardEntry
+from pipeline.format.verify import bad_token, out_of_vocab
 
 EPOCH_CACHE = 2   # epochs of index arrays kept per source (a batch may straddle an epoch boundary)
 FAULT_AROUND = 64 << 10   # a page fault may map this much around it (Linux fault_around_bytes)
@@ -44,6 +45,15 @@ class _Epoch:
     doc_order: np.ndarray      # [num_docs] source-global document ids in stream order
     doc_end: np.ndarray        # int64 [num_docs] stream position just past each of them
     sample_order: np.ndarray   # [num_samples] stream sample index of each epoch sample
+
+
+def _refuse_out_of_vocab(reader: IndexedReader, entry: ShardEntry, vocab_size: int) -> None:
+    """The manifest says the shard holds ids >= vocab_size: name the first such document."""
+    hit = out_of_vocab(reader, vocab_size)
+    if hit is None:
+        raise UserError(f"{reader.prefix.parent / MANIFEST_NAME}: shard {entry.prefix}: max_id "
+                        f"{entry.max_id} >= vocab size {vocab_size}, yet no such token is in it")
+    raise bad_token(bin_path(reader.prefix), *hit, vocab_size)
 
 
 def _index_dtype(n: int) -> np.dtype:
@@ -71,6 +81,8 @@ class SourceStream:
             if (r.num_docs, r.num_tokens) != (e.num_docs, e.num_tokens):
                 raise UserError(f"{idx_path(r.prefix)}: {r.num_docs} documents / {r.num_tokens} tokens, "
                                 f"but the manifest says {e.num_docs} / {e.num_tokens}")
+            if e.max_id is not None and e.max_id >= manifest.tokenizer.vocab_size:
+                _refuse_out_of_vocab(r, e, manifest.tokenizer.vocab_size)
             seq_end = np.zeros(len(r) + 1, dtype=np.int64)
             np.cumsum(r.lengths, out=seq_end[1:])
             doc_start = seq_end[r.document_indices]            # documents may span sequences

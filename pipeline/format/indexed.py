@@ -77,6 +77,7 @@ class IndexedWriter:
         self._bin = open(self._bin_tmp, "wb")
         self._lengths: list[int] = []
         self.num_tokens = 0
+        self.max_id: int | None = None          # the largest token id written (None: none yet)
 
     def add_document(self, tokens) -> None:
         """Append one document (1-D integer array-like) as one sequence."""
@@ -88,6 +89,7 @@ class IndexedWriter:
             lo, hi = int(arr.min()), int(arr.max())
             if lo < info.min or hi > info.max:
                 raise ValueError(f"token ids [{lo}, {hi}] do not fit {self.dtype} in {self.prefix}")
+            self.max_id = hi if self.max_id is None else max(self.max_id, hi)
         self._bin.write(arr.astype(self.dtype, copy=False).tobytes(order="C"))
         self._lengths.append(int(arr.size))
         self.num_tokens += int(arr.size)

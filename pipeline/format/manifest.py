@@ -38,6 +38,8 @@ class ShardEntry:
     num_tokens: int
     bin_sha256: str
     idx_sha256: str
+    max_id: int | None = None   # the largest token id in the shard; None: written by a lai-prep
+                                # that did not record it (the trainer's data check reads it)
 
 
 @dataclass

@@ -5,16 +5,21 @@ Layout of RUN/checkpoints/step_XXXXXXXX/ (XXXXXXXX = optimizer steps done):
                        global members under CLIENT_KEY)
     rank-XXXXX.pt      this rank's members: RNG states, ledger and LAI state, ... (torch.save)
     complete.json      written last, by rank 0, after a barrier: {"step", "world", "config",
-                       "config_hash", ...}; its presence = the checkpoint is complete and resumable
+                       "config_hash", "files", ...}; its presence = the checkpoint is complete
 
 `latest(run_dir)` is the complete checkpoint with the most steps; incomplete ones (a run killed
-while saving) are ignored and removed by the next successful save.
+while saving) are ignored and removed by the next successful save, as are checkpoints newer than
+it (left by an attempt that a resume from an older checkpoint abandoned). `damage(path)` says why
+a complete checkpoint can no longer be loaded (run.resume=auto then takes the one before it).
+Every file is loaded with pipeline.train.safe_load: nothing in a checkpoint can run code.
 """
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,7 @@ import torch
 from pipeline.comm import Comm
 from pipeline.errors import UserError
 from pipeline.fsutil import atomic_write, atomic_write_json
+from pipeline.train import safe_load
 from pipeline.train.state import TrainState
 
 MARKER = "complete.json"
@@ -51,9 +57,14 @@ def _all(run_dir) -> list[tuple[int, Path, bool]]:
     return sorted(out)
 
 
+def complete(run_dir: str | Path) -> list[Path]:
+    """The complete checkpoints, by step."""
+    return [p for _, p, ok in _all(run_dir) if ok]
+
+
 def latest(run_dir: str | Path) -> Path | None:
     """The complete checkpoint with the most steps, or None."""
-    done = [p for _, p, ok in _all(run_dir) if ok]
+    done = complete(run_dir)
     return done[-1] if done else None
 
 
@@ -71,17 +82,21 @@ def read_meta(path: str | Path) -> dict[str, Any]:
 
 def save(state: TrainState, run_dir: str | Path, step: int, *, meta: dict, keep: int) -> Path:
     """Collective: every rank writes its part, then rank 0 marks the checkpoint complete and
-    removes all but the newest `keep` complete ones (and stale incomplete ones)."""
+    removes all but the newest `keep` complete ones (and stale ones, see the module doc)."""
     path = root(run_dir) / tag(step)
+    comm = Comm.resolve()
+    if state.rank == 0:                           # a directory of this name from an abandoned
+        (path / MARKER).unlink(missing_ok=True)   # attempt is not complete while rewritten
+    comm.barrier()
     global_state, rank_state = state.state_dicts()
     state.engine.save_checkpoint(str(root(run_dir)), tag=tag(step),
                                  client_state={CLIENT_KEY: global_state}, save_latest=False)
     with atomic_write(path / f"rank-{state.rank:05d}.pt") as f:
         torch.save(rank_state, f)
-    comm = Comm.resolve()
     comm.barrier()                                # every rank's files are on disk
     if state.rank == 0:
-        atomic_write_json(path / MARKER, {"step": step, **meta})
+        files = sorted(p.name for p in path.glob("*.pt"))
+        atomic_write_json(path / MARKER, {"step": step, **meta, "files": files})
         _prune(run_dir, keep, newest=step)
     comm.barrier()
     return path
@@ -89,23 +104,55 @@ def save(state: TrainState, run_dir: str | Path, step: int, *, meta: dict, keep:
 
 def _prune(run_dir, keep: int, newest: int) -> None:
     entries = _all(run_dir)
-    complete = [p for _, p, ok in entries if ok]
-    doomed = complete[:-keep] + [p for s, p, ok in entries if not ok and s < newest]
-    for p in doomed:
-        (p / MARKER).unlink(missing_ok=True)   # incomplete first: never half-deleted "complete"
-        shutil.rmtree(p, ignore_errors=True)
+    kept = [p for s, p, ok in entries if ok and s <= newest][-keep:]
+    for s, p, _ in entries:
+        if p not in kept:
+            (p / MARKER).unlink(missing_ok=True)   # unmarked first: never half-deleted "complete"
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def damage(path: str | Path) -> str | None:
+    """Why the complete checkpoint `path` cannot be loaded, found without loading it (the same on
+    every rank), or None: an unreadable marker, a file it lists missing, or a .pt file whose zip
+    index (at its end: a truncated file has none) or pickled structure is unreadable."""
+    p = Path(path)
+    try:
+        meta = json.loads((p / MARKER).read_text())
+        listed = meta.get("files", [])         # (older checkpoints list none)
+        meta["step"], meta["world"], meta["config"]
+    except (OSError, ValueError, AttributeError, KeyError) as e:
+        return f"{MARKER} is unreadable ({type(e).__name__}: {e})"
+    for name in listed:
+        if not (p / name).is_file():
+            return f"{name} is missing"
+    for f in sorted(p.glob("*.pt")):
+        try:
+            with zipfile.ZipFile(f) as z:
+                for info in z.infolist():
+                    if "/data/" not in info.filename:     # the structure, not the tensor bytes
+                        z.read(info)
+        except (OSError, zipfile.BadZipFile, EOFError) as e:
+            return f"{f.name} is damaged ({e})"
+    return None
 
 
 def load(state: TrainState, path: str | Path) -> None:
-    """Restore the engine and every member of `state` from checkpoint `path`."""
+    """Restore the engine and every member of `state` from checkpoint `path` (UserError, one
+    line, if a file cannot be read)."""
     p = Path(path)
-    load_path, client_state = state.engine.load_checkpoint(str(p.parent), tag=p.name,
-                                                           load_optimizer_states=True,
-                                                           load_lr_scheduler_states=False)
+    safe_load.use_for(state.engine)
+    try:
+        load_path, client_state = state.engine.load_checkpoint(str(p.parent), tag=p.name,
+                                                               load_optimizer_states=True,
+                                                               load_lr_scheduler_states=False)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{p}: cannot be loaded ({reason}); resume from an earlier checkpoint "
+                        "with run.resume=PATH") from None
     if load_path is None:
         raise UserError(f"{p}: DeepSpeed could not load this checkpoint")
     rank_file = p / f"rank-{state.rank:05d}.pt"
     if not rank_file.is_file():
         raise UserError(f"{rank_file}: missing (saved with a different number of ranks?)")
-    state.load_state_dicts((client_state or {}).get(CLIENT_KEY, {}),
-                           torch.load(rank_file, weights_only=False), str(p))
+    state.load_state_dicts((client_state or {}).get(CLIENT_KEY, {}), safe_load.load(rank_file),
+                           str(p))

@@ -20,7 +20,7 @@ class Window:
     def __init__(self):
         self.clocks = []                  # each micro-step's PhaseClock, read at the report
         self.rank_tokens = 0
-        self.steps = 0
+        self.steps = self.skipped = 0
         self.loss = self.kept_loss = self.kept_tokens = self.excluded = self.sequences = 0.0
         self.grad_norm = self.lr = float("nan")
         self.rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
@@ -37,16 +37,22 @@ class Window:
             self.rank_tokens += m.rank_tokens
             self.rows.append((m.seq_ids.cpu(), m.value_norm.cpu(), m.keep.cpu()))
         self.steps += 1
-        self.loss += sum(s.loss for s in stats) / len(stats)
-        self.kept_loss += sum(s.kept_loss for s in stats) / len(stats)
+        if r.skipped:                # its loss did not train anything (and may be inf or NaN)
+            self.skipped += 1
+        else:
+            self.loss += sum(s.loss for s in stats) / len(stats)
+            self.kept_loss += sum(s.kept_loss for s in stats) / len(stats)
         self.kept_tokens += sum(s.kept_tokens for s in stats)
         self.excluded += sum(s.seqs - s.kept_seqs for s in stats)
         self.sequences += sum(s.seqs for s in stats)
         self.grad_norm, self.lr = r.grad_norm, r.lr
 
     def scalars(self) -> dict[str, float]:
+        """Means over the window; the losses over its applied steps (NaN if all were skipped)."""
         n = max(self.steps, 1)
-        return {"train/loss": self.loss / n, "train/loss_kept": self.kept_loss / n,
+        applied = self.steps - self.skipped
+        loss, kept = (x / applied if applied else float("nan") for x in (self.loss, self.kept_loss))
+        return {"train/loss": loss, "train/loss_kept": kept,
                 "train/lr": self.lr, "train/grad_norm": self.grad_norm,
                 "lai/excluded_frac": self.excluded / max(self.sequences, 1.0),
                 "lai/kept_tokens": self.kept_tokens / n}
@@ -75,9 +81,10 @@ class StepLog:
         self.dataset, self.flops_per_token = dataset, flops_per_token
         self.window = Window()
 
-    def after_step(self, r: StepResult, counters: Counters) -> None:
+    def after_step(self, r: StepResult, counters: Counters, *, last: bool = False) -> None:
+        """`last`: the run ends after this step (a report is due whatever the cadence)."""
         self.window.add(r)
-        log, last = self.cfg.log, r.step == self.cfg.train.steps
+        log, last = self.cfg.log, last or r.step == self.cfg.train.steps
         if r.step % log.every == 0 or last:
             self._report(r, counters)
             self.window = Window()

@@ -1,8 +1,8 @@
 """Resuming, checked in one place before anything starts: which checkpoint this run continues,
 and whether it may.
 
-`plan(cfg, world)` finds the checkpoint (run.resume: auto = the latest complete one, never, or a
-PATH) and compares the config it was saved with to this run's: a difference that breaks resuming
+`plan(cfg, world)` finds the checkpoint (run.resume: auto = the latest complete one that is not
+damaged, with a warning for each damaged newer one; never; or a PATH) and compares the config it was saved with to this run's: a difference that breaks resuming
 (model shape, sequence length, batch layout, data, seed, precision, ZeRO layout, ranks) is
 refused with one line; any other (steps, LR, log cadence, LAI options) is allowed and listed in
 a one-line note. The components' own checks on load (the loader's data fingerprint) stay as a
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +24,11 @@ from pipeline.errors import UserError
 from pipeline.train import checkpoint
 
 # Differences that make a checkpoint unusable (refused); every other difference is noted.
-# run.out_dir / run.resume are where and how, not what: never compared.
+# run.out_dir / run.resume / data.verify are where and how, not what: never compared.
 RESUME_BREAKING = ("model.", "data.", "run.seed", "train.micro_batch", "train.grad_accum",
                    "train.zero_stage", "train.precision", "train.offload_optimizer",
                    "train.offload_params", "world")
-RESUME_IGNORED = ("run.out_dir", "run.resume")
+RESUME_IGNORED = ("run.out_dir", "run.resume", "data.verify")
 
 
 @dataclass
@@ -50,10 +52,12 @@ def plan(cfg: Config, world: int) -> Resume | None:
             raise UserError(f"run.resume: never, but {checkpoint.root(run_dir)} already holds "
                             "checkpoints; use run.resume=auto or a new run.out_dir")
         return None
-    path = checkpoint.latest(run_dir) if mode == "auto" else Path(mode)
+    path = _intact(run_dir) if mode == "auto" else Path(mode)
     if path is None:
         return None
     meta = checkpoint.read_meta(path)
+    if mode != "auto" and (problem := checkpoint.damage(path)):
+        raise UserError(f"run.resume: {path}: {problem}")
     breaking, allowed = resume_changes({**meta["config"], "world": meta["world"]},
                                        {**cfg.to_dict(), "world": world})
     if breaking:
@@ -61,6 +65,24 @@ def plan(cfg: Config, world: int) -> Resume | None:
                         f"resumed ({'; '.join(breaking)}); restore those values or use a new "
                         "run.out_dir")
     return Resume(path, int(meta["step"]), allowed)
+
+
+def _intact(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint that is not damaged (checkpoint.damage), after one warning
+    line per damaged newer one (from the first rank only: every rank finds the same); None if
+    there is no complete checkpoint; UserError if every one is damaged."""
+    complete = checkpoint.complete(run_dir)[::-1]          # newest first
+    for path, older in zip(complete, [*complete[1:], None]):
+        problem = checkpoint.damage(path)
+        if problem is None:
+            return path
+        if older is None:
+            raise UserError(f"run.resume: {path}: {problem}, and no older complete checkpoint is "
+                            f"left; move {checkpoint.root(run_dir)} away to start over")
+        if os.environ.get("RANK", "0") == "0":
+            print(f"warning: run.resume: {path}: {problem}; falling back to {older}",
+                  file=sys.stderr, flush=True)
+    return None
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -75,7 +97,8 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 def config_hash(cfg_dict: dict[str, Any]) -> str:
     """sha256 of the fields that must not change across a resume (see RESUME_BREAKING)."""
-    flat = {k: v for k, v in _flatten(cfg_dict).items() if k.startswith(RESUME_BREAKING)}
+    flat = {k: v for k, v in _flatten(cfg_dict).items()
+            if k.startswith(RESUME_BREAKING) and not k.startswith(RESUME_IGNORED)}
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()
 
 

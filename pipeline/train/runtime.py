@@ -122,12 +122,18 @@ def seed_everything(seed: int) -> None:
 
 
 class StopFlag:
-    """Set by SIGTERM/SIGUSR1 (Slurm preemption, scancel --signal); read at step boundaries."""
+    """Set by SIGTERM/SIGUSR1 (a time limit, Slurm preemption, scancel --signal); read at step
+    boundaries. launch/train.sh starts the deepspeed launcher with SIGTERM blocked, so that only
+    the trainers act on it: unblocked here, once the handler is in place (a TERM that arrived
+    while this rank started up is delivered now)."""
+
+    STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
     def __init__(self):
         self.signal: str | None = None
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
+        for sig in self.STOP_SIGNALS:
             signal.signal(sig, self._handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.STOP_SIGNALS)
 
     def _handler(self, signum, frame) -> None:
         self.signal = signal.Signals(signum).name

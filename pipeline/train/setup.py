@@ -1,6 +1,7 @@
 """Setting a run up: its data, its DeepSpeed engine, and the files that describe it.
 
     data = open_data(cfg, info)                    # train dataset + this rank's loader, val split
+    verify_data(cfg, run_dir, info, comm)          # data.verify: shards against their manifests
     parts = build_engine(cfg, info, data, comm)    # model -> guarded AdamW -> deepspeed.initialize
     write_run_files(cfg, run_dir, ds_config(...), data.train.fingerprint)
 
@@ -8,21 +9,27 @@ The DeepSpeed JSON is derived from the config here (`ds_config`), never written 
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from tqdm import tqdm
 
 from pipeline.comm import Comm
 from pipeline.config import Config, save_yaml
 from pipeline.data import PackedDataset, RankLoader
 from pipeline.errors import UserError
-from pipeline.fsutil import atomic_write, atomic_write_json
+from pipeline.format.manifest import MANIFEST_NAME, load_manifest
+from pipeline.format.tokenizer import tokenizer_sha256
+from pipeline.format.verify import ShardCheck
+from pipeline.fsutil import atomic_write, atomic_write_json, read_json
 from pipeline.train.flops import model_flops_per_token
 from pipeline.train.model import build_model
 from pipeline.train.optim import SkipGate, build_optimizer
-from pipeline.train.runtime import DistInfo
+from pipeline.train.runtime import DistInfo, log0
 
 
 @dataclass
@@ -43,9 +50,12 @@ class Data:
 
 
 def open_data(cfg: Config, info: DistInfo) -> Data:
+    """The datasets (their manifests and shards checked as they open, and the tokenizer that
+    RUN/final will carry), this rank's loader."""
     d = cfg.data
     sources = [(s.path, s.weight) for s in d.sources]
     train = PackedDataset(sources, d.seq_len, split="train", seed=cfg.run.seed)
+    _check_tokenizer(train.tokenizer_path, train.tokenizer.sha256, Path(d.sources[0].path))
     loader = RankLoader(train, cfg.train.micro_batch, info.rank, info.world,
                         pin_memory=info.device.type == "cuda")
     val = None
@@ -57,6 +67,58 @@ def open_data(cfg: Config, info: DistInfo) -> Data:
             raise UserError(f"train.eval_every / lai.reference=val need a val split: {e} (set "
                             "train.eval_every=0, or prepare the data with a val fraction)") from None
     return Data(train, loader, val, cfg.train.micro_batch, info)
+
+
+def _check_tokenizer(path: Path, sha256: str, data_dir: Path) -> None:
+    where = data_dir / MANIFEST_NAME
+    if not path.exists():
+        raise UserError(f"{path}: missing; {where} names it as the data's tokenizer, which RUN/final "
+                        "exports next to the model (restore it, or prepare the data again)")
+    if tokenizer_sha256(path) != sha256:
+        raise UserError(f"{path}: checksum does not match {where} (the tokenizer changed after "
+                        "the data was prepared with it)")
+
+
+VERIFIED = "data-verified.json"
+
+
+def verify_data(cfg: Config, run_dir: Path, info: DistInfo, comm: Comm) -> None:
+    """data.verify: sha256 and token ids of every shard the run reads (pipeline.format.verify),
+    shared out over the ranks by bytes; UserError (on every rank) naming the first bad shard.
+    `first` skips the shards recorded in RUN/data-verified.json with the stamp they have now
+    (manifest checksums, sizes, mtimes): on a resumed run, only shards whose files changed are
+    read again. Progress on rank 0 (its share), then one summary line."""
+    mode = cfg.data.verify
+    if mode == "never":
+        return
+    dirs = dict.fromkeys(Path(s.path) for s in (*cfg.data.sources, *cfg.data.val_sources))
+    checks = {str((d / e.prefix).resolve()): ShardCheck(d, e, np.dtype(m.dtype), m.tokenizer.vocab_size)
+              for d, m in ((d, load_manifest(d)) for d in dirs) for e in m.shards}
+    stamps = {key: c.stamp() for key, c in checks.items()}
+    record_path = run_dir / VERIFIED
+    record = read_json(record_path) if mode == "first" and record_path.is_file() else {}
+    todo = sorted((key for key in checks if record.get(key) != stamps[key]),
+                  key=lambda key: (-checks[key].nbytes, key))
+    if not todo:
+        return
+    loads, mine = [0] * info.world, []           # largest first, each to the least loaded rank
+    for key in todo:
+        r = loads.index(min(loads))
+        loads[r] += checks[key].nbytes
+        if r == info.rank:
+            mine.append(checks[key])
+    t0 = time.perf_counter()
+    with tqdm(total=loads[info.rank], unit="B", unit_scale=True, desc="verifying data",
+              disable=None if info.main else True) as bar:
+        problems = [p for c in mine if (p := c.run(bar.update))]
+    problems = sorted(p for rank_problems in comm.gather_objects(problems) for p in rank_problems)
+    if problems:
+        more = f" (and {len(problems) - 1} more shard(s))" if len(problems) > 1 else ""
+        raise UserError(problems[0] + more)
+    if info.main:
+        atomic_write_json(record_path, {**record, **{key: stamps[key] for key in todo}})
+    log0(info, f"data.verify={mode}: {len(todo)} shard(s), {sum(loads) / 1e6:,.1f} MB checked in "
+               f"{time.perf_counter() - t0:.1f} s over {info.world} rank(s); recorded in {record_path}")
 
 
 @dataclass

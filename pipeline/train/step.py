@@ -34,6 +34,7 @@ import torch
 
 from pipeline.comm import Comm
 from pipeline.lai import Selector, per_sequence_loss
+from pipeline.train import faults
 from pipeline.train.optim import SkipGate, lr_at, set_lr
 from pipeline.train.runtime import PhaseClock
 
@@ -117,6 +118,7 @@ class StepRunner:
         self.engine, self.optimizer, self.gate = engine, optimizer, gate
         self.selector, self.loader, self.comm, self.device = selector, loader, comm, device
         self.t, self.own_grad_norm = train_cfg, own_grad_norm
+        self.nan_steps = faults.nonfinite_loss_steps()       # tests only (pipeline.train.faults)
 
     def step(self, step: int) -> StepResult:
         """Optimizer step `step` (1-based): LR, val reference, the micro-steps, the update."""
@@ -143,6 +145,8 @@ class StepRunner:
         with self.selector.capture(engine.module) as cap:
             logits = engine(input_ids=input_ids).logits
         losses = per_sequence_loss(logits, targets)
+        if step in self.nan_steps:
+            losses = faults.poison(losses, self.comm.rank)
         clock.mark()
         values, keep, value_norm = self.selector.select(
             step, cap, logits, targets, losses, batch["seq_ids"], input_ids=input_ids,

@@ -24,11 +24,13 @@ from pipeline.lai import Selector, per_sequence_loss
 from pipeline.train import checkpoint
 from pipeline.train.export import export_final
 from pipeline.train.ledger import Ledger
+from pipeline.train.lock import lock_run
 from pipeline.train.log import StepLog
 from pipeline.train.metrics import Metrics
 from pipeline.train.resume import Resume, config_hash
 from pipeline.train.runtime import DistInfo, StopFlag, log0, seed_everything, shutdown
-from pipeline.train.setup import build_engine, ds_config, open_data, write_run_files
+from pipeline.train.setup import (build_engine, ds_config, open_data, verify_data,
+                                  write_run_files)
 from pipeline.train.state import Counters, RNGState, TrainState
 from pipeline.train.step import StepResult, StepRunner
 
@@ -42,10 +44,12 @@ class Trainer:
         self.comm = Comm.resolve()
         self.stop, self.out_of_time = StopFlag(), False
         self.run_dir = Path(cfg.run.out_dir)
+        self.lock = lock_run(self.run_dir, info.main, self.comm)
         if info.device.type == "cuda":    # perf/peak_memory_gib is this run's, also in a
             torch.cuda.reset_peak_memory_stats(info.device)   # long-lived process
         seed_everything(cfg.run.seed)
         self.data = open_data(cfg, info)
+        verify_data(cfg, self.run_dir, info, self.comm)
         if info.main:
             write_run_files(cfg, self.run_dir, ds_config(cfg, info.world, info.device.type == "cuda"),
                             self.data.train.fingerprint)
@@ -102,7 +106,10 @@ class Trainer:
         steps = self.cfg.train.steps
         while self.counters.step < steps:
             result = self.train_step()
-            self.log.after_step(result, self.counters)
+            unstable = self.counters.bad_in_a_row >= self.cfg.train.max_nonfinite_steps
+            self.log.after_step(result, self.counters, last=unstable)
+            if unstable:
+                self.abort_unstable()
             self.evaluate_if_due(result.step)
             stopping = self.stop_requested()
             if self.save_due(result.step) or stopping:
@@ -112,12 +119,11 @@ class Trainer:
         return self.finish()
 
     def train_step(self) -> StepResult:
-        """One optimizer step, recorded in the ledger and counted; aborts after too many skipped
-        steps in a row."""
+        """One optimizer step, recorded in the ledger and counted (skipped ones too)."""
         result = self.runner.step(self.counters.step + 1)
         for m in result.micros:
             self.ledger.append(result.step, m.seq_ids, m.values, m.keep, m.losses, m.value_norm)
-        c, t = self.counters, self.cfg.train
+        c = self.counters
         c.step, c.tokens = result.step, c.tokens + result.tokens
         if not result.skipped:
             c.bad_in_a_row = 0
@@ -126,11 +132,15 @@ class Trainer:
         c.bad_in_a_row += 1
         log0(self.info, f"step {c.step}: non-finite loss or gradient norm, update skipped "
                         f"({c.bad_in_a_row} in a row)")
-        if c.bad_in_a_row >= t.max_nonfinite_steps:
-            raise UserError(f"train.max_nonfinite_steps: {c.bad_in_a_row} steps in a row had a "
-                            f"non-finite loss or gradient norm (last at step {c.step}); lower "
-                            "train.lr, raise train.warmup_steps, or check the data")
         return result
+
+    def abort_unstable(self) -> None:
+        """train.max_nonfinite_steps skipped steps in a row: stop (the step is logged)."""
+        c = self.counters
+        self.metrics.flush()
+        raise UserError(f"train.max_nonfinite_steps: {c.bad_in_a_row} steps in a row had a "
+                        f"non-finite loss or gradient norm (last at step {c.step}); lower "
+                        "train.lr, raise train.warmup_steps, or check the data")
 
     def evaluate_if_due(self, step: int) -> None:
         t = self.cfg.train
@@ -181,6 +191,7 @@ class Trainer:
         self.metrics.close()
         self.ledger.close()
         shutdown(self.parts.engine)
+        self.lock.release()
 
 
 @torch.no_grad()
