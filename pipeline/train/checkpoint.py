@@ -12,6 +12,7 @@ while saving) are ignored and removed by the next successful save.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -24,6 +25,7 @@ from pipeline.comm import Comm
 from pipeline.errors import UserError
 from pipeline.fsutil import atomic_write, atomic_write_json
 from pipeline.train.state import TrainState
+from pipeline.train.universal import UNIVERSAL, repairing
 
 MARKER = "complete.json"
 CLIENT_KEY = "lai_train"     # our global state, under one key (DeepSpeed drops its own key names)
@@ -96,16 +98,24 @@ def _prune(run_dir, keep: int, newest: int) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def load(state: TrainState, path: str | Path) -> None:
-    """Restore the engine and every member of `state` from checkpoint `path`."""
+def load(state: TrainState, path: str | Path, *, same_world: bool = True,
+         universal: bool = False) -> None:
+    """Restore the engine and every member of `state` from checkpoint `path`. Saved with another
+    number of ranks (same_world=False): the engine from `path`/universal when `universal`
+    (pipeline.train.universal; the engine was built with checkpoint.load_universal), per-rank
+    members from rank 0's file as TrainState says."""
     p = Path(path)
-    load_path, client_state = state.engine.load_checkpoint(str(p.parent), tag=p.name,
-                                                           load_optimizer_states=True,
-                                                           load_lr_scheduler_states=False)
+    load_dir, tag = (p, UNIVERSAL) if universal else (p.parent, p.name)
+    client = getattr(state.engine.optimizer, "optimizer", state.engine.optimizer)
+    with repairing(client) if universal else contextlib.nullcontext():
+        load_path, client_state = state.engine.load_checkpoint(str(load_dir), tag=tag,
+                                                               load_optimizer_states=True,
+                                                               load_lr_scheduler_states=False)
     if load_path is None:
         raise UserError(f"{p}: DeepSpeed could not load this checkpoint")
-    rank_file = p / f"rank-{state.rank:05d}.pt"
+    rank_file = p / f"rank-{state.rank if same_world else 0:05d}.pt"
     if not rank_file.is_file():
         raise UserError(f"{rank_file}: missing (saved with a different number of ranks?)")
     state.load_state_dicts((client_state or {}).get(CLIENT_KEY, {}),
-                           torch.load(rank_file, weights_only=False), str(p))
+                           torch.load(rank_file, weights_only=False), str(p),
+                           same_world=same_world)
