@@ -155,16 +155,17 @@ export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( threads > 0 ? threads : 1 ))}"
 export PYTHONPATH="$LAI_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 echo "launch: $desc, OMP_NUM_THREADS=$OMP_NUM_THREADS, master $master_addr:$master_port"
 
-# Check the config and the data once, for the whole world, before any rank starts.
 if [[ -n "$dry_run" ]]; then
     exec "$python" -m pipeline.train --dry-run --world "$world" "$config" "$@"
 fi
-"$python" -m pipeline.train --check --world "$world" "$config" "$@" || exit $?
 
 # Rank 0's node hosts the rendezvous store: say so clearly if the port is taken.
 if [[ "${node_rank:-0}" == "0" ]] && lai_port_busy 127.0.0.1 "$master_port"; then
     lai_die "master port $master_port is in use (another run on this node?): pass --master_port P or set MASTER_PORT"
 fi
+
+# Check the config and the data once, for the whole world, before any rank starts.
+"$python" -m pipeline.train --check --world "$world" "$config" "$@" || exit $?
 
 # The launcher processes ignore SIGUSR1, so a USR1 sent to the whole step / process group (Slurm's
 # preemption warning, or `kill -USR1 -- -PGID`) reaches only the trainers, whose handler saves a

@@ -143,7 +143,8 @@ def test_lai_settings_are_resolved_when_the_config_loads(data_dir):
 
 def test_missing_data_path_fails(tmp_path, data_dir):
     cfg = _valid(data_dir, f"data.sources=[{{path: '{tmp_path / 'nope'}'}}]")
-    with pytest.raises(UserError, match=r"data.sources\[0\].path: .*nope: directory not found"):
+    with pytest.raises(UserError, match=r"data.sources\[0\].path: .*nope: directory not found; "
+                       r"prepare it first: lai-prep --source \.\.\. --out .*nope$"):
         cfg.validate()
     cfg = _valid(data_dir, f"data.sources=[{{path: '{tmp_path}'}}]")
     with pytest.raises(UserError, match=r"data.sources\[0\].path: .*no manifest.json"):

@@ -13,9 +13,10 @@ Two flaws of DeepSpeed's ZeRO-3 universal loader are repaired on load (`repairin
 every param group the first one's settings and one shared Adam step counter.
 
 Cost: every partition file is read once and every parameter written once as fp32 weights plus two
-moments (12 bytes per parameter of extra disk, next to the checkpoint); rank 0's memory peaks at
-about one partition file. ZeRO 0 keeps the full optimizer state in one file and needs no
-conversion.
+moments (12 bytes per parameter) next to copies of the model-state files, on rank 0; its memory
+peaks at about one partition file. Measured on a shared 2-core CPU, 29.5M parameters: 25 s and
+590 MB (ZeRO 2, fp32) or 531 MB (ZeRO 3), about 1.2M parameters per second and 18-20 bytes per
+parameter. ZeRO 0 keeps the full optimizer state in one file and needs no conversion.
 """
 from __future__ import annotations
 
