@@ -16,7 +16,7 @@ import json
 import torch
 
 from pipeline.config import Config, save_yaml
-from pipeline.train import init_from, resume
+from pipeline.train import init_from, resume, universal
 from pipeline.train.model import hf_config
 from pipeline.train.runplan import data_plan, memory_estimate
 from pipeline.train.runtime import DistInfo
@@ -39,6 +39,11 @@ def dry_run(cfg: Config, world: int, *, quiet: bool = False) -> int:
     `cfg` is validated for `world` ranks."""
     data = open_data(cfg, DistInfo(0, world, 0, torch.device("cpu")))
     point = resume.plan(cfg, world)
+    if point is not None and point.universal:
+        point.conversion = (f"reuses {universal.folder(point.path)}"
+                            if universal.folder(point.path).is_dir() else
+                            "its ZeRO partitions will first be converted to a universal "
+                            "checkpoint (once, on rank 0)")
     init_note = (init_from.check(cfg.model.init_from, data.train.tokenizer,
                                  data.train.tokenizer_path, cfg.data.seq_len,
                                  cfg.data.sources[0].path) if cfg.model.init_from else "")
