@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     presets = [a for a in args.overrides if "=" not in a]
     cfg = load_config([args.config, *presets], [a for a in args.overrides if "=" in a])
     info = runtime.init(args.local_rank)
+    cfg.validate(world=info.world)                  # fills the batch triple for this world
     comm = Comm.resolve()
     data = PackedDataset([(s.path, s.weight) for s in cfg.data.sources], cfg.data.seq_len,
                          split="train", seed=cfg.run.seed)

@@ -2,17 +2,18 @@
 and the shards (re-runs must match them), and refusing a re-run with other arguments."""
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from data_prep.sources import SourceSpec, check_source
 from data_prep.split import DocSplitter
 from data_prep.tokenizer import TrainConfig, check_train_config
 from pipeline.errors import UserError
-from pipeline.fsutil import read_json
+from pipeline.fsutil import read_json, sha256_file
 
 
 @dataclass
@@ -41,11 +42,22 @@ class PrepOptions:
     num_parts: int = 1
     part: int | None = None
     progress: bool | None = None       # tqdm bar: None = when stderr is a terminal
+    exclude: Path | None = None        # a keep/drop list (pipeline.format.provenance)
+    drop: frozenset[int] = frozenset()  # its "drop" text hashes (read once, by the CLI)
+
+    @property
+    def bar_off(self) -> bool | None:
+        """tqdm's `disable`: None = decide by the terminal."""
+        return None if self.progress is None else not self.progress
 
     def reading_args(self) -> dict[str, Any]:
         """What defines the document streams."""
-        return {"sources": [s.to_json() for s in self.sources], "max_docs": self.max_docs,
-                "max_bytes": self.max_bytes, "strict": self.strict}
+        a = {"sources": [s.to_json() for s in self.sources], "max_docs": self.max_docs,
+             "max_bytes": self.max_bytes, "strict": self.strict}
+        if self.exclude is not None:
+            a["exclude"] = {"list": str(self.exclude), "sha256": sha256_file(self.exclude),
+                            "documents": len(self.drop)}
+        return a
 
     def tokenizer_args(self) -> dict[str, Any]:
         """What defines the tokenizer."""
@@ -100,6 +112,22 @@ def refuse_changed(path: Path, old: dict, new: dict) -> None:
 def read_optional(path: Path) -> dict | None:
     """The JSON at `path`, or None if there is none yet (UserError if unreadable)."""
     return read_json(path) if path.is_file() else None
+
+
+@contextlib.contextmanager
+def output_folder(out: Path) -> Iterator[None]:
+    """Around a command that writes into `out`: if it fails, the folders it created for `out`
+    are removed again when they are still empty (no empty output folder is left behind)."""
+    created = [p for p in (out, *out.parents) if not p.exists()]       # deepest first
+    try:
+        yield
+    except BaseException:
+        for p in created:
+            try:
+                p.rmdir()
+            except OSError:           # not empty (resumable work in it), or already gone
+                break
+        raise
 
 
 def check_options(opts: PrepOptions) -> None:

@@ -28,6 +28,7 @@ from data_prep.stages import (TOKENIZER_INFO, choose_dtype, ensure_tokenizer, lo
 from pipeline.errors import UserError
 from pipeline.format.indexed import bin_path, idx_path
 from pipeline.format.manifest import MANIFEST_NAME, Manifest, ShardEntry, TokenizerEntry, load_manifest
+from pipeline.format.provenance import docs_path
 from pipeline.format.tokenizer import tokenizer_sha256
 from pipeline.fsutil import atomic_write_json
 
@@ -48,7 +49,7 @@ def run_tokenizer(opts: PrepOptions) -> TokenizerEntry:
     plan_path = out / PARTS / PLAN
     plan = read_optional(plan_path)
     fresh = plan is None or plan.get("args") != opts.reading_args()
-    entry, counts = ensure_tokenizer(opts, count_docs=fresh)
+    entry, counts = ensure_tokenizer(opts, with_counts=fresh)
     if counts is not None:
         atomic_write_json(plan_path, {"args": opts.reading_args(), "doc_counts": counts})
     choose_dtype(entry, opts.dtype, opts.out)
@@ -147,7 +148,8 @@ def _move_shards(out: Path, parts: list[dict], specs: list[SourceSpec], vocab_si
                                  and s["split"] == split), key=lambda e: e.prefix):
                     final = shard_prefix(spec.name, split, index)
                     index += 1
-                    for path in (bin_path, idx_path):   # .bin first, .idx last (as the writer does)
+                    files = (docs_path, bin_path, idx_path) if e.docs_sha256 else (bin_path, idx_path)
+                    for path in files:        # .idx last (as the writer does)
                         src, dst = path(out / e.prefix), path(out / final)
                         if src.is_file():
                             src.replace(dst)

@@ -19,7 +19,12 @@ source in the manifest and in shard file names.
 
 Readers decode UTF-8 themselves: invalid bytes are replaced and counted (`ReadStats.bad_utf8`,
 per document) or, with `strict=True`, raise UserError naming the file and byte offset. Malformed
-input raises UserError (one line, names the file and record).
+input raises UserError (one line, names the file and record). A `Cursor` follows the reader: where
+the document just yielded came from (file and line / record / row: its provenance, see
+pipeline.format.provenance) and how much of the source is read (progress bars).
+
+`hf:PATH` with a folder written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk` reads it
+with `datasets.load_from_disk` (SPLIT picks the split of a DatasetDict).
 """
 from __future__ import annotations
 
@@ -68,10 +73,26 @@ class ReadStats:
     empty: int = 0       # documents skipped because they are empty or whitespace only
     bad_utf8: int = 0    # documents with invalid UTF-8 (replaced by U+FFFD)
     bytes: int = 0       # UTF-8 bytes of the non-empty documents
+    excluded: int = 0    # documents dropped by --exclude
 
     def add(self, other: "ReadStats") -> None:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+@dataclass
+class Cursor:
+    """Where a reader is, updated before each document is yielded. `file` (index into
+    source_files(spec); 0 for hf) and `pos` (1-based line: jsonl, text line, text blank = the
+    paragraph's first line; record index: json; row: parquet, hf; 0: a whole file) locate the
+    document just yielded. `bytes_read` counts raw input bytes consumed; `total_bytes` (files,
+    none compressed) or `total_docs` (parquet, non-streaming hf) is the source's size when it is
+    known cheaply, else both stay None."""
+    file: int = 0
+    pos: int = 0
+    bytes_read: int = 0
+    total_bytes: int | None = None
+    total_docs: int | None = None
 
 
 def _flag(value: str, where: str) -> bool:
@@ -260,26 +281,36 @@ def _read_bytes(path: Path) -> bytes:
         raise UserError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
 
 
-def _text_docs(files: list[Path], mode: str, strict: bool, stats: ReadStats) -> Iterator[str]:
-    for f in files:
+def _text_docs(files: list[Path], mode: str, strict: bool, stats: ReadStats,
+               cur: Cursor) -> Iterator[str]:
+    for i, f in enumerate(files):
+        cur.file = i
         if mode == "file":
-            yield _decode(_read_bytes(f), str(f), strict, stats)
+            data = _read_bytes(f)
+            cur.pos, cur.bytes_read = 0, cur.bytes_read + f.stat().st_size
+            yield _decode(data, str(f), strict, stats)
             continue
         para: list[bytes] = []
+        start = 0
         try:
             with _open(f) as fh:
                 for lineno, raw in enumerate(fh, 1):
+                    cur.bytes_read += len(raw)
                     line = raw.rstrip(b"\r\n")
                     if mode == "line":
+                        cur.pos = lineno
                         yield _decode(line, f"{f}:{lineno}", strict, stats)
                     elif line.strip():
+                        start = start or lineno
                         para.append(line)
                     elif para:
+                        cur.pos = start
                         yield _decode(b"\n".join(para), f"{f}:{lineno}", strict, stats)
-                        para = []
+                        para, start = [], 0
         except (OSError, EOFError) as e:
             raise UserError(f"{f}: cannot read ({getattr(e, 'strerror', None) or e})") from None
         if para:
+            cur.pos = start
             yield _decode(b"\n".join(para), str(f), strict, stats)
 
 
@@ -303,11 +334,14 @@ def _json_problem(e: json.JSONDecodeError) -> str:
     return f"{e.msg.removesuffix(' at')} at"
 
 
-def _jsonl_docs(files: list[Path], field: str, strict: bool, stats: ReadStats) -> Iterator[str]:
-    for f in files:
+def _jsonl_docs(files: list[Path], field: str, strict: bool, stats: ReadStats,
+                cur: Cursor) -> Iterator[str]:
+    for i, f in enumerate(files):
+        cur.file = i
         try:
             with _open(f) as fh:
                 for lineno, raw in enumerate(fh, 1):
+                    cur.bytes_read += len(raw)
                     if not raw.strip():
                         continue
                     where = f"{f}:{lineno}"
@@ -316,22 +350,27 @@ def _jsonl_docs(files: list[Path], field: str, strict: bool, stats: ReadStats) -
                         rec = json.loads(line)
                     except json.JSONDecodeError as e:
                         raise UserError(f"{where}: invalid JSON ({_json_problem(e)} column {e.colno})") from None
+                    cur.pos = lineno
                     yield _record_text(rec, field, where)
         except (OSError, EOFError) as e:
             raise UserError(f"{f}: cannot read ({getattr(e, 'strerror', None) or e})") from None
 
 
-def _json_docs(files: list[Path], field: str, strict: bool, stats: ReadStats) -> Iterator[str]:
-    for f in files:
+def _json_docs(files: list[Path], field: str, strict: bool, stats: ReadStats,
+               cur: Cursor) -> Iterator[str]:
+    for i, f in enumerate(files):
+        cur.file = i
         text = _decode(_read_bytes(f), str(f), strict, stats)
+        cur.bytes_read += f.stat().st_size
         try:
             records = json.loads(text)
         except json.JSONDecodeError as e:
             raise UserError(f"{f}: invalid JSON ({_json_problem(e)} line {e.lineno} column {e.colno})") from None
         if not isinstance(records, list):
             raise UserError(f"{f}: expected a JSON array of records, got {type(records).__name__}")
-        for i, rec in enumerate(records):
-            yield _record_text(rec, field, f"{f}: record {i}")
+        for j, rec in enumerate(records):
+            cur.pos = j
+            yield _record_text(rec, field, f"{f}: record {j}")
 
 
 def _parquet_file(path: Path, field: str):
@@ -350,32 +389,56 @@ def _parquet_file(path: Path, field: str):
     return pf
 
 
-def _parquet_docs(files: list[Path], field: str) -> Iterator[str]:
+def _parquet_docs(files: list[Path], field: str, cur: Cursor) -> Iterator[str]:
     import pyarrow as pa
-    for f in files:
-        pf = _parquet_file(f, field)
+    parquet = [_parquet_file(f, field) for f in files]
+    cur.total_docs = sum(pf.metadata.num_rows for pf in parquet)
+    for i, (f, pf) in enumerate(zip(files, parquet)):
+        cur.file, cur.pos = i, -1
         try:
             for batch in pf.iter_batches(batch_size=1024, columns=[field]):
                 for value in batch.column(0).to_pylist():
+                    cur.pos += 1
                     yield value or ""
         except (pa.ArrowException, OSError) as e:
             raise UserError(f"{f}: unreadable Parquet ({str(e).splitlines()[0]})") from None
 
 
-def _hf_docs(spec: SourceSpec) -> Iterator[str]:
+def is_saved_dataset(path: str) -> bool:
+    """A folder written by datasets' save_to_disk (a Dataset or a DatasetDict)."""
+    p = Path(path)
+    return p.is_dir() and ((p / "dataset_dict.json").is_file() or (p / "state.json").is_file())
+
+
+def _load_hf(spec: SourceSpec):
     import datasets
-    where = f"hf:{spec.path}"
+    if is_saved_dataset(spec.path):
+        ds = datasets.load_from_disk(spec.path)
+        if isinstance(ds, datasets.DatasetDict):
+            if spec.split not in ds:
+                raise UserError(f"hf:{spec.path}: no split '{spec.split}' in this saved "
+                                f"DatasetDict (splits: {', '.join(ds)}); use hf:{spec.path}:SPLIT")
+            ds = ds[spec.split]
+        return ds.to_iterable_dataset() if spec.streaming else ds
     kwargs: dict[str, Any] = {"split": spec.split, "streaming": spec.streaming}
     if spec.data_files:
         kwargs["data_files"] = spec.data_files
+    return datasets.load_dataset(spec.path, spec.config, **kwargs)
+
+
+def _hf_docs(spec: SourceSpec, cur: Cursor) -> Iterator[str]:
+    where = f"hf:{spec.path}"
     try:
-        ds = datasets.load_dataset(spec.path, spec.config, **kwargs)
+        ds = _load_hf(spec)
+    except UserError:
+        raise
     except Exception as e:  # datasets raises many types (FileNotFoundError, DatasetNotFoundError, ValueError...)
         msg = (str(e).splitlines() or [""])[0]
         raise UserError(f"{where}: cannot load dataset ({type(e).__name__}: {msg})") from None
     columns = ds.column_names
     if columns is not None and spec.field not in columns:
         raise UserError(f"{where}: missing text field '{spec.field}' (columns: {', '.join(columns)})")
+    cur.total_docs = len(ds) if hasattr(ds, "__len__") else None
     for i, batch in enumerate(ds.iter(batch_size=1000)):
         if spec.field not in batch:
             raise UserError(f"{where}: missing text field '{spec.field}' (columns: {', '.join(batch)})")
@@ -383,20 +446,32 @@ def _hf_docs(spec: SourceSpec) -> Iterator[str]:
             if value is not None and not isinstance(value, str):
                 raise UserError(f"{where}: row {i * 1000 + j}: text field '{spec.field}' is "
                                 f"{type(value).__name__}, not a string")
+            cur.pos = i * 1000 + j
             yield value or ""
 
 
-def iter_documents(spec: SourceSpec, *, strict: bool = False, stats: ReadStats | None = None) -> Iterator[str]:
+def iter_documents(spec: SourceSpec, *, strict: bool = False, stats: ReadStats | None = None,
+                   cursor: Cursor | None = None) -> Iterator[str]:
     """All documents of `spec` in order (empty ones included; the caller skips them).
-    Counts invalid UTF-8 into `stats.bad_utf8`."""
+    Counts invalid UTF-8 into `stats.bad_utf8`; `cursor` follows the reader (see Cursor)."""
     stats = stats if stats is not None else ReadStats()
+    cur = cursor if cursor is not None else Cursor()
     if spec.kind == "hf":
-        return _hf_docs(spec)
+        return _hf_docs(spec, cur)
     files = source_files(spec)
+    if spec.kind == "parquet":
+        return _parquet_docs(files, spec.field, cur)
+    if not any(f.name.endswith(".gz") for f in files):
+        cur.total_bytes = sum(f.stat().st_size for f in files)
     if spec.kind in ("stdlib", "text"):
-        return _text_docs(files, spec.mode if spec.kind == "text" else "file", strict, stats)
+        return _text_docs(files, spec.mode if spec.kind == "text" else "file", strict, stats, cur)
     if spec.kind == "jsonl":
-        return _jsonl_docs(files, spec.field, strict, stats)
-    if spec.kind == "json":
-        return _json_docs(files, spec.field, strict, stats)
-    return _parquet_docs(files, spec.field)
+        return _jsonl_docs(files, spec.field, strict, stats, cur)
+    return _json_docs(files, spec.field, strict, stats, cur)
+
+
+def origin_files(spec: SourceSpec) -> list[str]:
+    """What Cursor.file indexes: the source's files (absolute paths), or its dataset for hf."""
+    if spec.kind == "hf":
+        return [":".join(["hf", spec.path, *([spec.config] if spec.config else []), spec.split])]
+    return [str(f.resolve()) for f in source_files(spec)]

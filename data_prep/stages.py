@@ -19,14 +19,16 @@ import numpy as np
 
 from data_prep.options import PrepOptions, changed, log, read_optional
 from data_prep.shards import ShardStreams, shard_intact
-from data_prep.sources import ReadStats, SourceSpec, iter_documents
+from data_prep.progress import SourceBar, elapsed
+from data_prep.sources import Cursor, ReadStats, SourceSpec, iter_documents, origin_files
 from data_prep.split import SPLITS, DocSplitter
-from data_prep.tokenize import Progress as Bar, batched, encode_stream
+from data_prep.tokenize import batched, encode_stream
 from data_prep.tokenizer import (install_tokenizer, sample_sentences, tokenizer_entry,
                                  train_sentencepiece, training_sentences)
 from pipeline.errors import UserError
 from pipeline.format.indexed import bin_path, idx_path, token_dtype
 from pipeline.format.manifest import Manifest, ShardEntry, TokenizerEntry
+from pipeline.format.provenance import doc_hash
 from pipeline.format.tokenizer import SPM_FILE, tokenizer_sha256
 from pipeline.fsutil import atomic_write_json
 
@@ -34,12 +36,16 @@ TOKENIZER_INFO = "tokenizer-info.json"
 
 
 def documents(spec: SourceSpec, opts: PrepOptions, stats: ReadStats, lo: int = 0,
-              hi: int | None = None) -> Iterator[tuple[str, bytes]]:
-    """Non-empty documents (text, UTF-8 bytes) with stream index in [lo, hi), honoring --max-docs /
-    --max-bytes; counts documents, empty ones, invalid UTF-8 and bytes of the range into `stats`."""
+              hi: int | None = None, cursor: Cursor | None = None
+              ) -> Iterator[tuple[str, bytes, tuple[int, int, int]]]:
+    """Non-empty documents (text, UTF-8 bytes, provenance (file, pos, text hash)) with stream
+    index in [lo, hi), honoring --max-docs / --max-bytes and leaving out what --exclude lists;
+    counts documents, empty and excluded ones, invalid UTF-8 and bytes of the range into
+    `stats`. `cursor` follows the reader (progress)."""
     reader = ReadStats()
+    cur = cursor if cursor is not None else Cursor()
     bad_seen = 0
-    for i, text in enumerate(iter_documents(spec, strict=opts.strict, stats=reader)):
+    for i, text in enumerate(iter_documents(spec, strict=opts.strict, stats=reader, cursor=cur)):
         if (hi is not None and i >= hi) or (opts.max_docs is not None and i >= opts.max_docs) or (
                 opts.max_bytes is not None and stats.bytes >= opts.max_bytes):
             break
@@ -52,14 +58,19 @@ def documents(spec: SourceSpec, opts: PrepOptions, stats: ReadStats, lo: int = 0
             stats.empty += 1
             continue
         data = text.encode("utf-8")
+        h = doc_hash(data)
+        if h in opts.drop:
+            stats.excluded += 1
+            continue
         stats.bytes += len(data)
-        yield text, data
+        yield text, data, (cur.file, cur.pos, h)
 
 
 def check_nonempty(spec: SourceSpec, stats: ReadStats) -> None:
-    if stats.docs == stats.empty:
+    if stats.docs == stats.empty + stats.excluded:
+        excluded = f", {stats.excluded} excluded by --exclude" if stats.excluded else ""
         raise UserError(f"{spec.path or spec.kind}: source '{spec.name}' has no non-empty documents "
-                        f"({stats.docs} read, {stats.empty} empty)")
+                        f"({stats.docs} read, {stats.empty} empty{excluded})")
 
 
 def count_docs(opts: PrepOptions) -> dict[str, int]:
@@ -74,16 +85,16 @@ def count_docs(opts: PrepOptions) -> dict[str, int]:
     return counts
 
 
-def ensure_tokenizer(opts: PrepOptions, *, count_docs: bool = False) -> tuple[TokenizerEntry, dict[str, int] | None]:
+def ensure_tokenizer(opts: PrepOptions, *, with_counts: bool = False) -> tuple[TokenizerEntry, dict[str, int] | None]:
     """Train or install the tokenizer in OUT unless OUT already has one made with the same args.
-    With count_docs, also returns the number of documents of each source (for partitioning)."""
+    With with_counts, also returns the number of documents of each source (for partitioning)."""
     out = opts.out
     info_path = out / TOKENIZER_INFO
     info = read_optional(info_path)
     if info and info.get("args") == opts.tokenizer_args():
         entry = TokenizerEntry(**info["entry"])
         if (out / entry.path).exists() and tokenizer_sha256(out / entry.path) == entry.sha256:
-            return entry, (count_docs(opts) if count_docs else None)
+            return entry, (count_docs(opts) if with_counts else None)
     info_path.unlink(missing_ok=True)
     counts: dict[str, int] | None = None
     if opts.tokenizer == "train":
@@ -93,21 +104,28 @@ def ensure_tokenizer(opts: PrepOptions, *, count_docs: bool = False) -> tuple[To
 
         def corpus() -> Iterator[str]:
             for spec in opts.sources:
-                stats = ReadStats()
-                for text, _ in documents(spec, opts, stats):
-                    yield text
+                stats, cursor = ReadStats(), Cursor()
+                bar = SourceBar(f"tokenizer: reading {spec.name}", cursor, disable=opts.bar_off,
+                                docs_limit=opts.max_docs)
+                try:
+                    for text, _, _ in documents(spec, opts, stats, cursor=cursor):
+                        bar.update(1)
+                        yield text
+                finally:
+                    bar.close()
                 check_nonempty(spec, stats)
                 counts[spec.name] = stats.docs
 
         sentences = sample_sentences(training_sentences(corpus()), cfg.max_sentences, cfg.seed)
         log(f"lai-prep: training a {cfg.vocab_size}-piece {cfg.model_type} sentencepiece model on "
             f"{len(sentences):,} lines ({cfg.num_threads} threads)")
-        train_sentencepiece(sentences, out / SPM_FILE, cfg)
+        with elapsed("tokenizer: training sentencepiece", disable=opts.bar_off):
+            train_sentencepiece(sentences, out / SPM_FILE, cfg)
         log(f"lai-prep: tokenizer trained in {time.perf_counter() - t0:.1f} s -> {out / SPM_FILE}")
         kind = "sentencepiece"
     else:
         kind = install_tokenizer(opts.tokenizer, out)
-        if count_docs:
+        if with_counts:
             counts = count_docs(opts)
     entry = tokenizer_entry(out, kind)
     atomic_write_json(info_path, {"args": opts.tokenizer_args(), "entry": asdict(entry)})
@@ -193,24 +211,25 @@ def tokenize_source(spec: SourceSpec, opts: PrepOptions, run: Progress, streams:
         done = [e for e in run.shards if e.source == spec.name and e.split == s]
         skip[s] = sum(e.num_docs for e in done)
         streams.start(spec.name, s, len(done))
-    stats = ReadStats()
+    stats, cursor = ReadStats(), Cursor()
     seen = {s: 0 for s in SPLITS}
 
-    def todo() -> Iterator[tuple[tuple[str, int], str]]:
-        for text, data in documents(spec, opts, stats, lo, hi):
+    def todo() -> Iterator[tuple[tuple[str, int, tuple[int, int, int]], str]]:
+        for text, data, origin in documents(spec, opts, stats, lo, hi, cursor):
             split = splitter.split_of(data)
             seen[split] += 1
             if seen[split] > skip[split]:
-                yield (split, len(data)), text
+                yield (split, len(data), origin), text
 
     batches = (([m for m, _ in b], [t for _, t in b]) for b in batched(todo(), lambda item: item[0][1]))
-    bar = Bar(f"{spec.name}", disable=None if opts.progress is None else not opts.progress)
+    bar = SourceBar(spec.name, cursor, disable=opts.bar_off,
+                    docs_total=None if hi is None else hi - lo, docs_limit=opts.max_docs)
     try:
         for metas, enc in encode_stream(batches, kind=entry.kind, path=opts.out / entry.path, dtype=dtype,
                                         workers=opts.workers):
-            for (split, _), tokens in zip(metas, enc.documents()):
-                streams.add(spec.name, split, tokens)
-            bar.update(len(metas), int(enc.lengths.sum()), sum(n for _, n in metas))
+            for (split, _, origin), tokens in zip(metas, enc.documents()):
+                streams.add(spec.name, split, tokens, origin)
+            bar.update(len(metas), int(enc.lengths.sum()))
     finally:
         bar.close()
     streams.finish(spec.name)
@@ -238,7 +257,8 @@ def make_manifest(opts: PrepOptions, entry: TokenizerEntry, dtype: np.dtype, spl
     stats = {"sources": per_source, "num_docs": sum(e.num_docs for e in shards),
              "num_tokens": sum(e.num_tokens for e in shards), "num_shards": len(shards)}
     return Manifest(tokenizer=entry, dtype=dtype.name, split=splitter.to_json(),
-                    sources=[{"name": s.name, "spec": s.to_json()} for s in opts.sources],
+                    sources=[{"name": s.name, "spec": s.to_json(), "files": origin_files(s)}
+                             for s in opts.sources],
                     shards=shards, args=args, stats=stats)
 
 
@@ -246,9 +266,10 @@ def summary(m: Manifest, out: Path, seconds: float) -> str:
     st = m.stats
     rd = ReadStats()
     for s in st["sources"].values():
-        rd.add(ReadStats(**{k: s[k] for k in ("docs", "empty", "bad_utf8", "bytes")}))
+        rd.add(ReadStats(**{k: s.get(k, 0) for k in ("docs", "empty", "bad_utf8", "bytes", "excluded")}))
     tr = sum(s["train_tokens"] for s in st["sources"].values())
-    return (f"lai-prep: {rd.docs:,} docs ({rd.empty:,} empty skipped, {rd.bad_utf8:,} with bad UTF-8), "
+    excluded = f", {rd.excluded:,} excluded by --exclude" if rd.excluded else ""
+    return (f"lai-prep: {rd.docs:,} docs ({rd.empty:,} empty skipped{excluded}, {rd.bad_utf8:,} with bad UTF-8), "
             f"{rd.bytes / 1e6:.1f} MB -> {st['num_tokens']:,} tokens (train {tr:,}, val {st['num_tokens'] - tr:,}) "
             f"in {st['num_shards']} shards, vocab {m.tokenizer.vocab_size} {m.dtype}, {seconds:.1f} s -> {out}")
 

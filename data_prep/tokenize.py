@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 import numpy as np
-from tqdm import tqdm
 
 from pipeline.format.tokenizer import Tokenizer, load_tokenizer
 
@@ -93,24 +91,3 @@ def batched(items: Iterable[Any], size_of, max_items: int = 256, max_size: int =
             batch, size = [], 0
     if batch:
         yield batch
-
-
-class Progress:
-    """tqdm bar over documents with tokens and MB/s; shown when stderr is a terminal."""
-
-    def __init__(self, desc: str, total: int | None = None, disable: bool | None = None):
-        self.bar = tqdm(desc=desc, total=total, unit="doc", unit_scale=True, dynamic_ncols=True,
-                        disable=disable, mininterval=0.5)
-        self.t0 = time.perf_counter()
-        self.tokens = 0
-        self.bytes = 0
-
-    def update(self, docs: int, tokens: int, nbytes: int) -> None:
-        self.tokens += tokens
-        self.bytes += nbytes
-        dt = max(time.perf_counter() - self.t0, 1e-9)
-        self.bar.set_postfix_str(f"{self.tokens / 1e6:.2f}M tok, {self.bytes / 1e6 / dt:.1f} MB/s", refresh=False)
-        self.bar.update(docs)
-
-    def close(self) -> None:
-        self.bar.close()

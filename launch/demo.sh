@@ -34,10 +34,12 @@ cat <<DONE
 demo finished in $((SECONDS - start)) s. Outputs:
   data (shards, tokenizer, manifest)  $data/
   resolved config, DeepSpeed JSON     $run/config.yaml  $run/ds_config.json
+  training log                        $run/train.log
   checkpoints                         $run/checkpoints/
   final model + tokenizer             $run/final/   (AutoModelForCausalLM.from_pretrained("$run/final"))
   valuation ledger                    $run/ledger/
   valuation report                    $run/report/report.md  report.json  documents.csv  valuation.png
+  keep/drop list                      $run/report/keep_drop.csv   (lai-prep --source stdlib --exclude it --out ...)
   TensorBoard                         launch/tensorboard.sh $run   (then open http://127.0.0.1:6006;
                                       from your laptop: ssh -L 6006:127.0.0.1:6006 THIS_HOST)
 DONE

@@ -26,7 +26,13 @@ Options:
   --master_addr A    rendezvous host (default: 127.0.0.1; with --hostfile: \$MASTER_ADDR, else its
                      first host)
   --master_port P    rendezvous port (default: \$MASTER_PORT or 29500)
+  --dry-run          check the config and the data for the ranks it would start and print the
+                     plan (lai-train --dry-run: resolved config, DeepSpeed JSON, parameters,
+                     tokens per step, epochs, memory estimate); start nothing
   -h, --help         this text
+
+Before deepspeed starts any rank, the config and the data are checked once (lai-train --check):
+a bad value stops here with one error line.
 
 Examples:
   launch/train.sh configs/tiny_cpu.yaml train.steps=20 run.out_dir=runs/tiny
@@ -42,12 +48,14 @@ ranks=""
 hostfile=""
 node_rank=""
 slurm=""
+dry_run=""
 master_addr="${MASTER_ADDR:-}"
 master_port="${MASTER_PORT:-29500}"
 while [[ $# -gt 0 ]]; do
     case "$1" in
         -h|--help) usage; exit 0 ;;
         --slurm) slurm=1; shift ;;
+        --dry-run) dry_run=1; shift ;;
         --ranks|--hostfile|--node_rank|--master_addr|--master_port)
             [[ $# -ge 2 ]] || lai_die "$1 needs a value"
             declare "${1#--}=$2"; shift 2 ;;
@@ -113,6 +121,8 @@ if [[ -n "$hostfile" ]]; then
     fi
     [[ -z "$ranks" ]] || { ds_args+=(--num_gpus "$ranks"); local_slots="$ranks"; }
     nranks="$local_slots"
+    world=0
+    for h in "${hosts[@]}"; do world=$(( world + ${ranks:-${h##* }} )); done
     desc="node ${node_rank:-0 (ssh fan-out)} of ${#hosts[@]} from $hostfile, $nranks rank(s) here"
 else
     [[ -z "$node_rank" ]] || lai_die "--node_rank needs --hostfile"
@@ -137,17 +147,25 @@ else
     fi
 fi
 ds_args+=(--master_port "$master_port")
-
-# Rank 0's node hosts the rendezvous store: say so clearly if the port is taken.
-if [[ "${node_rank:-0}" == "0" ]] && lai_port_busy 127.0.0.1 "$master_port"; then
-    lai_die "master port $master_port is in use (another run on this node?): pass --master_port P or set MASTER_PORT"
-fi
+world="${world:-$nranks}"
 
 cores="${SLURM_CPUS_ON_NODE:-$(nproc)}"
 threads=$(( cores / nranks ))
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( threads > 0 ? threads : 1 ))}"
 export PYTHONPATH="$LAI_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 echo "launch: $desc, OMP_NUM_THREADS=$OMP_NUM_THREADS, master $master_addr:$master_port"
+
+if [[ -n "$dry_run" ]]; then
+    exec "$python" -m pipeline.train --dry-run --world "$world" "$config" "$@"
+fi
+
+# Rank 0's node hosts the rendezvous store: say so clearly if the port is taken.
+if [[ "${node_rank:-0}" == "0" ]] && lai_port_busy 127.0.0.1 "$master_port"; then
+    lai_die "master port $master_port is in use (another run on this node?): pass --master_port P or set MASTER_PORT"
+fi
+
+# Check the config and the data once, for the whole world, before any rank starts.
+"$python" -m pipeline.train --check --world "$world" "$config" "$@" || exit $?
 
 # Stop signals sent to the whole step / process group must reach only the trainers, whose handler
 # saves a checkpoint and exits 75; the launcher processes wait for them and pass the 75 on.

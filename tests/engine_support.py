@@ -40,10 +40,10 @@ def engine_and_optimizer(cfg, model):
     return engine, opt
 
 
-def _rank_entry(rank: int, fn, port: int) -> None:
+def _rank_entry(rank: int, fn, port: int, world: int) -> None:
     import os
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from pipeline.train import runtime
     runtime.init()
@@ -55,7 +55,8 @@ def _rank_entry(rank: int, fn, port: int) -> None:
     runtime.shutdown()
 
 
-def run_on_ranks(fn) -> None:
-    """Run fn(rank) on WORLD spawned processes in a real gloo group (fn: a module-level function)."""
+def run_on_ranks(fn, world: int = WORLD) -> None:
+    """Run fn(rank) on `world` spawned processes in a real gloo group (fn: a module-level
+    function)."""
     import torch.multiprocessing as mp
-    mp.spawn(_rank_entry, args=(fn, free_port()), nprocs=WORLD, join=True)
+    mp.spawn(_rank_entry, args=(fn, free_port(), world), nprocs=world, join=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import CHOICES, Config, load_config, save_yaml
+from pipeline.config.batch import resolve_batch
 from pipeline.errors import UserError
 from pipeline.lai import FILTERS
 from pipeline.train.optim import lr_at
@@ -144,7 +145,8 @@ def test_bad_yaml_names_file_and_key(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,field", [
-    (["train.global_batch=16"], "train.global_batch"),
+    (["train.global_batch=15"], "train.global_batch"),
+    (["train.grad_accum=3"], "train.global_batch"),
     (["train.zero_stage=4"], "train.zero_stage"),
     (["train.micro_batch=0"], "train.micro_batch"),
     (["train.offload_params=cpu", "train.zero_stage=2"], "train.offload_params"),
@@ -164,7 +166,7 @@ def test_bad_yaml_names_file_and_key(tmp_path):
 ])
 def test_validation_names_the_field(data_dir, overrides, field):
     with pytest.raises(UserError) as e:          # the lai section already fails when it loads
-        _valid(data_dir, *overrides).validate(world=3)
+        _valid(data_dir, *overrides).validate(world=2)
     assert str(e.value).startswith(f"{field}: ") and "\n" not in str(e.value), str(e.value)
 
 
@@ -184,7 +186,8 @@ def test_lai_settings_are_resolved_when_the_config_loads(data_dir):
 
 def test_missing_data_path_fails(tmp_path, data_dir):
     cfg = _valid(data_dir, f"data.sources=[{{path: '{tmp_path / 'nope'}'}}]")
-    with pytest.raises(UserError, match=r"data.sources\[0\].path: .*nope: directory not found"):
+    with pytest.raises(UserError, match=r"data.sources\[0\].path: .*nope: directory not found; "
+                       r"prepare it first: lai-prep --source \.\.\. --out .*nope$"):
         cfg.validate()
     cfg = _valid(data_dir, f"data.sources=[{{path: '{tmp_path}'}}]")
     with pytest.raises(UserError, match=r"data.sources\[0\].path: .*no manifest.json"):
@@ -217,14 +220,57 @@ def test_resume_changes_classified(data_dir):
     breaking, harmless = resume_changes(a, b)
     assert breaking == [] and config_hash(a) == config_hash(b)
     assert {h.split(":")[0] for h in harmless} == {"train.steps", "log.every", "lai.threshold"}
-    for override in ("model.hidden=32", "data.seq_len=64", "train.micro_batch=2",
-                     "train.grad_accum=2", "train.zero_stage=3", "train.precision=bf16"):
+    for override in ("model.hidden=32", "data.seq_len=64", "train.global_batch=32",
+                     "train.zero_stage=3", "train.precision=bf16"):
         c = {**_valid(data_dir, override).to_dict(), "world": 2}
         breaking, _ = resume_changes(a, c)
         assert [x.split(":")[0] for x in breaking] == [override.split("=")[0]]
         assert config_hash(a) != config_hash(c)
-    breaking, _ = resume_changes(a, {**a, "world": 4})
-    assert breaking == ["world: 2 -> 4"]
+    # another number of ranks: allowed (noted) when the global batch stays; the batch of a
+    # checkpoint saved before global_batch was always filled is micro x accumulation x ranks
+    b = _valid(data_dir).validate(world=1).to_dict()
+    breaking, allowed = resume_changes({**a, "world": 2}, {**b, "world": 1})
+    assert breaking == [] and config_hash({**a, "world": 2}) == config_hash({**b, "world": 1})
+    assert {x.split(":")[0] for x in allowed} == {"train.grad_accum", "world"}
+    old = {**a, "world": 2, "train": {**a["train"], "global_batch": 0, "grad_accum": 1}}
+    assert resume_changes(old, {**b, "world": 1})[0] == []          # 8 x 1 x 2 = 16
+    old["train"]["grad_accum"] = 2
+    assert resume_changes(old, {**b, "world": 1})[0] == ["train.global_batch: 32 -> 16"]
+
+
+def test_batch_triple_is_derived_from_the_global_batch():
+    from pipeline.config import TrainConfig
+    for world, triple in ((1, (8, 2)), (2, (8, 1)), (4, (4, 1)), (8, (2, 1)), (16, (1, 1))):
+        t = TrainConfig(global_batch=16, micro_batch=8)
+        resolve_batch(t, world)
+        assert (t.micro_batch, t.grad_accum, t.global_batch) == (*triple, 16), world
+    t = TrainConfig(global_batch=12, micro_batch=8)      # the largest micro batch that divides
+    resolve_batch(t, 1)
+    assert (t.micro_batch, t.grad_accum) == (6, 2)
+    t = TrainConfig(micro_batch=4, grad_accum=3)         # explicit accumulation: the product
+    resolve_batch(t, 2)
+    assert t.global_batch == 24
+    with pytest.raises(UserError, match="16 sequences do not split evenly over 3 ranks"):
+        resolve_batch(TrainConfig(global_batch=16), 3)
+    with pytest.raises(UserError, match=r"train.global_batch: 16 != .* = 24 \(set train.grad_accum=0"):
+        resolve_batch(TrainConfig(global_batch=16, micro_batch=4, grad_accum=3), 2)
+
+
+def test_every_shipped_config_states_its_global_batch():
+    """On any number of ranks that divides it, a shipped config trains its stated global batch
+    (llama_1b: 512 on 8 GPUs, not 8 x 2 x 8 = 128)."""
+    for p in CONFIGS:
+        cfg = load_config(p)
+        stated = cfg.train.global_batch
+        header = [line for line in p.read_text().splitlines() if line.startswith("#")]
+        assert stated > 0 and any(f"Global batch = {stated} " in h for h in header), p
+        for world in (1, 2, 8):
+            t = load_config(p).train
+            resolve_batch(t, world)
+            assert t.micro_batch * t.grad_accum * world == stated, (p, world)
+    llama = load_config(ROOT / "configs" / "llama_1b.yaml")
+    resolve_batch(llama.train, 8)
+    assert (llama.train.micro_batch, llama.train.grad_accum) == (8, 8)
 
 
 def test_lr_schedules():
@@ -244,7 +290,7 @@ def test_lr_schedules():
 @pytest.mark.parametrize("args,field", [
     (["train.zero_stgae=2"], "unknown key 'train.zero_stgae'"),
     (["train.micro_batch=x"], "train.micro_batch: expected int"),
-    (["train.global_batch=100"], "train.global_batch:"),
+    (["train.global_batch=100", "train.grad_accum=3"], "train.global_batch:"),
     (["lai.sketch_dim=2"], "lai.sketch_dim: must be an int >= 4, got 2"),
     (["lai.method=exact", "lai.sketch_dim=1024"], "lai.sketch_dim: 1024 is only used by"),
     (["train.lr=.inf"], "train.lr: expected a finite number, got inf"),     # was: a NaN model

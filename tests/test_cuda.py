@@ -97,6 +97,7 @@ def _step_grads(ids: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor, de
     from pipeline.train.step import masked_loss
     cfg = Config()
     cfg.train.zero_stage, cfg.train.precision, cfg.train.micro_batch = 2, "bf16", B
+    cfg.train.grad_accum = 1
     cfg.train.grad_clip = 0.0
     cfg.model.family, cfg.model.n_layer, cfg.model.hidden, cfg.model.n_head = "llama", 2, 32, 2
     cfg.model.tie_word_embeddings = False

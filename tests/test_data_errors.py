@@ -47,7 +47,8 @@ def test_shard_disagreeing_with_manifest(good):
 
 def test_tokenizer_mismatch_between_sources(good, tmp_path):
     other = make_data_dir(tmp_path / "other", random_docs(30, seed=2), source="other", tokenizer="another")
-    expect(f"{other / 'manifest.json'}: tokenizer sha256 .* differs", [(good, 1.0), (other, 1.0)])
+    expect(f"{other / 'manifest.json'}: tokenizer sha256 .* differs .*: prepare {other} again "
+           f"with lai-prep --tokenizer spm:{good / 'tokenizer.model'} ...", [(good, 1.0), (other, 1.0)])
 
 
 def test_split_without_shards_or_too_few_tokens(good, tmp_path):

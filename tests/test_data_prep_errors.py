@@ -222,7 +222,8 @@ def test_partitioned_mode_misuse(tmp_path, capsys):
         capsys, *src, "--out", tmp_path / "o", "--num-parts", 2, "--part", 0)
     assert "--part: must be in [0, --num-parts) = [0, 2), got 2" in fails(
         capsys, *src, "--out", tmp_path / "o", "--num-parts", 2, "--part", 2)
-    assert "no manifest" in fails(capsys, "verify", tmp_path / "o")
+    assert not (tmp_path / "o").exists()             # failed runs left no empty folder behind
+    assert "data directory does not exist" in fails(capsys, "verify", tmp_path / "o")
 
 
 def test_rerun_with_corrected_arguments_after_a_failure_starts_over(tmp_path, capsys, spm_model):

@@ -90,7 +90,8 @@ def test_prep_failure_cancels_the_rest_of_the_chain(cluster, work):
 def train_args(data: Path, out: Path) -> list[str]:
     return [str(REPO / "configs" / "tiny_cpu.yaml"), f"data.sources=[{{path: {data}, weight: 1.0}}]",
             "data.seq_len=32", "model.n_layer=2", "model.hidden=64", "model.n_head=2",
-            "train.micro_batch=2", f"train.steps={STEPS}", "train.warmup_steps=2",
+            "train.micro_batch=2", "train.global_batch=0", f"train.steps={STEPS}",
+            "train.warmup_steps=2",
             "train.eval_every=0", "lai.warmup_steps=0", "log.every=1", "log.histogram_every=0",
             "run.save_every=0", f"run.out_dir={out}"]
 

@@ -26,6 +26,7 @@ def tiny_overrides(data: Path, out: Path, steps: int) -> list[str]:
     """configs/tiny_cpu.yaml shrunk to well under a second per step on 2 CPU ranks."""
     return [f"data.sources=[{{path: {data}, weight: 1.0}}]", "data.seq_len=32",
             "model.n_layer=2", "model.hidden=64", "model.n_head=2", "train.micro_batch=2",
+            "train.global_batch=0",
             f"train.steps={steps}", "train.warmup_steps=1", "train.eval_every=0",
             "lai.warmup_steps=0", "log.every=1", "log.histogram_every=0", "run.save_every=0",
             f"run.out_dir={out}"]

@@ -75,15 +75,32 @@ def run(tmp_path_factory):
     return run, ds, sp, dirs
 
 
+def step_z(rows) -> list[float]:
+    """Each row's value as a z-score among the rows of its step, by plain Python."""
+    by_step = defaultdict(list)
+    for r in rows:
+        by_step[int(r["step"])].append(float(r["value"]))
+    out = []
+    for r in rows:
+        v = by_step[int(r["step"])]
+        mean = sum(v) / len(v)
+        sd = (sum((x - mean) ** 2 for x in v) / len(v)) ** 0.5
+        out.append((float(r["value"]) - mean) / sd)
+    return out
+
+
 def direct(rows, ds):
-    """Per-document and per-source token-weighted aggregates by plain Python loops."""
+    """Per-document and per-source token-weighted aggregates by plain Python loops (z: the
+    step-corrected value, for rows whose values are all finite)."""
     doc = defaultdict(lambda: defaultdict(float))
     src = defaultdict(lambda: defaultdict(float))
     src_seqs = defaultdict(set)
-    for r in rows:
+    zs = step_z(rows) if np.isfinite(rows["value"]).all() else [np.nan] * len(rows)
+    for r, z in zip(rows, zs):
         for s in ds.locate(int(r["seq_id"])):
             for acc in (doc[(s.source, s.shard, s.doc)], src[s.source]):
                 acc["tokens"] += s.num_tokens
+                acc["z"] += s.num_tokens * z
                 acc["value"] += s.num_tokens * r["value"]
                 acc["excluded"] += s.num_tokens * (not r["kept"])
                 acc["loss"] += s.num_tokens * float(r["loss"])
@@ -127,9 +144,10 @@ def test_report_numbers_match_direct_computation(run):
     by_src = {s["source"]: s for s in rep["sources"]}
     assert by_src["alpha"]["mean_value"] > 0 > by_src["beta"]["mean_value"]   # the planted signal
 
-    ranked = sorted((k for k, a in doc.items() if a["tokens"] >= 4),
-                    key=lambda k: doc[k]["value"] / doc[k]["tokens"])
+    ranked = sorted((k for k, a in doc.items() if a["tokens"] >= 4),      # by step value
+                    key=lambda k: doc[k]["z"] / doc[k]["tokens"])
     docs = rep["documents"]
+    assert rep["value_step_method"].startswith("z-score of the value among its step")
     assert docs["count"] == len(doc) and docs["ranked"] == len(ranked)
     key = lambda e: (e["source"], e["shard"], e["doc"])  # noqa: E731
     assert [key(e) for e in docs["least_valuable"]] == ranked[:3]
@@ -137,7 +155,10 @@ def test_report_numbers_match_direct_computation(run):
     for e in docs["least_valuable"] + docs["most_valuable"]:
         acc = doc[key(e)]
         assert e["mean_value"] == pytest.approx(acc["value"] / acc["tokens"], rel=1e-9)
-        assert e["sequences"] == acc["sequences"] and e["tokens"] == acc["tokens"]
+        assert e["value_step"] == pytest.approx(acc["z"] / acc["tokens"], rel=1e-9)
+        assert e["sequences"] == e["measured"] == acc["sequences"]
+        assert e["tokens"] == acc["tokens"]
+        assert e["record"] == "" and e["doc_hash"] == ""         # datagen records no provenance
         d = dirs[0] if e["source"] == "alpha" else dirs[1]
         text = sp.decode(IndexedReader(d / e["shard"])[e["doc"]].tolist())
         assert e["snippet"] == text and e["snippet"].startswith(f"{e['source']} ")
@@ -147,8 +168,15 @@ def test_report_numbers_match_direct_computation(run):
     md = (out / "report.md").read_text()
     assert "| alpha |" in md and docs["most_valuable"][0]["snippet"] in md
     lines = (out / "documents.csv").read_text().splitlines()
-    assert lines[0] == "source,shard,doc,sequences,tokens,mean_value,excluded_frac,mean_loss"
+    assert lines[0] == ("source,shard,doc,sequences,measured,tokens,value_step,mean_value,"
+                        "excluded_frac,mean_loss,record,doc_hash")
     assert len(lines) == 1 + len(doc)
+    import csv
+    with open(out / "keep_drop.csv") as f:
+        decisions = list(csv.DictReader(f))
+    assert len(decisions) == len(doc)
+    dropped = [(d["source"], d["shard"], int(d["doc"])) for d in decisions if d["decision"] == "drop"]
+    assert dropped == ranked[:len(ranked) // 10] and rep["keep_drop"]["dropped"] == len(dropped)
     import matplotlib.image
 
     png = matplotlib.image.imread(out / "valuation.png")
@@ -164,6 +192,7 @@ def test_cli(run, tmp_path):
     assert p.returncode == 0, p.stderr
     out = p.stdout.strip().splitlines()
     assert len(out) == 1 and out[0].startswith("report: 48 sequences over 12 steps")
+    assert "marked drop in keep_drop.csv" in out[0]
     assert out[0].endswith(str(run_dir / "report" / "report.md"))
 
     p = subprocess.run([sys.executable, "-m", "pipeline.report", str(tmp_path / "missing")],
@@ -218,3 +247,38 @@ def test_unscored_sequences_are_left_out_of_values(run, tmp_path):
     ranked = rep["documents"]["most_valuable"] + rep["documents"]["least_valuable"]
     assert ranked and all(e["mean_value"] is not None for e in ranked)
     assert rep["mean_value"] == pytest.approx(np.nanmean(values))
+
+
+def test_ranking_is_corrected_for_the_step(run, tmp_path):
+    """Raw values that shrink 1000-fold over training: the raw ranking lists what was seen first,
+    the step-corrected one what was worse than its batch mates (here: beta, at every step). A
+    ledger column value_norm, when present, is used as the corrected value."""
+    _, ds, _, _ = run
+    (tmp_path / "data.json").write_text((run[0] / "data.json").read_text())
+    led = Ledger(tmp_path, 0)
+    n = 8
+    for step in range(1, 7):
+        seq = np.arange((step - 1) * n, step * n)
+        beta = np.array([ds.locate(int(i))[0].source == "beta" for i in seq])
+        values = np.where(beta, 0.5, 1.0) * 1000.0 ** -(step - 1)       # all positive
+        led.append(step, seq, values, np.ones(n, bool), np.full(n, 3.0))
+    led.close()
+    rep = build_report(tmp_path, min_tokens=1, top=1000)
+    least = rep["documents"]["least_valuable"]
+    assert {e["source"] for e in least if e["value_step"] < 0} == {"beta"}
+    assert all(e["value_step"] >= 0 for e in least if e["source"] == "alpha")
+    k = sum(e["source"] == "beta" for e in least)
+    assert {e["source"] for e in least[:k]} == {"beta"}        # ranked by step value
+    raw = sorted(least, key=lambda e: e["mean_value"])[:k]    # by raw value: "seen late"
+    assert "alpha" in {e["source"] for e in raw}
+
+    import pipeline.report.stats as stats
+    rows = read_ledger(tmp_path)
+    norm = np.empty(rows.size, rows.dtype.descr + [("value_norm", "<f8")])
+    for name in rows.dtype.names:
+        norm[name] = rows[name]
+    norm["value_norm"] = -rows["seq_id"].astype(float)
+    corrected, method = stats.step_corrected(norm)
+    assert method.startswith("value_norm") and np.array_equal(corrected, norm["value_norm"])
+    norm["value_norm"] = np.nan                                # an older run: computed
+    assert stats.step_corrected(norm)[1] == stats.STEP_ZSCORE

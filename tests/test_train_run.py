@@ -11,10 +11,7 @@
 """
 from __future__ import annotations
 
-import dataclasses
-import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,96 +21,15 @@ import psutil
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "tiny_cpu.yaml"
-N = 4   # steps before the interruption; straight runs train 2N
+from train_support import (N, ROOT, env, final_params, ledger, loss_by_step, make_animals_data,
+                           scalars, torchrun, train, train_args)
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    """A prepared directory with a real sentencepiece tokenizer: repetitive English sentences,
-    every 4th document random tokens."""
-    import sentencepiece as spm
-
-    from pipeline.fsutil import sha256_file
-    from pipeline.format.manifest import load_manifest
-    from datagen import make_data_dir
-    out = tmp_path_factory.mktemp("data")
-    rng = np.random.default_rng(0)
-    animals = "cat dog bird fish horse mouse sheep goat camel zebra tiger whale".split()
-    verbs = "sees likes follows eats chases feeds greets watches".split()
-    adjectives = "big small red green quick lazy happy sleepy".split()
-    texts = [" ".join(f"the {rng.choice(adjectives)} {rng.choice(animals)} {rng.choice(verbs)} "
-                      f"the {rng.choice(animals)} ." for _ in range(int(rng.integers(2, 8))))
-             for _ in range(500)]
-    corpus = out / "corpus.txt"
-    corpus.write_text("\n".join(texts))
-    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(out / "sp"), vocab_size=64,
-                                   hard_vocab_limit=False, bos_id=1, eos_id=2, pad_id=0,
-                                   unk_id=3, minloglevel=2)
-    sp = spm.SentencePieceProcessor(model_file=str(out / "sp.model"))
-    docs = [np.array(sp.encode(t) + [2]) for t in texts]
-    for i in range(0, len(docs), 4):          # every 4th document is noise: LAI should drop some
-        docs[i] = np.append(rng.integers(4, sp.get_piece_size(), size=40), 2)
-    d = make_data_dir(out / "prepared", docs[:440], vocab_size=sp.get_piece_size(), source="animals",
-                      val_docs=docs[440:])
-    os.replace(out / "sp.model", d / "tokenizer.model")
-    m = load_manifest(d)
-    m.tokenizer = dataclasses.replace(m.tokenizer, sha256=sha256_file(d / "tokenizer.model"))
-    m.save(d)
-    return d
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _args(data: Path, run: Path, *overrides: str) -> list[str]:
-    return [str(CONFIG), f"run.out_dir={run}", f"data.sources=[{{path: '{data}', weight: 1.0}}]",
-            "data.seq_len=32", "model.n_layer=2", "model.hidden=64", "model.n_head=2",
-            "train.micro_batch=4", f"train.steps={2 * N}", "train.lr=1e-2", "train.min_lr=1e-3",
-            "train.warmup_steps=2", "train.eval_every=4", "train.eval_batches=2",
-            "lai.warmup_steps=1", "lai.max_exclude_frac=0.25", "log.every=1",
-            "log.histogram_every=4", "run.save_every=4", *overrides]
-
-
-def _env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
-            "TOKENIZERS_PARALLELISM": "false"}
-
-
-def _torchrun(args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-            "--master_port", str(_port()), "-m", "pipeline.train", *args]
-
-
-def train(data: Path, run: Path, *overrides: str, rc: int = 0) -> str:
-    p = subprocess.run(_torchrun(_args(data, run, *overrides)), env=_env(), cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
-    out = p.stdout + p.stderr
-    assert p.returncode == rc, out[-4000:]
-    return out
-
-
-def ledger(run: Path) -> np.ndarray:
-    from pipeline.train.ledger import read_ledger
-    return read_ledger(run)
-
-
-def final_params(run: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-    return load_file(run / "final" / "model.safetensors")
-
-
-def scalars(run: Path, sub: str = "") -> dict[str, list[tuple[int, float]]]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    ea = EventAccumulator(str(run / "tb" / sub))
-    ea.Reload()
-    return {t: [(e.step, e.value) for e in ea.Scalars(t)] for t in ea.Tags()["scalars"]}
+    return make_animals_data(tmp_path_factory.mktemp("data"))
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -125,11 +41,6 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert pa.keys() == pb.keys()
     for k in pa:
         assert torch.equal(pa[k], pb[k]), f"final parameter {k} differs"
-
-
-def loss_by_step(run: Path) -> np.ndarray:
-    rows = ledger(run)
-    return np.array([rows["loss"][rows["step"] == s].mean() for s in range(1, 2 * N + 1)])
 
 
 # ---------------------------------------------------------------- ZeRO stages
@@ -200,8 +111,8 @@ def test_zero2_resume_equals_straight_run(data_dir, tmp_path):
     assert (ledger(straight)["loss"][:8].mean() - ledger(straight)["loss"][-8:].mean()) > 0.3
     # a change that breaks resumption is refused before anything starts, one line, exit 2
     p = subprocess.run([sys.executable, "-m", "pipeline.train",
-                        *_args(data_dir, split, *const, "model.hidden=32")],
-                       env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+                        *train_args(data_dir, split, *const, "model.hidden=32")],
+                       env=env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: run.resume:"), p.stderr
@@ -213,9 +124,9 @@ def test_zero3_sigterm_then_resume_equals_straight_run(data_dir, tmp_path):
     train(data_dir, straight, "train.zero_stage=3")
     losses = loss_by_step(straight)
     assert losses[-1] < losses[0] - 0.3, losses
-    proc = subprocess.Popen(_torchrun(_args(data_dir, stopped, "train.zero_stage=3",
+    proc = subprocess.Popen(torchrun(train_args(data_dir, stopped, "train.zero_stage=3",
                                             "run.save_every=0")),
-                            env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
+                            env=env(), cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     seen = []
     for line in proc.stdout:
@@ -282,10 +193,10 @@ def test_lai_disabled_equals_unfiltered_lai_run(data_dir, tmp_path):
 
 def test_nonfinite_steps_are_skipped_then_abort(data_dir, tmp_path):
     """(one process: that every rank agrees on skipping is tested in test_train_step)"""
-    args = _args(data_dir, tmp_path / "nan", "train.zero_stage=0", "train.lr=1e30",
+    args = train_args(data_dir, tmp_path / "nan", "train.zero_stage=0", "train.lr=1e30",
                  "train.warmup_steps=0", "train.min_lr=0", "train.max_nonfinite_steps=2",
                  "train.eval_every=0", "train.micro_batch=8")
-    p = subprocess.run([sys.executable, "-m", "pipeline.train", *args], env=_env(), cwd=ROOT,
+    p = subprocess.run([sys.executable, "-m", "pipeline.train", *args], env=env(), cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 2, p.stdout + p.stderr
     assert "update skipped (1 in a row)" in p.stdout
@@ -297,14 +208,14 @@ def test_time_limit_saves_and_exits_75_then_resumes(data_dir, tmp_path):
     """(one process, no launcher: the exit code is the trainer's own)"""
     run = tmp_path / "limited"
     base = [sys.executable, "-m", "pipeline.train",
-            *_args(data_dir, run, "train.steps=3", "train.eval_every=0", "run.save_every=0")]
-    p = subprocess.run([*base, "run.time_limit_s=0.001"], env=_env(), cwd=ROOT,
+            *train_args(data_dir, run, "train.steps=3", "train.eval_every=0", "run.save_every=0")]
+    p = subprocess.run([*base, "run.time_limit_s=0.001"], env=env(), cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 75, p.stdout + p.stderr
     assert "stopped by run.time_limit_s at step 1" in p.stdout
     from pipeline.train import checkpoint
     assert checkpoint.read_meta(checkpoint.latest(run))["step"] == 1
-    p = subprocess.run(base, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(base, env=env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "resumed from" in p.stdout and (run / "final" / "config.json").is_file()
     assert sorted(set(ledger(run)["step"])) == [1, 2, 3]

@@ -53,14 +53,19 @@ class ModelConfig:
     compile: bool = False              # torch.compile each transformer block's forward (the LM
                                        # head, loss and LAI stay eager); with LAI: lai.layers=blocks
     rope_theta: float = 10000.0        # llama / gpt_neox
+    init_from: str = ""                # a save_pretrained folder to start from (continued
+                                       # pretraining): its config.json replaces the shape above
 
 
 @dataclass
 class TrainConfig:
     steps: int = 100                   # optimizer steps
-    micro_batch: int = 4               # sequences per rank per micro-step
-    grad_accum: int = 1                # micro-steps per optimizer step (owned by DeepSpeed)
-    global_batch: int = 0              # optional check: must equal micro_batch*grad_accum*world
+    micro_batch: int = 4               # sequences per rank per micro-step (with grad_accum 0:
+                                       # at most this many; see pipeline.config.batch)
+    grad_accum: int = 0                # micro-steps per optimizer step; 0 = derived from
+                                       # global_batch (1 if that is 0 too)
+    global_batch: int = 0              # sequences per optimizer step, kept on any number of ranks
+                                       # (also on resume); 0 = micro_batch x grad_accum x ranks
     zero_stage: int = 0
     offload_optimizer: str = "none"    # none | cpu   (ZeRO >= 1)
     offload_params: str = "none"       # none | cpu   (ZeRO 3)
@@ -101,6 +106,7 @@ class Config:
         return dataclasses.asdict(self)
 
     def validate(self, world: int = 1) -> Config:
+        """Check every field and fill the batch triple for `world` ranks (pipeline.config.batch)."""
         from pipeline.config.validate import validate
         validate(self, world)
         return self

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.config.batch import resolve_batch
 from pipeline.config.schema import CHOICES, Config
 from pipeline.errors import UserError
 from pipeline.lai.baselines import FILTERS
@@ -17,7 +18,8 @@ def need(ok: bool, key: str, what: str) -> None:
 
 
 def validate(cfg: Config, world: int = 1) -> None:
-    """Raise UserError naming the first bad field. `world` = data-parallel ranks."""
+    """Raise UserError naming the first bad field; fills the batch triple for `world`
+    data-parallel ranks (pipeline.config.batch)."""
     for key, choices in CHOICES.items():
         section, name = key.split(".")
         v = getattr(getattr(cfg, section), name)
@@ -47,7 +49,8 @@ def _data(cfg: Config) -> None:
             key = f"{name}[{i}]"
             need(bool(s.path), f"{key}.path", "must be set")
             need(s.weight > 0, f"{key}.weight", f"must be > 0, got {s.weight}")
-            need(Path(s.path).is_dir(), f"{key}.path", f"{s.path}: directory not found")
+            need(Path(s.path).is_dir(), f"{key}.path", f"{s.path}: directory not found; prepare "
+                 f"it first: lai-prep --source ... --out {s.path}")
             need((Path(s.path) / "manifest.json").is_file(), f"{key}.path",
                  f"{s.path}: not a prepared data directory (no manifest.json; run lai-prep)")
     need(d.seq_len >= 2, "data.seq_len", f"must be >= 2, got {d.seq_len}")
@@ -65,16 +68,18 @@ def _model(cfg: Config) -> None:
     need(m.n_kv_head == 0 or m.family == "llama", "model.n_kv_head",
          f"grouped-query heads need family llama, not {m.family}")
     need(m.intermediate >= 0, "model.intermediate", f"must be >= 0, got {m.intermediate}")
+    need(not m.init_from or (Path(m.init_from) / "config.json").is_file(), "model.init_from",
+         f"{m.init_from}: not a save_pretrained folder (no config.json)")
 
 
 def _train(cfg: Config, world: int) -> None:
     t = cfg.train
-    for key in ("steps", "micro_batch", "grad_accum", "eval_batches", "max_nonfinite_steps"):
+    for key in ("steps", "micro_batch", "eval_batches", "max_nonfinite_steps"):
         need(getattr(t, key) >= 1, f"train.{key}", f"must be >= 1, got {getattr(t, key)}")
+    for key in ("grad_accum", "global_batch"):
+        need(getattr(t, key) >= 0, f"train.{key}", f"must be >= 0, got {getattr(t, key)}")
+    resolve_batch(t, world)
     need(0 <= t.zero_stage <= 3, "train.zero_stage", f"must be 0, 1, 2 or 3, got {t.zero_stage}")
-    need(t.global_batch in (0, t.micro_batch * t.grad_accum * world), "train.global_batch",
-         f"{t.global_batch} != train.micro_batch ({t.micro_batch}) x train.grad_accum "
-         f"({t.grad_accum}) x ranks ({world}) = {t.micro_batch * t.grad_accum * world}")
     need(t.offload_optimizer == "none" or t.zero_stage >= 1, "train.offload_optimizer",
          "needs train.zero_stage >= 1")
     need(t.offload_params == "none" or t.zero_stage == 3, "train.offload_params",

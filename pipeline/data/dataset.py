@@ -78,9 +78,12 @@ class PackedDataset:
         tok0 = manifests[0].tokenizer
         for (d, _), m in zip(checked[1:], manifests[1:]):
             if m.tokenizer.sha256 != tok0.sha256:
+                first = checked[0][0]
+                use = f"{'spm' if tok0.kind == 'sentencepiece' else 'hf'}:{first / tok0.path}"
                 raise UserError(
                     f"{d / MANIFEST_NAME}: tokenizer sha256 {m.tokenizer.sha256[:12]} differs from "
-                    f"{checked[0][0] / MANIFEST_NAME} ({tok0.sha256[:12]}); all sources must share one tokenizer")
+                    f"{first / MANIFEST_NAME} ({tok0.sha256[:12]}); all sources must share one "
+                    f"tokenizer: prepare {d} again with lai-prep --tokenizer {use} ...")
         self.seq_len, self.split, self.seed = seq_len, split, seed
         self.weights = [w for _, w in checked]
         self.streams = [SourceStream(d, m, split, seq_len, seed, i)

@@ -40,6 +40,7 @@ class ShardEntry:
     idx_sha256: str
     max_id: int | None = None   # the largest token id in the shard; None: written by a lai-prep
                                 # that did not record it (the trainer's data check reads it)
+    docs_sha256: str = ""  # of <prefix>.docs.npy, the documents' provenance ("" = none recorded)
 
 
 @dataclass
@@ -47,7 +48,8 @@ class Manifest:
     tokenizer: TokenizerEntry
     dtype: str                                   # "uint16" | "int32"
     split: dict[str, Any]                        # {"val_fraction": float, "seed": int, ...}
-    sources: list[dict[str, Any]]                # [{"name": str, "spec": {...}}]
+    sources: list[dict[str, Any]]                # [{"name", "spec": {...}, "files": [...]}]
+                                                 # (files: what provenance rows index)
     shards: list[ShardEntry]
     args: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
@@ -76,7 +78,8 @@ def load_manifest(directory: str | Path) -> Manifest:
     """Read and validate DIR/manifest.json; UserError (one line, names the file) if absent or bad."""
     path = Path(directory) / MANIFEST_NAME
     if not Path(directory).is_dir():
-        raise UserError(f"{directory}: data directory does not exist")
+        raise UserError(f"{directory}: data directory does not exist (prepare it with "
+                        f"lai-prep --source ... --out {directory})")
     raw = read_json(path, "no manifest (data prep has not completed in this directory)")
     where = str(path)
     if raw.get("format") != FORMAT or raw.get("version") != VERSION:

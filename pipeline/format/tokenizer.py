@@ -40,9 +40,10 @@ class Tokenizer:
         """Text of `ids`; special tokens (EOS, BOS, padding) decode to nothing."""
         raise NotImplementedError
 
-    def save_hf(self, dst: Path) -> None:
+    def save_hf(self, dst: Path, max_length: int | None = None) -> None:
         """Save into directory `dst` so that transformers.AutoTokenizer.from_pretrained(dst)
-        loads a tokenizer that encodes like this one."""
+        loads a tokenizer that encodes like this one (model_max_length = `max_length`, the
+        model's context, when given)."""
         raise NotImplementedError
 
 
@@ -69,14 +70,14 @@ class SentencePieceTokenizer(Tokenizer):
     def decode(self, ids) -> str:
         return self.sp.decode([int(i) for i in ids])       # control pieces decode to ""
 
-    def save_hf(self, dst: Path) -> None:
+    def save_hf(self, dst: Path, max_length: int | None = None) -> None:
         """tokenizer.model plus an equivalent HF fast tokenizer: transformers' Llama tokenizer
         (dummy prefix as the model has it), else its generic proto converter; each is checked on
         probe strings. ValueError if neither encodes exactly like the model (tokenizer.model is
         then still in `dst`)."""
         Path(dst).mkdir(parents=True, exist_ok=True)
         shutil.copy(self.path, Path(dst) / SPM_FILE)
-        self._equivalent_hf(Path(dst)).save_pretrained(dst)
+        _save_pretrained(self._equivalent_hf(Path(dst)), dst, max_length)
 
     def _equivalent_hf(self, dst: Path):
         import transformers
@@ -136,8 +137,14 @@ class HFTokenizer(Tokenizer):
     def decode(self, ids) -> str:
         return self.tok.decode([int(i) for i in ids], skip_special_tokens=True)
 
-    def save_hf(self, dst: Path) -> None:
-        self.tok.save_pretrained(dst)
+    def save_hf(self, dst: Path, max_length: int | None = None) -> None:
+        _save_pretrained(self.tok, dst, max_length)
+
+
+def _save_pretrained(hf_tokenizer, dst: Path, max_length: int | None) -> None:
+    if max_length is not None:
+        hf_tokenizer.model_max_length = max_length
+    hf_tokenizer.save_pretrained(dst)
 
 
 def load_tokenizer(kind: str, path: str | os.PathLike) -> Tokenizer:

@@ -82,26 +82,35 @@ def markdown(r: dict) -> str:
         f"{r['excluded_frac']:.1%} excluded before the optimizer step; "
         f"mean LAI value {_md(r['mean_value'])}, mean loss {_md(r['mean_loss'])}.", "",
         "Values and exclusion are attributed to each document a sequence covers, weighted by its "
-        "tokens in the sequence. All documents: `documents.csv` (least valuable first).", "",
+        "tokens in the sequence. Documents are ranked by the value corrected for its step "
+        f"(*step value*: {r['value_step_method']}; 0 = as good as the step's average, < 0 = "
+        "worse than its batch mates), so that the order does not mean \"seen early\". "
+        "*Measured*: how many of its sequences were valued. All documents: `documents.csv` "
+        f"(least valuable first). Keep/drop list: `keep_drop.csv` ({r['keep_drop']['dropped']} "
+        f"marked drop: the least valuable {r['keep_drop']['drop_frac']:.0%} of the ranked "
+        "documents, if below their steps' average); `lai-prep --exclude keep_drop.csv` "
+        "prepares the corpus without them.", "",
         "![valuation](valuation.png)", "",
         "## Sources", "",
-        "| source | sequences | tokens | mean value | excluded | mean loss |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| source | sequences | measured | tokens | step value | mean value | excluded | mean loss |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in r["sources"]:
-        lines.append(f"| {_md(s['source'])} | {s['sequences']} | {s['tokens']} | "
-                     f"{_md(s['mean_value'])} | {_pct(s['excluded_frac'])} | {_md(s['mean_loss'])} |")
+        lines.append(f"| {_md(s['source'])} | {s['sequences']} | {s['measured']} | {s['tokens']} | "
+                     f"{_md(s['value_step'])} | {_md(s['mean_value'])} | "
+                     f"{_pct(s['excluded_frac'])} | {_md(s['mean_loss'])} |")
     d = r["documents"]
     for title, key in (("Most valuable documents", "most_valuable"),
                        ("Least valuable documents", "least_valuable")):
         lines += ["", f"## {title}", "",
                   f"Ranked among {d['ranked']} of {d['count']} documents with at least "
                   f"{d['min_tokens']} trained tokens.", "",
-                  "| source | shard | doc | sequences | mean value | excluded | text |",
+                  "| source | record | measured | step value | mean value | excluded | text |",
                   "|---|---|---:|---:|---:|---:|---|"]
         for e in d[key]:
-            lines.append(f"| {_md(e['source'])} | {_md(e['shard'])} | {e['doc']} | "
-                         f"{e['sequences']} | {_md(e['mean_value'])} | "
+            where = e["record"] or f"{e['shard']} doc {e['doc']}"
+            lines.append(f"| {_md(e['source'])} | {_md(where)} | {e['measured']} | "
+                         f"{_md(e['value_step'])} | {_md(e['mean_value'])} | "
                          f"{_pct(e['excluded_frac'])} | {_md(e['snippet'])} |")
     return "\n".join(lines) + "\n"
 
@@ -111,7 +120,8 @@ def summary(r: dict) -> str:
                else s["mean_value"])
     return (f"report: {r['sequences']} sequences over {r['steps']['count']} steps, "
             f"{r['excluded_frac']:.1%} excluded; {len(r['sources'])} sources "
-            f"(highest mean value: {best['source']}), {r['documents']['count']} documents "
+            f"(highest mean value: {best['source']}), {r['documents']['count']} documents, "
+            f"{r['keep_drop']['dropped']} marked drop in keep_drop.csv "
             f"-> {Path(r['run_dir']) / 'report' / 'report.md'}")
 
 

@@ -1,5 +1,6 @@
-"""Attribution arithmetic of the report: which documents each ledger sequence covers, and
-token-weighted statistics per group (source, document, step bin)."""
+"""Attribution arithmetic of the report: which documents each ledger sequence covers, each
+value corrected for its step, and token-weighted statistics per group (source, document, step
+bin)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,11 +36,41 @@ def locate_all(rows: np.ndarray, dataset: PackedDataset) -> Spans:
     return Spans(as64(row), as64(doc), as64(tokens), list(index))
 
 
+STEP_ZSCORE = "z-score of the value among its step's global batch"
+LEDGER_NORM = "value_norm: the ledger's step-normalised value"
+
+
+def step_corrected(rows: np.ndarray) -> tuple[np.ndarray, str]:
+    """Each row's value corrected for its step (float64, NaN where not scored) and how.
+
+    Raw values shrink by orders of magnitude as training goes (gradients shrink), so ranking by
+    them lists what was seen early. The ledger's `value_norm` column is used when it holds
+    values (runs that record it); otherwise each value becomes its z-score among the rows of
+    its optimizer step (the whole global batch, all ranks): (value - the step's mean) / the
+    step's standard deviation, 0 when they are all equal. Either way 0 = as good as the step's
+    average, < 0 = worse than its batch mates."""
+    if "value_norm" in (rows.dtype.names or ()) and np.isfinite(rows["value_norm"]).any():
+        return rows["value_norm"].astype(np.float64), LEDGER_NORM
+    value = rows["value"].astype(np.float64)
+    scored = np.isfinite(value)
+    steps, inv = np.unique(rows["step"], return_inverse=True)
+    n = np.bincount(inv, weights=scored, minlength=steps.size)
+    v = np.where(scored, value, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.bincount(inv, weights=v, minlength=steps.size) / n
+        var = np.bincount(inv, weights=np.where(scored, (value - mean[inv]) ** 2, 0.0),
+                          minlength=steps.size) / n
+        z = (value - mean[inv]) / np.sqrt(var[inv])
+    z[scored & ~np.isfinite(z)] = 0.0                           # a step of equal values
+    return z, STEP_ZSCORE
+
+
 def group_stats(rows: np.ndarray, span_row: np.ndarray, group: np.ndarray, tokens: np.ndarray,
-                n_groups: int) -> dict[str, np.ndarray]:
+                n_groups: int, corrected: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Token-weighted mean value (over scored, i.e. finite, values; NaN if none), excluded
-    fraction and mean loss per group; `sequences` counts each (sequence, group) pair once and
-    `tokens` sums the group's trained tokens."""
+    fraction and mean loss per group; `sequences` counts each (sequence, group) pair once,
+    `measured` those with a value, and `tokens` sums the group's trained tokens. With
+    `corrected` (one per row, see step_corrected) also its token-weighted mean, `value_step`."""
     pair, inv = np.unique(span_row * n_groups + group, return_inverse=True)
     tok = np.bincount(inv, weights=tokens)                     # tokens per (sequence, group)
     prow, pgroup = pair // n_groups, pair % n_groups
@@ -49,9 +80,17 @@ def group_stats(rows: np.ndarray, span_row: np.ndarray, group: np.ndarray, token
 
     def wsum(w):
         return np.bincount(pgroup, weights=w, minlength=n_groups)
+
+    def wmean(x):
+        ok = np.isfinite(x)
+        return wsum(np.where(ok, tok * x, 0.0)) / wsum(tok * ok)
     total = wsum(tok)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return {"sequences": np.bincount(pgroup, minlength=n_groups), "tokens": total,
-                "mean_value": wsum(np.where(scored, tok * value, 0.0)) / wsum(tok * scored),
-                "excluded_frac": wsum(tok * excluded) / total,
-                "mean_loss": wsum(tok * rows["loss"][prow].astype(np.float64)) / total}
+        out = {"sequences": np.bincount(pgroup, minlength=n_groups),
+               "measured": np.bincount(pgroup, weights=scored, minlength=n_groups).astype(np.int64),
+               "tokens": total, "mean_value": wmean(value),
+               "excluded_frac": wsum(tok * excluded) / total,
+               "mean_loss": wsum(tok * rows["loss"][prow].astype(np.float64)) / total}
+        if corrected is not None:
+            out["value_step"] = wmean(corrected[prow])
+    return out

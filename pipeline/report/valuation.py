@@ -7,13 +7,22 @@ A sequence's value, keep flag and loss are attributed to every document it cover
 the number of the document's tokens in it; so a document's (or source's)
 
     mean_value    = sum_seq tokens * value / sum_seq tokens
+    value_step    = the same mean of the value corrected for its step (stats.step_corrected:
+                    the ledger's value_norm when it has one, else the z-score among the step's
+                    global batch), so that early, large values do not rank first
     excluded_frac = sum_seq tokens * [not kept] / sum_seq tokens    (trained-token weighted)
-    sequences     = how many ledger sequences covered it (over all epochs)
+    sequences     = how many ledger sequences covered it (over all epochs); measured = how many
+                    of them had a value
+
+Documents are ranked by value_step. Each links back to its original record (file and line,
+Parquet row, HF row: pipeline.format.provenance) when lai-prep recorded it.
 
 Outputs (each written atomically), under RUN/report/:
     report.md       summary, per-source table, most/least valuable documents with snippets
     report.json     the same numbers, machine readable
-    documents.csv   every trained document, least valuable first (the list to act on)
+    documents.csv   every trained document, least valuable first
+    keep_drop.csv   the decision per document (pipeline.report.keeplist): what
+                    `lai-prep --exclude RUN/report/keep_drop.csv` leaves out of a cleaned corpus
     valuation.png   excluded fraction over training and value distribution early vs late
 """
 from __future__ import annotations
@@ -27,10 +36,13 @@ import numpy as np
 
 from pipeline.data import PackedDataset
 from pipeline.errors import UserError
+from pipeline.format.manifest import load_manifest
+from pipeline.format.provenance import hash_hex, read_docs, record
 from pipeline.format.tokenizer import load_tokenizer
 from pipeline.fsutil import atomic_write, atomic_write_json, read_json
+from pipeline.report import keeplist
 from pipeline.report.render import markdown, plot
-from pipeline.report.stats import group_stats, locate_all
+from pipeline.report.stats import group_stats, locate_all, step_corrected
 from pipeline.train.ledger import read_ledger
 
 
@@ -72,6 +84,30 @@ class Snippets:
         return text
 
 
+class Provenance:
+    """Each document's original record and text hash, from its shard's sidecar and its data
+    directory's manifest ("" where lai-prep recorded none)."""
+
+    def __init__(self, dataset: PackedDataset):
+        self.dataset = dataset
+        self._rows: dict[tuple[str, str], np.ndarray | None] = {}
+        self._sources: dict[Path, dict[str, dict]] = {}
+
+    def __call__(self, source: str, shard: str, doc: int) -> dict[str, str]:
+        data_dir = self.dataset.data_dir(source, shard)
+        if (source, shard) not in self._rows:
+            self._rows[(source, shard)] = read_docs(data_dir / shard)
+        rows = self._rows[(source, shard)]
+        if rows is None:
+            return {"record": "", "doc_hash": ""}
+        if data_dir not in self._sources:
+            self._sources[data_dir] = {s["name"]: s for s in load_manifest(data_dir).sources}
+        row = rows[doc]
+        return {"record": record(self._sources[data_dir].get(source, {}), int(row["file"]),
+                                 int(row["pos"])),
+                "doc_hash": hash_hex(row["hash"])}
+
+
 # ---------------------------------------------------------------------------- report
 
 def _clean(x):
@@ -96,32 +132,41 @@ def _load(run_dir: Path) -> tuple[np.ndarray, PackedDataset]:
 
 
 def _counts(stats: dict[str, np.ndarray], i: int) -> dict:
-    return {k: (int(v[i]) if k in ("sequences", "tokens") else _clean(v[i]))
+    return {k: (int(v[i]) if k in ("sequences", "measured", "tokens") else _clean(v[i]))
             for k, v in stats.items()}
 
 
-def build_report(run_dir: str | Path, *, top: int = 10, min_tokens: int = 16) -> dict:
-    """Compute the valuation of a run and write RUN/report/*; returns the report.json dict."""
+def build_report(run_dir: str | Path, *, top: int = 10, min_tokens: int = 16,
+                 drop_frac: float = 0.1) -> dict:
+    """Compute the valuation of a run and write RUN/report/*; returns the report.json dict.
+    `drop_frac`: the least valuable fraction of the ranked documents keep_drop.csv drops."""
     run_dir = Path(run_dir)
     rows, dataset = _load(run_dir)
     spans = locate_all(rows, dataset)
+    corrected, method = step_corrected(rows)
     sources = sorted({k[0] for k in spans.docs})
     src_of_doc = np.array([sources.index(k[0]) for k in spans.docs], dtype=np.int64)
-    per_src = group_stats(rows, spans.row, src_of_doc[spans.doc], spans.tokens, len(sources))
-    per_doc = group_stats(rows, spans.row, spans.doc, spans.tokens, len(spans.docs))
-    snippet = Snippets(dataset)
+    per_src = group_stats(rows, spans.row, src_of_doc[spans.doc], spans.tokens, len(sources),
+                          corrected)
+    per_doc = group_stats(rows, spans.row, spans.doc, spans.tokens, len(spans.docs), corrected)
+    snippet, provenance = Snippets(dataset), Provenance(dataset)
 
     def doc_entry(i: int, with_text: bool) -> dict:
         source, shard, doc = spans.docs[i]
-        e = {"source": source, "shard": shard, "doc": doc, **_counts(per_doc, i)}
+        e = {"source": source, "shard": shard, "doc": doc, **_counts(per_doc, i),
+             **provenance(source, shard, doc)}
         if with_text:
             e["snippet"] = snippet(source, shard, doc)
         return e
 
-    order = np.lexsort((np.arange(len(spans.docs)), per_doc["mean_value"]))   # ascending, stable
-    rankable = (per_doc["tokens"] >= min_tokens) & np.isfinite(per_doc["mean_value"])
+    order = np.lexsort((np.arange(len(spans.docs)), per_doc["value_step"]))   # ascending, stable
+    rankable = (per_doc["tokens"] >= min_tokens) & np.isfinite(per_doc["value_step"])
     ranked = [int(i) for i in order if rankable[i]]
     steps = np.unique(rows["step"])
+    out = run_dir / "report"
+    dropped = keeplist.write(out / "keep_drop.csv", keeplist.decide(
+        [doc_entry(i, False) for i in ranked],
+        [doc_entry(int(i), False) for i in order if not rankable[i]], drop_frac))
     report = {
         "run_dir": str(run_dir),
         "sequences": int(rows.size),
@@ -130,14 +175,16 @@ def build_report(run_dir: str | Path, *, top: int = 10, min_tokens: int = 16) ->
         "mean_value": _clean(np.nanmean(rows["value"])) if np.isfinite(rows["value"]).any()
         else None,
         "mean_loss": _clean(rows["loss"].astype(np.float64).mean()),
+        "value_step_method": method,
         "sources": [{"source": name, **_counts(per_src, s)} for s, name in enumerate(sources)],
         "documents": {
             "count": len(spans.docs), "ranked": len(ranked), "min_tokens": min_tokens,
             "most_valuable": [doc_entry(i, True) for i in ranked[::-1][:top]],
             "least_valuable": [doc_entry(i, True) for i in ranked[:top]],
         },
+        "keep_drop": {"path": str(out / "keep_drop.csv"), "drop_frac": drop_frac,
+                      "dropped": dropped},
     }
-    out = run_dir / "report"
     atomic_write_json(out / "report.json", report)
     _write_csv(out / "documents.csv", (doc_entry(int(i), False) for i in order))
     plot(out / "valuation.png", rows, spans, sources, src_of_doc)
@@ -148,8 +195,8 @@ def build_report(run_dir: str | Path, *, top: int = 10, min_tokens: int = 16) ->
 
 def _write_csv(path: Path, entries) -> None:
     buf = io.StringIO()
-    fields = ["source", "shard", "doc", "sequences", "tokens", "mean_value", "excluded_frac",
-              "mean_loss"]
+    fields = ["source", "shard", "doc", "sequences", "measured", "tokens", "value_step",
+              "mean_value", "excluded_frac", "mean_loss", "record", "doc_hash"]
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     w.writerows(entries)

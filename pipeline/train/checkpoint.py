@@ -15,6 +15,7 @@ Every file is loaded with pipeline.train.safe_load: nothing in a checkpoint can 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import pickle
 import re
@@ -30,6 +31,7 @@ from pipeline.errors import UserError
 from pipeline.fsutil import atomic_write, atomic_write_json
 from pipeline.train import safe_load
 from pipeline.train.state import TrainState
+from pipeline.train.universal import UNIVERSAL, repairing
 
 MARKER = "complete.json"
 CLIENT_KEY = "lai_train"     # our global state, under one key (DeepSpeed drops its own key names)
@@ -136,23 +138,29 @@ def damage(path: str | Path) -> str | None:
     return None
 
 
-def load(state: TrainState, path: str | Path) -> None:
+def load(state: TrainState, path: str | Path, *, same_world: bool = True,
+         universal: bool = False) -> None:
     """Restore the engine and every member of `state` from checkpoint `path` (UserError, one
-    line, if a file cannot be read)."""
+    line, if a file cannot be read). Saved with another number of ranks (same_world=False): the
+    engine from `path`/universal when `universal` (pipeline.train.universal; the engine was built
+    with checkpoint.load_universal), per-rank members from rank 0's file as TrainState says."""
     p = Path(path)
+    load_dir, tag = (p, UNIVERSAL) if universal else (p.parent, p.name)
+    client = getattr(state.engine.optimizer, "optimizer", state.engine.optimizer)
     safe_load.use_for(state.engine)
     try:
-        load_path, client_state = state.engine.load_checkpoint(str(p.parent), tag=p.name,
-                                                               load_optimizer_states=True,
-                                                               load_lr_scheduler_states=False)
+        with repairing(client) if universal else contextlib.nullcontext():
+            load_path, client_state = state.engine.load_checkpoint(str(load_dir), tag=tag,
+                                                                   load_optimizer_states=True,
+                                                                   load_lr_scheduler_states=False)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"{p}: cannot be loaded ({reason}); resume from an earlier checkpoint "
                         "with run.resume=PATH") from None
     if load_path is None:
         raise UserError(f"{p}: DeepSpeed could not load this checkpoint")
-    rank_file = p / f"rank-{state.rank:05d}.pt"
+    rank_file = p / f"rank-{state.rank if same_world else 0:05d}.pt"
     if not rank_file.is_file():
         raise UserError(f"{rank_file}: missing (saved with a different number of ranks?)")
     state.load_state_dicts((client_state or {}).get(CLIENT_KEY, {}), safe_load.load(rank_file),
-                           str(p))
+                           str(p), same_world=same_world)

@@ -4,9 +4,12 @@ before the optimizer step.
     python -m pipeline.train CONFIG.yaml [PRESET.yaml ...] [dotted.key=value ...] [--local_rank N]
     deepspeed --num_gpus 2 --module pipeline.train configs/tiny_cpu.yaml train.steps=50
     torchrun --nproc_per_node 2 -m pipeline.train configs/tiny_cpu.yaml
+    lai-train --dry-run [--world N] CONFIG.yaml ...     check and print the plan, start nothing
 
 Before anything starts: the config is loaded and validated and the resume point checked (each a
-one-line error, exit 2); then the process group starts and the Trainer runs.
+one-line error, exit 2); a resume on another number of ranks converts ZeRO partitions to a
+universal checkpoint (pipeline.train.universal); then the process group starts and the Trainer
+runs. --dry-run / --check stop after the checks (pipeline.train.dryrun).
 Exit codes: 0 finished (RUN/final written), 2 user error, 75 stopped by SIGTERM/SIGUSR1 or
 run.time_limit_s after saving a checkpoint (re-run the same command to resume).
 """
@@ -17,7 +20,7 @@ import os
 import sys
 
 from pipeline.config import load_config
-from pipeline.errors import cli_main
+from pipeline.errors import UserError, cli_main
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -28,6 +31,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "dotted.key=value overrides, e.g. train.steps=20")
     p.add_argument("--local_rank", "--local-rank", type=int, default=-1,
                    help="set by the deepspeed launcher")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the config and the data, print the resolved config, the "
+                        "DeepSpeed JSON, parameters, tokens per step, epochs and a memory "
+                        "estimate; start nothing")
+    p.add_argument("--check", action="store_true",
+                   help="the checks of --dry-run only, silent on success (launch/train.sh runs "
+                        "it before starting ranks)")
+    p.add_argument("--world", type=int, default=0, metavar="N",
+                   help="ranks the run will have (default: $WORLD_SIZE, else 1)")
     return p.parse_args(argv)
 
 
@@ -37,14 +49,24 @@ def main(argv: list[str] | None = None) -> int:
     presets = [a for a in args.overrides if "=" not in a and a.endswith((".yaml", ".yml"))]
     overrides = [a for a in args.overrides if a not in presets]
     cfg = load_config([args.config, *presets], overrides)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = args.world or int(os.environ.get("WORLD_SIZE", "1"))
+    if world < 1:
+        raise UserError(f"--world: must be >= 1, got {world}")
     cfg.validate(world=world)                             # fail before any start-up
-    from pipeline.train import resume, runtime
+    if args.dry_run or args.check:
+        from pipeline.train.dryrun import dry_run
+        return dry_run(cfg, world, quiet=args.check)
+    from pipeline.train import resume, runtime, universal
     from pipeline.train.trainer import Trainer
     point = resume.plan(cfg, world)
+    if point is not None and point.universal:     # before the group: no collective timeout
+        point.conversion = universal.ensure(point.path, int(os.environ.get("RANK", "0")))
     info = runtime.init(args.local_rank)
     try:
         return Trainer(cfg, info, point).run()
+    except UserError as e:
+        runtime.log_line(f"error: {e}")                  # into RUN/train.log too
+        raise
     finally:
         runtime.shutdown(clean=False)     # a no-op after the run's own clean shutdown
 

@@ -140,19 +140,33 @@ class Ledger:
         except (KeyError, TypeError, ValueError):
             raise UserError(f"ledger state: expected {{'next_step': int}}, got {d!r}") from None
         self._n = 0
-        for _, path in _chunks(self.dir):
-            rows = _load_chunk(path)
-            keep = rows["step"] < next_step
-            if keep.all():
-                continue
-            if keep.any():
-                with atomic_write(path, "wb") as f:
-                    np.save(f, rows[keep], allow_pickle=False)
-            else:
-                path.unlink()
+        _drop_rows_from(self.dir, next_step)
         chunks = _chunks(self.dir)
         self._next_chunk = chunks[-1][0] + 1 if chunks else 0
         self._next_step = next_step
+
+    def drop_orphans(self, world: int) -> None:
+        """After resuming on fewer ranks (call on rank 0, after load_state_dict): the directories
+        of ranks >= `world`, which no rank writes now, lose their rows with step >= next_step
+        too (the interrupted run's, written after the checkpoint)."""
+        for rank_dir in self.dir.parent.iterdir():
+            m = _RANK.fullmatch(rank_dir.name)
+            if m and int(m.group(1)) >= world:
+                _drop_rows_from(rank_dir, self._next_step)
+
+
+def _drop_rows_from(rank_dir: Path, next_step: int) -> None:
+    """Remove the rows with step >= next_step from one rank directory's chunks."""
+    for _, path in _chunks(rank_dir):
+        rows = _load_chunk(path)
+        keep = rows["step"] < next_step
+        if keep.all():
+            continue
+        if keep.any():
+            with atomic_write(path, "wb") as f:
+                np.save(f, rows[keep], allow_pickle=False)
+        else:
+            path.unlink()
 
 
 def read_ledger(run_dir: str | Path) -> np.ndarray:

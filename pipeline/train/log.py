@@ -1,6 +1,7 @@
 """What a run reports while it trains: TensorBoard scalars every log.every steps (averaged over
-the window since the last report), the LAI value histogram every log.histogram_every steps, and
-one console line per report. Collective: every rank calls `after_step` for every step."""
+the window since the last report), the LAI value histogram every log.histogram_every steps and at
+the last step, and one console line per report (which says when LAI is still warming up).
+Collective: every rank calls `after_step` for every step."""
 from __future__ import annotations
 
 import torch
@@ -88,7 +89,8 @@ class StepLog:
         if r.step % log.every == 0 or last:
             self._report(r, counters)
             self.window = Window()
-        if log.histogram_every and r.step % log.histogram_every == 0 and self.cfg.lai.enabled:
+        if log.histogram_every and (r.step % log.histogram_every == 0 or last) \
+                and self.cfg.lai.enabled:
             values = torch.cat([m.values for m in r.micros])
             self.metrics.histogram(r.step, "lai/values",
                                    torch.cat(self.comm.gather(values, same_shape=True)))
@@ -115,6 +117,9 @@ class StepLog:
         self.metrics.rank_scalars(r.step, {**w.rank_scalars(phases),
                                            "perf/tokens_per_s_rank": rank_tps,
                                            "perf/peak_memory_gib": peak_memory_gib(info.device)})
+        lai = self.cfg.lai
+        warming = (f" (LAI warming up: filtering starts at step {lai.warmup_steps + 1})"
+                   if lai.filter != "none" and r.step <= lai.warmup_steps else "")
         log0(info, f"step {r.step}/{self.cfg.train.steps} loss {scalars['train/loss']:.4f} "
-                   f"excluded {scalars['lai/excluded_frac']:.2%} lr {r.lr:.2e} "
+                   f"excluded {scalars['lai/excluded_frac']:.2%}{warming} lr {r.lr:.2e} "
                    f"grad_norm {r.grad_norm:.3f} {all_tps:,.0f} tok/s")

@@ -17,6 +17,9 @@ Tag groups (one TensorBoard section each): `train/` (loss, lr, grad_norm, skippe
 (excluded_frac, kept_tokens, value histogram), `lai_source/<source>/` (excluded_frac,
 mean_value_norm, sequences) from `source_scalars`.
 
+Every LAI tag carries a one-line description (what it measures and which sign is good: the
+DESCRIPTIONS table), written with its first event, which TensorBoard shows next to the chart.
+
 Resuming: pass `purge_step=<first step of the resumed run>`; TensorBoard then hides the events
 the interrupted run wrote at steps >= purge_step, so a resumed run's curves equal the
 uninterrupted run's.
@@ -29,7 +32,33 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
 from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import histogram as histogram_summary
+
+# What each LAI chart means (the source name in lai_source/<source>/... is matched as "*").
+DESCRIPTIONS = {
+    "lai/excluded_frac": "Fraction of the step's sequences excluded before the optimizer step "
+                         "(LAI value <= lai.threshold, at most lai.max_exclude_frac; 0 while "
+                         "lai.warmup_steps lasts).",
+    "lai/kept_tokens": "Target tokens trained on per step after exclusion, all ranks.",
+    "lai/values": "LAI value of every sequence of the step: > 0 a step on it lowers the loss of "
+                  "the reference (the rest of the global batch, or the val set): kept; <= 0 it "
+                  "raises it: a candidate for exclusion.",
+    "lai_source/*/excluded_frac": "Fraction of this source's sequences of the step excluded "
+                                  "before the optimizer step.",
+    "lai_source/*/mean_value": "Mean LAI value of this source's sequences in the step: > 0 they "
+                               "help the reference set, < 0 they hurt it.",
+    "lai_source/*/sequences": "This source's sequences in the step, all ranks.",
+}
+
+
+def description(tag: str) -> str | None:
+    """The DESCRIPTIONS entry of `tag`, if it has one."""
+    parts = tag.split("/")
+    if len(parts) == 3 and parts[0] == "lai_source":
+        tag = f"lai_source/*/{parts[2]}"
+    return DESCRIPTIONS.get(tag)
 
 
 def _numpy(values) -> np.ndarray:
@@ -49,6 +78,7 @@ class Metrics:
         self._flush_secs, self._purge_step = flush_secs, purge_step
         self._global = self._writer(self.log_dir) if rank == 0 else None
         self._rank_writer: SummaryWriter | None = None   # created on first rank_scalars
+        self._described: set[str] = set()                # tags whose description is written
 
     def _writer(self, path: Path) -> SummaryWriter:
         return SummaryWriter(str(path), flush_secs=self._flush_secs, purge_step=self._purge_step)
@@ -57,7 +87,23 @@ class Metrics:
         """Global scalars `{tag: value}` (floats, 0-d tensors); written by rank 0 only."""
         if self._global is not None:
             for tag, v in values.items():
-                self._global.add_scalar(tag, float(v), global_step=step)
+                if self._describe(tag):
+                    self._add(Summary(value=[Summary.Value(tag=tag, simple_value=float(v))]),
+                              tag, step, "scalars")
+                else:
+                    self._global.add_scalar(tag, float(v), global_step=step)
+
+    def _describe(self, tag: str) -> bool:
+        """True the first time a tag with a description is written."""
+        return tag not in self._described and description(tag) is not None
+
+    def _add(self, summary: Summary, tag: str, step: int, plugin: str) -> None:
+        """Write `summary` (one value, `tag`) with the tag's description as its metadata."""
+        summary.value[0].metadata.CopyFrom(SummaryMetadata(
+            summary_description=description(tag),
+            plugin_data=SummaryMetadata.PluginData(plugin_name=plugin)))
+        self._global._get_file_writer().add_summary(summary, step)
+        self._described.add(tag)
 
     def histogram(self, step: int, tag: str, values) -> None:
         """Distribution of `values` (1-D array/tensor, any device) at `step`; rank 0 only.
@@ -67,7 +113,12 @@ class Metrics:
             return
         v = _numpy(values)
         v = v[np.isfinite(v)]
-        if v.size:
+        if not v.size:
+            return
+        if self._describe(tag):
+            self._add(histogram_summary(tag, v, self._global.default_bins), tag, step,
+                      "histograms")
+        else:
             self._global.add_histogram(tag, v, global_step=step)
 
     def rank_scalars(self, step: int, values: Mapping[str, float]) -> None:

@@ -2,7 +2,8 @@
 
     model = build_model(cfg.model, vocab_size=manifest vocab, seq_len=cfg.data.seq_len, ...)
 
-Families: llama, gpt_neox, gpt2, gpt_neo. `model.compile` compiles each block's forward with
+Families: llama, gpt_neox, gpt2, gpt_neo; or any causal LM folder with `model.init_from`
+(pipeline.train.init_from). `model.compile` compiles each block's forward with
 torch.compile (regional compilation: one graph serves every block; hooks on the blocks, such as
 LAI's layers=blocks capture, run eagerly around it). Dropout is off (pretraining at this scale rarely uses it,
 and it would make LAI's forward differ from the trained one). Weights come from the model's own
@@ -57,10 +58,15 @@ def _multiple(n: int, k: int) -> int:
 
 def build_model(m: ModelConfig, *, vocab_size: int, seq_len: int, bos_id: int = -1,
                 eos_id: int = -1, pad_id: int = -1) -> nn.Module:
-    """A freshly initialised causal LM in fp32 (DeepSpeed casts to bf16 if configured)."""
-    cfg = hf_config(m, vocab_size=vocab_size, seq_len=seq_len, bos_id=bos_id, eos_id=eos_id,
-                    pad_id=pad_id)
-    model = transformers.AutoModelForCausalLM.from_config(cfg)
+    """A freshly initialised causal LM in fp32 (DeepSpeed casts to bf16 if configured), or the
+    one in `m.init_from` (pipeline.train.init_from; the caller checked that it fits the data)."""
+    if m.init_from:
+        from pipeline.train.init_from import load_model
+        model = load_model(m.init_from)
+    else:
+        cfg = hf_config(m, vocab_size=vocab_size, seq_len=seq_len, bos_id=bos_id,
+                        eos_id=eos_id, pad_id=pad_id)
+        model = transformers.AutoModelForCausalLM.from_config(cfg)
     if m.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if m.compile:                 # regional: each block's forward, so module hooks stay eager

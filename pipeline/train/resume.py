@@ -2,12 +2,18 @@
 and whether it may.
 
 `plan(cfg, world)` finds the checkpoint (run.resume: auto = the latest complete one that is not
-damaged, with a warning for each damaged newer one; never; or a PATH) and compares the config it was saved with to this run's: a difference that breaks resuming
-(model shape, sequence length, batch layout, data, seed, precision, ZeRO layout, ranks) is
-refused with one line; any other (steps, LR, log cadence, LAI options) is allowed and listed in
-a one-line note. The components' own checks on load (the loader's data fingerprint) stay as a
-guard; a component whose saved state no longer fits a changed option (the LAI selector's cached
-val reference) starts that part afresh.
+damaged, with a warning for each damaged newer one; never; or a PATH) and compares the config it
+was saved with to this run's: a difference that breaks resuming (model shape, sequence length,
+global batch, data, seed, precision, ZeRO layout) is refused with one line; any other (steps, LR,
+log cadence, LAI options, and the number of ranks with the micro batch and accumulation that
+split the same global batch) is allowed and listed in a one-line note. The components' own
+checks on load (the loader's data fingerprint) stay as a guard; a component whose saved state no
+longer fits a changed option (the LAI selector's cached val reference) starts that part afresh.
+
+Another number of ranks: the loader continues the same global order from its global sample
+count; ZeRO 1-3 partitions are converted once to DeepSpeed's universal checkpoint
+(pipeline.train.universal; `Resume.universal`); per-rank members restore as TrainState says
+(the ledger's position from rank 0's file; RNG and the LAI val cache start afresh).
 """
 from __future__ import annotations
 
@@ -25,9 +31,8 @@ from pipeline.train import checkpoint
 
 # Differences that make a checkpoint unusable (refused); every other difference is noted.
 # run.out_dir / run.resume / data.verify are where and how, not what: never compared.
-RESUME_BREAKING = ("model.", "data.", "run.seed", "train.micro_batch", "train.grad_accum",
-                   "train.zero_stage", "train.precision", "train.offload_optimizer",
-                   "train.offload_params", "world")
+RESUME_BREAKING = ("model.", "data.", "run.seed", "train.global_batch", "train.zero_stage",
+                   "train.precision", "train.offload_optimizer", "train.offload_params")
 RESUME_IGNORED = ("run.out_dir", "run.resume", "data.verify")
 
 
@@ -36,11 +41,22 @@ class Resume:
     path: Path
     step: int
     changes: list[str]             # allowed differences, "key: old -> new"
+    saved_world: int = 1           # ranks the checkpoint was saved with
+    world: int = 1                 # ranks of this run
+    universal: bool = False        # ZeRO partitions of another world size: load CKPT/universal
+    conversion: str = ""           # what the universal conversion did (set when it ran)
+
+    @property
+    def same_world(self) -> bool:
+        return self.saved_world == self.world
 
     def note(self) -> str:
         """One line: what was resumed, and what changed since it was saved."""
         changed = f"; changed settings: {'; '.join(self.changes)}" if self.changes else ""
-        return f"resumed from {self.path} at step {self.step}{changed}"
+        elastic = "" if self.same_world else (
+            "; same global batch, sliced anew; per-rank RNG and LAI val cache start afresh"
+            + (f"; {self.conversion}" if self.conversion else ""))
+        return f"resumed from {self.path} at step {self.step}{changed}{elastic}"
 
 
 def plan(cfg: Config, world: int) -> Resume | None:
@@ -58,13 +74,15 @@ def plan(cfg: Config, world: int) -> Resume | None:
     meta = checkpoint.read_meta(path)
     if mode != "auto" and (problem := checkpoint.damage(path)):
         raise UserError(f"run.resume: {path}: {problem}")
-    breaking, allowed = resume_changes({**meta["config"], "world": meta["world"]},
+    saved_world = int(meta["world"])
+    breaking, allowed = resume_changes({**meta["config"], "world": saved_world},
                                        {**cfg.to_dict(), "world": world})
     if breaking:
         raise UserError(f"run.resume: {path} was saved with a different config that cannot be "
                         f"resumed ({'; '.join(breaking)}); restore those values or use a new "
                         "run.out_dir")
-    return Resume(path, int(meta["step"]), allowed)
+    return Resume(path, int(meta["step"]), allowed, saved_world, world,
+                  universal=saved_world != world and cfg.train.zero_stage >= 1)
 
 
 def _intact(run_dir: Path) -> Path | None:
@@ -102,10 +120,18 @@ def config_hash(cfg_dict: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()
 
 
+def _global_batch(flat: dict[str, Any]) -> int:
+    """The global batch of a flattened config (one saved before it was always filled: the
+    product of micro batch, accumulation and ranks)."""
+    return (flat.get("train.global_batch") or flat["train.micro_batch"] * flat["train.grad_accum"]
+            * flat["world"])
+
+
 def resume_changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:
     """(breaking, allowed) differences between two `to_dict()`s (plus a "world" key), each as
     "key: old -> new" strings."""
     a, b = _flatten(old), _flatten(new)
+    a["train.global_batch"], b["train.global_batch"] = _global_batch(a), _global_batch(b)
     breaking, allowed = [], []
     for k in sorted(set(a) | set(b)):
         if k.startswith(RESUME_IGNORED) or a.get(k) == b.get(k):

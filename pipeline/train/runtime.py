@@ -12,6 +12,7 @@ import resource
 import signal
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -109,10 +110,28 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20   # KiB on Linux
 
 
+_log_file: Path | None = None       # RUN/train.log on rank 0, once the run directory is known
+
+
+def log_to(path: Path | None) -> None:
+    """Append every later log0 line (and `log_line`) to `path` too."""
+    global _log_file
+    _log_file = path
+
+
+def log_line(text: str) -> None:
+    """`text` into the log file, if one is set (e.g. the error that ends a run)."""
+    if _log_file is not None:
+        with open(_log_file, "a") as f:
+            f.write(text + "\n")
+
+
 def log0(info: DistInfo, msg: str) -> None:
-    """A progress line on rank 0's stdout."""
+    """A timestamped progress line on rank 0's stdout, and in RUN/train.log."""
     if info.main:
-        print(f"[lai-train] {msg}", flush=True)
+        line = f"[lai-train {time.strftime('%Y-%m-%d %H:%M:%S')}] {msg}"
+        print(line, flush=True)
+        log_line(line)
 
 
 def seed_everything(seed: int) -> None:

@@ -26,6 +26,7 @@ from pipeline.format.manifest import MANIFEST_NAME, load_manifest
 from pipeline.format.tokenizer import tokenizer_sha256
 from pipeline.format.verify import ShardCheck
 from pipeline.fsutil import atomic_write, atomic_write_json, read_json
+from pipeline.train import init_from
 from pipeline.train.flops import model_flops_per_token
 from pipeline.train.model import build_model
 from pipeline.train.optim import SkipGate, build_optimizer
@@ -130,10 +131,15 @@ class EngineParts:
     flops_per_token: float
 
 
-def build_engine(cfg: Config, info: DistInfo, data: Data, comm: Comm) -> EngineParts:
-    """The model (seeded by the caller), its guarded optimizer and the DeepSpeed engine."""
+def build_engine(cfg: Config, info: DistInfo, data: Data, comm: Comm, *,
+                 load_universal: bool = False) -> EngineParts:
+    """The model (seeded by the caller), its guarded optimizer and the DeepSpeed engine
+    (load_universal: it will load a universal checkpoint, pipeline.train.universal)."""
     import deepspeed
     tok = data.train.tokenizer
+    if cfg.model.init_from:
+        log0(info, init_from.check(cfg.model.init_from, tok, data.train.tokenizer_path,
+                                   cfg.data.seq_len, cfg.data.sources[0].path))
     model = build_model(cfg.model, vocab_size=data.train.vocab_size, seq_len=cfg.data.seq_len,
                         bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id)
     flops = model_flops_per_token(model, cfg.data.seq_len)
@@ -142,7 +148,8 @@ def build_engine(cfg: Config, info: DistInfo, data: Data, comm: Comm) -> EngineP
     optimizer = build_optimizer(model, cfg.train, gate, offload=cfg.train.offload_optimizer != "none")
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer,
-        config=ds_config(cfg, info.world, info.device.type == "cuda"))
+        config=ds_config(cfg, info.world, info.device.type == "cuda",
+                         load_universal=load_universal))
     return EngineParts(engine, optimizer, gate, n_params, flops)
 
 
@@ -154,7 +161,8 @@ def write_run_files(cfg: Config, run_dir: Path, ds: dict, fingerprint: str) -> N
     atomic_write_json(run_dir / "data.json", data_json(cfg, fingerprint))
 
 
-def ds_config(cfg: Config, world: int, cuda: bool) -> dict[str, Any]:
+def ds_config(cfg: Config, world: int, cuda: bool, *, load_universal: bool = False
+              ) -> dict[str, Any]:
     """The DeepSpeed JSON. No optimizer/scheduler sections: the client AdamW is built by the
     trainer and the LR schedule (ours) sets its lr every step."""
     t = cfg.train
@@ -163,7 +171,9 @@ def ds_config(cfg: Config, world: int, cuda: bool) -> dict[str, Any]:
         zero["offload_optimizer"] = {"device": t.offload_optimizer, "pin_memory": cuda}
     if t.offload_params != "none":
         zero["offload_param"] = {"device": t.offload_params, "pin_memory": cuda}
+    extra = {"checkpoint": {"load_universal": True}} if load_universal else {}
     return {
+        **extra,
         "train_micro_batch_size_per_gpu": t.micro_batch,
         "gradient_accumulation_steps": t.grad_accum,
         "train_batch_size": t.micro_batch * t.grad_accum * world,

@@ -11,6 +11,11 @@ DeepSpeed's client state (written from rank 0, read by every rank), per-rank mem
 rank's own file. `state_dict()` is called on every rank at every save (a member may commit
 rank-local work then, as the ledger flushes). A member registered with `optional=True` keeps its
 fresh state when a checkpoint predates it; any other missing member refuses the checkpoint.
+
+Resuming on another number of ranks: global members load as always; a per-rank member says how
+it resumes with `elastic=`: "rank0" (its state is the same on every rank: every rank loads rank
+0's copy), "fresh" (it keeps its fresh state, e.g. a cache made for the old rank slicing), or
+None (the checkpoint is refused).
 """
 from __future__ import annotations
 
@@ -30,11 +35,15 @@ class Stateful(Protocol):
     def load_state_dict(self, d: dict) -> None: ...
 
 
+ELASTIC = ("rank0", "fresh")
+
+
 @dataclass
 class _Member:
     component: Stateful
     per_rank: bool
     optional: bool
+    elastic: str | None
 
 
 class TrainState:
@@ -43,10 +52,12 @@ class TrainState:
         self._members: dict[str, _Member] = {}
 
     def register(self, name: str, component: Stateful, *, per_rank: bool = False,
-                 optional: bool = False) -> None:
+                 optional: bool = False, elastic: str | None = None) -> None:
         if name in self._members:
             raise ValueError(f"TrainState: {name!r} is registered twice")
-        self._members[name] = _Member(component, per_rank, optional)
+        if elastic not in (None, *ELASTIC):
+            raise ValueError(f"TrainState: elastic must be one of {ELASTIC} or None, got {elastic!r}")
+        self._members[name] = _Member(component, per_rank, optional, elastic)
 
     def state_dicts(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(global state, this rank's state), each {member name: its state_dict()}."""
@@ -55,10 +66,18 @@ class TrainState:
             out[m.per_rank][name] = m.component.state_dict()
         return out
 
-    def load_state_dicts(self, global_state: dict, rank_state: dict, where: str) -> None:
+    def load_state_dicts(self, global_state: dict, rank_state: dict, where: str, *,
+                         same_world: bool = True) -> None:
         """Restore every member from the two dicts of `state_dicts`; `where` names the
-        checkpoint in errors."""
+        checkpoint in errors. same_world=False: `rank_state` is rank 0's, saved with another
+        number of ranks, and per-rank members resume as their `elastic` says."""
         for name, m in self._members.items():
+            if m.per_rank and not same_world:
+                if m.elastic is None:
+                    raise UserError(f"{where}: saved with another number of ranks, and its "
+                                    f"per-rank {name!r} state cannot be carried over")
+                if m.elastic == "fresh":
+                    continue
             saved = (rank_state if m.per_rank else global_state).get(name)
             if saved is None:
                 if m.optional:

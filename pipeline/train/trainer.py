@@ -11,6 +11,7 @@ after saving a checkpoint (re-run the same command to resume).
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -28,7 +29,8 @@ from pipeline.train.lock import lock_run
 from pipeline.train.log import StepLog
 from pipeline.train.metrics import Metrics
 from pipeline.train.resume import Resume, config_hash
-from pipeline.train.runtime import DistInfo, StopFlag, log0, seed_everything, shutdown
+from pipeline.train.runplan import data_plan
+from pipeline.train.runtime import DistInfo, StopFlag, log0, log_to, seed_everything, shutdown
 from pipeline.train.setup import (build_engine, ds_config, open_data, verify_data,
                                   write_run_files)
 from pipeline.train.state import Counters, RNGState, TrainState
@@ -53,7 +55,9 @@ class Trainer:
         if info.main:
             write_run_files(cfg, self.run_dir, ds_config(cfg, info.world, info.device.type == "cuda"),
                             self.data.train.fingerprint)
-        self.parts = build_engine(cfg, info, self.data, self.comm)
+            log_to(self.run_dir / "train.log")
+        self.parts = build_engine(cfg, info, self.data, self.comm,
+                                  load_universal=resume is not None and resume.universal)
         self.selector = Selector(cfg.lai, cfg.run.seed, self.comm,
                                  val_batches=lambda: self.data.val_batches(cfg.lai.val_batches),
                                  documents=self.data.train)
@@ -76,19 +80,22 @@ class Trainer:
         state = TrainState(self.parts.engine, self.info.rank)
         state.register("counters", self.counters)
         state.register("loader", self.data.loader)
-        state.register("lai", self.selector, per_rank=True)
+        state.register("lai", self.selector, per_rank=True, elastic="fresh")
         if self.selector.memory is not None:      # identical on every rank: saved once
             state.register("lai_memory", self.selector.memory, optional=True)
-        state.register("ledger", self.ledger, per_rank=True)
-        state.register("rng", RNGState(), per_rank=True)
+        state.register("ledger", self.ledger, per_rank=True, elastic="rank0")
+        state.register("rng", RNGState(), per_rank=True, elastic="fresh")
         return state
 
     def _restore(self) -> None:
         if self.resume is None:
             self.ledger.load_state_dict({"next_step": 1})   # rows of an unsaved earlier attempt
             return
-        checkpoint.load(self.state, self.resume.path)
-        log0(self.info, self.resume.note())
+        r = self.resume
+        checkpoint.load(self.state, r.path, same_world=r.same_world, universal=r.universal)
+        if not r.same_world and self.info.main:
+            self.ledger.drop_orphans(self.info.world)
+        log0(self.info, r.note())
 
     def _announce(self) -> None:
         cfg, info, t = self.cfg, self.info, self.cfg.train
@@ -96,9 +103,12 @@ class Trainer:
             self.metrics.text("config", "```\n" + save_yaml(cfg) + "\n```")
         log0(info, f"{self.parts.n_params / 1e6:.2f}M params, {info.world} rank(s) on "
                    f"{info.device.type}, ZeRO {t.zero_stage}, {t.precision}, global batch "
-                   f"{t.micro_batch}x{t.grad_accum}x{info.world}, LAI "
+                   f"{t.global_batch} = {t.micro_batch}x{t.grad_accum}x{info.world}, LAI "
                    f"{'on' if cfg.lai.enabled else 'off'}, filter {cfg.lai.filter}; "
-                   f"run dir {self.run_dir}")
+                   f"run dir {self.run_dir} (log: train.log)")
+        plan = data_plan(cfg, self.data.train, self.data.val, info.world)
+        for line in plan.lines + plan.warnings:
+            log0(info, line)
 
     # ------------------------------------------------------------ the loop
     def run(self) -> int:
@@ -163,7 +173,8 @@ class Trainer:
 
     def save(self) -> None:
         meta = {"world": self.info.world, "config": self.cfg.to_dict(),
-                "config_hash": config_hash({**self.cfg.to_dict(), "world": self.info.world})}
+                "config_hash": config_hash({**self.cfg.to_dict(), "world": self.info.world}),
+                "hf_config": json.loads(self.parts.engine.module.config.to_json_string())}
         path = checkpoint.save(self.state, self.run_dir, self.counters.step, meta=meta,
                                keep=self.cfg.run.keep_checkpoints)
         log0(self.info, f"checkpoint {path}")
@@ -175,6 +186,7 @@ class Trainer:
         log0(self.info, f"stopped by {why} at step {self.counters.step}; re-run the same "
                         "command to resume")
         self._close()
+        log_to(None)
         return EXIT_STOPPED
 
     def finish(self) -> int:
@@ -185,6 +197,7 @@ class Trainer:
         log0(self.info, f"done: {c.step} steps, {c.tokens:,} tokens, {c.skipped_steps} skipped, "
                         f"{time.time() - self.t_start:.0f}s; final model {final}; TensorBoard: "
                         f"tensorboard --logdir {self.run_dir / 'tb'}")
+        log_to(None)
         return 0
 
     def _close(self) -> None:

@@ -1,0 +1,109 @@
+"""Shared helpers for the end-to-end lai-train tests (no tests here): a prepared directory with a
+real sentencepiece tokenizer, the tiny run's overrides, and runners for 2 ranks (torchrun) or one
+process, plus readers of what a run leaves (ledger, final weights, TensorBoard scalars)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline.comm import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "configs" / "tiny_cpu.yaml"
+N = 4   # steps before an interruption; straight runs train 2N
+
+
+def make_animals_data(out: Path) -> Path:
+    """A prepared directory under `out` with a real sentencepiece tokenizer: repetitive English
+    sentences, every 4th document random tokens."""
+    import sentencepiece as spm
+
+    from datagen import make_data_dir
+    from pipeline.format.manifest import load_manifest
+    from pipeline.fsutil import sha256_file
+    rng = np.random.default_rng(0)
+    animals = "cat dog bird fish horse mouse sheep goat camel zebra tiger whale".split()
+    verbs = "sees likes follows eats chases feeds greets watches".split()
+    adjectives = "big small red green quick lazy happy sleepy".split()
+    texts = [" ".join(f"the {rng.choice(adjectives)} {rng.choice(animals)} {rng.choice(verbs)} "
+                      f"the {rng.choice(animals)} ." for _ in range(int(rng.integers(2, 8))))
+             for _ in range(500)]
+    corpus = out / "corpus.txt"
+    corpus.write_text("\n".join(texts))
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(out / "sp"), vocab_size=64,
+                                   hard_vocab_limit=False, bos_id=1, eos_id=2, pad_id=0,
+                                   unk_id=3, minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_file=str(out / "sp.model"))
+    docs = [np.array(sp.encode(t) + [2]) for t in texts]
+    for i in range(0, len(docs), 4):          # every 4th document is noise: LAI should drop some
+        docs[i] = np.append(rng.integers(4, sp.get_piece_size(), size=40), 2)
+    d = make_data_dir(out / "prepared", docs[:440], vocab_size=sp.get_piece_size(), source="animals",
+                      val_docs=docs[440:])
+    os.replace(out / "sp.model", d / "tokenizer.model")
+    m = load_manifest(d)
+    m.tokenizer = dataclasses.replace(m.tokenizer, sha256=sha256_file(d / "tokenizer.model"))
+    m.save(d)
+    return d
+
+
+def train_args(data: Path, run: Path, *overrides: str) -> list[str]:
+    """The tiny run: 2 layers x 64, seq 32, micro batch 4 (global batch = 4 x ranks unless an
+    override pins train.global_batch), 2N steps, checkpoints every 4 steps."""
+    return [str(CONFIG), f"run.out_dir={run}", f"data.sources=[{{path: '{data}', weight: 1.0}}]",
+            "data.seq_len=32", "model.n_layer=2", "model.hidden=64", "model.n_head=2",
+            "train.micro_batch=4", "train.global_batch=0", f"train.steps={2 * N}",
+            "train.lr=1e-2", "train.min_lr=1e-3", "train.warmup_steps=2", "train.eval_every=4",
+            "train.eval_batches=2", "lai.warmup_steps=1", "lai.max_exclude_frac=0.25",
+            "log.every=1", "log.histogram_every=4", "run.save_every=4", *overrides]
+
+
+def env() -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
+            "TOKENIZERS_PARALLELISM": "false"}
+
+
+def torchrun(args: list[str], ranks: int = 2) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+            "--master_port", str(free_port()), "-m", "pipeline.train", *args]
+
+
+def one_process(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "pipeline.train", *args]
+
+
+def train(data: Path, run: Path, *overrides: str, rc: int = 0, ranks: int = 2) -> str:
+    """Run the tiny run on `ranks` ranks (torchrun; 1 = one plain process); its output."""
+    args = train_args(data, run, *overrides)
+    cmd = torchrun(args, ranks) if ranks > 1 else one_process(args)
+    p = subprocess.run(cmd, env=env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = p.stdout + p.stderr
+    assert p.returncode == rc, out[-4000:]
+    return out
+
+
+def ledger(run: Path) -> np.ndarray:
+    from pipeline.train.ledger import read_ledger
+    return read_ledger(run)
+
+
+def final_params(run: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+    return load_file(run / "final" / "model.safetensors")
+
+
+def scalars(run: Path, sub: str = "") -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ea = EventAccumulator(str(run / "tb" / sub))
+    ea.Reload()
+    return {t: [(e.step, e.value) for e in ea.Scalars(t)] for t in ea.Tags()["scalars"]}
+
+
+def loss_by_step(run: Path, steps: int = 2 * N) -> np.ndarray:
+    rows = ledger(run)
+    return np.array([rows["loss"][rows["step"] == s].mean() for s in range(1, steps + 1)])
