@@ -15,7 +15,8 @@ needed, and TensorBoard overlays the rank runs in one chart per tag, so a stragg
 Tag groups (one TensorBoard section each): `train/` (loss, lr, grad_norm, skipped steps),
 `val/` (loss, ppl), `perf/` (tokens_per_s, step-time parts, tflops, mfu, memory), `lai/`
 (excluded_frac, kept_tokens, value histogram), `lai_source/<source>/` (excluded_frac,
-mean_value_norm, sequences) from `source_scalars`.
+mean_value_norm, sequences) from `source_scalars`, and with lai.mixing `lai_mixing/<source>/`
+(weight, mean_value_norm_ema) from `mixing_scalars`.
 
 Resuming: pass `purge_step=<first step of the resumed run>`; TensorBoard then hides the events
 the interrupted run wrote at steps >= purge_step, so a resumed run's curves equal the
@@ -127,4 +128,15 @@ def source_scalars(sources: Sequence[str], values, kept) -> dict[str, float]:
         out[prefix + "excluded_frac"] = float(excluded[i] / count[i])
         out[prefix + "mean_value_norm"] = float(total[i] / count[i])
         out[prefix + "sequences"] = float(count[i])
+    return out
+
+
+def mixing_scalars(names: Sequence[str], weights, ema) -> dict[str, float]:
+    """The mixture now (lai.mixing): `lai_mixing/<source>/weight` (the sampling weight the loader
+    draws the next batches with) and `.../mean_value_norm_ema` (the running mean z-score that
+    drives it), one per weighted data source."""
+    out: dict[str, float] = {}
+    for name, w, m in zip(names, _numpy(weights), _numpy(ema)):
+        out[f"lai_mixing/{_tag_name(name)}/weight"] = float(w)
+        out[f"lai_mixing/{_tag_name(name)}/mean_value_norm_ema"] = float(m)
     return out
