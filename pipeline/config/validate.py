@@ -109,6 +109,8 @@ def _lai(cfg: Config) -> None:
          "lai.layers=blocks (the block inputs stay visible) or model.compile=false")
     need(not (cfg.model.compile and cfg.train.zero_stage == 3), "model.compile",
          "not with train.zero_stage=3 (its parameter hooks run inside the blocks)")
+    need(not cfg.lai.mixing or len(cfg.data.sources) >= 2, "lai.mixing",
+         f"needs at least 2 data.sources to mix, got {len(cfg.data.sources)}")
 
 
 def _log(cfg: Config) -> None:

@@ -48,11 +48,20 @@ def quotas(weights: np.ndarray, period: int) -> np.ndarray:
     return q
 
 
+def spread(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions for integer per-source counts (zeros allowed), each source's slots spread evenly:
+    (source int32 [sum], rank int64 [sum]: how many earlier positions that source has). The k-th
+    slot of source s sits at ideal time (k + 1/2) / counts[s]; ties go to the lower source index."""
+    q = np.asarray(counts, dtype=np.int64)
+    src = np.repeat(np.arange(len(q), dtype=np.int32), q)
+    rank = np.concatenate([np.arange(m, dtype=np.int64) for m in q]) if len(q) else src.astype(np.int64)
+    ideal = (rank + 0.5) / q[src]
+    order = np.lexsort((src, ideal))     # by ideal time, ties by source index
+    return src[order], rank[order]
+
+
 def blend_schedule(weights, period: int = PERIOD) -> BlendSchedule:
     """The blending schedule for mixing weights (positive, any scale)."""
     q = quotas(np.asarray(weights, dtype=np.float64), period)
-    src = np.repeat(np.arange(len(q), dtype=np.int32), q)
-    rank = np.concatenate([np.arange(m, dtype=np.int64) for m in q])
-    ideal = (rank + 0.5) / q[src]
-    order = np.lexsort((src, ideal))     # by ideal time, ties by source index
-    return BlendSchedule(source=src[order], rank=rank[order], quota=q)
+    src, rank = spread(q)
+    return BlendSchedule(source=src, rank=rank, quota=q)

@@ -6,6 +6,11 @@ of packed samples, addressed by a global sequence id.
 The order is fully determined by (seed, data manifests, weights, seq_len): per source and source
 epoch a seeded document shuffle and sample shuffle (see source.py), and a deterministic blend whose
 source proportions match the weights over any window (see blend.py).
+
+With `mixing=True` the weights change during training (lai.mixing), so no fixed blend exists:
+the loader allocates each global micro-batch's slots to sources from the current weights
+(mixture.py), and a seq_id names its sample directly, seq_id = k * S + s (the k-th sample of
+source s of S), so it still maps back to its documents without the weights' history.
 """
 from __future__ import annotations
 
@@ -60,13 +65,14 @@ class PackedDataset:
     samples_per_epoch = the sum over sources of the samples in one pass over each source; epoch =
     seq_id // samples_per_epoch. With weights proportional to source sizes an epoch sees each
     source about once; otherwise sources wrap into their next epoch at their own pace.
+    `mixing`: the weights are only the initial ones of a dynamic mixture (see the module doc).
     `release_every_bytes`: once reads may have made this many bytes of the mapped shards resident,
     those pages are dropped from the resident set, so host memory stays flat over long runs.
     Not thread-safe (per-epoch index caches): use one instance per thread.
     """
 
     def __init__(self, sources: list[tuple[str | Path, float]], seq_len: int, *,
-                 split: str = "train", seed: int = 0):
+                 split: str = "train", seed: int = 0, mixing: bool = False):
         if split not in ("train", "val"):
             raise UserError(f"split: expected 'train' or 'val', got {split!r}")
         if not isinstance(seq_len, int) or seq_len < 1:
@@ -84,7 +90,7 @@ class PackedDataset:
                     f"{d / MANIFEST_NAME}: tokenizer sha256 {m.tokenizer.sha256[:12]} differs from "
                     f"{first / MANIFEST_NAME} ({tok0.sha256[:12]}); all sources must share one "
                     f"tokenizer: prepare {d} again with lai-prep --tokenizer {use} ...")
-        self.seq_len, self.split, self.seed = seq_len, split, seed
+        self.seq_len, self.split, self.seed, self.mixing = seq_len, split, seed, mixing
         self.weights = [w for _, w in checked]
         self.streams = [SourceStream(d, m, split, seq_len, seed, i)
                         for i, ((d, _), m) in enumerate(zip(checked, manifests))]
@@ -96,6 +102,8 @@ class PackedDataset:
                     raise UserError(f"{st.data_dir}: shard {key[1]} of source '{key[0]}' is also in {other}; "
                                     "give the sources distinct names (lai-prep --source NAME=KIND...)")
                 self._shard_index[key] = (i, j)
+        # one name per weighted source (a directory may hold several prepared sources)
+        self.source_names = ["+".join(dict.fromkeys(st.shard_sources)) for st in self.streams]
         self._blend = blend_schedule(self.weights)
         self.samples_per_epoch = sum(st.num_samples for st in self.streams)
         self.tokenizer = tok0                     # the sources' shared TokenizerEntry
@@ -107,7 +115,7 @@ class PackedDataset:
     def _fingerprint(self, manifests) -> str:
         """Hash of everything that determines the sample order (not of paths: data may move)."""
         ident = {"seq_len": self.seq_len, "split": self.split, "seed": self.seed,
-                 "blend": self._blend.quota.tolist(),
+                 "blend": self._blend.quota.tolist(), **({"mixing": True} if self.mixing else {}),
                  "data": [[m.tokenizer.sha256, [(s.prefix, s.num_tokens, s.bin_sha256)
                                                  for s in m.shards_of(self.split)]] for m in manifests]}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
@@ -115,8 +123,24 @@ class PackedDataset:
     def _pieces(self, seq_id: int):
         if not isinstance(seq_id, (int, np.integer)) or seq_id < 0:
             raise IndexError(f"seq_id must be a non-negative integer, got {seq_id!r}")
-        s, k = self._blend.assign(int(seq_id))
+        if self.mixing:
+            k, s = divmod(int(seq_id), len(self.streams))
+        else:
+            s, k = self._blend.assign(int(seq_id))
         return self.streams[s], self.streams[s].pieces(k)
+
+    def seq_ids(self, source: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """int64 seq_ids of the k-th samples of sources `source` (mixing=True only)."""
+        if not self.mixing:
+            raise ValueError("seq_ids(source, k): only for a dataset with mixing=True")
+        return np.asarray(k, dtype=np.int64) * len(self.streams) + np.asarray(source, np.int64)
+
+    def source_of(self, seq_ids) -> np.ndarray:
+        """int64 index into `source_names` of each seq_id's source."""
+        ids = np.asarray(seq_ids, dtype=np.int64)
+        if self.mixing:
+            return ids % len(self.streams)
+        return self._blend.source[ids % self._blend.period].astype(np.int64)
 
     def sample(self, seq_id: int, out: np.ndarray | None = None) -> np.ndarray:
         """The tokens of global sample `seq_id`: int64 [seq_len + 1] (written into `out` if given)."""

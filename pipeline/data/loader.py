@@ -1,8 +1,11 @@
-"""RankLoader: this rank's slice of each global micro-batch, resumable from a sample count.
+"""RankLoader: this rank's slice of each global micro-batch, resumable from its state.
 
-Global micro-batch k covers seq_ids [k*G, (k+1)*G) with G = micro_batch * world; rank r gets the
-r-th contiguous slice of micro_batch of them. The only state is `samples_consumed` (global), so
-resume is O(1), and resuming with another world size (same G) continues the same global order.
+Global micro-batch k holds G = micro_batch * world samples; rank r gets the r-th contiguous slice
+of micro_batch of them. With a static blend they are seq_ids [k*G, (k+1)*G) and the only state is
+`samples_consumed` (global), so resume is O(1). With a dataset built with mixing=True the sources
+of each global micro-batch follow the weights current at it (`set_weights`; mixture.py), and the
+state adds the mixture's (weights, carried credit, samples drawn per source). Either way every
+rank computes the same global order, and resuming with another world size (same G) continues it.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import numpy as np
 import torch
 
 from pipeline.data.dataset import PackedDataset
+from pipeline.data.mixture import DynamicMixture
 from pipeline.errors import UserError
 
 
@@ -26,15 +30,34 @@ class RankLoader:
         self.dataset, self.micro_batch, self.rank, self.world = dataset, micro_batch, rank, world
         self.samples_consumed = int(samples_consumed)
         self.pin_memory = pin_memory      # page-locked batches: asynchronous copies to a GPU
+        self.mixture = DynamicMixture(dataset.weights) if dataset.mixing else None
+        if self.mixture is not None and samples_consumed:
+            raise UserError("RankLoader: a dynamic mixture resumes from its state "
+                            "(load_state_dict), not from a sample count")
 
     @property
     def global_batch(self) -> int:
         return self.micro_batch * self.world
 
+    def set_weights(self, weights) -> None:
+        """The sources' weights from the next global micro-batch on (mixing=True datasets)."""
+        if self.mixture is None:
+            raise ValueError("set_weights: the dataset has a static blend (mixing=False)")
+        self.mixture.set_weights(weights)
+
+    def _seq_ids(self) -> np.ndarray:
+        """int64 [micro_batch]: this rank's seq_ids of the next global micro-batch."""
+        first = self.rank * self.micro_batch
+        if self.mixture is None:
+            first += self.samples_consumed
+            return np.arange(first, first + self.micro_batch, dtype=np.int64)
+        src, k = self.mixture.next_batch(self.global_batch)
+        mine = slice(first, first + self.micro_batch)
+        return self.dataset.seq_ids(src[mine], k[mine])
+
     def next_batch(self) -> dict[str, torch.Tensor]:
         """{"input_ids", "targets": int64 [micro_batch, seq_len], "seq_ids": int64 [micro_batch]}."""
-        first = self.samples_consumed + self.rank * self.micro_batch
-        seq_ids = np.arange(first, first + self.micro_batch, dtype=np.int64)
+        seq_ids = self._seq_ids()
         x = np.empty((self.micro_batch, self.dataset.seq_len + 1), dtype=np.int64)
         for row, i in zip(x, seq_ids):
             self.dataset.sample(int(i), out=row)
@@ -50,15 +73,22 @@ class RankLoader:
             yield self.next_batch()
 
     def state_dict(self) -> dict:
-        return {"samples_consumed": self.samples_consumed, "fingerprint": self.dataset.fingerprint}
+        d = {"samples_consumed": self.samples_consumed, "fingerprint": self.dataset.fingerprint}
+        if self.mixture is not None:
+            d["mixture"] = self.mixture.state_dict()
+        return d
 
     def load_state_dict(self, d: dict) -> None:
-        """Resume at d["samples_consumed"]; the data, weights, seq_len and seed must be the ones the
-        state was saved with (micro_batch and world may differ)."""
+        """Resume at d["samples_consumed"] (and the saved mixture); the data, weights, seq_len,
+        seed and mixing mode must be the ones the state was saved with (micro_batch and world
+        may differ)."""
         if d.get("fingerprint") != self.dataset.fingerprint:
-            raise UserError("loader state: saved for different data, weights, seq_len or seed "
-                            f"(fingerprint {str(d.get('fingerprint'))[:12]} != {self.dataset.fingerprint[:12]})")
+            raise UserError("loader state: saved for different data, weights, seq_len, seed or "
+                            f"lai.mixing (fingerprint {str(d.get('fingerprint'))[:12]} != "
+                            f"{self.dataset.fingerprint[:12]})")
         consumed = int(d["samples_consumed"])
         if consumed < 0:
             raise UserError(f"loader state: samples_consumed must be >= 0, got {consumed}")
+        if self.mixture is not None:
+            self.mixture.load_state_dict(d["mixture"])
         self.samples_consumed = consumed

@@ -29,7 +29,8 @@ pairings.py (one object per pairing: its features, exact kernel and sketch; buil
 features.py, exact.py, sketch.py), capture.py (layer-input hooks), grads.py (losses, logit
 gradients), scorer.py (values against a reference, over ranks via pipeline.comm), policy.py
 (FilterPolicy), baselines.py (every filter: lai and the baselines), selector.py (what the
-trainer calls per micro-batch), reference.py (full-gradient and ghost references), api.py.
+trainer calls per micro-batch), reference.py (full-gradient and ghost references), api.py,
+mixing.py (SourceMixer: source weights from the per-source mean normalised value, lai.mixing).
 Reference R: "local" = this rank's micro-batch; "global" = the global micro-batch over the
 data-parallel group; "val" = a cached held-out set (LAIScorer.set_val_reference, forward only,
 combined over ranks). lai_values with ref_input_ids uses that batch as R (j not in R).
@@ -58,6 +59,7 @@ from .baselines import FILTERS, FilterInput, full_gradient_scores, loss_scores, 
 from .capture import LAYER_SETS, LayerInputCapture
 from .pairings import PAIRINGS
 from .grads import logit_grads, per_sequence_loss
+from .mixing import SourceMixer
 from .policy import FilterPolicy
 from .reference import full_gradient_values, ghost_values
 from .scorer import LAIScorer
@@ -68,7 +70,7 @@ __all__ = [
     "DEFAULT_PAIRING", "DEFAULT_SKETCH_DIM", "FILTERS", "LAYER_SETS", "METHODS", "PAIRINGS",
     "REFERENCES",
     "FilterInput", "FilterPolicy", "LAIScorer", "LAISettings", "LayerInputCapture", "Selection",
-    "Selector",
+    "Selector", "SourceMixer",
     "full_gradient_scores", "full_gradient_values", "ghost_values", "lai_values", "logit_grads",
     "loss_scores", "per_sequence_loss", "random_scores",
 ]

@@ -55,6 +55,14 @@ class LAISettings:
                                        # fraction of highest-loss sequences excluded
     val_refresh_every: int = 100       # reference=val: recompute the val features every N steps
     val_batches: int = 2               # reference=val: micro-batches per rank in the reference
+    mixing: bool = False               # the training sources' sampling weights follow each
+                                       # source's mean normalised value (pipeline.lai.mixing);
+                                       # needs lai.enabled and 2+ data.sources
+    mixing_eta: float = 0.1            # EG step size: log-weight change per update per unit of
+                                       # the source's running mean z-score
+    mixing_ema: float = 0.9            # smoothing of each source's mean z-score, in [0, 1)
+    mixing_floor: float = 0.1          # share of the initial weights always kept, in [0, 1]
+    mixing_every: int = 1              # update the weights every N optimizer steps
 
     def resolved(self, has_val: bool = False) -> LAISettings:
         """A checked copy with concrete values (ValueError `lai.<field>: ...` on a bad one).
@@ -126,3 +134,10 @@ def check(s: LAISettings) -> None:
     _need(s.val_refresh_every >= 1, "val_refresh_every",
           f"must be >= 1, got {s.val_refresh_every}")
     _need(s.val_batches >= 1, "val_batches", f"must be >= 1, got {s.val_batches}")
+    _need(not s.mixing or s.enabled, "mixing",
+          "needs lai.enabled=true (the weights follow the LAI values)")
+    _need(math.isfinite(s.mixing_eta) and s.mixing_eta >= 0, "mixing_eta",
+          f"must be a finite number >= 0, got {s.mixing_eta}")
+    _need(0 <= s.mixing_ema < 1, "mixing_ema", f"must be in [0, 1), got {s.mixing_ema}")
+    _need(0 <= s.mixing_floor <= 1, "mixing_floor", f"must be in [0, 1], got {s.mixing_floor}")
+    _need(s.mixing_every >= 1, "mixing_every", f"must be >= 1, got {s.mixing_every}")

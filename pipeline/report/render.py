@@ -99,6 +99,7 @@ def markdown(r: dict) -> str:
         lines.append(f"| {_md(s['source'])} | {s['sequences']} | {s['measured']} | {s['tokens']} | "
                      f"{_md(s['value_step'])} | {_md(s['mean_value'])} | "
                      f"{_pct(s['excluded_frac'])} | {_md(s['mean_loss'])} |")
+    lines += _mixture_lines(r.get("mixing"))
     d = r["documents"]
     for title, key in (("Most valuable documents", "most_valuable"),
                        ("Least valuable documents", "least_valuable")):
@@ -115,12 +116,30 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _mixture_lines(m: dict | None) -> list[str]:
+    if m is None:
+        return []
+    lines = ["", "## Mixture (lai.mixing)", "",
+             f"Sampling weights of the weighted data sources at the start and after "
+             f"{m['updates']} updates (step {m['step']}), and the share of the trained sequences "
+             "each source served (over the run; over its last quarter).", "",
+             "| source | initial weight | final weight | served | served, last quarter |",
+             "|---|---:|---:|---:|---:|"]
+    for s in m["sources"]:
+        lines.append(f"| {_md(s['source'])} | {_pct(s['initial'])} | {_pct(s['final'])} | "
+                     f"{_pct(s['served'])} | {_pct(s['served_late'])} |")
+    return lines
+
+
 def summary(r: dict) -> str:
     best = max(r["sources"], key=lambda s: -math.inf if s["mean_value"] is None
                else s["mean_value"])
+    mix = r.get("mixing")
+    weights = "" if mix is None else "; mixture " + ", ".join(
+        f"{s['source']} {s['initial']:.0%}->{s['final']:.0%}" for s in mix["sources"])
     return (f"report: {r['sequences']} sequences over {r['steps']['count']} steps, "
             f"{r['excluded_frac']:.1%} excluded; {len(r['sources'])} sources "
-            f"(highest mean value: {best['source']}), {r['documents']['count']} documents, "
+            f"(highest mean value: {best['source']}){weights}, {r['documents']['count']} documents, "
             f"{r['keep_drop']['dropped']} marked drop in keep_drop.csv "
             f"-> {Path(r['run_dir']) / 'report' / 'report.md'}")
 

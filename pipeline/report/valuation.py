@@ -1,8 +1,9 @@
 """The valuation of a run: its ledger rows attributed to documents and sources.
 
 Inputs: RUN/data.json (PackedDataset's arguments, to locate every sequence's documents; if it
-also holds "fingerprint" = PackedDataset.fingerprint, re-prepared data is refused), the ledger
-(pipeline.train.ledger) and the dataset's tokenizer (for text snippets).
+also holds "fingerprint" = PackedDataset.fingerprint, re-prepared data is refused; "mixing": true
+for a lai.mixing run), the ledger (pipeline.train.ledger), the dataset's tokenizer (for text
+snippets) and, for a lai.mixing run, RUN/mixing.json (the mixture's trajectory).
 A sequence's value, keep flag and loss are attributed to every document it covers, weighted by
 the number of the document's tokens in it; so a document's (or source's)
 
@@ -18,7 +19,8 @@ Documents are ranked by value_step. Each links back to its original record (file
 Parquet row, HF row: pipeline.format.provenance) when lai-prep recorded it.
 
 Outputs (each written atomically), under RUN/report/:
-    report.md       summary, per-source table, most/least valuable documents with snippets
+    report.md       summary, per-source table, the mixture (initial vs final weights, served
+                    shares) of a lai.mixing run, most/least valuable documents with snippets
     report.json     the same numbers, machine readable
     documents.csv   every trained document, least valuable first
     keep_drop.csv   the decision per document (pipeline.report.keeplist): what
@@ -57,13 +59,15 @@ def load_data_spec(run_dir: Path) -> dict:
             raise UserError(f"{path}: field '{key}' is missing or not of type {kind.__name__}")
     if not spec["sources"] or not all(isinstance(s, list) and len(s) == 2 for s in spec["sources"]):
         raise UserError(f"{path}: field 'sources' must be a non-empty list of [data_dir, weight]")
+    if not isinstance(spec.get("mixing", False), bool):
+        raise UserError(f"{path}: field 'mixing' must be true or false")
     return spec
 
 
 def build_dataset(spec: dict) -> PackedDataset:
     """The run's training PackedDataset."""
     return PackedDataset([(Path(d), float(w)) for d, w in spec["sources"]], spec["seq_len"],
-                         split="train", seed=spec["seed"])
+                         split="train", seed=spec["seed"], mixing=spec.get("mixing", False))
 
 
 # ---------------------------------------------------------------------------- snippets
@@ -131,6 +135,30 @@ def _load(run_dir: Path) -> tuple[np.ndarray, PackedDataset]:
     return rows, dataset
 
 
+def mixture(run_dir: Path, rows: np.ndarray, dataset: PackedDataset) -> dict | None:
+    """A lai.mixing run's mixture: per weighted source its initial and final sampling weight
+    (RUN/mixing.json, as of the latest checkpoint) and the share of the ledger's sequences it
+    served, over the run and over its last quarter of steps. None for a static blend."""
+    if not dataset.mixing:
+        return None
+    path = run_dir / "mixing.json"
+    traj = read_json(path, "missing (the run saved no checkpoint yet?)")
+    if traj.get("sources") != dataset.source_names:
+        raise UserError(f"{path}: sources {traj.get('sources')} differ from the run's data "
+                        f"({dataset.source_names})")
+    src = dataset.source_of(rows["seq_id"])
+    first, last = int(rows["step"].min()), int(rows["step"].max())
+    late = rows["step"] >= last + 1 - (last - first + 1) / 4
+
+    def share(sel: np.ndarray) -> np.ndarray:
+        return np.bincount(src[sel], minlength=len(dataset.source_names)) / max(int(sel.sum()), 1)
+    served, served_late = share(np.ones(len(rows), bool)), share(late)
+    return {"step": traj["steps"][-1], "updates": len(traj["steps"]) - 1,
+            "sources": [{"source": n, "initial": traj["initial"][i], "final": traj["final"][i],
+                         "served": float(served[i]), "served_late": float(served_late[i])}
+                        for i, n in enumerate(dataset.source_names)]}
+
+
 def _counts(stats: dict[str, np.ndarray], i: int) -> dict:
     return {k: (int(v[i]) if k in ("sequences", "measured", "tokens") else _clean(v[i]))
             for k, v in stats.items()}
@@ -177,6 +205,7 @@ def build_report(run_dir: str | Path, *, top: int = 10, min_tokens: int = 16,
         "mean_loss": _clean(rows["loss"].astype(np.float64).mean()),
         "value_step_method": method,
         "sources": [{"source": name, **_counts(per_src, s)} for s, name in enumerate(sources)],
+        "mixing": mixture(run_dir, rows, dataset),
         "documents": {
             "count": len(spans.docs), "ranked": len(ranked), "min_tokens": min_tokens,
             "most_valuable": [doc_entry(i, True) for i in ranked[::-1][:top]],

@@ -9,7 +9,7 @@ import torch
 from pipeline.comm import Comm
 from pipeline.config import Config
 from pipeline.train.flops import achieved_tflops, mfu
-from pipeline.train.metrics import Metrics, source_scalars
+from pipeline.train.metrics import Metrics, mixing_scalars, source_scalars
 from pipeline.train.runtime import DistInfo, log0, peak_memory_gib
 from pipeline.train.state import Counters
 from pipeline.train.step import StepResult
@@ -77,9 +77,9 @@ class StepLog:
     """Reports of one run (see the module doc)."""
 
     def __init__(self, cfg: Config, info: DistInfo, comm: Comm, metrics: Metrics, dataset,
-                 flops_per_token: float):
+                 flops_per_token: float, mixer=None):
         self.cfg, self.info, self.comm, self.metrics = cfg, info, comm, metrics
-        self.dataset, self.flops_per_token = dataset, flops_per_token
+        self.dataset, self.flops_per_token, self.mixer = dataset, flops_per_token, mixer
         self.window = Window()
 
     def after_step(self, r: StepResult, counters: Counters, *, last: bool = False) -> None:
@@ -113,6 +113,9 @@ class StepLog:
         srcs, vals, kept = (sum((p[i] for p in parts), []) for i in range(3))
         if srcs:
             scalars.update(source_scalars(srcs, vals, kept))
+        if self.mixer is not None:
+            scalars.update(mixing_scalars(self.dataset.source_names, self.mixer.weights,
+                                          self.mixer.m))
         self.metrics.scalars(r.step, scalars)
         self.metrics.rank_scalars(r.step, {**w.rank_scalars(phases),
                                            "perf/tokens_per_s_rank": rank_tps,

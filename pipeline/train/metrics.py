@@ -15,7 +15,8 @@ needed, and TensorBoard overlays the rank runs in one chart per tag, so a stragg
 Tag groups (one TensorBoard section each): `train/` (loss, lr, grad_norm, skipped steps),
 `val/` (loss, ppl), `perf/` (tokens_per_s, step-time parts, tflops, mfu, memory), `lai/`
 (excluded_frac, kept_tokens, value histogram), `lai_source/<source>/` (excluded_frac,
-mean_value_norm, sequences) from `source_scalars`.
+mean_value_norm, sequences) from `source_scalars`, and with lai.mixing `lai_mixing/<source>/`
+(weight, mean_value_norm_ema) from `mixing_scalars`.
 
 Every LAI tag carries a one-line description (what it measures and which sign is good: the
 DESCRIPTIONS table), written with its first event, which TensorBoard shows next to the chart.
@@ -178,4 +179,15 @@ def source_scalars(sources: Sequence[str], values, kept) -> dict[str, float]:
         out[prefix + "excluded_frac"] = float(excluded[i] / count[i])
         out[prefix + "mean_value_norm"] = float(total[i] / count[i])
         out[prefix + "sequences"] = float(count[i])
+    return out
+
+
+def mixing_scalars(names: Sequence[str], weights, ema) -> dict[str, float]:
+    """The mixture now (lai.mixing): `lai_mixing/<source>/weight` (the sampling weight the loader
+    draws the next batches with) and `.../mean_value_norm_ema` (the running mean z-score that
+    drives it), one per weighted data source."""
+    out: dict[str, float] = {}
+    for name, w, m in zip(names, _numpy(weights), _numpy(ema)):
+        out[f"lai_mixing/{_tag_name(name)}/weight"] = float(w)
+        out[f"lai_mixing/{_tag_name(name)}/mean_value_norm_ema"] = float(m)
     return out

@@ -30,10 +30,17 @@ from pipeline.errors import UserError
 from pipeline.train import checkpoint
 
 # Differences that make a checkpoint unusable (refused); every other difference is noted.
-# run.out_dir / run.resume / data.verify are where and how, not what: never compared.
+# run.out_dir / run.resume / data.verify are where and how, not what: never compared. A name
+# ending in "." is a section (every key in it), any other name one key. lai.mixing decides how
+# seq_ids and the loader state are laid out; its step size, smoothing, floor and cadence may change.
 RESUME_BREAKING = ("model.", "data.", "run.seed", "train.global_batch", "train.zero_stage",
-                   "train.precision", "train.offload_optimizer", "train.offload_params")
+                   "train.precision", "train.offload_optimizer", "train.offload_params",
+                   "lai.mixing")
 RESUME_IGNORED = ("run.out_dir", "run.resume", "data.verify")
+
+
+def _in(key: str, names: tuple[str, ...]) -> bool:
+    return any(key.startswith(n) if n.endswith(".") else key == n for n in names)
 
 
 @dataclass
@@ -116,7 +123,7 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 def config_hash(cfg_dict: dict[str, Any]) -> str:
     """sha256 of the fields that must not change across a resume (see RESUME_BREAKING)."""
     flat = {k: v for k, v in _flatten(cfg_dict).items()
-            if k.startswith(RESUME_BREAKING) and not k.startswith(RESUME_IGNORED)}
+            if _in(k, RESUME_BREAKING) and not _in(k, RESUME_IGNORED)}
     return hashlib.sha256(json.dumps(flat, sort_keys=True).encode()).hexdigest()
 
 
@@ -134,8 +141,8 @@ def resume_changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str],
     a["train.global_batch"], b["train.global_batch"] = _global_batch(a), _global_batch(b)
     breaking, allowed = [], []
     for k in sorted(set(a) | set(b)):
-        if k.startswith(RESUME_IGNORED) or a.get(k) == b.get(k):
+        if _in(k, RESUME_IGNORED) or a.get(k) == b.get(k):
             continue
         line = f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
-        (breaking if k.startswith(RESUME_BREAKING) else allowed).append(line)
+        (breaking if _in(k, RESUME_BREAKING) else allowed).append(line)
     return breaking, allowed

@@ -55,7 +55,8 @@ def open_data(cfg: Config, info: DistInfo) -> Data:
     RUN/final will carry), this rank's loader."""
     d = cfg.data
     sources = [(s.path, s.weight) for s in d.sources]
-    train = PackedDataset(sources, d.seq_len, split="train", seed=cfg.run.seed)
+    train = PackedDataset(sources, d.seq_len, split="train", seed=cfg.run.seed,
+                          mixing=cfg.lai.mixing)
     _check_tokenizer(train.tokenizer_path, train.tokenizer.sha256, Path(d.sources[0].path))
     loader = RankLoader(train, cfg.train.micro_batch, info.rank, info.world,
                         pin_memory=info.device.type == "cuda")
@@ -192,9 +193,12 @@ def ds_config(cfg: Config, world: int, cuda: bool, *, load_universal: bool = Fal
 
 def data_json(cfg: Config, fingerprint: str | None = None) -> dict[str, Any]:
     """RUN/data.json: exactly PackedDataset's arguments, for lai-report to rebuild the dataset
-    (plus the train dataset's fingerprint, so re-prepared data is detected)."""
+    (plus the train dataset's fingerprint, so re-prepared data is detected; "mixing": true when
+    lai.mixing is on, whose seq_ids name (source, sample) directly)."""
     val = cfg.data.val_sources or cfg.data.sources
     extra = {"fingerprint": fingerprint} if fingerprint else {}
+    if cfg.lai.mixing:
+        extra["mixing"] = True
     return {**extra, "sources": [[s.path, s.weight] for s in cfg.data.sources],
             "val_sources": [[s.path, s.weight] for s in val],
             "seq_len": cfg.data.seq_len, "seed": cfg.run.seed}

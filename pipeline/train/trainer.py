@@ -3,7 +3,8 @@
     Trainer(cfg, info, resume).run()
 
 setup (__init__): data -> run files -> model, optimizer, DeepSpeed engine -> LAI selector,
-ledger, counters -> one TrainState that checkpoints save and restore -> metrics;
+source mixer (lai.mixing), ledger, counters -> one TrainState that checkpoints save and restore
+-> metrics;
 then `run()`: a loop of `train_step` (pipeline.train.step: the micro-steps and the update) and
 log / eval / save / stop, each a short method; at the end the final export.
 Exit codes: 0 finished (RUN/final written), 75 stopped by SIGTERM/SIGUSR1 or run.time_limit_s
@@ -21,7 +22,8 @@ import torch
 from pipeline.comm import Comm
 from pipeline.config import Config, save_yaml
 from pipeline.errors import UserError
-from pipeline.lai import Selector, per_sequence_loss
+from pipeline.fsutil import atomic_write_json
+from pipeline.lai import Selector, SourceMixer, per_sequence_loss
 from pipeline.train import checkpoint
 from pipeline.train.export import export_final
 from pipeline.train.ledger import Ledger
@@ -61,6 +63,8 @@ class Trainer:
         self.selector = Selector(cfg.lai, cfg.run.seed, self.comm,
                                  val_batches=lambda: self.data.val_batches(cfg.lai.val_batches),
                                  documents=self.data.train)
+        self.mixer = (SourceMixer.from_settings(cfg.lai, self.data.train.weights, self.comm)
+                      if cfg.lai.mixing else None)
         self.ledger = Ledger(self.run_dir, info.rank, chunk_rows=cfg.log.ledger_chunk_rows)
         self.counters = Counters()
         self.state = self._register()
@@ -72,7 +76,7 @@ class Trainer:
                                  self.selector, self.data.loader, self.comm, info.device, t,
                                  own_grad_norm=t.zero_stage == 0 and t.precision == "fp32")
         self.log = StepLog(cfg, info, self.comm, self.metrics, self.data.train,
-                           self.parts.flops_per_token)
+                           self.parts.flops_per_token, self.mixer)
         self._announce()
 
     def _register(self) -> TrainState:
@@ -85,6 +89,8 @@ class Trainer:
             state.register("lai_memory", self.selector.memory, optional=True)
         state.register("ledger", self.ledger, per_rank=True, elastic="rank0")
         state.register("rng", RNGState(), per_rank=True, elastic="fresh")
+        if self.mixer is not None:
+            state.register("mixing", self.mixer, optional=True)
         return state
 
     def _restore(self) -> None:
@@ -104,7 +110,8 @@ class Trainer:
         log0(info, f"{self.parts.n_params / 1e6:.2f}M params, {info.world} rank(s) on "
                    f"{info.device.type}, ZeRO {t.zero_stage}, {t.precision}, global batch "
                    f"{t.global_batch} = {t.micro_batch}x{t.grad_accum}x{info.world}, LAI "
-                   f"{'on' if cfg.lai.enabled else 'off'}, filter {cfg.lai.filter}; "
+                   f"{'on' if cfg.lai.enabled else 'off'}, filter {cfg.lai.filter}"
+                   f"{', source mixing' if self.mixer else ''}; "
                    f"run dir {self.run_dir} (log: train.log)")
         plan = data_plan(cfg, self.data.train, self.data.val, info.world)
         for line in plan.lines + plan.warnings:
@@ -133,6 +140,7 @@ class Trainer:
         result = self.runner.step(self.counters.step + 1)
         for m in result.micros:
             self.ledger.append(result.step, m.seq_ids, m.values, m.keep, m.losses, m.value_norm)
+        self.mix(result)
         c = self.counters
         c.step, c.tokens = result.step, c.tokens + result.tokens
         if not result.skipped:
@@ -151,6 +159,18 @@ class Trainer:
         raise UserError(f"train.max_nonfinite_steps: {c.bad_in_a_row} steps in a row had a "
                         f"non-finite loss or gradient norm (last at step {c.step}); lower "
                         "train.lr, raise train.warmup_steps, or check the data")
+
+    def mix(self, result: StepResult) -> None:
+        """lai.mixing: the step's normalised values update the source weights (when due), and the
+        loader draws the next global micro-batches with them."""
+        if self.mixer is None:
+            return
+        for m in result.micros:
+            sources = torch.from_numpy(self.data.train.source_of(m.seq_ids.numpy()))
+            self.mixer.observe(result.step, sources, m.value_norm)
+        weights = self.mixer.end_step(result.step)
+        if weights is not None:
+            self.data.loader.set_weights(weights)
 
     def evaluate_if_due(self, step: int) -> None:
         t = self.cfg.train
@@ -177,6 +197,9 @@ class Trainer:
                 "hf_config": json.loads(self.parts.engine.module.config.to_json_string())}
         path = checkpoint.save(self.state, self.run_dir, self.counters.step, meta=meta,
                                keep=self.cfg.run.keep_checkpoints)
+        if self.mixer is not None and self.info.main:     # the mixture as of this checkpoint
+            atomic_write_json(self.run_dir / "mixing.json",
+                              self.mixer.trajectory(self.data.train.source_names))
         log0(self.info, f"checkpoint {path}")
 
     # ------------------------------------------------------------ the end

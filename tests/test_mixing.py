@@ -1,0 +1,307 @@
+"""Source mixing (lai.mixing): the exponentiated-gradient update against a hand computation, the
+deterministic allocation of each global micro-batch to sources (credit carried, per-source
+counters), the loader following changing weights and resuming bit for bit (also with another
+world size), and 2 gloo ranks computing the same weights as one process on the concatenated
+batch. The trainer end to end: tests/test_train_mixing.py."""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from datagen import make_data_dir, random_docs
+from pipeline.comm import free_port
+from pipeline.data import PackedDataset, RankLoader
+from pipeline.data.mixture import DynamicMixture
+from pipeline.errors import UserError
+from pipeline.lai import LAISettings, SourceMixer
+
+L = 16
+
+
+def f64(x) -> torch.Tensor:
+    return torch.tensor(x, dtype=torch.float64)
+
+
+# ---------------------------------------------------------------- the EG update
+
+def test_eg_update_by_hand():
+    """Two equal sources, mean z-scores +1 / -1, eta = ln(2)/2: q = (2/3, 1/3); floor 1/4 keeps a
+    quarter of the initial (1/2, 1/2): p = (5/8, 3/8). The next window sees only source 0 at
+    +2 (source 1 keeps m = -1): with ema 1/2, m = (3/2, -1), q ~ (2/3 * 2^(3/4), 1/3 * 2^(-1/2))."""
+    mx = SourceMixer([1.0, 1.0], eta=math.log(2) / 2, ema=0.0, floor=0.25, every=1)
+    mx.observe(1, torch.tensor([0, 1, 0, 1]), f64([1.5, -1.0, 0.5, -1.0]))
+    np.testing.assert_allclose(mx.end_step(1), [5 / 8, 3 / 8], rtol=1e-15)
+    mx.ema = 0.5
+    mx.observe(2, torch.tensor([0, 0, 1]), f64([2.0, 2.0, float("nan")]))   # NaN: not scored
+    a, b = 2 / 3 * 2 ** 0.75, 1 / 3 * 2 ** -0.5
+    q = np.array([a, b]) / (a + b)
+    np.testing.assert_allclose(mx.end_step(2), 0.75 * q + 0.25 * np.array([0.5, 0.5]), rtol=1e-14)
+    np.testing.assert_allclose(mx.m, [1.5, -1.0], rtol=1e-15)
+    assert [h[0] for h in mx.history] == [0, 1, 2]
+
+
+def reference_weights(w0, windows, eta, ema, floor):
+    """The EG recursion of the module doc in plain Python floats, one window list per update:
+    windows[u] = [(source, value), ...]."""
+    w0 = [w / sum(w0) for w in w0]
+    m, logq, out = [0.0] * len(w0), [math.log(w) for w in w0], []
+    for window in windows:
+        for s in range(len(w0)):
+            vals = [v for src, v in window if src == s and math.isfinite(v)]
+            if vals:
+                m[s] = ema * m[s] + (1 - ema) * (sum(vals) / len(vals))
+            logq[s] += eta * m[s]
+        z = [math.exp(x - max(logq)) for x in logq]
+        out.append([(1 - floor) * zi / sum(z) + floor * wi for zi, wi in zip(z, w0)])
+    return out
+
+
+def test_eg_update_matches_the_recursion_with_warmup_and_cadence():
+    """Warmup 3 (its values ignored), an update every 2 steps over both steps' micro-batches,
+    NaNs left out, a source missing from a window, against the plain-float recursion."""
+    rng = np.random.default_rng(0)
+    w0, eta, ema, floor = [3.0, 1.0, 2.0], 0.7, 0.6, 0.1
+    mx = SourceMixer(w0, eta=eta, ema=ema, floor=floor, every=2, warmup_steps=3)
+    windows, window, got = [], [], []
+    for step in range(1, 12):
+        for _ in range(2):                                  # two micro-steps
+            src = rng.integers(0, 2 if step in (6, 7) else 3, size=5)   # source 2 absent 6-7
+            v = rng.normal(size=5) + src
+            v[rng.random(5) < 0.2] = float("nan")
+            mx.observe(step, torch.from_numpy(src), torch.from_numpy(v))
+            if step > 3:
+                window += list(zip(src.tolist(), v.tolist()))
+        p = mx.end_step(step)
+        assert (p is not None) == (step > 3 and (step - 3) % 2 == 0), step
+        if p is not None:
+            windows.append(window)
+            window = []
+            got.append(p)
+    want = reference_weights(w0, windows, eta, ema, floor)
+    np.testing.assert_allclose(np.array(got), np.array(want), rtol=1e-12)
+    assert np.allclose([sum(p) for p in got], 1.0) and got[-1][2] > w0[2] / 6    # source 2 gained
+    assert min(min(p[i] / (floor * w0[i] / 6) for i in range(3)) for p in got) >= 1 - 1e-12
+
+
+def test_mixer_state_round_trip_continues_exactly():
+    a = SourceMixer([1.0, 2.0], eta=0.3, ema=0.5, floor=0.2, every=3)
+    rng = np.random.default_rng(1)
+    feed = [(torch.from_numpy(rng.integers(0, 2, 6)), torch.from_numpy(rng.normal(size=6)))
+            for _ in range(10)]
+    for step in range(1, 5):
+        a.observe(step, *feed[step - 1])
+        a.end_step(step)
+    b = SourceMixer([1.0, 2.0], eta=0.3, ema=0.5, floor=0.2, every=3)
+    b.load_state_dict(a.state_dict())
+    for step in range(5, 11):
+        for mx in (a, b):
+            mx.observe(step, *feed[step - 1])
+            mx.end_step(step)
+    assert a.history == b.history and np.array_equal(a.weights, b.weights)
+    with pytest.raises(UserError, match="mixing state"):
+        SourceMixer([1.0, 1.0], eta=0.3, ema=0.5, floor=0.2, every=3).load_state_dict(a.state_dict())
+
+
+@pytest.mark.parametrize("override, message", [
+    (dict(mixing=True, enabled=False, filter="none"), "lai.mixing: needs lai.enabled=true"),
+    (dict(mixing_eta=-1.0), "lai.mixing_eta: must be a finite number >= 0"),
+    (dict(mixing_ema=1.0), r"lai.mixing_ema: must be in \[0, 1\)"),
+    (dict(mixing_floor=1.5), r"lai.mixing_floor: must be in \[0, 1\]"),
+    (dict(mixing_every=0), "lai.mixing_every: must be >= 1"),
+])
+def test_settings_errors(override, message):
+    with pytest.raises(ValueError, match=message) as e:
+        LAISettings(**override).resolved()
+    assert "\n" not in str(e.value)
+
+
+# ---------------------------------------------------------------- the allocation
+
+def test_allocation_by_hand():
+    """G = 4, weights (.5, .3, .2): owed (2, 1.2, .8) -> (2, 1, 1), credit (0, .2, -.2); then owed
+    (2, 1.4, .6) -> (2, 1, 1); then (2, 1.6, .4) -> (2, 2, 0). Slots spread evenly; each source's
+    samples drawn in order."""
+    m = DynamicMixture([5.0, 3.0, 2.0])
+    src, k = m.next_batch(4)
+    assert src.tolist() == [0, 1, 2, 0] and k.tolist() == [0, 0, 0, 1]
+    np.testing.assert_allclose(m.credit, [0, 0.2, -0.2], atol=1e-15)
+    src, k = m.next_batch(4)
+    assert src.tolist() == [0, 1, 2, 0] and k.tolist() == [2, 1, 1, 3]
+    src, k = m.next_batch(4)
+    assert src.tolist() == [0, 1, 0, 1] and k.tolist() == [4, 2, 5, 3]
+    assert m.drawn.tolist() == [6, 4, 2]
+
+
+def test_allocation_tracks_any_weight_trajectory():
+    """Random weights every batch (some zero): every batch has G slots, each source's cumulative
+    count stays within one sample of the sum of G * p over the batches so far, and its samples
+    are drawn in order without gaps."""
+    rng = np.random.default_rng(0)
+    m, G, S = DynamicMixture(np.ones(5)), 12, 5
+    owed, seen = np.zeros(S), [[] for _ in range(S)]
+    for b in range(400):
+        w = rng.dirichlet(np.full(S, 0.5)) * (rng.random(S) > 0.15)
+        if w.sum() == 0:
+            w[0] = 1.0
+        m.set_weights(w)
+        src, k = m.next_batch(G)
+        assert len(src) == G
+        owed += G * w / w.sum()
+        for s, kk in zip(src.tolist(), k.tolist()):
+            seen[s].append(kk)
+        assert np.abs(m.drawn - owed).max() < 1.0 + 1e-9, b
+    for s in range(S):
+        assert seen[s] == list(range(len(seen[s])))
+    with pytest.raises(ValueError, match="mixing weights"):
+        m.set_weights([1.0, -1.0, 0, 0, 0])
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mixdata")
+    return [make_data_dir(root / n, random_docs(m, seed=i), source=n)
+            for i, (n, m) in enumerate([("a", 60), ("b", 40), ("c", 10)])]
+
+
+def test_dataset_addresses_samples_by_source_and_index(dirs):
+    ds = PackedDataset([(d, 1.0) for d in dirs], L, seed=2, mixing=True)
+    static = PackedDataset([(d, 1.0) for d in dirs], L, seed=2)
+    assert ds.source_names == ["a", "b", "c"] and ds.fingerprint != static.fingerprint
+    for s in range(3):
+        for k in (0, 5, 3 * ds.streams[s].num_samples + 1):      # across source epochs
+            i = int(ds.seq_ids(np.array([s]), np.array([k]))[0])
+            assert ds.source_of([i]).tolist() == [s]
+            spans = ds.locate(i)
+            assert spans[0].source == "abc"[s]
+            np.testing.assert_array_equal(ds.sample(i), np.concatenate([ds.span_tokens(x) for x in spans]))
+            pieces = ds.streams[s].pieces(k)
+            assert [(p.doc, p.offset, p.length) for p in pieces] == \
+                   [(x.doc, x.token_offset, x.num_tokens) for x in spans]
+    assert static.source_of(range(50)).tolist() == \
+           ["abc".index(static.locate(i)[0].source) for i in range(50)]
+    with pytest.raises(ValueError, match="mixing=True"):
+        static.seq_ids(np.array([0]), np.array([0]))
+
+
+def batches(loaders, n, weights=None):
+    """n global micro-batches (the ranks' slices concatenated); weights[i] set before batch i."""
+    out = []
+    for i in range(n):
+        if weights is not None:
+            for ld in loaders:
+                ld.set_weights(weights[i])
+        parts = [ld.next_batch() for ld in loaders]
+        out.append({k: torch.cat([p[k] for p in parts]) for k in parts[0]})
+    return out
+
+
+def test_loader_follows_the_weights_and_resumes_bit_for_bit(dirs):
+    """Weights changed before every batch: the sources of each global batch are the allocation
+    of those weights; a loader restored from the state after 5 batches continues identically,
+    with 2 ranks as with 4 (same G)."""
+    srcs = [(d, w) for d, w in zip(dirs, (1.0, 2.0, 1.0))]
+    rng = np.random.default_rng(3)
+    weights = [rng.dirichlet(np.ones(3)) for _ in range(12)]
+    make = lambda micro, world: [RankLoader(PackedDataset(srcs, L, seed=4, mixing=True), micro, r, world)  # noqa: E731
+                                 for r in range(world)]
+    straight = batches(make(4, 2), 12, weights)
+    replay = DynamicMixture([1.0, 2.0, 1.0])
+    ds = PackedDataset(srcs, L, seed=4, mixing=True)
+    for b, w in zip(straight, weights):
+        replay.set_weights(w)
+        src, k = replay.next_batch(8)
+        assert b["seq_ids"].tolist() == ds.seq_ids(src, k).tolist()
+        x = torch.from_numpy(np.stack([ds.sample(int(i)) for i in b["seq_ids"]]))
+        assert torch.equal(b["input_ids"], x[:, :-1]) and torch.equal(b["targets"], x[:, 1:])
+    first = make(4, 2)
+    batches(first, 5, weights)
+    state = first[0].state_dict()
+    assert state == first[1].state_dict()                   # global: the same on every rank
+    for micro, world in ((4, 2), (2, 4)):
+        resumed = make(micro, world)
+        for ld in resumed:
+            ld.load_state_dict(state)
+        for want, got in zip(straight[5:], batches(resumed, 7, weights[5:])):
+            assert all(torch.equal(want[k], got[k]) for k in want)
+    static = RankLoader(PackedDataset(srcs, L, seed=4), 4, 0, 2)
+    with pytest.raises(ValueError, match="static blend"):
+        static.set_weights([1.0, 1.0, 1.0])
+    with pytest.raises(UserError, match="loader state"):
+        static.load_state_dict(state)                       # mixing state into a static run
+    with pytest.raises(UserError, match="resumes from its state"):
+        RankLoader(ds, 4, 0, 2, samples_consumed=8)
+
+
+# ---------------------------------------------------------------- 2 ranks == 1 process
+
+SPLIT = [5, 3]      # unequal local batches
+
+
+def feed(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    rng = np.random.default_rng(step)
+    src = rng.integers(0, 3, size=sum(SPLIT))
+    v = rng.normal(size=sum(SPLIT)) + 0.5 * src
+    v[0] = float("nan")
+    return torch.from_numpy(src), torch.from_numpy(v)
+
+
+def mixer_run(rank: int = 0, world: int = 1) -> SourceMixer:
+    mx = SourceMixer([1.0, 1.0, 2.0], eta=0.4, ema=0.7, floor=0.15, every=2, warmup_steps=1)
+    lo = sum(SPLIT[:rank]) if world > 1 else 0
+    hi = lo + SPLIT[rank] if world > 1 else sum(SPLIT)
+    for step in range(1, 10):
+        src, v = feed(step)
+        mx.observe(step, src[lo:hi], v[lo:hi])
+        mx.end_step(step)
+    return mx
+
+
+def rank_worker(rank, port, out_dir):
+    import torch.distributed as dist
+    os.environ["OMP_NUM_THREADS"] = "1"
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        torch.save(mixer_run(rank, 2).state_dict(), os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_ranks_equal_one_process(tmp_path):
+    import torch.multiprocessing as mp
+    mp.spawn(rank_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=True)
+    one = mixer_run().state_dict()
+    for r in range(2):
+        assert torch.load(tmp_path / f"rank{r}.pt", weights_only=False) == one   # bit for bit
+    assert len(one["history"]) == 1 + 4
+
+
+
+def test_config_rules(dirs):
+    """lai.mixing needs 2+ sources (one line); it decides the seq_id layout, so switching it on
+    resume is refused while its step size may change; RUN/data.json says it is on."""
+    from pathlib import Path
+
+    from pipeline.config import load_config
+    from pipeline.train.resume import resume_changes
+    from pipeline.train.setup import data_json
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
+
+    def cfg(*overrides, sources=dirs[:2]):
+        listed = ", ".join(f"{{path: '{d}', weight: 1}}" for d in sources)
+        return load_config(tiny, [f"data.sources=[{listed}]", *overrides])
+    with pytest.raises(UserError, match=r"^lai.mixing: needs at least 2 data.sources to mix, got 1$"):
+        cfg("lai.mixing=true", sources=dirs[:1]).validate()
+    on = cfg("lai.mixing=true").validate()
+    assert data_json(on)["mixing"] is True and "mixing" not in data_json(cfg())
+    old = {**on.to_dict(), "world": 2}
+    breaking, allowed = resume_changes(old, {**cfg().to_dict(), "world": 2})
+    assert breaking == ["lai.mixing: True -> False"] and allowed == []
+    breaking, allowed = resume_changes(old, {**cfg("lai.mixing=true", "lai.mixing_eta=0.3")
+                                             .to_dict(), "world": 2})
+    assert breaking == [] and allowed == ["lai.mixing_eta: 0.1 -> 0.3"]
