@@ -26,6 +26,7 @@ from pipeline.train.export import export_final
 from pipeline.train.ledger import Ledger
 from pipeline.train.log import StepLog
 from pipeline.train.metrics import Metrics
+from pipeline.train.moments import MomentReader
 from pipeline.train.resume import Resume, config_hash
 from pipeline.train.runtime import DistInfo, StopFlag, log0, seed_everything, shutdown
 from pipeline.train.setup import build_engine, ds_config, open_data, write_run_files
@@ -51,7 +52,9 @@ class Trainer:
                             self.data.train.fingerprint)
         self.parts = build_engine(cfg, info, self.data, self.comm)
         self.selector = Selector(cfg.lai, cfg.run.seed, self.comm,
-                                 val_batches=lambda: self.data.val_batches(cfg.lai.val_batches))
+                                 val_batches=lambda: self.data.val_batches(cfg.lai.val_batches),
+                                 moments=MomentReader(self.parts.engine, self.parts.optimizer,
+                                                      self.comm, info.device))
         self.ledger = Ledger(self.run_dir, info.rank, chunk_rows=cfg.log.ledger_chunk_rows)
         self.counters = Counters()
         self.state = self._register()
