@@ -54,6 +54,9 @@ m = sketch_dim):
   sketch aligned /   O(D+V) hashing per token; gathers N m floats, N B m flops per step
   pooled             (independent of T)
   include_self with sketch adds the exact self term (token_pair: B T^2 (D+V) flops).
+  precondition=adam adds one multiply per feature coordinate (D + V per token), and every
+  precondition_every steps a read of the rank's share of exp_avg_sq of the scored weights plus an
+  all-reduce of sum_l (o_l + d_l + 1) numbers (pipeline.train.moments).
 lai_values / full_gradient_values run the model in eval mode (dropout off, deterministic) and
 leave parameters, .grad, requires_grad and every module's train/eval mode as found. A bf16 model
 gives values within ~0.2% (relative L2) of its fp32 copy (tests/test_lai_sketch.py).
