@@ -279,12 +279,13 @@ def update_section(path: Path, name: str, text: str) -> None:
         f.write(doc)
 
 
-def lai_step_timings(model, x, scorers: dict, layers: str = "linear", rounds: int = 5,
+def lai_step_timings(model, x, scorers: dict, rounds: int = 5,
                      extra: dict | None = None) -> dict[str, float]:
     """Best-of-`rounds` seconds of one training step on x (int64 [B, T+1]) without LAI ("plain":
-    forward, per-sequence loss, backward) and with each scorer (forward under LayerInputCapture,
-    LAI values, masked backward: what pipeline.train does), measured round-robin. `extra` adds
-    other callables to the same rounds."""
+    forward, per-sequence loss, backward) and with each scorer (forward under LayerInputCapture
+    of the scorer's layer set, LAI values -- with its Adam factors, if any -- masked backward:
+    what pipeline.train does), measured round-robin. `extra` adds other callables to the same
+    rounds."""
     import torch
     from pipeline.lai import LayerInputCapture, per_sequence_loss
     inp, tgt = x[:, :-1], x[:, 1:]
@@ -297,11 +298,12 @@ def lai_step_timings(model, x, scorers: dict, layers: str = "linear", rounds: in
     def with_lai(scorer):
         def step():
             model.zero_grad(set_to_none=True)
-            with LayerInputCapture(model, layers=layers) as cap:
+            with LayerInputCapture(model, layers=scorer.layers) as cap:
                 logits = model(input_ids=inp).logits
             losses = per_sequence_loss(logits, tgt)
             with torch.no_grad():
-                keep = scorer.values(cap.inputs, logits, tgt) > 0
+                keep = scorer.values(cap.inputs, logits, tgt,
+                                     weights=scorer.input_weights(cap)) > 0
             (losses * keep).sum().div(len(losses)).backward()
         return step
 

@@ -16,9 +16,14 @@ What it does, top to bottom:
    (pairing x exact/sketch x with/without self x reference global/local/val) and the loss score,
    and compares them with `full_gradient_values` under the same reference: Pearson, Spearman,
    keep/drop agreement (value > 0), AUROC for flagging corrupted sequences (low value = flagged);
-4. sketch agreement with exact versus sketch size; cost per step of each method as a ratio to the
+   plus the LM head alone (`layers=head`: its exact ghost term) against the same truth;
+4. Adam-aware scoring (`lai.precondition=adam`) at each trained checkpoint: the AdamW state of the
+   training loop gives P = 1/(sqrt(v_hat)+eps); LAI with and without its rank-1 factors, the
+   per-layer ghost with P and with its rank-1 fit, and the head alone, against the exact
+   preconditioned full-gradient inner product <grad l_z, P (.) grad l_j>;
+5. sketch agreement with exact versus sketch size; cost per step of each method as a ratio to the
    plain forward+backward of the same batch;
-5. writes docs/FIDELITY.md (tables, machine, command, date, computed recommendation), the raw
+6. writes docs/FIDELITY.md (tables, machine, command, date, computed recommendation), the raw
    numbers to docs/results/fidelity.json and a plot to docs/img/fidelity_sketch.png.
 
 Reference "global" = the whole scored batch (all ranks' micro-batches); "local" = a quarter of it
@@ -50,6 +55,7 @@ class Variant:
     pairing: str        # token_pair | aligned | pooled | ghost | loss
     method: str         # exact | sketch | -
     include_self: bool
+    layers: str | None = None   # None: the benchmark's layer set; "head": the LM head alone
 
     @property
     def name(self) -> str:
@@ -57,7 +63,14 @@ class Variant:
             return "loss (median - l_j)"
         if self.pairing == "ghost":
             return f"per-layer ghost (true output grads){' +self' if self.include_self else ''}"
-        return f"{self.pairing} {self.method}{' +self' if self.include_self else ''}"
+        return (f"{self.pairing} {self.method}{' head' if self.layers == 'head' else ''}"
+                f"{' +self' if self.include_self else ''}")
+
+
+HEAD_VARIANTS = [Variant("token_pair", "exact", False, "head"),
+                 Variant("token_pair", "sketch", False, "head"),
+                 Variant("pooled", "exact", False, "head")]
+TRUTH_ADAM = "preconditioned full gradient (the truth)"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -77,7 +90,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sketch-seeds", type=int, default=3)
     p.add_argument("--sketch-dim", type=int, default=None,
                    help="sketch size for the main tables (default: the library's default)")
-    p.add_argument("--layer-set", default="linear", choices=("linear", "blocks"))
+    p.add_argument("--layer-set", default="linear", choices=("linear", "blocks", "head"))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cost-rounds", type=int, default=7, help="timing rounds (best of) in the cost table")
     p.add_argument("--seed", type=int, default=0)
@@ -176,13 +189,21 @@ def variants_for(ref: str) -> list[Variant]:
     selfs = (False,) if ref == "val" else (False, True)   # j is never in a val reference
     vs = [Variant(p, m, s) for p in PAIRINGS for m in ("exact", "sketch") for s in selfs]
     ghost = [Variant("ghost", "exact", s) for s in selfs]
-    return vs + ghost + [Variant("loss", "-", False)]
+    return vs + HEAD_VARIANTS + ghost + [Variant("loss", "-", False)]
+
+
+def lai_score(model, x, ref, val_x, v: Variant, args, sketch_dim, factors=None) -> np.ndarray:
+    from pipeline.lai import lai_values
+    return score(model, x, ref, val_x, lai_values, pairing=v.pairing, method=v.method,
+                 layers=v.layers or args.layer_set, include_self=v.include_self,
+                 sketch_dim=sketch_dim if v.method == "sketch" else None, seed=args.seed,
+                 preconditioner=factors)
 
 
 def evaluate_checkpoint(model, batches, val_x, args, sketch_dim) -> dict:
     """All variants' values and the full-gradient truth on every scored batch.
     Returns {ref: {"truth": {self: [arrays]}, variant.name: [arrays], "losses": [arrays]}}."""
-    from pipeline.lai import full_gradient_values, ghost_values, lai_values
+    from pipeline.lai import full_gradient_values, ghost_values
     res: dict = {}
     val_losses = per_sequence_losses(model, val_x)
     for ref in REFERENCES:
@@ -198,11 +219,39 @@ def evaluate_checkpoint(model, batches, val_x, args, sketch_dim) -> dict:
                 elif v.pairing == "ghost":
                     vals = score(model, x, ref, val_x, ghost_values, include_self=v.include_self)
                 else:
-                    vals = score(model, x, ref, val_x, lai_values, pairing=v.pairing, method=v.method,
-                                 layers=args.layer_set, include_self=v.include_self,
-                                 sketch_dim=sketch_dim if v.method == "sketch" else None,
-                                 seed=args.seed)
+                    vals = lai_score(model, x, ref, val_x, v, args, sketch_dim)
                 r.setdefault(v.name, []).append(vals)
+    return res
+
+
+def evaluate_adam(model, opt, batches, val_x, args, sketch_dim, plain: dict) -> dict:
+    """Adam-aware rows against the exact preconditioned full-gradient inner product (no self),
+    in evaluate_checkpoint's layout; `plain`: its result for the same checkpoint (the plain LAI
+    rows and the plain full gradient, read here against the preconditioned truth)."""
+    from pipeline.lai import (AdamFactors, elementwise_preconditioner, full_gradient_values,
+                              ghost_values)
+    p = elementwise_preconditioner(model, opt)
+    factors = AdamFactors.from_optimizer(model, opt, "linear")
+    rank1 = {**p, **factors.dense(model)}
+    res: dict = {}
+    for ref in REFERENCES:
+        base = plain[ref]
+        r = res.setdefault(ref, {"truth": {False: [], True: []}, "losses": base["losses"],
+                                 "full gradient (plain)": base["truth"][False]})
+        for x, _ in tqdm(batches, desc=f"  adam {ref:6s}", leave=False):
+            r["truth"][False].append(score(model, x, ref, val_x, full_gradient_values, precondition=p))
+            for v in [Variant(pr, m, False) for pr in PAIRINGS for m in ("exact", "sketch")] + \
+                    [h for h in HEAD_VARIANTS if h.pairing == "token_pair"]:
+                r.setdefault(f"{v.name} adam", []).append(
+                    lai_score(model, x, ref, val_x, v, args, sketch_dim, factors))
+            r.setdefault("per-layer ghost, exact P", []).append(
+                score(model, x, ref, val_x, ghost_values, precondition=p))
+            r.setdefault("per-layer ghost, rank-1 P", []).append(
+                score(model, x, ref, val_x, ghost_values, precondition=rank1))
+        for pr in PAIRINGS:
+            for m in ("exact", "sketch"):
+                r[f"{pr} {m} (plain)"] = base[f"{pr} {m}"]
+        r["token_pair exact head (plain)"] = base["token_pair exact head"]
     return res
 
 
@@ -217,7 +266,7 @@ def summarise(res: dict, kinds_per_batch: list[list[str]]) -> dict:
         rows = {}
         names = [k for k in r if k not in ("truth", "losses")] + ["full gradient", "full gradient +self"]
         for name in names:
-            if name.startswith("full gradient"):
+            if name in ("full gradient", "full gradient +self"):     # the truth itself
                 s = name.endswith("+self")
                 if not r["truth"][s]:
                     continue
@@ -267,16 +316,25 @@ def sketch_sweep(model, batches, args) -> dict:
     return out
 
 
-def cost_table(model, x: torch.Tensor, args, sketch_dim) -> list[tuple[str, float, float]]:
+def cost_table(model, opt, x: torch.Tensor, args, sketch_dim) -> list[tuple[str, float, float]]:
     """Seconds per training step and ratio to the plain forward+backward of the same global batch,
-    one process (LAI rows: capture + values + masked backward, as pipeline.train does). The loss
+    one process (LAI rows: capture + values + masked backward, as pipeline.train does; the Adam
+    factors are read beforehand, as the trainer does every lai.precondition_every steps). The loss
     score costs nothing beyond the forward; the full gradient is timed as a standalone call."""
-    from pipeline.lai import LAIScorer, full_gradient_values
-    scorers = {f"LAI {p} {m}": LAIScorer(pairing=p, method=m, layers=args.layer_set, reference="global",
-                                         include_self=False, sketch_dim=sketch_dim if m == "sketch" else None,
-                                         seed=args.seed)
-               for p in PAIRINGS for m in ("exact", "sketch")}
-    best = C.lai_step_timings(model, x, scorers, args.layer_set, rounds=args.cost_rounds,
+    from pipeline.lai import AdamFactors, LAIScorer, full_gradient_values
+
+    def scorer(p, m, layers=args.layer_set, precondition="none"):
+        sc = LAIScorer(pairing=p, method=m, layers=layers, reference="global", include_self=False,
+                       sketch_dim=sketch_dim if m == "sketch" else None, seed=args.seed,
+                       precondition=precondition)
+        sc.factors = AdamFactors.from_optimizer(model, opt, layers) if precondition == "adam" else None
+        return sc
+    scorers = {f"LAI {p} {m}": scorer(p, m) for p in PAIRINGS for m in ("exact", "sketch")}
+    scorers.update({f"LAI token_pair {m} adam": scorer("token_pair", m, precondition="adam")
+                    for m in ("exact", "sketch")})
+    scorers.update({f"LAI token_pair {m} head": scorer("token_pair", m, layers="head")
+                    for m in ("exact", "sketch")})
+    best = C.lai_step_timings(model, x, scorers, rounds=args.cost_rounds,
                               extra={"full-gradient inner product (torch.func)": lambda: full_gradient_values(model, x)})
     base = best.pop("plain")
     return [("plain forward+backward", base, 1.0)] + [(k, t, t / base) for k, t in best.items()]
@@ -316,8 +374,61 @@ def recommend(summaries: dict, sweep: dict, costs: list, ckpts: list[int], sketc
             "trained_ckpts": trained, "table_sketch_dim": sketch_dim}
 
 
-def write_doc(args, summaries, losses_by_kind, sweep, costs, rec, train_losses, seconds, data_dir, sketch_dim,
-              train_dir, corpus_truth):
+ADAM_ROWS = [  # (table, row, what it is measured against)
+    ("adam", "token_pair exact adam", "preconditioned"),
+    ("adam", "token_pair sketch adam", "preconditioned"),
+    ("adam", "token_pair exact (plain)", "preconditioned"),
+    ("adam", "token_pair exact head adam", "preconditioned"),
+    ("adam", "per-layer ghost, rank-1 P", "preconditioned"),
+    ("adam", "per-layer ghost, exact P", "preconditioned"),
+    ("adam", "full gradient (plain)", "preconditioned"),
+    ("plain", "token_pair exact head", "plain"),
+    ("plain", "token_pair sketch head", "plain"),
+    ("plain", "token_pair exact", "plain"),
+]
+
+
+def adam_evidence(summaries: dict, adam: dict, trained: list[int]) -> list[list]:
+    """Rows [name, truth, then Spearman / Pearson per reference, mean over trained checkpoints]."""
+    rows = []
+    for table, name, truth in ADAM_ROWS:
+        src = adam if table == "adam" else summaries
+        row = [name, truth]
+        for ref in REFERENCES:
+            for key in ("spearman", "pearson"):
+                row.append(float(np.nanmean([src[c][ref][name][key] for c in trained])))
+        rows.append(row)
+    return rows
+
+
+def adam_evidence_table(summaries: dict, adam: dict, trained: list[int]) -> str:
+    header = ["variant", "truth"] + [f"{k} {r}" for r in REFERENCES for k in ("Spearman", "Pearson")]
+    return C.md_table(header, adam_evidence(summaries, adam, trained), "{:.2f}")
+
+
+def variant_table(summaries: dict, ref: str, ckpts: list[int], trained: list[int],
+                  truth_label: str = "full gradient") -> str:
+    """One reference's table: a row per variant (the truth's own rows, "full gradient [+self]"
+    shown as `truth_label`: drop rate and AUROC only)."""
+    final = ckpts[-1]
+    header = (["variant"] + [f"Pearson @{c}" for c in ckpts] + [f"Spearman @{c}" for c in ckpts]
+              + ["keep/drop agree (trained)", f"drop rate @{final}", f"AUROC corrupt @{final}"]
+              + [f"AUROC {k} @{final}" for k in C.CORRUPTIONS])
+    rows = []
+    for name in summaries[final][ref]:
+        truth = name in ("full gradient", "full gradient +self")
+        row = [name.replace("full gradient", truth_label) if truth else name]
+        row += [summaries[c][ref][name]["pearson"] if not truth else float("nan") for c in ckpts]
+        row += [summaries[c][ref][name]["spearman"] if not truth else float("nan") for c in ckpts]
+        row += [float(np.nanmean([summaries[c][ref][name]["agree"] for c in trained])) if not truth else float("nan"),
+                summaries[final][ref][name]["drop"], summaries[final][ref][name]["auroc"]]
+        row += [summaries[final][ref][name][f"auroc_{k}"] for k in C.CORRUPTIONS]
+        rows.append(row)
+    return C.md_table(header, rows, "{:.2f}")
+
+
+def write_doc(args, summaries, adam, losses_by_kind, sweep, costs, rec, train_losses, seconds, data_dir,
+              sketch_dim, train_dir, corpus_truth):
     ckpts = args.checkpoints
     trained = rec["trained_ckpts"]
     final = ckpts[-1]
@@ -365,22 +476,25 @@ def write_doc(args, summaries, losses_by_kind, sweep, costs, rec, train_losses, 
          "prefer `exact` where its cost is acceptable (see the cost table). Per pairing: "
          + ", ".join(f"{p} {d}" for p, d in rec["sketch_reach"].items()) + "."),
         "",
+        f"Adam-aware scoring and the LM head alone, mean over trained checkpoints ({', '.join(map(str, trained))}) "
+        "of Spearman / Pearson with the truth named (preconditioned = <grad l_z, P (.) grad l_j>, "
+        "P = 1/(sqrt(v_hat)+eps) of the run's AdamW; plain = <grad l_z, grad l_j>), no self; tables below:",
+        "",
+        adam_evidence_table(summaries, adam, trained),
+        "",
     ]
     for ref in REFERENCES:
-        L += [f"## Reference: {ref}", ""]
-        header = (["variant"] + [f"Pearson @{c}" for c in ckpts] + [f"Spearman @{c}" for c in ckpts]
-                  + ["keep/drop agree (trained)", f"drop rate @{final}", f"AUROC corrupt @{final}"]
-                  + [f"AUROC {k} @{final}" for k in C.CORRUPTIONS])
-        rows = []
-        for name in summaries[final][ref]:
-            row = [name]
-            row += [summaries[c][ref][name]["pearson"] if not name.startswith("full") else float("nan") for c in ckpts]
-            row += [summaries[c][ref][name]["spearman"] if not name.startswith("full") else float("nan") for c in ckpts]
-            row += [float(np.nanmean([summaries[c][ref][name]["agree"] for c in trained])) if not name.startswith("full") else float("nan"),
-                    summaries[final][ref][name]["drop"], summaries[final][ref][name]["auroc"]]
-            row += [summaries[final][ref][name][f"auroc_{k}"] for k in C.CORRUPTIONS]
-            rows.append(row)
-        L += [C.md_table(header, rows, "{:.2f}"), ""]
+        L += [f"## Reference: {ref}", "", variant_table(summaries, ref, ckpts, trained), ""]
+    L += ["## Adam-aware scoring: against the exact preconditioned full-gradient inner product", "",
+          "Truth: `full_gradient_values(precondition=P)`, <grad l_z, P (.) grad l_j> over all parameters, "
+          "P = 1/(sqrt(v_hat)+eps) from the training loop's AdamW state at the checkpoint (no self). "
+          "Rows: `adam` = LAI with `lai.precondition=adam` (the rank-1 factors of P per layer); `(plain)` "
+          "= the same LAI rows as above, now read against the preconditioned truth; the per-layer ghost "
+          "(true output gradients, linear layers only) with the exact P and with its rank-1 fit (what "
+          "the fit alone costs); `full gradient (plain)` = how far the raw gradient inner product is from "
+          "the preconditioned one. Step 0 has no moments.", ""]
+    for ref in REFERENCES:
+        L += [f"### Reference: {ref}", "", variant_table(adam, ref, trained, trained, TRUTH_ADAM), ""]
     L += ["## Per-sequence loss by corruption type (mean over scored sequences)", "",
           C.md_table(["step"] + ["clean", *C.CORRUPTIONS],
                      [[c] + [losses_by_kind[c][k] for k in ("clean", *C.CORRUPTIONS)] for c in ckpts], "{:.2f}"), ""]
@@ -401,11 +515,12 @@ def write_doc(args, summaries, losses_by_kind, sweep, costs, rec, train_losses, 
         f.write(doc)
 
 
-def results_section(summaries, rec, ckpts) -> str:
+def results_section(summaries, adam, rec, ckpts) -> str:
     """The fidelity summary folded into docs/RESULTS.md (full tables: docs/FIDELITY.md)."""
     rows = []
     for name in [f"{p} exact" for p in PAIRINGS] + [f"{p} sketch" for p in PAIRINGS] + [
-            f"{rec['pairing']} exact +self", "per-layer ghost (true output grads)", "loss (median - l_j)"]:
+            f"{rec['pairing']} exact +self", "token_pair exact head", "per-layer ghost (true output grads)",
+            "loss (median - l_j)"]:
         rows.append([name] + [summaries[c]["global"][name]["spearman"] for c in ckpts]
                     + [summaries[ckpts[-1]]["global"][name]["auroc"]])
     return "\n".join([
@@ -415,7 +530,10 @@ def results_section(summaries, rec, ckpts) -> str:
         "and the cost per step in [FIDELITY.md](FIDELITY.md).", "",
         C.md_table(["variant"] + [f"Spearman @{c}" for c in ckpts] + [f"AUROC @{ckpts[-1]}"], rows, "{:.2f}"), "",
         f"Defaults recommended by it: pairing `{rec['pairing']}`, include_self {rec['include_self']}, "
-        f"sketch size {rec['sketch_dim'] or 'none reaches Pearson 0.95 with exact'}.", ""])
+        f"sketch size {rec['sketch_dim'] or 'none reaches Pearson 0.95 with exact'}.", "",
+        "Adam-aware scoring (`lai.precondition=adam`) and the LM head alone (`lai.layers=head`): mean over "
+        "trained checkpoints of Spearman / Pearson with the truth named, no self:", "",
+        adam_evidence_table(summaries, adam, rec["trained_ckpts"]), ""])
 
 
 def plot_sweep(sweep, dims, path: Path):
@@ -466,7 +584,7 @@ def main(argv=None) -> int:
 
     model = build_model(train.vocab_size, args.seq_len, args.hidden, args.layers, args.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.95))
-    summaries, losses_by_kind, train_losses = {}, {}, {}
+    summaries, adam, losses_by_kind, train_losses = {}, {}, {}, {}
     kinds = [k for _, k in batches]
     allk = np.concatenate([np.asarray(k) for k in kinds])
     done = 0
@@ -476,30 +594,41 @@ def main(argv=None) -> int:
         print(f"step {ckpt}: scoring", flush=True)
         res = evaluate_checkpoint(model, batches, val_x, args, sketch_dim)
         summaries[ckpt] = summarise(res, kinds)
+        if ckpt > 0:                          # AdamW has moments from the first step on
+            adam[ckpt] = summarise(evaluate_adam(model, opt, batches, val_x, args, sketch_dim, res), kinds)
         losses = np.concatenate(res["global"]["losses"])
         losses_by_kind[ckpt] = {k: float(losses[allk == k].mean()) for k in ("clean", *C.CORRUPTIONS)}
         s = summaries[ckpt]["global"]
         print("  global, no self: " + ", ".join(f"{p} r={s[f'{p} exact']['pearson']:.2f}" for p in PAIRINGS)
               + f"; loss by kind {losses_by_kind[ckpt]}", flush=True)
+        if ckpt in adam:
+            a = adam[ckpt]["global"]
+            print("  vs preconditioned truth, global: " + ", ".join(
+                f"{n} r={a[n]['pearson']:.2f}" for n in ("token_pair exact adam", "token_pair exact (plain)",
+                                                        "per-layer ghost, rank-1 P", "full gradient (plain)")),
+                  flush=True)
     print("sketch sweep", flush=True)
     sweep = sketch_sweep(model, batches, args)
     print("cost", flush=True)
-    costs = cost_table(model, batches[0][0], args, sketch_dim)
+    costs = cost_table(model, opt, batches[0][0], args, sketch_dim)
     rec = recommend(summaries, sweep, costs, args.checkpoints, sketch_dim, args.sketch_seeds * args.score_batches)
     seconds = time.perf_counter() - t_start
     results = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-               "summaries": {str(c): s for c, s in summaries.items()}, "loss_by_kind": losses_by_kind,
+               "summaries": {str(c): s for c, s in summaries.items()},
+               "summaries_adam": {str(c): s for c, s in adam.items()}, "loss_by_kind": losses_by_kind,
                "sketch": {f"{p}/{d}": r for (p, d), r in sweep.items()},
                "cost": costs, "recommendation": rec, "seconds": seconds, "date": C.now(), "machine": C.machine()}
     if args.quick:
         print(json.dumps({"summaries": results["summaries"], "rec": rec, "cost": costs}, indent=1, default=str))
+        print(adam_evidence_table(summaries, adam, rec["trained_ckpts"]))
     else:
         from pipeline.fsutil import atomic_write_json
         atomic_write_json(C.ROOT / "docs" / "results" / "fidelity.json", json.loads(json.dumps(results, default=str)))
         plot_sweep(sweep, args.sketch_dims, C.ROOT / "docs" / "img" / "fidelity_sketch.png")
-        write_doc(args, summaries, losses_by_kind, sweep, costs, rec, train_losses, seconds, data_dir, sketch_dim,
-                  train_dir, corpus_truth)
-        C.update_section(C.ROOT / "docs" / "RESULTS.md", "fidelity", results_section(summaries, rec, args.checkpoints))
+        write_doc(args, summaries, adam, losses_by_kind, sweep, costs, rec, train_losses, seconds, data_dir,
+                  sketch_dim, train_dir, corpus_truth)
+        C.update_section(C.ROOT / "docs" / "RESULTS.md", "fidelity",
+                         results_section(summaries, adam, rec, args.checkpoints))
     print(f"fidelity: pairing={rec['pairing']} include_self={rec['include_self']} "
           f"sketch_dim={rec['sketch_dim']} in {seconds / 60:.1f} min"
           + ("" if args.quick else f" -> {args.doc}"), flush=True)

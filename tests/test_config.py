@@ -159,6 +159,8 @@ def test_bad_yaml_names_file_and_key(tmp_path):
     (["lai.sketch_dim=2"], "lai.sketch_dim"),
     (["lai.method=exact", "lai.sketch_dim=1024"], "lai.sketch_dim"),
     (["lai.pairing=default"], "lai.pairing"),
+    (["lai.precondition=adam", "lai.layers=blocks"], "lai.precondition"),
+    (["lai.precondition_every=0"], "lai.precondition_every"),
     (["model.hidden=65"], "model.hidden"),
     (["train.min_lr=1.0"], "train.min_lr"),
     (["model.compile=true"], "model.compile"),                        # LAI on linear layers

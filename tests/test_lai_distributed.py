@@ -1,5 +1,5 @@
-"""2 ranks over gloo: global / val references and the filter policy equal the single-process
-computation on the concatenated global batch."""
+"""2 ranks over gloo: global / val references (plain and Adam-aware) and the filter policy equal
+the single-process computation on the concatenated global batch."""
 import os
 
 import pytest
@@ -12,13 +12,13 @@ from pipeline.lai import (FilterPolicy, LAIScorer, LayerInputCapture, lai_values
                           random_scores)
 from pipeline.lai.grads import shift_labels
 from pipeline.lai.normalize import normalize
-from test_lai_support import batch, tiny_model
+from test_lai_support import batch, random_factors, tiny_model
 
 pytestmark = pytest.mark.slow
 
 SPLIT = [3, 2]                 # unequal local batches exercise the padded gather
-CASES = [(p, m, s) for p in ("token_pair", "aligned", "pooled") for m in ("exact", "sketch")
-         for s in (False, True)]
+CASES = [(p, m, s, a) for p in ("token_pair", "aligned", "pooled") for m in ("exact", "sketch")
+         for s in (False, True) for a in (False, True) if not (s and a)]   # a: Adam-aware
 
 
 def global_batch():
@@ -40,16 +40,19 @@ def worker(rank, port, out_dir):
             logits = model(input_ids=ids).logits
         targets = shift_labels(ids)
         out = {}
-        for pairing, method, include_self in CASES:
+        for case in CASES:
+            pairing, method, include_self, adam = case
             kw = dict(pairing=pairing, method=method, layers="linear", include_self=include_self,
-                      sketch_dim=4096 if method == "sketch" else None, seed=3)
-            out[("global", pairing, method, include_self)] = LAIScorer(
-                reference="global", **kw).values(cap.inputs, logits, targets)
-            scorer = LAIScorer(reference="val", **kw)
-            scorer.set_val_reference(model, [(val, shift_labels(val))])
-            out[("val", pairing, method, include_self)] = scorer.values(cap.inputs, logits,
-                                                                        targets)
-        values = out[("global", "token_pair", "exact", False)]
+                      sketch_dim=4096 if method == "sketch" else None, seed=3,
+                      precondition="adam" if adam else "none")
+            for ref in ("global", "val"):
+                scorer = LAIScorer(reference=ref, **kw)
+                scorer.factors = random_factors(model) if adam else None
+                if ref == "val":
+                    scorer.set_val_reference(model, [(val, shift_labels(val))])
+                out[(ref, *case)] = scorer.values(cap.inputs, logits, targets,
+                                                  weights=scorer.input_weights(cap))
+        values = out[("global", "token_pair", "exact", False, False)]
         out["mask"] = FilterPolicy(max_exclude_frac=0.5).mask(values, step=0)
         out["loss"] = loss_scores(torch.arange(float(SPLIT[rank])) + 10 * rank, 0.4,
                                   Comm.resolve())
@@ -72,15 +75,17 @@ def test_two_ranks_equal_single_process(tmp_path):
     def joined(key):
         return torch.cat([r[key] for r in res])
 
-    for pairing, method, include_self in CASES:
+    for case in CASES:
+        pairing, method, include_self, adam = case
         kw = dict(pairing=pairing, method=method, include_self=include_self,
-                  sketch_dim=4096 if method == "sketch" else None, seed=3)
+                  sketch_dim=4096 if method == "sketch" else None, seed=3,
+                  preconditioner=random_factors(model) if adam else None)
         tol = 1e-9 if method == "exact" else 1e-6
         for ref, single in (("global", lai_values(model, ids, **kw)),
                             ("val", lai_values(model, ids, ref_input_ids=val, **kw))):
-            got = joined((ref, pairing, method, include_self))
+            got = joined((ref, *case))
             err = ((got - single).abs().max() / single.abs().max()).item()
-            assert err < tol, (ref, pairing, method, include_self, err)
+            assert err < tol, (ref, *case, err)
     values = lai_values(model, ids)
     assert torch.equal(joined("mask"), FilterPolicy(max_exclude_frac=0.5).global_mask(values, 0))
     for mode in ("zscore", "rank"):          # normalised against the global micro-batch

@@ -2,21 +2,9 @@
 import pytest
 import torch
 
-from pipeline.lai import (full_gradient_values, ghost_values, loss_scores, per_sequence_loss,
-                          random_scores)
+from pipeline.lai import full_gradient_values, ghost_values, loss_scores, random_scores
 from pipeline.lai.capture import hooked_modules
-from pipeline.lai.grads import shift_labels
-from test_lai_support import batch, loo_mean, tiny_model
-
-
-def per_sample_grads(model, ids, params):
-    """[B, P] by one backward per sequence (independent of torch.func)."""
-    targets = shift_labels(ids)
-    rows = []
-    for j in range(ids.shape[0]):
-        loss = per_sequence_loss(model(input_ids=ids[j:j + 1]).logits, targets[j:j + 1])[0]
-        rows.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]))
-    return torch.stack(rows)
+from test_lai_support import batch, loo_mean, per_sample_grads, tiny_model
 
 
 def rel_err(a, b):

@@ -85,27 +85,36 @@ def batch(b: int, t: int, vocab: int, seed: int = 1):
     return torch.randint(0, vocab, (b, t), generator=gen)
 
 
-def explicit_features(model, input_ids, labels=None):
+def explicit_features(model, input_ids, labels=None, factors=None, layers="linear"):
     """Per-layer inputs (no dedupe; a layer that saw the batch as [B*T, d] rows has row
-    b * T + t for position t of sequence b), logit grads and valid mask, by hand."""
+    b * T + t for position t of sequence b), logit grads and valid mask, by hand. `factors`
+    (AdamFactors): each layer's input times sqrt(its c), g times sqrt(r of the LM head)."""
     labels = input_ids if labels is None else labels
     targets = shift_labels(labels)
-    inputs = []
-    hooks = [m.register_forward_pre_hook(lambda m, a: inputs.append(a[0].detach()))
-             for m in hooked_modules(model, "linear")]
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda m, a: seen.append((m, a[0].detach())))
+             for m in hooked_modules(model, layers)]
     with torch.no_grad():
         logits = model(input_ids=input_ids).logits
     for h in hooks:
         h.remove()
-    inputs = [x.reshape(*input_ids.shape, -1) for x in inputs]
     valid = (targets != -100).to(logits.dtype)
-    inputs = [x * valid.unsqueeze(-1) for x in inputs]
-    return inputs, logit_grads(logits, targets), valid
+    g = logit_grads(logits, targets)
+    names = {m: n for n, m in model.named_modules()}
+    inputs = []
+    for m, x in seen:
+        x = x.reshape(*input_ids.shape, -1) * valid.unsqueeze(-1)
+        if factors is not None:
+            x = x * factors.factors[names[m]][1].sqrt()
+        inputs.append(x)
+    if factors is not None:
+        g = g * factors.factors[factors.head][0].sqrt()
+    return inputs, g, valid
 
 
-def explicit_kernel(model, input_ids, pairing, labels=None):
+def explicit_kernel(model, input_ids, pairing, labels=None, factors=None, layers="linear"):
     """K [B, B] built literally from the definitions (pseudo-gradients for token_pair)."""
-    inputs, g, valid = explicit_features(model, input_ids, labels)
+    inputs, g, valid = explicit_features(model, input_ids, labels, factors, layers)
     if pairing == "token_pair":
         phi = torch.cat([torch.einsum("btd,btv->bdv", a, g).flatten(1) for a in inputs], 1)
         return phi @ phi.T
@@ -135,6 +144,30 @@ def block_kernel(model, input_ids, blocks) -> torch.Tensor:
     mask = (targets != -100).to(g.dtype).unsqueeze(-1)
     phi = torch.cat([torch.einsum("btd,btv->bdv", a * mask, g).flatten(1) for a in inputs], 1)
     return phi @ phi.T
+
+
+def per_sample_grads(model, ids, params):
+    """[B, P] by one backward per sequence (independent of torch.func)."""
+    from pipeline.lai import per_sequence_loss
+    targets = shift_labels(ids)
+    rows = []
+    for j in range(ids.shape[0]):
+        loss = per_sequence_loss(model(input_ids=ids[j:j + 1]).logits, targets[j:j + 1])[0]
+        rows.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]))
+    return torch.stack(rows)
+
+
+def random_factors(model, layers="linear", seed=0):
+    """AdamFactors with random positive r, c (r of mean 1) for `model`'s scored layers."""
+    from pipeline.lai.precondition import AdamFactors, scored_layers
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, m in scored_layers(model, layers):
+        o, d = m.weight.shape if isinstance(m, torch.nn.Linear) else m.weight.shape[::-1]
+        r = torch.rand(o, generator=gen, dtype=torch.float64) + 0.2
+        out[name] = (r / r.mean(), torch.rand(d, generator=gen, dtype=torch.float64) * 3 + 0.1)
+    names = {m: n for n, m in model.named_modules()}
+    return AdamFactors(out, names[model.get_output_embeddings()])
 
 
 def loo_mean(k: torch.Tensor, include_self: bool = False) -> torch.Tensor:

@@ -3,7 +3,8 @@
 - ZeRO 0-3 train with LAI on and the loss goes down (ZeRO 1 with optimizer offload, ZeRO 2 in
   bf16); TensorBoard holds the scalars, the ledger
   matches the masks and the TensorBoard excluded fractions, lai-report runs on the run dir;
-- resume: 2N straight == N + N (ZeRO 2, via a finished run extended with train.steps: warned)
+- resume: 2N straight == N + N (ZeRO 2 with Adam-aware scoring, whose factors the checkpoint
+  holds, via a finished run extended with train.steps: warned)
   and == run stopped by SIGTERM mid-run + re-run (ZeRO 3): identical per-sequence losses,
   values, masks and final parameters; a breaking config change is refused with one line;
 - LAI disabled == LAI scoring without filtering (bitwise: scoring never perturbs training);
@@ -98,12 +99,17 @@ def test_zero0_trains_with_lai_logs_and_ledger(data_dir, tmp_path):
 
 def test_zero2_resume_equals_straight_run(data_dir, tmp_path):
     # constant LR: a shorter run shares the schedule; bf16: ZeRO 2 with the bf16 optimizer;
-    # normalised values with memory across epochs: the memory is state that must survive too
+    # normalised values with memory across epochs, and Adam factors read at steps 2, 4, 6, 8 (the
+    # resumed step 5 scores with the saved ones): state that must survive too
     const = ["train.zero_stage=2", "train.schedule=constant", "train.precision=bf16",
-             "lai.normalize=zscore", "lai.threshold=-0.5", "lai.memory_weight=1.0"]
+             "lai.normalize=zscore", "lai.threshold=-0.5", "lai.memory_weight=1.0",
+             "lai.precondition=adam", "lai.precondition_every=2", "lai.reference=val"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(data_dir, straight, *const)
     train(data_dir, split, *const, f"train.steps={N}")
+    saved = torch.load(split / "checkpoints" / f"step_{N:08d}" / "rank-00001.pt",
+                       weights_only=False)["lai"]["precond"]
+    assert saved["step"] == N and len(saved["factors"]["factors"]) == 2 * 7 + 1
     out = train(data_dir, split, *const)                        # extends the finished run
     assert f"resumed from {split / 'checkpoints' / f'step_{N:08d}'}" in out
     assert f"train.steps: {N} -> {2 * N}" in out                # harmless change: warned

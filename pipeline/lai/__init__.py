@@ -8,7 +8,8 @@ full_gradient_values take HF labels and shift them inside):
   a^(l)_{j,t} = input of layer l at position t, taken as 0 at ignored target positions.
                Layer set "linear" (default): every nn.Linear / GPT-2 Conv1D incl. the LM head
                (whose input is the final hidden state); "blocks": the hidden state entering
-               each transformer block plus the final hidden state.
+               each transformer block plus the final hidden state; "head": the LM head alone
+               (token_pair: its exact ghost term; g is its true output gradient).
   Pairings (K(z, j), a kernel between sequences):
     token_pair: sum_l sum_{t,t'} <a_zt, a_jt'> <g_zt, g_jt'> = <Phi_z, Phi_j>,
                 Phi_j = sum_l sum_t a^(l)_{j,t} (x) g_{j,t} (every layer's output gradient
@@ -18,6 +19,11 @@ full_gradient_values take HF labels and shift them inside):
                 abar = mean of a over valid positions, gbar = sum of g over positions
   value(j) = mean over z in R \\ {j} of K(z, j); include_self=True averages over R + {j}
              (the self term K(j, j) >= 0, as in the paper's code, protects high-loss sequences).
+
+Adam-aware scoring (precondition="adam", precondition.py): the same kernels on features weighted
+per coordinate, a^(l) by sqrt(c_l) and g by sqrt(r_head), where r_l c_l^T is the rank-1 fit of
+Adam's P = 1/(sqrt(v_hat)+eps) for layer l: value(j) then approximates <grad l_R, P (.) grad l_j>,
+the first-order change of the reference loss under an AdamW step on j.
 
 Sign convention: value(j) approximates <grad l_R, grad l_j>, so value > 0 means an SGD step on
 j lowers the reference loss (keep) and value <= threshold (default 0) is excluded. The paper
@@ -29,8 +35,9 @@ pairings.py (one object per pairing: its features, exact kernel and sketch; buil
 features.py, exact.py, sketch.py), capture.py (layer-input hooks), grads.py (losses, logit
 gradients), scorer.py (values against a reference, over ranks via pipeline.comm), policy.py
 (FilterPolicy), baselines.py (every filter: lai and the baselines), selector.py (what the
-trainer calls per micro-batch), reference.py (full-gradient and ghost references), api.py,
-mixing.py (SourceMixer: source weights from the per-source mean normalised value, lai.mixing).
+trainer calls per micro-batch), precondition.py (Adam-aware scoring), reference.py
+(full-gradient and ghost references, optionally preconditioned), api.py, mixing.py (SourceMixer:
+source weights from the per-source mean normalised value, lai.mixing).
 Reference R: "local" = this rank's micro-batch; "global" = the global micro-batch over the
 data-parallel group; "val" = a cached held-out set (LAIScorer.set_val_reference, forward only,
 combined over ranks). lai_values with ref_input_ids uses that batch as R (j not in R).
@@ -48,6 +55,9 @@ m = sketch_dim):
   sketch aligned /   O(D+V) hashing per token; gathers N m floats, N B m flops per step
   pooled             (independent of T)
   include_self with sketch adds the exact self term (token_pair: B T^2 (D+V) flops).
+  precondition=adam adds one multiply per feature coordinate (D + V per token), and every
+  precondition_every steps a read of the rank's share of exp_avg_sq of the scored weights plus an
+  all-reduce of sum_l (o_l + d_l + 1) numbers (pipeline.train.moments).
 lai_values / full_gradient_values run the model in eval mode (dropout off, deterministic) and
 leave parameters, .grad, requires_grad and every module's train/eval mode as found. A bf16 model
 gives values within ~0.2% (relative L2) of its fp32 copy (tests/test_lai_sketch.py).
@@ -61,6 +71,8 @@ from .pairings import PAIRINGS
 from .grads import logit_grads, per_sequence_loss
 from .mixing import SourceMixer
 from .policy import FilterPolicy
+from .precondition import (PRECONDITIONS, AdamFactors, AdamPreconditioner,
+                           elementwise_preconditioner)
 from .reference import full_gradient_values, ghost_values
 from .scorer import LAIScorer
 from .selector import Selection, Selector
@@ -68,9 +80,10 @@ from .settings import DEFAULT_PAIRING, DEFAULT_SKETCH_DIM, METHODS, REFERENCES, 
 
 __all__ = [
     "DEFAULT_PAIRING", "DEFAULT_SKETCH_DIM", "FILTERS", "LAYER_SETS", "METHODS", "PAIRINGS",
-    "REFERENCES",
-    "FilterInput", "FilterPolicy", "LAIScorer", "LAISettings", "LayerInputCapture", "Selection",
-    "Selector", "SourceMixer",
-    "full_gradient_scores", "full_gradient_values", "ghost_values", "lai_values", "logit_grads",
+    "PRECONDITIONS", "REFERENCES",
+    "AdamFactors", "AdamPreconditioner", "FilterInput", "FilterPolicy", "LAIScorer", "LAISettings",
+    "LayerInputCapture", "Selection", "Selector", "SourceMixer",
+    "elementwise_preconditioner", "full_gradient_scores", "full_gradient_values", "ghost_values",
+    "lai_values", "logit_grads",
     "loss_scores", "per_sequence_loss", "random_scores",
 ]

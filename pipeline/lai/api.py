@@ -13,6 +13,7 @@ from pipeline.comm import Comm
 from .capture import LayerInputCapture
 from .grads import shift_labels
 from .modelio import eval_mode, model_logits
+from .precondition import AdamFactors
 from .scorer import LAIScorer
 from .settings import DEFAULT_PAIRING
 
@@ -38,14 +39,19 @@ def lai_values(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor |
                ref_input_ids: torch.Tensor | None = None, ref_labels: torch.Tensor | None = None,
                pairing: str = DEFAULT_PAIRING, method: str = "exact", layers: str = "linear",
                include_self: bool = False, sketch_dim: int | None = None, seed: int = 0,
-               compile: bool | None = None) -> torch.Tensor:
+               compile: bool | None = None, preconditioner: AdamFactors | None = None
+               ) -> torch.Tensor:
     """float64 [B] LAI values of the batch against ref_* (default: the batch itself, j left
     out unless include_self). Single-process: no communication even if torch.distributed is
-    initialized. See pipeline.lai for the definitions."""
+    initialized. `preconditioner`: Adam-aware scoring with these factors
+    (AdamFactors.from_optimizer(model, optimizer, layers)). See pipeline.lai for the
+    definitions."""
     scorer = LAIScorer(pairing=pairing, method=method, layers=layers,
                        reference="local" if ref_input_ids is None else "val",
                        include_self=include_self, sketch_dim=sketch_dim, seed=seed,
-                       compile=compile)
+                       compile=compile,
+                       precondition="none" if preconditioner is None else "adam")
+    scorer.factors = preconditioner
     input_ids, targets = check_ids(input_ids, labels)
     if ref_input_ids is None and ref_labels is not None:
         raise ValueError("ref_labels given without ref_input_ids")
@@ -55,4 +61,5 @@ def lai_values(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor |
                             Comm.local())
         with LayerInputCapture(model, layers) as cap:
             logits = model_logits(model, input_ids)
-        return scorer.values(cap.inputs, logits, targets)  # local/val: no communication
+        # local/val: no communication
+        return scorer.values(cap.inputs, logits, targets, weights=scorer.input_weights(cap))

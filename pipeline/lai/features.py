@@ -5,15 +5,21 @@ token_features: a [B, T, D] = the layer inputs concatenated over layers (each di
 once, scaled by sqrt(#layers reading it)), zero at ignored target positions; g [B, T, V] = logit
 gradients.  pooled_features: a [B, D] = mean of a over valid positions (abar), g [B, V] = sum of
 g over positions (gbar).
+With `weights` (Adam-aware scoring, precondition.InputWeights) each input coordinate is scaled by
+sqrt(c) (summed over the layers reading it) instead, and g by sqrt(r_head) per vocabulary entry.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from .capture import unique_inputs
+from .capture import scaled, unique_inputs
 from .grads import _logit_grads, check_targets, compute_dtype
+
+if TYPE_CHECKING:
+    from .precondition import InputWeights
 
 @dataclass
 class Features:
@@ -48,28 +54,31 @@ def check_inputs(inputs: list[torch.Tensor], logits: torch.Tensor) -> list[torch
     return out
 
 
-def _prepared(inputs, logits, targets):
+def _prepared(inputs, logits, targets, weights):
     """(distinct inputs with weights, valid mask as a float [B, T, 1], logit gradients, dtype)."""
     valid = check_targets(logits, targets)
     inputs = check_inputs(inputs, logits)
     dt = compute_dtype(logits)
     g = _logit_grads(logits.detach(), targets, valid)
-    return unique_inputs(inputs), valid.to(dt).unsqueeze(-1), g, dt
+    if weights is not None:
+        g.mul_(weights.logit_side(dt, g.device))
+    uniq = unique_inputs(inputs, None if weights is None else weights.cols)
+    return uniq, valid.to(dt).unsqueeze(-1), g, dt
 
 
-def token_features(inputs: list[torch.Tensor], logits: torch.Tensor, targets: torch.Tensor
-                   ) -> Features:
+def token_features(inputs: list[torch.Tensor], logits: torch.Tensor, targets: torch.Tensor,
+                   weights: InputWeights | None = None) -> Features:
     """Per-token features a [B, T, D], g [B, T, V]; fp32 (float64 for a float64 model)."""
-    uniq, mask, g, dt = _prepared(inputs, logits, targets)
-    a = torch.cat([x.detach().to(dt) * w for x, w in uniq], dim=-1) * mask
+    uniq, mask, g, dt = _prepared(inputs, logits, targets, weights)
+    a = torch.cat([scaled(x.detach().to(dt), w) for x, w in uniq], dim=-1) * mask
     return Features(a, g)
 
 
-def pooled_features(inputs: list[torch.Tensor], logits: torch.Tensor, targets: torch.Tensor
-                    ) -> Features:
+def pooled_features(inputs: list[torch.Tensor], logits: torch.Tensor, targets: torch.Tensor,
+                    weights: InputWeights | None = None) -> Features:
     """abar [B, D] (mean over valid positions), gbar [B, V] (sum over positions)."""
-    uniq, mask, g, dt = _prepared(inputs, logits, targets)
-    a = torch.cat([(x.detach().to(dt) * mask).sum(dim=1) * w for x, w in uniq], dim=-1)
+    uniq, mask, g, dt = _prepared(inputs, logits, targets, weights)
+    a = torch.cat([scaled((x.detach().to(dt) * mask).sum(dim=1), w) for x, w in uniq], dim=-1)
     return Features(a / mask.sum(dim=1), g.sum(dim=1))
 
 

@@ -13,6 +13,8 @@ the reference enters as one all-reduced sum) or Features of sketches (aligned, p
 the product kernel on them); `split` gives the (input side, vocabulary side) bucket counts of a
 sketch size, `default_sketch_dim` the measured default (docs/FIDELITY.md: the smallest size with
 Pearson >= 0.95 against exact).
+Adam-aware scoring passes `weights` (precondition.InputWeights): every pairing is then the same
+kernel on the weighted features (inputs by sqrt(c), logit gradients by sqrt(r_head)).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import torch
 from .exact import product_self, product_totals, token_pair_self, token_pair_totals
 from .features import Features, pooled_features, token_features
 from .grads import compute_dtype
+from .precondition import InputWeights
 from .sketch import (STREAM_POS_A, STREAM_POS_G, Kernels, input_side, positional,
                      vocab_chunks)
 
@@ -32,9 +35,9 @@ class Pairing:
     default_sketch_dim: int
 
     # -- exact ------------------------------------------------------------------------------
-    def features(self, inputs: list[torch.Tensor], logits: torch.Tensor, targets: torch.Tensor
-                 ) -> Features:
-        return token_features(inputs, logits, targets)
+    def features(self, inputs: list[torch.Tensor], logits: torch.Tensor, targets: torch.Tensor,
+                 weights: InputWeights | None = None) -> Features:
+        return token_features(inputs, logits, targets, weights)
 
     def ref_totals(self, q: Features, r: Features) -> torch.Tensor:
         """sum_{z in r} K(z, j) for every sequence j of `q`; [B_q]."""
@@ -53,19 +56,20 @@ class Pairing:
         return sketch_dim // 2, sketch_dim - sketch_dim // 2
 
     def sketch(self, inputs: list[torch.Tensor], logits: torch.Tensor, targets: torch.Tensor,
-               valid: torch.Tensor, sketch_dim: int, seed: int, compiled: bool = False
-               ) -> torch.Tensor | Features:
+               valid: torch.Tensor, sketch_dim: int, seed: int, compiled: bool = False,
+               weights: InputWeights | None = None) -> torch.Tensor | Features:
         """This batch's sketch (inputs validated by the caller; `compiled`: sketch.Kernels)."""
         k1, k2 = self.split(sketch_dim)
         kernels, dt = Kernels(compiled), compute_dtype(logits)
         mask = valid.to(dt)
-        ca = self._input_sketch(inputs, mask, k1, seed, dt, kernels)
+        cols, row = _sides(weights, dt, logits.device)
+        ca = self._input_sketch(inputs, mask, k1, seed, dt, kernels, cols)
         out = ca.new_empty(logits.shape[0], k2)
-        for sl, cg in vocab_chunks(logits, targets, valid, k2, seed, dt, kernels):
+        for sl, cg in vocab_chunks(logits, targets, valid, k2, seed, dt, kernels, row):
             out[sl] = self._vocab_sketch(cg, k2, seed)
         return Features(ca, out)
 
-    def _input_sketch(self, inputs, mask, k1, seed, dt, kernels) -> torch.Tensor:
+    def _input_sketch(self, inputs, mask, k1, seed, dt, kernels, cols) -> torch.Tensor:
         """The input side's sketch of every sequence, [B, k1] (a separately sketched pairing)."""
         raise NotImplementedError
 
@@ -89,14 +93,16 @@ class TokenPair(Pairing):
         k1 = math.isqrt(sketch_dim)
         return k1, sketch_dim // k1
 
-    def sketch(self, inputs, logits, targets, valid, sketch_dim, seed, compiled=False):
+    def sketch(self, inputs, logits, targets, valid, sketch_dim, seed, compiled=False,
+               weights=None):
         """Per-sequence Kronecker sketches [B, k1 * k2] (summed over the reference)."""
         k1, k2 = self.split(sketch_dim)
         kernels, dt = Kernels(compiled), compute_dtype(logits)
+        cols, row = _sides(weights, dt, logits.device)
         # g = 0 at ignored positions: no mask on the input side
-        ca = input_side(inputs, seed, k1, dt, None, kernels=kernels)      # [B, T, k1]
+        ca = input_side(inputs, seed, k1, dt, None, kernels=kernels, cols=cols)   # [B, T, k1]
         out = ca.new_empty(logits.shape[0], k1 * k2)
-        for sl, cg in vocab_chunks(logits, targets, valid, k2, seed, dt, kernels):
+        for sl, cg in vocab_chunks(logits, targets, valid, k2, seed, dt, kernels, row):
             torch.matmul(ca[sl].transpose(1, 2), cg, out=out[sl].view(-1, k1, k2))
         return out
 
@@ -104,8 +110,9 @@ class TokenPair(Pairing):
 class Aligned(Pairing):
     name, default_sketch_dim = "aligned", 1 << 18        # Pearson 0.97 at 2^18
 
-    def _input_sketch(self, inputs, mask, k1, seed, dt, kernels):
-        return positional(input_side(inputs, seed, k1, dt, mask), k1, seed, STREAM_POS_A)
+    def _input_sketch(self, inputs, mask, k1, seed, dt, kernels, cols):
+        return positional(input_side(inputs, seed, k1, dt, mask, cols=cols), k1, seed,
+                          STREAM_POS_A)
 
     def _vocab_sketch(self, cg, k2, seed):
         return positional(cg, k2, seed, STREAM_POS_G)
@@ -114,14 +121,23 @@ class Aligned(Pairing):
 class Pooled(Pairing):
     name, default_sketch_dim = "pooled", 1 << 12         # Pearson 0.98 already at 2^12
 
-    def features(self, inputs, logits, targets):
-        return pooled_features(inputs, logits, targets)
+    def features(self, inputs, logits, targets, weights=None):
+        return pooled_features(inputs, logits, targets, weights)
 
-    def _input_sketch(self, inputs, mask, k1, seed, dt, kernels):
-        return input_side(inputs, seed, k1, dt, mask, pooled_n=mask.sum(1, keepdim=True))
+    def _input_sketch(self, inputs, mask, k1, seed, dt, kernels, cols):
+        return input_side(inputs, seed, k1, dt, mask, pooled_n=mask.sum(1, keepdim=True),
+                          cols=cols)
 
     def _vocab_sketch(self, cg, k2, seed):
         return cg.sum(1)
+
+
+def _sides(weights: InputWeights | None, dt: torch.dtype, device
+           ) -> tuple[list[torch.Tensor] | None, torch.Tensor | None]:
+    """(input-side column weights, logit-side weight sqrt(r_head) [V]) of `weights`."""
+    if weights is None:
+        return None, None
+    return weights.cols, weights.logit_side(dt, device)
 
 
 def check_sketch_dim(sketch_dim) -> None:

@@ -4,6 +4,8 @@ reference "local": this rank's micro-batch; "global": the global micro-batch of 
 the group (exact and aligned/pooled sketches: per-sequence features all-gathered; token_pair
 sketch: the sketched reference sum all-reduced); "val": a cached held-out reference
 (set_val_reference). For local/global, j is left out of its own reference unless include_self.
+precondition="adam": with `factors` set (precondition.AdamFactors, the Selector keeps them
+current) the features are weighted per coordinate (precondition.py); before that, plain LAI.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from .features import Features, cat_features, check_inputs
 from .grads import check_targets
 from .modelio import eval_mode, model_logits
 from .pairings import PAIRINGS
+from .precondition import AdamFactors, InputWeights
 from .settings import DEFAULT_PAIRING, LAISettings
 
 
@@ -28,21 +31,26 @@ class LAIScorer:
     then `values(cap.inputs, logits, targets, group)`; all ranks of `group` call it together.
     The options are LAISettings fields, checked and resolved there (ValueError naming the
     field); sketch_dim is for method="sketch" only (None: the pairing's default). compile: run
-    the sketch kernels through torch.compile (None: on CUDA tensors only; sketch.Kernels)."""
+    the sketch kernels through torch.compile (None: on CUDA tensors only; sketch.Kernels).
+    precondition="adam": pass `weights=scorer.input_weights(cap)` to `values`."""
 
     def __init__(self, *, pairing: str = DEFAULT_PAIRING, method: str = "exact",
                  layers: str = "linear", reference: str = "global", include_self: bool = False,
-                 sketch_dim: int | None = None, seed: int = 0, compile: bool | None = None):
+                 sketch_dim: int | None = None, precondition: str = "none", seed: int = 0,
+                 compile: bool | None = None):
         s = LAISettings(pairing=pairing, method=method, layers=layers, reference=reference,
-                        include_self=bool(include_self), sketch_dim=sketch_dim).resolved()
+                        include_self=bool(include_self), sketch_dim=sketch_dim,
+                        precondition=precondition).resolved()
         self.pairing, self.method, self.layers = s.pairing, s.method, s.layers
         self.reference, self.include_self, self.sketch_dim = s.reference, s.include_self, \
             s.sketch_dim
+        self.precondition = s.precondition
         self.seed = int(seed)
         self.compile = compile
         self.kernel = PAIRINGS[s.pairing]       # features, exact kernel and sketch of the pairing
         self._config = {**s.scoring(), "seed": self.seed}
         self._val: dict[str, Any] | None = None
+        self.factors: AdamFactors | None = None   # precondition=adam: the factors in force
 
     @classmethod
     def from_settings(cls, s: LAISettings, seed: int) -> LAIScorer:
@@ -50,16 +58,22 @@ class LAIScorer:
         return cls(**s.scoring(), seed=seed, compile=None if s.compile else False)
 
     # -- features -------------------------------------------------------------------------
-    def _local(self, inputs, logits, targets):
+    def input_weights(self, cap: LayerInputCapture) -> InputWeights | None:
+        """The feature weights of a capture (None: plain LAI, or no factors yet)."""
+        if self.precondition == "none" or self.factors is None:
+            return None
+        return self.factors.weights(cap.model, cap.modules)
+
+    def _local(self, inputs, logits, targets, weights=None):
         """This rank's exact Features, aligned/pooled sketch Features, or token_pair sketches
         [B, sketch_dim]."""
         valid = check_targets(logits, targets)
         inputs = check_inputs(inputs, logits)
         if self.method == "exact":
-            return self.kernel.features(inputs, logits, targets)
+            return self.kernel.features(inputs, logits, targets, weights)
         compiled = logits.is_cuda if self.compile is None else self.compile
         return self.kernel.sketch(inputs, logits, targets, valid, self.sketch_dim, self.seed,
-                                  compiled)
+                                  compiled, weights)
 
     def _reference(self, local, comm: Comm) -> dict[str, Any]:
         """Reference over all ranks of `comm` from this rank's local features (gathered) or
@@ -74,9 +88,10 @@ class LAIScorer:
 
     # -- values ---------------------------------------------------------------------------
     def values(self, inputs: list[torch.Tensor], logits: torch.Tensor, targets: torch.Tensor,
-               group=None) -> torch.Tensor:
-        """float64 [B_local] LAI values of this rank's sequences (targets already shifted)."""
-        local = self._local(inputs, logits, targets)
+               group=None, weights: InputWeights | None = None) -> torch.Tensor:
+        """float64 [B_local] LAI values of this rank's sequences (targets already shifted);
+        `weights`: input_weights(cap) of the capture (Adam-aware scoring)."""
+        local = self._local(inputs, logits, targets, weights)
         if self.reference == "val":
             if self._val is None:
                 raise ValueError("reference='val': call set_val_reference(...) first")
@@ -95,7 +110,7 @@ class LAIScorer:
         self_k = None
         if self.include_self:   # sketch: exact self term, no sketch noise on the largest term
             self_k = own if self.method == "exact" else self.kernel.self_kernel(
-                self.kernel.features(inputs, logits, targets))
+                self.kernel.features(inputs, logits, targets, weights))
         return reference_mean(cross, ref["n"] - int(in_ref), self_k, self.include_self)
 
     # -- validation reference -------------------------------------------------------------
@@ -104,7 +119,8 @@ class LAIScorer:
                           batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                           group=None) -> None:
         """Cache the reference of held-out (input_ids, targets) batches (targets shifted),
-        forward only, in eval mode (restored after), combined over the ranks of `group`."""
+        forward only, in eval mode (restored after), combined over the ranks of `group`; with
+        the factors in force (recompute it when they change)."""
         self._set_val(model, batches, Comm.resolve(group))
 
     def _set_val(self, model, batches, comm: Comm) -> None:
@@ -113,7 +129,7 @@ class LAIScorer:
             for input_ids, targets in batches:
                 with LayerInputCapture(model, self.layers) as cap:
                     logits = model_logits(model, input_ids)
-                parts.append(self._local(cap.inputs, logits, targets))
+                parts.append(self._local(cap.inputs, logits, targets, self.input_weights(cap)))
                 del cap, logits
         if not parts:
             raise ValueError("set_val_reference: no batches given")

@@ -1,7 +1,8 @@
 """Selector: the values and keep mask of every micro-batch, as the run's LAI settings say.
 
-    sel = Selector(settings, seed, comm, val_batches=lambda: [(input_ids, targets), ...])
-    sel.refresh(step, model)                         # reference=val: recompute the cache when due
+    sel = Selector(settings, seed, comm, val_batches=lambda: [(input_ids, targets), ...],
+                   moments=reader)                   # precondition=adam: the optimizer's moments
+    sel.refresh(step, model)                         # Adam factors / val reference when due
     with sel.capture(model) as cap:
         logits = model(input_ids=input_ids).logits
     values, keep, value_norm = sel.select(step, cap, logits, targets, losses, seq_ids,
@@ -12,6 +13,10 @@ what the ledger records, with value_norm, their z-score within the global micro-
 that means the same at every step: pipeline.lai.normalize). keep: FilterPolicy(threshold, warmup,
 cap) on the scores of the filter `lai.filter` (pipeline.lai.baselines) -- for filter=lai the
 values normalised as lai.normalize says -- the same global decision on every rank.
+lai.precondition=adam: `refresh` re-reads Adam's second moments through `moments` (a
+precondition.Moments reader: the trainer's works under ZeRO 0-3) every lai.precondition_every
+steps, and at every step until the first optimizer step has made some; a val reference is
+recomputed with the new factors.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from .capture import LayerInputCapture
 from .memory import DocumentMemory, Documents
 from .normalize import normalize
 from .policy import FilterPolicy
+from .precondition import AdamPreconditioner, Moments
 from .scorer import LAIScorer
 from .settings import LAISettings
 
@@ -42,14 +48,18 @@ class Selection(NamedTuple):
 
 class Selector:
     """Collective: every rank calls `refresh` and `select` together. State (a checkpoint member,
-    per rank): the cached val reference and the step it was computed at."""
+    per rank): the cached val reference and the step it was computed at; the Adam factors and
+    the step they were read at."""
 
     def __init__(self, settings: LAISettings, seed: int, comm: Comm | None = None,
-                 val_batches: Batches | None = None, documents: Documents | None = None):
+                 val_batches: Batches | None = None, documents: Documents | None = None,
+                 moments: Moments | None = None):
         """`comm`: the data-parallel ranks (default: torch.distributed's default group, if any);
-        `documents`: the training data, for lai.memory_weight (its memory is `self.memory`)."""
+        `documents`: the training data, for lai.memory_weight (its memory is `self.memory`);
+        `moments`: reads Adam's second moments (needed by lai.precondition=adam)."""
         s = self.settings = settings
         self.seed, self.val_batches, self.documents = seed, val_batches, documents
+        self.moments = moments
         self.memory = None
         if s.memory_weight > 0:
             if documents is None:
@@ -57,6 +67,12 @@ class Selector:
             self.memory = DocumentMemory(documents.num_docs, s.memory_decay)
         self.comm = comm or Comm.resolve()
         self.scorer = LAIScorer.from_settings(s, seed) if s.enabled else None
+        self.precond = None
+        if self.scorer is not None and s.precondition == "adam":
+            if moments is None:
+                raise ValueError("lai.precondition=adam: the Selector needs a reader of the "
+                                 "optimizer's second moments (moments=...)")
+            self.precond = AdamPreconditioner(s.precondition_every, s.layers)
         self.filter = FILTERS[s.filter]
         self.policy = FilterPolicy(threshold=s.threshold if self.filter.uses_threshold else 0.0,
                                    warmup_steps=s.warmup_steps,
@@ -70,12 +86,20 @@ class Selector:
         return LayerInputCapture(model, self.scorer.layers)
 
     def refresh(self, step: int, model: nn.Module) -> None:
-        """reference=val: (re)compute the cached val reference at the first step and then every
-        lai.val_refresh_every steps (forward only, in eval mode)."""
+        """precondition=adam: new Adam factors when due. reference=val: (re)compute the cached
+        val reference at the first step, then every lai.val_refresh_every steps and whenever the
+        factors changed (forward only, in eval mode)."""
         s = self.settings
-        if self.scorer is None or s.reference != "val":
+        if self.scorer is None:
             return
-        if self.val_step is not None and step - self.val_step < s.val_refresh_every:
+        changed = False
+        if self.precond is not None:
+            changed = self.precond.refresh(step, model, self.moments)
+            self.scorer.factors = self.precond.factors
+        if s.reference != "val":
+            return
+        if not changed and self.val_step is not None \
+                and step - self.val_step < s.val_refresh_every:
             return
         self.scorer.set_val_reference(model, self.val_batches(), group=self.comm)
         self.val_step = step
@@ -88,7 +112,8 @@ class Selector:
         """Values, keep mask and normalised values for optimizer step `step` (1-based)."""
         values = None
         if self.scorer is not None:
-            values = self.scorer.values(cap.inputs, logits, targets, group=self.comm)
+            values = self.scorer.values(cap.inputs, logits, targets, group=self.comm,
+                                        weights=self.scorer.input_weights(cap))
         score = self.filter.scores(FilterInput(step, seq_ids, input_ids, targets, losses, model,
                                                values, self.comm), self.settings, self.seed)
         if self.filter.needs_lai and self.settings.normalize != "none":
@@ -122,12 +147,18 @@ class Selector:
 
     def state_dict(self) -> dict:
         return {"scorer": self.scorer.state_dict() if self.scorer is not None else None,
-                "val_step": self.val_step}
+                "val_step": self.val_step,
+                "precond": self.precond.state_dict() if self.precond is not None else None}
 
     def load_state_dict(self, d: dict) -> None:
-        """A val reference cached under other LAI options is dropped (recomputed at the next
-        step)."""
+        """A val reference cached under other LAI options, and Adam factors of another layer
+        set, are dropped (recomputed at the next step)."""
         restored = True
         if self.scorer is not None and d.get("scorer") is not None:
             restored = self.scorer.load_state_dict(d["scorer"])
         self.val_step = d.get("val_step") if restored else None
+        if self.precond is not None:
+            self.precond.load_state_dict(d.get("precond") or {})
+            self.scorer.factors = self.precond.factors
+            if self.precond.factors is None:
+                self.val_step = None      # its features were weighted with the dropped factors

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from .capture import LAYER_SETS
 from .normalize import NORMALIZE
 from .pairings import PAIRINGS
+from .precondition import PRECONDITIONS
 
 METHODS = ("exact", "sketch")
 REFERENCES = ("local", "global", "val")
@@ -32,7 +33,8 @@ class LAISettings:
                                        # (lai | none | random | loss | full_gradient)
     pairing: str = DEFAULT_PAIRING     # token_pair | aligned | pooled
     method: str = "sketch"             # sketch (scales: T-independent traffic) | exact
-    layers: str = "linear"             # linear | blocks
+    layers: str = "linear"             # linear | blocks | head (the LM head alone: its exact
+                                       # ghost term)
     reference: str = "auto"            # auto | local | global | val; auto: val when the run
                                        # has val data (data.val_sources or a val split), else
                                        # global (docs/RESULTS.md: the clean val reference did best)
@@ -40,6 +42,11 @@ class LAISettings:
     sketch_dim: int | None = None      # method=sketch: sketch size (None: the pairing's default);
                                        # method=exact: must stay unset
     compile: bool = True               # method=sketch on CUDA: torch.compile the sketch kernels
+    precondition: str = "none"         # none | adam: score in AdamW's step geometry, P =
+                                       # 1/(sqrt(v_hat)+eps) fitted rank-1 per layer
+                                       # (pipeline.lai.precondition); layers linear or head
+    precondition_every: int = 10       # precondition=adam: re-read Adam's second moments every
+                                       # N steps (~ v's half-life at beta2 0.95: 14 steps)
     normalize: str = "none"            # what filter=lai thresholds: none (the raw value) |
                                        # zscore | rank (against the global micro-batch; see
                                        # pipeline.lai.normalize)
@@ -79,7 +86,7 @@ class LAISettings:
     def scoring(self) -> dict:
         """The options that define the LAI values (what a cached reference depends on)."""
         return {k: getattr(self, k) for k in ("pairing", "method", "layers", "reference",
-                                               "include_self", "sketch_dim")}
+                                               "include_self", "sketch_dim", "precondition")}
 
 
 def _need(ok: bool, field: str, what: str) -> None:
@@ -111,6 +118,12 @@ def check(s: LAISettings) -> None:
     _one_of(s, "layers", LAYER_SETS)
     _one_of(s, "reference", ("auto", *REFERENCES))
     _one_of(s, "normalize", NORMALIZE)
+    _one_of(s, "precondition", PRECONDITIONS)
+    _need(s.precondition == "none" or s.layers != "blocks", "precondition",
+          "adam needs lai.layers=linear or head (a block input feeds several linear layers, each "
+          "with its own Adam column weights); set lai.layers or lai.precondition=none")
+    _need(int(s.precondition_every) == s.precondition_every and s.precondition_every >= 1,
+          "precondition_every", f"must be an int >= 1, got {s.precondition_every!r}")
     _need(s.enabled or not FILTERS[s.filter].needs_lai, "filter",
           f"{s.filter!r} needs lai.enabled=true (or use "
           f"{' | '.join(n for n, f in FILTERS.items() if not f.needs_lai)})")

@@ -35,7 +35,7 @@ import warnings
 
 import torch
 
-from .capture import unique_inputs
+from .capture import Weight, scaled, unique_inputs
 
 PRIME = (1 << 31) - 1
 STREAM_VOCAB, STREAM_POS_A, STREAM_POS_G = -1, -2, -3
@@ -84,10 +84,9 @@ def fold(y: torch.Tensor, k: int, off: int = 0, out: torch.Tensor | None = None)
 
 
 def _signed(x: torch.Tensor, n: int, k: int, seed: int, stream: int, dt: torch.dtype,
-            weight: float = 1.0) -> torch.Tensor:
+            weight: Weight = 1.0) -> torch.Tensor:
     """x * weight * s_stream, in dtype dt (one pass, no separate cast of x)."""
-    s = signs(n, seed, stream, x.device, dt)
-    return x * (s * weight if weight != 1.0 else s)
+    return x * scaled(signs(n, seed, stream, x.device, dt), weight)
 
 
 @functools.lru_cache(maxsize=512)
@@ -143,18 +142,18 @@ class Kernels:
 
 
 def input_side(inputs, seed: int, k1: int, dt: torch.dtype, mask: torch.Tensor | None,
-                pooled_n: torch.Tensor | None = None, kernels: Kernels | None = None
-                ) -> torch.Tensor:
+                pooled_n: torch.Tensor | None = None, kernels: Kernels | None = None,
+                cols: list[torch.Tensor] | None = None) -> torch.Tensor:
     """sum_l C1_l(a_l): [B, T, k1] per token, or with `pooled_n` the sketch of abar [B, k1].
     `mask` [B, T] (dt) zeroes ignored positions (None: the caller's vocabulary side is already
-    zero there, as for token_pair)."""
+    zero there, as for token_pair); `cols`: per-input column weights (unique_inputs)."""
     out = None
     fused = kernels is not None and kernels.compiled and mask is None
-    for layer, (x, w) in enumerate(unique_inputs(inputs)):
+    for layer, (x, w) in enumerate(unique_inputs(inputs, cols)):
         x = x.detach()
         if fused:                      # one compiled pass per layer
             s = signs(x.shape[-1], seed, layer, x.device, dt)
-            y = kernels(input_kernel, x, s * w if w != 1.0 else s,
+            y = kernels(input_kernel, x, scaled(s, w),
                         _rotation(k1, seed, layer, x.device), k1)
             out = y if out is None else out.add_(y)
             continue
@@ -170,9 +169,13 @@ def input_side(inputs, seed: int, k1: int, dt: torch.dtype, mask: torch.Tensor |
 
 
 def vocab_side(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, k2: int,
-                seed: int, dt: torch.dtype, kernels: Kernels | None = None) -> torch.Tensor:
-    """vocab_kernel with this seed's vocabulary signs; [c, T, k2]."""
+                seed: int, dt: torch.dtype, kernels: Kernels | None = None,
+                row: torch.Tensor | None = None) -> torch.Tensor:
+    """vocab_kernel with this seed's vocabulary signs (times `row` [V], the logit side's
+    per-entry weight, if given: the sketch of row * g); [c, T, k2]."""
     s = signs(logits.shape[-1], seed, STREAM_VOCAB, logits.device, dt)
+    if row is not None:
+        s = s * row
     return (kernels or Kernels(False))(vocab_kernel, logits.detach(), targets, valid, s, k2)
 
 
@@ -193,11 +196,11 @@ def chunk_size(b: int, t: int, v: int, device: torch.device) -> int:
 
 
 def vocab_chunks(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, k2: int,
-                 seed: int, dt: torch.dtype, kernels: Kernels):
+                 seed: int, dt: torch.dtype, kernels: Kernels, row: torch.Tensor | None = None):
     """Yields (slice of sequences, C2(g) of their tokens [c, T, k2]) chunk by chunk, so no full
-    [B, T, V] block is ever held."""
+    [B, T, V] block is ever held (`row`: vocab_side's weight)."""
     b, t, v = logits.shape
     step = chunk_size(b, t, v, logits.device)
     for s in range(0, b, step):
         sl = slice(s, s + step)
-        yield sl, vocab_side(logits[sl], targets[sl], valid[sl], k2, seed, dt, kernels)
+        yield sl, vocab_side(logits[sl], targets[sl], valid[sl], k2, seed, dt, kernels, row)

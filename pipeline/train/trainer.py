@@ -30,6 +30,7 @@ from pipeline.train.ledger import Ledger
 from pipeline.train.lock import lock_run
 from pipeline.train.log import StepLog
 from pipeline.train.metrics import Metrics
+from pipeline.train.moments import MomentReader
 from pipeline.train.resume import Resume, config_hash
 from pipeline.train.runplan import data_plan
 from pipeline.train.runtime import DistInfo, StopFlag, log0, log_to, seed_everything, shutdown
@@ -62,7 +63,9 @@ class Trainer:
                                   load_universal=resume is not None and resume.universal)
         self.selector = Selector(cfg.lai, cfg.run.seed, self.comm,
                                  val_batches=lambda: self.data.val_batches(cfg.lai.val_batches),
-                                 documents=self.data.train)
+                                 documents=self.data.train,
+                                 moments=MomentReader(self.parts.engine, self.parts.optimizer,
+                                                      self.comm, info.device))
         self.mixer = (SourceMixer.from_settings(cfg.lai, self.data.train.weights, self.comm)
                       if cfg.lai.mixing else None)
         self.ledger = Ledger(self.run_dir, info.rank, chunk_rows=cfg.log.ledger_chunk_rows)
