@@ -28,7 +28,7 @@ from data_prep.tokenizer import (install_tokenizer, sample_sentences, tokenizer_
 from pipeline.errors import UserError
 from pipeline.format.indexed import bin_path, idx_path, token_dtype
 from pipeline.format.manifest import Manifest, ShardEntry, TokenizerEntry
-from pipeline.format.provenance import doc_hash
+from pipeline.format.provenance import doc_hash, docs_path
 from pipeline.format.tokenizer import SPM_FILE, tokenizer_sha256
 from pipeline.fsutil import atomic_write_json
 
@@ -177,7 +177,7 @@ def load_progress(path: Path, args: dict, out: Path, extra: list[ShardEntry] | N
                             f"arguments ({diff}) would be lost; re-run with its arguments to resume "
                             "it, pass --force to start over, or use another --out")
         for e in old:
-            for f in (bin_path(out / e.prefix), idx_path(out / e.prefix)):
+            for f in (bin_path(out / e.prefix), idx_path(out / e.prefix), docs_path(out / e.prefix)):
                 f.unlink(missing_ok=True)
         log(f"lai-prep: {path}: the earlier run {'failed' if raw.get('failed') else 'completed no shard'}"
             f" with other arguments ({diff}); starting over")
