@@ -20,9 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from test_train_run import CONFIG, ROOT, _env, _torchrun, final_params, ledger, scalars
+from train_support import CONFIG, N, ROOT, env, final_params, ledger, scalars, torchrun
 
-N = 4
 pytestmark = pytest.mark.slow
 
 
@@ -61,7 +60,7 @@ def args(data, run: Path, *overrides: str) -> list[str]:
     return [str(CONFIG), f"run.out_dir={run}",
             f"data.sources=[{{path: '{clean}', weight: 1.0}}, {{path: '{noise}', weight: 1.0}}]",
             f"data.val_sources=[{{path: '{clean}', weight: 1.0}}]", "data.seq_len=32",
-            "model.n_layer=2", "model.hidden=64", "model.n_head=2", "train.micro_batch=4",
+            "model.n_layer=2", "model.hidden=64", "model.n_head=2", "train.micro_batch=4", "train.global_batch=0",
             f"train.steps={2 * N}", "train.lr=1e-2", "train.schedule=constant",
             "train.warmup_steps=2", "train.zero_stage=1", "train.eval_every=4",
             "train.eval_batches=2", "lai.filter=none", "lai.mixing=true", "lai.warmup_steps=1",
@@ -70,7 +69,7 @@ def args(data, run: Path, *overrides: str) -> list[str]:
 
 
 def train(data, run: Path, *overrides: str) -> str:
-    p = subprocess.run(_torchrun(args(data, run, *overrides)), env=_env(), cwd=ROOT,
+    p = subprocess.run(torchrun(args(data, run, *overrides)), env=env(), cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-4000:]
@@ -125,7 +124,7 @@ def test_mixing_run_follows_its_weights_and_resumes_bit_for_bit(data, tmp_path):
     # lai.mixing decides the seq_id layout: switching it on resume is refused, one line
     p = subprocess.run([sys.executable, "-m", "pipeline.train",
                         *args(data, split, "lai.mixing=false", f"train.steps={3 * N}")],
-                       env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+                       env=env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1, p.stderr
     assert lines[0].startswith("error: run.resume:") and "lai.mixing: True -> False" in lines[0]
