@@ -46,7 +46,7 @@ def test_shipped_configs_load_and_name_the_contract_keys():
                 "train.zero_stage", "lai.enabled", "lai.filter"):
         section, name = key.split(".")
         assert hasattr(getattr(cfg, section), name), key
-    assert tuple(FILTERS) == ("lai", "none", "random", "loss", "full_gradient")
+    assert tuple(FILTERS) == ("lai", "none", "random", "loss", "full_gradient", "oracle")
     assert "model.family" in CHOICES
 
 

@@ -176,6 +176,12 @@ class PackedDataset:
                         p.offset, p.length) for p in pieces]
 
     @property
+    def prepared_sources(self) -> list[str]:
+        """The names of the lai-prep sources (--source NAME=...) in the data, in order (one
+        directory may hold several; `source_names` names the weighted directories)."""
+        return list(dict.fromkeys(n for st in self.streams for n in st.shard_sources))
+
+    @property
     def num_docs(self) -> list[int]:
         """Documents of each source (this split), in source order."""
         return [st.num_docs for st in self.streams]

@@ -65,7 +65,8 @@ Measured costs: docs/LAI_COST.md (benchmarks/lai_cost.py); fidelity against the 
 inner product and the evidence for the defaults: docs/FIDELITY.md (benchmarks/fidelity.py).
 """
 from .api import lai_values
-from .baselines import FILTERS, FilterInput, full_gradient_scores, loss_scores, random_scores
+from .baselines import (FILTERS, FilterInput, full_gradient_scores, loss_scores, oracle_scores,
+                        random_scores)
 from .capture import LAYER_SETS, LayerInputCapture
 from .pairings import PAIRINGS
 from .grads import logit_grads, per_sequence_loss
@@ -85,5 +86,5 @@ __all__ = [
     "LayerInputCapture", "Selection", "Selector", "SourceMixer",
     "elementwise_preconditioner", "full_gradient_scores", "full_gradient_values", "ghost_values",
     "lai_values", "logit_grads",
-    "loss_scores", "per_sequence_loss", "random_scores",
+    "loss_scores", "oracle_scores", "per_sequence_loss", "random_scores",
 ]

@@ -14,13 +14,17 @@ Scores use the LAI sign convention: higher = more worth keeping.
   full_gradient  the exact full-gradient inner product of each sequence with the rest of the
                  global micro-batch (pipeline.lai.full_gradient_values; j left out unless
                  include_self): an upper reference for small models, not a production filter
+  oracle         ground truth by source: 0.5 - the fraction of the sequence's tokens from the
+                 training sources named in lai.oracle_sources, so the sequences at least half
+                 from them are excluded, purest first, under the same cap: what a perfect filter
+                 would do (the benchmarks' reference; reads the training documents)
 
 A new filter is one more `Filter` in FILTERS (its name becomes a valid `lai.filter`); anything it
-needs beyond FilterInput's fields is a field added there and filled by the caller.
+needs beyond FilterInput's fields is a field added there and filled by the caller, and what it
+must check against the run once (its `check`) runs when the Selector is built.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -32,6 +36,7 @@ from pipeline.comm import Comm
 from pipeline.errors import UserError
 
 if TYPE_CHECKING:
+    from .memory import Documents
     from .settings import LAISettings
 
 
@@ -46,6 +51,7 @@ class FilterInput:
     model: nn.Module | None = None     # the unwrapped model (full_gradient); left as found
     lai_values: torch.Tensor | None = None   # float64 [B] when lai.enabled
     comm: Comm = Comm()                # the data-parallel ranks (collective filters)
+    documents: Documents | None = None   # the training data (oracle)
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,8 @@ class Filter:
     uses_rate: bool = False            # excludes about lai.baseline_rate of each micro-batch
     needs_full_params: bool = False    # every rank needs the whole model (not with ZeRO-3)
     about: str = ""
+    check: Callable[["LAISettings", "Documents | None"], None] | None = None   # once, against
+                                       # the training documents: a UserError if they don't fit
 
 
 def random_scores(seq_ids: torch.Tensor, seed: int, rate: float) -> torch.Tensor:
@@ -73,7 +81,8 @@ def loss_scores(losses: torch.Tensor, rate: float, comm: Comm = Comm()) -> torch
     losses = losses.detach().double()
     everyone = torch.cat(comm.gather(losses))
     k = round(rate * everyone.numel())
-    kth = torch.topk(everyone, k).values[-1] if k else math.inf
+    # k = 0 (a rate below half a sequence): every score > 0, nothing excluded
+    kth = torch.topk(everyone, k).values[-1] if k else everyone.max() + 1
     return kth - losses
 
 
@@ -103,6 +112,34 @@ def _full_gradient(i: FilterInput, s: LAISettings, seed: int) -> torch.Tensor:
                                 comm=i.comm)
 
 
+def oracle_scores(seq_ids: torch.Tensor, documents: Documents, harmful: set[str]
+                  ) -> torch.Tensor:
+    """float64 [B]: 0.5 - the fraction of each sequence's tokens from the `harmful` sources
+    (<= 0: at least half of it is harmful)."""
+    frac = []
+    for i in seq_ids.tolist():
+        spans = documents.locate(int(i))
+        frac.append(sum(s.num_tokens for s in spans if s.source in harmful)
+                    / max(1, sum(s.num_tokens for s in spans)))
+    return 0.5 - torch.tensor(frac, dtype=torch.float64, device=seq_ids.device)
+
+
+def _oracle(i: FilterInput, s: LAISettings, seed: int) -> torch.Tensor:
+    if i.documents is None:
+        raise ValueError("lai.filter=oracle: the filter input needs the training documents")
+    return oracle_scores(i.seq_ids, i.documents, set(s.oracle_sources))
+
+
+def _check_oracle(s: LAISettings, documents: Documents | None) -> None:
+    if documents is None:
+        raise ValueError("lai.filter=oracle: the selector needs the training documents")
+    known = documents.prepared_sources
+    unknown = [n for n in s.oracle_sources if n not in known]
+    if unknown:
+        raise UserError(f"lai.oracle_sources: {', '.join(map(repr, unknown))} not among the "
+                        f"training data's sources ({', '.join(sorted(known))})")
+
+
 FILTERS: dict[str, Filter] = {
     "lai": Filter(lambda i, s, seed: i.lai_values, needs_lai=True, uses_threshold=True,
                   about="the LAI values"),
@@ -114,4 +151,6 @@ FILTERS: dict[str, Filter] = {
     "full_gradient": Filter(_full_gradient, uses_threshold=True, needs_full_params=True,
                             about="exact per-sample gradients of the whole model on every rank: "
                                   "a small-model evaluation reference"),
+    "oracle": Filter(_oracle, check=_check_oracle,
+                     about="ground truth: the sequences of the sources in lai.oracle_sources"),
 }

@@ -26,13 +26,26 @@ import torch
 DocKeys = list[tuple[int, int, int]]   # one sequence's documents: (source, document, tokens)
 
 
+class Span(Protocol):
+    """A run of one document's tokens in a sequence (pipeline.data.DocSpan)."""
+    source: str                                    # its lai-prep source name
+    num_tokens: int
+
+
 class Documents(Protocol):
-    """Where sequences come from: the training data's documents (pipeline.data.PackedDataset)."""
+    """Where sequences come from: the training data's documents (pipeline.data.PackedDataset).
+    lai.memory_weight reads num_docs and document_keys; lai.filter=oracle reads
+    prepared_sources and locate."""
 
     @property
     def num_docs(self) -> list[int]: ...          # documents per source
 
     def document_keys(self, seq_id: int) -> DocKeys: ...
+
+    @property
+    def prepared_sources(self) -> list[str]: ...  # the lai-prep source names in the data
+
+    def locate(self, seq_id: int) -> list[Span]: ...   # the sequence's document runs, in order
 
 
 class DocumentMemory:

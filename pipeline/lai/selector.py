@@ -55,7 +55,8 @@ class Selector:
                  val_batches: Batches | None = None, documents: Documents | None = None,
                  moments: Moments | None = None):
         """`comm`: the data-parallel ranks (default: torch.distributed's default group, if any);
-        `documents`: the training data, for lai.memory_weight (its memory is `self.memory`);
+        `documents`: the training data, for lai.memory_weight (its memory is `self.memory`) and
+        lai.filter=oracle;
         `moments`: reads Adam's second moments (needed by lai.precondition=adam)."""
         s = self.settings = settings
         self.seed, self.val_batches, self.documents = seed, val_batches, documents
@@ -74,6 +75,8 @@ class Selector:
                                  "optimizer's second moments (moments=...)")
             self.precond = AdamPreconditioner(s.precondition_every, s.layers)
         self.filter = FILTERS[s.filter]
+        if self.filter.check is not None:
+            self.filter.check(s, documents)
         self.policy = FilterPolicy(threshold=s.threshold if self.filter.uses_threshold else 0.0,
                                    warmup_steps=s.warmup_steps,
                                    max_exclude_frac=s.max_exclude_frac)
@@ -115,7 +118,8 @@ class Selector:
             values = self.scorer.values(cap.inputs, logits, targets, group=self.comm,
                                         weights=self.scorer.input_weights(cap))
         score = self.filter.scores(FilterInput(step, seq_ids, input_ids, targets, losses, model,
-                                               values, self.comm), self.settings, self.seed)
+                                               values, self.comm, self.documents),
+                                   self.settings, self.seed)
         if self.filter.needs_lai and self.settings.normalize != "none":
             score = normalize(score, self.settings.normalize, self.comm)
         if self.memory is not None and step > self.settings.warmup_steps:

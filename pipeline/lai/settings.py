@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .capture import LAYER_SETS
 from .normalize import NORMALIZE
@@ -30,7 +30,11 @@ DEFAULT_MAX_EXCLUDE_FRAC = 0.1     # 0.5 hurt val loss in docs/RESULTS.md; 0.1 d
 class LAISettings:
     enabled: bool = True               # compute LAI values (and filter with them if filter=lai)
     filter: str = "lai"                # what decides the keep mask: see pipeline.lai.baselines
-                                       # (lai | none | random | loss | full_gradient)
+                                       # (lai | none | random | loss | full_gradient | oracle)
+    oracle_sources: list[str] = field(default_factory=list)   # filter=oracle: names of training
+                                       # sources (lai-prep --source NAME=...) whose sequences are
+                                       # harmful: a sequence with at least half of its tokens
+                                       # from them is excluded (under the cap, purest first)
     pairing: str = DEFAULT_PAIRING     # token_pair | aligned | pooled
     method: str = "sketch"             # sketch (scales: T-independent traffic) | exact
     layers: str = "linear"             # linear | blocks | head (the LM head alone: its exact
@@ -140,6 +144,13 @@ def check(s: LAISettings) -> None:
     _need(s.memory_weight == 0 or (s.filter == "lai" and s.normalize != "none"), "memory_weight",
           "remembers normalised LAI scores: needs lai.filter=lai and lai.normalize=zscore|rank")
     _need(0 <= s.memory_decay < 1, "memory_decay", f"must be in [0, 1), got {s.memory_decay}")
+    _need(s.filter != "oracle" or bool(s.oracle_sources), "oracle_sources",
+          "lai.filter=oracle needs the names of the harmful training sources, e.g. "
+          "lai.oracle_sources=[spam]")
+    _need(s.filter == "oracle" or not s.oracle_sources, "oracle_sources",
+          f"set to {s.oracle_sources} but only lai.filter=oracle reads it (filter is {s.filter!r})")
+    _need(all(isinstance(n, str) and n for n in s.oracle_sources), "oracle_sources",
+          f"expected a list of source names, got {s.oracle_sources!r}")
     _need(0 <= s.baseline_rate < 1, "baseline_rate", f"must be in [0, 1), got {s.baseline_rate}")
     _need(not FILTERS[s.filter].uses_rate or s.baseline_rate <= s.max_exclude_frac,
           "baseline_rate", f"{s.baseline_rate} exceeds lai.max_exclude_frac "
