@@ -68,6 +68,9 @@ class _FixedScorer:
     def values(self, *args, **kwargs):
         return self.v
 
+    def input_weights(self, cap):
+        return None                               # plain LAI: no Adam factors
+
 
 def test_memory_needs_normalised_lai_scores():
     with pytest.raises(ValueError, match="lai.memory_weight: "):
@@ -99,7 +102,7 @@ def test_memory_is_trainer_state_resumed_bit_for_bit(tmp_path):
         args = [str(root / "configs" / "tiny_cpu.yaml"), f"run.out_dir={run}",
                 f"data.sources=[{{path: '{data}', weight: 1.0}}]", "data.seq_len=32",
                 "model.n_layer=1", "model.hidden=32", "model.n_head=2", "train.micro_batch=4",
-                f"train.steps={steps}", "train.zero_stage=0", "train.schedule=constant",
+                "train.global_batch=0", f"train.steps={steps}", "train.zero_stage=0", "train.schedule=constant",
                 "train.eval_every=0", "lai.reference=global", "lai.warmup_steps=0",
                 "lai.normalize=zscore", "lai.threshold=-0.3", "lai.memory_weight=2.0",
                 "lai.max_exclude_frac=0.5", "log.every=1", "run.save_every=0"]
