@@ -1,5 +1,6 @@
 """Shared helpers of the benchmark scripts: statistics (numpy only), the corruption operators,
-the default prepared corpus, machine description, markdown tables, timing.
+the default prepared corpus, trainer runs and their TensorBoard scalars, plots of paired runs,
+machine description, markdown tables, timing.
 
 Corruption operators act on token arrays and (for line shuffling) on text through the corpus's
 own tokenizer, so the same operator corrupts a whole document (benchmarks/corrupt.py) or a packed
@@ -87,6 +88,34 @@ def mean_std(xs: Sequence[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if a.size > 1 else 0.0
 
 
+# two-sided 95% quantiles of Student's t, by degrees of freedom (1..30); 1.96 beyond
+_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+
+
+def ci95(xs: Sequence[float]) -> tuple[float, float]:
+    """(mean, half-width of the 95% t-interval of the mean) of the finite xs (nan if < 2)."""
+    a = np.asarray([x for x in xs if x == x], dtype=np.float64)
+    if a.size < 2:
+        return (float(a.mean()) if a.size else float("nan")), float("nan")
+    t = _T975[a.size - 2] if a.size - 1 <= len(_T975) else 1.96
+    return float(a.mean()), float(t * a.std(ddof=1) / np.sqrt(a.size))
+
+
+def paired(by_seed: dict, ref: dict, key: str = "final_val_loss") -> list[float]:
+    """by_seed[k][key] - ref[k][key] for every seed k both have (same init, same data order)."""
+    return [by_seed[k][key] - ref[k][key] for k in by_seed if k in ref]
+
+
+def steps_to_reach(steps: Sequence, vals: Sequence, target: float) -> float:
+    """The first step whose value is <= target (nan: never)."""
+    for s, v in zip(steps, vals):
+        if v <= target:
+            return float(s)
+    return float("nan")
+
+
 # --------------------------------------------------------------------------- corruption
 
 CORRUPTIONS = ("duplicate", "repeat", "shuffle", "garbage")
@@ -172,6 +201,45 @@ def prepare_default_corpus(out_dir: Path, vocab_size: int, extra: Sequence[str] 
     return out_dir
 
 
+# --------------------------------------------------------------------------- trainer runs
+
+
+def run_train(config: Path, run_dir: Path, seed: int, overrides: Sequence[str], nproc: int) -> dict:
+    """One trainer run (`python -m pipeline.train`): torchrun with `nproc` ranks (gloo on CPU), or
+    a plain process when nproc is 1 (world of one). Skipped if RUN/final exists. Returns
+    {"wall_s", "cpu_s"}: wall and CPU seconds of the launcher and everything it waited for,
+    recorded in RUN.time.json next to the run (a skipped run reports its earlier times). Output
+    goes to RUN.log next to the run; several runs may go at once (each rendezvous takes a free
+    port)."""
+    import json
+    from pipeline.comm import free_port
+    timing = run_dir.parent / f"{run_dir.name}.time.json"
+    if (run_dir / "final").exists():
+        return json.loads(timing.read_text()) if timing.is_file() else \
+            {"wall_s": float("nan"), "cpu_s": float("nan")}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    launch = ["-m", "pipeline.train"] if nproc == 1 else \
+        ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+         str(free_port()), "-m", "pipeline.train"]
+    cmd = [sys.executable, *launch, str(config), f"run.out_dir={run_dir}", f"run.seed={seed}",
+           *overrides]
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    log_path = run_dir.parent / f"{run_dir.name}.log"
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        log.write("+ " + " ".join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"error: {run_dir}: the trainer exited {proc.returncode}; see {log_path}")
+    out = {"wall_s": round(time.perf_counter() - t0, 1),
+           "cpu_s": round(usage.ru_utime + usage.ru_stime, 1)}
+    timing.write_text(json.dumps(out) + "\n")
+    return out
+
+
 # --------------------------------------------------------------------------- TensorBoard
 
 
@@ -185,6 +253,12 @@ def tb_events(tb_dir: Path, tag: str) -> list[tuple[int, float, float]]:
     return [(e.step, e.wall_time, e.value) for e in acc.Scalars(tag)]
 
 
+def tb_scalars(tb_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of scalar `tag` in one TensorBoard folder (empty arrays if absent)."""
+    ev = tb_events(tb_dir, tag)
+    return np.array([s for s, _, _ in ev]), np.array([v for _, _, v in ev])
+
+
 def wall_tokens_per_s(run_dir: Path, tokens_per_step: int) -> float:
     """Tokens per second of a trainer run by the wall clock between its second and its last
     train/loss log line: everything the loop does (logging, ledger, timers), start-up excluded."""
@@ -196,6 +270,34 @@ def wall_tokens_per_s(run_dir: Path, tokens_per_step: int) -> float:
 
 
 # --------------------------------------------------------------------------- reporting
+
+
+def plot_paired_curves(ax, ax2, results: dict, style: Callable[[str], str], ylabel: str,
+                       ylabel2: str, band: bool = False) -> None:
+    """Per variant of results {variant: {seed: {"val_steps", "val_loss"}}}: on `ax` the val loss
+    (mean over seeds; `band`: min..max), on `ax2` minus the "none" run of the same seed."""
+    none = results.get("none", {})
+    for name, by_seed in results.items():
+        rs = list(by_seed.values())
+        n = min(len(r["val_loss"]) for r in rs)
+        if n == 0:
+            continue
+        steps = np.asarray(rs[0]["val_steps"][:n])
+        vals = np.asarray([r["val_loss"][:n] for r in rs])
+        ax.plot(steps, vals.mean(0), style(name), label=name, lw=1.2)
+        if band:
+            ax.fill_between(steps, vals.min(0), vals.max(0), alpha=0.12)
+        seeds = [k for k in by_seed if k in none and len(none[k]["val_loss"]) >= n]
+        if seeds:
+            d = np.asarray([np.asarray(by_seed[k]["val_loss"][:n])
+                            - np.asarray(none[k]["val_loss"][:n]) for k in seeds])
+            ax2.plot(steps, d.mean(0), style(name), label=name, lw=1.2)
+    ax2.axhline(0, color="gray", lw=1)
+    for a, label in ((ax, ylabel), (ax2, ylabel2)):
+        a.set_xlabel("step")
+        a.set_ylabel(label)
+        a.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
 
 
 def machine() -> str:

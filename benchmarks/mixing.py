@@ -35,7 +35,6 @@ import numpy as np
 import yaml
 
 from benchmarks import common as C
-from benchmarks.quality import run_train, steps_to_reach, tb_scalars
 
 SIZE = {"n_layer": 2, "hidden": 64, "n_head": 2, "seq_len": 64, "micro_batch": 16, "steps": 300,
         "lr": 5e-3, "min_lr": 2e-4, "warmup": 20, "lai_warmup": 20, "eval_batches": 8}
@@ -44,7 +43,6 @@ VARIANTS = {
     "ceiling": ["lai.enabled=false", "lai.filter=none", "data.sources=$target"],
     "mixing": ["lai.enabled=true", "lai.filter=none", "lai.mixing=true"],
 }
-T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def parse_args(argv=None):
@@ -94,7 +92,7 @@ def base_config(srcs: dict, target: str, steps: int, eval_every: int) -> dict:
 
 
 def analyse(run_dir: Path, target_index: int) -> dict:
-    steps, val = tb_scalars(run_dir / "tb", "val/loss")
+    steps, val = C.tb_scalars(run_dir / "tb", "val/loss")
     out = {"val_steps": steps.tolist(), "val_loss": val.tolist(), "final_val_loss": float(val[-1])}
     mix = run_dir / "mixing.json"
     if mix.is_file():
@@ -108,22 +106,16 @@ def analyse(run_dir: Path, target_index: int) -> dict:
     return out
 
 
-def ci95(xs: list[float]) -> tuple[float, float]:
-    m, s = C.mean_std(xs)
-    return m, (T_95.get(len(xs) - 1, 1.96) * s / np.sqrt(len(xs)) if len(xs) > 1 else float("nan"))
-
-
 def summarise(results: dict[str, dict[int, dict]], steps: int) -> list[dict]:
     none, ceiling = results["none"], results.get("ceiling", {})
-    gain = C.mean_std([ceiling[k]["final_val_loss"] - none[k]["final_val_loss"]
-                       for k in ceiling if k in none])[0]
+    gain = C.mean_std(C.paired(ceiling, none))[0]
     rows = []
     for name, by_seed in results.items():
         seeds = [k for k in by_seed if k in none]
-        d = [by_seed[k]["final_val_loss"] - none[k]["final_val_loss"] for k in seeds]
-        reach = [steps_to_reach(by_seed[k]["val_steps"], by_seed[k]["val_loss"],
-                                none[k]["final_val_loss"]) / steps for k in seeds]
-        dm, half = ci95(d)
+        d = C.paired(by_seed, none)
+        reach = [C.steps_to_reach(by_seed[k]["val_steps"], by_seed[k]["val_loss"],
+                                  none[k]["final_val_loss"]) / steps for k in seeds]
+        dm, half = C.ci95(d)
         final = C.mean_std([r["final_val_loss"] for r in by_seed.values()])
         rows.append({"variant": name, "seeds": len(by_seed), "final": final[0], "final_std": final[1],
                      "delta": dm, "delta_ci": half, "share": dm / gain if gain else float("nan"),
@@ -223,7 +215,7 @@ def main(argv=None) -> int:
     for name, seed in tqdm([(n, s) for n in chosen for s in seeds], desc="mixing runs", unit="run"):
         run_dir = args.out / name / f"seed{seed}"
         ov = [o.replace("$target", target) for o in variants[name]]
-        run_s.append(run_train(config, run_dir, seed, ov, 1))
+        run_s.append(C.run_train(config, run_dir, seed, ov, 1)["wall_s"])
         results.setdefault(name, {})[seed] = analyse(run_dir, names.index(args.target))
     rows = summarise(results, args.steps)
     for r in rows:

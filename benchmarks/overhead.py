@@ -66,7 +66,6 @@ def parse_args(argv=None):
 
 
 def trainer_part(args, size, data_dir: Path) -> list[dict]:
-    from benchmarks.quality import run_train
     out = args.out / args.size
     rows = []
     for name, (n_layer, hidden, n_head) in size["models"].items():
@@ -83,7 +82,7 @@ def trainer_part(args, size, data_dir: Path) -> list[dict]:
         tokens = size["micro_batch"] * args.nproc * size["seq_len"]
         for mode, ov in MODES.items():
             run_dir = out / name / mode
-            wall = run_train(config, run_dir, 0, ov, args.nproc)
+            wall = C.run_train(config, run_dir, 0, ov, args.nproc)["wall_s"]
             ranks = sorted((run_dir / "tb").glob("rank-*"))
             parts = {}
             for tag in ("time_data_s", "time_forward_s", "time_lai_s", "time_backward_step_s"):

@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -117,41 +115,7 @@ def base_config(size: dict, data_dir: Path) -> dict:
     }
 
 
-def run_train(config: Path, run_dir: Path, seed: int, overrides: list[str], nproc: int) -> float:
-    """One lai-train run under torchrun; skipped if RUN/final exists. Returns its wall seconds
-    (launcher included; recorded next to the run, so a skipped run reports its earlier time)."""
-    timing = run_dir.parent / f"{run_dir.name}.seconds"
-    if (run_dir / "final").exists():
-        return float(timing.read_text()) if timing.is_file() else float("nan")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--master_port", str(29500 + (os.getpid() % 1000)), "-m", "pipeline.train", str(config),
-           f"run.out_dir={run_dir}", f"run.seed={seed}", *overrides]
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    t0 = time.perf_counter()
-    with open(run_dir.parent / f"{run_dir.name}.log", "w") as log:
-        log.write("+ " + " ".join(cmd) + "\n")
-        log.flush()
-        rc = subprocess.run(cmd, cwd=C.ROOT, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
-    if rc != 0:
-        raise SystemExit(f"error: {run_dir}: lai-train exited {rc}; see {run_dir.parent / (run_dir.name + '.log')}")
-    seconds = time.perf_counter() - t0
-    timing.write_text(f"{seconds:.1f}\n")
-    return seconds
-
-
 # --------------------------------------------------------------------------- analysis
-
-
-def tb_scalars(tb_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
-    """(steps, values) of a scalar tag in the run's global TensorBoard events."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    if tag not in acc.Tags().get("scalars", []):
-        return np.zeros(0), np.zeros(0)
-    ev = acc.Scalars(tag)
-    return np.array([e.step for e in ev]), np.array([e.value for e in ev])
 
 
 def sequence_labels(run_dir: Path, seq_ids: np.ndarray, labels) -> tuple[np.ndarray, np.ndarray]:
@@ -169,7 +133,7 @@ def sequence_labels(run_dir: Path, seq_ids: np.ndarray, labels) -> tuple[np.ndar
 
 def analyse_run(run_dir: Path, labels, lai_warmup: int) -> dict:
     from pipeline.train.ledger import read_ledger
-    steps, val = tb_scalars(run_dir / "tb", "val/loss")
+    steps, val = C.tb_scalars(run_dir / "tb", "val/loss")
     rows = read_ledger(run_dir)
     bad, kinds = sequence_labels(run_dir, rows["seq_id"], labels)
     after = rows["step"] > lai_warmup
@@ -196,13 +160,6 @@ def analyse_run(run_dir: Path, labels, lai_warmup: int) -> dict:
     return out
 
 
-def steps_to_reach(steps: list, vals: list, target: float) -> float:
-    for s, v in zip(steps, vals):
-        if v <= target:
-            return float(s)
-    return float("nan")
-
-
 # --------------------------------------------------------------------------- report
 
 
@@ -215,10 +172,9 @@ def summarise(results: dict, total_steps: int) -> list[dict]:
     for name, by_seed in results.items():
         rs = list(by_seed.values())
         m, s = C.mean_std([r["final_val_loss"] for r in rs])
-        paired = [s_ for s_ in by_seed if s_ in none]
-        delta = C.mean_std([by_seed[k]["final_val_loss"] - none[k]["final_val_loss"] for k in paired])
-        reach = [steps_to_reach(by_seed[k]["val_steps"], by_seed[k]["val_loss"], none[k]["final_val_loss"])
-                 for k in paired]
+        delta = C.mean_std(C.paired(by_seed, none))
+        reach = [C.steps_to_reach(by_seed[k]["val_steps"], by_seed[k]["val_loss"],
+                                  none[k]["final_val_loss"]) for k in by_seed if k in none]
         row = {"variant": name, "seeds": len(rs), "final": m, "final_std": s, "delta": delta[0],
                "delta_std": delta[1], "reach_frac": C.mean_std([x / total_steps for x in reach])[0],
                "reached": sum(x == x for x in reach)}
@@ -235,30 +191,9 @@ def plots(results: dict, img_dir: Path) -> None:
     import matplotlib.pyplot as plt
     img_dir.mkdir(parents=True, exist_ok=True)
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
-    none = results.get("none", {})
-    for name, by_seed in results.items():
-        rs = list(by_seed.values())
-        n = min(len(r["val_loss"]) for r in rs)
-        if n == 0:
-            continue
-        steps = np.asarray(rs[0]["val_steps"][:n])
-        vals = np.asarray([r["val_loss"][:n] for r in rs])
-        ls = "-" if name.startswith("lai") else "--"
-        ax.plot(steps, vals.mean(0), ls, label=name)
-        ax.fill_between(steps, vals.min(0), vals.max(0), alpha=0.12)
-        paired = [k for k in by_seed if k in none and len(none[k]["val_loss"]) >= n]
-        if paired:
-            d = np.asarray([np.asarray(by_seed[k]["val_loss"][:n]) - np.asarray(none[k]["val_loss"][:n])
-                            for k in paired])
-            ax2.plot(steps, d.mean(0), ls, label=name)
-    ax.set_xlabel("step")
-    ax.set_ylabel("clean validation loss (mean over seeds, band = min..max)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    ax2.axhline(0, color="gray", lw=1)
-    ax2.set_xlabel("step")
-    ax2.set_ylabel("minus the unfiltered run of the same seed")
-    ax2.grid(alpha=0.3)
+    C.plot_paired_curves(ax, ax2, results, lambda name: "-" if name.startswith("lai") else "--",
+                         "clean validation loss (mean over seeds, band = min..max)",
+                         "minus the unfiltered run of the same seed", band=True)
     fig.tight_layout()
     fig.savefig(img_dir / "quality_val_loss.png", dpi=110)
     plt.close(fig)
@@ -282,8 +217,8 @@ def section(args, size, rows, truth, rate, seconds, run_seconds, default_pairing
     cmd = "OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.quality " + " ".join(sys.argv[1:])
     L = ["## Quality on a corrupted corpus", "",
          f"- command: `{cmd.strip()}`: {len(run_seconds)} trainer runs, {np.nansum(run_seconds) / 60:.1f} min "
-         f"in all, median {np.nanmedian(run_seconds):.0f} s per run (RUN.seconds next to each run: wall time "
-         f"around torchrun, or the trainer's own reported time for runs timed before that file existed); "
+         f"in all, median {np.nanmedian(run_seconds):.0f} s per run (RUN.time.json next to each run: wall "
+         "and CPU seconds of the trainer process and its children); "
          f"this invocation {seconds / 60:.1f} min",
          f"- date: {C.now()}; machine: {C.machine()}; {args.nproc} ranks per run (torchrun, gloo, DeepSpeed ZeRO 0)",
          f"- corpus: python stdlib via `lai-prep` (vocab {size['vocab']}); corrupted with "
@@ -360,7 +295,7 @@ def main(argv=None) -> int:
             ov.append(f"lai.baseline_rate={min(rate, 0.95):.4f}")
         for seed in seeds:
             run_dir = out / name.replace("@", "-at-") / f"seed{seed}"
-            run_seconds.append(run_train(config, run_dir, seed, ov, args.nproc))
+            run_seconds.append(C.run_train(config, run_dir, seed, ov, args.nproc)["wall_s"])
             results.setdefault(name, {})[seed] = analyse_run(run_dir, labels, size["lai_warmup"])
             r = results[name][seed]
             bar.set_postfix_str(f"{name} s{seed}: val {r['final_val_loss']:.3f} excl {r['drop_rate']:.2f} "
