@@ -169,6 +169,12 @@ VARIANTS: dict[str, list[str]] = {
     "lai-paper": LAI + ["lai.method=exact", "lai.pairing=aligned", "lai.include_self=true",
                         "lai.reference=local"],
     "full-gradient": OFF + ["lai.filter=full_gradient"],
+    # the levers (issue 10), each on LAI as shipped (val reference)
+    "lai-zscore": LAI + ["lai.reference=val", "lai.normalize=zscore", "lai.threshold=-1.0"],
+    "lai-memory": LAI + ["lai.reference=val", "lai.normalize=zscore", "lai.threshold=-1.0",
+                         "lai.memory_weight=1.0"],
+    "lai-adam": LAI + ["lai.reference=val", "lai.precondition=adam"],
+    "mixing": ["lai.enabled=true", "lai.filter=none", "lai.reference=val", "lai.mixing=true"],
     "loss@rate": OFF + ["lai.filter=loss", "lai.baseline_rate=$rate"],
     "random@rate": OFF + ["lai.filter=random", "lai.baseline_rate=$rate"],
     "oracle@rate": OFF + ["lai.filter=oracle", "lai.oracle_sources=[$harmful]",
