@@ -300,8 +300,8 @@ def test_config_rules(dirs):
     on = cfg("lai.mixing=true").validate()
     assert data_json(on)["mixing"] is True and "mixing" not in data_json(cfg())
     old = {**on.to_dict(), "world": 2}
-    breaking, allowed = resume_changes(old, {**cfg().to_dict(), "world": 2})
+    breaking, allowed = resume_changes(old, {**cfg().validate().to_dict(), "world": 2})
     assert breaking == ["lai.mixing: True -> False"] and allowed == []
     breaking, allowed = resume_changes(old, {**cfg("lai.mixing=true", "lai.mixing_eta=0.3")
-                                             .to_dict(), "world": 2})
+                                             .validate().to_dict(), "world": 2})
     assert breaking == [] and allowed == ["lai.mixing_eta: 0.1 -> 0.3"]

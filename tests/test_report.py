@@ -273,11 +273,9 @@ def test_ranking_is_corrected_for_the_step(run, tmp_path):
     assert "alpha" in {e["source"] for e in raw}
 
     import pipeline.report.stats as stats
-    rows = read_ledger(tmp_path)
-    norm = np.empty(rows.size, rows.dtype.descr + [("value_norm", "<f8")])
-    for name in rows.dtype.names:
-        norm[name] = rows[name]
-    norm["value_norm"] = -rows["seq_id"].astype(float)
+    norm = read_ledger(tmp_path)              # written without value_norm: read back as NaN
+    assert np.isnan(norm["value_norm"]).all()
+    norm["value_norm"] = -norm["seq_id"].astype(float)
     corrected, method = stats.step_corrected(norm)
     assert method.startswith("value_norm") and np.array_equal(corrected, norm["value_norm"])
     norm["value_norm"] = np.nan                                # an older run: computed

@@ -38,7 +38,7 @@ def test_report_keep_drop_list_and_exclude_close_the_loop(tmp_path, spm_model): 
     from pipeline.report.cli import main as lai_report
     assert lai_report([str(run), "--drop-frac", "0.2", "--min-tokens", "8"]) == 0
     report = json.loads((run / "report" / "report.json").read_text())
-    assert report["value_step_method"].startswith("z-score")
+    assert report["value_step_method"].startswith("value_norm")   # the trainer records it
     least = report["documents"]["least_valuable"]
     assert least and all(e["measured"] >= 1 for e in least)
     assert [e["value_step"] for e in least] == sorted(e["value_step"] for e in least)

@@ -50,15 +50,22 @@ DESCRIPTIONS = {
                                   "before the optimizer step.",
     "lai_source/*/mean_value": "Mean LAI value of this source's sequences in the step: > 0 they "
                                "help the reference set, < 0 they hurt it.",
+    "lai_source/*/mean_value_norm": "Mean step-normalised LAI value (z-score within the global "
+                                    "micro-batch) of this source's sequences: comparable across "
+                                    "steps; < 0 worse than the step's average.",
     "lai_source/*/sequences": "This source's sequences in the step, all ranks.",
+    "lai_mixing/*/weight": "This source's sampling weight (lai.mixing): the share of the next "
+                           "batches drawn from it.",
+    "lai_mixing/*/mean_value_norm_ema": "Running mean z-scored LAI value of this source that "
+                                        "drives its weight (lai.mixing): > 0 it gains weight.",
 }
 
 
 def description(tag: str) -> str | None:
     """The DESCRIPTIONS entry of `tag`, if it has one."""
     parts = tag.split("/")
-    if len(parts) == 3 and parts[0] == "lai_source":
-        tag = f"lai_source/*/{parts[2]}"
+    if len(parts) == 3 and parts[0] in ("lai_source", "lai_mixing"):
+        tag = f"{parts[0]}/*/{parts[2]}"
     return DESCRIPTIONS.get(tag)
 
 

@@ -54,11 +54,11 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(info.device)   # long-lived process
         seed_everything(cfg.run.seed)
         self.data = open_data(cfg, info)
-        verify_data(cfg, self.run_dir, info, self.comm)
         if info.main:
             write_run_files(cfg, self.run_dir, ds_config(cfg, info.world, info.device.type == "cuda"),
                             self.data.train.fingerprint)
             log_to(self.run_dir / "train.log")
+        verify_data(cfg, self.run_dir, info, self.comm)
         self.parts = build_engine(cfg, info, self.data, self.comm,
                                   load_universal=resume is not None and resume.universal)
         self.selector = Selector(cfg.lai, cfg.run.seed, self.comm,
