@@ -74,7 +74,17 @@ class _FixedScorer:
 
 def test_memory_needs_normalised_lai_scores():
     with pytest.raises(ValueError, match="lai.memory_weight: "):
-        LAISettings(memory_weight=1.0).resolved()
+        LAISettings(normalize="none", memory_weight=1.0).resolved()
+    with pytest.raises(ValueError, match="lai.memory_weight: "):
+        LAISettings(filter="loss", memory_weight=1.0).resolved()
+    # the defaults: memory where the documents are known, for the normalised LAI filter only
+    assert LAISettings().resolved(has_documents=True).memory_weight == 1.0
+    assert LAISettings().resolved().memory_weight == 0.0
+    assert LAISettings(filter="loss", enabled=False).resolved(has_documents=True).memory_weight == 0
+    assert LAISettings(normalize="none").resolved(has_documents=True).memory_weight == 0
+    assert [LAISettings(normalize=n).resolved().threshold for n in ("none", "zscore", "rank")] \
+        == [0.0, -1.0, -0.4]
+    assert LAISettings(filter="full_gradient", enabled=False).resolved().threshold == 0.0
     with pytest.raises(ValueError, match="lai.memory_decay: "):
         LAISettings(normalize="zscore", memory_weight=1.0, memory_decay=1.0).resolved()
 

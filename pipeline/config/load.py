@@ -186,9 +186,10 @@ def load_config(paths: str | Path | list[str | Path] | None = None,
 
 
 def resolve(cfg: Config) -> Config:
-    """`cfg` with its lai section resolved (UserError naming the lai field if it is bad)."""
+    """`cfg` with its lai section resolved (UserError naming the lai field if it is bad); the
+    trainer's selector knows the training documents (lai.memory_weight)."""
     try:
-        cfg.lai = cfg.lai.resolved(has_val=has_val_data(cfg))
+        cfg.lai = cfg.lai.resolved(has_val=has_val_data(cfg), has_documents=True)
     except ValueError as e:
         raise UserError(str(e)) from None
     return cfg

@@ -58,7 +58,8 @@ class Selector:
         `documents`: the training data, for lai.memory_weight (its memory is `self.memory`) and
         lai.filter=oracle;
         `moments`: reads Adam's second moments (needed by lai.precondition=adam)."""
-        s = self.settings = settings
+        s = self.settings = settings.resolved(has_val=val_batches is not None,
+                                              has_documents=documents is not None)
         self.seed, self.val_batches, self.documents = seed, val_batches, documents
         self.moments = moments
         self.memory = None

@@ -4,7 +4,9 @@
 
 `LAISettings(...)` holds what was asked for; `resolved()` checks every field (one ValueError whose
 one-line message starts with `lai.<field>: `) and fills in what was left to LAI (`sketch_dim=None`
-with method=sketch -> the pairing's measured default). The run config resolves its `lai:` section
+with method=sketch -> the pairing's measured default; reference=auto -> val when the run has val
+data; threshold=None -> the normalisation's default; memory_weight=None -> 1.0 for a normalised
+filter=lai where the documents are known). The run config resolves its `lai:` section
 when it loads, so RUN/config.yaml, the checkpoint and every component see the concrete values.
 The defaults are the ones the benchmarks support (docs/FIDELITY.md, docs/RESULTS.md).
 """
@@ -24,6 +26,9 @@ REFERENCES = ("local", "global", "val")
 DEFAULT_PAIRING = "token_pair"
 DEFAULT_SKETCH_DIM = PAIRINGS[DEFAULT_PAIRING].default_sketch_dim
 DEFAULT_MAX_EXCLUDE_FRAC = 0.1     # 0.5 hurt val loss in docs/RESULTS.md; 0.1 did not
+# filter=lai's threshold per lai.normalize, and the memory weight (docs/RESULTS.md, headroom suite)
+DEFAULT_THRESHOLD = {"none": 0.0, "zscore": -1.0, "rank": -0.4}
+DEFAULT_MEMORY_WEIGHT = 1.0
 
 
 @dataclass
@@ -51,13 +56,16 @@ class LAISettings:
                                        # (pipeline.lai.precondition); layers linear or head
     precondition_every: int = 10       # precondition=adam: re-read Adam's second moments every
                                        # N steps (~ v's half-life at beta2 0.95: 14 steps)
-    normalize: str = "none"            # what filter=lai thresholds: none (the raw value) |
+    normalize: str = "zscore"          # what filter=lai thresholds: none (the raw value) |
                                        # zscore | rank (against the global micro-batch; see
                                        # pipeline.lai.normalize)
-    threshold: float = 0.0             # value <= threshold -> excluded (the normalised value
-                                       # when lai.normalize is set: e.g. zscore and -1.0)
-    memory_weight: float = 0.0         # > 0: memory across epochs (pipeline.lai.memory): the
-                                       # score adds this times the document's remembered score
+    threshold: float | None = None     # score <= threshold -> excluded; None: -1.0 for
+                                       # filter=lai with normalize=zscore (one spread below the
+                                       # step's mean), -0.4 with rank (the lowest 10%), else 0
+    memory_weight: float | None = None # > 0: memory across epochs (pipeline.lai.memory): the
+                                       # score adds this times the document's remembered score;
+                                       # None: 1.0 for filter=lai with a normalised value where
+                                       # the training documents are known (the trainer), else 0
     memory_decay: float = 0.5          # memory: weight of the older observations per new one
     warmup_steps: int = 0              # no filtering before this step
     max_exclude_frac: float = DEFAULT_MAX_EXCLUDE_FRAC   # cap on the excluded fraction of each
@@ -75,9 +83,10 @@ class LAISettings:
     mixing_floor: float = 0.1          # share of the initial weights always kept, in [0, 1]
     mixing_every: int = 1              # update the weights every N optimizer steps
 
-    def resolved(self, has_val: bool = False) -> LAISettings:
+    def resolved(self, has_val: bool = False, has_documents: bool = False) -> LAISettings:
         """A checked copy with concrete values (ValueError `lai.<field>: ...` on a bad one).
-        `has_val`: the run has val data (what reference=auto resolves by)."""
+        `has_val`: the run has val data (what reference=auto resolves by); `has_documents`: the
+        selector knows the training documents (what memory_weight=None resolves by)."""
         check(self)
         sketch_dim = self.sketch_dim
         if self.method == "sketch" and sketch_dim is None:
@@ -85,7 +94,17 @@ class LAISettings:
         reference = self.reference
         if reference == "auto":
             reference = "val" if has_val else "global"
-        return dataclasses.replace(self, sketch_dim=sketch_dim, reference=reference)
+        normalised = self.filter == "lai" and self.normalize != "none"
+        threshold = self.threshold
+        if threshold is None:
+            threshold = DEFAULT_THRESHOLD[self.normalize] if self.filter == "lai" else 0.0
+        memory = self.memory_weight
+        if memory is None:
+            memory = DEFAULT_MEMORY_WEIGHT if normalised and has_documents else 0.0
+        out = dataclasses.replace(self, sketch_dim=sketch_dim, reference=reference,
+                                  threshold=threshold, memory_weight=memory)
+        check(out)
+        return out
 
     def scoring(self) -> dict:
         """The options that define the LAI values (what a cached reference depends on)."""
@@ -137,11 +156,12 @@ def check(s: LAISettings) -> None:
               "remove it (lai.sketch_dim=null) or set lai.method=sketch")
     elif s.sketch_dim is not None:
         PAIRINGS[s.pairing].split(s.sketch_dim)          # ValueError naming lai.sketch_dim
-    check_policy(s.threshold, s.warmup_steps, s.max_exclude_frac)
-    _need(isinstance(s.memory_weight, (int, float)) and math.isfinite(s.memory_weight)
-          and s.memory_weight >= 0, "memory_weight", f"must be a finite number >= 0, got "
-          f"{s.memory_weight!r}")
-    _need(s.memory_weight == 0 or (s.filter == "lai" and s.normalize != "none"), "memory_weight",
+    check_policy(0.0 if s.threshold is None else s.threshold, s.warmup_steps, s.max_exclude_frac)
+    memory = s.memory_weight
+    _need(memory is None or (isinstance(memory, (int, float)) and math.isfinite(memory)
+                             and memory >= 0), "memory_weight",
+          f"must be a finite number >= 0, got {memory!r}")
+    _need(not memory or (s.filter == "lai" and s.normalize != "none"), "memory_weight",
           "remembers normalised LAI scores: needs lai.filter=lai and lai.normalize=zscore|rank")
     _need(0 <= s.memory_decay < 1, "memory_decay", f"must be in [0, 1), got {s.memory_decay}")
     _need(s.filter != "oracle" or bool(s.oracle_sources), "oracle_sources",
