@@ -133,8 +133,9 @@ class Selector:
             finite = torch.nan_to_num(score, nan=0.0, posinf=0.0, neginf=0.0)
             keep = self.policy.mask(finite, step - 1, group=self.comm)  # 0-based steps
             values = score if values is None else values
-        if values is None:
-            values = torch.full_like(losses, float("nan"), dtype=torch.float64)
+        if values is None:                # nothing scored (LAI off, filter none): no collective
+            nan = torch.full_like(losses, float("nan"), dtype=torch.float64)
+            return Selection(nan, keep, nan.clone())
         values = values.detach()
         return Selection(values, keep, normalize(values, "zscore", self.comm))
 
