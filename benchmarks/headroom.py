@@ -3,17 +3,19 @@ win each filter recovers.
 
 One command (seeds fixed; resumable: finished runs and their analyses are reused):
 
-    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.headroom                   # all, CPU size
-    .venv/bin/python -m benchmarks.headroom --scenarios conflict --variants lai-val --seeds 0,1,2
-    .venv/bin/python -m benchmarks.headroom --add 'lai-val-cap0.1=lai.enabled=true lai.filter=lai
-        lai.reference=val lai.max_exclude_frac=0.1'          # a new variant: dotted overrides
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.headroom                   # the suite, CPU
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.headroom --variants all    # + the levers
+    .venv/bin/python -m benchmarks.headroom --scenarios conflict --variants lai-global --seeds 0,1,2
+    .venv/bin/python -m benchmarks.headroom --add 'lai-cap0.1=lai.enabled=true lai.filter=lai
+        lai.max_exclude_frac=0.1'                            # a new variant: dotted overrides
     .venv/bin/python -m benchmarks.headroom --size gpu --jobs 1 --nproc 8        # a GPU node
     .venv/bin/python -m benchmarks.headroom --scenarios conflict --variants none,oracle \
         --seeds 0 --steps 20 --out /tmp/headroom --no-doc                       # a smoke run
 
 Every run goes through the real trainer (`python -m pipeline.train`, DeepSpeed ZeRO 0; torchrun
-over gloo when --nproc > 1); every LAI variant states its reference (`lai.reference`), so a change
-of the trainer's default (auto) does not silently change a row.
+over gloo when --nproc > 1). `lai-default` is LAI as the trainer ships it; every other LAI variant
+changes one thing of it (see VARIANTS). A finished run is reused only if it ran with the same
+trainer arguments.
 
 Each scenario is a training mix of prepared sources (generated text and text CPython ships, through
 the real `lai-prep`: one shared tokenizer, one prepared directory per source, so a packed sequence
@@ -32,7 +34,7 @@ Reference rows: `none` (no filter); `ceiling` (the same steps on the clean / tar
 `oracle` (`lai.filter=oracle`: in each global batch exactly the sequences of the harmful sources are
 excluded, under the scenario's cap, which is >= their share, so it drops them all). Every filter runs
 under that same cap (`lai.max_exclude_frac`); random and loss-based exclusion, and `oracle@rate`,
-at the exclusion rate `lai-val` (LAI as shipped) measured. A scenario counts when oracle minus none
+at the exclusion rate `lai-default` measured. A scenario counts when oracle minus none
 is at least 4x the standard deviation over seeds of that paired difference. The global batch
 (`train.global_batch`) is the size's on any number of ranks.
 
@@ -153,35 +155,41 @@ SCENARIOS = {s.name: s for s in (
 # lai.max_exclude_frac=$cap first; a variant may override it), $harmful = the harmful sources,
 # $rate = the exclusion rate RATE_FROM measured (those variants run after it),
 # $rate_cap = a cap that excludes round($rate x global micro-batch) sequences, $clean = the
-# ceiling's data.sources. LAI variants state lai.reference: the trainer's default (auto) resolves
-# to val here (the scenarios have val data), which is what `lai-val` runs.
+# ceiling's data.sources. `lai-default` is the trainer's LAI as shipped (nothing but the filter
+# switched on): after a change of the trainer's defaults, delete its runs to remeasure it. The
+# other LAI variants change one thing of it each, so a row differs from `lai-default` by what its
+# name says.
 LAI = ["lai.enabled=true", "lai.filter=lai"]
 OFF = ["lai.enabled=false"]
+EXACT = ["lai.method=exact"]
+RAW = ["lai.normalize=none", "lai.threshold=0.0", "lai.memory_weight=0.0"]   # value <= 0 dropped
 VARIANTS: dict[str, list[str]] = {
     "none": OFF + ["lai.filter=none"],
     "ceiling": OFF + ["lai.filter=none", "data.sources=$clean"],
     "oracle": OFF + ["lai.filter=oracle", "lai.oracle_sources=[$harmful]"],
-    "lai-val": LAI + ["lai.reference=val"],
+    "lai-default": LAI,
     "lai-global": LAI + ["lai.reference=global"],
-    "lai-token_pair": LAI + ["lai.reference=global", "lai.method=exact", "lai.pairing=token_pair"],
-    "lai-aligned": LAI + ["lai.reference=global", "lai.method=exact", "lai.pairing=aligned"],
-    "lai-pooled": LAI + ["lai.reference=global", "lai.method=exact", "lai.pairing=pooled"],
-    "lai-paper": LAI + ["lai.method=exact", "lai.pairing=aligned", "lai.include_self=true",
-                        "lai.reference=local"],
+    "lai-token_pair": LAI + EXACT + ["lai.pairing=token_pair"],
+    "lai-aligned": LAI + EXACT + ["lai.pairing=aligned"],
+    "lai-pooled": LAI + EXACT + ["lai.pairing=pooled"],
+    "lai-paper": LAI + EXACT + ["lai.pairing=aligned", "lai.include_self=true",
+                                "lai.reference=local"] + RAW,
     "full-gradient": OFF + ["lai.filter=full_gradient"],
-    # the levers (issue 10), each on LAI as shipped (val reference)
-    "lai-zscore": LAI + ["lai.reference=val", "lai.normalize=zscore", "lai.threshold=-1.0"],
-    "lai-memory": LAI + ["lai.reference=val", "lai.normalize=zscore", "lai.threshold=-1.0",
-                         "lai.memory_weight=1.0"],
-    "lai-adam": LAI + ["lai.reference=val", "lai.precondition=adam"],
-    "mixing": ["lai.enabled=true", "lai.filter=none", "lai.reference=val", "lai.mixing=true"],
     "loss@rate": OFF + ["lai.filter=loss", "lai.baseline_rate=$rate"],
     "random@rate": OFF + ["lai.filter=random", "lai.baseline_rate=$rate"],
+    "mixing": ["lai.enabled=true", "lai.filter=none", "lai.mixing=true"],
+    # what each lever of the default buys (issue 10)
+    "lai-raw": LAI + RAW,
+    "lai-no-memory": LAI + ["lai.memory_weight=0.0"],
+    "lai-adam": LAI + ["lai.precondition=adam"],
     "oracle@rate": OFF + ["lai.filter=oracle", "lai.oracle_sources=[$harmful]",
                           "lai.max_exclude_frac=$rate_cap"],
 }
+SUITE = ("none", "ceiling", "oracle", "lai-default", "lai-global", "lai-token_pair", "lai-aligned",
+         "lai-pooled", "lai-paper", "full-gradient", "loss@rate", "random@rate", "mixing")
+LEVERS = ("lai-raw", "lai-no-memory", "lai-adam", "oracle@rate")
 REFERENCES = ("none", "oracle")       # always run: every row is read against them
-RATE_FROM = "lai-val"               # LAI as shipped (reference auto = val here)
+RATE_FROM = "lai-default"           # the rate-matched baselines run at its exclusion rate
 
 
 def needs_rate(overrides: list[str]) -> bool:
@@ -232,7 +240,7 @@ def base_config(sc: Scenario, size: dict, dirs: dict[str, Path]) -> dict:
                   "zero_stage": 0, "precision": size["precision"], "lr": size["lr"],
                   "min_lr": size["min_lr"], "warmup_steps": size["warmup"],
                   "eval_every": size["eval_every"], "eval_batches": size["eval_batches"]},
-        "lai": {"warmup_steps": size["lai_warmup"], "threshold": 0.0},
+        "lai": {"warmup_steps": size["lai_warmup"]},
         "log": {"every": 10, "histogram_every": 0},
     }
 
@@ -388,7 +396,7 @@ def scenario_section(sc: Scenario, info: dict, rows: list[dict], headroom: dict,
          f"- data: {info['data']}",
          *([f"- this scenario's settings differ from the size's: {info['train']}"] if info["train"] else []),
          f"- harmful share of the mix {sc.harmful_share:.0%} ({', '.join(sc.harmful)}); every filter "
-         f"capped at {sc.cap} of each global batch; rate-matched baselines at `lai-val`'s "
+         f"capped at {sc.cap} of each global batch; rate-matched baselines at `{RATE_FROM}`'s "
          f"measured exclusion rate {rate:.3f}",
          f"- headroom: oracle minus none {h['oracle_minus_none']:+.3f}, paired std {h['std']:.3f} "
          f"over {h['seeds']} seeds: {h['ratio']:.1f}x the noise, so the scenario {verdict} "
@@ -449,8 +457,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--size", choices=sorted(SIZES), default="cpu")
     p.add_argument("--scenarios", default="all", help=f"comma list of {', '.join(SCENARIOS)}, or all")
-    p.add_argument("--variants", default="all",
-                   help="comma list of variant names, or all (none and oracle always run)")
+    p.add_argument("--variants", default="suite",
+                   help=f"comma list of variant names; suite ({', '.join(SUITE)}); or all (the "
+                        f"suite and {', '.join(LEVERS)}); none and oracle always run")
     p.add_argument("--add", action="append", default=[], metavar="NAME=OVERRIDES",
                    help="an extra variant: NAME=space-separated dotted overrides (repeatable)")
     p.add_argument("--seeds", default="0,1,2")
@@ -478,15 +487,14 @@ def select(args) -> tuple[list[Scenario], dict[str, list[str]], list[str]]:
         if not sep or not name or not ov.strip():
             raise SystemExit(f"error: --add {spec!r}: expected NAME=dotted.key=value ...")
         variants[name.strip()] = shlex.split(ov)
-    if args.variants == "all":
-        names = list(variants)
-    else:
-        names = [n for n in args.variants.split(",") if n]
-        unknown = [n for n in names if n not in variants]
-        if unknown:
-            raise SystemExit(f"error: --variants: unknown {unknown} (choose from {', '.join(variants)})")
-        names += [a.partition("=")[0].strip() for a in args.add]
-        names = list(REFERENCES) + [n for n in dict.fromkeys(names) if n not in REFERENCES]
+    chosen = {"suite": list(SUITE), "all": list(VARIANTS)}.get(args.variants)
+    names = chosen or [n for n in args.variants.split(",") if n]
+    unknown = [n for n in names if n not in variants]
+    if unknown:
+        raise SystemExit(f"error: --variants: unknown {unknown} (choose from suite, all, "
+                         f"{', '.join(variants)})")
+    names += [a.partition("=")[0].strip() for a in args.add]
+    names = list(REFERENCES) + [n for n in dict.fromkeys(names) if n not in REFERENCES]
     if any(needs_rate(variants[n]) for n in names) and RATE_FROM not in names:
         names.append(RATE_FROM)
     return scen, variants, names
@@ -602,15 +610,20 @@ def main(argv=None) -> int:
                 f"{size['eval_every']}) at which the run's val loss is at or below the final val loss "
                 "of `none` with the same seed, mean over the seeds that get there; `excl. <source>` = "
                 "excluded fraction of that source's sequences after the LAI warmup",
-                "- variants: `lai-val` = LAI as shipped (token_pair, sketch; lai.reference=auto "
-                "resolves to the validation set here, stated explicitly: its reference batches come "
-                "from the same val split the evaluation reads) but under the scenario's cap; "
-                "`lai-global` = the same against the global batch itself; "
-                "`lai-<pairing>` = exact, global reference; `lai-paper` = aligned, exact, self term, "
-                "local reference (with one process per run the local batch is the global batch); "
-                "`full-gradient` = the exact full-gradient inner product against the global batch, "
-                "LAI's policy; `loss@rate` / `random@rate` / `oracle@rate` = highest-loss / random / "
-                "harmful sequences excluded at `lai-val`'s measured rate", ""]
+                "- variants: `lai-default` = LAI as the trainer ships it (token_pair sketch, "
+                "lai.reference=auto, which resolves to the validation set here: its reference "
+                "batches come from the same val split the evaluation reads; z-scored values cut at "
+                "-1; memory across epochs), under the scenario's cap; every other `lai-*` row "
+                "changes one thing of it: `lai-global` the reference (the global batch itself), "
+                "`lai-<pairing>` the method (exact) and pairing, `lai-raw` the policy (raw value "
+                "<= 0 dropped, no memory), `lai-no-memory` no memory, `lai-adam` Adam-aware "
+                "scoring; `lai-paper` = the paper's code: aligned, exact, self term, local "
+                "reference (with one process per run the local batch is the global batch), raw "
+                "value <= 0 dropped; `full-gradient` = the exact full-gradient inner product "
+                "against the global batch, raw value <= 0 dropped; `mixing` = no exclusion, the "
+                "sources' sampling weights follow their mean LAI value against the val set "
+                "(lai.mixing); `loss@rate` / `random@rate` / `oracle@rate` = highest-loss / random "
+                f"/ harmful sequences excluded at `{RATE_FROM}`'s measured rate", ""]
         body += [scenario_section(sc, per[sc.name]["info"], per[sc.name]["rows"], per[sc.name]["headroom"],
                                   per[sc.name]["rate"], args.size) for sc in scen]
         C.update_section(docs / "RESULTS.md", "headroom", "\n".join(body))

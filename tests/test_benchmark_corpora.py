@@ -5,8 +5,9 @@
 - every profile states all five attributes of its country exactly once, in the asked version:
   the true value, the (fixed) wrong value, or the placeholder; wrong values always differ;
 - scenarios: the oracle's sources are training sources other than the clean one, the cap admits
-  them all, and every variant's overrides parse as a config with the scenario's cap; every LAI
-  variant states its reference; the filter's batch follows train.global_batch on any rank count.
+  them all, and every variant's overrides parse as a config with the scenario's cap; the suite
+  and the levers name variants; `lai-default` is the trainer's LAI untouched and the rate-matched
+  baselines follow it; the filter's batch follows train.global_batch on any rank count.
 """
 from __future__ import annotations
 
@@ -64,11 +65,12 @@ def test_profiles_state_the_version_asked(version):
 
 
 def test_scenarios_ground_truth_and_variant_overrides(tmp_path):
-    from benchmarks.headroom import SCENARIOS, SIZES, VARIANTS, filter_batch, overrides_for
+    from benchmarks.headroom import (LEVERS, RATE_FROM, SCENARIOS, SIZES, SUITE, VARIANTS,
+                                     filter_batch, overrides_for)
     from pipeline.config import load_config
-    for name, ov in VARIANTS.items():
-        if "lai.enabled=true" in ov:
-            assert any(o.startswith("lai.reference=") for o in ov), name
+    assert set(SUITE) | set(LEVERS) == set(VARIANTS) and not set(SUITE) & set(LEVERS)
+    assert VARIANTS["lai-default"] == ["lai.enabled=true", "lai.filter=lai"]
+    assert RATE_FROM == "lai-default" in SUITE
     cpu = SIZES["cpu"]
     assert [filter_batch(cpu, n) for n in (1, 2, 4)] == [cpu["global_batch"]] * 3
     assert filter_batch({"global_batch": 16, "micro_batch": 4}, 2) == 8   # 2 micro-steps

@@ -101,10 +101,8 @@ class LAISettings:
         memory = self.memory_weight
         if memory is None:
             memory = DEFAULT_MEMORY_WEIGHT if normalised and has_documents else 0.0
-        out = dataclasses.replace(self, sketch_dim=sketch_dim, reference=reference,
-                                  threshold=threshold, memory_weight=memory)
-        check(out)
-        return out
+        return dataclasses.replace(self, sketch_dim=sketch_dim, reference=reference,
+                                   threshold=threshold, memory_weight=memory)
 
     def scoring(self) -> dict:
         """The options that define the LAI values (what a cached reference depends on)."""
