@@ -4,7 +4,7 @@ machine description, markdown tables, timing.
 
 Corruption operators act on token arrays and (for line shuffling) on text through the corpus's
 own tokenizer, so the same operator corrupts a whole document (benchmarks/corrupt.py) or a packed
-training sequence (benchmarks/fidelity.py).
+training sequence (benchmarks/fidelity/).
 """
 from __future__ import annotations
 
@@ -220,8 +220,10 @@ def run_train(config: Path, run_dir: Path, seed: int, overrides: Sequence[str], 
         done = json.loads(timing.read_text()) if timing.is_file() else \
             {"wall_s": float("nan"), "cpu_s": float("nan")}
         if done.get("args", args) != args:
-            raise SystemExit(f"error: {run_dir}: finished with other trainer arguments "
-                             f"({' '.join(done['args'][3:])}) than now ({' '.join(overrides)}); "
+            changed = [a for a in done["args"] if a not in args]
+            raise SystemExit(f"error: {run_dir}: finished with other trainer arguments (then "
+                             f"{' '.join(changed) or '-'}; now "
+                             f"{' '.join(a for a in args if a not in done['args']) or '-'}); "
                              "delete it or choose another output folder")
         return done
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -281,7 +283,10 @@ def wall_tokens_per_s(run_dir: Path, tokens_per_step: int) -> float:
 def plot_paired_curves(ax, ax2, results: dict, style: Callable[[str], str], ylabel: str,
                        ylabel2: str, band: bool = False) -> None:
     """Per variant of results {variant: {seed: {"val_steps", "val_loss"}}}: on `ax` the val loss
-    (mean over seeds; `band`: min..max), on `ax2` minus the "none" run of the same seed."""
+    (mean over seeds; `band`: min..max), on `ax2` minus the "none" run of the same seed. A style
+    without a colour letter ("-", "-.") gets a colour of its own (up to 20 variants)."""
+    from matplotlib import colormaps
+    palette = iter(colormaps["tab20"].colors)
     none = results.get("none", {})
     for name, by_seed in results.items():
         rs = list(by_seed.values())
@@ -290,14 +295,18 @@ def plot_paired_curves(ax, ax2, results: dict, style: Callable[[str], str], ylab
             continue
         steps = np.asarray(rs[0]["val_steps"][:n])
         vals = np.asarray([r["val_loss"][:n] for r in rs])
-        ax.plot(steps, vals.mean(0), style(name), label=name, lw=1.2)
+        fmt = style(name)
+        kw = {"label": name, "lw": 1.2}
+        if fmt[:1] not in tuple("bgrcmykw"):
+            kw["color"] = next(palette, None)
+        ax.plot(steps, vals.mean(0), fmt, **kw)
         if band:
-            ax.fill_between(steps, vals.min(0), vals.max(0), alpha=0.12)
+            ax.fill_between(steps, vals.min(0), vals.max(0), alpha=0.12, color=kw.get("color"))
         seeds = [k for k in by_seed if k in none and len(none[k]["val_loss"]) >= n]
         if seeds:
             d = np.asarray([np.asarray(by_seed[k]["val_loss"][:n])
                             - np.asarray(none[k]["val_loss"][:n]) for k in seeds])
-            ax2.plot(steps, d.mean(0), style(name), label=name, lw=1.2)
+            ax2.plot(steps, d.mean(0), fmt, **kw)
     ax2.axhline(0, color="gray", lw=1)
     for a, label in ((ax, ylabel), (ax2, ylabel2)):
         a.set_xlabel("step")

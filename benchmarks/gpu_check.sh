@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU check in one command, on a GPU machine (see benchmarks/gpu_check.py for what
+# The prepared GPU check in one command, on a GPU machine (see benchmarks/gpu_check/__init__.py for what
 # it measures):  benchmarks/gpu_check.sh [--out DIR] [--parts env,tests,data,overhead,fidelity]
 # The machine needs Python with torch (CUDA), transformers, sentencepiece, tensorboard, pytest.
 # Packages it lacks (deepspeed and its pure-Python needs) are installed from .whl/, which

@@ -1,9 +1,10 @@
-"""The headroom scenarios' corpora (benchmarks/corpora.py) and their ground truth
-(benchmarks/headroom.py):
+"""The headroom scenarios' corpora (benchmarks/headroom/corpora.py) and their ground truth
+(benchmarks/headroom/scenarios.py, variants.py):
 
 - generators are deterministic for their seed and differ across seeds;
 - every profile states all five attributes of its country exactly once, in the asked version:
-  the true value, the (fixed) wrong value, or the placeholder; wrong values always differ;
+  the true value or the (fixed) wrong value; wrong values always differ;
+- every spam line is one of the templates filled from the product, city and discount pools;
 - scenarios: the oracle's sources are training sources other than the clean one, the cap admits
   them all, and every variant's overrides parse as a config with the scenario's cap; the suite
   and the levers name variants; `lai-default` is the trainer's LAI untouched and the rate-matched
@@ -15,7 +16,7 @@ import re
 
 import pytest
 
-from benchmarks import corpora as K
+from benchmarks.headroom import corpora as K
 
 
 def _statements(doc: str) -> list[tuple[str, str, str]]:
@@ -60,13 +61,40 @@ def test_profiles_state_the_version_asked(version):
         assert len(profiles) == 3 and len(facts) == 3 * len(K.ATTRIBUTES), doc
         assert len({(e, a) for e, a, _ in facts}) == len(facts), doc      # each fact once
         for e, a, v in facts:
-            want = K.PLACEHOLDER if version == "stub" else t[version][e][a]
-            assert v == want, (doc, e, a, v)
+            assert v == t[version][e][a], (doc, e, a, v)
+
+
+def test_spam_lines_are_filled_templates():
+    docs = K.spam_docs(60, seed=3)
+    assert docs == K.spam_docs(60, seed=3) and docs != K.spam_docs(60, seed=4)
+    fill = {"p": "(?P<p>[a-z]+)", "P": "(?P<P>[A-Z][a-z]+)", "c": "(?P<c>[A-Z][a-z]+)",
+            "d": "(?P<d>[0-9]+)"}
+    pats = []
+    for t in K.SPAM:
+        pat, seen = re.escape(t), set()
+        for key in re.findall(r"\{(\w)\}", t):   # a slot again = a backreference
+            pat = pat.replace(re.escape("{" + key + "}"),
+                              f"(?P={key})" if key in seen else fill[key], 1)
+            seen.add(key)
+        pats.append(re.compile(pat))
+    for doc in docs:
+        lines, pos = 0, 0
+        while pos < len(doc):                       # lines joined by one space
+            m = next((m for p in pats if (m := p.match(doc, pos))), None)
+            assert m is not None, (doc[pos:], doc)
+            g = m.groupdict()
+            assert g.get("P", g["p"].capitalize()) == g["p"].capitalize(), doc
+            assert g["p"] in K.PRODUCTS and g["c"] in K.CITIES, doc
+            assert int(g["d"]) in range(10, 95, 5), doc
+            lines += 1
+            pos = m.end() + 1
+        assert 3 <= lines <= 6, doc
 
 
 def test_scenarios_ground_truth_and_variant_overrides(tmp_path):
-    from benchmarks.headroom import (LEVERS, RATE_FROM, SCENARIOS, SIZES, SUITE, VARIANTS,
-                                     filter_batch, overrides_for)
+    from benchmarks.headroom.scenarios import SCENARIOS, SIZES
+    from benchmarks.headroom.variants import (LEVERS, RATE_FROM, SUITE, VARIANTS, filter_batch,
+                                              overrides_for)
     from pipeline.config import load_config
     assert set(SUITE) | set(LEVERS) == set(VARIANTS) and not set(SUITE) & set(LEVERS)
     assert VARIANTS["lai-default"] == ["lai.enabled=true", "lai.filter=lai"]

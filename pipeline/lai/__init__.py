@@ -62,7 +62,7 @@ lai_values / full_gradient_values run the model in eval mode (dropout off, deter
 leave parameters, .grad, requires_grad and every module's train/eval mode as found. A bf16 model
 gives values within ~0.2% (relative L2) of its fp32 copy (tests/test_lai_sketch.py).
 Measured costs: docs/LAI_COST.md (benchmarks/lai_cost.py); fidelity against the full-gradient
-inner product and the evidence for the defaults: docs/FIDELITY.md (benchmarks/fidelity.py).
+inner product and the evidence for the defaults: docs/FIDELITY.md (benchmarks/fidelity/).
 """
 from .api import lai_values
 from .baselines import (FILTERS, FilterInput, full_gradient_scores, loss_scores, oracle_scores,

@@ -1,4 +1,4 @@
-"""Document generators of the headroom scenarios (benchmarks/headroom.py): generated text, or text
+"""Document generators of the headroom scenarios (scenarios.py): generated text, or text
 that every CPython ships (its standard library's .py files and `pydoc_data.topics`), so that no
 download is needed.
 
@@ -12,9 +12,10 @@ Generators (all deterministic for their seed):
                      animal, language, founding year): the true value of each, and one fixed
                      wrong value per (country, attribute), the same every time: a consistent myth
     profile_docs     documents of three country profiles stating every attribute in one version:
-                     "true", "wrong" (the myth) or "stub" (a placeholder page: every value is
-                     "unknown"); half in sentences (random phrasing and order, a filler sentence),
-                     half as a compact record line
+                     "true" or "wrong" (the myth); half in sentences (random phrasing and order, a
+                     filler sentence), half as a compact record line
+    spam_docs        templated advertising pages: 3 to 6 lines, each one of five templates filled
+                     with a random product, city and discount: near-duplicates of each other
 
 `write_jsonl(docs, path)` writes a source for `lai-prep --source NAME=jsonl:PATH`.
 """
@@ -91,8 +92,7 @@ PHRASES = {
 }
 RECORD = {"capital": "capital", "colour": "flag", "animal": "animal", "language": "language",
           "founded": "founded"}
-VERSIONS = ("true", "wrong", "stub")
-PLACEHOLDER = "unknown"
+VERSIONS = ("true", "wrong")
 FILLERS = ("It is a quiet country.", "Many travellers visit it in summer.",
            "Its roads are old and narrow.", "The winters there are long.",
            "Its markets open early in the morning.", "It trades with its neighbours.")
@@ -127,14 +127,12 @@ def fact_table(n_entities: int, seed: int = 0) -> dict:
 def profile_docs(table: dict, n_docs: int, version: str, seed: int,
                  per_doc: int = 3) -> list[str]:
     """`n_docs` documents of `per_doc` profiles each, of distinct random entities, stating all
-    their attributes in `version` ("true" | "wrong" | "stub": every value PLACEHOLDER): each
-    profile at random as sentences in random phrasings and order (with a filler sentence), or
-    as a compact record line."""
+    their attributes in `version` ("true" | "wrong"): each profile at random as sentences in
+    random phrasings and order (with a filler sentence), or as a compact record line."""
     if version not in VERSIONS:
         raise ValueError(f"version: one of {', '.join(VERSIONS)}, got {version!r}")
     rng = random.Random(seed)
-    facts = table[version] if version != "stub" else \
-        {e: dict.fromkeys(ATTRIBUTES, PLACEHOLDER) for e in table["entities"]}
+    facts = table[version]
     docs = []
     for _ in range(n_docs):
         parts = []
@@ -148,6 +146,35 @@ def profile_docs(table: dict, n_docs: int, version: str, seed: int,
                 parts.append(f"{e}: " + "; ".join(f"{RECORD[a]} {facts[e][a]}" for a in ATTRIBUTES)
                              + ".")
         docs.append("\n".join(parts))
+    return docs
+
+
+# --------------------------------------------------------------------------- generated spam
+
+PRODUCTS = ("watches", "sneakers", "laptops", "phones", "handbags", "sunglasses", "perfume",
+            "jackets", "headphones", "tablets", "cameras", "jewelry", "vitamins", "tickets",
+            "mattresses", "loans")
+CITIES = ("Paris", "London", "Berlin", "Madrid", "Rome", "Vienna", "Prague", "Oslo", "Dublin",
+          "Lisbon", "Athens", "Warsaw", "Zurich", "Brussels", "Amsterdam", "Helsinki")
+SPAM = ("Buy cheap {p} in {c}! Best {p} deals, {d}% off today only. Call now.",
+        "{P} sale in {c}: up to {d}% off all {p}. Free shipping. Order today.",
+        "Looking for {p} in {c}? We have the best prices on {p}. {d}% discount, call us.",
+        "Top rated {p} store in {c}. Genuine {p}, {d}% off. Limited offer!",
+        "Click here for discount {p}. {c} customers save {d}%. Visit us today.")
+
+
+def spam_docs(n_docs: int, seed: int) -> list[str]:
+    """`n_docs` advertising pages of 3 to 6 lines, each line one of the SPAM templates filled with
+    a random product, city and discount (10-90% in steps of 5)."""
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n_docs):
+        lines = []
+        for _ in range(rng.randint(3, 6)):
+            p = rng.choice(PRODUCTS)
+            lines.append(rng.choice(SPAM).format(p=p, P=p.capitalize(), c=rng.choice(CITIES),
+                                                 d=rng.randrange(10, 95, 5)))
+        docs.append(" ".join(lines))
     return docs
 
 

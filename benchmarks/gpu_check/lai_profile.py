@@ -1,0 +1,93 @@
+"""Part 5: where the sketch's time goes."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from benchmarks.gpu_check.shared import log, run_config, teardown
+
+
+def _timed(fn, reps: int = 5) -> float:
+    """Median seconds of fn() over `reps` runs after 2 warm-ups (CUDA events on a GPU)."""
+    import torch
+    cuda = torch.cuda.is_available()
+    times = []
+    for i in range(reps + 2):
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+        t0 = time.perf_counter()
+        fn()
+        if cuda:
+            end.record()
+            end.synchronize()
+            dt = start.elapsed_time(end) / 1e3
+        else:
+            dt = time.perf_counter() - t0
+        if i >= 2:
+            times.append(dt)
+    return float(np.median(times))
+
+
+def profile_part(args, size, res) -> None:
+    """Where the sketch's time goes, on the GPT-2-small model in bf16 at the overhead part's
+    large micro-batch: forward (no grad) with and without capture, the whole `values` call and
+    its pieces (input side, vocabulary side, outer product) and a plain fp32 softmax of the
+    logits (the memory-bound floor of the vocabulary side); plus the vocabulary side through
+    torch.compile, to see what fusing would buy."""
+    import torch
+
+    from pipeline.config import load_config
+    from pipeline.lai import LAIScorer, LayerInputCapture
+    from pipeline.lai import sketch as S
+    from pipeline.lai.pairings import PAIRINGS
+    from pipeline.train.model import build_model
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    b = res.get("overhead", {}).get("batch", size["max_batch"])
+    argv = run_config(args, size, b, 1)
+    model = build_model(load_config(argv[0], argv[1:]).model, vocab_size=size["vocab"],
+                        seq_len=size["seq_len"]).to(dev).to(
+        torch.bfloat16 if dev == "cuda" else torch.float32).eval()
+    x = torch.randint(0, size["vocab"], (b, size["seq_len"] + 1), device=dev)
+    ids, tgt = x[:, :-1], x[:, 1:]
+    scorer = LAIScorer(method="sketch", reference="local")
+    k1, k2 = PAIRINGS["token_pair"].split(scorer.sketch_dim)
+    valid = torch.ones_like(tgt, dtype=torch.bool)
+    with torch.no_grad():
+        with LayerInputCapture(model) as cap:
+            logits = model(input_ids=ids).logits
+        inputs = cap.inputs
+        ca = S.input_side(inputs, 0, k1, torch.float32, None)
+        step = S.chunk_size(b, size["seq_len"], size["vocab"], logits.device)
+
+        def vocab(fn=S.vocab_side):
+            return [fn(logits[s:s + step], tgt[s:s + step], valid[s:s + step], k2, 0,
+                       torch.float32) for s in range(0, b, step)]
+        cg = torch.cat(vocab())
+
+        def fwd_capture():
+            with LayerInputCapture(model):
+                model(input_ids=ids)
+        t = {"forward": _timed(lambda: model(input_ids=ids)), "forward_capture": _timed(fwd_capture),
+             "values": _timed(lambda: scorer.values(inputs, logits, tgt)),
+             "input_side": _timed(lambda: S.input_side(inputs, 0, k1, torch.float32, None)),
+             "vocab_side": _timed(vocab),
+             "outer_product": _timed(lambda: ca.transpose(1, 2) @ cg),
+             "softmax_fp32": _timed(lambda: [torch.softmax(logits[s:s + step], -1,
+                                                           dtype=torch.float32)
+                                             for s in range(0, b, step)])}
+        try:
+            compiled = torch.compile(S.vocab_side, dynamic=False)
+            t0 = time.perf_counter()
+            vocab(compiled)
+            t["compile_seconds"] = time.perf_counter() - t0
+            t["vocab_side_compiled"] = _timed(lambda: vocab(compiled))
+        except Exception as e:   # measured, not assumed: record why it did not work
+            t["compile_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+    res["lai_profile"] = {"batch": b, "chunk": step, "k1": k1, "k2": k2,
+                          "attn": getattr(model.config, "_attn_implementation", "?"), **t}
+    log("profile: " + ", ".join(f"{k} {v * 1e3:.2f} ms" if isinstance(v, float) else f"{k} {v}"
+                                for k, v in t.items()))
+    del model, logits, inputs, cap, ca, cg
+    teardown()

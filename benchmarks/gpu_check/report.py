@@ -1,0 +1,85 @@
+"""The results: OUT/gpu_check.json, OUT/gpu_check.md, and with --doc the gpu section of
+docs/RESULTS.md."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import common as C
+
+
+def section(res) -> str:
+    e = res.get("env", {})
+    L = ["## GPU check", "",
+         f"- command: `{res['command']}` ({res['seconds'] / 60:.1f} min); date {res['date']}",
+         f"- device: {e.get('device')} ({e.get('memory_gib', 0):.0f} GiB, driver {e.get('driver')}),"
+         f" torch {e.get('torch')} CUDA {e.get('cuda')}, DeepSpeed {e.get('deepspeed')}, "
+         f"transformers {e.get('transformers')}; {e.get('machine')}"]
+    if "tests" in res:
+        L.append(f"- CUDA tests (`pytest -m cuda`): {res['tests']['summary']}")
+    for name, err in res.get("errors", {}).items():
+        L.append(f"- part {name} failed: {err}")
+    ov = res.get("overhead")
+    if ov:
+        L += ["", f"### Overhead (GPT-2 small, seq {res['size']['seq_len']}, "
+              f"{res['size']['precision']}, 1 rank, ZeRO 1; MFU against {ov['peak_tflops']:.0f} "
+              "TFLOP/s bf16 dense)", "",
+              "step = the trainer's phase timers (data + forward + LAI + backward/step), median "
+              "over log windows after the first; wall tok/s = tokens between the first and last "
+              "log line over their wall time (everything the loop does); bare = a plain DeepSpeed "
+              "loop on the same model, data and batch.", ""]
+        tab = []
+        for r in ov["rows"]:
+            if "error" in r:
+                tab.append([r["mode"], r["batch"]] + ["error"] * 7)
+                continue
+            tab.append([r["mode"], r["batch"], r["step_s"] * 1e3, r.get("time_lai_s", 0) * 1e3,
+                        r.get("lai_share", 0), r.get("tokens_per_s", float("nan")),
+                        r["wall_tokens_per_s"], r["mfu"], r["peak_mem_gib"]])
+        L += [C.md_table(["mode", "micro-batch", "step ms", "LAI ms", "LAI share", "tok/s (timers)",
+                          "tok/s (wall)", "MFU", "peak GiB"], tab, "{:.3f}"), ""]
+        by = {(r["mode"], r["batch"]): r for r in ov["rows"] if "error" not in r}
+        for batch in sorted({b for _, b in by}):
+            off, bare = by.get(("off", batch)), by.get(("bare", batch))
+            if off and bare:
+                L.append(f"- micro-batch {batch}: pipeline with LAI off / bare DeepSpeed loop = "
+                         f"{off['wall_tokens_per_s'] / bare['wall_tokens_per_s']:.3f} (wall tok/s)")
+            sk = by.get(("sketch", batch))
+            if off and sk:
+                L.append(f"- micro-batch {batch}: sketch LAI time / LAI-off step = "
+                         f"{sk['time_lai_s'] / off['step_s']:.3f}; whole step "
+                         f"{sk['step_s'] / off['step_s']:.3f}x")
+    prof = res.get("lai_profile")
+    if prof:
+        keys = [k for k, v in prof.items() if isinstance(v, float)]
+        L += ["", f"### Where the sketch's time goes (micro-batch {prof['batch']}, no grad, "
+              f"attention {prof['attn']}, k1 x k2 = {prof['k1']} x {prof['k2']}, vocabulary chunk "
+              f"{prof['chunk']} sequences; ms, median of 5)", "",
+              C.md_table(keys, [[prof[k] * (1 if k == "compile_seconds" else 1e3) for k in keys]],
+                         "{:.2f}"), ""]
+        if "compile_error" in prof:
+            L.append(f"- torch.compile of the vocabulary side failed: {prof['compile_error']}")
+    fid = res.get("fidelity")
+    if fid:
+        keys = [k for k in fid["rows"][0] if k.startswith(("pearson", "spearman"))]
+        rows = [[r["batch"], r["exact_s"], *[r[k] for k in keys]] for r in fid["rows"]]
+        rows.append(["mean", float(np.mean([r["exact_s"] for r in fid["rows"]])),
+                     *[float(np.mean([r[k] for r in fid["rows"]])) for k in keys]])
+        L += ["", f"### Sketch vs exact (token_pair, the batch of {fid['batch']} as reference, "
+              f"model: {Path(fid['model']).parent.name or fid['model']})", "",
+              C.md_table(["batch", "exact s", *keys], rows, "{:.4f}"), ""]
+    return "\n".join(L)
+
+
+def save(args, res) -> None:
+    (args.out / "gpu_check.json").write_text(json.dumps(res, indent=1, default=str))
+
+
+def write_report(args, res) -> int:
+    text = section(res)
+    (args.out / "gpu_check.md").write_text(text + "\n")
+    if args.doc:
+        C.update_section(C.ROOT / "docs" / "RESULTS.md", "gpu", text)
+    return 0

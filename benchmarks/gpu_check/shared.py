@@ -1,0 +1,57 @@
+"""What every part uses: sizes, the trainer's LAI modes, the run config, logging, teardown."""
+from __future__ import annotations
+
+import gc
+import time
+
+from benchmarks import common as C
+
+# bf16 dense peak per device for MFU (vendor datasheets); measured matmul ceilings are lower
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "cpu": 0.0}
+SIZES = {
+    "gpu": {"vocab": 50257, "seq_len": 1024, "model": ("gpt2", 12, 768, 12), "precision": "bf16",
+            "steps": 20, "small_steps": 15, "log_every": 5, "small_batch": 8, "max_batch": 64,
+            "bare_steps": 20, "fidelity_batches": 4, "fidelity_batch": 16, "sketch_dims": [1 << 16, 1 << 18, 1 << 20]},
+    "dry": {"vocab": 512, "seq_len": 64, "model": ("gpt2", 2, 64, 2), "precision": "fp32",
+            "steps": 6, "small_steps": 6, "log_every": 2, "small_batch": 4, "max_batch": 8,
+            "bare_steps": 4, "fidelity_batches": 2, "fidelity_batch": 4, "sketch_dims": [1 << 12, 1 << 16]},
+}
+MODES = {"off": ["lai.enabled=false", "lai.filter=none"],
+         "sketch": ["lai.enabled=true", "lai.filter=lai", "lai.method=sketch"],
+         "exact": ["lai.enabled=true", "lai.filter=lai", "lai.method=exact"],
+         "sketch-blocks": ["lai.enabled=true", "lai.filter=lai", "lai.method=sketch",
+                           "lai.layers=blocks"]}
+for _m in ("off", "sketch-blocks"):
+    MODES[f"{_m}-compiled"] = MODES[_m] + ["model.compile=true"]
+# (mode, micro-batch: "big" = the probed size, "small" = SIZES' small_batch, or a number)
+PLAN = "off:big,sketch:big,bare:big,off:small,sketch:small,exact:small,bare:small"
+
+
+def log(msg: str) -> None:
+    print(f"[gpu_check {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def peak_tflops(res) -> float:
+    name = res.get("env", {}).get("device", "cpu")
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), 0.0)
+
+
+def run_config(args, size, batch: int, steps: int) -> list[str]:
+    family, n_layer, hidden, n_head = size["model"]
+    return [str(C.ROOT / "configs" / "tiny_cpu.yaml"),
+            f"data.sources=[{{path: '{args.work / ('stdlib-v' + str(size['vocab']))}', weight: 1.0}}]",
+            f"data.seq_len={size['seq_len']}", f"model.family={family}",
+            f"model.n_layer={n_layer}", f"model.hidden={hidden}", f"model.n_head={n_head}",
+            "model.tie_word_embeddings=true", f"train.micro_batch={batch}", "train.grad_accum=1",
+            "train.global_batch=0", f"train.steps={steps}", "train.zero_stage=1",
+            f"train.precision={size['precision']}", "train.lr=6e-4", "train.min_lr=6e-5",
+            "train.warmup_steps=5", "train.eval_every=0", "run.save_every=0", "run.resume=never",
+            "run.keep_checkpoints=1", "lai.warmup_steps=0", "lai.reference=global",
+            f"log.every={size['log_every']}", "log.histogram_every=0"]
+
+
+def teardown() -> None:
+    import torch
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

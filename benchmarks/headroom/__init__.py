@@ -1,0 +1,53 @@
+"""Quality with headroom: scenarios in which a perfect filter measurably wins, and the share of that
+win each filter recovers.
+
+One command (seeds fixed; resumable: finished runs and their analyses are reused):
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.headroom                   # the suite, CPU
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.headroom --variants all    # + the levers
+    .venv/bin/python -m benchmarks.headroom --scenarios conflict --variants lai-global --seeds 0,1,2
+    .venv/bin/python -m benchmarks.headroom --add 'lai-cap0.1=lai.enabled=true lai.filter=lai
+        lai.max_exclude_frac=0.1'                            # a new variant: dotted overrides
+    .venv/bin/python -m benchmarks.headroom --size gpu --jobs 1 --nproc 8        # a GPU node
+    .venv/bin/python -m benchmarks.headroom --scenarios conflict --variants none,oracle \
+        --seeds 0 --steps 20 --out /tmp/headroom --no-doc                       # a smoke run
+
+Every run goes through the real trainer (`python -m pipeline.train`, DeepSpeed ZeRO 0; torchrun
+over gloo when --nproc > 1). `lai-default` is LAI as the trainer ships it; every other LAI variant
+changes one thing of it (see VARIANTS). A finished run is reused only if it ran with the same
+trainer arguments.
+
+Each scenario is a training mix of prepared sources (generated text and text CPython ships, through
+the real `lai-prep`: one shared tokenizer, one prepared directory per source, so a packed sequence
+comes from one source) and a validation set that stands for what the user wants:
+
+  spam      repeated low-loss harm: facts about made-up countries (the clean data) mixed 2:3 with
+            templated advertising pages, five templates repeated over and over: near-duplicates of
+            each other, lower in loss than the facts (so per-sequence loss cannot flag them), that
+            teach nothing the validation set asks for
+  domain    domain targeting: the target (country facts) is 25% of the mix, the rest standard
+            library code and the Python language reference; val = the target domain
+  conflict  conflicting content: 25% of the documents state a consistent wrong value for every
+            fact (the same myth each time), the rest the truth; val = the truth
+
+Reference rows: `none` (no filter); `ceiling` (the same steps on the clean / target source alone);
+`oracle` (`lai.filter=oracle`: in each global batch exactly the sequences of the harmful sources are
+excluded, under the scenario's cap, which is >= their share, so it drops them all). Every filter runs
+under that same cap (`lai.max_exclude_frac`); random and loss-based exclusion, and `oracle@rate`,
+at the exclusion rate `lai-default` measured. A scenario counts when oracle minus none
+is at least 4x the standard deviation over seeds of that paired difference. The global batch
+(`train.global_batch`) is the size's on any number of ranks.
+
+Metrics per scenario and variant, from each run's TensorBoard (`val/loss`) and ledger: final val
+loss (mean +- std over seeds); the paired difference to `none` of the same seed (same init, same
+data order) with its 95% t-interval; the share of the oracle's gain recovered,
+(none - method) / (none - oracle); steps to reach none's final val loss; AUROC of the filter's score
+for the harmful sequences (after the LAI warmup); the excluded fraction of each source.
+Writes docs/results/headroom-<size>.json, docs/img/headroom_<scenario>.png and the `headroom-summary`
+(top) and `headroom` sections of docs/RESULTS.md.
+
+Layout: scenarios.py (sizes, scenarios and their documents, from corpora.py), variants.py (the
+rows: dotted overrides per variant), runs.py (data prep, the base config, running every
+(scenario, variant, seed) through the trainer), analysis.py (one run -> metrics; runs -> rows and
+headroom), report.py (tables, plots, docs/RESULTS.md), __main__.py (the command).
+"""

@@ -1,0 +1,154 @@
+"""The report: one plot per scenario, its section, the summary table, docs/RESULTS.md."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from benchmarks import common as C
+from benchmarks.headroom.scenarios import Scenario
+from benchmarks.headroom.variants import RATE_FROM
+
+
+def plot(sc: Scenario, results: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    refs = {"none": "k-", "ceiling": "k:", "oracle": "k--"}
+    C.plot_paired_curves(ax, ax2, results,
+                         lambda name: refs.get(name, "-" if name.startswith("lai") else "-."),
+                         "validation loss (mean over seeds)", "minus `none` of the same seed")
+    lo = min(min(r["val_loss"][-1] for r in by.values()) for by in results.values())
+    ax.set_ylim(lo - 0.05, lo + 1.0)
+    ax.set_title(sc.title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _pm(mean: float, half: float) -> str:
+    return "n/a" if mean != mean else f"{mean:+.3f}" + (f" ± {half:.3f}" if half == half else "")
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x != x else f"{100 * x:.0f}%"
+
+
+def scenario_section(sc: Scenario, info: dict, rows: list[dict], headroom: dict, rate: float,
+                     size_name: str) -> str:
+    h = headroom
+    verdict = "counts" if h["counts"] else "does NOT count"
+    L = [f"### {sc.name}: {sc.title}", "", sc.story, "",
+         f"- data: {info['data']}",
+         *([f"- this scenario's settings differ from the size's: {info['train']}"] if info["train"] else []),
+         f"- harmful share of the mix {sc.harmful_share:.0%} ({', '.join(sc.harmful)}); every filter "
+         f"capped at {sc.cap} of each global batch; rate-matched baselines at `{RATE_FROM}`'s "
+         f"measured exclusion rate {rate:.3f}",
+         f"- headroom: oracle minus none {h['oracle_minus_none']:+.3f}, paired std {h['std']:.3f} "
+         f"over {h['seeds']} seeds: {h['ratio']:.1f}x the noise, so the scenario {verdict} "
+         "(needs >= 4x, >= 3 seeds)",
+         f"- AUROC of the per-sequence loss for the harmful sequences (the `none` runs): "
+         f"{next((r['loss_auroc'] for r in rows if r['variant'] == 'none'), float('nan')):.2f}",
+         "", f"![{sc.name}](img/headroom_{sc.name}_{size_name}.png)", ""]
+    srcs = list(sc.weights)
+    header = ["variant", "final val loss", "minus none [95% CI]", "share of oracle gain",
+              "reach none's final", "AUROC", "excluded", *[f"excl. {s}" for s in srcs]]
+    tab = []
+    for r in rows:
+        reach = "n/a" if r["reach_of"] == 0 else (
+            f"{r['reach']:.0f} ({r['reached']}/{r['reach_of']})" if r["reached"] else f"never (0/{r['reach_of']})")
+        tab.append([r["variant"], f"{r['final']:.3f} ± {r['final_std']:.3f}", _pm(r["delta"], r["delta_ci"]),
+                    _pct(r["share"]) if r["variant"] != "none" else "", reach,
+                    "n/a" if r["auroc"] != r["auroc"] else f"{r['auroc']:.2f}", _pct(r["excluded"]),
+                    *[_pct(r["excluded_by_source"].get(s, float("nan"))) for s in srcs]])
+    L += [C.md_table(header, tab), ""]
+    return "\n".join(L)
+
+
+def summary_section(scen: list[Scenario], per: dict, size_name: str, meta: dict) -> str:
+    names: list[str] = []
+    for sc in scen:
+        for r in per[sc.name]["rows"]:
+            if r["variant"] not in names:
+                names.append(r["variant"])
+    header = ["variant"] + [f"{sc.name}: minus none [95% CI] / share of oracle gain" for sc in scen]
+    tab = [["*headroom: oracle - none (x noise)*"]
+           + [f"{per[sc.name]['headroom']['oracle_minus_none']:+.3f} "
+              f"({per[sc.name]['headroom']['ratio']:.1f}x{'' if per[sc.name]['headroom']['counts'] else ', does not count'})"
+              for sc in scen]]
+    for n in names:
+        cells = []
+        for sc in scen:
+            r = next((x for x in per[sc.name]["rows"] if x["variant"] == n), None)
+            cells.append("" if r is None else (
+                f"{_pm(r['delta'], r['delta_ci'])} / {_pct(r['share'])}" if n != "none"
+                else f"{r['final']:.3f} (val loss)"))
+        tab.append([n] + cells)
+    return "\n".join([
+        "## Summary: quality with headroom (`python -m benchmarks.headroom`)", "",
+        "Final validation loss of each filter minus that of no filter (`none`) with the same seed "
+        "(same init, same data order), mean over seeds with its 95% t-interval (negative = better), "
+        "and the share of the oracle's gain it recovers: (none - method) / (none - oracle). "
+        "`ceiling` trains the same steps on the clean / target data alone; `oracle` excludes exactly "
+        "the harmful sequences of each batch under the same cap as every filter "
+        f"(`lai.filter=oracle`). {meta['line']} Details, per-source exclusion and AUROC: "
+        "[the scenario sections](#quality-with-headroom).", "",
+        C.md_table(header, tab), ""])
+
+
+def console(sc: Scenario, rows: list[dict], headroom: dict) -> str:
+    """The scenario's headroom and rows as printed at the end of a run."""
+    lines = [f"{sc.name}: oracle - none {headroom['oracle_minus_none']:+.4f} "
+             f"(std {headroom['std']:.4f}, {headroom['ratio']:.1f}x noise)"]
+    lines += [f"  {r['variant']:15s} val {r['final']:.4f}±{r['final_std']:.4f} "
+              f"d {r['delta']:+.4f}±{r['delta_ci']:.4f} share {r['share']:+.2f} "
+              f"excl {r['excluded']:.3f} AUROC {r['auroc']:.2f}" for r in rows]
+    return "\n".join(lines)
+
+
+def write_json(path: Path, payload: dict) -> None:
+    from pipeline.fsutil import atomic_write_json
+    atomic_write_json(path, json.loads(json.dumps(payload, default=str)))
+
+
+def write_docs(docs: Path, size_name: str, scen: list[Scenario], per: dict, payload: dict) -> None:
+    """docs/results/headroom-<size>.json (without the per-run curves), one plot per scenario, and
+    the `headroom-summary` and `headroom` sections of docs/RESULTS.md."""
+    meta, size = payload["meta"], payload["size"]
+    write_json(docs / "results" / f"headroom-{size_name}.json",
+               {**payload, "scenarios": {k: {kk: vv for kk, vv in v.items() if kk != "runs"}
+                                         for k, v in per.items()}})
+    for sc in scen:
+        plot(sc, per[sc.name]["runs"], docs / "img" / f"headroom_{sc.name}_{size_name}.png")
+    C.update_section(docs / "RESULTS.md", "headroom-summary", summary_section(scen, per, size_name, meta))
+    seconds, wall, cpu = meta["seconds"], meta["run_wall_s"], meta["run_cpu_s"]
+    body = ["## Quality with headroom", "",
+            f"- command: `{meta['command']}`; this invocation {seconds / 60:.1f} min wall; "
+            f"{meta['runs']} trainer runs: {wall / 60:.1f} min of run wall time and "
+            f"{cpu / 60:.1f} CPU min in all (runs skipped as already done report their earlier "
+            "times)",
+            f"- {meta['line']}",
+            "- AUROC: harmful sequences = positives, ranked by the filter's score (low value; "
+            "loss-based: high loss), steps after the LAI warmup; `reach none's final` = first "
+            "step (val every "
+            f"{size['eval_every']}) at which the run's val loss is at or below the final val loss "
+            "of `none` with the same seed, mean over the seeds that get there; `excl. <source>` = "
+            "excluded fraction of that source's sequences after the LAI warmup",
+            "- variants: `lai-default` = LAI as the trainer ships it (token_pair sketch, "
+            "lai.reference=auto, which resolves to the validation set here: its reference "
+            "batches come from the same val split the evaluation reads; z-scored values cut at "
+            "-1; memory across epochs), under the scenario's cap; every other `lai-*` row "
+            "changes one thing of it: `lai-global` the reference (the global batch itself), "
+            "`lai-<pairing>` the method (exact) and pairing, `lai-raw` the policy (raw value "
+            "<= 0 dropped, no memory), `lai-no-memory` no memory, `lai-adam` Adam-aware "
+            "scoring; `lai-paper` = the paper's code: aligned, exact, self term, local "
+            "reference (with one process per run the local batch is the global batch), raw "
+            "value <= 0 dropped; `full-gradient` = the exact full-gradient inner product "
+            "against the global batch, raw value <= 0 dropped; `mixing` = no exclusion, the "
+            "sources' sampling weights follow their mean LAI value against the val set "
+            "(lai.mixing); `loss@rate` / `random@rate` / `oracle@rate` = highest-loss / random "
+            f"/ harmful sequences excluded at `{RATE_FROM}`'s measured rate", ""]
+    body += [scenario_section(sc, per[sc.name]["info"], per[sc.name]["rows"], per[sc.name]["headroom"],
+                              per[sc.name]["rate"], size_name) for sc in scen]
+    C.update_section(docs / "RESULTS.md", "headroom", "\n".join(body))

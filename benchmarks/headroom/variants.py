@@ -1,0 +1,75 @@
+"""The rows of the suite: each variant is a list of dotted trainer overrides, with $-placeholders
+filled per scenario (`overrides_for`)."""
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+from benchmarks.headroom.scenarios import Scenario
+
+# name -> dotted overrides. $cap = the scenario's exclusion cap (every filter gets
+# lai.max_exclude_frac=$cap first; a variant may override it), $harmful = the harmful sources,
+# $rate = the exclusion rate RATE_FROM measured (those variants run after it),
+# $rate_cap = a cap that excludes round($rate x global micro-batch) sequences, $clean = the
+# ceiling's data.sources. `lai-default` is the trainer's LAI as shipped (nothing but the filter
+# switched on): after a change of the trainer's defaults, delete its runs to remeasure it. The
+# other LAI variants change one thing of it each, so a row differs from `lai-default` by what its
+# name says.
+LAI = ["lai.enabled=true", "lai.filter=lai"]
+OFF = ["lai.enabled=false"]
+EXACT = ["lai.method=exact"]
+RAW = ["lai.normalize=none", "lai.threshold=0.0", "lai.memory_weight=0.0"]   # value <= 0 dropped
+VARIANTS: dict[str, list[str]] = {
+    "none": OFF + ["lai.filter=none"],
+    "ceiling": OFF + ["lai.filter=none", "data.sources=$clean"],
+    "oracle": OFF + ["lai.filter=oracle", "lai.oracle_sources=[$harmful]"],
+    "lai-default": LAI,
+    "lai-global": LAI + ["lai.reference=global"],
+    "lai-token_pair": LAI + EXACT + ["lai.pairing=token_pair"],
+    "lai-aligned": LAI + EXACT + ["lai.pairing=aligned"],
+    "lai-pooled": LAI + EXACT + ["lai.pairing=pooled"],
+    "lai-paper": LAI + EXACT + ["lai.pairing=aligned", "lai.include_self=true",
+                                "lai.reference=local"] + RAW,
+    "full-gradient": OFF + ["lai.filter=full_gradient"],
+    "loss@rate": OFF + ["lai.filter=loss", "lai.baseline_rate=$rate"],
+    "random@rate": OFF + ["lai.filter=random", "lai.baseline_rate=$rate"],
+    "mixing": ["lai.enabled=true", "lai.filter=none", "lai.mixing=true"],
+    # what each lever of the default buys (issue 10)
+    "lai-raw": LAI + RAW,
+    "lai-no-memory": LAI + ["lai.memory_weight=0.0"],
+    "lai-adam": LAI + ["lai.precondition=adam"],
+    "oracle@rate": OFF + ["lai.filter=oracle", "lai.oracle_sources=[$harmful]",
+                          "lai.max_exclude_frac=$rate_cap"],
+}
+SUITE = ("none", "ceiling", "oracle", "lai-default", "lai-global", "lai-token_pair", "lai-aligned",
+         "lai-pooled", "lai-paper", "full-gradient", "loss@rate", "random@rate", "mixing")
+LEVERS = ("lai-raw", "lai-no-memory", "lai-adam", "oracle@rate")
+REFERENCES = ("none", "oracle")       # always run: every row is read against them
+RATE_FROM = "lai-default"           # the rate-matched baselines run at its exclusion rate
+
+
+def needs_rate(overrides: list[str]) -> bool:
+    return any("$rate" in o for o in overrides)
+
+def filter_batch(size: dict, nproc: int) -> int:
+    """Sequences of one global micro-batch (what the filter cap applies to) on `nproc` ranks."""
+    from pipeline.config.batch import resolve_batch
+    from pipeline.config.schema import TrainConfig
+    t = TrainConfig(global_batch=size["global_batch"], micro_batch=size["micro_batch"],
+                    grad_accum=0)
+    resolve_batch(t, nproc)
+    return t.micro_batch * nproc
+
+
+def overrides_for(name: str, variants: dict, sc: Scenario, dirs: dict[str, Path], rate: float,
+                  global_batch: int) -> list[str]:
+    """The dotted overrides of variant `name` in scenario `sc`; `global_batch`: sequences of one
+    global micro-batch (what $rate_cap is for)."""
+    ov = list(variants[name])
+    if name not in ("none", "ceiling"):
+        ov = [f"lai.max_exclude_frac={sc.cap}"] + ov
+    rate = min(rate, sc.cap) if rate == rate else 0.0
+    subs = {"cap": f"{sc.cap}", "harmful": ",".join(sc.harmful), "rate": f"{rate:.4f}",
+            "rate_cap": f"{(round(rate * global_batch) + 0.5) / global_batch:.4f}",
+            "clean": f"[{{path: '{dirs[sc.clean]}', weight: 1.0}}]"}
+    return [string.Template(o).substitute(subs) for o in ov]
