@@ -118,7 +118,7 @@ def main(argv=None) -> int:
     payload = {"size": size, "seeds": seeds, "meta": meta, "scenarios": per}
     report.write_json(out / "headroom.json", payload)
     if not args.no_doc:
-        report.write_docs(C.ROOT / "docs", args.size, scen, per, payload)
+        report.write_docs(C.ROOT / "docs", args.size, scen, payload)
     print(f"headroom: {len(scen)} scenario(s) x {len(names)} variants x {len(seeds)} seeds in "
           f"{seconds / 60:.1f} min ({cpu / 60:.1f} CPU min in the runs) -> {out}")
     return 0

@@ -112,10 +112,10 @@ def write_json(path: Path, payload: dict) -> None:
     atomic_write_json(path, json.loads(json.dumps(payload, default=str)))
 
 
-def write_docs(docs: Path, size_name: str, scen: list[Scenario], per: dict, payload: dict) -> None:
+def write_docs(docs: Path, size_name: str, scen: list[Scenario], payload: dict) -> None:
     """docs/results/headroom-<size>.json (without the per-run curves), one plot per scenario, and
     the `headroom-summary` and `headroom` sections of docs/RESULTS.md."""
-    meta, size = payload["meta"], payload["size"]
+    meta, size, per = payload["meta"], payload["size"], payload["scenarios"]
     write_json(docs / "results" / f"headroom-{size_name}.json",
                {**payload, "scenarios": {k: {kk: vv for kk, vv in v.items() if kk != "runs"}
                                          for k, v in per.items()}})
