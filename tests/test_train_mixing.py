@@ -63,7 +63,8 @@ def args(data, run: Path, *overrides: str) -> list[str]:
             "model.n_layer=2", "model.hidden=64", "model.n_head=2", "train.micro_batch=4", "train.global_batch=0",
             f"train.steps={2 * N}", "train.lr=1e-2", "train.schedule=constant",
             "train.warmup_steps=2", "train.zero_stage=1", "train.eval_every=4",
-            "train.eval_batches=2", "lai.filter=none", "lai.mixing=true", "lai.warmup_steps=1",
+            "train.eval_batches=2", "lai.filter=none", "lai.mixing=true", "lai.reference=val",
+            "lai.warmup_steps=1",
             "lai.mixing_every=2", "lai.mixing_eta=2.0", "lai.mixing_ema=0.5",
             "log.every=1", "run.save_every=4", *overrides]
 

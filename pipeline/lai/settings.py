@@ -82,6 +82,9 @@ class LAISettings:
     mixing_ema: float = 0.9            # smoothing of each source's mean z-score, in [0, 1)
     mixing_floor: float = 0.1          # share of the initial weights always kept, in [0, 1]
     mixing_every: int = 1              # update the weights every N optimizer steps
+    mixing_without_val: bool = False   # lai.mixing with a global or local reference (the
+                                       # training batch itself: self-influence, no goal) is
+                                       # refused unless this is true
 
     def resolved(self, has_val: bool = False, has_documents: bool = False) -> LAISettings:
         """A checked copy with concrete values (ValueError `lai.<field>: ...` on a bad one).
@@ -94,6 +97,7 @@ class LAISettings:
         reference = self.reference
         if reference == "auto":
             reference = "val" if has_val else "global"
+        _check_mixing_reference(self, reference, has_val)
         normalised = self.filter == "lai" and self.normalize != "none"
         threshold = self.threshold
         if threshold is None:
@@ -108,6 +112,19 @@ class LAISettings:
         """The options that define the LAI values (what a cached reference depends on)."""
         return {k: getattr(self, k) for k in ("pairing", "method", "layers", "reference",
                                                "include_self", "sketch_dim", "precondition")}
+
+
+def _check_mixing_reference(s: LAISettings, reference: str, has_val: bool) -> None:
+    """lai.mixing steers towards what the reference stands for: with a global or local one (the
+    training batch itself) that is self-influence, not a goal, so it must be asked for."""
+    why = (f"lai.reference is {s.reference!r}" if s.reference != "auto" else
+           "lai.reference=auto resolves to 'global' (the run has no val data)")
+    fix = ("set lai.reference=val" if has_val else
+           "set data.val_sources (or prepare the data with a val split) and lai.reference=val")
+    _need(not s.mixing or reference == "val" or s.mixing_without_val, "mixing",
+          f"steers the source weights towards the reference, and {why}: the training batch "
+          f"itself (self-influence), not a goal; {fix}, or lai.mixing_without_val=true to mix "
+          f"by {reference!r} anyway")
 
 
 def _need(ok: bool, field: str, what: str) -> None:

@@ -18,7 +18,7 @@ import torch
 from pipeline.config import Config, save_yaml
 from pipeline.train import init_from, resume, universal
 from pipeline.train.model import hf_config
-from pipeline.train.runplan import data_plan, memory_estimate
+from pipeline.train.runplan import data_plan, memory_estimate, reference_note
 from pipeline.train.runtime import DistInfo
 from pipeline.train.setup import ds_config, open_data
 
@@ -61,7 +61,8 @@ def dry_run(cfg: Config, world: int, *, quiet: bool = False) -> int:
              f"batch: global {t.global_batch} = micro {t.micro_batch} x accumulation "
              f"{t.grad_accum} x {world} rank(s); {t.global_batch * cfg.data.seq_len:,} tokens "
              "per step",
-             *plan.lines, memory_estimate(cfg, n_params, model.config, world),
+             *plan.lines, *([reference_note(cfg)] if cfg.lai.enabled else []),
+             memory_estimate(cfg, n_params, model.config, world),
              point.note().replace("resumed from", "would resume from") if point else
              f"fresh start in {cfg.run.out_dir}", *plan.warnings,
              "dry run: nothing was started"]

@@ -57,6 +57,16 @@ def data_plan(cfg: Config, train: PackedDataset, val: PackedDataset | None, worl
     return plan
 
 
+def reference_note(cfg: Config) -> str:
+    """The LAI reference in force, in words (the start line and the dry run name it)."""
+    ref = cfg.lai.reference
+    what = {"val": "the val split of " + ("data.val_sources" if cfg.data.val_sources
+                                          else "data.sources"),
+            "global": "the global micro-batch itself: self-influence",
+            "local": "each rank's own micro-batch: self-influence"}[ref]
+    return f"lai reference: {ref} ({what})"
+
+
 def memory_estimate(cfg: Config, n_params: int, model_config, world: int) -> str:
     """Per-device memory of the model states (exact sizes for the ZeRO stage and precision) plus
     a rough activation figure, as one line. `model_config`: the HF config (width, depth, vocab)."""

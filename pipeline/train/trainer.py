@@ -113,7 +113,8 @@ class Trainer:
         log0(info, f"{self.parts.n_params / 1e6:.2f}M params, {info.world} rank(s) on "
                    f"{info.device.type}, ZeRO {t.zero_stage}, {t.precision}, global batch "
                    f"{t.global_batch} = {t.micro_batch}x{t.grad_accum}x{info.world}, LAI "
-                   f"{'on' if cfg.lai.enabled else 'off'}, filter {cfg.lai.filter}"
+                   f"{'on (reference ' + cfg.lai.reference + ')' if cfg.lai.enabled else 'off'}"
+                   f", filter {cfg.lai.filter}"
                    f"{', source mixing' if self.mixer else ''}; "
                    f"run dir {self.run_dir} (log: train.log)")
         plan = data_plan(cfg, self.data.train, self.data.val, info.world)
