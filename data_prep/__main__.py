@@ -16,7 +16,7 @@ from pathlib import Path
 
 from data_prep.sources import load_source_list, parse_source
 from pipeline.errors import UserError, cli_main
-from pipeline.format.provenance import read_drop_hashes
+from pipeline.format.provenance import read_drop_list
 from pipeline.values import to_bool
 
 SOURCES_HELP = """\
@@ -96,7 +96,11 @@ def _prep_parser(prog: str, partitioned: bool) -> argparse.ArgumentParser:
     o.add_argument("--max-bytes", type=_positive, help="read about this many text bytes per source (default: all)")
     o.add_argument("--exclude", type=Path, metavar="LIST",
                    help="leave out the documents a keep/drop list marks drop (lai-report's "
-                        "RUN/report/keep_drop.csv; matched by text, wherever they are)")
+                        "RUN/report/keep_drop.csv; see --exclude-match)")
+    o.add_argument("--exclude-match", choices=("text", "record"), default="text",
+                   help="text: every document with a marked document's text, wherever it is "
+                        "(exact duplicates included, counted); record: only the marked records "
+                        "(same text at the same file and position)")
     o.add_argument("--strict", action="store_true", help="fail on invalid UTF-8 instead of replacing it")
     o.add_argument("--workers", type=_positive, default=2, help="tokenizer processes")
     o.add_argument("--force", action="store_true", help="discard previous output in --out and start over")
@@ -126,14 +130,15 @@ def _options(a: argparse.Namespace):
         if env is None:
             raise UserError("--part: required with --num-parts > 1 (or set SLURM_ARRAY_TASK_ID)")
         part = int(env)
-    drop = frozenset(read_drop_hashes(a.exclude)) if a.exclude else frozenset()
+    marked = frozenset(read_drop_list(a.exclude)) if a.exclude else frozenset()
     return PrepOptions(
         sources=specs, out=a.out, tokenizer=a.tokenizer, vocab_size=a.vocab_size, model_type=a.model_type,
         byte_fallback=a.byte_fallback, pad_id=a.pad_id, bos_id=a.bos_id, eos_id=a.eos_id, unk_id=a.unk_id,
         train_sentences=a.train_sentences, train_threads=a.train_threads, val_fraction=a.val_fraction,
         seed=a.seed, shard_tokens=a.shard_tokens, dtype=a.dtype, max_docs=a.max_docs, max_bytes=a.max_bytes,
         strict=a.strict, workers=a.workers, force=a.force, num_parts=num_parts, part=part, progress=a.progress,
-        exclude=a.exclude, drop=drop)
+        exclude=a.exclude, drop=frozenset(h for h, _ in marked), drop_records=marked,
+        exclude_match=a.exclude_match)
 
 
 def _dir_parser(prog: str, what: str) -> argparse.ArgumentParser:

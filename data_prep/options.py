@@ -44,6 +44,9 @@ class PrepOptions:
     progress: bool | None = None       # tqdm bar: None = when stderr is a terminal
     exclude: Path | None = None        # a keep/drop list (pipeline.format.provenance)
     drop: frozenset[int] = frozenset()  # its "drop" text hashes (read once, by the CLI)
+    drop_records: frozenset[tuple[int, str]] = frozenset()   # its (hash, record) "drop" rows
+    exclude_match: str = "text"        # text: any document with a dropped text | record: the
+                                       # listed records only
 
     @property
     def bar_off(self) -> bool | None:
@@ -56,7 +59,7 @@ class PrepOptions:
              "max_bytes": self.max_bytes, "strict": self.strict}
         if self.exclude is not None:
             a["exclude"] = {"list": str(self.exclude), "sha256": sha256_file(self.exclude),
-                            "documents": len(self.drop)}
+                            "documents": len(self.drop), "match": self.exclude_match}
         return a
 
     def tokenizer_args(self) -> dict[str, Any]:

@@ -74,6 +74,7 @@ class ReadStats:
     bad_utf8: int = 0    # documents with invalid UTF-8 (replaced by U+FFFD)
     bytes: int = 0       # UTF-8 bytes of the non-empty documents
     excluded: int = 0    # documents dropped by --exclude
+    excluded_copies: int = 0   # of those, copies of a marked document's text found elsewhere
 
     def add(self, other: "ReadStats") -> None:
         for f in fields(self):

@@ -28,7 +28,7 @@ from data_prep.tokenizer import (install_tokenizer, sample_sentences, tokenizer_
 from pipeline.errors import UserError
 from pipeline.format.indexed import bin_path, idx_path, token_dtype
 from pipeline.format.manifest import Manifest, ShardEntry, TokenizerEntry
-from pipeline.format.provenance import doc_hash, docs_path
+from pipeline.format.provenance import doc_hash, docs_path, record
 from pipeline.format.tokenizer import SPM_FILE, tokenizer_sha256
 from pipeline.fsutil import atomic_write_json
 
@@ -44,7 +44,7 @@ def documents(spec: SourceSpec, opts: PrepOptions, stats: ReadStats, lo: int = 0
     `stats`. `cursor` follows the reader (progress)."""
     reader = ReadStats()
     cur = cursor if cursor is not None else Cursor()
-    bad_seen = 0
+    bad_seen, files = 0, None
     for i, text in enumerate(iter_documents(spec, strict=opts.strict, stats=reader, cursor=cur)):
         if (hi is not None and i >= hi) or (opts.max_docs is not None and i >= opts.max_docs) or (
                 opts.max_bytes is not None and stats.bytes >= opts.max_bytes):
@@ -60,10 +60,23 @@ def documents(spec: SourceSpec, opts: PrepOptions, stats: ReadStats, lo: int = 0
         data = text.encode("utf-8")
         h = doc_hash(data)
         if h in opts.drop:
-            stats.excluded += 1
-            continue
+            files = origin_files(spec) if files is None else files
+            if _excluded(opts, {"spec": spec.to_json(), "files": files}, h, cur, stats):
+                continue
         stats.bytes += len(data)
         yield text, data, (cur.file, cur.pos, h)
+
+
+def _excluded(opts: PrepOptions, source: dict, h: int, cur: Cursor, stats: ReadStats) -> bool:
+    """Whether a document whose text a keep/drop list marks drop is left out (--exclude-match),
+    counted into `stats` (a copy: the text at a record the list does not name). `source`: the
+    manifest's entry ({"spec", "files"}) that records are written from."""
+    copy = (h, record(source, cur.file, cur.pos)) not in opts.drop_records
+    if copy and opts.exclude_match == "record":
+        return False
+    stats.excluded += 1
+    stats.excluded_copies += copy
+    return True
 
 
 def check_nonempty(spec: SourceSpec, stats: ReadStats) -> None:
@@ -266,9 +279,12 @@ def summary(m: Manifest, out: Path, seconds: float) -> str:
     st = m.stats
     rd = ReadStats()
     for s in st["sources"].values():
-        rd.add(ReadStats(**{k: s.get(k, 0) for k in ("docs", "empty", "bad_utf8", "bytes", "excluded")}))
+        rd.add(ReadStats(**{k: s.get(k, 0) for k in ("docs", "empty", "bad_utf8", "bytes", "excluded",
+                                                     "excluded_copies")}))
     tr = sum(s["train_tokens"] for s in st["sources"].values())
-    excluded = f", {rd.excluded:,} excluded by --exclude" if rd.excluded else ""
+    copies = f" ({rd.excluded_copies:,} of them copies of a marked document's text elsewhere)" \
+        if rd.excluded_copies else ""
+    excluded = f", {rd.excluded:,} excluded by --exclude{copies}" if rd.excluded else ""
     return (f"lai-prep: {rd.docs:,} docs ({rd.empty:,} empty skipped{excluded}, {rd.bad_utf8:,} with bad UTF-8), "
             f"{rd.bytes / 1e6:.1f} MB -> {st['num_tokens']:,} tokens (train {tr:,}, val {st['num_tokens'] - tr:,}) "
             f"in {st['num_shards']} shards, vocab {m.tokenizer.vocab_size} {m.dtype}, {seconds:.1f} s -> {out}")

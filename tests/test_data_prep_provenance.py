@@ -105,6 +105,36 @@ def test_exclude_leaves_out_the_listed_documents(tmp_path, spm_model):  # noqa: 
     assert r.returncode == 2 and "keep_drop.csv:2: decision must be keep or drop" in r.stderr
 
 
+def test_exclude_counts_copies_and_matches_records_on_request(tmp_path, spm_model):  # noqa: F811
+    """A marked document's text also found elsewhere: --exclude (text) drops the copies too and
+    says how many there were; --exclude-match record drops only the marked records."""
+    docs = make_docs(20, seed=6)
+    lines = docs + [docs[3], docs[3], docs[7]]          # lines 21-23: copies of lines 4 and 8
+    src = tmp_path / "c.jsonl"
+    src.write_text("".join(json.dumps({"text": d}) + "\n" for d in lines))
+    listing = tmp_path / "keep_drop.csv"
+    with open(listing, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["decision", "doc_hash", "record"])
+        for line in (4, 8):
+            w.writerow(["drop", hash_hex(doc_hash(docs[line - 1].encode())),
+                        f"{src.resolve()}:{line}"])
+    base = ["--source", f"c=jsonl:{src}", "--tokenizer", f"spm:{spm_model}", "--val-fraction", 0,
+            "--exclude", listing]
+    r = prep_cli(*base, "--out", tmp_path / "text")
+    assert r.returncode == 0, r.stderr
+    assert ("5 excluded by --exclude (3 of them copies of a marked document's text elsewhere)"
+            in r.stderr)
+    assert load_manifest(tmp_path / "text").stats["sources"]["c"]["excluded_copies"] == 3
+    assert len(provenance(tmp_path / "text")) == 18
+    r = prep_cli(*base, "--exclude-match", "record", "--out", tmp_path / "record")
+    assert r.returncode == 0, r.stderr
+    assert "2 excluded by --exclude," in r.stderr and "copies of" not in r.stderr
+    kept = [rec for _, rec, _ in provenance(tmp_path / "record")]
+    assert len(kept) == 21 and f"{src.resolve()}:4" not in kept
+    assert {f"{src.resolve()}:{n}" for n in (21, 22, 23)} <= set(kept)   # the copies stay
+
+
 @pytest.mark.parametrize("as_dict", [False, True])
 def test_hf_save_to_disk_folder_is_a_source(tmp_path, monkeypatch, as_dict):
     import datasets

@@ -127,7 +127,7 @@ def test_spans_cover_the_samples(run):
 
 def test_report_numbers_match_direct_computation(run):
     run_dir, ds, sp, dirs = run
-    rep = build_report(run_dir, top=3, min_tokens=4)
+    rep = build_report(run_dir, top=3, min_tokens=4, min_measured=1)
     rows = read_ledger(run_dir)
     assert rep["sequences"] == rows.size == STEPS * WORLD * MICRO
     assert rep["steps"] == {"count": STEPS, "first": 0, "last": STEPS - 1}
@@ -182,6 +182,47 @@ def test_report_numbers_match_direct_computation(run):
     png = matplotlib.image.imread(out / "valuation.png")
     assert png.shape[0] > 300 and png.shape[1] > 800
     assert not [p for p in out.iterdir() if p.name.startswith(".")]   # no temporaries left
+
+
+def test_keep_drop_needs_repeated_measurements_and_says_how_sure(run):
+    """--min-measured: only documents measured at least twice can be dropped; each row's
+    confidence is Phi(-v sqrt(n) / s) (drop) or its complement (keep), s the pooled
+    within-document spread of one measurement: all against plain Python."""
+    import csv
+    import math
+    run_dir, ds, _, _ = run
+    rep = build_report(run_dir, min_tokens=4, drop_frac=0.5, min_measured=2)
+    rows = read_ledger(run_dir)
+    doc, _ = direct(rows, ds)
+    per_doc = defaultdict(list)
+    for r, z in zip(rows, step_z(rows)):
+        for key in {(s.source, s.shard, s.doc) for s in ds.locate(int(r["seq_id"]))}:
+            per_doc[key].append(z)
+    twice = [v for v in per_doc.values() if len(v) >= 2]
+    sd = math.sqrt(sum(sum((x - sum(v) / len(v)) ** 2 for x in v) for v in twice)
+                   / sum(len(v) - 1 for v in twice))
+    ranked = sorted((k for k, a in doc.items() if a["tokens"] >= 4),
+                    key=lambda k: doc[k]["z"] / doc[k]["tokens"])
+    eligible = [k for k in ranked if doc[k]["sequences"] >= 2]
+    expected = [k for k in eligible[:len(eligible) // 2] if doc[k]["z"] < 0]
+    held_back = [k for k in ranked[:len(ranked) // 2] if doc[k]["sequences"] < 2]
+    assert expected and held_back                       # both rules decide something here
+    with open(run_dir / "report" / "keep_drop.csv") as f:
+        table = list(csv.DictReader(f))
+    key = lambda d: (d["source"], d["shard"], int(d["doc"]))  # noqa: E731
+    assert [key(d) for d in table if d["decision"] == "drop"] == expected
+    for d in table:
+        a = doc[key(d)]
+        p = 0.5 * math.erfc(a["z"] / a["tokens"] * math.sqrt(a["sequences"]) / (sd * math.sqrt(2)))
+        assert float(d["confidence"]) == pytest.approx(p if d["decision"] == "drop" else 1 - p,
+                                                       abs=1e-4)
+    k = rep["keep_drop"]
+    assert k["measurement_sd"] == pytest.approx(sd, rel=1e-9) and k["min_measured"] == 2
+    assert k["too_few_measurements"] == sum(doc[x]["sequences"] < 2 for x in ranked)
+    assert "measured at least 2 times" in (run_dir / "report" / "report.md").read_text()
+    with pytest.raises(SystemExit) as e:
+        main([str(run_dir), "--min-measured", "0"])
+    assert e.value.code == 2
 
 
 def test_cli(run, tmp_path):

@@ -36,7 +36,8 @@ def test_report_keep_drop_list_and_exclude_close_the_loop(tmp_path, spm_model): 
           "run.save_every=0", "lai.warmup_steps=0", ranks=1)
 
     from pipeline.report.cli import main as lai_report
-    assert lai_report([str(run), "--drop-frac", "0.2", "--min-tokens", "8"]) == 0
+    assert lai_report([str(run), "--drop-frac", "0.2", "--min-tokens", "8",
+                       "--min-measured", "1"]) == 0      # 6 steps: most were measured once
     report = json.loads((run / "report" / "report.json").read_text())
     assert report["value_step_method"].startswith("value_norm")   # the trainer records it
     least = report["documents"]["least_valuable"]
@@ -60,3 +61,7 @@ def test_report_keep_drop_list_and_exclude_close_the_loop(tmp_path, spm_model): 
     assert prep(*source, "--exclude", run / "report" / "keep_drop.csv", "--out", clean) == 0
     before, after = hashes(data), hashes(clean)
     assert set(after) == set(before) - dropped and len(after) == len(before) - len(dropped)
+    exact = tmp_path / "exact"              # the list's records are the ones lai-prep reads
+    assert prep(*source, "--exclude", run / "report" / "keep_drop.csv", "--exclude-match",
+                "record", "--out", exact) == 0
+    assert sorted(hashes(exact)) == sorted(after)

@@ -15,7 +15,9 @@ manifest's `ShardEntry.docs_sha256`): one row per document of the shard, in shar
 The keep/drop list: `lai-report` writes RUN/report/keep_drop.csv (KEEP_DROP_FIELDS, one row per
 ranked document with its decision) and `lai-prep --exclude LIST` drops, while it reads its
 sources, every document whose text hash is listed with decision "drop": exact duplicates of it
-included, whatever file, source or position it has in the new run.
+included, whatever file, source or position it has in the new run (`--exclude-match text`, the
+default; lai-prep counts the copies), or only the listed records themselves, same text at the
+same file and position (`--exclude-match record`).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from pipeline.fsutil import atomic_write
 
 DOCS_SUFFIX = ".docs.npy"
 DOCS = np.dtype([("file", "<i4"), ("pos", "<i8"), ("hash", "<u8")])
-KEEP_DROP_FIELDS = ["decision", "value_step", "measured", "tokens", "source", "shard", "doc",
+KEEP_DROP_FIELDS = ["decision", "confidence", "value_step", "measured", "tokens", "source", "shard", "doc",
                     "record", "doc_hash"]
 _HASH_KEY = b"lai-doc"
 
@@ -87,8 +89,9 @@ def record(source: dict, file: int, pos: int) -> str:
     return name
 
 
-def read_drop_hashes(path: str | Path) -> set[int]:
-    """The text hashes a keep/drop list marks "drop" (UserError naming the file if it is not one)."""
+def read_drop_list(path: str | Path) -> set[tuple[int, str]]:
+    """(text hash, record) of each document a keep/drop list marks "drop" (record "" where the
+    list has none; UserError naming the file if it is not a keep/drop list)."""
     p = Path(path)
     try:
         with open(p, newline="") as f:
@@ -106,7 +109,7 @@ def read_drop_hashes(path: str | Path) -> set[int]:
                     if not row["doc_hash"]:
                         raise UserError(f"{p}:{i}: no doc_hash (the run's data was prepared "
                                         "before lai-prep recorded provenance; prepare it again)")
-                    drop.add(int(row["doc_hash"], 16))
+                    drop.add((int(row["doc_hash"], 16), row.get("record") or ""))
             return drop
     except OSError as e:
         raise UserError(f"{p}: cannot read the keep/drop list ({e.strerror or e})") from None

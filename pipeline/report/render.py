@@ -86,10 +86,8 @@ def markdown(r: dict) -> str:
         f"(*step value*: {r['value_step_method']}; 0 = as good as the step's average, < 0 = "
         "worse than its batch mates), so that the order does not mean \"seen early\". "
         "*Measured*: how many of its sequences were valued. All documents: `documents.csv` "
-        f"(least valuable first). Keep/drop list: `keep_drop.csv` ({r['keep_drop']['dropped']} "
-        f"marked drop: the least valuable {r['keep_drop']['drop_frac']:.0%} of the ranked "
-        "documents, if below their steps' average); `lai-prep --exclude keep_drop.csv` "
-        "prepares the corpus without them.", "",
+        f"(least valuable first). Keep/drop list: `keep_drop.csv` ({_keep_drop(r['keep_drop'])}); "
+        "`lai-prep --exclude keep_drop.csv` prepares the corpus without them.", "",
         "![valuation](valuation.png)", "",
         "## Sources", "",
         "| source | sequences | measured | tokens | step value | mean value | excluded | mean loss |",
@@ -114,6 +112,14 @@ def markdown(r: dict) -> str:
                          f"{_md(e['value_step'])} | {_md(e['mean_value'])} | "
                          f"{_pct(e['excluded_frac'])} | {_md(e['snippet'])} |")
     return "\n".join(lines) + "\n"
+
+
+def _keep_drop(k: dict) -> str:
+    return (f"{k['dropped']} marked drop: the least valuable {k['drop_frac']:.0%} of the ranked "
+            f"documents measured at least {k['min_measured']} times, if below their steps' "
+            f"average; {k['too_few_measurements']} ranked documents measured fewer times are "
+            "kept; *confidence*: the probability that a row's decision is right, from its "
+            f"measurements and one measurement's spread ({k['measurement_sd']:.3g})")
 
 
 def _mixture_lines(m: dict | None) -> list[str]:

@@ -94,3 +94,22 @@ def group_stats(rows: np.ndarray, span_row: np.ndarray, group: np.ndarray, token
         if corrected is not None:
             out["value_step"] = wmean(corrected[prow])
     return out
+
+
+def measurement_noise(span_row: np.ndarray, span_doc: np.ndarray, corrected: np.ndarray,
+                      n_docs: int) -> float:
+    """The spread of one measurement of a document: the pooled within-document standard
+    deviation of its sequences' step-corrected values (each (sequence, document) pair once,
+    unweighted), over the documents measured at least twice; 1.0 (the z-score's unit: no
+    document was measured twice) if there are none."""
+    pair = np.unique(span_row * n_docs + span_doc)
+    row, doc = pair // n_docs, pair % n_docs
+    x = corrected[row]
+    ok = np.isfinite(x)
+    row, doc, x = row[ok], doc[ok], x[ok]
+    n = np.bincount(doc, minlength=n_docs)
+    mean = np.bincount(doc, weights=x, minlength=n_docs) / np.maximum(n, 1)
+    dof = int((n[n >= 2] - 1).sum())
+    if dof == 0:
+        return 1.0
+    return float(np.sqrt(((x - mean[doc]) ** 2).sum() / dof))

@@ -44,7 +44,7 @@ from pipeline.format.tokenizer import load_tokenizer
 from pipeline.fsutil import atomic_write, atomic_write_json, read_json
 from pipeline.report import keeplist
 from pipeline.report.render import markdown, plot
-from pipeline.report.stats import group_stats, locate_all, step_corrected
+from pipeline.report.stats import group_stats, locate_all, measurement_noise, step_corrected
 from pipeline.train.ledger import read_ledger
 
 
@@ -165,9 +165,10 @@ def _counts(stats: dict[str, np.ndarray], i: int) -> dict:
 
 
 def build_report(run_dir: str | Path, *, top: int = 10, min_tokens: int = 16,
-                 drop_frac: float = 0.1) -> dict:
+                 drop_frac: float = 0.1, min_measured: int = 2) -> dict:
     """Compute the valuation of a run and write RUN/report/*; returns the report.json dict.
-    `drop_frac`: the least valuable fraction of the ranked documents keep_drop.csv drops."""
+    `drop_frac`: the least valuable fraction of the ranked documents measured at least
+    `min_measured` times that keep_drop.csv drops."""
     run_dir = Path(run_dir)
     rows, dataset = _load(run_dir)
     spans = locate_all(rows, dataset)
@@ -192,9 +193,11 @@ def build_report(run_dir: str | Path, *, top: int = 10, min_tokens: int = 16,
     ranked = [int(i) for i in order if rankable[i]]
     steps = np.unique(rows["step"])
     out = run_dir / "report"
+    noise = measurement_noise(spans.row, spans.doc, corrected, len(spans.docs))
     dropped = keeplist.write(out / "keep_drop.csv", keeplist.decide(
         [doc_entry(i, False) for i in ranked],
-        [doc_entry(int(i), False) for i in order if not rankable[i]], drop_frac))
+        [doc_entry(int(i), False) for i in order if not rankable[i]], drop_frac,
+        min_measured=min_measured, noise=noise))
     report = {
         "run_dir": str(run_dir),
         "sequences": int(rows.size),
@@ -212,7 +215,9 @@ def build_report(run_dir: str | Path, *, top: int = 10, min_tokens: int = 16,
             "least_valuable": [doc_entry(i, True) for i in ranked[:top]],
         },
         "keep_drop": {"path": str(out / "keep_drop.csv"), "drop_frac": drop_frac,
-                      "dropped": dropped},
+                      "dropped": dropped, "min_measured": min_measured,
+                      "too_few_measurements": int((per_doc["measured"][ranked] < min_measured).sum()),
+                      "measurement_sd": noise},
     }
     atomic_write_json(out / "report.json", report)
     _write_csv(out / "documents.csv", (doc_entry(int(i), False) for i in order))
