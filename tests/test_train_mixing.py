@@ -43,10 +43,11 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
                                    pad_id=0, unk_id=3, minloglevel=2)
     sp = spm.SentencePieceProcessor(model_file=str(out / "sp.model"))
     clean = [np.array(sp.encode(t) + [2]) for t in texts]
-    noise = [np.append(rng.integers(4, sp.get_piece_size(), size=40), 2) for _ in range(300)]
+    noise = [np.append(rng.integers(4, sp.get_piece_size(), size=40), 2) for _ in range(340)]
     dirs = (make_data_dir(out / "clean", clean[:360], vocab_size=sp.get_piece_size(),
                           source="clean", val_docs=clean[360:]),
-            make_data_dir(out / "noise", noise, vocab_size=sp.get_piece_size(), source="noise"))
+            make_data_dir(out / "noise", noise[:300], vocab_size=sp.get_piece_size(),
+                          source="noise", val_docs=noise[300:]))
     for d in dirs:
         (d / "tokenizer.model").write_bytes((out / "sp.model").read_bytes())
         m = load_manifest(d)
@@ -79,7 +80,10 @@ def train(data, run: Path, *overrides: str) -> str:
 
 def test_mixing_run_follows_its_weights_and_resumes_bit_for_bit(data, tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
-    train(data, straight)
+    out = train(data, straight)
+    assert f"step {2 * N}/{2 * N} loss" in out and " mix clean " in out   # weights on the console
+    assert "LAI on (reference val)" in out                            # the start line
+    assert "(per source: clean " in out and ", noise " in out
     train(data, split, f"train.steps={N}")
     out = train(data, split)                              # resumed from step N, mid-window
     assert f"resumed from {split / 'checkpoints' / f'step_{N:08d}'}" in out
@@ -121,6 +125,18 @@ def test_mixing_run_follows_its_weights_and_resumes_bit_for_bit(data, tmp_path):
     served = np.isin(la["seq_id"] % 2, [0]).mean()
     assert mix["clean"]["served"] == pytest.approx(served)
     assert "## Mixture (lai.mixing)" in (straight / "report" / "report.md").read_text()
+
+    # val loss per source: the val set (clean) and the training source with a val split (noise),
+    # in TensorBoard and the report; the clean val set is the val mix itself, batch for batch
+    val = report["val"]
+    assert sorted(val["sources"]) == ["clean", "noise"] and val["mix"]["steps"] == [4, 8]
+    for name in ("clean", "noise"):
+        steps, losses = zip(*tb[f"val/{name}/loss"])
+        assert val["sources"][name]["steps"] == list(steps)
+        assert val["sources"][name]["loss"] == pytest.approx(list(losses))
+    assert val["sources"]["clean"]["loss"] == pytest.approx(val["mix"]["loss"], rel=1e-6)
+    assert val["sources"]["clean"]["loss"][-1] < val["sources"]["noise"]["loss"][-1]
+    assert "## Val loss per source" in (straight / "report" / "report.md").read_text()
 
     # lai.mixing decides the seq_id layout: switching it on resume is refused, one line
     p = subprocess.run([sys.executable, "-m", "pipeline.train",

@@ -1,5 +1,5 @@
-"""How a valuation is shown: valuation.png (exclusion over training, value distribution),
-report.md, and the one-line summary."""
+"""How a valuation is shown: valuation.png (normalised value per source, mixture weights and
+val loss per source over training), report.md, and the one-line summary."""
 from __future__ import annotations
 
 import math
@@ -13,53 +13,59 @@ from pipeline.report.stats import Spans, group_stats
 
 # ---------------------------------------------------------------------------- plot
 
-def plot(path: Path, rows: np.ndarray, spans: Spans, sources: list[str], src_of_doc: np.ndarray):
-    """valuation.png: excluded fraction over training (token weighted, in at most 50 step bins;
-    overall and per source) and the value distribution of the first vs the last quarter."""
+def plot(path: Path, rows: np.ndarray, spans: Spans, sources: list[str], src_of_doc: np.ndarray,
+         corrected: np.ndarray, weights: dict, val: dict):
+    """valuation.png, three panels over training: each source's mean step-corrected value
+    (token weighted, in at most 50 step bins; comparable across steps, unlike raw values), the
+    sampling weights (`weights`: {"names", "steps", "weights": [[per name] per step],
+    "static"}) and the val loss of each source's val split and of the val mix (`val`:
+    curves.val_curves)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.5))
     steps = np.unique(rows["step"])
     n_bins = min(50, len(steps))
     edges = np.linspace(steps[0], steps[-1] + 1, n_bins + 1)
     span_bin = np.clip(np.searchsorted(edges, rows["step"][spans.row], side="right") - 1,
                        0, n_bins - 1)
     centers = (edges[:-1] + edges[1:]) / 2
-    curves = [("all sources", np.ones(len(spans.row), bool))]
-    if len(sources) <= 10:
-        curves += [(name, src_of_doc[spans.doc] == s) for s, name in enumerate(sources)]
-    for i, (name, sel) in enumerate(curves):
-        st = group_stats(rows, spans.row[sel], span_bin[sel], spans.tokens[sel], n_bins)
-        ok = st["tokens"] > 0
-        ax1.plot(centers[ok], st["excluded_frac"][ok], marker=".", label=name,
-                 **({"color": "k", "lw": 2.0} if i == 0 else {"lw": 1.0}))
-    ax1.set(xlabel="step", ylabel="excluded fraction (token weighted)",
-            title="Excluded before the optimizer step",
-            ylim=(-0.02, 1.02))
-    ax1.legend(fontsize=8)
-
-    values = rows["value"][np.isfinite(rows["value"])]
-    lo, hi = np.percentile(values, [0.5, 99.5]) if values.size else (-1.0, 1.0)
-    bins = np.linspace(lo, hi if hi > lo else lo + 1, int(np.clip(2 * np.sqrt(values.size), 10, 80)))
-    span = steps[-1] - steps[0] + 1
-    for name, sel in (("early (first quarter)", rows["step"] < steps[0] + span / 4),
-                      ("late (last quarter)", rows["step"] >= steps[-1] + 1 - span / 4)):
-        v = rows["value"][sel]
-        v = v[np.isfinite(v)]
-        if v.size:
-            ax2.hist(np.clip(v, bins[0], bins[-1]), bins=bins, density=True, histtype="step",
-                     lw=1.5, label=f"{name}, n={v.size}")
-    ax2.axvline(0.0, color="k", lw=0.8, ls="--")
-    ax2.set(xlabel="LAI value (clipped to 0.5-99.5 percentile)", ylabel="density",
-            title="Value distribution")
-    ax2.legend(fontsize=8)
+    for s, name in enumerate(sources[:10]):
+        sel = src_of_doc[spans.doc] == s
+        st = group_stats(rows, spans.row[sel], span_bin[sel], spans.tokens[sel], n_bins, corrected)
+        ok = np.isfinite(st["value_step"])
+        ax1.plot(centers[ok], st["value_step"][ok], marker=".", lw=1.0, label=name)
+    ax1.axhline(0.0, color="k", lw=0.8, ls="--")
+    ax1.set(xlabel="step", ylabel="mean step value (0 = the step's average)",
+            title="Normalised LAI value per source")
+    _legend(ax1)
+    w = np.asarray(weights["weights"], dtype=np.float64).reshape(len(weights["steps"]), -1)
+    for i, name in enumerate(weights["names"]):
+        ax2.step(weights["steps"], w[:, i], where="post", lw=1.5, label=name)
+    ax2.set(xlabel="step", ylabel="sampling weight", ylim=(-0.02, 1.02),
+            title="Mixture weights" + (" (static)" if weights["static"] else " (lai.mixing)"))
+    _legend(ax2)
+    for name, curve in val["sources"].items():
+        ax3.plot(curve["steps"], curve["loss"], marker=".", lw=1.0, label=name)
+    if val["mix"] is not None:
+        ax3.plot(val["mix"]["steps"], val["mix"]["loss"], color="k", ls="--", lw=1.5,
+                 label="val mix")
+    if val["mix"] is None and not val["sources"]:
+        ax3.text(0.5, 0.5, "no val loss in RUN/tb\n(train.eval_every=0?)", ha="center",
+                 va="center", transform=ax3.transAxes)
+    ax3.set(xlabel="step", ylabel="val loss", title="Val loss per source")
+    _legend(ax3)
     fig.tight_layout()
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
+
+
+def _legend(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
 
 
 def _md(x) -> str:
@@ -98,6 +104,7 @@ def markdown(r: dict) -> str:
                      f"{_md(s['value_step'])} | {_md(s['mean_value'])} | "
                      f"{_pct(s['excluded_frac'])} | {_md(s['mean_loss'])} |")
     lines += _mixture_lines(r.get("mixing"))
+    lines += _val_lines(r.get("val") or {})
     d = r["documents"]
     for title, key in (("Most valuable documents", "most_valuable"),
                        ("Least valuable documents", "least_valuable")):
@@ -134,6 +141,22 @@ def _mixture_lines(m: dict | None) -> list[str]:
     for s in m["sources"]:
         lines.append(f"| {_md(s['source'])} | {_pct(s['initial'])} | {_pct(s['final'])} | "
                      f"{_pct(s['served'])} | {_pct(s['served_late'])} |")
+    return lines
+
+
+def _val_lines(val: dict) -> list[str]:
+    curves = [("val mix", val.get("mix"))] + list((val.get("sources") or {}).items())
+    curves = [(n, c) for n, c in curves if c and c["steps"]]
+    if not curves:
+        return []
+    lines = ["", "## Val loss per source", "",
+             "The val loss of each source's own val split (TensorBoard `val/<source>/loss`) "
+             "and of the val mix (`val/loss`), at the run's first and last eval.", "",
+             "| val set | first | last | change |", "|---|---:|---:|---:|"]
+    for name, c in curves:
+        lines.append(f"| {_md(name)} | {c['loss'][0]:.4f} (step {c['steps'][0]}) | "
+                     f"{c['loss'][-1]:.4f} (step {c['steps'][-1]}) | "
+                     f"{c['loss'][-1] - c['loss'][0]:+.4f} |")
     return lines
 
 

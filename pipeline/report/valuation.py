@@ -20,12 +20,14 @@ Parquet row, HF row: pipeline.format.provenance) when lai-prep recorded it.
 
 Outputs (each written atomically), under RUN/report/:
     report.md       summary, per-source table, the mixture (initial vs final weights, served
-                    shares) of a lai.mixing run, most/least valuable documents with snippets
+                    shares) of a lai.mixing run, val loss per source (first and last eval),
+                    most/least valuable documents with snippets
     report.json     the same numbers, machine readable
     documents.csv   every trained document, least valuable first
     keep_drop.csv   the decision per document (pipeline.report.keeplist): what
                     `lai-prep --exclude RUN/report/keep_drop.csv` leaves out of a cleaned corpus
-    valuation.png   excluded fraction over training and value distribution early vs late
+    valuation.png   over training: each source's mean step-corrected value, the sampling
+                    weights, the val loss of each source's val split (RUN/tb, report.curves)
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ from pipeline.format.provenance import hash_hex, read_docs, record
 from pipeline.format.tokenizer import load_tokenizer
 from pipeline.fsutil import atomic_write, atomic_write_json, read_json
 from pipeline.report import keeplist
+from pipeline.report.curves import val_curves
 from pipeline.report.render import markdown, plot
 from pipeline.report.stats import group_stats, locate_all, measurement_noise, step_corrected
 from pipeline.train.ledger import read_ledger
@@ -159,6 +162,19 @@ def mixture(run_dir: Path, rows: np.ndarray, dataset: PackedDataset) -> dict | N
                         for i, n in enumerate(dataset.source_names)]}
 
 
+def weights_over_time(run_dir: Path, dataset: PackedDataset, last: int) -> dict:
+    """The sampling weights over the run, for the plot: a lai.mixing run's trajectory
+    (RUN/mixing.json, held to step `last`), else the static blend's weights."""
+    if dataset.mixing:
+        traj = read_json(run_dir / "mixing.json")
+        steps, weights = list(traj["steps"]), list(traj["weights"])
+        if steps[-1] < last:
+            steps, weights = steps + [last], weights + [weights[-1]]
+        return {"names": traj["sources"], "steps": steps, "weights": weights, "static": False}
+    w = [x / sum(dataset.weights) for x in dataset.weights]
+    return {"names": dataset.source_names, "steps": [0, last], "weights": [w, w], "static": True}
+
+
 def _counts(stats: dict[str, np.ndarray], i: int) -> dict:
     return {k: (int(v[i]) if k in ("sequences", "measured", "tokens") else _clean(v[i]))
             for k, v in stats.items()}
@@ -209,6 +225,7 @@ def build_report(run_dir: str | Path, *, top: int = 10, min_tokens: int = 16,
         "value_step_method": method,
         "sources": [{"source": name, **_counts(per_src, s)} for s, name in enumerate(sources)],
         "mixing": mixture(run_dir, rows, dataset),
+        "val": val_curves(run_dir),
         "documents": {
             "count": len(spans.docs), "ranked": len(ranked), "min_tokens": min_tokens,
             "most_valuable": [doc_entry(i, True) for i in ranked[::-1][:top]],
@@ -221,7 +238,8 @@ def build_report(run_dir: str | Path, *, top: int = 10, min_tokens: int = 16,
     }
     atomic_write_json(out / "report.json", report)
     _write_csv(out / "documents.csv", (doc_entry(int(i), False) for i in order))
-    plot(out / "valuation.png", rows, spans, sources, src_of_doc)
+    plot(out / "valuation.png", rows, spans, sources, src_of_doc, corrected,
+         weights_over_time(run_dir, dataset, int(steps[-1])), report["val"])
     with atomic_write(out / "report.md", "w") as f:
         f.write(markdown(report))
     return report

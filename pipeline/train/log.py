@@ -123,6 +123,8 @@ class StepLog:
         lai = self.cfg.lai
         warming = (f" (LAI warming up: filtering starts at step {lai.warmup_steps + 1})"
                    if lai.filter != "none" and r.step <= lai.warmup_steps else "")
+        mix = "" if self.mixer is None else " mix " + ", ".join(
+            f"{n} {w:.1%}" for n, w in zip(self.dataset.source_names, self.mixer.weights))
         log0(info, f"step {r.step}/{self.cfg.train.steps} loss {scalars['train/loss']:.4f} "
                    f"excluded {scalars['lai/excluded_frac']:.2%}{warming} lr {r.lr:.2e} "
-                   f"grad_norm {r.grad_norm:.3f} {all_tps:,.0f} tok/s")
+                   f"grad_norm {r.grad_norm:.3f} {all_tps:,.0f} tok/s{mix}")

@@ -13,7 +13,7 @@ needed, and TensorBoard overlays the rank runs in one chart per tag, so a stragg
 (On a multi-node job `log_dir` must be on a shared filesystem for the rank runs to be visible.)
 
 Tag groups (one TensorBoard section each): `train/` (loss, lr, grad_norm, skipped steps),
-`val/` (loss, ppl), `perf/` (tokens_per_s, step-time parts, tflops, mfu, memory), `lai/`
+`val/` (loss, ppl; `val/<source>/loss` per source from `val_scalars`), `perf/` (tokens_per_s, step-time parts, tflops, mfu, memory), `lai/`
 (excluded_frac, kept_tokens, value histogram), `lai_source/<source>/` (excluded_frac,
 mean_value_norm, sequences) from `source_scalars`, and with lai.mixing `lai_mixing/<source>/`
 (weight, mean_value_norm_ema) from `mixing_scalars`.
@@ -27,6 +27,7 @@ uninterrupted run's.
 """
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -54,6 +55,8 @@ DESCRIPTIONS = {
                                     "micro-batch) of this source's sequences: comparable across "
                                     "steps; < 0 worse than the step's average.",
     "lai_source/*/sequences": "This source's sequences in the step, all ranks.",
+    "val/*/loss": "Validation loss (token mean) on this source's own val split: how the model "
+                  "does on each source, whatever the mix; lower is better.",
     "lai_mixing/*/weight": "This source's sampling weight (lai.mixing): the share of the next "
                            "batches drawn from it.",
     "lai_mixing/*/mean_value_norm_ema": "Running mean z-scored LAI value of this source that "
@@ -64,7 +67,7 @@ DESCRIPTIONS = {
 def description(tag: str) -> str | None:
     """The DESCRIPTIONS entry of `tag`, if it has one."""
     parts = tag.split("/")
-    if len(parts) == 3 and parts[0] in ("lai_source", "lai_mixing"):
+    if len(parts) == 3 and parts[0] in ("lai_source", "lai_mixing", "val"):
         tag = f"{parts[0]}/*/{parts[2]}"
     return DESCRIPTIONS.get(tag)
 
@@ -186,6 +189,14 @@ def source_scalars(sources: Sequence[str], values, kept) -> dict[str, float]:
         out[prefix + "excluded_frac"] = float(excluded[i] / count[i])
         out[prefix + "mean_value_norm"] = float(total[i] / count[i])
         out[prefix + "sequences"] = float(count[i])
+    return out
+
+
+def val_scalars(loss: float, per_source: Mapping[str, float]) -> dict[str, float]:
+    """One eval: `val/loss` and `val/ppl` of the val mix, `val/<source>/loss` of each source's
+    own val split."""
+    out = {"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0))}
+    out.update({f"val/{_tag_name(name)}/loss": v for name, v in per_source.items()})
     return out
 
 

@@ -10,7 +10,7 @@ The DeepSpeed JSON is derived from the config here (`ds_config`), never written 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +40,13 @@ class Data:
     val: PackedDataset | None          # for eval and the val reference
     micro_batch: int
     info: DistInfo
+    val_sets: dict[str, PackedDataset] = field(default_factory=dict)   # per source (eval)
 
-    def val_batches(self, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The first `n` val micro-batches of this rank, (input_ids, targets) on its device
-        (the same ones every time)."""
-        loader = RankLoader(self.val, self.micro_batch, self.info.rank, self.info.world)
+    def val_batches(self, n: int, dataset: PackedDataset | None = None
+                    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The first `n` val micro-batches of this rank from `dataset` (default: the val mix),
+        (input_ids, targets) on its device (the same ones every time)."""
+        loader = RankLoader(dataset or self.val, self.micro_batch, self.info.rank, self.info.world)
         dev = self.info.device
         return [(b["input_ids"].to(dev), b["targets"].to(dev))
                 for b in (loader.next_batch() for _ in range(n))]
@@ -68,7 +70,27 @@ def open_data(cfg: Config, info: DistInfo) -> Data:
         except UserError as e:
             raise UserError(f"train.eval_every / lai.reference=val need a val split: {e} (set "
                             "train.eval_every=0, or prepare the data with a val fraction)") from None
-    return Data(train, loader, val, cfg.train.micro_batch, info)
+    sets = source_val_sets(cfg) if cfg.train.eval_every > 0 else {}
+    return Data(train, loader, val, cfg.train.micro_batch, info, sets)
+
+
+def source_val_sets(cfg: Config) -> dict[str, PackedDataset]:
+    """The val split of each val source (data.val_sources, else data.sources) and of each
+    training source that has one, by source name (val/<source>/loss); none when that is one
+    directory, whose loss is val/loss itself."""
+    d = cfg.data
+    dirs = [s.path for s in d.val_sources or d.sources]
+    if d.val_sources:
+        dirs += [s.path for s in d.sources if load_manifest(s.path).shards_of("val")]
+    dirs = list(dict.fromkeys(str(Path(p).resolve()) for p in dirs))
+    if len(dirs) < 2:
+        return {}
+    sets = {}
+    for path in dirs:
+        ds = PackedDataset([(path, 1.0)], d.seq_len, split="val", seed=cfg.run.seed)
+        name = ds.source_names[0]
+        sets[name if name not in sets else f"{name}@{Path(path).name}"] = ds
+    return sets
 
 
 def _check_tokenizer(path: Path, sha256: str, data_dir: Path) -> None:

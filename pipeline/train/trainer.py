@@ -13,7 +13,6 @@ after saving a checkpoint (re-run the same command to resume).
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from pipeline.train.export import export_final
 from pipeline.train.ledger import Ledger
 from pipeline.train.lock import lock_run
 from pipeline.train.log import StepLog
-from pipeline.train.metrics import Metrics
+from pipeline.train.metrics import Metrics, val_scalars
 from pipeline.train.moments import MomentReader
 from pipeline.train.resume import Resume, config_hash
 from pipeline.train.runplan import data_plan
@@ -181,9 +180,13 @@ class Trainer:
         if not (t.eval_every and (step % t.eval_every == 0 or step == t.steps)):
             return
         val_loss = evaluate(self.parts.engine, self.data.val_batches(t.eval_batches), self.comm)
-        ppl = math.exp(min(val_loss, 50.0))
-        self.metrics.scalars(step, {"val/loss": val_loss, "val/ppl": ppl})
-        log0(self.info, f"step {step}: val loss {val_loss:.4f} ppl {ppl:.2f}")
+        per_source = {name: evaluate(self.parts.engine, self.data.val_batches(t.eval_batches, ds),
+                                     self.comm) for name, ds in self.data.val_sets.items()}
+        scalars = val_scalars(val_loss, per_source)
+        self.metrics.scalars(step, scalars)
+        by_source = ", ".join(f"{n} {v:.4f}" for n, v in per_source.items())
+        log0(self.info, f"step {step}: val loss {val_loss:.4f} ppl {scalars['val/ppl']:.2f}"
+                        f"{f' (per source: {by_source})' if by_source else ''}")
 
     def stop_requested(self) -> bool:
         """A signal or the time limit, on any rank (the same answer on every rank)."""
