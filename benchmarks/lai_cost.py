@@ -27,11 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from pipeline.fsutil import atomic_write  # noqa: E402
-from pipeline.lai import (DEFAULT_PAIRING, DEFAULT_SKETCH_DIM, FilterPolicy, LAIScorer,  # noqa
+from pipeline.lai import (DEFAULT_PAIRING, FilterPolicy, LAIScorer,  # noqa
                           LayerInputCapture, full_gradient_values, lai_values,
                           per_sequence_loss)
 from benchmarks.common import median_minus_loss  # noqa: E402
 from pipeline.lai.grads import shift_labels  # noqa: E402
+from pipeline.lai.pairings import PAIRINGS as LAI_PAIRINGS  # noqa: E402  (each .default_sketch_dim)
 from test_lai_support import explicit_kernel, synthetic_corpus, trained_tiny_model  # noqa
 
 CAP = 0.5          # FilterPolicy's max_exclude_frac in the timed step and the agreement column
@@ -67,6 +68,13 @@ def step_time(model, ids, scorer: LAIScorer | None) -> float:
     return time.process_time() - t0
 
 
+def default_dims_line() -> str:
+    """The defaults as docs/LAI_COST.md states them (tests check the page against the code)."""
+    return ("Default sketch_dim per pairing (pipeline/lai/pairings.py, used by the sketch rows "
+            "of the cost tables): " + ", ".join(f"{name} {p.default_sketch_dim}"
+                                               for name, p in LAI_PAIRINGS.items()) + ".")
+
+
 def cost_table(setting: dict, repeats: int) -> list[str]:
     """Best-of-N step CPU times; configurations interleaved round-robin so load changes hit all
     of them alike; the first round is warm-up."""
@@ -76,7 +84,8 @@ def cost_table(setting: dict, repeats: int) -> list[str]:
     configs = [("plain forward+backward", "-", None)] + [
         (f"LAI {method}", pairing, LAIScorer(
             pairing=pairing, method=method, layers="linear", reference="local",
-            include_self=False, sketch_dim=DEFAULT_SKETCH_DIM if method == "sketch" else None,
+            include_self=False,
+            sketch_dim=LAI_PAIRINGS[pairing].default_sketch_dim if method == "sketch" else None,
             seed=0))
         for method in ("exact", "sketch") for pairing in PAIRINGS]
     times = [[] for _ in configs]
@@ -176,7 +185,7 @@ def main() -> None:
               "signal a sketch must resolve).",
               "", "| pairing | " + " | ".join(f"{d}" for d in dims) + " |",
               "|---|" + "---|" * len(dims), *sk_rows, "",
-              f"Default sketch_dim = {DEFAULT_SKETCH_DIM}: token_pair sketches are summed over "
+              f"{default_dims_line()} token_pair sketches are summed over "
               "the reference (one all-reduce of sketch_dim floats per rank per step); aligned / "
               "pooled sketch the two sides separately and gather sketch_dim floats per sequence.",
               "",

@@ -84,3 +84,15 @@ def test_compiled_kernels_equal_eager(trained):
     compiled = lai_values(model, ids[:8], method="sketch", compile=True)
     assert Kernels._failed is None, Kernels._failed
     assert torch.allclose(compiled, eager, rtol=1e-5, atol=1e-9), (compiled, eager)
+
+
+def test_lai_cost_page_states_the_defaults_of_the_code():
+    """docs/LAI_COST.md names each pairing's default sketch_dim as pipeline/lai/pairings.py has it."""
+    import re
+    from pathlib import Path
+
+    from pipeline.lai import PAIRINGS
+    page = (Path(__file__).resolve().parents[1] / "docs" / "LAI_COST.md").read_text()
+    line = next(x for x in page.splitlines() if x.startswith("Default sketch_dim"))
+    stated = dict(re.findall(rf"({'|'.join(PAIRINGS)}) (\d+)", line))
+    assert stated == {name: str(p.default_sketch_dim) for name, p in PAIRINGS.items()}, line

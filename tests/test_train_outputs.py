@@ -67,8 +67,14 @@ def test_logs_summary_warmup_note_and_tensorboard_descriptions(base):
     assert len(lai_tags) >= 5
     for tag in lai_tags:
         assert ea.SummaryMetadata(tag).summary_description == description(tag), tag
-    assert "lowers the loss" in DESCRIPTIONS["lai/values"] and "< 0 they hurt" in \
-        DESCRIPTIONS["lai_source/*/mean_value"]
+    assert "lowers the loss" in DESCRIPTIONS["lai/values"] and "< 0 worse than the step's " \
+        "average" in DESCRIPTIONS["lai_source/*/mean_value_norm"]
+    for key in DESCRIPTIONS:                  # every description belongs to a tag that is written
+        if key.startswith(("lai/", "lai_source/")):
+            assert key.replace("*", "animals") in lai_tags, key
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = re.search(r"which sign is good, e\.g\. `(lai_source/<source>/\w+)`", readme)
+    assert example and example[1].replace("<source>", "animals") in lai_tags
 
 
 def _losses(model_dir: Path, data_dir: Path, seq_ids) -> np.ndarray:

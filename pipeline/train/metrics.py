@@ -49,8 +49,6 @@ DESCRIPTIONS = {
                   "raises it: a candidate for exclusion.",
     "lai_source/*/excluded_frac": "Fraction of this source's sequences of the step excluded "
                                   "before the optimizer step.",
-    "lai_source/*/mean_value": "Mean LAI value of this source's sequences in the step: > 0 they "
-                               "help the reference set, < 0 they hurt it.",
     "lai_source/*/mean_value_norm": "Mean step-normalised LAI value (z-score within the global "
                                     "micro-batch) of this source's sequences: comparable across "
                                     "steps; < 0 worse than the step's average.",
