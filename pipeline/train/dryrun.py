@@ -18,7 +18,8 @@ import torch
 from pipeline.config import Config, save_yaml
 from pipeline.train import init_from, resume, universal
 from pipeline.train.model import hf_config
-from pipeline.train.runplan import data_plan, memory_estimate, reference_note
+from pipeline.train.flops import model_flops_per_token
+from pipeline.train.runplan import data_plan, memory_estimate, reference_note, time_estimate
 from pipeline.train.runtime import DistInfo
 from pipeline.train.setup import ds_config, open_data
 
@@ -63,6 +64,7 @@ def dry_run(cfg: Config, world: int, *, quiet: bool = False) -> int:
              "per step",
              *plan.lines, *([reference_note(cfg)] if cfg.lai.enabled else []),
              memory_estimate(cfg, n_params, model.config, world),
+             time_estimate(cfg, model_flops_per_token(model, cfg.data.seq_len), world),
              point.note().replace("resumed from", "would resume from") if point else
              f"fresh start in {cfg.run.out_dir}", *plan.warnings,
              "dry run: nothing was started"]

@@ -1,7 +1,8 @@
 """What a run will do, worked out before it starts: the data it reads (tokens per source, what the
-run consumes, epochs), one-line warnings when that looks wrong (the run repeats data, the val
-split is smaller than one eval), and a memory estimate per device. Printed at the start of every
-run (rank 0) and by `lai-train --dry-run`.
+run consumes, epochs) with one-line warnings when that looks wrong (the run repeats data, the val
+split is smaller than one eval), printed at the start of every run (rank 0) and by `lai-train
+--dry-run`; the dry run adds the LAI reference in force, a memory estimate per device (model
+states, activations, float32 logits, LAI's buffers) and a time estimate (log.peak_tflops).
 """
 from __future__ import annotations
 
@@ -68,8 +69,9 @@ def reference_note(cfg: Config) -> str:
 
 
 def memory_estimate(cfg: Config, n_params: int, model_config, world: int) -> str:
-    """Per-device memory of the model states (exact sizes for the ZeRO stage and precision) plus
-    a rough activation figure, as one line. `model_config`: the HF config (width, depth, vocab)."""
+    """Per-device memory of the model states (exact sizes for the ZeRO stage and precision), a
+    rough activation figure, the float32 logits and LAI's buffers (lai_buffers), as one line.
+    `model_config`: the HF config (width, depth, vocab)."""
     t = cfg.train
     bf16 = t.precision == "bf16"
     elem = 2 if bf16 else 4
@@ -85,11 +87,64 @@ def memory_estimate(cfg: Config, n_params: int, model_config, world: int) -> str
         params = 0.0
     tokens = t.micro_batch * cfg.data.seq_len
     hidden, layers = model_config.hidden_size, model_config.num_hidden_layers
-    per_layer = tokens * hidden * elem * (1 if cfg.model.activation_checkpointing else 17)
-    logits = tokens * model_config.vocab_size * 4 * 3      # fp32 logits, softmax, LAI's grads
-    act = per_layer * layers + logits
+    act = tokens * hidden * elem * (1 if cfg.model.activation_checkpointing else 17) * layers
+    logits = tokens * model_config.vocab_size * 4 * 3      # fp32 logits, softmax, their gradient
+    lai, lai_parts = lai_buffers(cfg, model_config, world)
+    total = params + grads + optim + act + logits + lai
     offloaded = f"; {', '.join(where)}" if where else ""
-    return (f"memory per device (estimate): model states {(params + grads + optim) / GIB:.2f} GiB "
-            f"(parameters {params / GIB:.2f}, gradients {grads / GIB:.2f}, optimizer "
-            f"{optim / GIB:.2f}; ZeRO {t.zero_stage} over {world} rank(s), {t.precision}), "
-            f"activations ~{act / GIB:.2f} GiB at micro batch {t.micro_batch} (rough){offloaded}")
+    return (f"memory per device (estimate): ~{total / GIB:.2f} GiB = model states "
+            f"{(params + grads + optim) / GIB:.2f} GiB (parameters {params / GIB:.2f}, gradients "
+            f"{grads / GIB:.2f}, optimizer {optim / GIB:.2f}; ZeRO {t.zero_stage} over {world} "
+            f"rank(s), {t.precision}) + activations ~{act / GIB:.2f} GiB at micro batch "
+            f"{t.micro_batch} (rough) + logits {logits / GIB:.2f} GiB (fp32: logits, softmax, "
+            f"gradient) + LAI buffers {lai / GIB:.2f} GiB ({lai_parts}){offloaded}")
+
+
+def lai_buffers(cfg: Config, model_config, world: int) -> tuple[float, str]:
+    """Bytes LAI holds per device on top of training at its peak, and what they are: the
+    captured layer inputs kept for scoring (only with activation checkpointing: otherwise
+    autograd holds them anyway), one fp32 softmax block of the vocabulary side
+    (pipeline.lai.sketch.CHUNK_ELEMENTS, the GPU size), and the sketches (method=sketch) or the
+    all-gathered features (method=exact; pipeline/lai/__init__.py lists the sizes)."""
+    from pipeline.lai.sketch import CHUNK_ELEMENTS
+    lai, t, seq = cfg.lai, cfg.train, cfg.data.seq_len
+    if not lai.enabled:
+        return 0.0, "LAI off"
+    d, n_layer, vocab = (model_config.hidden_size, model_config.num_hidden_layers,
+                         model_config.vocab_size)
+    inter = getattr(model_config, "intermediate_size", None) or 4 * d
+    width = {"linear": n_layer * (3 * d + inter) + d, "blocks": (n_layer + 1) * d,
+             "head": d}[lai.layers]                     # summed widths of the captured inputs
+    tokens, local, glob = t.micro_batch * seq, t.micro_batch, t.micro_batch * world
+    parts = {}
+    if cfg.model.activation_checkpointing:
+        parts["layer inputs"] = tokens * width * (2 if t.precision == "bf16" else 4)
+    parts["softmax block"] = min(tokens * vocab, CHUNK_ELEMENTS["cuda"]) * 4
+    if lai.method == "sketch":
+        per_seq = local + 1 if lai.pairing == "token_pair" else glob + local
+        parts["sketches"] = per_seq * lai.sketch_dim * 4
+    else:
+        parts["gathered features"] = glob * (1 if lai.pairing == "pooled" else seq) * (
+            width + vocab) * 4
+    return sum(parts.values()), ", ".join(f"{k} {v / GIB:.2f}" for k, v in parts.items())
+
+
+MFU_ASSUMED = (0.40, 0.16)      # a tuned large model; this pipeline, GPT-2 small, H200, LAI on
+
+
+def time_estimate(cfg: Config, flops_per_token: float, world: int) -> str:
+    """Step and run time from the model FLOPs (pipeline.train.flops) and log.peak_tflops, at an
+    assumed MFU of 0.40 and at the 0.16 this pipeline measured with LAI on GPT-2 small on one
+    H200 (docs/RESULTS.md, GPU check)."""
+    peak = cfg.log.peak_tflops
+    if peak <= 0:
+        return ("time (estimate): none; set log.peak_tflops (per-device peak TFLOP/s, e.g. 989 "
+                "for an H100 in bf16) for one")
+    step_flops = flops_per_token * cfg.train.global_batch * cfg.data.seq_len
+    secs = [step_flops / (peak * 1e12 * world * u) for u in MFU_ASSUMED]
+    hours = [s * cfg.train.steps / 3600 for s in secs]
+    return (f"time (estimate): {secs[0]:.2f}-{secs[1]:.2f} s per step, {hours[0]:,.1f}-"
+            f"{hours[1]:,.1f} h for {cfg.train.steps:,} steps on {world} device(s) at "
+            f"{peak:g} TFLOP/s peak each (MFU {MFU_ASSUMED[0]:.2f}-{MFU_ASSUMED[1]:.2f}; "
+            f"{flops_per_token / 1e9:.2f} GFLOP per token; LAI's sketch adds ~7% at GPT-2-small "
+            "scale)")
