@@ -83,6 +83,8 @@ class TrainConfig:
     max_nonfinite_steps: int = 5       # abort after this many skipped (non-finite) steps in a row
     eval_every: int = 50               # 0 = no eval
     eval_batches: int = 4              # micro-batches per rank per eval
+    eval_per_source: bool = True       # also val/<source>/loss of each source's own val split
+                                       # (2+ such sources; one more eval per source)
 
 
 @dataclass

@@ -70,14 +70,14 @@ def open_data(cfg: Config, info: DistInfo) -> Data:
         except UserError as e:
             raise UserError(f"train.eval_every / lai.reference=val need a val split: {e} (set "
                             "train.eval_every=0, or prepare the data with a val fraction)") from None
-    sets = source_val_sets(cfg) if cfg.train.eval_every > 0 else {}
+    sets = source_val_sets(cfg) if cfg.train.eval_every > 0 and cfg.train.eval_per_source else {}
     return Data(train, loader, val, cfg.train.micro_batch, info, sets)
 
 
 def source_val_sets(cfg: Config) -> dict[str, PackedDataset]:
     """The val split of each val source (data.val_sources, else data.sources) and of each
-    training source that has one, by source name (val/<source>/loss); none when that is one
-    directory, whose loss is val/loss itself."""
+    training source that has one large enough for a sample, by source name (val/<source>/loss);
+    none when that is one directory, whose loss is val/loss itself."""
     d = cfg.data
     dirs = [s.path for s in d.val_sources or d.sources]
     if d.val_sources:
@@ -87,10 +87,13 @@ def source_val_sets(cfg: Config) -> dict[str, PackedDataset]:
         return {}
     sets = {}
     for path in dirs:
-        ds = PackedDataset([(path, 1.0)], d.seq_len, split="val", seed=cfg.run.seed)
+        try:
+            ds = PackedDataset([(path, 1.0)], d.seq_len, split="val", seed=cfg.run.seed)
+        except UserError:              # a training source's val split shorter than a sample
+            continue
         name = ds.source_names[0]
         sets[name if name not in sets else f"{name}@{Path(path).name}"] = ds
-    return sets
+    return sets if len(sets) >= 2 else {}
 
 
 def _check_tokenizer(path: Path, sha256: str, data_dir: Path) -> None:
