@@ -336,3 +336,29 @@ def test_mixing_refuses_a_self_influence_reference_unless_asked(dirs):
     cfg = load_config(tiny, [two, "lai.mixing=true", "lai.mixing_without_val=true"])
     assert cfg.lai.reference == "global" and reference_note(cfg).startswith(
         "lai reference: global (the global micro-batch itself: self-influence)")
+
+
+def test_source_val_sets(tmp_path):
+    """val/<source>/loss covers each val source and each training source with a val split long
+    enough for a sample (a shorter one is left out, not an error); nothing when that is a single
+    directory (its loss is val/loss) or with train.eval_per_source=false."""
+    from pathlib import Path
+
+    from pipeline.config import load_config
+    from pipeline.train.runtime import DistInfo
+    from pipeline.train.setup import open_data
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
+    goal, a, b = (make_data_dir(tmp_path / n, random_docs(20, seed=i), source=n,
+                                val_docs=random_docs(n_val, seed=9, min_len=m, max_len=m))
+                  for i, (n, n_val, m) in enumerate([("goal", 4, 40), ("a", 4, 40), ("b", 1, 3)]))
+
+    def sets(sources, val=(), *more):
+        listed = ", ".join(f"{{path: '{d}'}}" for d in sources)
+        vals = ", ".join(f"{{path: '{d}'}}" for d in val)
+        cfg = load_config(tiny, [f"data.sources=[{listed}]", f"data.val_sources=[{vals}]",
+                                 "data.seq_len=16", *more])
+        return sorted(open_data(cfg, DistInfo(0, 1, 0, torch.device("cpu"))).val_sets)
+    assert sets([a, b], [goal]) == ["a", "goal"]          # b's val split: 4 tokens < 17
+    assert sets([a, goal]) == ["a", "goal"]
+    assert sets([a], [a]) == [] and sets([b], [goal]) == []
+    assert sets([a, b], [goal], "train.eval_per_source=false") == []
