@@ -209,11 +209,10 @@ def build_report(run_dir: str | Path, *, top: int = 10, min_tokens: int = 16,
     ranked = [int(i) for i in order if rankable[i]]
     steps = np.unique(rows["step"])
     out = run_dir / "report"
-    noise = measurement_noise(spans.row, spans.doc, corrected, len(spans.docs))
-    dropped = keeplist.write(out / "keep_drop.csv", keeplist.decide(
-        [doc_entry(i, False) for i in ranked],
-        [doc_entry(int(i), False) for i in order if not rankable[i]], drop_frac,
-        min_measured=min_measured, noise=noise))
+    keep_drop = write_keep_drop(
+        out / "keep_drop.csv", [doc_entry(i, False) for i in ranked],
+        [doc_entry(int(i), False) for i in order if not rankable[i]], drop_frac, min_measured,
+        measurement_noise(spans.row, spans.doc, corrected, len(spans.docs)))
     report = {
         "run_dir": str(run_dir),
         "sequences": int(rows.size),
@@ -231,10 +230,7 @@ def build_report(run_dir: str | Path, *, top: int = 10, min_tokens: int = 16,
             "most_valuable": [doc_entry(i, True) for i in ranked[::-1][:top]],
             "least_valuable": [doc_entry(i, True) for i in ranked[:top]],
         },
-        "keep_drop": {"path": str(out / "keep_drop.csv"), "drop_frac": drop_frac,
-                      "dropped": dropped, "min_measured": min_measured,
-                      "too_few_measurements": int((per_doc["measured"][ranked] < min_measured).sum()),
-                      "measurement_sd": noise},
+        "keep_drop": keep_drop,
     }
     atomic_write_json(out / "report.json", report)
     _write_csv(out / "documents.csv", (doc_entry(int(i), False) for i in order))
@@ -243,6 +239,18 @@ def build_report(run_dir: str | Path, *, top: int = 10, min_tokens: int = 16,
     with atomic_write(out / "report.md", "w") as f:
         f.write(markdown(report))
     return report
+
+
+def write_keep_drop(path: Path, ranked: list[dict], unranked: list[dict], drop_frac: float,
+                    min_measured: int, noise: float) -> dict:
+    """keep_drop.csv (pipeline.report.keeplist) from the document entries, least valuable
+    first; returns its report.json entry."""
+    dropped = keeplist.write(path, keeplist.decide(ranked, unranked, drop_frac,
+                                                   min_measured=min_measured, noise=noise))
+    return {"path": str(path), "drop_frac": drop_frac, "dropped": dropped,
+            "min_measured": min_measured,
+            "too_few_measurements": sum(e["measured"] < min_measured for e in ranked),
+            "measurement_sd": noise}
 
 
 def _write_csv(path: Path, entries) -> None:
