@@ -11,7 +11,7 @@ only on the stream, so the worker count never changes the output.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -279,8 +279,7 @@ def summary(m: Manifest, out: Path, seconds: float) -> str:
     st = m.stats
     rd = ReadStats()
     for s in st["sources"].values():
-        rd.add(ReadStats(**{k: s.get(k, 0) for k in ("docs", "empty", "bad_utf8", "bytes", "excluded",
-                                                     "excluded_copies")}))
+        rd.add(ReadStats(**{f.name: s.get(f.name, 0) for f in fields(ReadStats)}))
     tr = sum(s["train_tokens"] for s in st["sources"].values())
     copies = f" ({rd.excluded_copies:,} of them copies of a marked document's text elsewhere)" \
         if rd.excluded_copies else ""

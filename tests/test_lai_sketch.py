@@ -87,7 +87,8 @@ def test_compiled_kernels_equal_eager(trained):
 
 
 def test_lai_cost_page_states_the_defaults_of_the_code():
-    """docs/LAI_COST.md names each pairing's default sketch_dim as pipeline/lai/pairings.py has it."""
+    """docs/LAI_COST.md names each pairing's default sketch_dim as pipeline/lai/pairings.py has
+    it."""
     import re
     from pathlib import Path
 

@@ -32,8 +32,8 @@ from pipeline.fsutil import atomic_write
 
 DOCS_SUFFIX = ".docs.npy"
 DOCS = np.dtype([("file", "<i4"), ("pos", "<i8"), ("hash", "<u8")])
-KEEP_DROP_FIELDS = ["decision", "confidence", "value_step", "measured", "tokens", "source", "shard", "doc",
-                    "record", "doc_hash"]
+KEEP_DROP_FIELDS = ["decision", "confidence", "value_step", "measured", "tokens", "source",
+                    "shard", "doc", "record", "doc_hash"]
 _HASH_KEY = b"lai-doc"
 
 

@@ -13,10 +13,10 @@ needed, and TensorBoard overlays the rank runs in one chart per tag, so a stragg
 (On a multi-node job `log_dir` must be on a shared filesystem for the rank runs to be visible.)
 
 Tag groups (one TensorBoard section each): `train/` (loss, lr, grad_norm, skipped steps),
-`val/` (loss, ppl; `val/<source>/loss` per source from `val_scalars`), `perf/` (tokens_per_s, step-time parts, tflops, mfu, memory), `lai/`
-(excluded_frac, kept_tokens, value histogram), `lai_source/<source>/` (excluded_frac,
-mean_value_norm, sequences) from `source_scalars`, and with lai.mixing `lai_mixing/<source>/`
-(weight, mean_value_norm_ema) from `mixing_scalars`.
+`val/` (loss, ppl; `val/<source>/loss` per source from `val_scalars`), `perf/` (tokens_per_s,
+step-time parts, tflops, mfu, memory), `lai/` (excluded_frac, kept_tokens, value histogram),
+`lai_source/<source>/` (excluded_frac, mean_value_norm, sequences) from `source_scalars`, and
+with lai.mixing `lai_mixing/<source>/` (weight, mean_value_norm_ema) from `mixing_scalars`.
 
 Every LAI tag carries a one-line description (what it measures and which sign is good: the
 DESCRIPTIONS table), written with its first event, which TensorBoard shows next to the chart.
