@@ -97,8 +97,8 @@ def gib(line: str, label: str) -> float:
      32 * (4 * 4096**2 + 3 * 4096 * 11008) + 32000 * 4096,
      2 * 4096 * (32 * (3 * 4096 + 11008) + 4096) * 2),     # checkpointing: inputs held, bf16
 ])
-def test_shipped_large_configs_pass_the_dry_run_with_memory_and_time(vocab32k, tmp_path, name,
-                                                                     world, params, matmul,
+def test_shipped_large_configs_pass_the_dry_run_with_memory_and_time(vocab32k, tmp_path, capsys,
+                                                                     name, world, params, matmul,
                                                                      layer_inputs):
     """configs/gpt2_small.yaml and configs/llama_7b.yaml load, validate and plan (the model on
     the meta device: no 7B weights are allocated); the memory estimate includes the fp32 logits
@@ -107,9 +107,10 @@ def test_shipped_large_configs_pass_the_dry_run_with_memory_and_time(vocab32k, t
     data = [f"data.sources=[{{path: {vocab32k}, weight: 1.0}}]", f"run.out_dir={tmp_path}/r"]
     cfg = load_config(ROOT / "configs" / f"{name}.yaml", data).validate(world)
     t, seq = cfg.train, cfg.data.seq_len
-    p = lai_train("--dry-run", "--world", world, ROOT / "configs" / f"{name}.yaml", *data)
-    assert p.returncode == 0, p.stderr
-    out = p.stdout
+    from pipeline.train.cli import main
+    assert main(["--dry-run", "--world", str(world), str(ROOT / "configs" / f"{name}.yaml"),
+                 *data]) == 0
+    out = capsys.readouterr().out
     assert f"model: {params / 1e6:.2f}M parameters" in out
     mem = next(x for x in out.splitlines() if x.startswith("memory per device"))
     logits = t.micro_batch * seq * 32000 * 4 * 3
