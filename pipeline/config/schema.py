@@ -91,6 +91,9 @@ class LogConfig:
     histogram_every: int = 50          # LAI value histogram cadence (steps)
     peak_tflops: float = 0.0           # per-device peak for MFU (989: H100 bf16); 0 = no MFU
     ledger_chunk_rows: int = 4096
+    wandb: bool = False                # also log the scalars to Weights & Biases (pip install
+                                       # 'lai-pretrain[wandb]'; WANDB_MODE=offline works)
+    wandb_project: str = "lai-pretrain"
 
 
 @dataclass

@@ -121,3 +121,7 @@ def _log(cfg: Config) -> None:
     need(log.peak_tflops >= 0, "log.peak_tflops", f"must be >= 0, got {log.peak_tflops}")
     need(log.ledger_chunk_rows >= 1, "log.ledger_chunk_rows",
          f"must be >= 1, got {log.ledger_chunk_rows}")
+    if log.wandb:
+        need(bool(log.wandb_project), "log.wandb_project", "must name a W&B project")
+        from pipeline.train.sinks import check_wandb
+        check_wandb()

@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run or args.check:
         from pipeline.train.dryrun import dry_run
         return dry_run(cfg, world, quiet=args.check)
-    from pipeline.train import resume, runtime, universal
+    from pipeline.train import quiet, resume, runtime, universal
+    quiet.silence_known_noise()
     from pipeline.train.trainer import Trainer
     point = resume.plan(cfg, world)
     if point is not None and point.universal:     # before the group: no collective timeout

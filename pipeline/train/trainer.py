@@ -24,7 +24,7 @@ from pipeline.config import Config, save_yaml
 from pipeline.errors import UserError
 from pipeline.fsutil import atomic_write_json
 from pipeline.lai import Selector, SourceMixer, per_sequence_loss
-from pipeline.train import checkpoint
+from pipeline.train import checkpoint, faults
 from pipeline.train.export import export_final
 from pipeline.train.ledger import Ledger
 from pipeline.train.lock import lock_run
@@ -36,6 +36,7 @@ from pipeline.train.runplan import data_plan
 from pipeline.train.runtime import DistInfo, StopFlag, log0, log_to, seed_everything, shutdown
 from pipeline.train.setup import (build_engine, ds_config, open_data, verify_data,
                                   write_run_files)
+from pipeline.train.sinks import open_sinks
 from pipeline.train.state import Counters, RNGState, TrainState
 from pipeline.train.step import StepResult, StepRunner
 
@@ -72,8 +73,11 @@ class Trainer:
         self.counters = Counters()
         self.state = self._register()
         self._restore()
-        self.metrics = Metrics(self.run_dir / "tb", info.rank, info.world,
-                               purge_step=self.counters.step + 1)
+        purge = self.counters.step + 1
+        self.metrics = Metrics(self.run_dir / "tb", info.rank, info.world, purge_step=purge,
+                               sinks=open_sinks(self.run_dir, info.main, purge,
+                                                cfg.log.wandb and cfg.log.wandb_project,
+                                                cfg.to_dict()))
         t = cfg.train
         self.runner = StepRunner(self.parts.engine, self.parts.optimizer, self.parts.gate,
                                  self.selector, self.data.loader, self.comm, info.device, t,
@@ -128,6 +132,7 @@ class Trainer:
             result = self.train_step()
             unstable = self.counters.bad_in_a_row >= self.cfg.train.max_nonfinite_steps
             self.log.after_step(result, self.counters, last=unstable)
+            faults.crash_if_due(result.step, self.info.rank, resumed=self.resume is not None)
             if unstable:
                 self.abort_unstable()
             self.evaluate_if_due(result.step)
@@ -198,6 +203,7 @@ class Trainer:
         meta = {"world": self.info.world, "config": self.cfg.to_dict(),
                 "config_hash": config_hash({**self.cfg.to_dict(), "world": self.info.world}),
                 "hf_config": json.loads(self.parts.engine.module.config.to_json_string())}
+        self.metrics.flush()          # RUN/metrics.jsonl holds every step up to the checkpoint
         path = checkpoint.save(self.state, self.run_dir, self.counters.step, meta=meta,
                                keep=self.cfg.run.keep_checkpoints)
         if self.mixer is not None and self.info.main:     # the mixture as of this checkpoint
