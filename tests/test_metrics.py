@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from pipeline.train.flops import matmul_params, mfu, model_flops_per_token
 from pipeline.train.metrics import Metrics, rank_spread, source_scalars
 from pipeline.train.sinks import JsonlSink, WandbSink
+from train_support import read_wandb_history
 
 
 def events(path) -> EventAccumulator:
@@ -103,29 +104,6 @@ def test_jsonl_has_tensorboards_scalars_once_per_step_also_after_a_resume(tmp_pa
     acc = events(tmp_path)
     for tag in ("train/loss", "val/loss"):
         assert scalars(acc, tag) == [(r["step"], r[tag]) for r in rows if tag in r]
-
-
-def read_wandb_history(run_file: Path) -> list[dict]:
-    """The history rows of a W&B transaction log (.wandb: a 7-byte header, then LevelDB-log
-    records in 32 KiB blocks: crc32c u32, length u16, type u8 (1 full, 2 first, 3 middle, 4
-    last), each holding a wandb_internal_pb2.Record)."""
-    from wandb.proto.wandb_internal_pb2 import Record
-    data, pos, record, rows = run_file.read_bytes(), 7, b"", []
-    assert data[:4] == b":W&B"
-    while pos + 7 <= len(data):
-        if 32768 - pos % 32768 < 7:                       # block trailer: padding
-            pos += 32768 - pos % 32768
-            continue
-        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
-        record += data[pos + 7:pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):
-            r = Record.FromString(record)
-            record = b""
-            if r.WhichOneof("record_type") == "history":
-                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json)
-                             for i in r.history.item})
-    return rows
 
 
 @pytest.mark.slow

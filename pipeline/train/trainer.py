@@ -24,7 +24,7 @@ from pipeline.config import Config, save_yaml
 from pipeline.errors import UserError
 from pipeline.fsutil import atomic_write_json
 from pipeline.lai import Selector, SourceMixer, per_sequence_loss
-from pipeline.train import checkpoint, faults
+from pipeline.train import checkpoint, faults, lineage
 from pipeline.train.export import export_final
 from pipeline.train.ledger import Ledger
 from pipeline.train.lock import lock_run
@@ -44,9 +44,10 @@ EXIT_STOPPED = 75
 
 
 class Trainer:
-    def __init__(self, cfg: Config, info: DistInfo, resume: Resume | None):
+    def __init__(self, cfg: Config, info: DistInfo, resume: Resume | None,
+                 origin: lineage.Origin | None = None):
         self.t_start = time.time()
-        self.cfg, self.info, self.resume = cfg, info, resume
+        self.cfg, self.info, self.resume, self.origin = cfg, info, resume, origin
         self.comm = Comm.resolve()
         self.stop, self.out_of_time = StopFlag(), False
         self.run_dir = Path(cfg.run.out_dir)
@@ -60,8 +61,9 @@ class Trainer:
                             self.data.train.fingerprint)
             log_to(self.run_dir / "train.log")
         verify_data(cfg, self.run_dir, info, self.comm)
+        start = resume or origin
         self.parts = build_engine(cfg, info, self.data, self.comm,
-                                  load_universal=resume is not None and resume.universal)
+                                  load_universal=start is not None and start.universal)
         self.selector = Selector(cfg.lai, cfg.run.seed, self.comm,
                                  val_batches=lambda: self.data.val_batches(cfg.lai.val_batches),
                                  documents=self.data.train,
@@ -103,6 +105,12 @@ class Trainer:
     def _restore(self) -> None:
         if self.resume is None:
             self.ledger.load_state_dict({"next_step": 1})   # rows of an unsaved earlier attempt
+            if self.origin is not None:                     # run.continue_from: engine only
+                checkpoint.load_engine(self.parts.engine, self.origin.path,
+                                       universal=self.origin.universal)
+                if self.info.main:
+                    lineage.write(self.run_dir, self.origin)
+                log0(self.info, self.origin.note())
             return
         r = self.resume
         checkpoint.load(self.state, r.path, same_world=r.same_world, universal=r.universal)
