@@ -4,16 +4,13 @@ sentencepiece tokenizer: the manifest's counts, checksums and max token id again
 lai-prep verify, the trainer's loader and config check on the result, and the one-line errors."""
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
 
 from pipeline.format.manifest import load_manifest
 from pipeline.fsutil import sha256_file
-from train_support import ROOT, env, make_animals_data, train_args
+from train_support import make_animals_data, train_args
 
 pytest.importorskip("megatron.core.datasets.indexed_dataset")
 
@@ -27,13 +24,23 @@ def megatron_shard(prefix, docs: list[list[list[int]]]) -> None:
     builder.finalize(f"{prefix}.idx")
 
 
-def lai_prep(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "data_prep", *map(str, args)], cwd=ROOT, env=env(),
-                          capture_output=True, text=True, timeout=120)
+@pytest.fixture
+def lai_prep(capsys):
+    """lai-prep in this process: (exit code, stdout + stderr)."""
+    from data_prep.__main__ import main
+
+    def run(*args) -> tuple[int, str]:
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as e:
+            rc = e.code
+        out = capsys.readouterr()
+        return rc, out.out + out.err
+    return run
 
 
 @pytest.mark.slow
-def test_import_megatron_shards_then_verify_load_and_check(tmp_path):
+def test_import_megatron_shards_then_verify_load_and_check(tmp_path, lai_prep):
     import sentencepiece as spm
     (tmp_path / "tok").mkdir()
     tok = make_animals_data(tmp_path / "tok") / "tokenizer.model"
@@ -55,9 +62,9 @@ def test_import_megatron_shards_then_verify_load_and_check(tmp_path):
     megatron_shard(d / "web_text_document", train_docs)
     megatron_shard(d / "web_val_text_document", val_docs)
 
-    p = lai_prep("import", d, "--tokenizer", f"spm:{tok}", "--val", "*_val_*", "--source", "web")
-    assert p.returncode == 0, p.stderr
-    assert "warning: 40 of 340 documents do not end with the tokenizer's eos id 2" in p.stdout + p.stderr
+    rc, out = lai_prep("import", d, "--tokenizer", f"spm:{tok}", "--val", "*_val_*", "--source", "web")
+    assert rc == 0, out
+    assert "warning: 40 of 340 documents do not end with the tokenizer's eos id 2" in out
     m = load_manifest(d)
     assert m.dtype == "uint16" and m.tokenizer.kind == "sentencepiece"
     assert m.tokenizer.sha256 == sha256_file(tok) and m.tokenizer.vocab_size == sp.get_piece_size()
@@ -68,7 +75,7 @@ def test_import_megatron_shards_then_verify_load_and_check(tmp_path):
         assert (e.num_docs, e.num_tokens, e.max_id) == (len(written), len(tokens), max(tokens))
         assert e.bin_sha256 == sha256_file(d / f"{e.prefix}.bin")
         assert e.idx_sha256 == sha256_file(d / f"{e.prefix}.idx")
-    assert lai_prep("verify", d).returncode == 0
+    assert lai_prep("verify", d)[0] == 0
 
     from pipeline.data import PackedDataset
     ds = PackedDataset([(str(d), 1.0)], 16, split="train")
@@ -78,24 +85,22 @@ def test_import_megatron_shards_then_verify_load_and_check(tmp_path):
         want = [t for span in ds.locate(seq_id)
                 for t in flat[span.doc][span.token_offset:span.token_offset + span.num_tokens]]
         assert ds.sample(seq_id).tolist() == want
-    p = subprocess.run([sys.executable, "-m", "pipeline.train", "--check",
-                        *train_args(d, tmp_path / "run", "data.verify=always")],
-                       cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr
+    from pipeline.train.cli import main as lai_train
+    assert lai_train(["--check", *train_args(d, tmp_path / "run")]) == 0    # the trainer's checks
 
     # again: refused without --force, in one line
-    p = lai_prep("import", d, "--tokenizer", f"spm:{tok}")
-    assert p.returncode == 2 and "manifest.json: already exists (use --force" in p.stderr
+    rc, out = lai_prep("import", d, "--tokenizer", f"spm:{tok}")
+    assert rc == 2 and "manifest.json: already exists (use --force" in out
 
     # a token id outside the tokenizer's vocabulary: one line naming the shard, no manifest
     bad = tmp_path / "bad"
     bad.mkdir()
     megatron_shard(bad / "x_text_document", [[[5, 6]], [[7, 999]]])
-    p = lai_prep("import", bad, "--tokenizer", f"spm:{tok}")
-    assert p.returncode == 2
-    assert p.stderr.strip() == (f"error: {bad / 'x_text_document.bin'}: document 1: token id 999 "
+    rc, out = lai_prep("import", bad, "--tokenizer", f"spm:{tok}")
+    assert rc == 2
+    assert out.strip() == (f"error: {bad / 'x_text_document.bin'}: document 1: token id 999 "
                                 f">= vocab size {sp.get_piece_size()} (written for another "
                                 "tokenizer, or changed since lai-prep wrote it; prepare the data again)")
     assert not (bad / "manifest.json").exists()
-    p = lai_prep("import", tok.parent, "--tokenizer", f"spm:{tok}")   # lai-prep's own dir
-    assert p.returncode == 2 and "already exists" in p.stderr
+    rc, out = lai_prep("import", tok.parent, "--tokenizer", f"spm:{tok}")   # lai-prep's own dir
+    assert rc == 2 and "already exists" in out

@@ -21,7 +21,6 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
-from pipeline.errors import UserError
 from pipeline.fsutil import atomic_write
 
 JSONL_NAME = "metrics.jsonl"
@@ -87,15 +86,6 @@ class WandbSink:
 
     def close(self) -> None:
         self._run.finish()
-
-
-def check_wandb() -> None:
-    """UserError (one line) when log.wandb=true cannot work here."""
-    try:
-        import wandb  # noqa: F401
-    except ImportError:
-        raise UserError("log.wandb: wandb is not installed (pip install 'lai-pretrain[wandb]', "
-                        "or log.wandb=false)") from None
 
 
 def open_sinks(run_dir: Path, main: bool, purge_step: int, wandb_project: str | None,

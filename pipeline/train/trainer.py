@@ -78,7 +78,7 @@ class Trainer:
         purge = self.counters.step + 1
         self.metrics = Metrics(self.run_dir / "tb", info.rank, info.world, purge_step=purge,
                                sinks=open_sinks(self.run_dir, info.main, purge,
-                                                cfg.log.wandb and cfg.log.wandb_project,
+                                                cfg.log.wandb_project if cfg.log.wandb else None,
                                                 cfg.to_dict()))
         t = cfg.train
         self.runner = StepRunner(self.parts.engine, self.parts.optimizer, self.parts.gate,
