@@ -17,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from pipeline.train.flops import matmul_params, mfu, model_flops_per_token
 from pipeline.train.metrics import Metrics, rank_spread, source_scalars
 from pipeline.train.sinks import JsonlSink, WandbSink
-from train_support import read_wandb_history
+from train_support import wait_for_wandb_history
 
 
 def events(path) -> EventAccumulator:
@@ -118,7 +118,7 @@ def test_wandb_offline_run_holds_the_scalars(tmp_path, monkeypatch):
         for step in range(1, 4):
             m.scalars(step, {"train/loss": 4.0 - step, "lai/excluded_frac": 0.125 * step})
     [run_file] = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
-    rows = read_wandb_history(run_file)
+    rows = wait_for_wandb_history(run_file, 3)
     assert [(r["_step"], r["train/loss"], r["lai/excluded_frac"]) for r in rows] == \
         [(s, 4.0 - s, 0.125 * s) for s in range(1, 4)]
     assert run_file.name == f"run-{(run_dir / 'wandb-id.txt').read_text().strip()}.wandb"

@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
-from train_support import (ROOT, env, make_animals_data, read_wandb_history, scalars, torchrun,
-                           train, train_args)
+from train_support import (ROOT, env, make_animals_data, scalars, torchrun, train,
+                           train_args, wait_for_wandb_history)
 
 
 def optimizer_states(ckpt) -> list[dict]:
@@ -75,7 +75,7 @@ def test_continue_from_keeps_optimizer_state_new_schedule_and_lineage(tmp_path):
     for tag in ("train/lr", "lai/excluded_frac", "val/loss"):
         assert [(r["step"], pytest.approx(r[tag], rel=1e-6)) for r in rows if tag in r] == sc[tag]
     [run_file] = (cont / "wandb").glob("offline-run-*/run-*.wandb")
-    history = read_wandb_history(run_file)
+    history = wait_for_wandb_history(run_file, 3)
     assert [(h["_step"], h["train/lr"]) for h in history if "train/lr" in h] == \
         [(r["step"], r["train/lr"]) for r in rows]
 

@@ -131,3 +131,13 @@ def read_wandb_history(run_file: Path) -> list[dict]:
                 rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json)
                              for i in r.history.item})
     return rows
+
+
+def wait_for_wandb_history(run_file: Path, rows: int, timeout: float = 60) -> list[dict]:
+    """read_wandb_history once it holds `rows` rows: wandb's service process may still be
+    writing the transaction log when finish() returns on a loaded machine."""
+    import time
+    deadline = time.monotonic() + timeout
+    while len(found := read_wandb_history(run_file)) < rows and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return found
