@@ -60,11 +60,14 @@ master_port="${MASTER_PORT:-29500}"
 positional=()
 while [[ $# -gt 0 ]]; do
     arg="$1"; shift
+    inline=""
     if [[ "$arg" == --*=* ]]; then                # --opt=value: as '--opt value'
         set -- "${arg#*=}" "$@"
         arg="${arg%%=*}"
+        inline=1
     fi
     case "$arg" in
+        -h|--help|--slurm|--dry-run) [[ -z "$inline" ]] || lai_die "$arg takes no value" ;;&
         -h|--help) usage; exit 0 ;;
         --slurm) slurm=1 ;;
         --dry-run) dry_run=1 ;;
@@ -213,9 +216,8 @@ for (( restart = 0; ; restart++ )); do
         exit "$rc"
     fi
     echo "launch: the ranks failed (exit $rc); restart $(( restart + 1 )) of $max_restarts, resuming from the latest checkpoint" >&2
-    for (( i = 0; i < 60; i++ )); do      # the crashed rendezvous may hold the port a moment
-        [[ "${node_rank:-0}" != "0" ]] || ! lai_port_busy 127.0.0.1 "$master_port" || { sleep 1; continue; }
-        break
-    done
+    if [[ "${node_rank:-0}" == "0" ]]; then   # the crashed rendezvous may hold the port a moment
+        for (( i = 0; i < 60; i++ )); do lai_port_busy 127.0.0.1 "$master_port" || break; sleep 1; done
+    fi
     ranks_cmd+=(run.resume=auto)
 done

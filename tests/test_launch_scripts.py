@@ -74,6 +74,7 @@ def test_train_sh_input_errors(tmp_path):
         ((cfg, "train.steps=2", "--ranks=two"), "--ranks: 'two' is not a non-negative integer"),
         ((cfg, "--max-restarts", "x"), "--max-restarts: 'x' is not a non-negative integer"),
         ((cfg, "--ranks"), "--ranks needs a value"),
+        ((cfg, "--dry-run=1"), "--dry-run takes no value"),
         # torchrun's and deepspeed's habits name ours
         (("--nproc_per_node", "2", cfg), "here it is --ranks N"),
         ((cfg, "--num_gpus=2"), "here it is --ranks N"),
