@@ -8,8 +8,9 @@ One command:
 Three parts, each reported as ratios to LAI off on the same machine:
 1. trainer: the real `lai-train` (DeepSpeed, torchrun, gloo on CPU) for three model sizes x
    {off, sketch, exact} (default pairing, global reference); step time = the trainer's own
-   per-rank step-time parts (TensorBoard perf/time_*_s) after the first logging window, tokens/s =
-   perf/tokens_per_s and by the wall clock between log lines, peak memory = perf/peak_memory_gib
+   step-time parts of the slowest rank (TensorBoard perf_ranks/time_*_s_max) after the first
+   logging window, tokens/s = perf/tokens_per_s and by the wall clock between log lines, peak
+   memory = perf_ranks/peak_memory_gib_max
    (max RSS on CPU, max allocated on CUDA); and a bare DeepSpeed loop on the same config
    (benchmarks.bare_loop) as the reference for the pipeline's own overhead;
 2. scaling: in one process, the training step with LAI vs without while sequence length, batch
@@ -83,13 +84,13 @@ def trainer_part(args, size, data_dir: Path) -> list[dict]:
         for mode, ov in MODES.items():
             run_dir = out / name / mode
             wall = C.run_train(config, run_dir, 0, ov, args.nproc)["wall_s"]
-            ranks = sorted((run_dir / "tb").glob("rank-*"))
+            tb = run_dir / "tb"
             parts = {}
             for tag in ("time_data_s", "time_forward_s", "time_lai_s", "time_backward_step_s"):
-                per_rank = [[v for _, _, v in C.tb_events(d, f"perf/{tag}")][1:] for d in ranks]
-                parts[tag] = float(np.max([np.median(v) for v in per_rank if len(v)]))   # slowest rank
-            tps = [v for _, _, v in C.tb_events(run_dir / "tb", "perf/tokens_per_s")]
-            mem = [v for d in ranks for _, _, v in C.tb_events(d, "perf/peak_memory_gib")]
+                slowest = [v for _, _, v in C.tb_events(tb, f"perf_ranks/{tag}_max")][1:]
+                parts[tag] = float(np.median(slowest))          # the slowest rank's, per window
+            tps = [v for _, _, v in C.tb_events(tb, "perf/tokens_per_s")]
+            mem = [v for _, _, v in C.tb_events(tb, "perf_ranks/peak_memory_gib_max")]
             rows.append({"model": name, "params_M": _params_from_log(run_dir), "mode": mode,
                          "step_s": sum(parts.values()), **parts,
                          "tokens_per_s": float(np.median(tps[1:])) if len(tps) > 1 else float("nan"),

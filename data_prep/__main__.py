@@ -6,6 +6,7 @@ partitioned Slurm array mode: data_prep.partitioned).
     lai-prep --source ... --out OUT --num-parts N --part K          partitioned: part K of N
     lai-prep merge OUT                                              partitioned: write the manifest
     lai-prep verify OUT                                             check every shard of OUT
+    lai-prep import DIR --tokenizer spm:PATH|hf:NAME                a manifest for Megatron/GPT-NeoX shards
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ examples:
       --exclude runs/x/report/keep_drop.csv --out data/web-clean      a cleaned corpus
   hf:PATH also reads a folder written by datasets' save_to_disk (SPLIT: a DatasetDict's split)
 partitioned (Slurm array): lai-prep tokenizer ... ; lai-prep ... --num-parts N --part K ; lai-prep merge OUT
+shards made elsewhere (Megatron, GPT-NeoX): lai-prep import DIR --tokenizer spm:PATH  (see lai-prep import -h)
 """
 
 
@@ -141,6 +143,20 @@ def _options(a: argparse.Namespace):
         exclude_match=a.exclude_match)
 
 
+def _import_parser() -> argparse.ArgumentParser:
+    from data_prep import imported
+    p = argparse.ArgumentParser(prog="lai-prep import", description=imported.__doc__.split("\n\n")[0],
+                                formatter_class=_Help)
+    p.add_argument("out", type=Path, metavar="DIR", help="folder holding the .bin/.idx shards")
+    p.add_argument("--tokenizer", required=True,
+                   help="the tokenizer the shards were made with: spm:PATH | hf:NAME_OR_PATH")
+    p.add_argument("--source", default="", help="source name in the manifest (default: DIR's name)")
+    p.add_argument("--val", default="", metavar="GLOB",
+                   help="shards whose path under DIR matches GLOB are the val split (e.g. '*_val_*')")
+    p.add_argument("--force", action="store_true", help="replace an existing manifest.json")
+    return p
+
+
 def _dir_parser(prog: str, what: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=what)
     p.add_argument("out", type=Path, help="prepared data directory")
@@ -150,10 +166,14 @@ def _dir_parser(prog: str, what: str) -> argparse.ArgumentParser:
 @cli_main
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    cmd = argv.pop(0) if argv and argv[0] in ("tokenizer", "merge", "verify") else "prep"
+    cmd = argv.pop(0) if argv and argv[0] in ("tokenizer", "merge", "verify", "import") else "prep"
     from data_prep import partitioned, single
     from data_prep.options import output_folder
-    if cmd == "merge":
+    if cmd == "import":
+        from data_prep.imported import run_import
+        a = _import_parser().parse_args(argv)
+        run_import(a.out, a.tokenizer, a.source, a.val, a.force)
+    elif cmd == "merge":
         partitioned.run_merge(_dir_parser("lai-prep merge", "merge the parts of a partitioned run").parse_args(argv).out)
     elif cmd == "verify":
         single.run_verify(_dir_parser("lai-prep verify", "check every shard of a prepared directory").parse_args(argv).out)

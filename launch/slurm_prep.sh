@@ -21,7 +21,7 @@ Options:
   -h, --help     this text
 
 Example:
-  launch/slurm_prep.sh --parts 16 -- --source jsonl --input 'corpus/*.jsonl' --out data/web
+  launch/slurm_prep.sh --parts 16 -- --source 'jsonl:corpus/*.jsonl' --out data/web
 USAGE
 }
 

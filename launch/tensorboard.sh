@@ -53,4 +53,5 @@ echo "TensorBoard: $logdir -> http://$host:$port/"
 if [[ "$host" == "127.0.0.1" || "$host" == "localhost" ]]; then
     echo "  from your laptop: ssh -N -L $port:127.0.0.1:$port $(id -un)@$(hostname -f 2>/dev/null || hostname)  then open http://localhost:$port/"
 fi
-exec "$tensorboard" --logdir "$logdir" --host "$host" --port "$port"
+# --load_fast=false: the fast loader (TensorBoard 2.21) drops the tags' descriptions
+exec "$tensorboard" --logdir "$logdir" --host "$host" --port "$port" --load_fast=false

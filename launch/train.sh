@@ -29,7 +29,12 @@ Options:
   --dry-run          check the config and the data for the ranks it would start and print the
                      plan (lai-train --dry-run: resolved config, DeepSpeed JSON, parameters,
                      tokens per step, epochs, memory estimate); start nothing
+  --max-restarts N   after a crash (any exit but 0, 2 and 75) start the ranks again, at most N
+                     times, resuming from the latest complete checkpoint (default 0)
   -h, --help         this text
+
+Options may come anywhere, before or after CONFIG.yaml and the overrides, as '--opt V' or
+'--opt=V'; everything after '--' is CONFIG.yaml and overrides.
 
 Before deepspeed starts any rank, the config and the data are checked once (lai-train --check):
 a bad value stops here with one error line.
@@ -49,27 +54,41 @@ hostfile=""
 node_rank=""
 slurm=""
 dry_run=""
+max_restarts=0
 master_addr="${MASTER_ADDR:-}"
 master_port="${MASTER_PORT:-29500}"
+positional=()
 while [[ $# -gt 0 ]]; do
-    case "$1" in
+    arg="$1"; shift
+    inline=""
+    if [[ "$arg" == --*=* ]]; then                # --opt=value: as '--opt value'
+        set -- "${arg#*=}" "$@"
+        arg="${arg%%=*}"
+        inline=1
+    fi
+    case "$arg" in
+        -h|--help|--slurm|--dry-run) [[ -z "$inline" ]] || lai_die "$arg takes no value" ;;&
         -h|--help) usage; exit 0 ;;
-        --slurm) slurm=1; shift ;;
-        --dry-run) dry_run=1; shift ;;
-        --ranks|--hostfile|--node_rank|--master_addr|--master_port)
-            [[ $# -ge 2 ]] || lai_die "$1 needs a value"
-            declare "${1#--}=$2"; shift 2 ;;
-        --) shift; break ;;
-        -*) lai_die "unknown option '$1' (see --help)" ;;
-        *) break ;;
+        --slurm) slurm=1 ;;
+        --dry-run) dry_run=1 ;;
+        --ranks|--hostfile|--node_rank|--master_addr|--master_port|--max-restarts)
+            [[ $# -ge 1 ]] || lai_die "$arg needs a value"
+            name="${arg#--}"
+            declare "${name//-/_}=$1"; shift ;;
+        --nproc_per_node|--nproc-per-node|--num_gpus|--num-gpus)
+            lai_die "$arg is torchrun's/deepspeed's; here it is --ranks N (ranks on this node)" ;;
+        --) positional+=("$@"); break ;;
+        -*) lai_die "unknown option '$arg' (see --help)" ;;
+        *) positional+=("$arg") ;;
     esac
 done
+set -- "${positional[@]}"
 [[ $# -ge 1 ]] || { usage >&2; lai_die "missing CONFIG.yaml"; }
 config="$1"; shift
 [[ -f "$config" ]] || lai_die "config file '$config' not found"
-for n in ranks node_rank master_port; do
+for n in ranks node_rank master_port max_restarts; do
     v="${!n}"
-    [[ -z "$v" || "$v" =~ ^[0-9]+$ ]] || lai_die "--$n: '$v' is not a non-negative integer"
+    [[ -z "$v" || "$v" =~ ^[0-9]+$ ]] || lai_die "--${n//max_/max-}: '$v' is not a non-negative integer"
 done
 [[ "$ranks" != "0" ]] || lai_die "--ranks: must be at least 1"
 
@@ -144,6 +163,7 @@ else
         [[ "$nranks" =~ ^[1-9][0-9]*$ ]] || lai_die "LAI_CPU_RANKS: '$nranks' is not a positive integer"
         ds_args+=(--num_gpus "$nranks")
         desc="$nranks CPU rank(s) (no GPU found)"
+        export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"   # DeepSpeed's "no GPU" guess, said once here
     fi
 fi
 ds_args+=(--master_port "$master_port")
@@ -177,6 +197,27 @@ fi
 #   blocked instead, for the launcher and the ranks it starts; each trainer unblocks it once its
 #   handler is in place (a TERM that came during start-up is delivered then).
 trap '' USR1
-exec "$python" -c 'import os, signal, sys
+ranks_cmd=("$python" -c 'import os, signal, sys
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-os.execv(sys.argv[1], sys.argv[1:])' "$deepspeed" "${ds_args[@]}" --module pipeline.train "$config" "$@"
+os.execv(sys.argv[1], sys.argv[1:])' "$deepspeed" "${ds_args[@]}" --module pipeline.train "$config" "$@")
+(( max_restarts > 0 )) || exec "${ranks_cmd[@]}"
+
+# --max-restarts N (as torchrun's): a crash starts the ranks again from the latest checkpoint.
+# 0 (done), 2 (bad input) and 75 (stopped after a checkpoint) are answers, not crashes; a stop
+# signal to this script's group ends the retries too.
+stopping=""
+trap 'stopping=1' TERM
+for (( restart = 0; ; restart++ )); do
+    rc=0
+    "${ranks_cmd[@]}" || rc=$?
+    case "$rc" in 0|2|75) exit "$rc" ;; esac
+    if [[ -n "$stopping" ]] || (( restart >= max_restarts )); then
+        echo "launch: the ranks failed (exit $rc); no restart left (--max-restarts $max_restarts)" >&2
+        exit "$rc"
+    fi
+    echo "launch: the ranks failed (exit $rc); restart $(( restart + 1 )) of $max_restarts, resuming from the latest checkpoint" >&2
+    if [[ "${node_rank:-0}" == "0" ]]; then   # the crashed rendezvous may hold the port a moment
+        for (( i = 0; i < 60; i++ )); do lai_port_busy 127.0.0.1 "$master_port" || break; sleep 1; done
+    fi
+    ranks_cmd+=(run.resume=auto)
+done

@@ -5,6 +5,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,14 @@ def test_train_sh_input_errors(tmp_path):
         (("--ranks", "0", cfg), "--ranks: must be at least 1"),
         (("--frobnicate", cfg), "unknown option '--frobnicate'"),
         (("--slurm", cfg), "--slurm: not inside a Slurm step"),
+        # options anywhere (after the config and overrides too), also as --opt=value
+        ((cfg, "train.steps=2", "--ranks=two"), "--ranks: 'two' is not a non-negative integer"),
+        ((cfg, "--max-restarts", "x"), "--max-restarts: 'x' is not a non-negative integer"),
+        ((cfg, "--ranks"), "--ranks needs a value"),
+        ((cfg, "--dry-run=1"), "--dry-run takes no value"),
+        # torchrun's and deepspeed's habits name ours
+        (("--nproc_per_node", "2", cfg), "here it is --ranks N"),
+        ((cfg, "--num_gpus=2"), "here it is --ranks N"),
     ]
     for args, message in cases:
         p = run(train, *args)
@@ -110,9 +119,23 @@ def test_slurm_scripts_refuse_to_run_outside_a_job(tmp_path):
     p = run("bash", LAUNCH / "slurm_train.sbatch", "nope.yaml",
             env={"SLURM_JOB_ID": "7", "SLURM_SUBMIT_DIR": str(REPO)})
     assert p.returncode == 2 and "config file 'nope.yaml' not found" in p.stderr
+    p = run("bash", LAUNCH / "slurm_train.sbatch", "--max-restarts", "two", "cfg.yaml",
+            env={"SLURM_JOB_ID": "7", "SLURM_SUBMIT_DIR": str(REPO)})
+    assert p.returncode == 2 and "--max-restarts: 'two' is not a non-negative integer" in p.stderr
     p = run("bash", LAUNCH / "slurm_prep.sbatch", "part", "--out", "x",
             env={"SLURM_JOB_ID": "7", "SLURM_SUBMIT_DIR": str(REPO)})
     assert p.returncode == 2 and "must run as an array job" in p.stderr
+
+
+def test_slurm_prep_help_example_uses_real_lai_prep_options():
+    usage = run(LAUNCH / "slurm_prep.sh", "-h").stdout
+    example = next(line for line in usage.splitlines() if "launch/slurm_prep.sh --parts" in line)
+    prep_options = example.split(" -- ", 1)[1].split()[::2]
+    assert prep_options == ["--source", "--out"], example
+    lai_prep_help = run(sys.executable, "-m", "data_prep", "--help",
+                        env={"PYTHONPATH": str(REPO)}).stdout
+    assert all(f"{o} " in lai_prep_help for o in prep_options)
+    assert "--input" not in usage and "--input" not in lai_prep_help
 
 
 def test_slurm_prep_submitter_needs_out():

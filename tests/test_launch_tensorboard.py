@@ -19,13 +19,12 @@ SCRIPT = REPO / "launch" / "tensorboard.sh"
 
 
 def _write_run(run_dir: Path, losses: list[float]) -> None:
-    from torch.utils.tensorboard import SummaryWriter
+    """As the trainer writes it (pipeline.train.metrics: LAI tags carry a description)."""
+    from pipeline.train.metrics import Metrics
 
-    w = SummaryWriter(str(run_dir / "tb"))
-    for step, loss in enumerate(losses):
-        w.add_scalar("train/loss", loss, step)
-        w.add_scalar("lai/kept_frac", 0.9, step)
-    w.close()
+    with Metrics(run_dir / "tb", 0, 1) as m:
+        for step, loss in enumerate(losses):
+            m.scalars(step, {"train/loss": loss, "lai/excluded_frac": 0.1})
 
 
 def _get_json(url: str):
@@ -57,7 +56,9 @@ def test_serves_runs_side_by_side_on_loopback_and_stops(tmp_path):
     try:
         tags = _poll(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", proc)
         assert set(tags) == {"baseline/tb", "lai/tb"}
-        assert {"train/loss", "lai/kept_frac"} <= set(tags["lai/tb"])
+        assert {"train/loss", "lai/excluded_frac"} <= set(tags["lai/tb"])
+        # the descriptions are served (TensorBoard 2.21's fast loader would drop them)
+        assert "excluded before the optimizer step" in tags["lai/tb"]["lai/excluded_frac"]["description"]
         series = _get_json(f"http://127.0.0.1:{port}/data/plugin/scalars/scalars"
                            f"?run=lai/tb&tag=train/loss")
         assert [round(v, 4) for _, _, v in series] == [4.0, 3.4, 3.0]

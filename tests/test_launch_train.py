@@ -107,3 +107,30 @@ def test_train_sh_sigterm_to_the_group_saves_then_hostfile_resume(tmp_path):
     assert f"resumed from {run / 'checkpoints' / f'step_{stopped:08d}'} at step {stopped}" in p.stdout
     assert sorted(tb_steps(run)) == list(range(1, STEPS + 1))
     assert (run / "final").is_dir() and (run / "checkpoints" / f"step_{STEPS:08d}").is_dir()
+
+
+@pytest.mark.slow
+def test_train_sh_max_restarts_resumes_after_a_crash_quietly(tmp_path):
+    """Rank 0 dies after step 3 (pipeline.train.faults); --max-restarts=1, given after the config
+    and the overrides, starts the ranks again from the step-2 checkpoint, and step 3 trains again
+    to the same loss. The console carries none of the known-harmless noise, and every progress
+    line has the elapsed time and an ETA."""
+    data = make_data_dir(tmp_path / "data", random_docs(200, 512, min_len=8, max_len=64))
+    run = tmp_path / "run"
+    over = [*tiny_overrides(data, run, 4), "run.save_every=2"]
+    p = subprocess.run([str(TRAIN_SH), REPO / "configs" / "tiny_cpu.yaml", *over, "--max-restarts=1"],
+                       cwd=REPO, env={**launch_env(), "LAI_TEST_CRASH_AT_STEP": "3"},
+                       capture_output=True, text=True, timeout=300)
+    out = p.stdout + p.stderr
+    assert p.returncode == 0, out[-3000:]
+    assert "LAI_TEST_CRASH_AT_STEP: rank 0 crashes after step 3" in out
+    assert "launch: the ranks failed (exit 13); restart 1 of 1, resuming from the latest checkpoint" in out
+    assert f"resumed from {run / 'checkpoints' / 'step_00000002'} at step 2" in out
+    progress = [line for line in p.stdout.splitlines() if re.search(r"step \d/4 loss", line)]
+    assert [line.split("] step ")[1][:3] for line in progress] == ["1/4", "2/4", "3/4", "3/4", "4/4"]
+    loss = [line.split(" loss ")[1].split()[0] for line in progress]
+    assert loss[2] == loss[3]                       # step 3 before the crash and after the restart
+    assert all(re.search(r" elapsed \d+:\d\d:\d\d ETA \d+:\d\d:\d\d$", line) for line in progress)
+    assert (run / "final").is_dir()
+    for noise in ("Setting accelerator to CPU", "untested optimizer", "all_gather_into_tensor"):
+        assert noise not in out, noise

@@ -2,6 +2,7 @@
 torch's FLOP counter on a real (tiny) HF model."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,9 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from pipeline.train.flops import matmul_params, mfu, model_flops_per_token
-from pipeline.train.metrics import Metrics, source_scalars
+from pipeline.train.metrics import Metrics, rank_spread, source_scalars
+from pipeline.train.sinks import JsonlSink, WandbSink
+from train_support import wait_for_wandb_history
 
 
 def events(path) -> EventAccumulator:
@@ -36,7 +39,6 @@ def test_scalars_histograms_and_rank_runs(tmp_path):
             m.scalars(step, {"train/loss": 4.0 - step, "lai/excluded_frac": torch.tensor(0.25)})
             m.histogram(step, "lai/value", torch.from_numpy(values * (step + 1)))
             m.histogram(step, "lai/empty", [])
-            m.rank_scalars(step, {"perf/tokens_per_s": 100.0 * (rank + 1) + step})
     ms[0].text("config", "run:\n  seed: 0")
     for m in ms:
         m.close()
@@ -54,11 +56,72 @@ def test_scalars_histograms_and_rank_runs(tmp_path):
     assert "lai/empty" not in acc.Tags()["histograms"]
     [note] = acc.Tensors("config/text_summary")
     assert note.tensor_proto.string_val == [b"run:\n  seed: 0"]
-    assert "perf/tokens_per_s" not in acc.Tags()["scalars"]
-    for rank in range(world):
-        run = events(tmp_path / f"rank-{rank:05d}")
-        assert scalars(run, "perf/tokens_per_s") == [(s, 100.0 * (rank + 1) + s) for s in range(3)]
-        assert "train/loss" not in run.Tags()["scalars"]
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []   # one run, no rank runs
+
+
+def test_rank_spread_min_max_and_slowest_rank():
+    per_rank = [{"perf/tokens_per_s_rank": 900.0, "perf/time_data_s": 0.5},
+                {"perf/tokens_per_s_rank": 400.0, "perf/time_data_s": 0.1},
+                {"perf/tokens_per_s_rank": 700.0, "perf/time_data_s": 0.2}]
+    assert rank_spread(per_rank) == {
+        "perf_ranks/tokens_per_s_rank_min": 400.0, "perf_ranks/tokens_per_s_rank_max": 900.0,
+        "perf_ranks/time_data_s_min": 0.1, "perf_ranks/time_data_s_max": 0.5,
+        "perf_ranks/slowest_rank": 1.0}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    text = path.read_text()
+    assert text.endswith("\n")
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_jsonl_has_tensorboards_scalars_once_per_step_also_after_a_resume(tmp_path):
+    """A run logs steps 1-9 (train scalars each step, val every 3rd, in a second call), is
+    killed mid-line after its step-5 checkpoint, and resumes at step 6 (purge_step=6): the file
+    then holds each step once, the resumed values from step 6 on, the same as TensorBoard."""
+    path = tmp_path / "metrics.jsonl"
+
+    def log(m, steps, offset):
+        for step in steps:
+            m.scalars(step, {"train/loss": offset + step, "lai/excluded_frac": 0.25})
+            if step % 3 == 0:
+                m.scalars(step, {"val/loss": offset - step, "train/grad_norm": float("nan")})
+
+    with Metrics(tmp_path, 0, 1, sinks=[JsonlSink(path)]) as m:
+        log(m, range(1, 10), 0.0)
+    with open(path, "a") as f:
+        f.write('{"step": 10, "train/lo')                   # torn by the kill
+    with Metrics(tmp_path, 0, 1, purge_step=6, sinks=[JsonlSink(path, purge_step=6)]) as m:
+        log(m, range(6, 10), 100.0)
+    rows = read_jsonl(path)
+    assert [r["step"] for r in rows] == list(range(1, 10))
+    for r in rows:
+        offset = 100.0 if r["step"] >= 6 else 0.0
+        want = {"step": r["step"], "train/loss": offset + r["step"], "lai/excluded_frac": 0.25}
+        if r["step"] % 3 == 0:
+            want.update({"val/loss": offset - r["step"], "train/grad_norm": None})
+        assert r == want
+    acc = events(tmp_path)
+    for tag in ("train/loss", "val/loss"):
+        assert scalars(acc, tag) == [(r["step"], r[tag]) for r in rows if tag in r]
+
+
+@pytest.mark.slow
+def test_wandb_offline_run_holds_the_scalars(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    with Metrics(run_dir / "tb", 0, 1,
+                 sinks=[WandbSink(run_dir, "lai-test", {"train": {"steps": 3}})]) as m:
+        for step in range(1, 4):
+            m.scalars(step, {"train/loss": 4.0 - step, "lai/excluded_frac": 0.125 * step})
+    [run_file] = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
+    rows = wait_for_wandb_history(run_file, 3)
+    assert [(r["_step"], r["train/loss"], r["lai/excluded_frac"]) for r in rows] == \
+        [(s, 4.0 - s, 0.125 * s) for s in range(1, 4)]
+    assert run_file.name == f"run-{(run_dir / 'wandb-id.txt').read_text().strip()}.wandb"
 
 
 def test_purge_step_hides_the_interrupted_tail(tmp_path):

@@ -4,6 +4,7 @@ process, plus readers of what a run leaves (ledger, final weights, TensorBoard s
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -107,3 +108,36 @@ def scalars(run: Path, sub: str = "") -> dict[str, list[tuple[int, float]]]:
 def loss_by_step(run: Path, steps: int = 2 * N) -> np.ndarray:
     rows = ledger(run)
     return np.array([rows["loss"][rows["step"] == s].mean() for s in range(1, steps + 1)])
+
+
+def read_wandb_history(run_file: Path) -> list[dict]:
+    """The history rows of a W&B transaction log (.wandb: a 7-byte header, then LevelDB-log
+    records in 32 KiB blocks: crc32c u32, length u16, type u8 (1 full, 2 first, 3 middle, 4
+    last), each holding a wandb_internal_pb2.Record)."""
+    from wandb.proto.wandb_internal_pb2 import Record
+    data, pos, record, rows = run_file.read_bytes(), 7, b"", []
+    assert data[:4] == b":W&B"
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:                       # block trailer: padding
+            pos += 32768 - pos % 32768
+            continue
+        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        record += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            r = Record.FromString(record)
+            record = b""
+            if r.WhichOneof("record_type") == "history":
+                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                             for i in r.history.item})
+    return rows
+
+
+def wait_for_wandb_history(run_file: Path, rows: int, timeout: float = 60) -> list[dict]:
+    """read_wandb_history once it holds `rows` rows: wandb's service process may still be
+    writing the transaction log when finish() returns on a loaded machine."""
+    import time
+    deadline = time.monotonic() + timeout
+    while len(found := read_wandb_history(run_file)) < rows and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return found

@@ -17,8 +17,8 @@ from benchmarks.gpu_check.report import save
 from benchmarks.gpu_check.shared import MODES, log, peak_tflops, run_config
 
 
-def _tb(run_dir: Path, tag: str, sub: str = "") -> list[tuple[int, float, float]]:
-    return C.tb_events(run_dir / "tb" / sub, tag)
+def _tb(run_dir: Path, tag: str) -> list[tuple[int, float, float]]:
+    return C.tb_events(run_dir / "tb", tag)
 
 
 def _median_after_first(rows) -> float:
@@ -49,7 +49,7 @@ def trainer_run(args, size, mode: str, batch: int, steps: int, peak: float) -> d
     if rc != 0:
         raise RuntimeError(f"lai-train {mode} b{batch} exited {rc}: "
                            f"{logfile.read_text()[-300:]}")
-    parts = {k: _median_after_first(_tb(run, f"perf/{k}", "rank-00000"))
+    parts = {k: _median_after_first(_tb(run, f"perf_ranks/{k}_max"))
              for k in ("time_data_s", "time_forward_s", "time_lai_s", "time_backward_step_s")}
     step_s = sum(parts.values())
     loss = _tb(run, "train/loss")
@@ -57,7 +57,7 @@ def trainer_run(args, size, mode: str, batch: int, steps: int, peak: float) -> d
     row = {"mode": mode, "batch": batch, "steps": steps, "step_s": step_s, **parts,
            "tokens_per_s": _median_after_first(_tb(run, "perf/tokens_per_s")),
            "wall_tokens_per_s": wall_tps, "mfu": _median_after_first(_tb(run, "perf/mfu")),
-           "peak_mem_gib": max((v for _, _, v in _tb(run, "perf/peak_memory_gib", "rank-00000")),
+           "peak_mem_gib": max((v for _, _, v in _tb(run, "perf_ranks/peak_memory_gib_max")),
                                default=float("nan")),
            "lai_share": parts["time_lai_s"] / step_s if step_s else float("nan"),
            "final_loss": loss[-1][2] if loss else float("nan"), "run_seconds": wall}

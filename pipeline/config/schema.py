@@ -21,6 +21,9 @@ class RunConfig:
     time_limit_s: float = 0.0          # > 0: save and exit 75 once this much wall time has passed
     save_every: int = 100              # checkpoint every N steps (0 = only at the end / on stop)
     keep_checkpoints: int = 3          # complete checkpoints kept (oldest removed)
+    continue_from: str = ""            # a complete checkpoint of another run: its model and
+                                       # optimizer state start this run; data order, schedule
+                                       # and counters start anew (pipeline.train.lineage)
 
 
 @dataclass
@@ -72,7 +75,8 @@ class TrainConfig:
     precision: str = "fp32"            # fp32 | bf16
     lr: float = 3e-4
     min_lr: float = 3e-5
-    schedule: str = "cosine"           # cosine | wsd (warmup-stable-decay) | constant; all warm up
+    schedule: str = "cosine"           # cosine | wsd (warmup-stable-decay) | constant | linear
+                                       # (to min_lr at steps); all warm up
     warmup_steps: int = 10
     decay_frac: float = 0.2            # wsd: fraction of the steps spent in the final decay
     weight_decay: float = 0.1
@@ -93,6 +97,9 @@ class LogConfig:
     histogram_every: int = 50          # LAI value histogram cadence (steps)
     peak_tflops: float = 0.0           # per-device peak for MFU (989: H100 bf16); 0 = no MFU
     ledger_chunk_rows: int = 4096
+    wandb: bool = False                # also log the scalars to Weights & Biases (pip install
+                                       # 'lai-pretrain[wandb]'; WANDB_MODE=offline works)
+    wandb_project: str = "lai-pretrain"
 
 
 @dataclass
@@ -120,5 +127,5 @@ CHOICES: dict[str, tuple[str, ...]] = {          # the lai section's choices: pi
     "train.offload_optimizer": ("none", "cpu"),
     "train.offload_params": ("none", "cpu"),
     "train.precision": ("fp32", "bf16"),
-    "train.schedule": ("cosine", "wsd", "constant"),
+    "train.schedule": ("cosine", "wsd", "constant", "linear"),
 }

@@ -3,6 +3,7 @@ starts. The first bad field raises a one-line UserError `<field>: <what is wrong
 section is checked by pipeline.lai.settings (its one validation)."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 from pipeline.config.batch import resolve_batch
@@ -121,3 +122,7 @@ def _log(cfg: Config) -> None:
     need(log.peak_tflops >= 0, "log.peak_tflops", f"must be >= 0, got {log.peak_tflops}")
     need(log.ledger_chunk_rows >= 1, "log.ledger_chunk_rows",
          f"must be >= 1, got {log.ledger_chunk_rows}")
+    if log.wandb:
+        need(bool(log.wandb_project), "log.wandb_project", "must name a W&B project")
+        need(importlib.util.find_spec("wandb") is not None, "log.wandb",
+             "wandb is not installed (pip install 'lai-pretrain[wandb]', or log.wandb=false)")

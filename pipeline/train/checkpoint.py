@@ -138,6 +138,28 @@ def damage(path: str | Path) -> str | None:
     return None
 
 
+def load_engine(engine, path: str | Path, *, universal: bool = False) -> dict:
+    """Restore the DeepSpeed engine (model and optimizer states) from checkpoint `path` (its
+    universal form when `universal`; the engine was built with checkpoint.load_universal); its
+    client state. UserError (one line) if a file cannot be read."""
+    p = Path(path)
+    load_dir, tag = (p, UNIVERSAL) if universal else (p.parent, p.name)
+    client = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    safe_load.use_for(engine)
+    try:
+        with repairing(client) if universal else contextlib.nullcontext():
+            load_path, client_state = engine.load_checkpoint(str(load_dir), tag=tag,
+                                                             load_optimizer_states=True,
+                                                             load_lr_scheduler_states=False)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{p}: cannot be loaded ({reason}); resume from an earlier checkpoint "
+                        "with run.resume=PATH") from None
+    if load_path is None:
+        raise UserError(f"{p}: DeepSpeed could not load this checkpoint")
+    return client_state or {}
+
+
 def load(state: TrainState, path: str | Path, *, same_world: bool = True,
          universal: bool = False) -> None:
     """Restore the engine and every member of `state` from checkpoint `path` (UserError, one
@@ -145,22 +167,9 @@ def load(state: TrainState, path: str | Path, *, same_world: bool = True,
     engine from `path`/universal when `universal` (pipeline.train.universal; the engine was built
     with checkpoint.load_universal), per-rank members from rank 0's file as TrainState says."""
     p = Path(path)
-    load_dir, tag = (p, UNIVERSAL) if universal else (p.parent, p.name)
-    client = getattr(state.engine.optimizer, "optimizer", state.engine.optimizer)
-    safe_load.use_for(state.engine)
-    try:
-        with repairing(client) if universal else contextlib.nullcontext():
-            load_path, client_state = state.engine.load_checkpoint(str(load_dir), tag=tag,
-                                                                   load_optimizer_states=True,
-                                                                   load_lr_scheduler_states=False)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"{p}: cannot be loaded ({reason}); resume from an earlier checkpoint "
-                        "with run.resume=PATH") from None
-    if load_path is None:
-        raise UserError(f"{p}: DeepSpeed could not load this checkpoint")
+    client_state = load_engine(state.engine, p, universal=universal)
     rank_file = p / f"rank-{state.rank if same_world else 0:05d}.pt"
     if not rank_file.is_file():
         raise UserError(f"{rank_file}: missing (saved with a different number of ranks?)")
-    state.load_state_dicts((client_state or {}).get(CLIENT_KEY, {}), safe_load.load(rank_file),
+    state.load_state_dicts(client_state.get(CLIENT_KEY, {}), safe_load.load(rank_file),
                            str(p), same_world=same_world)

@@ -56,14 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run or args.check:
         from pipeline.train.dryrun import dry_run
         return dry_run(cfg, world, quiet=args.check)
-    from pipeline.train import resume, runtime, universal
+    from pipeline.train import lineage, quiet, resume, runtime, universal
+    quiet.silence_known_noise()
     from pipeline.train.trainer import Trainer
     point = resume.plan(cfg, world)
-    if point is not None and point.universal:     # before the group: no collective timeout
-        point.conversion = universal.ensure(point.path, int(os.environ.get("RANK", "0")))
+    origin = lineage.plan(cfg, world) if point is None else None     # run.continue_from
+    for start in (point, origin):
+        if start is not None and start.universal:    # before the group: no collective timeout
+            start.conversion = universal.ensure(start.path, int(os.environ.get("RANK", "0")))
     info = runtime.init(args.local_rank)
     try:
-        return Trainer(cfg, info, point).run()
+        return Trainer(cfg, info, point, origin).run()
     except UserError as e:
         runtime.log_line(f"error: {e}")                  # into RUN/train.log too
         raise

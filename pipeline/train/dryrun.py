@@ -16,7 +16,7 @@ import json
 import torch
 
 from pipeline.config import Config, save_yaml
-from pipeline.train import init_from, resume, universal
+from pipeline.train import init_from, lineage, resume, universal
 from pipeline.train.model import hf_config
 from pipeline.train.flops import model_flops_per_token
 from pipeline.train.runplan import data_plan, memory_estimate, reference_note, time_estimate
@@ -40,6 +40,7 @@ def dry_run(cfg: Config, world: int, *, quiet: bool = False) -> int:
     `cfg` is validated for `world` ranks."""
     data = open_data(cfg, DistInfo(0, world, 0, torch.device("cpu")))
     point = resume.plan(cfg, world)
+    origin = lineage.plan(cfg, world) if point is None else None
     if point is not None and point.universal:
         point.conversion = (f"reuses {universal.folder(point.path)}"
                             if universal.folder(point.path).is_dir() else
@@ -66,7 +67,9 @@ def dry_run(cfg: Config, world: int, *, quiet: bool = False) -> int:
              memory_estimate(cfg, n_params, model.config, world),
              time_estimate(cfg, model_flops_per_token(model, cfg.data.seq_len), world),
              point.note().replace("resumed from", "would resume from") if point else
-             f"fresh start in {cfg.run.out_dir}", *plan.warnings,
+             f"fresh start in {cfg.run.out_dir}"
+             + (f", {origin.note().replace('continued from', 'continuing from')}" if origin else ""),
+             *plan.warnings,
              "dry run: nothing was started"]
     print("\n".join(lines), flush=True)
     return 0

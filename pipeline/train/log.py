@@ -4,12 +4,14 @@ the last step, and one console line per report (which says when LAI is still war
 Collective: every rank calls `after_step` for every step."""
 from __future__ import annotations
 
+import time
+
 import torch
 
 from pipeline.comm import Comm
 from pipeline.config import Config
 from pipeline.train.flops import achieved_tflops, mfu
-from pipeline.train.metrics import Metrics, mixing_scalars, source_scalars
+from pipeline.train.metrics import Metrics, mixing_scalars, rank_spread, source_scalars
 from pipeline.train.runtime import DistInfo, log0, peak_memory_gib
 from pipeline.train.state import Counters
 from pipeline.train.step import StepResult
@@ -81,10 +83,13 @@ class StepLog:
         self.cfg, self.info, self.comm, self.metrics = cfg, info, comm, metrics
         self.dataset, self.flops_per_token, self.mixer = dataset, flops_per_token, mixer
         self.window = Window()
+        self.started, self.first_step = time.time(), None   # for elapsed time and ETA
 
     def after_step(self, r: StepResult, counters: Counters, *, last: bool = False) -> None:
         """`last`: the run ends after this step (a report is due whatever the cadence)."""
         self.window.add(r)
+        if self.first_step is None:
+            self.first_step = r.step
         log, last = self.cfg.log, last or r.step == self.cfg.train.steps
         if r.step % log.every == 0 or last:
             self._report(r, counters)
@@ -116,10 +121,10 @@ class StepLog:
         if self.mixer is not None:
             scalars.update(mixing_scalars(self.dataset.source_names, self.mixer.weights,
                                           self.mixer.m))
+        mine = {**w.rank_scalars(phases), "perf/tokens_per_s_rank": rank_tps,
+                "perf/peak_memory_gib": peak_memory_gib(info.device)}
+        scalars.update(rank_spread(self.comm.gather_objects(mine)))
         self.metrics.scalars(r.step, scalars)
-        self.metrics.rank_scalars(r.step, {**w.rank_scalars(phases),
-                                           "perf/tokens_per_s_rank": rank_tps,
-                                           "perf/peak_memory_gib": peak_memory_gib(info.device)})
         lai = self.cfg.lai
         warming = (f" (LAI warming up: filtering starts at step {lai.warmup_steps + 1})"
                    if lai.filter != "none" and r.step <= lai.warmup_steps else "")
@@ -127,4 +132,16 @@ class StepLog:
             f"{n} {w:.1%}" for n, w in zip(self.dataset.source_names, self.mixer.weights))
         log0(info, f"step {r.step}/{self.cfg.train.steps} loss {scalars['train/loss']:.4f} "
                    f"excluded {scalars['lai/excluded_frac']:.2%}{warming} lr {r.lr:.2e} "
-                   f"grad_norm {r.grad_norm:.3f} {all_tps:,.0f} tok/s{mix}")
+                   f"grad_norm {r.grad_norm:.3f} {all_tps:,.0f} tok/s{mix} {self._timing(r.step)}")
+
+    def _timing(self, step: int) -> str:
+        """'elapsed H:MM:SS ETA H:MM:SS': since this process started training, and the steps left
+        at this process's mean pace."""
+        elapsed = time.time() - self.started
+        left = (self.cfg.train.steps - step) * elapsed / (step - self.first_step + 1)
+        return f"elapsed {_hms(elapsed)} ETA {_hms(left)}"
+
+
+def _hms(seconds: float) -> str:
+    s = round(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"

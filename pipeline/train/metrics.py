@@ -1,20 +1,18 @@
-"""TensorBoard logging of a (multi-rank) training run.
+"""TensorBoard logging of a (multi-rank) training run: one TensorBoard run per training run.
 
-Layout under `log_dir` (RUN/tb/):
-
-    tb/events.out.tfevents.*            global scalars and histograms, written by rank 0 only
-    tb/rank-00000/events.out.tfevents.* per-rank scalars, one subdirectory ("run") per rank
+    RUN/tb/events.out.tfevents.*        every scalar and histogram, written by rank 0 only
 
 Global values (losses, LAI fractions, throughput of all ranks) are reduced by the caller and
 handed to `scalars`/`histogram` on every rank; only rank 0 writes them, the others no-op, so the
-calls need no rank checks. Per-rank values (this rank's tokens/s, step-time breakdown, memory) go
-through `rank_scalars`, which every rank writes into its own subdirectory: no collective is
-needed, and TensorBoard overlays the rank runs in one chart per tag, so a straggler stands out.
-(On a multi-node job `log_dir` must be on a shared filesystem for the rank runs to be visible.)
+calls need no rank checks. Per-rank values (each rank's tokens/s, step-time breakdown, memory)
+are gathered by the caller and written as their spread over the ranks (`rank_spread`:
+`perf_ranks/<name>_min`, `_max`, and `perf_ranks/slowest_rank`), so a straggler stands out
+without one TensorBoard run per rank (64 GPUs would make 65 runs). Rank 0 also hands every
+global scalar to its sinks (pipeline.train.sinks: RUN/metrics.jsonl, W&B).
 
 Tag groups (one TensorBoard section each): `train/` (loss, lr, grad_norm, skipped steps),
 `val/` (loss, ppl; `val/<source>/loss` per source from `val_scalars`), `perf/` (tokens_per_s,
-step-time parts, tflops, mfu, memory), `lai/` (excluded_frac, kept_tokens, value histogram),
+tflops, mfu), `perf_ranks/`, `lai/` (excluded_frac, kept_tokens, value histogram),
 `lai_source/<source>/` (excluded_frac, mean_value_norm, sequences) from `source_scalars`, and
 with lai.mixing `lai_mixing/<source>/` (weight, mean_value_norm_ema) from `mixing_scalars`.
 
@@ -77,16 +75,16 @@ def _numpy(values) -> np.ndarray:
 
 
 class Metrics:
-    """TensorBoard writer for global scalars (rank 0) plus per-rank scalars (every rank)."""
+    """TensorBoard writer (and sinks) for global scalars and histograms; rank 0 writes."""
 
     def __init__(self, log_dir: str | Path, rank: int, world: int, *, flush_secs: int = 30,
-                 purge_step: int | None = None):
+                 purge_step: int | None = None, sinks: Sequence = ()):
         if not 0 <= rank < world:
             raise ValueError(f"Metrics: rank {rank} not in [0, {world})")
         self.log_dir, self.rank, self.world = Path(log_dir), rank, world
         self._flush_secs, self._purge_step = flush_secs, purge_step
         self._global = self._writer(self.log_dir) if rank == 0 else None
-        self._rank_writer: SummaryWriter | None = None   # created on first rank_scalars
+        self._sinks = list(sinks) if rank == 0 else []
         self._described: set[str] = set()                # tags whose description is written
 
     def _writer(self, path: Path) -> SummaryWriter:
@@ -101,6 +99,8 @@ class Metrics:
                               tag, step, "scalars")
                 else:
                     self._global.add_scalar(tag, float(v), global_step=step)
+        for sink in self._sinks:
+            sink.scalars(step, values)
 
     def _describe(self, tag: str) -> bool:
         """True the first time a tag with a description is written."""
@@ -130,13 +130,6 @@ class Metrics:
         else:
             self._global.add_histogram(tag, v, global_step=step)
 
-    def rank_scalars(self, step: int, values: Mapping[str, float]) -> None:
-        """This rank's own scalars, written by every rank to `log_dir/rank-XXXXX/`."""
-        if self._rank_writer is None:
-            self._rank_writer = self._writer(self.log_dir / f"rank-{self.rank:05d}")
-        for tag, v in values.items():
-            self._rank_writer.add_scalar(tag, float(v), global_step=step)
-
     def text(self, tag: str, text: str, step: int = 0) -> None:
         """A text note (e.g. the resolved config) on rank 0, shown in TensorBoard's Text tab."""
         if self._global is not None:
@@ -144,15 +137,15 @@ class Metrics:
 
     def flush(self) -> None:
         """Write pending events now (also happens every `flush_secs` and on close)."""
-        for w in (self._global, self._rank_writer):
+        for w in (self._global, *self._sinks):
             if w is not None:
                 w.flush()
 
     def close(self) -> None:
-        for w in (self._global, self._rank_writer):
+        for w in (self._global, *self._sinks):
             if w is not None:
                 w.close()
-        self._global = self._rank_writer = None
+        self._global, self._sinks = None, []
 
     def __enter__(self) -> Metrics:
         return self
@@ -206,4 +199,19 @@ def mixing_scalars(names: Sequence[str], weights, ema) -> dict[str, float]:
     for name, w, m in zip(names, _numpy(weights), _numpy(ema)):
         out[f"lai_mixing/{_tag_name(name)}/weight"] = float(w)
         out[f"lai_mixing/{_tag_name(name)}/mean_value_norm_ema"] = float(m)
+    return out
+
+
+def rank_spread(per_rank: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Per-rank scalars (one `{perf/<name>: value}` per rank, in rank order) as their spread:
+    `perf_ranks/<name>_min` and `_max`, and `perf_ranks/slowest_rank`, the rank with the lowest
+    `perf/tokens_per_s_rank` (if given)."""
+    out: dict[str, float] = {}
+    for tag in per_rank[0]:
+        v = [float(r[tag]) for r in per_rank]
+        name = "perf_ranks/" + tag.split("/", 1)[-1]
+        out[name + "_min"], out[name + "_max"] = min(v), max(v)
+    if "perf/tokens_per_s_rank" in per_rank[0]:
+        tps = [float(r["perf/tokens_per_s_rank"]) for r in per_rank]
+        out["perf_ranks/slowest_rank"] = float(tps.index(min(tps)))
     return out

@@ -20,12 +20,16 @@ from pipeline.config import TrainConfig
 
 def lr_at(step: int, t: TrainConfig) -> float:
     """LR of optimizer step `step` (1-based): linear warmup to t.lr over t.warmup_steps, then
-    cosine to t.min_lr at t.steps | constant | warmup-stable-decay (linear decay to t.min_lr over
-    the last t.decay_frac of the steps)."""
+    cosine to t.min_lr at t.steps | constant | linear (straight to t.min_lr at t.steps; with
+    min_lr 0 and no warmup: a linear decay to zero, for annealing with run.continue_from) |
+    warmup-stable-decay (linear decay to t.min_lr over the last t.decay_frac of the steps)."""
     if step <= t.warmup_steps:
         return t.lr * step / max(1, t.warmup_steps)
     if t.schedule == "constant":
         return t.lr
+    if t.schedule == "linear":
+        span = max(1, t.steps - t.warmup_steps)
+        return t.lr + (t.min_lr - t.lr) * min(1.0, (step - t.warmup_steps) / span)
     if t.schedule == "wsd":
         decay = max(1, round(t.decay_frac * t.steps))
         start = t.steps - decay

@@ -36,7 +36,7 @@ from pipeline.train import checkpoint
 RESUME_BREAKING = ("model.", "data.", "run.seed", "train.global_batch", "train.zero_stage",
                    "train.precision", "train.offload_optimizer", "train.offload_params",
                    "lai.mixing")
-RESUME_IGNORED = ("run.out_dir", "run.resume", "data.verify")
+RESUME_IGNORED = ("run.out_dir", "run.resume", "run.continue_from", "data.verify")
 
 
 def _in(key: str, names: tuple[str, ...]) -> bool:
@@ -134,9 +134,10 @@ def _global_batch(flat: dict[str, Any]) -> int:
             * flat["world"])
 
 
-def resume_changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str], list[str]]:
+def resume_changes(old: dict[str, Any], new: dict[str, Any],
+                   breaking_keys: tuple[str, ...] = RESUME_BREAKING) -> tuple[list[str], list[str]]:
     """(breaking, allowed) differences between two `to_dict()`s (plus a "world" key), each as
-    "key: old -> new" strings."""
+    "key: old -> new" strings; `breaking_keys` as RESUME_BREAKING."""
     a, b = _flatten(old), _flatten(new)
     a["train.global_batch"], b["train.global_batch"] = _global_batch(a), _global_batch(b)
     breaking, allowed = [], []
@@ -144,5 +145,5 @@ def resume_changes(old: dict[str, Any], new: dict[str, Any]) -> tuple[list[str],
         if _in(k, RESUME_IGNORED) or a.get(k) == b.get(k):
             continue
         line = f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
-        (breaking if _in(k, RESUME_BREAKING) else allowed).append(line)
+        (breaking if _in(k, breaking_keys) else allowed).append(line)
     return breaking, allowed

@@ -23,7 +23,7 @@ from pipeline.config import Config, save_yaml
 from pipeline.errors import UserError
 from pipeline.fsutil import atomic_write_json
 from pipeline.lai import Selector, SourceMixer, per_sequence_loss
-from pipeline.train import checkpoint
+from pipeline.train import checkpoint, faults, lineage
 from pipeline.train.export import export_final
 from pipeline.train.ledger import Ledger
 from pipeline.train.lock import lock_run
@@ -35,6 +35,7 @@ from pipeline.train.runplan import data_plan
 from pipeline.train.runtime import DistInfo, StopFlag, log0, log_to, seed_everything, shutdown
 from pipeline.train.setup import (build_engine, ds_config, open_data, verify_data,
                                   write_run_files)
+from pipeline.train.sinks import open_sinks
 from pipeline.train.state import Counters, RNGState, TrainState
 from pipeline.train.step import StepResult, StepRunner
 
@@ -42,9 +43,10 @@ EXIT_STOPPED = 75
 
 
 class Trainer:
-    def __init__(self, cfg: Config, info: DistInfo, resume: Resume | None):
+    def __init__(self, cfg: Config, info: DistInfo, resume: Resume | None,
+                 origin: lineage.Origin | None = None):
         self.t_start = time.time()
-        self.cfg, self.info, self.resume = cfg, info, resume
+        self.cfg, self.info, self.resume, self.origin = cfg, info, resume, origin
         self.comm = Comm.resolve()
         self.stop, self.out_of_time = StopFlag(), False
         self.run_dir = Path(cfg.run.out_dir)
@@ -58,8 +60,9 @@ class Trainer:
                             self.data.train.fingerprint)
             log_to(self.run_dir / "train.log")
         verify_data(cfg, self.run_dir, info, self.comm)
+        start = resume or origin
         self.parts = build_engine(cfg, info, self.data, self.comm,
-                                  load_universal=resume is not None and resume.universal)
+                                  load_universal=start is not None and start.universal)
         self.selector = Selector(cfg.lai, cfg.run.seed, self.comm,
                                  val_batches=lambda: self.data.val_batches(cfg.lai.val_batches),
                                  documents=self.data.train,
@@ -71,8 +74,11 @@ class Trainer:
         self.counters = Counters()
         self.state = self._register()
         self._restore()
-        self.metrics = Metrics(self.run_dir / "tb", info.rank, info.world,
-                               purge_step=self.counters.step + 1)
+        purge = self.counters.step + 1
+        self.metrics = Metrics(self.run_dir / "tb", info.rank, info.world, purge_step=purge,
+                               sinks=open_sinks(self.run_dir, info.main, purge,
+                                                cfg.log.wandb_project if cfg.log.wandb else None,
+                                                cfg.to_dict()))
         t = cfg.train
         self.runner = StepRunner(self.parts.engine, self.parts.optimizer, self.parts.gate,
                                  self.selector, self.data.loader, self.comm, info.device, t,
@@ -98,6 +104,12 @@ class Trainer:
     def _restore(self) -> None:
         if self.resume is None:
             self.ledger.load_state_dict({"next_step": 1})   # rows of an unsaved earlier attempt
+            if self.origin is not None:                     # run.continue_from: engine only
+                checkpoint.load_engine(self.parts.engine, self.origin.path,
+                                       universal=self.origin.universal)
+                if self.info.main:
+                    lineage.write(self.run_dir, self.origin)
+                log0(self.info, self.origin.note())
             return
         r = self.resume
         checkpoint.load(self.state, r.path, same_world=r.same_world, universal=r.universal)
@@ -128,6 +140,7 @@ class Trainer:
             result = self.train_step()
             unstable = self.counters.bad_in_a_row >= self.cfg.train.max_nonfinite_steps
             self.log.after_step(result, self.counters, last=unstable)
+            faults.crash_if_due(result.step, self.info.rank, resumed=self.resume is not None)
             if unstable:
                 self.abort_unstable()
             self.evaluate_if_due(result.step)
@@ -202,6 +215,7 @@ class Trainer:
         meta = {"world": self.info.world, "config": self.cfg.to_dict(),
                 "config_hash": config_hash({**self.cfg.to_dict(), "world": self.info.world}),
                 "hf_config": json.loads(self.parts.engine.module.config.to_json_string())}
+        self.metrics.flush()          # RUN/metrics.jsonl holds every step up to the checkpoint
         path = checkpoint.save(self.state, self.run_dir, self.counters.step, meta=meta,
                                keep=self.cfg.run.keep_checkpoints)
         if self.mixer is not None and self.info.main:     # the mixture as of this checkpoint
