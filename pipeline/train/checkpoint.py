@@ -2,7 +2,8 @@
 
 Layout of RUN/checkpoints/step_XXXXXXXX/ (XXXXXXXX = optimizer steps done):
     DeepSpeed's files (model/optimizer states, ZeRO partitions; client state = the TrainState's
-                       global members under CLIENT_KEY)
+                       global members under CLIENT_KEY), or under train.backend=fsdp2
+                       dcp/ + client.pt (pipeline.train.fsdp: the same two engine calls)
     rank-XXXXX.pt      this rank's members: RNG states, ledger and LAI state, ... (torch.save)
     complete.json      written last, by rank 0, after a barrier: {"step", "world", "config",
                        "config_hash", "files", ...}; its presence = the checkpoint is complete
@@ -30,6 +31,7 @@ from pipeline.comm import Comm
 from pipeline.errors import UserError
 from pipeline.fsutil import atomic_write, atomic_write_json
 from pipeline.train import safe_load
+from pipeline.train.engine import is_fsdp
 from pipeline.train.state import TrainState
 from pipeline.train.universal import UNIVERSAL, repairing
 
@@ -147,7 +149,8 @@ def load(state: TrainState, path: str | Path, *, same_world: bool = True,
     p = Path(path)
     load_dir, tag = (p, UNIVERSAL) if universal else (p.parent, p.name)
     client = getattr(state.engine.optimizer, "optimizer", state.engine.optimizer)
-    safe_load.use_for(state.engine)
+    if not is_fsdp(state.engine):           # FSDPEngine reads its own files with safe_load
+        safe_load.use_for(state.engine)
     try:
         with repairing(client) if universal else contextlib.nullcontext():
             load_path, client_state = state.engine.load_checkpoint(str(load_dir), tag=tag,
