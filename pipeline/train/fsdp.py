@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.fsdp import fully_shard
 
 from pipeline.config import TrainConfig
 from pipeline.fsutil import atomic_write
@@ -67,7 +68,7 @@ def describe(t: TrainConfig) -> str:
 def shard(model: nn.Module, t: TrainConfig, device: torch.device) -> nn.Module:
     """`model` (fp32, on the host, identical on every rank) sharded in place: each transformer
     block its own FSDP unit, the rest (embeddings, final norm, LM head: tied weights stay one
-    parameter) the root's. Collective."""
+    parameter) the root's, kept gathered from its forward to its backward. Collective."""
     warnings.filterwarnings("ignore", r".*(all_gather_into|reduce_scatter)_tensor.* deprecated",
                             FutureWarning)        # fully_shard's own calls, nothing to act on
     if device.type == "cuda" and t.offload_params != "cpu":
@@ -75,12 +76,8 @@ def shard(model: nn.Module, t: TrainConfig, device: torch.device) -> nn.Module:
     kw = shard_kwargs(t, device)
     for block in decoder_blocks(model) or ():
         fully_shard(block, **kw)
-    return fully_shard(model, **kw)
-
-
-def fully_shard(module: nn.Module, **kw) -> nn.Module:
-    from torch.distributed.fsdp import fully_shard as _fully_shard
-    return _fully_shard(module, **kw)
+    # the root's backward comes right after its forward: resharding it in between only costs
+    return fully_shard(model, **{**kw, "reshard_after_forward": False})
 
 
 def _full(x: torch.Tensor) -> torch.Tensor:
