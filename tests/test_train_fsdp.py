@@ -7,7 +7,8 @@
 - Through the trainer: a run killed with SIGKILL mid-run resumes on 1 rank, then on 2 again
   (DCP reshards natively), and every step trains the same sequences with the same keep
   decisions, losses and values as an uninterrupted run (on 1 rank: the same global
-  micro-batches); lai-export of the last checkpoint equals RUN/final.
+  micro-batches); lai-export of the last checkpoint equals RUN/final, and of one with a
+  truncated DCP shard fails in one line (exit 2).
 Tolerances: fp32 throughout; the two backends (and 1 vs 2 ranks) differ only in the order of
 float sums: losses 1e-5 absolute, values 1e-4 relative (1e-3 across world sizes, as the ZeRO
 elastic test).
@@ -162,6 +163,14 @@ def test_fsdp2_kill9_then_resume_on_one_then_two_ranks_equals_straight_run(tmp_p
     assert_export_equals_final(run, tmp_path / "exp")
     final, want = final_params(run), final_params(straight)
     assert all(torch.allclose(final[k], want[k], rtol=0, atol=1e-4) for k in final)
+    # a damaged DCP shard: one line naming it, exit 2 (resuming from it says the same)
+    shard = next((run / "checkpoints" / "step_00000006" / "dcp").glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:100])
+    p = subprocess.run([sys.executable, "-m", "pipeline.train.export_checkpoint",
+                        str(shard.parent.parent), str(tmp_path / "exp4")], env=env(), cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr
+    assert p.stderr.startswith(f"error: {shard.parent}: cannot be read"), p.stderr
 
 
 def test_launcher_passes_the_trainers_exit_75_on(tmp_path):

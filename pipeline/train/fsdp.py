@@ -23,7 +23,8 @@ reduce-scatter both exist there).
 Checkpoint I/O (the DeepSpeed engine's two calls, same contract, pipeline.train.checkpoint):
 CKPT/dcp/ holds the model and optimizer state as DCP shards (any number of ranks loads them:
 resuming on another world size needs no conversion), CKPT/client.pt the trainer's global state
-(written by rank 0, read with pipeline.train.safe_load).
+(written by rank 0, read with pipeline.train.safe_load). A shard DCP cannot read is one line
+naming CKPT/dcp (checkpoint.load's UserError; lai-export's too).
 """
 from __future__ import annotations
 
@@ -33,9 +34,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.fsdp import fully_shard
 
 from pipeline.config import TrainConfig
+from pipeline.errors import UserError
 from pipeline.fsutil import atomic_write
 from pipeline.lai.capture import decoder_blocks
 
@@ -161,7 +164,10 @@ class FSDPEngine:
         from pipeline.train import safe_load
         path = Path(load_dir) / tag
         state = self._sharded_state()
-        dcp.load(state, checkpoint_id=path / DCP_DIR)
+        try:
+            dcp.load(state, checkpoint_id=path / DCP_DIR)
+        except CheckpointException as e:    # a BaseException: as the error the caller reports
+            raise RuntimeError(f"{path / DCP_DIR}: {_first_failure(e)}") from None
         set_model_state_dict(self.module, state["model"])
         set_optimizer_state_dict(self.module, self.optimizer, state["optim"])
         return str(path), safe_load.load(path / CLIENT_FILE)
@@ -181,6 +187,14 @@ class FSDPEngine:
         return full
 
 
+def _first_failure(e) -> str:
+    """One line of a DCP CheckpointException: the first rank's failure."""
+    failures = getattr(e, "failures", {}) or {}
+    first = next(iter(failures.values()), e)
+    first = first[0] if isinstance(first, tuple) else first     # (exception, its traceback)
+    return (str(first).strip().splitlines() or [type(first).__name__])[0]
+
+
 def load_full_model(ckpt: Path, model: nn.Module) -> dict[str, torch.Tensor]:
     """The model weights of an fsdp2 checkpoint `ckpt`, read into `model` (built on the meta
     device; materialised on the host here) on one process without a process group."""
@@ -189,5 +203,8 @@ def load_full_model(ckpt: Path, model: nn.Module) -> dict[str, torch.Tensor]:
     state = {"model": model.state_dict()}
     with warnings.catch_warnings():           # "no process group: loading in one process"
         warnings.simplefilter("ignore", UserWarning)
-        dcp.load(state, checkpoint_id=ckpt / DCP_DIR, no_dist=True)
+        try:
+            dcp.load(state, checkpoint_id=ckpt / DCP_DIR, no_dist=True)
+        except CheckpointException as e:
+            raise UserError(f"{ckpt / DCP_DIR}: cannot be read ({_first_failure(e)})") from None
     return state["model"]
