@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Launch lai-train on this node through the deepspeed launcher (one node, or one node of many).
+# Launch lai-train on this node through the deepspeed launcher, or torchrun for train.backend=fsdp2
+# (one node, or one node of many).
 set -euo pipefail
 # shellcheck source=launch/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -8,7 +9,8 @@ usage() {
     cat <<USAGE
 Usage: launch/train.sh [options] CONFIG.yaml [dotted.key=value ...]
 
-Runs 'deepspeed --module pipeline.train CONFIG.yaml key=value ...' with one rank per local device:
+Runs 'deepspeed --module pipeline.train CONFIG.yaml key=value ...' (train.backend=fsdp2: torchrun,
+with the same ranks and rendezvous; multi-node needs --node_rank or --slurm) with one rank per local device:
 every GPU (nvidia-smi, else torch.cuda.device_count(); CUDA_VISIBLE_DEVICES is honoured), or on a
 machine without GPUs (or with CUDA_VISIBLE_DEVICES="") \$LAI_CPU_RANKS CPU ranks (default 2, gloo).
 OMP_NUM_THREADS defaults to cores / local ranks.
@@ -185,21 +187,36 @@ if [[ "${node_rank:-0}" == "0" ]] && lai_port_busy 127.0.0.1 "$master_port"; the
 fi
 
 # Check the config and the data once, for the whole world, before any rank starts.
-"$python" -m pipeline.train --check --world "$world" "$config" "$@" || exit $?
+backend="$("$python" -m pipeline.train --check --print-backend --world "$world" "$config" "$@")" \
+    || exit $?
+
+# train.backend=fsdp2: torchrun (through pipeline.train.launcher, which passes exit 75 on) with the
+# same ranks, devices, nodes and rendezvous; deepspeed otherwise.
+if [[ "$backend" == "fsdp2" ]]; then
+    tr_args=(--nproc_per_node "$nranks" --master_addr "$master_addr" --master_port "$master_port")
+    if [[ -n "$hostfile" ]]; then
+        [[ -n "$node_rank" ]] || lai_die "train.backend=fsdp2: torchrun starts one node at a time; run this on every node with --node_rank K (or use --slurm)"
+        tr_args+=(--nnodes "${#hosts[@]}" --node_rank "$node_rank")
+    fi
+    [[ -z "${devices:-}" ]] || export CUDA_VISIBLE_DEVICES="$devices"
+    launcher=("$python" -m pipeline.train.launcher "${tr_args[@]}" -m pipeline.train)
+else
+    launcher=("$deepspeed" "${ds_args[@]}" --module pipeline.train)
+fi
 
 # Stop signals sent to the whole step / process group must reach only the trainers, whose handler
 # saves a checkpoint and exits 75; the launcher processes wait for them and pass the 75 on.
 # - SIGUSR1 (Slurm's preemption warning, `kill -USR1 -- -PGID`): the launcher processes ignore it;
 #   the trainers' own handler replaces the inherited ignore.
 # - SIGTERM (a time limit, `kill -TERM -- -PGID`, Slurm's TERM to every process of the step): the
-#   deepspeed launcher installs a TERM handler of its own (terminate the ranks, SIGKILL them 30 s
+#   deepspeed launcher (and torchrun) installs a TERM handler of its own (terminate the ranks, SIGKILL them 30 s
 #   later, exit at once, leaving the master port taken), which would replace an ignore. So TERM is
 #   blocked instead, for the launcher and the ranks it starts; each trainer unblocks it once its
 #   handler is in place (a TERM that came during start-up is delivered then).
 trap '' USR1
 ranks_cmd=("$python" -c 'import os, signal, sys
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-os.execv(sys.argv[1], sys.argv[1:])' "$deepspeed" "${ds_args[@]}" --module pipeline.train "$config" "$@")
+os.execv(sys.argv[1], sys.argv[1:])' "${launcher[@]}" "$config" "$@")
 (( max_restarts > 0 )) || exec "${ranks_cmd[@]}"
 
 # --max-restarts N (as torchrun's): a crash starts the ranks again from the latest checkpoint.

@@ -165,11 +165,22 @@ def test_bad_yaml_names_file_and_key(tmp_path):
     (["train.min_lr=1.0"], "train.min_lr"),
     (["model.compile=true"], "model.compile"),                        # LAI on linear layers
     (["model.compile=true", "lai.layers=blocks", "train.zero_stage=3"], "model.compile"),
+    (["train.backend=torch"], "train.backend"),
+    (["train.backend=fsdp2", "train.zero_stage=1"], "train.zero_stage"),     # no FSDP2 meaning
+    (["train.backend=fsdp2", "train.zero_stage=3", "train.offload_optimizer=cpu"],
+     "train.offload_optimizer"),
+    (["train.backend=fsdp2", "lai.filter=full_gradient"], "lai.filter"),
 ])
 def test_validation_names_the_field(data_dir, overrides, field):
     with pytest.raises(UserError) as e:          # the lai section already fails when it loads
         _valid(data_dir, *overrides).validate(world=2)
     assert str(e.value).startswith(f"{field}: ") and "\n" not in str(e.value), str(e.value)
+
+
+def test_fsdp2_accepts_the_zero_settings_it_maps(data_dir):
+    for extra in (["train.zero_stage=2"], ["train.zero_stage=3", "train.offload_params=cpu"],
+                  ["train.zero_stage=3", "model.compile=true", "lai.layers=blocks"]):
+        _valid(data_dir, "train.backend=fsdp2", *extra).validate(world=2)
 
 
 def test_lai_settings_are_resolved_when_the_config_loads(data_dir):
@@ -223,7 +234,7 @@ def test_resume_changes_classified(data_dir):
     assert breaking == [] and config_hash(a) == config_hash(b)
     assert {h.split(":")[0] for h in harmless} == {"train.steps", "log.every", "lai.threshold"}
     for override in ("model.hidden=32", "data.seq_len=64", "train.global_batch=32",
-                     "train.zero_stage=3", "train.precision=bf16"):
+                     "train.zero_stage=3", "train.precision=bf16", "train.backend=fsdp2"):
         c = {**_valid(data_dir, override).to_dict(), "world": 2}
         breaking, _ = resume_changes(a, c)
         assert [x.split(":")[0] for x in breaking] == [override.split("=")[0]]
@@ -238,6 +249,8 @@ def test_resume_changes_classified(data_dir):
     assert resume_changes(old, {**b, "world": 1})[0] == []          # 8 x 1 x 2 = 16
     old["train"]["grad_accum"] = 2
     assert resume_changes(old, {**b, "world": 1})[0] == ["train.global_batch: 32 -> 16"]
+    del old["train"]["backend"]                     # saved before train.backend: DeepSpeed
+    assert "train.backend" not in str(resume_changes(old, {**b, "world": 1}))
 
 
 def test_batch_triple_is_derived_from_the_global_batch():

@@ -1,8 +1,9 @@
 """The project's Slurm scripts on a real two-node Slurm cluster (two slurmd daemons on this machine):
 data prep as tokenizer -> array -> merge jobs, training on 2 nodes x 1 CPU rank, and preemption
-(USR1 to the batch script, or TERM to the job step as a time limit sends it -> checkpoint -> exit
-75 -> requeue -> resume) ending with the same losses as an uninterrupted run. Needs root (and
-apt-get if Slurm is not installed); skipped with the reason otherwise."""
+(USR1 to the batch script, or TERM to the job step as a time limit sends it, there under
+train.backend=fsdp2 -> checkpoint -> exit 75 -> requeue -> resume) ending with the same losses as
+an uninterrupted run. Needs root (and apt-get if Slurm is not installed); skipped with the reason
+otherwise."""
 from __future__ import annotations
 
 import json
@@ -152,16 +153,20 @@ def test_train_on_two_nodes(cluster, work, reference):
     assert (out / "final").is_dir()
 
 
-@pytest.mark.parametrize("sig", ["USR1", "TERM"])
+@pytest.mark.parametrize("sig,backend", [("USR1", "deepspeed"), ("TERM", "fsdp2")])
 def test_preemption_saves_requeues_and_resumes_to_the_same_loss(cluster, work, prepared,
-                                                                 reference, sig):
+                                                                 reference, sig, backend):
     """USR1 to the batch script (the --signal=B:USR1 warning, forwarded to the ranks), or TERM
     to every process of the job step, launchers included (what the time limit sends, KillWait
-    before its SIGKILL): the ranks save, exit 75, the job requeues and resumes."""
+    before its SIGKILL): the ranks save, exit 75, the job requeues and resumes. TERM runs under
+    fsdp2, whose launchers are torchrun (static rendezvous at the first node; the deepspeed
+    launcher's TERM path is tests/test_launch_train.py's): its losses equal the DeepSpeed
+    reference's (ZeRO 2 layout both) up to the backends' float summation order."""
     data, _ = prepared
-    out = work / f"run-{sig}"
-    job = cluster.sbatch([str(LAUNCH / "slurm_train.sbatch"), *train_args(data, out)], cwd=work,
-                         env=job_env(work))
+    out = work / f"run-{sig}-{backend}"
+    extra = [f"train.backend={backend}"]
+    job = cluster.sbatch([str(LAUNCH / "slurm_train.sbatch"), *train_args(data, out), *extra],
+                         cwd=work, env=job_env(work))
 
     # wait until training is under way (step 3 logged), then deliver the preemption warning
     deadline = time.monotonic() + 180
@@ -192,8 +197,11 @@ def test_preemption_saves_requeues_and_resumes_to_the_same_loss(cluster, work, p
     ref = losses(reference[0])
     got = losses(out)
     assert sorted(got) == list(range(1, STEPS + 1))
-    for step in range(stopped_at + 1, STEPS + 1):      # after the resume, step for step
-        assert got[step] == pytest.approx(ref[step], rel=1e-6, abs=1e-7), step
-    assert got[STEPS] == pytest.approx(ref[STEPS], rel=1e-6, abs=1e-7)
+    rel = 1e-6 if backend == "deepspeed" else 1e-4
+    steps = range(stopped_at + 1, STEPS + 1) if backend == "deepspeed" else range(1, STEPS + 1)
+    for step in steps:                                  # after the resume, step for step
+        assert got[step] == pytest.approx(ref[step], rel=rel, abs=1e-7), step
+    if backend == "fsdp2":
+        assert "FSDP2 fully_shard per block" in text
     print(f"preempted at step {stopped_at}, resumed; final loss {got[STEPS]:.6f} "
           f"(uninterrupted {ref[STEPS]:.6f})")

@@ -15,11 +15,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from train_support import ledger, make_animals_data, train
+from train_support import (assert_export_equals_final, assert_two_one_two_equals_straight,
+                           make_animals_data, train)
 
 pytestmark = pytest.mark.slow
 
@@ -46,23 +46,8 @@ def test_zero3_resume_two_ranks_then_one_then_two(data_dir, tmp_path):
     note = next(line for line in out.splitlines() if "resumed from" in line)
     assert "at step 6" in note and "world: 1 -> 2" in note, note
 
-    a, b = ledger(straight), ledger(elastic)
-    assert a.size == b.size == 8 * 8                          # each sequence once
-    assert np.array_equal(a["seq_id"], b["seq_id"]) and np.array_equal(a["step"], b["step"])
-    assert set(b["rank"][(b["step"] == 5) | (b["step"] == 6)]) == {0}     # the 1-rank steps
-    assert np.array_equal(a["kept"], b["kept"]) and (~a["kept"]).any()
-    np.testing.assert_allclose(b["loss"], a["loss"], rtol=0, atol=1e-5)
-    np.testing.assert_allclose(b["value"], a["value"], rtol=1e-3, atol=1e-6)
-    assert abs(a["loss"][:8].mean() - a["loss"][-8:].mean()) > 0.3   # it trained
-
-    from safetensors.torch import load_file
-
-    from pipeline.train.export_checkpoint import main as lai_export
-    assert lai_export([str(elastic / "checkpoints" / "step_00000008"), str(tmp_path / "exp")]) == 0
-    final, exported = load_file(elastic / "final" / "model.safetensors"), \
-        load_file(tmp_path / "exp" / "model.safetensors")
-    assert final.keys() == exported.keys()
-    assert all(torch.equal(final[k], exported[k]) for k in final)
+    assert_two_one_two_equals_straight(straight, elastic)
+    assert_export_equals_final(elastic, tmp_path / "exp")
 
 
 # ---------------------------------------------------------------- engine level, ZeRO 0-3

@@ -141,3 +141,28 @@ def wait_for_wandb_history(run_file: Path, rows: int, timeout: float = 60) -> li
     while len(found := read_wandb_history(run_file)) < rows and time.monotonic() < deadline:
         time.sleep(0.5)
     return found
+
+
+def assert_two_one_two_equals_straight(straight: Path, run: Path) -> None:
+    """`run` (2 ranks to step 4, 1 rank to 6, 2 ranks to 8; global batch 8) trained what the
+    uninterrupted `straight` run did: each sequence once, at the same step, with the same keep
+    decisions, losses and values (up to the float summation order of other world sizes)."""
+    a, b = ledger(straight), ledger(run)
+    assert a.size == b.size == 8 * 8                          # each sequence once
+    assert np.array_equal(a["seq_id"], b["seq_id"]) and np.array_equal(a["step"], b["step"])
+    assert set(b["rank"][(b["step"] == 5) | (b["step"] == 6)]) == {0}     # the 1-rank steps
+    assert np.array_equal(a["kept"], b["kept"]) and (~a["kept"]).any()
+    np.testing.assert_allclose(b["loss"], a["loss"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(b["value"], a["value"], rtol=1e-3, atol=1e-6)
+    assert abs(a["loss"][:8].mean() - a["loss"][-8:].mean()) > 0.3   # it trained
+
+
+def assert_export_equals_final(run: Path, out: Path) -> None:
+    """lai-export of `run`'s step-8 checkpoint into `out` holds exactly RUN/final's weights."""
+    from safetensors.torch import load_file
+
+    from pipeline.train.export_checkpoint import main as lai_export
+    assert lai_export([str(run / "checkpoints" / "step_00000008"), str(out)]) == 0
+    final, exported = final_params(run), load_file(out / "model.safetensors")
+    assert final.keys() == exported.keys()
+    assert all(torch.equal(final[k], exported[k]) for k in final)

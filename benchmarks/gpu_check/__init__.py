@@ -9,7 +9,9 @@ Parts, in order; each is timed, a failing part is recorded and the next one stil
 3. data: the stdlib corpus through the real `lai-prep`, GPT-2's vocabulary size (50257);
 4. overhead: GPT-2 small (124M parameters, seq 1024, bf16, SDPA attention) through the real
    trainer (`pipeline.train.main`, 1 rank, DeepSpeed ZeRO 1) in this process: LAI off / sketch at
-   the largest micro-batch that fits (measured), and off / sketch / exact at micro-batch 8 (exact
+   the largest micro-batch that fits (measured), the same two under train.backend=fsdp2 (ZeRO 2
+   layout: the fsdp2 rows, compared with the deepspeed ones), and off / sketch / exact at
+   micro-batch 8 (exact
    gathers per-token features: B T (D + V) floats); a bare DeepSpeed loop (engine forward,
    token-mean cross-entropy, backward, step) on the same model, data and batch. Per run: tokens/s
    (the trainer's phase timers and wall clock between log lines), MFU against the card's bf16

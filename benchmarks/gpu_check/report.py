@@ -46,6 +46,12 @@ def section(res) -> str:
             if off and bare:
                 L.append(f"- micro-batch {batch}: pipeline with LAI off / bare DeepSpeed loop = "
                          f"{off['wall_tokens_per_s'] / bare['wall_tokens_per_s']:.3f} (wall tok/s)")
+            for mode in ("off", "sketch"):
+                ds, fs = by.get((mode, batch)), by.get((f"{mode}-fsdp2", batch))
+                if ds and fs:
+                    L.append(f"- micro-batch {batch}: LAI {mode}, fsdp2 / deepspeed = "
+                             f"{fs['wall_tokens_per_s'] / ds['wall_tokens_per_s']:.3f} (wall "
+                             f"tok/s), peak memory {fs['peak_mem_gib'] / ds['peak_mem_gib']:.3f}")
             sk = by.get(("sketch", batch))
             if off and sk:
                 L.append(f"- micro-batch {batch}: sketch LAI time / LAI-off step = "

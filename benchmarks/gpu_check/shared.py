@@ -23,8 +23,11 @@ MODES = {"off": ["lai.enabled=false", "lai.filter=none"],
                            "lai.layers=blocks"]}
 for _m in ("off", "sketch-blocks"):
     MODES[f"{_m}-compiled"] = MODES[_m] + ["model.compile=true"]
+for _m in ("off", "sketch"):        # train.backend=fsdp2; on one rank ZeRO 2's layout is the
+    MODES[f"{_m}-fsdp2"] = MODES[_m] + ["train.backend=fsdp2", "train.zero_stage=2"]  # nearest
 # (mode, micro-batch: "big" = the probed size, "small" = SIZES' small_batch, or a number)
-PLAN = "off:big,sketch:big,bare:big,off:small,sketch:small,exact:small,bare:small"
+PLAN = ("off:big,sketch:big,off-fsdp2:big,sketch-fsdp2:big,bare:big,off:small,sketch:small,"
+        "exact:small,bare:small")
 
 
 def log(msg: str) -> None:

@@ -69,6 +69,9 @@ class TrainConfig:
                                        # global_batch (1 if that is 0 too)
     global_batch: int = 0              # sequences per optimizer step, kept on any number of ranks
                                        # (also on resume); 0 = micro_batch x grad_accum x ranks
+    backend: str = "deepspeed"         # deepspeed | fsdp2 (torch's fully_shard per block,
+                                       # DCP checkpoints; launched by torchrun; needs
+                                       # zero_stage 2 or 3, see pipeline.train.fsdp)
     zero_stage: int = 0
     offload_optimizer: str = "none"    # none | cpu   (ZeRO >= 1)
     offload_params: str = "none"       # none | cpu   (ZeRO 3)
@@ -124,6 +127,7 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {          # the lai section's choices: pipeline.lai.settings
     "data.verify": ("first", "always", "never"),
     "model.family": ("llama", "gpt_neox", "gpt2", "gpt_neo"),
+    "train.backend": ("deepspeed", "fsdp2"),
     "train.offload_optimizer": ("none", "cpu"),
     "train.offload_params": ("none", "cpu"),
     "train.precision": ("fp32", "bf16"),

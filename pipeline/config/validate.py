@@ -85,6 +85,8 @@ def _train(cfg: Config, world: int) -> None:
          "needs train.zero_stage >= 1")
     need(t.offload_params == "none" or t.zero_stage == 3, "train.offload_params",
          "needs train.zero_stage = 3")
+    if t.backend == "fsdp2":
+        _fsdp2(t)
     need(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
     need(0 <= t.min_lr <= t.lr, "train.min_lr", f"must be in [0, train.lr={t.lr}], got {t.min_lr}")
     need(t.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {t.warmup_steps}")
@@ -97,19 +99,33 @@ def _train(cfg: Config, world: int) -> None:
     need(t.eval_every >= 0, "train.eval_every", f"must be >= 0, got {t.eval_every}")
 
 
+def _fsdp2(t) -> None:
+    """The ZeRO settings FSDP2 has a meaning for (pipeline.train.fsdp); the rest refused."""
+    need(t.zero_stage in (2, 3), "train.zero_stage", f"{t.zero_stage} has no FSDP2 meaning "
+         "(train.backend=fsdp2 always shards parameters, gradients and optimizer states): use 3 "
+         "(parameters resharded after forward) or 2 (kept gathered until backward)")
+    need(t.offload_optimizer == "none" or t.offload_params == "cpu", "train.offload_optimizer",
+         "cpu alone has no FSDP2 meaning (its CPUOffloadPolicy moves parameters, gradients and "
+         "the optimizer step together): set train.offload_params=cpu instead")
+
+
 def _lai(cfg: Config) -> None:
     try:
         check_lai(cfg.lai)
     except ValueError as e:
         raise UserError(str(e)) from None
     f = FILTERS[cfg.lai.filter]
-    need(not (f.needs_full_params and cfg.train.zero_stage == 3), "lai.filter",
-         f"{cfg.lai.filter!r} ({f.about}) needs full parameters; not with train.zero_stage=3")
+    sharded = cfg.train.zero_stage == 3 or cfg.train.backend == "fsdp2"
+    need(not (f.needs_full_params and sharded), "lai.filter",
+         f"{cfg.lai.filter!r} ({f.about}) needs full parameters; not with train.zero_stage=3 "
+         "or train.backend=fsdp2")
     need(not (cfg.model.compile and cfg.lai.enabled and cfg.lai.layers == "linear"),
          "model.compile", "compiled blocks hide their linear layers from LAI's input hooks; use "
          "lai.layers=blocks (the block inputs stay visible) or model.compile=false")
-    need(not (cfg.model.compile and cfg.train.zero_stage == 3), "model.compile",
-         "not with train.zero_stage=3 (its parameter hooks run inside the blocks)")
+    need(not (cfg.model.compile and cfg.train.zero_stage == 3
+              and cfg.train.backend == "deepspeed"), "model.compile",
+         "not with DeepSpeed's train.zero_stage=3 (its parameter hooks run inside the blocks); "
+         "train.backend=fsdp2 gathers each block's parameters around its compiled forward")
     need(not cfg.lai.mixing or len(cfg.data.sources) >= 2, "lai.mixing",
          f"needs at least 2 data.sources to mix, got {len(cfg.data.sources)}")
 

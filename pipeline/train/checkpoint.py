@@ -2,7 +2,8 @@
 
 Layout of RUN/checkpoints/step_XXXXXXXX/ (XXXXXXXX = optimizer steps done):
     DeepSpeed's files (model/optimizer states, ZeRO partitions; client state = the TrainState's
-                       global members under CLIENT_KEY)
+                       global members under CLIENT_KEY), or under train.backend=fsdp2
+                       dcp/ + client.pt (pipeline.train.fsdp: the same two engine calls)
     rank-XXXXX.pt      this rank's members: RNG states, ledger and LAI state, ... (torch.save)
     complete.json      written last, by rank 0, after a barrier: {"step", "world", "config",
                        "config_hash", "files", ...}; its presence = the checkpoint is complete
@@ -30,6 +31,7 @@ from pipeline.comm import Comm
 from pipeline.errors import UserError
 from pipeline.fsutil import atomic_write, atomic_write_json
 from pipeline.train import safe_load
+from pipeline.train.engine import is_fsdp
 from pipeline.train.state import TrainState
 from pipeline.train.universal import UNIVERSAL, repairing
 
@@ -139,13 +141,14 @@ def damage(path: str | Path) -> str | None:
 
 
 def load_engine(engine, path: str | Path, *, universal: bool = False) -> dict:
-    """Restore the DeepSpeed engine (model and optimizer states) from checkpoint `path` (its
+    """Restore the engine (DeepSpeed or FSDPEngine: model and optimizer states) from checkpoint `path` (its
     universal form when `universal`; the engine was built with checkpoint.load_universal); its
     client state. UserError (one line) if a file cannot be read."""
     p = Path(path)
     load_dir, tag = (p, UNIVERSAL) if universal else (p.parent, p.name)
     client = getattr(engine.optimizer, "optimizer", engine.optimizer)
-    safe_load.use_for(engine)
+    if not is_fsdp(engine):                 # FSDPEngine reads its own files with safe_load
+        safe_load.use_for(engine)
     try:
         with repairing(client) if universal else contextlib.nullcontext():
             load_path, client_state = engine.load_checkpoint(str(load_dir), tag=tag,

@@ -3,7 +3,7 @@ before the optimizer step.
 
     python -m pipeline.train CONFIG.yaml [PRESET.yaml ...] [dotted.key=value ...] [--local_rank N]
     deepspeed --num_gpus 2 --module pipeline.train configs/tiny_cpu.yaml train.steps=50
-    torchrun --nproc_per_node 2 -m pipeline.train configs/tiny_cpu.yaml
+    torchrun --nproc_per_node 2 -m pipeline.train configs/tiny_cpu.yaml [train.backend=fsdp2 ...]
     lai-train --dry-run [--world N] CONFIG.yaml ...     check and print the plan, start nothing
 
 Before anything starts: the config is loaded and validated and the resume point checked (each a
@@ -38,6 +38,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--check", action="store_true",
                    help="the checks of --dry-run only, silent on success (launch/train.sh runs "
                         "it before starting ranks)")
+    p.add_argument("--print-backend", action="store_true",
+                   help="with --check: print train.backend once the checks pass (launch/train.sh "
+                        "picks the launcher by it: deepspeed, or torchrun for fsdp2)")
     p.add_argument("--world", type=int, default=0, metavar="N",
                    help="ranks the run will have (default: $WORLD_SIZE, else 1)")
     return p.parse_args(argv)
@@ -55,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg.validate(world=world)                             # fail before any start-up
     if args.dry_run or args.check:
         from pipeline.train.dryrun import dry_run
-        return dry_run(cfg, world, quiet=args.check)
+        rc = dry_run(cfg, world, quiet=args.check)
+        if args.print_backend and rc == 0:
+            print(cfg.train.backend)
+        return rc
     from pipeline.train import lineage, quiet, resume, runtime, universal
     quiet.silence_known_noise()
     from pipeline.train.trainer import Trainer
@@ -64,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     for start in (point, origin):
         if start is not None and start.universal:    # before the group: no collective timeout
             start.conversion = universal.ensure(start.path, int(os.environ.get("RANK", "0")))
-    info = runtime.init(args.local_rank)
+    info = runtime.init(args.local_rank, through_deepspeed=cfg.train.backend == "deepspeed")
     try:
         return Trainer(cfg, info, point, origin).run()
     except UserError as e:

@@ -5,7 +5,7 @@ Both validate the config (for --world ranks), open the data (manifests, shards a
 manifest, the val split when eval or the val reference needs it), plan the resume (a breaking
 change is refused) and check model.init_from against the data; a problem is one line, exit 2.
 `--check` (what launch/train.sh runs before deepspeed spawns the ranks) prints nothing more;
-`--dry-run` then prints the resolved config, the DeepSpeed JSON, the parameter count, tokens per
+`--dry-run` then prints the resolved config, the DeepSpeed JSON (fsdp2: its sharding), the parameter count, tokens per
 step, the epochs over the data (with the warnings the run would print), a memory estimate, and
 the resume point.
 """
@@ -17,6 +17,7 @@ import torch
 
 from pipeline.config import Config, save_yaml
 from pipeline.train import init_from, lineage, resume, universal
+from pipeline.train.fsdp import describe
 from pipeline.train.model import hf_config
 from pipeline.train.flops import model_flops_per_token
 from pipeline.train.runplan import data_plan, memory_estimate, reference_note, time_estimate
@@ -56,8 +57,11 @@ def dry_run(cfg: Config, world: int, *, quiet: bool = False) -> int:
     t = cfg.train
     plan = data_plan(cfg, data.train, data.val, world)
     print("# resolved config (RUN/config.yaml)\n" + save_yaml(cfg))
-    print("# DeepSpeed config (RUN/ds_config.json)\n"
-          + json.dumps(ds_config(cfg, world, torch.cuda.is_available()), indent=2) + "\n")
+    if t.backend == "fsdp2":
+        print(f"# engine: {describe(t)}\n")
+    else:
+        print("# DeepSpeed config (RUN/ds_config.json)\n"
+              + json.dumps(ds_config(cfg, world, torch.cuda.is_available()), indent=2) + "\n")
     lines = [f"model: {n_params / 1e6:.2f}M parameters ({type(model.config).__name__}"
              f"{'; ' + init_note if init_note else ''})",
              f"batch: global {t.global_batch} = micro {t.micro_batch} x accumulation "

@@ -20,11 +20,23 @@ from pipeline.fsutil import tmp_name
 
 def export_final(engine, run_dir: Path, tokenizer_path: Path, tokenizer: TokenizerEntry,
                  main: bool, *, zero3: bool) -> Path:
-    """RUN/final: save_pretrained (ZeRO-3 parameters gathered one at a time) + the data's
-    tokenizer (`tokenizer` = the manifest's entry, at `tokenizer_path`). Collective; rank 0
-    (`main`) writes."""
-    import deepspeed
+    """RUN/final: save_pretrained (ZeRO-3 parameters gathered one at a time; fsdp2's all
+    gathered to rank 0's host) + the data's tokenizer (`tokenizer` = the manifest's entry, at
+    `tokenizer_path`). Collective; rank 0 (`main`) writes."""
+    from pipeline.train.engine import is_fsdp
     module = engine.module
+    state = engine.full_state_dict(main) if is_fsdp(engine) \
+        else _deepspeed_state(module, main, zero3)
+    final = run_dir / "final"
+    if main:
+        save_hf_folder(module, state, final, tokenizer_path, tokenizer)
+    Comm.resolve().barrier()
+    return final
+
+
+def _deepspeed_state(module: torch.nn.Module, main: bool, zero3: bool) -> dict[str, torch.Tensor]:
+    """Full host tensors of `module` on rank 0 ({} elsewhere), tied weights as one tensor."""
+    import deepspeed
     params = dict(module.named_parameters(remove_duplicate=False))
     state, first_key = {}, {}     # tied weights stay one tensor (save_pretrained stores it once)
     for key, value in module.state_dict().items():
@@ -40,11 +52,7 @@ def export_final(engine, run_dir: Path, tokenizer_path: Path, tokenizer: Tokeniz
                     state[key] = tensor.detach().cpu().clone()
         elif main:
             state[key] = value.detach().cpu().clone()
-    final = run_dir / "final"
-    if main:
-        save_hf_folder(module, state, final, tokenizer_path, tokenizer)
-    Comm.resolve().barrier()
-    return final
+    return state
 
 
 def context_length(config) -> int | None:

@@ -2,7 +2,7 @@
 (model + tokenizer, as RUN/final), on one CPU process, no process group.
 
 Weights: ZeRO 1-3 from the fp32 master partitions of every rank (DeepSpeed's zero_to_fp32
-merge), ZeRO 0 from the saved module. The architecture comes from the checkpoint's marker
+merge), ZeRO 0 from the saved module, fsdp2 from its DCP shards (read into the model). The architecture comes from the checkpoint's marker
 (the model's HF config, recorded at every save), and the tokenizer from the run's data
 directory (a warning and no tokenizer if that has moved). The model is built on the meta device
 and takes the merged tensors as they are, so host memory holds one copy of the weights.
@@ -19,8 +19,14 @@ from pipeline.errors import UserError, cli_main
 from pipeline.train import checkpoint
 
 
-def merged_state_dict(ckpt: Path, zero_stage: int) -> dict[str, torch.Tensor]:
-    """Full fp32 tensors of every parameter (and saved buffer) of checkpoint `ckpt`."""
+def merged_state_dict(ckpt: Path, train: dict, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Full fp32 tensors of every parameter (and saved buffer) of checkpoint `ckpt`, saved with
+    train settings `train` (its config's train section); `model` (on the meta device) holds them
+    for fsdp2's DCP shards, which are read into it."""
+    if train.get("backend", "deepspeed") == "fsdp2":
+        from pipeline.train.fsdp import load_full_model
+        return load_full_model(ckpt, model)
+    zero_stage = int(train["zero_stage"])
     if zero_stage == 0:
         files = sorted(ckpt.glob("mp_rank_*_model_states.pt"))
         if not files:
@@ -64,7 +70,7 @@ def export(ckpt: str | Path, out: str | Path) -> Path:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: already exists; choose a new output folder")
     model = _model(meta, ckpt / checkpoint.MARKER)
-    state = merged_state_dict(ckpt, int(meta["config"]["train"]["zero_stage"]))
+    state = merged_state_dict(ckpt, meta["config"]["train"], model)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     tied = {k for k in missing if k.endswith("lm_head.weight")} \
         if getattr(model.config, "tie_word_embeddings", False) else set()

@@ -12,7 +12,9 @@ What each rank reads: its own part of exp_avg_sq of every scored weight --
       partition (param._hp_mapping: the optimizer-state view and where it starts in the
       flattened weight; relinked to the optimizer state after a checkpoint load);
   ZeRO 3: the weight's partition (deepspeed.utils.safe_get_local_optimizer_state): elements
-      [rank * n, rank * n + n) of the flattened weight, n the padded partition size.
+      [rank * n, rank * n + n) of the flattened weight, n the padded partition size;
+  fsdp2: the local rows of the DTensor exp_avg_sq (fully_shard shards dim 0), which start at
+      the shard's global row offset.
 Each rank turns its part into P and its partial row and column sums in one pass
 (pipeline.lai.precondition.fragment_sums), then one all-reduce of sum_l (o_l + d_l + 1) float64
 numbers gives every rank the totals (the + 1 counts the elements: a layout this reader does not
@@ -30,6 +32,8 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 from pipeline.comm import Comm
 from pipeline.lai.precondition import adam_hyper, bias_correction2, fragment_sums, inverse_root
@@ -46,7 +50,8 @@ def _full_shape(param: torch.nn.Parameter) -> tuple[int, int]:
 
 
 class MomentReader:
-    """A Moments reader (pipeline.lai.precondition) over a DeepSpeed engine's optimizer state.
+    """A Moments reader (pipeline.lai.precondition) over an engine's optimizer state (DeepSpeed
+    or FSDPEngine, pipeline.train.engine).
     `optimizer`: the client Adam/AdamW the engine drives (its state holds exp_avg_sq and the step
     count, keyed by the parameters at ZeRO 0, by the flat fp32 partitions otherwise)."""
 
@@ -73,6 +78,12 @@ class MomentReader:
             part = safe_get_local_optimizer_state(param, KEY).flatten()
             start = dist.get_rank(group=param.ds_process_group) * part.numel()
             return part[:max(0, min(part.numel(), param.ds_numel - start))], start
+        if isinstance(param, DTensor):                                # fsdp2: a row shard
+            v = self.optimizer.state.get(param, {}).get(KEY)
+            if v is None:
+                raise ValueError("lai.precondition=adam: a scored weight has no Adam state")
+            _, offset = compute_local_shape_and_global_offset(v.shape, v.device_mesh, v.placements)
+            return v.to_local().flatten(), offset[0] * v.shape[1]
         if hasattr(param, "_hp_mapping"):                             # ZeRO 1/2, bf16 optimizer
             m = param._hp_mapping
             if m is None:

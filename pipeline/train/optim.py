@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from pipeline.comm import Comm
 from pipeline.config import TrainConfig
@@ -61,8 +62,9 @@ class SkipGate:
     def allows(self, grads: list[torch.Tensor]) -> bool:
         """Called by the guarded optimizer on every rank: False on all ranks if any rank saw a
         non-finite loss this step or holds a non-finite gradient in `grads`."""
-        finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) \
-            if grads else True                              # one device sync, not one per tensor
+        local = [g.to_local() if isinstance(g, DTensor) else g for g in grads]   # fsdp2 shards
+        finite = bool(torch.stack([torch.isfinite(g).all() for g in local]).all()) \
+            if local else True                              # one device sync, not one per tensor
         self._refused = self.comm.any(self._bad_loss or not finite, self.device)
         return not self._refused
 
@@ -94,14 +96,15 @@ class GuardedAdamW(Guarded, torch.optim.AdamW):
 def build_optimizer(model: torch.nn.Module, t: TrainConfig, gate: SkipGate,
                     offload: bool) -> torch.optim.Optimizer:
     """AdamW over `model` (weight decay on >= 2-D weights only), guarded by `gate`. torch's
-    (fused on CUDA); DeepSpeed's CPU Adam when optimizer states are offloaded next to a GPU."""
+    (fused on CUDA; over DTensors under train.backend=fsdp2); DeepSpeed's CPU Adam when
+    DeepSpeed offloads optimizer states next to a GPU; fsdp2's offload steps on the host."""
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": t.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     kw = dict(lr=t.lr, betas=(t.beta1, t.beta2), eps=t.eps)
     cuda = gate.device.type == "cuda"
-    if offload and cuda:
+    if offload and cuda and t.backend == "deepspeed":
         from deepspeed.ops.adam import DeepSpeedCPUAdam
         cls = type("GuardedCPUAdam", (Guarded, DeepSpeedCPUAdam), {})
         opt = cls(groups, adamw_mode=True, **kw)

@@ -12,7 +12,7 @@ longer fits a changed option (the LAI selector's cached val reference) starts th
 
 Another number of ranks: the loader continues the same global order from its global sample
 count; ZeRO 1-3 partitions are converted once to DeepSpeed's universal checkpoint
-(pipeline.train.universal; `Resume.universal`); per-rank members restore as TrainState says
+(pipeline.train.universal; `Resume.universal`), fsdp2's DCP shards reshard as they load; per-rank members restore as TrainState says
 (the ledger's position from rank 0's file; RNG and the LAI val cache start afresh).
 """
 from __future__ import annotations
@@ -33,7 +33,8 @@ from pipeline.train import checkpoint
 # run.out_dir / run.resume / data.verify are where and how, not what: never compared. A name
 # ending in "." is a section (every key in it), any other name one key. lai.mixing decides how
 # seq_ids and the loader state are laid out; its step size, smoothing, floor and cadence may change.
-RESUME_BREAKING = ("model.", "data.", "run.seed", "train.global_batch", "train.zero_stage",
+RESUME_BREAKING = ("model.", "data.", "run.seed", "train.global_batch", "train.backend",
+                   "train.zero_stage",
                    "train.precision", "train.offload_optimizer", "train.offload_params",
                    "lai.mixing")
 RESUME_IGNORED = ("run.out_dir", "run.resume", "run.continue_from", "data.verify")
@@ -89,7 +90,8 @@ def plan(cfg: Config, world: int) -> Resume | None:
                         f"resumed ({'; '.join(breaking)}); restore those values or use a new "
                         "run.out_dir")
     return Resume(path, int(meta["step"]), allowed, saved_world, world,
-                  universal=saved_world != world and cfg.train.zero_stage >= 1)
+                  universal=saved_world != world and cfg.train.zero_stage >= 1
+                  and cfg.train.backend == "deepspeed")        # DCP reshards on load
 
 
 def _intact(run_dir: Path) -> Path | None:
@@ -140,6 +142,8 @@ def resume_changes(old: dict[str, Any], new: dict[str, Any],
     "key: old -> new" strings; `breaking_keys` as RESUME_BREAKING."""
     a, b = _flatten(old), _flatten(new)
     a["train.global_batch"], b["train.global_batch"] = _global_batch(a), _global_batch(b)
+    for flat in (a, b):                     # saved before train.backend existed: DeepSpeed
+        flat.setdefault("train.backend", "deepspeed")
     breaking, allowed = [], []
     for k in sorted(set(a) | set(b)):
         if _in(k, RESUME_IGNORED) or a.get(k) == b.get(k):

@@ -43,25 +43,30 @@ def skip_cpu_shm_op() -> None:
     deepspeed.ops.__compatible_ops__[ShareMemCommBuilder.NAME] = False
 
 
-def init(local_rank: int | None = None) -> DistInfo:
-    """Initialise torch.distributed through DeepSpeed (a no-op if already initialised) and pick
-    this rank's device. `local_rank`: from `--local_rank` (deepspeed launcher) or LOCAL_RANK."""
-    import deepspeed
-
+def init(local_rank: int | None = None, *, through_deepspeed: bool = True) -> DistInfo:
+    """Initialise torch.distributed through DeepSpeed, or torch alone (`through_deepspeed`
+    False: train.backend=fsdp2), a no-op if already initialised, and pick this rank's device.
+    `local_rank`: from `--local_rank` (deepspeed launcher) or LOCAL_RANK."""
     if local_rank is None or local_rank < 0:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(local_rank)
-    else:
-        skip_cpu_shm_op()
     if "RANK" not in os.environ:              # plain `python -m pipeline.train`: world of one
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK=str(local_rank),
                           MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"),
                           MASTER_PORT=os.environ.get("MASTER_PORT", str(free_port())))
-    # DeepSpeed binds each rank's GPU to NCCL (device_id) where that is safe (world > 1)
-    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False,
-                               verbose=False)
+    if not through_deepspeed:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo",
+                                    device_id=torch.device("cuda", local_rank) if cuda else None)
+    else:
+        import deepspeed
+        if not cuda:
+            skip_cpu_shm_op()
+        # DeepSpeed binds each rank's GPU to NCCL (device_id) where that is safe (world > 1)
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo",
+                                   auto_mpi_discovery=False, verbose=False)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank, device)
 

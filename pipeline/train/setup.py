@@ -1,8 +1,8 @@
-"""Setting a run up: its data, its DeepSpeed engine, and the files that describe it.
+"""Setting a run up: its data, its engine (pipeline.train.engine), and the files that describe it.
 
     data = open_data(cfg, info)                    # train dataset + this rank's loader, val split
     verify_data(cfg, run_dir, info, comm)          # data.verify: shards against their manifests
-    parts = build_engine(cfg, info, data, comm)    # model -> guarded AdamW -> deepspeed.initialize
+    parts = build_engine(cfg, info, data, comm)    # model -> engine of train.backend + guarded AdamW
     write_run_files(cfg, run_dir, ds_config(...), data.train.fingerprint)
 
 The DeepSpeed JSON is derived from the config here (`ds_config`), never written by hand.
@@ -150,7 +150,7 @@ def verify_data(cfg: Config, run_dir: Path, info: DistInfo, comm: Comm) -> None:
 
 @dataclass
 class EngineParts:
-    engine: Any                        # deepspeed.DeepSpeedEngine
+    engine: Any                        # pipeline.train.engine: DeepSpeed's or FSDPEngine
     optimizer: torch.optim.Optimizer   # the client AdamW, guarded by `gate`
     gate: SkipGate
     n_params: int
@@ -159,9 +159,10 @@ class EngineParts:
 
 def build_engine(cfg: Config, info: DistInfo, data: Data, comm: Comm, *,
                  load_universal: bool = False) -> EngineParts:
-    """The model (seeded by the caller), its guarded optimizer and the DeepSpeed engine
-    (load_universal: it will load a universal checkpoint, pipeline.train.universal)."""
-    import deepspeed
+    """The model (seeded by the caller), its guarded optimizer and the engine of
+    train.backend (load_universal: DeepSpeed will load a universal checkpoint,
+    pipeline.train.universal)."""
+    from pipeline.train import engine as backend
     tok = data.train.tokenizer
     if cfg.model.init_from:
         log0(info, init_from.check(cfg.model.init_from, tok, data.train.tokenizer_path,
@@ -171,19 +172,21 @@ def build_engine(cfg: Config, info: DistInfo, data: Data, comm: Comm, *,
     flops = model_flops_per_token(model, cfg.data.seq_len)
     n_params = sum(p.numel() for p in model.parameters())
     gate = SkipGate(comm, info.device)
-    optimizer = build_optimizer(model, cfg.train, gate, offload=cfg.train.offload_optimizer != "none")
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer,
-        config=ds_config(cfg, info.world, info.device.type == "cuda",
-                         load_universal=load_universal))
+    t = cfg.train
+    offload = (t.offload_params if t.backend == "fsdp2" else t.offload_optimizer) != "none"
+    engine, optimizer = backend.build(
+        cfg, info, model, lambda module: build_optimizer(module, t, gate, offload=offload),
+        load_universal=load_universal)
     return EngineParts(engine, optimizer, gate, n_params, flops)
 
 
-def write_run_files(cfg: Config, run_dir: Path, ds: dict, fingerprint: str) -> None:
-    """RUN/config.yaml (resolved), RUN/ds_config.json (derived), RUN/data.json (for lai-report)."""
+def write_run_files(cfg: Config, run_dir: Path, ds: dict | None, fingerprint: str) -> None:
+    """RUN/config.yaml (resolved), RUN/ds_config.json (derived; DeepSpeed only: `ds` None under
+    fsdp2), RUN/data.json (for lai-report)."""
     with atomic_write(run_dir / "config.yaml", "w") as f:
         f.write(save_yaml(cfg))
-    atomic_write_json(run_dir / "ds_config.json", ds)
+    if ds is not None:
+        atomic_write_json(run_dir / "ds_config.json", ds)
     atomic_write_json(run_dir / "data.json", data_json(cfg, fingerprint))
 
 

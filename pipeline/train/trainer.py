@@ -25,6 +25,7 @@ from pipeline.fsutil import atomic_write_json
 from pipeline.lai import Selector, SourceMixer, per_sequence_loss
 from pipeline.train import checkpoint, faults, lineage
 from pipeline.train.export import export_final
+from pipeline.train.fsdp import describe
 from pipeline.train.ledger import Ledger
 from pipeline.train.lock import lock_run
 from pipeline.train.log import StepLog
@@ -56,8 +57,9 @@ class Trainer:
         seed_everything(cfg.run.seed)
         self.data = open_data(cfg, info)
         if info.main:
-            write_run_files(cfg, self.run_dir, ds_config(cfg, info.world, info.device.type == "cuda"),
-                            self.data.train.fingerprint)
+            ds = ds_config(cfg, info.world, info.device.type == "cuda") \
+                if cfg.train.backend == "deepspeed" else None
+            write_run_files(cfg, self.run_dir, ds, self.data.train.fingerprint)
             log_to(self.run_dir / "train.log")
         verify_data(cfg, self.run_dir, info, self.comm)
         start = resume or origin
@@ -82,7 +84,8 @@ class Trainer:
         t = cfg.train
         self.runner = StepRunner(self.parts.engine, self.parts.optimizer, self.parts.gate,
                                  self.selector, self.data.loader, self.comm, info.device, t,
-                                 own_grad_norm=t.zero_stage == 0 and t.precision == "fp32")
+                                 own_grad_norm=t.backend == "deepspeed" and t.zero_stage == 0
+                                 and t.precision == "fp32")
         self.log = StepLog(cfg, info, self.comm, self.metrics, self.data.train,
                            self.parts.flops_per_token, self.mixer)
         self._announce()
@@ -119,10 +122,11 @@ class Trainer:
 
     def _announce(self) -> None:
         cfg, info, t = self.cfg, self.info, self.cfg.train
+        engine = describe(t) if t.backend == "fsdp2" else f"ZeRO {t.zero_stage}"
         if self.counters.step == 0:
             self.metrics.text("config", "```\n" + save_yaml(cfg) + "\n```")
         log0(info, f"{self.parts.n_params / 1e6:.2f}M params, {info.world} rank(s) on "
-                   f"{info.device.type}, ZeRO {t.zero_stage}, {t.precision}, global batch "
+                   f"{info.device.type}, {engine}, {t.precision}, global batch "
                    f"{t.global_batch} = {t.micro_batch}x{t.grad_accum}x{info.world}, LAI "
                    f"{'on (reference ' + cfg.lai.reference + ')' if cfg.lai.enabled else 'off'}"
                    f", filter {cfg.lai.filter}"
