@@ -105,6 +105,24 @@ def test_exclude_leaves_out_the_listed_documents(tmp_path, spm_model):  # noqa: 
     assert r.returncode == 2 and "keep_drop.csv:2: decision must be keep or drop" in r.stderr
 
 
+def test_exclude_that_matches_nothing_says_so(tmp_path, spm_model, capsys):  # noqa: F811
+    """A keep/drop list made on other data: a warning line, and the summary counts 0 excluded
+    of the documents the list marks drop."""
+    src = tmp_path / "c.jsonl"
+    src.write_text("".join(json.dumps({"text": d}) + "\n" for d in make_docs(10, seed=5)))
+    listing = tmp_path / "keep_drop.csv"
+    others = [hash_hex(doc_hash(d.encode())) for d in make_docs(2, seed=99)]
+    listing.write_text("decision,doc_hash\n" + "".join(f"drop,{h}\n" for h in others))
+    capsys.readouterr()
+    assert prep("--source", f"c=jsonl:{src}", "--tokenizer", f"spm:{spm_model}",
+                "--val-fraction", 0, "--exclude", listing, "--out", tmp_path / "out") == 0
+    err = capsys.readouterr().err.splitlines()
+    assert f"warning: --exclude {listing}: none of its 2 'drop' documents is in these " \
+           "sources; nothing was excluded (a list made on other data?)" in err
+    assert any(ln.startswith("lai-prep: 10 docs (0 empty skipped, 0 excluded by --exclude (2 "
+                             "marked drop), ") for ln in err), err
+
+
 @pytest.mark.parametrize("as_dict", [False, True])
 def test_hf_save_to_disk_folder_is_a_source(tmp_path, monkeypatch, as_dict):
     import datasets

@@ -14,6 +14,7 @@ one process (no launcher; the SIGTERM path through launch/train.sh is in test_la
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -128,6 +129,8 @@ def test_bad_data_stops_before_any_optimizer_step(data, tmp_path, damage, overri
     assert error.startswith(message), error
     assert not (run / "checkpoints").exists() and not (run / "final").exists()
     assert not list(run.glob("ledger/*/*.npy"))
+    if not overrides:                     # refused at start-up (data.verify): no run files
+        assert not (run / "config.yaml").exists() and not (run / "data.json").exists()
 
 
 def _start(d: Path, run: Path, *overrides: str) -> None:
@@ -182,19 +185,27 @@ HOLD = ("import sys, time; from pipeline.train.lock import RunLock; lock = RunLo
         "assert lock.acquire() is None; print('held', flush=True); time.sleep(300)")
 
 
-def test_a_second_run_into_a_held_run_dir_is_refused(data, tmp_path):
-    run = tmp_path / "run"
+@contextlib.contextmanager
+def held(run: Path):
+    """Another process holds `run`'s lock for the block (then is killed, as a killed run
+    would leave it); yields its pid."""
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], cwd=ROOT, text=True,
                               stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         assert holder.stdout.readline().strip() == "held"
+        yield holder.pid
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+
+
+def test_a_second_run_into_a_held_run_dir_is_refused(data, tmp_path):
+    run = tmp_path / "run"
+    with held(run) as pid:
         error = one_error(train(data, run, rc=2))
         assert error.startswith(f"error: run.out_dir: {run} is in use by another run (pid "
-                                f"{holder.pid} on "), error
+                                f"{pid} on "), error
         assert not (run / "config.yaml").exists()
-    finally:
-        holder.send_signal(signal.SIGKILL)          # as a killed run would leave it
-        holder.wait()
     from pipeline.train.lock import RunLock
     assert (run / "run.lock").is_file()
     lock = RunLock(run)

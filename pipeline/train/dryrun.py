@@ -1,7 +1,8 @@
 """`lai-train --dry-run` and `lai-train --check`: what lai-train checks before it starts, with no
 rank, process group or DeepSpeed engine started (one process, CPU, seconds).
 
-Both validate the config (for --world ranks), open the data (manifests, shards against the
+Both validate the config (for --world ranks), refuse a run directory another run holds, open
+the data (manifests, shards against the
 manifest, the val split when eval or the val reference needs it), plan the resume (a breaking
 change is refused) and check model.init_from against the data; a problem is one line, exit 2.
 `--check` (what launch/train.sh runs before deepspeed spawns the ranks) prints nothing more;
@@ -17,6 +18,7 @@ import torch
 
 from pipeline.config import Config, save_yaml
 from pipeline.train import init_from, resume, universal
+from pipeline.train.lock import RunLock, in_use
 from pipeline.train.model import hf_config
 from pipeline.train.runplan import data_plan, memory_estimate
 from pipeline.train.runtime import DistInfo
@@ -37,8 +39,11 @@ def _meta_model(cfg: Config, data):
 def dry_run(cfg: Config, world: int, *, quiet: bool = False) -> int:
     """Check everything (UserError on the first problem); unless `quiet`, print the plan.
     `cfg` is validated for `world` ranks."""
+    holder = RunLock(cfg.run.out_dir).holder()
+    if holder:
+        raise in_use(cfg.run.out_dir, holder)
     data = open_data(cfg, DistInfo(0, world, 0, torch.device("cpu")))
-    point = resume.plan(cfg, world)
+    point = resume.plan(cfg, world, warn=not quiet)   # the run prints the warnings (train.sh)
     if point is not None and point.universal:
         point.conversion = (f"reuses {universal.folder(point.path)}"
                             if universal.folder(point.path).is_dir() else
