@@ -292,6 +292,20 @@ def _data_of(run: Path) -> Path:
     return Path(json.loads((run / "data.json").read_text())["sources"][0][0])
 
 
+def test_damaged_checkpoint_warning_once_through_the_launcher_check(saved, tmp_path, capsys):
+    """launch/train.sh runs `--check` and then the ranks: the check stays silent about a damaged
+    checkpoint, which the run reports (above); --dry-run reports it once."""
+    from pipeline.train.cli import main
+    run, ckpt = _copy(saved, tmp_path)
+    model = ckpt / "mp_rank_00_model_states.pt"
+    model.write_bytes(model.read_bytes()[:1000])
+    capsys.readouterr()
+    assert main(["--check", *_args(_data_of(run), run)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(["--dry-run", *_args(_data_of(run), run)]) == 0
+    assert capsys.readouterr().err.count("warning: run.resume: ") == 1
+
+
 class _RunsCode:
     """Unpickling calls os.system: what a crafted checkpoint file could do."""
 
