@@ -148,7 +148,8 @@ class Selector:
     def _mask(self, score: torch.Tensor, step: int) -> torch.Tensor:
         """The policy's keep mask within what is left of the step's budget
         (pipeline.lai.policy; without a global batch, this call is the whole step)."""
-        _, seen, excluded = self._spent if self._spent[0] == step else (step, 0, 0)
+        same_step = self.global_batch and self._spent[0] == step
+        _, seen, excluded = self._spent if same_step else (step, 0, 0)
         n = score.numel() * self.comm.world             # local batches are equal-sized
         g, seen = self.global_batch or n, seen + n
         budget = self.policy.allowance(step - 1, g, seen) - excluded      # 0-based steps

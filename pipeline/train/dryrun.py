@@ -2,9 +2,9 @@
 rank, process group or DeepSpeed engine started (one process, CPU, seconds).
 
 Both validate the config (for --world ranks), refuse a run directory another run holds, open
-the data (manifests, shards against the
-manifest, the val split when eval or the val reference needs it), plan the resume (a breaking
-change is refused) and check model.init_from against the data; a problem is one line, exit 2.
+the data (manifests, shards against the manifest, the val split when eval or the val reference
+needs it), plan the resume (a breaking change is refused) and check model.init_from against the
+data; a problem is one line, exit 2.
 `--check` (what launch/train.sh runs before deepspeed spawns the ranks) prints nothing more;
 `--dry-run` then prints the resolved config, the DeepSpeed JSON, the parameter count, tokens per
 step, the epochs over the data (with the warnings the run would print), a memory estimate, and
