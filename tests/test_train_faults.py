@@ -340,3 +340,32 @@ def test_checkpoint_files_cannot_run_code(saved, tmp_path):
     assert error.startswith(f"error: {victim}: refused to load posix.system, which no "
                             "lai-train checkpoint holds"), error
     assert not marker.exists()
+
+
+def _export(ckpt: Path, out: Path, capsys) -> str:
+    """lai-export CKPT OUT that must be refused: its one error line."""
+    from pipeline.train.export_checkpoint import main as lai_export
+    with pytest.raises(SystemExit) as e:
+        lai_export([str(ckpt), str(out)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert not out.exists()
+    return lines[0]
+
+
+def test_export_of_a_crafted_or_truncated_zero0_checkpoint(saved, tmp_path, capsys):
+    """lai-export reads ZeRO 0's module through the safe loader, and refuses a damaged file in
+    one line (ZeRO 1-3: test_train_trust.py)."""
+    run, ckpt = _copy(saved, tmp_path)
+    victim, marker = ckpt / "mp_rank_00_model_states.pt", tmp_path / "pwned"
+    clean = victim.read_bytes()
+    _plant(victim, marker)
+    line = _export(ckpt, tmp_path / "out", capsys)
+    assert line.startswith(f"error: {victim}: refused to load posix.system"), line
+    assert not marker.exists()
+    victim.write_bytes(clean[:1000])
+    line = _export(ckpt, tmp_path / "out", capsys)
+    assert line == f"error: {ckpt}: {victim.name} is damaged (File is not a zip file); export " \
+                   "another (e.g. an earlier) checkpoint", line
