@@ -276,17 +276,25 @@ def make_manifest(opts: PrepOptions, entry: TokenizerEntry, dtype: np.dtype, spl
 
 
 def summary(m: Manifest, out: Path, seconds: float) -> str:
+    """The closing line; with --exclude it counts the documents excluded (and marked drop), after
+    a warning line when the list matched no document."""
     st = m.stats
     rd = ReadStats()
     for s in st["sources"].values():
         rd.add(ReadStats(**{f.name: s.get(f.name, 0) for f in fields(ReadStats)}))
     tr = sum(s["train_tokens"] for s in st["sources"].values())
-    copies = f" ({rd.excluded_copies:,} of them copies of a marked document's text elsewhere)" \
-        if rd.excluded_copies else ""
-    excluded = f", {rd.excluded:,} excluded by --exclude{copies}" if rd.excluded else ""
-    return (f"lai-prep: {rd.docs:,} docs ({rd.empty:,} empty skipped{excluded}, {rd.bad_utf8:,} with bad UTF-8), "
+    ex = m.args.get("exclude")
+    copies = (f"; {rd.excluded_copies:,} of them copies of a marked document's text elsewhere"
+              if rd.excluded_copies else "")
+    excluded = (f", {rd.excluded:,} excluded by --exclude ({ex['documents']:,} marked drop{copies})"
+                if ex else "")
+    warning = (f"warning: --exclude {ex['list']}: none of its {ex['documents']:,} 'drop' "
+               "documents is in these sources; nothing was excluded (a list made on other "
+               "data?)\n" if ex and not rd.excluded else "")
+    line = (f"lai-prep: {rd.docs:,} docs ({rd.empty:,} empty skipped{excluded}, {rd.bad_utf8:,} with bad UTF-8), "
             f"{rd.bytes / 1e6:.1f} MB -> {st['num_tokens']:,} tokens (train {tr:,}, val {st['num_tokens'] - tr:,}) "
             f"in {st['num_shards']} shards, vocab {m.tokenizer.vocab_size} {m.dtype}, {seconds:.1f} s -> {out}")
+    return warning + line
 
 
 def tokenize_all(opts: PrepOptions, run: Progress, entry: TokenizerEntry, dtype: np.dtype,

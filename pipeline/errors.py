@@ -1,7 +1,9 @@
 """User-facing errors: one line, non-zero exit, no traceback."""
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import sys
 from typing import Callable
 
@@ -11,8 +13,29 @@ class UserError(Exception):
     the file or field and what is wrong; CLIs print `error: <message>` and exit 2."""
 
 
+# errnos of a file-system fault the user fixes (disk full, quota, read-only, permissions, a file
+# where a directory should be): one line naming the path and the errno, exit 2
+FS_FAULTS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+             errno.EISDIR, errno.EFBIG, errno.EEXIST}
+
+
+def fs_fault(e: BaseException) -> str | None:
+    """`<path>: <what> (errno <NAME>)` for a file-system fault (FS_FAULTS), else None. A write
+    error without an errno (numpy's tofile) on a full disk counts as ENOSPC."""
+    if not isinstance(e, OSError):
+        return None
+    code = e.errno
+    if code is None and e.filename:
+        from pipeline.fsutil import disk_full
+        code = errno.ENOSPC if disk_full(e.filename) else None
+    if code not in FS_FAULTS:
+        return None
+    return f"{e.filename or 'a file'}: {os.strerror(code)} (errno {errno.errorcode[code]})"
+
+
 def cli_main(fn: Callable[..., int | None]) -> Callable[..., int]:
-    """Wrap a CLI entry point: UserError -> `error: ...` on stderr and exit code 2."""
+    """Wrap a CLI entry point: UserError or a file-system fault (fs_fault) -> `error: ...` on
+    stderr and exit code 2."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs) -> int:
@@ -20,6 +43,13 @@ def cli_main(fn: Callable[..., int | None]) -> Callable[..., int]:
             rc = fn(*args, **kwargs)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+        except OSError as e:
+            line = fs_fault(e)
+            if line is None:
+                raise
+            print(f"error: {line}; fix it and run the same command again", file=sys.stderr,
+                  flush=True)
             raise SystemExit(2) from None
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr, flush=True)

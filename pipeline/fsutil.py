@@ -31,10 +31,13 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
         os.fsync(f.fileno())
         f.close()
         os.replace(tmp, final)
-    except BaseException:
-        f.close()
+    except BaseException as e:
+        with contextlib.suppress(OSError):            # a full disk fails the close's flush too
+            f.close()
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(final)                    # name the file the user knows
         raise
 
 
@@ -55,6 +58,18 @@ def read_json(path: str | os.PathLike, if_missing: str = "missing") -> Any:
         return json.loads(p.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{p}: unreadable ({e})") from None
+
+
+def disk_full(path: str | os.PathLike, below: int = 1 << 20) -> bool:
+    """The file system that holds `path` (or its nearest existing parent) has < `below` bytes
+    free: how a write error that carries no errno is recognised as a full disk."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free < below
+    except OSError:
+        return False
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:

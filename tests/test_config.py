@@ -130,17 +130,19 @@ def test_lai_prep_reads_booleans_the_same_way():
     assert e.value.code == 2
 
 
-def test_bad_yaml_names_file_and_key(tmp_path):
+@pytest.mark.parametrize("text,message", [
+    ("train:\n  micro_batch: 4\n  zero_stgae: 2\n",
+     r"c.yaml: unknown key 'train.zero_stgae' \(did you mean 'train.zero_stage'"),
+    ("train:\n  steps: ten\n", r"c.yaml: train.steps: expected int, got 'ten'"),
+    ("train: [1, 2\n", r"c.yaml: invalid YAML at line"),
+    ("train:\n  lr: 1.0e-3\n  steps: 3\n  lr: 2.0e-3\n",          # plain YAML keeps the last
+     r"c.yaml: duplicate key 'lr' at line 4 \(given twice in one section; keep one\)$"),
+    ("train:\n  lr: 1.0e-3\nlai: {}\ntrain:\n  steps: 3\n", r"c.yaml: duplicate key 'train' at line 4"),
+])
+def test_bad_yaml_names_file_and_key(tmp_path, text, message):
     p = tmp_path / "c.yaml"
-    p.write_text("train:\n  micro_batch: 4\n  zero_stgae: 2\n")
-    with pytest.raises(UserError, match=r"c.yaml: unknown key 'train.zero_stgae' \(did you mean "
-                                        r"'train.zero_stage'"):
-        load_config(p)
-    p.write_text("train:\n  steps: ten\n")
-    with pytest.raises(UserError, match=r"c.yaml: train.steps: expected int, got 'ten'"):
-        load_config(p)
-    p.write_text("train: [1, 2\n")
-    with pytest.raises(UserError, match=r"c.yaml: invalid YAML at line"):
+    p.write_text(text)
+    with pytest.raises(UserError, match=message):
         load_config(p)
 
 
@@ -156,6 +158,8 @@ def test_bad_yaml_names_file_and_key(tmp_path):
     (["lai.reference=everything"], "lai.reference"),
     (["lai.enabled=false", "lai.filter=lai"], "lai.filter"),
     (["lai.max_exclude_frac=1.5"], "lai.max_exclude_frac"),
+    (["run.seed=-1"], "run.seed"),
+    (["run.seed=4294967296"], "run.seed"),
     (["lai.sketch_dim=2"], "lai.sketch_dim"),
     (["lai.method=exact", "lai.sketch_dim=1024"], "lai.sketch_dim"),
     (["lai.pairing=default"], "lai.pairing"),

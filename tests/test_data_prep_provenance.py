@@ -123,16 +123,34 @@ def test_exclude_counts_copies_and_matches_records_on_request(tmp_path, spm_mode
             "--exclude", listing]
     r = prep_cli(*base, "--out", tmp_path / "text")
     assert r.returncode == 0, r.stderr
-    assert ("5 excluded by --exclude (3 of them copies of a marked document's text elsewhere)"
-            in r.stderr)
+    assert ("5 excluded by --exclude (2 marked drop; 3 of them copies of a marked document's text "
+            "elsewhere)" in r.stderr)
     assert load_manifest(tmp_path / "text").stats["sources"]["c"]["excluded_copies"] == 3
     assert len(provenance(tmp_path / "text")) == 18
     r = prep_cli(*base, "--exclude-match", "record", "--out", tmp_path / "record")
     assert r.returncode == 0, r.stderr
-    assert "2 excluded by --exclude," in r.stderr and "copies of" not in r.stderr
+    assert "2 excluded by --exclude (2 marked drop)," in r.stderr and "copies of" not in r.stderr
     kept = [rec for _, rec, _ in provenance(tmp_path / "record")]
     assert len(kept) == 21 and f"{src.resolve()}:4" not in kept
     assert {f"{src.resolve()}:{n}" for n in (21, 22, 23)} <= set(kept)   # the copies stay
+
+
+def test_exclude_that_matches_nothing_says_so(tmp_path, spm_model, capsys):  # noqa: F811
+    """A keep/drop list made on other data: a warning line, and the summary counts 0 excluded
+    of the documents the list marks drop."""
+    src = tmp_path / "c.jsonl"
+    src.write_text("".join(json.dumps({"text": d}) + "\n" for d in make_docs(10, seed=5)))
+    listing = tmp_path / "keep_drop.csv"
+    others = [hash_hex(doc_hash(d.encode())) for d in make_docs(2, seed=99)]
+    listing.write_text("decision,doc_hash\n" + "".join(f"drop,{h}\n" for h in others))
+    capsys.readouterr()
+    assert prep("--source", f"c=jsonl:{src}", "--tokenizer", f"spm:{spm_model}",
+                "--val-fraction", 0, "--exclude", listing, "--out", tmp_path / "out") == 0
+    err = capsys.readouterr().err.splitlines()
+    assert f"warning: --exclude {listing}: none of its 2 'drop' documents is in these " \
+           "sources; nothing was excluded (a list made on other data?)" in err
+    assert any(ln.startswith("lai-prep: 10 docs (0 empty skipped, 0 excluded by --exclude (2 "
+                             "marked drop), ") for ln in err), err
 
 
 @pytest.mark.parametrize("as_dict", [False, True])

@@ -14,6 +14,7 @@ one process (no launcher; the SIGTERM path through launch/train.sh is in test_la
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -128,6 +129,8 @@ def test_bad_data_stops_before_any_optimizer_step(data, tmp_path, damage, overri
     assert error.startswith(message), error
     assert not (run / "checkpoints").exists() and not (run / "final").exists()
     assert not list(run.glob("ledger/*/*.npy"))
+    if not overrides:                     # refused at start-up (data.verify): no run files
+        assert not (run / "config.yaml").exists() and not (run / "data.json").exists()
 
 
 def _start(d: Path, run: Path, *overrides: str) -> None:
@@ -182,19 +185,27 @@ HOLD = ("import sys, time; from pipeline.train.lock import RunLock; lock = RunLo
         "assert lock.acquire() is None; print('held', flush=True); time.sleep(300)")
 
 
-def test_a_second_run_into_a_held_run_dir_is_refused(data, tmp_path):
-    run = tmp_path / "run"
+@contextlib.contextmanager
+def held(run: Path):
+    """Another process holds `run`'s lock for the block (then is killed, as a killed run
+    would leave it); yields its pid."""
     holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], cwd=ROOT, text=True,
                               stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         assert holder.stdout.readline().strip() == "held"
+        yield holder.pid
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+
+
+def test_a_second_run_into_a_held_run_dir_is_refused(data, tmp_path):
+    run = tmp_path / "run"
+    with held(run) as pid:
         error = one_error(train(data, run, rc=2))
         assert error.startswith(f"error: run.out_dir: {run} is in use by another run (pid "
-                                f"{holder.pid} on "), error
+                                f"{pid} on "), error
         assert not (run / "config.yaml").exists()
-    finally:
-        holder.send_signal(signal.SIGKILL)          # as a killed run would leave it
-        holder.wait()
     from pipeline.train.lock import RunLock
     assert (run / "run.lock").is_file()
     lock = RunLock(run)
@@ -281,6 +292,20 @@ def _data_of(run: Path) -> Path:
     return Path(json.loads((run / "data.json").read_text())["sources"][0][0])
 
 
+def test_damaged_checkpoint_warning_once_through_the_launcher_check(saved, tmp_path, capsys):
+    """launch/train.sh runs `--check` and then the ranks: the check stays silent about a damaged
+    checkpoint, which the run reports (above); --dry-run reports it once."""
+    from pipeline.train.cli import main
+    run, ckpt = _copy(saved, tmp_path)
+    model = ckpt / "mp_rank_00_model_states.pt"
+    model.write_bytes(model.read_bytes()[:1000])
+    capsys.readouterr()
+    assert main(["--check", *_args(_data_of(run), run)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(["--dry-run", *_args(_data_of(run), run)]) == 0
+    assert capsys.readouterr().err.count("warning: run.resume: ") == 1
+
+
 class _RunsCode:
     """Unpickling calls os.system: what a crafted checkpoint file could do."""
 
@@ -315,3 +340,32 @@ def test_checkpoint_files_cannot_run_code(saved, tmp_path):
     assert error.startswith(f"error: {victim}: refused to load posix.system, which no "
                             "lai-train checkpoint holds"), error
     assert not marker.exists()
+
+
+def _export(ckpt: Path, out: Path, capsys) -> str:
+    """lai-export CKPT OUT that must be refused: its one error line."""
+    from pipeline.train.export_checkpoint import main as lai_export
+    with pytest.raises(SystemExit) as e:
+        lai_export([str(ckpt), str(out)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert not out.exists()
+    return lines[0]
+
+
+def test_export_of_a_crafted_or_truncated_zero0_checkpoint(saved, tmp_path, capsys):
+    """lai-export reads ZeRO 0's module through the safe loader, and refuses a damaged file in
+    one line (ZeRO 1-3: test_train_trust.py)."""
+    run, ckpt = _copy(saved, tmp_path)
+    victim, marker = ckpt / "mp_rank_00_model_states.pt", tmp_path / "pwned"
+    clean = victim.read_bytes()
+    _plant(victim, marker)
+    line = _export(ckpt, tmp_path / "out", capsys)
+    assert line.startswith(f"error: {victim}: refused to load posix.system"), line
+    assert not marker.exists()
+    victim.write_bytes(clean[:1000])
+    line = _export(ckpt, tmp_path / "out", capsys)
+    assert line == f"error: {ckpt}: {victim.name} is damaged (File is not a zip file); export " \
+                   "another (e.g. an earlier) checkpoint", line

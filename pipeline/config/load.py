@@ -141,16 +141,39 @@ def _set(cfg: Config, key: str, value: Any) -> None:
     setattr(obj, last, value)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (plain YAML keeps the last)."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, (str, int, float, bool)):      # unhashable: YAML's own error
+            continue
+        if key in seen:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}",
+                                                    key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def _read_yaml(p: Path) -> dict:
     try:
         text = p.read_text()
     except OSError as e:
         raise UserError(f"{p}: cannot read config: {e.strerror or e}") from None
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or ""
+        if problem.startswith("duplicate key"):
+            raise UserError(f"{p}: {problem}{at} (given twice in one section; keep one)") from None
         raise UserError(f"{p}: invalid YAML{at}") from None
     if not isinstance(data, dict):
         raise UserError(f"{p}: expected a mapping of sections (run, data, model, ...)")

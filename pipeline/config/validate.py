@@ -12,6 +12,8 @@ from pipeline.errors import UserError
 from pipeline.lai.baselines import FILTERS
 from pipeline.lai.settings import check as check_lai
 
+MAX_SEED = 2**31 - 1         # numpy's legacy seed takes [0, 2**32); headroom for derived seeds
+
 
 def need(ok: bool, key: str, what: str) -> None:
     if not ok:
@@ -40,6 +42,9 @@ def _run(cfg: Config) -> None:
     need(r.save_every >= 0, "run.save_every", f"must be >= 0, got {r.save_every}")
     need(r.keep_checkpoints >= 1, "run.keep_checkpoints", f"must be >= 1, got {r.keep_checkpoints}")
     need(bool(r.out_dir), "run.out_dir", "must be set")
+    need(not Path(r.out_dir).exists() or Path(r.out_dir).is_dir(), "run.out_dir",
+         f"{r.out_dir} exists and is not a directory; choose another run.out_dir")
+    need(0 <= r.seed <= MAX_SEED, "run.seed", f"must be in [0, {MAX_SEED}], got {r.seed}")
 
 
 def _data(cfg: Config) -> None:

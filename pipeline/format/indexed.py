@@ -18,6 +18,7 @@ multi-sequence documents too.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from pathlib import Path
@@ -123,7 +124,8 @@ class IndexedWriter:
 
     def discard(self) -> None:
         if not self._bin.closed:
-            self._bin.close()
+            with contextlib.suppress(OSError):        # a full disk fails the close's flush too
+                self._bin.close()
         for p in (self._bin_tmp, self._idx_tmp):
             p.unlink(missing_ok=True)
 
@@ -131,10 +133,17 @@ class IndexedWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                self.finalize()
+                return
+        except OSError as e:
+            exc = e
+        self.discard()
+        if isinstance(exc, OSError) and exc.filename is None:   # (a full disk): name the shard
+            exc.filename = str(bin_path(self.prefix))
         if exc_type is None:
-            self.finalize()
-        else:
-            self.discard()
+            raise exc
 
 
 class IndexedReader:

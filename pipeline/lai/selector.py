@@ -1,7 +1,8 @@
 """Selector: the values and keep mask of every micro-batch, as the run's LAI settings say.
 
     sel = Selector(settings, seed, comm, val_batches=lambda: [(input_ids, targets), ...],
-                   moments=reader)                   # precondition=adam: the optimizer's moments
+                   moments=reader,                   # precondition=adam: the optimizer's moments
+                   global_batch=G)                   # sequences per optimizer step
     sel.refresh(step, model)                         # Adam factors / val reference when due
     with sel.capture(model) as cap:
         logits = model(input_ids=input_ids).logits
@@ -12,7 +13,9 @@ values: the LAI values when lai.enabled, else the filter's scores (NaN for filte
 what the ledger records, with value_norm, their z-score within the global micro-batch (the value
 that means the same at every step: pipeline.lai.normalize). keep: FilterPolicy(threshold, warmup,
 cap) on the scores of the filter `lai.filter` (pipeline.lai.baselines) -- for filter=lai the
-values normalised as lai.normalize says -- the same global decision on every rank.
+values normalised as lai.normalize says -- the same global decision on every rank. The cap is a
+budget per optimizer step of `global_batch` sequences, spent over its global micro-batches in
+order (pipeline.lai.policy); without `global_batch` every `select` is a whole step.
 lai.precondition=adam: `refresh` re-reads Adam's second moments through `moments` (a
 precondition.Moments reader: the trainer's works under ZeRO 0-3) every lai.precondition_every
 steps, and at every step until the first optimizer step has made some; a val reference is
@@ -53,11 +56,12 @@ class Selector:
 
     def __init__(self, settings: LAISettings, seed: int, comm: Comm | None = None,
                  val_batches: Batches | None = None, documents: Documents | None = None,
-                 moments: Moments | None = None):
+                 moments: Moments | None = None, global_batch: int | None = None):
         """`comm`: the data-parallel ranks (default: torch.distributed's default group, if any);
         `documents`: the training data, for lai.memory_weight (its memory is `self.memory`) and
         lai.filter=oracle;
-        `moments`: reads Adam's second moments (needed by lai.precondition=adam)."""
+        `moments`: reads Adam's second moments (needed by lai.precondition=adam);
+        `global_batch`: sequences per optimizer step (None: each `select` is a whole step)."""
         s = self.settings = settings.resolved(has_val=val_batches is not None,
                                               has_documents=documents is not None)
         self.seed, self.val_batches, self.documents = seed, val_batches, documents
@@ -82,6 +86,8 @@ class Selector:
                                    warmup_steps=s.warmup_steps,
                                    max_exclude_frac=s.max_exclude_frac)
         self.val_step: int | None = None
+        self.global_batch = global_batch
+        self._spent = (0, 0, 0)           # (step, sequences seen, excluded) of the current step
 
     def capture(self, model: nn.Module):
         """Context for the forward: records layer inputs when LAI is on."""
@@ -131,13 +137,25 @@ class Selector:
             # a non-finite score comes from non-finite logits, whose step is skipped anyway
             # (masked_loss flags it); the policy needs finite values to decide on the others
             finite = torch.nan_to_num(score, nan=0.0, posinf=0.0, neginf=0.0)
-            keep = self.policy.mask(finite, step - 1, group=self.comm)  # 0-based steps
+            keep = self._mask(finite, step)
             values = score if values is None else values
         if values is None:                # nothing scored (LAI off, filter none): no collective
             nan = torch.full_like(losses, float("nan"), dtype=torch.float64)
             return Selection(nan, keep, nan.clone())
         values = values.detach()
         return Selection(values, keep, normalize(values, "zscore", self.comm))
+
+    def _mask(self, score: torch.Tensor, step: int) -> torch.Tensor:
+        """The policy's keep mask within what is left of the step's budget
+        (pipeline.lai.policy; without a global batch, this call is the whole step)."""
+        same_step = self.global_batch and self._spent[0] == step
+        _, seen, excluded = self._spent if same_step else (step, 0, 0)
+        n = score.numel() * self.comm.world             # local batches are equal-sized
+        g, seen = self.global_batch or n, seen + n
+        budget = self.policy.allowance(step - 1, g, seen) - excluded      # 0-based steps
+        keep, _, dropped = self.policy.decide(score, step - 1, self.comm, budget)
+        self._spent = (step, seen, excluded + dropped)
+        return keep
 
     def _remember(self, seq_ids: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
         """score + memory_weight * the documents' remembered scores, then this step's scores

@@ -28,8 +28,8 @@ from typing import Any
 import torch
 
 from pipeline.comm import Comm
-from pipeline.errors import UserError
-from pipeline.fsutil import atomic_write, atomic_write_json
+from pipeline.errors import UserError, fs_fault
+from pipeline.fsutil import atomic_write, atomic_write_json, disk_full
 from pipeline.train import safe_load
 from pipeline.train.engine import is_fsdp
 from pipeline.train.state import TrainState
@@ -93,10 +93,15 @@ def save(state: TrainState, run_dir: str | Path, step: int, *, meta: dict, keep:
         (path / MARKER).unlink(missing_ok=True)   # attempt is not complete while rewritten
     comm.barrier()
     global_state, rank_state = state.state_dicts()
-    state.engine.save_checkpoint(str(root(run_dir)), tag=tag(step),
-                                 client_state={CLIENT_KEY: global_state}, save_latest=False)
-    with atomic_write(path / f"rank-{state.rank:05d}.pt") as f:
-        torch.save(rank_state, f)
+    try:
+        state.engine.save_checkpoint(str(root(run_dir)), tag=tag(step),
+                                     client_state={CLIENT_KEY: global_state}, save_latest=False)
+        with atomic_write(path / f"rank-{state.rank:05d}.pt") as f:
+            torch.save(rank_state, f)
+    except (OSError, RuntimeError) as e:
+        # a failed write stops this rank at once; the others wait in a collective until the
+        # launcher ends them (deepspeed and torchrun stop every rank when one exits)
+        _abandon(path, run_dir, _write_fault(e, path), main=state.rank == 0)
     comm.barrier()                                # every rank's files are on disk
     if state.rank == 0:
         files = sorted(p.name for p in path.glob("*.pt"))
@@ -104,6 +109,27 @@ def save(state: TrainState, run_dir: str | Path, step: int, *, meta: dict, keep:
         _prune(run_dir, keep, newest=step)
     comm.barrier()
     return path
+
+
+def _write_fault(e: BaseException, path: Path) -> str:
+    """What went wrong writing checkpoint `path`, as `<file>: <why> (errno ...)` where known
+    (torch.save reports a full disk as a RuntimeError without errno: the free space tells)."""
+    if fs_fault(e):
+        return fs_fault(e)
+    if disk_full(path):
+        return f"{path}: No space left on device (errno ENOSPC)"
+    return f"{path}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}"
+
+
+def _abandon(path: Path, run_dir, why: str, *, main: bool) -> None:
+    """A checkpoint this rank could not write: removed if this is rank 0 (it never counted: no
+    marker; else the next save removes it); UserError naming the fault and the resume point."""
+    if main:
+        shutil.rmtree(path, ignore_errors=True)
+    before = latest(run_dir)
+    raise UserError(f"{why}; checkpoint {path.name} was not saved and training stopped; "
+                    f"{f'the run resumes from {before}' if before else 'no checkpoint was saved'}"
+                    " when run again with the same command (free space or fix the fault first)")
 
 
 def _prune(run_dir, keep: int, newest: int) -> None:

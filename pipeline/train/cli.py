@@ -41,7 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--print-backend", action="store_true",
                    help="with --check: print train.backend once the checks pass (launch/train.sh "
                         "picks the launcher by it: deepspeed, or torchrun for fsdp2)")
-    p.add_argument("--world", type=int, default=0, metavar="N",
+    p.add_argument("--world", type=int, default=None, metavar="N",
                    help="ranks the run will have (default: $WORLD_SIZE, else 1)")
     return p.parse_args(argv)
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     presets = [a for a in args.overrides if "=" not in a and a.endswith((".yaml", ".yml"))]
     overrides = [a for a in args.overrides if a not in presets]
     cfg = load_config([args.config, *presets], overrides)
-    world = args.world or int(os.environ.get("WORLD_SIZE", "1"))
+    world = args.world if args.world is not None else int(os.environ.get("WORLD_SIZE", "1"))
     if world < 1:
         raise UserError(f"--world: must be >= 1, got {world}")
     cfg.validate(world=world)                             # fail before any start-up

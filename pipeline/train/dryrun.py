@@ -1,9 +1,10 @@
 """`lai-train --dry-run` and `lai-train --check`: what lai-train checks before it starts, with no
 rank, process group or DeepSpeed engine started (one process, CPU, seconds).
 
-Both validate the config (for --world ranks), open the data (manifests, shards against the
-manifest, the val split when eval or the val reference needs it), plan the resume (a breaking
-change is refused) and check model.init_from against the data; a problem is one line, exit 2.
+Both validate the config (for --world ranks), refuse a run directory another run holds, open
+the data (manifests, shards against the manifest, the val split when eval or the val reference
+needs it), plan the resume (a breaking change is refused) and check model.init_from against the
+data; a problem is one line, exit 2.
 `--check` (what launch/train.sh runs before deepspeed spawns the ranks) prints nothing more;
 `--dry-run` then prints the resolved config, the DeepSpeed JSON (fsdp2: its sharding), the parameter count, tokens per
 step, the epochs over the data (with the warnings the run would print), a memory estimate, and
@@ -18,6 +19,7 @@ import torch
 from pipeline.config import Config, save_yaml
 from pipeline.train import init_from, lineage, resume, universal
 from pipeline.train.fsdp import describe
+from pipeline.train.lock import RunLock, in_use
 from pipeline.train.model import hf_config
 from pipeline.train.flops import model_flops_per_token
 from pipeline.train.runplan import data_plan, memory_estimate, reference_note, time_estimate
@@ -39,8 +41,11 @@ def _meta_model(cfg: Config, data):
 def dry_run(cfg: Config, world: int, *, quiet: bool = False) -> int:
     """Check everything (UserError on the first problem); unless `quiet`, print the plan.
     `cfg` is validated for `world` ranks."""
+    holder = RunLock(cfg.run.out_dir).holder()
+    if holder:
+        raise in_use(cfg.run.out_dir, holder)
     data = open_data(cfg, DistInfo(0, world, 0, torch.device("cpu")))
-    point = resume.plan(cfg, world)
+    point = resume.plan(cfg, world, warn=not quiet)   # the run prints the warnings (train.sh)
     origin = lineage.plan(cfg, world) if point is None else None
     if point is not None and point.universal:
         point.conversion = (f"reuses {universal.folder(point.path)}"

@@ -2,7 +2,9 @@
 (model + tokenizer, as RUN/final), on one CPU process, no process group.
 
 Weights: ZeRO 1-3 from the fp32 master partitions of every rank (DeepSpeed's zero_to_fp32
-merge), ZeRO 0 from the saved module, fsdp2 from its DCP shards (read into the model). The architecture comes from the checkpoint's marker
+merge, after every file passed the safe loader), ZeRO 0 from the saved module (safe loader),
+fsdp2 from its DCP shards (read into the model). A damaged checkpoint
+(pipeline.train.checkpoint.damage) is refused in one line, as resume does. The architecture comes from the checkpoint's marker
 (the model's HF config, recorded at every save), and the tokenizer from the run's data
 directory (a warning and no tokenizer if that has moved). The model is built on the meta device
 and takes the merged tensors as they are, so host memory holds one copy of the weights.
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 
 from pipeline.errors import UserError, cli_main
-from pipeline.train import checkpoint
+from pipeline.train import checkpoint, safe_load
 
 
 def merged_state_dict(ckpt: Path, train: dict, model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -31,9 +33,10 @@ def merged_state_dict(ckpt: Path, train: dict, model: torch.nn.Module) -> dict[s
         files = sorted(ckpt.glob("mp_rank_*_model_states.pt"))
         if not files:
             raise UserError(f"{ckpt}: no DeepSpeed model states (mp_rank_00_model_states.pt)")
-        module = torch.load(files[0], map_location="cpu", weights_only=False)["module"]
+        module = safe_load.load(files[0], map_location="cpu")["module"]
         return {k: v.float() if v.is_floating_point() else v for k, v in module.items()}
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    safe_load.check_files(ckpt)               # zero_to_fp32 unpickles with weights_only=False
     return get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
 
 
@@ -67,6 +70,9 @@ def export(ckpt: str | Path, out: str | Path) -> Path:
     from pipeline.train.export import save_hf_folder
     ckpt, out = Path(ckpt), Path(out)
     meta = checkpoint.read_meta(ckpt)
+    why = checkpoint.damage(ckpt)
+    if why is not None:
+        raise UserError(f"{ckpt}: {why}; export another (e.g. an earlier) checkpoint")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: already exists; choose a new output folder")
     model = _model(meta, ckpt / checkpoint.MARKER)

@@ -9,11 +9,17 @@ the launcher's check) and refuses, in one line, a folder that does not fit the d
 - when the folder has a tokenizer it must be the data's: the same sentencepiece model file
   (sha256), else the same vocabulary (piece -> id). Otherwise the line names the lai-prep
   option that prepares the data with the folder's tokenizer (`--tokenizer hf:PATH`);
-- data.seq_len must fit the model's context.
+- data.seq_len must fit the model's context;
+- the folder must hold a causal LM (AutoModelForCausalLM can build its config) and readable
+  weights: every file model.safetensors / pytorch_model.bin (or their index) names, present and
+  whole (a safetensors header that fits the file, a .bin's zip index), without reading tensors.
 """
 from __future__ import annotations
 
 from pathlib import Path
+
+import json
+import zipfile
 
 import torch
 
@@ -35,10 +41,50 @@ def pretrained_config(path: str | Path):
     if not (p / "config.json").is_file():
         raise UserError(f"{KEY}: {p}: not a save_pretrained folder (no config.json)")
     try:
-        return transformers.AutoConfig.from_pretrained(p)
+        config = transformers.AutoConfig.from_pretrained(p)
     except (OSError, ValueError, KeyError) as e:
         msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"{KEY}: {p / 'config.json'}: unreadable ({msg})") from None
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+    if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise UserError(f"{KEY}: {p}: a {type(config).__name__} ({config.model_type!r}) is not "
+                        "a causal language model; start from a decoder-only model folder")
+    return config
+
+
+def _weight_files(p: Path) -> list[Path]:
+    """The weight files of folder `p` (UserError if it names none)."""
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (p / name).is_file():
+            return [p / name]
+        index = p / f"{name}.index.json"
+        if index.is_file():
+            try:
+                shards = set(json.loads(index.read_text())["weight_map"].values())
+            except (OSError, ValueError, KeyError, AttributeError) as e:
+                raise UserError(f"{KEY}: {index}: unreadable ({type(e).__name__}: {e})") from None
+            return [p / s for s in sorted(shards)]
+    raise UserError(f"{KEY}: {p}: no weights (model.safetensors or pytorch_model.bin, or an "
+                    "index of shards); save the model with save_pretrained")
+
+
+def check_weights(p: Path) -> None:
+    """UserError (one line) unless every weight file of `p` is present and whole."""
+    from safetensors import safe_open
+    for f in _weight_files(p):
+        try:
+            if f.suffix == ".safetensors":
+                with safe_open(str(f), "pt"):
+                    pass
+            else:
+                with zipfile.ZipFile(f) as z:
+                    z.infolist()
+        except FileNotFoundError:
+            raise UserError(f"{KEY}: {f}: missing (the folder's index names it)") from None
+        except Exception as e:  # noqa: BLE001 -- any reader failure means a damaged file
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise UserError(f"{KEY}: {f}: damaged or truncated ({why}); copy or save the "
+                            "model again") from None
 
 
 def _vocab(kind: str, path: Path) -> dict[str, int]:
@@ -55,6 +101,7 @@ def check(path: str | Path, tokenizer: TokenizerEntry, tokenizer_path: Path, seq
     from pipeline.train.export import context_length
     p = Path(path)
     config = pretrained_config(p)
+    check_weights(p)
     spm_file = p / SPM_FILE
     hint = f"lai-prep --tokenizer {f'spm:{spm_file}' if spm_file.is_file() else f'hf:{p}'} ..."
     vocab = getattr(config, "vocab_size", None)

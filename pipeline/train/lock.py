@@ -3,6 +3,7 @@ from start-up to the end of the run.
 
     lock = lock_run(run_dir, main, comm)   # collective: UserError on every rank if it is taken
     lock.release()                         # (RunLock(run_dir).acquire() -> None | the holder)
+    RunLock(run_dir).holder()              # who holds it, taking nothing (lai-train --check)
 
 The OS drops a flock when its process ends, however it ends (kill -9 included), so the file a
 killed run leaves behind never blocks the next one; it only keeps the holder's pid, host, start
@@ -52,6 +53,22 @@ class RunLock:
         self._fd = fd
         return None
 
+    def holder(self) -> str | None:
+        """Who holds the lock now, or None; creates and changes nothing (the launcher's check)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:                                   # no lock file (or no run dir): free
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+        except OSError:
+            return None
+        finally:
+            os.close(fd)                                  # drops our shared lock, if taken
+        return None
+
     def release(self) -> None:
         """Drop the lock (the file stays, with the last holder's line)."""
         if self._fd is not None:
@@ -68,6 +85,10 @@ def lock_run(run_dir: str | os.PathLike, main: bool, comm: Comm) -> RunLock:
     lock = RunLock(run_dir)
     holder = comm.gather_objects(lock.acquire() if main else None)[0]
     if holder:
-        raise UserError(f"run.out_dir: {run_dir} is in use by another run ({holder}); wait for it "
-                        "to end, or give this run another run.out_dir")
+        raise in_use(run_dir, holder)
     return lock
+
+
+def in_use(run_dir: str | os.PathLike, holder: str) -> UserError:
+    return UserError(f"run.out_dir: {run_dir} is in use by another run ({holder}); wait for it "
+                     "to end, or give this run another run.out_dir")

@@ -67,7 +67,7 @@ class Resume:
         return f"resumed from {self.path} at step {self.step}{changed}{elastic}"
 
 
-def plan(cfg: Config, world: int) -> Resume | None:
+def plan(cfg: Config, world: int, *, warn: bool = True) -> Resume | None:
     """The checkpoint to resume from (None = fresh start); UserError (one line) if it cannot be
     resumed with this config and world size."""
     run_dir, mode = Path(cfg.run.out_dir), cfg.run.resume
@@ -76,7 +76,7 @@ def plan(cfg: Config, world: int) -> Resume | None:
             raise UserError(f"run.resume: never, but {checkpoint.root(run_dir)} already holds "
                             "checkpoints; use run.resume=auto or a new run.out_dir")
         return None
-    path = _intact(run_dir) if mode == "auto" else Path(mode)
+    path = _intact(run_dir, warn) if mode == "auto" else Path(mode)
     if path is None:
         return None
     meta = checkpoint.read_meta(path)
@@ -94,7 +94,7 @@ def plan(cfg: Config, world: int) -> Resume | None:
                   and cfg.train.backend == "deepspeed")        # DCP reshards on load
 
 
-def _intact(run_dir: Path) -> Path | None:
+def _intact(run_dir: Path, warn: bool = True) -> Path | None:
     """The newest complete checkpoint that is not damaged (checkpoint.damage), after one warning
     line per damaged newer one (from the first rank only: every rank finds the same); None if
     there is no complete checkpoint; UserError if every one is damaged."""
@@ -106,7 +106,7 @@ def _intact(run_dir: Path) -> Path | None:
         if older is None:
             raise UserError(f"run.resume: {path}: {problem}, and no older complete checkpoint is "
                             f"left; move {checkpoint.root(run_dir)} away to start over")
-        if os.environ.get("RANK", "0") == "0":
+        if warn and os.environ.get("RANK", "0") == "0":
             print(f"warning: run.resume: {path}: {problem}; falling back to {older}",
                   file=sys.stderr, flush=True)
     return None

@@ -1,8 +1,10 @@
 """What a run will do, worked out before it starts: the data it reads (tokens per source, what the
-run consumes, epochs) with one-line warnings when that looks wrong (the run repeats data, the val
-split is smaller than one eval), printed at the start of every run (rank 0) and by `lai-train
---dry-run`; the dry run adds the LAI reference in force, a memory estimate per device (model
-states, activations, float32 logits, LAI's buffers) and a time estimate (log.peak_tflops).
+run consumes, epochs), the filter's budget and what its decisions depend on of the split
+(pipeline.lai.policy.describe), one-line warnings when that looks wrong (the run repeats data,
+the val split is smaller than one eval, the filter cannot exclude anything), printed at the
+start of every run (rank 0) and by `lai-train --dry-run`; the dry run adds the LAI reference in
+force, a memory estimate per device (model states, activations, float32 logits, LAI's buffers)
+and a time estimate (log.peak_tflops).
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from dataclasses import dataclass, field
 
 from pipeline.config import Config
 from pipeline.data import PackedDataset
+from pipeline.lai.policy import describe as describe_filter
 
 GIB = 2**30
 
@@ -55,6 +58,9 @@ def data_plan(cfg: Config, train: PackedDataset, val: PackedDataset | None, worl
                 f"warning: the val split is tiny: {val.samples_per_epoch:,} samples, and each "
                 f"eval reads {reads:,} (repeating them), so val loss is noisy; prepare the data "
                 "with a larger --val-fraction or set data.val_sources")
+    for line in describe_filter(cfg.lai, t.global_batch, t.micro_batch, t.grad_accum, world,
+                                t.steps):
+        (plan.warnings if line.startswith("warning:") else plan.lines).append(line)
     return plan
 
 

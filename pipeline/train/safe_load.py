@@ -8,9 +8,10 @@ really hold (`allowed()`): numpy arrays (the numpy RNG state in rank-XXXXX.pt) a
 classes in ZeRO optimizer states (its loss scaler, ZeRO stage enum, fragment addresses). Anything
 else, such as a pickled callable from a file someone crafted, is refused with one line before
 any of it runs. DeepSpeed's engine reads every file of a regular checkpoint through its
-checkpoint engine; `use_for` gives the engine ours. What stays outside (DeepSpeed's universal-
-checkpoint and zero_to_fp32 tools, which call torch.load(weights_only=False) themselves): README,
-"Trust boundary".
+checkpoint engine; `use_for` gives the engine ours. DeepSpeed's universal-checkpoint conversion
+and loader and its zero_to_fp32 merge call torch.load(weights_only=False) themselves: before the
+project lets them read a folder, `check_files` loads every file of it with `load` (README,
+"Trust boundary").
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import functools
 import os
 import pickle
 import re
+from pathlib import Path
 
 import torch
 
@@ -49,6 +51,15 @@ def load(path: str | os.PathLike, map_location=None):
         raise UserError(f"{path}: refused to load {what}, which no lai-train checkpoint holds "
                         "(a file from elsewhere, or tampered with; see README, Trust boundary)"
                         ) from None
+
+
+def check_files(folder: str | os.PathLike, *, recursive: bool = False) -> None:
+    """`load` every *.pt file of `folder` (and its subfolders if `recursive`), one at a time:
+    the check before a library loader that unpickles freely reads them. UserError (one line)
+    on the first file that holds anything else. Costs one more read of each file."""
+    files = Path(folder).rglob("*.pt") if recursive else Path(folder).glob("*.pt")
+    for f in sorted(files):
+        load(f, map_location="cpu")
 
 
 def use_for(engine) -> None:

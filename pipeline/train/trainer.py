@@ -57,9 +57,6 @@ class Trainer:
         seed_everything(cfg.run.seed)
         self.data = open_data(cfg, info)
         if info.main:
-            ds = ds_config(cfg, info.world, info.device.type == "cuda") \
-                if cfg.train.backend == "deepspeed" else None
-            write_run_files(cfg, self.run_dir, ds, self.data.train.fingerprint)
             log_to(self.run_dir / "train.log")
         verify_data(cfg, self.run_dir, info, self.comm)
         start = resume or origin
@@ -69,7 +66,8 @@ class Trainer:
                                  val_batches=lambda: self.data.val_batches(cfg.lai.val_batches),
                                  documents=self.data.train,
                                  moments=MomentReader(self.parts.engine, self.parts.optimizer,
-                                                      self.comm, info.device))
+                                                      self.comm, info.device),
+                                 global_batch=cfg.train.global_batch)
         self.mixer = (SourceMixer.from_settings(cfg.lai, self.data.train.weights, self.comm)
                       if cfg.lai.mixing else None)
         self.ledger = Ledger(self.run_dir, info.rank, chunk_rows=cfg.log.ledger_chunk_rows)
@@ -77,6 +75,10 @@ class Trainer:
         self.state = self._register()
         self._restore()
         purge = self.counters.step + 1
+        if info.main:                     # after the last refusal: none leaves run files behind
+            ds = ds_config(cfg, info.world, info.device.type == "cuda") \
+                if cfg.train.backend == "deepspeed" else None
+            write_run_files(cfg, self.run_dir, ds, self.data.train.fingerprint)
         self.metrics = Metrics(self.run_dir / "tb", info.rank, info.world, purge_step=purge,
                                sinks=open_sinks(self.run_dir, info.main, purge,
                                                 cfg.log.wandb_project if cfg.log.wandb else None,

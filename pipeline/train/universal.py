@@ -7,7 +7,9 @@ weights and both Adam moments, which any number of ranks loads (the engine is bu
 `checkpoint.load_universal`; pipeline.train.checkpoint.load(..., universal=True)). It runs before
 the process group starts: rank 0 converts, the other ranks wait for the folder to appear, so a
 long conversion meets no collective timeout. A later resume from the same checkpoint reuses it;
-it is removed with the checkpoint.
+it is removed with the checkpoint. DeepSpeed's converter and universal loader unpickle freely,
+so the checkpoint's files (before a conversion) and a reused universal folder first pass
+pipeline.train.safe_load.check_files.
 
 Two flaws of DeepSpeed's ZeRO-3 universal loader are repaired on load (`repairing`): it gives
 every param group the first one's settings and one shared Adam step counter.
@@ -32,6 +34,7 @@ import torch
 
 from pipeline.errors import UserError
 from pipeline.fsutil import tmp_name
+from pipeline.train import safe_load
 
 UNIVERSAL = "universal"        # the converted checkpoint: CKPT/universal/ (a DeepSpeed tag)
 
@@ -64,6 +67,7 @@ def ensure(ckpt: str | Path, rank: int, poll_s: float = 0.5) -> str:
             time.sleep(poll_s)
         return ""
     if out.is_dir():
+        safe_load.check_files(out, recursive=True)   # DeepSpeed's universal loader unpickles
         return f"universal checkpoint {out} reused"
     return convert(Path(ckpt))
 
@@ -77,6 +81,7 @@ def convert(ckpt: Path) -> str:
     renamed when complete); returns what it cost as a note."""
     from deepspeed.checkpoint import ds_to_universal
 
+    safe_load.check_files(ckpt)                 # the converter unpickles with weights_only=False
     for stale in ckpt.glob(f".{UNIVERSAL}.tmp.*"):         # a conversion that was killed
         shutil.rmtree(stale, ignore_errors=True)
     out = folder(ckpt)
