@@ -30,7 +30,7 @@ def parse_args(argv=None):
     p.add_argument("--parts", default="env,tests,data,overhead,profile,fidelity")
     p.add_argument("--batch", type=int, default=0, help="micro-batch of the large runs (0: probe)")
     p.add_argument("--plan", default=PLAN,
-                   help=f"overhead runs as MODE:BATCH (modes: bare, {', '.join(MODES)}; batch: "
+                   help=f"overhead runs as MODE:BATCH (modes: ref, bare, {', '.join(MODES)}; batch: "
                         f"big | small | N), in order (default {PLAN})")
     p.add_argument("--doc", action="store_true", help="also update docs/RESULTS.md")
     p.add_argument("--report", type=Path, metavar="JSON",

@@ -29,7 +29,9 @@ def section(res) -> str:
               "step = the trainer's phase timers (data + forward + LAI + backward/step), median "
               "over log windows after the first; wall tok/s = tokens between the first and last "
               "log line over their wall time (everything the loop does); bare = a plain DeepSpeed "
-              "loop on the same model, data and batch.", ""]
+              "loop on the same model, data and batch; ref = the nanoGPT-class reference loop "
+              "(benchmarks/ref_loop.py: plain PyTorch, whole-model torch.compile, SDPA, fused "
+              "AdamW, bf16 autocast, no DeepSpeed).", ""]
         tab = []
         for r in ov["rows"]:
             if "error" in r:
@@ -40,17 +42,20 @@ def section(res) -> str:
                         r["wall_tokens_per_s"], r["mfu"], r["peak_mem_gib"]])
         L += [C.md_table(["mode", "micro-batch", "step ms", "LAI ms", "LAI share", "tok/s (timers)",
                           "tok/s (wall)", "MFU", "peak GiB"], tab, "{:.3f}"), ""]
-        by = {(r["mode"], r["batch"]): r for r in ov["rows"] if "error" not in r}
-        for batch in sorted({b for _, b in by}):
-            off, bare = by.get(("off", batch)), by.get(("bare", batch))
-            if off and bare:
-                L.append(f"- micro-batch {batch}: pipeline with LAI off / bare DeepSpeed loop = "
-                         f"{off['wall_tokens_per_s'] / bare['wall_tokens_per_s']:.3f} (wall tok/s)")
-            sk = by.get(("sketch", batch))
-            if off and sk:
-                L.append(f"- micro-batch {batch}: sketch LAI time / LAI-off step = "
-                         f"{sk['time_lai_s'] / off['step_s']:.3f}; whole step "
-                         f"{sk['step_s'] / off['step_s']:.3f}x")
+        names = {"off": "pipeline with LAI off", "ref": "nanoGPT-class reference loop",
+                 "bare": "bare DeepSpeed loop", "off-compiled": "pipeline with LAI off, compiled "
+                 "blocks", "sketch": "pipeline with the LAI sketch"}
+        for key, v in ov.get("ratios", {}).items():
+            what, _, batch = key.partition("@")
+            if what.startswith("lai_share:"):
+                L.append(f"- micro-batch {batch}: {what[10:]} LAI time / LAI-off step = {v:.3f}")
+            else:
+                a, b = what.split("/")
+                L.append(f"- micro-batch {batch}: {names.get(a, a)} / {names.get(b, b)} = "
+                         f"{v:.3f} (wall tok/s)")
+        ref = [r for r in ov["rows"] if r["mode"] == "ref" and not r.get("compiled", True)]
+        if ref:
+            L.append("- the reference loop ran without torch.compile here (skipped on this device)")
     prof = res.get("lai_profile")
     if prof:
         keys = [k for k, v in prof.items() if isinstance(v, float)]

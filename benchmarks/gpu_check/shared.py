@@ -24,7 +24,7 @@ MODES = {"off": ["lai.enabled=false", "lai.filter=none"],
 for _m in ("off", "sketch-blocks"):
     MODES[f"{_m}-compiled"] = MODES[_m] + ["model.compile=true"]
 # (mode, micro-batch: "big" = the probed size, "small" = SIZES' small_batch, or a number)
-PLAN = "off:big,sketch:big,bare:big,off:small,sketch:small,exact:small,bare:small"
+PLAN = "ref:big,off:big,sketch:big,bare:big,off-compiled:big"
 
 
 def log(msg: str) -> None:
