@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import numpy as np
 
 from benchmarks import common as C
 from benchmarks.gpu_check.report import save
-from benchmarks.gpu_check.shared import MODES, log, peak_tflops, run_config
+from benchmarks.gpu_check.shared import MODES, child_env, log, peak_tflops, run_config
 
 
 def _tb(run_dir: Path, tag: str, sub: str = "") -> list[tuple[int, float, float]]:
@@ -24,14 +23,6 @@ def _tb(run_dir: Path, tag: str, sub: str = "") -> list[tuple[int, float, float]
 def _median_after_first(rows) -> float:
     vals = [v for _, _, v in rows[1:]] or [v for _, _, v in rows]
     return float(np.median(vals)) if vals else float("nan")
-
-
-def _fresh_env() -> dict:
-    """This environment for a new 1-rank process group (its own rendezvous port)."""
-    from pipeline.comm import free_port
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    return {**env, "MASTER_PORT": str(free_port()), "PYTHONPATH": os.pathsep.join(
-        [str(C.ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
 def trainer_run(args, size, mode: str, batch: int, steps: int, peak: float) -> dict:
@@ -44,7 +35,7 @@ def trainer_run(args, size, mode: str, batch: int, steps: int, peak: float) -> d
     t0 = time.perf_counter()
     with open(logfile, "w") as f:
         rc = subprocess.run([sys.executable, "-m", "pipeline.train", *argv], cwd=C.ROOT,
-                            env=_fresh_env(), stdout=f, stderr=subprocess.STDOUT).returncode
+                            env=child_env(), stdout=f, stderr=subprocess.STDOUT).returncode
     wall = time.perf_counter() - t0
     if rc != 0:
         raise RuntimeError(f"lai-train {mode} b{batch} exited {rc}: "
@@ -78,7 +69,7 @@ def loop_run(args, size, mode: str, batch: int, steps: int, peak: float) -> dict
            *MODES["off"], "--steps", str(steps)]
     logfile = args.out / f"{mode}-b{batch}.log"
     with open(logfile, "w") as f:
-        rc = subprocess.run(cmd, cwd=C.ROOT, env=_fresh_env(), stdout=subprocess.PIPE,
+        rc = subprocess.run(cmd, cwd=C.ROOT, env=child_env(), stdout=subprocess.PIPE,
                             stderr=f, text=True)
     if rc.returncode != 0:
         raise RuntimeError(f"{mode} loop b{batch} exited {rc.returncode}: "

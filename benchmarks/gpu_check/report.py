@@ -75,7 +75,23 @@ def section(res) -> str:
         L += ["", f"### Sketch vs exact (token_pair, the batch of {fid['batch']} as reference, "
               f"model: {Path(fid['model']).parent.name or fid['model']})", "",
               C.md_table(["batch", "exact s", *keys], rows, "{:.4f}"), ""]
+    L += headroom_lines(res.get("headroom"))
     return "\n".join(L)
+
+
+def headroom_lines(h) -> list[str]:
+    """The headroom part's scenario: its sizes and one row per variant (1 seed)."""
+    if not h:
+        return []
+    hd = h["headroom"]
+    rows = [[r["variant"], r["final"], r["delta"], r["share"], r["excluded"], r["auroc"]]
+            for r in h["rows"]]
+    return ["", f"### Headroom scenario: {h['scenario']}, 1 seed (`{h['command']}`, "
+            f"{h['seconds'] / 60:.1f} min)", "", h["line"], "", f"Data: {h['data']}.", "",
+            f"oracle - none = {hd['oracle_minus_none']:+.4f} val loss (1 seed: no noise estimate; "
+            "the CPU rows in the headroom sections have 3).", "",
+            C.md_table(["variant", "final val loss", "minus none", "share of oracle gain",
+                        "excluded", "AUROC"], rows, "{:.4f}"), ""]
 
 
 def save(args, res) -> None:
