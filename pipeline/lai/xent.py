@@ -2,11 +2,11 @@
 
     ce = token_cross_entropy(logits, targets)     # [B, T], differentiable w.r.t. logits
 
-Forward, per chunk of rows (tokens): ce = logsumexp(z) - z[y] in the compute dtype (fp32 for
-bf16 / fp32 logits, float64 for float64), 0 at ignored targets (-100); only the logsumexp [B*T] is
-kept for the backward (with the logits, which the model holds anyway). Backward, per chunk: the
-softmax is recomputed from the logits, d ce / d z = softmax - onehot(y), times the incoming
-gradient, written straight in the logits' dtype. Extra memory: one chunk's temporaries
+Forward, per chunk of rows (tokens): ce = -log_softmax(z)[y] in the compute dtype (fp32 for
+bf16 / fp32 logits, float64 for float64), 0 at ignored targets (-100); nothing but the logits
+(which the model holds anyway) is kept for the backward. Backward, per chunk: the softmax is
+recomputed from the logits, d ce / d z = softmax - onehot(y), times the incoming gradient,
+written straight in the logits' dtype. Extra memory: one chunk's temporaries
 (sketch.CHUNK_ELEMENTS). Eager `F.cross_entropy(logits.float())` instead holds the fp32 copy, its
 log-softmax and a dense fp32 gradient, each [B, T, V]. `compiled`: the chunk kernels through
 torch.compile (sketch.Kernels; eager if compiling fails), which read each logit once per pass.
@@ -30,20 +30,18 @@ def chunk_rows(v: int, device: torch.device) -> int:
     return max(1, CHUNK_ELEMENTS.get(device.type, CHUNK_ELEMENTS["cuda"]) // max(1, v))
 
 
-def forward_kernel(z: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ce [r], logsumexp [r]) of logits z [r, V] and targets y [r] (IGNORE: ce 0)."""
-    x = z.to(compute_dtype(z))
-    lse = torch.logsumexp(x, dim=-1)
-    zy = x.gather(-1, y.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    return torch.where(y != IGNORE, lse - zy, torch.zeros_like(lse)), lse
+def forward_kernel(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """ce [r] of logits z [r, V] and targets y [r] (IGNORE: 0), in the compute dtype."""
+    lsm = torch.log_softmax(z, dim=-1, dtype=compute_dtype(z))
+    ce = -lsm.gather(-1, y.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return torch.where(y != IGNORE, ce, torch.zeros_like(ce))
 
 
-def backward_kernel(z: torch.Tensor, y: torch.Tensor, lse: torch.Tensor, g: torch.Tensor
-                    ) -> torch.Tensor:
+def backward_kernel(z: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """g * (softmax(z) - onehot(y)) per row, 0 at ignored rows; [r, V] in z's dtype."""
-    p = (z.to(lse.dtype) - lse.unsqueeze(-1)).exp_()
+    p = torch.softmax(z, dim=-1, dtype=compute_dtype(z))
     p.scatter_add_(-1, y.clamp_min(0).unsqueeze(-1), -torch.ones_like(p[:, :1]))
-    w = torch.where(y != IGNORE, g.to(lse.dtype), torch.zeros_like(lse))
+    w = torch.where(y != IGNORE, g.to(p.dtype), torch.zeros_like(g, dtype=p.dtype))
     return p.mul_(w.unsqueeze(-1)).to(z.dtype)
 
 
@@ -55,23 +53,21 @@ class TokenCrossEntropy(torch.autograd.Function):
         z, y = logits.detach().flatten(0, 1), targets.flatten()
         kernels, step = Kernels(compiled), chunk_rows(z.shape[-1], z.device)
         ce = z.new_empty(z.shape[0], dtype=compute_dtype(z))
-        lse = torch.empty_like(ce)
         for s in range(0, z.shape[0], step):
-            ce[s:s + step], lse[s:s + step] = kernels(forward_kernel, z[s:s + step],
-                                                      y[s:s + step])
-        ctx.save_for_backward(logits, targets, lse)
+            ce[s:s + step] = kernels(forward_kernel, z[s:s + step], y[s:s + step])
+        ctx.save_for_backward(logits, targets)
         ctx.compiled = compiled
         return ce.view(targets.shape)
 
     @staticmethod
     def backward(ctx, grad):
-        logits, targets, lse = ctx.saved_tensors
+        logits, targets = ctx.saved_tensors
         z, y, g = logits.detach().flatten(0, 1), targets.flatten(), grad.reshape(-1)
         kernels, step = Kernels(ctx.compiled), chunk_rows(z.shape[-1], z.device)
         out = torch.empty_like(z)
         for s in range(0, z.shape[0], step):
             sl = slice(s, s + step)
-            out[sl] = kernels(backward_kernel, z[sl], y[sl], lse[sl], g[sl])
+            out[sl] = kernels(backward_kernel, z[sl], y[sl], g[sl])
         return out.view(logits.shape), None, None
 
 
