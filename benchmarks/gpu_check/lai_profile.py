@@ -30,12 +30,41 @@ def _timed(fn, reps: int = 5) -> float:
     return float(np.median(times))
 
 
+def loss_costs(logits, targets) -> dict[str, float]:
+    """Forward + backward of the per-sequence loss on `logits`: the upcast F.cross_entropy the
+    trainer used before issue 22 against the chunked one it uses now (pipeline/lai/xent.py):
+    seconds and peak memory above the logits (GiB)."""
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline.lai import per_sequence_loss
+
+    def upcast(x):
+        return F.cross_entropy(x.flatten(0, 1).float(), targets.flatten(), reduction="none")
+
+    out = {}
+    for name, fn in (("upcast", upcast), ("chunked", lambda x: per_sequence_loss(x, targets))):
+        x = logits.detach().requires_grad_(True)
+
+        def run():
+            fn(x).sum().backward()
+            x.grad = None
+        out[f"loss_{name}"] = _timed(run)
+        if logits.is_cuda:
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            run()
+            out[f"loss_{name}_peak_gib"] = (torch.cuda.max_memory_allocated() - base) / 2**30
+    return out
+
+
 def profile_part(args, size, res) -> None:
     """Where the sketch's time goes, on the GPT-2-small model in bf16 at the overhead part's
     large micro-batch: forward (no grad) with and without capture, the whole `values` call and
-    its pieces (input side, vocabulary side, outer product) and a plain fp32 softmax of the
-    logits (the memory-bound floor of the vocabulary side); plus the vocabulary side through
-    torch.compile, to see what fusing would buy."""
+    its pieces (input side, vocabulary side, outer product; the kernels as `values` runs them:
+    compiled on CUDA) and a plain fp32 softmax of the logits (the memory-bound floor of the
+    vocabulary side); the vocabulary side through torch.compile apart; and the loss's forward +
+    backward, upcast against chunked (loss_costs)."""
     import torch
 
     from pipeline.config import load_config
@@ -54,11 +83,12 @@ def profile_part(args, size, res) -> None:
     scorer = LAIScorer(method="sketch", reference="local")
     k1, k2 = PAIRINGS["token_pair"].split(scorer.sketch_dim)
     valid = torch.ones_like(tgt, dtype=torch.bool)
+    kernels = S.Kernels(dev == "cuda")
     with torch.no_grad():
         with LayerInputCapture(model) as cap:
             logits = model(input_ids=ids).logits
         inputs = cap.inputs
-        ca = S.input_side(inputs, 0, k1, torch.float32, None)
+        ca = S.input_side(inputs, 0, k1, torch.float32, None, kernels=kernels)
         step = S.chunk_size(b, size["seq_len"], size["vocab"], logits.device)
 
         def vocab(fn=S.vocab_side):
@@ -71,7 +101,8 @@ def profile_part(args, size, res) -> None:
                 model(input_ids=ids)
         t = {"forward": _timed(lambda: model(input_ids=ids)), "forward_capture": _timed(fwd_capture),
              "values": _timed(lambda: scorer.values(inputs, logits, tgt)),
-             "input_side": _timed(lambda: S.input_side(inputs, 0, k1, torch.float32, None)),
+             "input_side": _timed(lambda: S.input_side(inputs, 0, k1, torch.float32, None,
+                                                       kernels=kernels)),
              "vocab_side": _timed(vocab),
              "outer_product": _timed(lambda: ca.transpose(1, 2) @ cg),
              "softmax_fp32": _timed(lambda: [torch.softmax(logits[s:s + step], -1,
@@ -85,9 +116,13 @@ def profile_part(args, size, res) -> None:
             t["vocab_side_compiled"] = _timed(lambda: vocab(compiled))
         except Exception as e:   # measured, not assumed: record why it did not work
             t["compile_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+    del inputs, cap, ca, cg
+    teardown()
+    t.update(loss_costs(logits, tgt))
     res["lai_profile"] = {"batch": b, "chunk": step, "k1": k1, "k2": k2,
                           "attn": getattr(model.config, "_attn_implementation", "?"), **t}
-    log("profile: " + ", ".join(f"{k} {v * 1e3:.2f} ms" if isinstance(v, float) else f"{k} {v}"
+    log("profile: " + ", ".join(f"{k} {v:.2f} GiB" if k.endswith("_gib") else
+                                f"{k} {v * 1e3:.2f} ms" if isinstance(v, float) else f"{k} {v}"
                                 for k, v in t.items()))
-    del model, logits, inputs, cap, ca, cg
+    del model, logits
     teardown()

@@ -58,12 +58,17 @@ def section(res) -> str:
             L.append("- the reference loop ran without torch.compile here (skipped on this device)")
     prof = res.get("lai_profile")
     if prof:
-        keys = [k for k, v in prof.items() if isinstance(v, float)]
+        keys = [k for k, v in prof.items() if isinstance(v, float) and not k.endswith("_gib")]
         L += ["", f"### Where the sketch's time goes (micro-batch {prof['batch']}, no grad, "
               f"attention {prof['attn']}, k1 x k2 = {prof['k1']} x {prof['k2']}, vocabulary chunk "
-              f"{prof['chunk']} sequences; ms, median of 5)", "",
+              f"{prof['chunk']} sequences; ms, median of 5; loss_*: forward + backward of the "
+              "per-sequence loss, upcast F.cross_entropy vs chunked)", "",
               C.md_table(keys, [[prof[k] * (1 if k == "compile_seconds" else 1e3) for k in keys]],
                          "{:.2f}"), ""]
+        if "loss_chunked_peak_gib" in prof:
+            L.append(f"- loss forward + backward, memory above the logits: upcast "
+                     f"F.cross_entropy {prof['loss_upcast_peak_gib']:.2f} GiB, chunked "
+                     f"(pipeline/lai/xent.py) {prof['loss_chunked_peak_gib']:.2f} GiB")
         if "compile_error" in prof:
             L.append(f"- torch.compile of the vocabulary side failed: {prof['compile_error']}")
     fid = res.get("fidelity")
