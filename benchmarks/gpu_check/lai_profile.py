@@ -8,10 +8,11 @@ import numpy as np
 from benchmarks.gpu_check.shared import log, run_config, teardown
 
 
-def _timed(fn, reps: int = 5) -> float:
-    """Median seconds of fn() over `reps` runs after 2 warm-ups (CUDA events on a GPU)."""
+def _timed(fn, reps: int = 5, host: bool = False) -> float:
+    """Median seconds of fn() over `reps` runs after 2 warm-ups (CUDA events on a GPU, unless
+    `host`: fn is CPU work, timed by the wall clock)."""
     import torch
-    cuda = torch.cuda.is_available()
+    cuda = torch.cuda.is_available() and not host
     times = []
     for i in range(reps + 2):
         if cuda:
@@ -58,13 +59,22 @@ def loss_costs(logits, targets) -> dict[str, float]:
     return out
 
 
+def document_keys_seconds(args, size, b: int) -> float:
+    """CPU seconds to look up the documents of `b` training sequences (what lai.memory_weight's
+    document memory does per micro-step, after the GPU has synchronised)."""
+    from pipeline.data import PackedDataset
+    data = PackedDataset([(args.work / f"stdlib-v{size['vocab']}", 1.0)], size["seq_len"],
+                         split="train", seed=0)
+    return _timed(lambda: [data.document_keys(i) for i in range(b)], host=True)
+
+
 def profile_part(args, size, res) -> None:
     """Where the sketch's time goes, on the GPT-2-small model in bf16 at the overhead part's
     large micro-batch: forward (no grad) with and without capture, the whole `values` call and
     its pieces (input side, vocabulary side, outer product; the kernels as `values` runs them:
     compiled on CUDA) and a plain fp32 softmax of the logits (the memory-bound floor of the
-    vocabulary side); the vocabulary side through torch.compile apart; and the loss's forward +
-    backward, upcast against chunked (loss_costs)."""
+    vocabulary side); the vocabulary side through torch.compile apart; the loss's forward +
+    backward, upcast against chunked (loss_costs); the document memory's CPU lookups."""
     import torch
 
     from pipeline.config import load_config
@@ -119,6 +129,7 @@ def profile_part(args, size, res) -> None:
     del inputs, cap, ca, cg
     teardown()
     t.update(loss_costs(logits, tgt))
+    t["document_keys_cpu"] = document_keys_seconds(args, size, b)
     res["lai_profile"] = {"batch": b, "chunk": step, "k1": k1, "k2": k2,
                           "attn": getattr(model.config, "_attn_implementation", "?"), **t}
     log("profile: " + ", ".join(f"{k} {v:.2f} GiB" if k.endswith("_gib") else

@@ -35,13 +35,15 @@ def section(res) -> str:
         tab = []
         for r in ov["rows"]:
             if "error" in r:
-                tab.append([r["mode"], r["batch"]] + ["error"] * 7)
+                tab.append([r["mode"], r["batch"]] + ["error"] * 8)
                 continue
-            tab.append([r["mode"], r["batch"], r["step_s"] * 1e3, r.get("time_lai_s", 0) * 1e3,
+            tab.append([r["mode"], r["batch"], r["step_s"] * 1e3,
+                        r.get("time_data_s", float("nan")) * 1e3, r.get("time_lai_s", 0) * 1e3,
                         r.get("lai_share", 0), r.get("tokens_per_s", float("nan")),
                         r["wall_tokens_per_s"], r["mfu"], r["peak_mem_gib"]])
-        L += [C.md_table(["mode", "micro-batch", "step ms", "LAI ms", "LAI share", "tok/s (timers)",
-                          "tok/s (wall)", "MFU", "peak GiB"], tab, "{:.3f}"), ""]
+        L += [C.md_table(["mode", "micro-batch", "step ms", "data ms", "LAI ms", "LAI share",
+                          "tok/s (timers)", "tok/s (wall)", "MFU", "peak GiB"], tab, "{:.3f}"),
+              ""]
         names = {"off": "pipeline with LAI off", "ref": "nanoGPT-class reference loop",
                  "bare": "bare DeepSpeed loop", "off-compiled": "pipeline with LAI off, compiled "
                  "blocks", "sketch": "pipeline with the LAI sketch"}
