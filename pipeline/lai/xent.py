@@ -45,16 +45,26 @@ def backward_kernel(z: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.
     return p.mul_(w.unsqueeze(-1)).to(z.dtype)
 
 
+def _chunked(kernels: Kernels, fn, step: int, new_out, *rows: torch.Tensor) -> torch.Tensor:
+    """fn over chunks of `step` rows of `rows` (each [n, ...]), written into `new_out()`
+    [n, ...]; a single chunk: fn's own result (no copy)."""
+    n = rows[0].shape[0]
+    if n <= step:
+        return kernels(fn, *rows)
+    out = new_out()
+    for s in range(0, n, step):
+        out[s:s + step] = kernels(fn, *(r[s:s + step] for r in rows))
+    return out
+
+
 class TokenCrossEntropy(torch.autograd.Function):
     """Per-token cross-entropy [B, T] of logits [B, T, V] (see the module doc)."""
 
     @staticmethod
     def forward(ctx, logits, targets, compiled):
         z, y = logits.detach().flatten(0, 1), targets.flatten()
-        kernels, step = Kernels(compiled), chunk_rows(z.shape[-1], z.device)
-        ce = z.new_empty(z.shape[0], dtype=compute_dtype(z))
-        for s in range(0, z.shape[0], step):
-            ce[s:s + step] = kernels(forward_kernel, z[s:s + step], y[s:s + step])
+        ce = _chunked(Kernels(compiled), forward_kernel, chunk_rows(z.shape[-1], z.device),
+                      lambda: z.new_empty(z.shape[0], dtype=compute_dtype(z)), z, y)
         ctx.save_for_backward(logits, targets)
         ctx.compiled = compiled
         return ce.view(targets.shape)
@@ -63,11 +73,8 @@ class TokenCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad):
         logits, targets = ctx.saved_tensors
         z, y, g = logits.detach().flatten(0, 1), targets.flatten(), grad.reshape(-1)
-        kernels, step = Kernels(ctx.compiled), chunk_rows(z.shape[-1], z.device)
-        out = torch.empty_like(z)
-        for s in range(0, z.shape[0], step):
-            sl = slice(s, s + step)
-            out[sl] = kernels(backward_kernel, z[sl], y[sl], g[sl])
+        out = _chunked(Kernels(ctx.compiled), backward_kernel, chunk_rows(z.shape[-1], z.device),
+                       lambda: torch.empty_like(z), z, y, g)
         return out.view(logits.shape), None, None
 
 
