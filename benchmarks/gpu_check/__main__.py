@@ -28,7 +28,9 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or C.OUT / "gpu_check"))
     p.add_argument("--work", type=Path, default=None,
                    help="data and run directories (default: a folder under /tmp)")
-    p.add_argument("--parts", default="env,tests,data,overhead,profile,fidelity,headroom")
+    p.add_argument("--parts", default="env,tests,data,overhead,profile,headroom",
+                   help="comma list of env, tests, data, overhead, profile, fidelity, headroom "
+                        "(default: all but fidelity, to fit one 10-minute call)")
     p.add_argument("--batch", type=int, default=0, help="micro-batch of the large runs (0: probe)")
     p.add_argument("--plan", default=PLAN,
                    help=f"overhead runs as MODE:BATCH (modes: ref, bare, {', '.join(MODES)}; batch: "
