@@ -76,7 +76,10 @@ def memory_estimate(cfg: Config, n_params: int, model_config, world: int) -> str
     tokens = t.micro_batch * cfg.data.seq_len
     hidden, layers = model_config.hidden_size, model_config.num_hidden_layers
     per_layer = tokens * hidden * elem * (1 if cfg.model.activation_checkpointing else 17)
-    logits = tokens * model_config.vocab_size * 4 * 3      # fp32 logits, softmax, LAI's grads
+    # logits and their gradient in the model's dtype (the loss and the LAI sketch work in
+    # chunks); exact LAI also holds the fp32 logit gradients
+    exact = cfg.lai.enabled and cfg.lai.method == "exact"
+    logits = tokens * model_config.vocab_size * (elem * 2 + (4 if exact else 0))
     act = per_layer * layers + logits
     offloaded = f"; {', '.join(where)}" if where else ""
     return (f"memory per device (estimate): model states {(params + grads + optim) / GIB:.2f} GiB "
