@@ -68,6 +68,39 @@ def document_keys_seconds(args, size, b: int) -> float:
     return _timed(lambda: [data.document_keys(i) for i in range(b)], host=True)
 
 
+def _model(args, size, dev: str):
+    """The check's model, bf16 on CUDA (fp32 elsewhere), in eval mode."""
+    import torch
+
+    from pipeline.config import load_config
+    from pipeline.train.model import build_model
+    argv = run_config(args, size, 1, 1)
+    model = build_model(load_config(argv[0], argv[1:]).model, vocab_size=size["vocab"],
+                        seq_len=size["seq_len"])
+    return model.to(dev).to(torch.bfloat16 if dev == "cuda" else torch.float32).eval()
+
+
+def _compiled_vocab_side(vocab) -> dict:
+    """The vocabulary side through torch.compile: compile seconds and time, or why it failed."""
+    import torch
+
+    from pipeline.lai import sketch as S
+    try:
+        compiled = torch.compile(S.vocab_side, dynamic=False)
+        t0 = time.perf_counter()
+        vocab(compiled)
+        out = {"compile_seconds": time.perf_counter() - t0}
+        return {**out, "vocab_side_compiled": _timed(lambda: vocab(compiled))}
+    except Exception as e:   # measured, not assumed: record why it did not work
+        return {"compile_error": f"{type(e).__name__}: {str(e)[:200]}"}
+
+
+def _shown(key: str, v) -> str:
+    if key.endswith("_gib"):
+        return f"{key} {v:.2f} GiB"
+    return f"{key} {v * 1e3:.2f} ms" if isinstance(v, float) else f"{key} {v}"
+
+
 def profile_part(args, size, res) -> None:
     """Where the sketch's time goes, on the GPT-2-small model in bf16 at the overhead part's
     large micro-batch: forward (no grad) with and without capture, the whole `values` call and
@@ -77,17 +110,12 @@ def profile_part(args, size, res) -> None:
     backward, upcast against chunked (loss_costs); the document memory's CPU lookups."""
     import torch
 
-    from pipeline.config import load_config
     from pipeline.lai import LAIScorer, LayerInputCapture
     from pipeline.lai import sketch as S
     from pipeline.lai.pairings import PAIRINGS
-    from pipeline.train.model import build_model
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     b = res.get("overhead", {}).get("batch", size["max_batch"])
-    argv = run_config(args, size, b, 1)
-    model = build_model(load_config(argv[0], argv[1:]).model, vocab_size=size["vocab"],
-                        seq_len=size["seq_len"]).to(dev).to(
-        torch.bfloat16 if dev == "cuda" else torch.float32).eval()
+    model = _model(args, size, dev)
     x = torch.randint(0, size["vocab"], (b, size["seq_len"] + 1), device=dev)
     ids, tgt = x[:, :-1], x[:, 1:]
     scorer = LAIScorer(method="sketch", reference="local")
@@ -118,22 +146,13 @@ def profile_part(args, size, res) -> None:
              "softmax_fp32": _timed(lambda: [torch.softmax(logits[s:s + step], -1,
                                                            dtype=torch.float32)
                                              for s in range(0, b, step)])}
-        try:
-            compiled = torch.compile(S.vocab_side, dynamic=False)
-            t0 = time.perf_counter()
-            vocab(compiled)
-            t["compile_seconds"] = time.perf_counter() - t0
-            t["vocab_side_compiled"] = _timed(lambda: vocab(compiled))
-        except Exception as e:   # measured, not assumed: record why it did not work
-            t["compile_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        t.update(_compiled_vocab_side(vocab))
     del inputs, cap, ca, cg
     teardown()
     t.update(loss_costs(logits, tgt))
     t["document_keys_cpu"] = document_keys_seconds(args, size, b)
     res["lai_profile"] = {"batch": b, "chunk": step, "k1": k1, "k2": k2,
                           "attn": getattr(model.config, "_attn_implementation", "?"), **t}
-    log("profile: " + ", ".join(f"{k} {v:.2f} GiB" if k.endswith("_gib") else
-                                f"{k} {v * 1e3:.2f} ms" if isinstance(v, float) else f"{k} {v}"
-                                for k, v in t.items()))
+    log("profile: " + ", ".join(_shown(k, v) for k, v in t.items()))
     del model, logits
     teardown()
