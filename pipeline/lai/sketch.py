@@ -150,16 +150,17 @@ def input_side(inputs, seed: int, k1: int, dt: torch.dtype, mask: torch.Tensor |
     `mask` [B, T] (dt) zeroes ignored positions (None: the caller's vocabulary side is already
     zero there, as for token_pair); `cols`: per-input column weights (unique_inputs)."""
     out = None
+    fused = kernels is not None and kernels.compiled and mask is None
     for layer, (x, w) in enumerate(unique_inputs(inputs, cols)):
         x = x.detach()
-        if mask is None:               # per token, nothing masked: one kernel per layer
+        if fused:                      # one compiled pass per layer, added into the sum
             s = signs(x.shape[-1], seed, layer, x.device, dt)
-            out = (kernels or Kernels(False))(input_kernel, x, scaled(s, w),
-                                              _rotation(k1, seed, layer, x.device), k1, out)
+            out = kernels(input_kernel, x, scaled(s, w), _rotation(k1, seed, layer, x.device),
+                          k1, out)
             continue
         if pooled_n is not None:
             x = (x.to(dt) * mask.unsqueeze(-1)).sum(1) / pooled_n
-        else:
+        elif mask is not None:
             x = x * mask.unsqueeze(-1)
         y = _signed(x, x.shape[-1], k1, seed, layer, dt, w)
         if out is None:
