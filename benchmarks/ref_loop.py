@@ -10,7 +10,7 @@ torch.compile (the whole model), fused AdamW on CUDA (weight decay on >= 2-D wei
 betas, eps and lr schedule), gradient clipping at train.grad_clip, zero_grad(set_to_none). The
 loader is the trainer's (pinned batches on CUDA). --compile auto compiles on CUDA only (inductor on
 a CPU takes minutes per graph; the dry mode says it skipped it). Prints one JSON line as
-benchmarks.bare_loop does, with "compiled" and "autocast".
+benchmarks.bare_loop does, with "compiled", "autocast" and "attn" (the attention implementation).
 """
 from __future__ import annotations
 
@@ -70,7 +70,8 @@ def main(argv=None) -> int:
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss.detach()
-    measure(s, step, "ref", compiled=compiled, autocast=bf16)
+    measure(s, step, "ref", compiled=compiled, autocast=bf16,
+            attn=getattr(model.config, "_attn_implementation", "?"))
     runtime.shutdown()
     return 0
 
