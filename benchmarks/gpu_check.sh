@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU check in one command, on a GPU machine (see benchmarks/gpu_check/__init__.py for what
-# it measures):  benchmarks/gpu_check.sh [--out DIR] [--parts env,tests,data,overhead,fidelity]
+# it measures):  benchmarks/gpu_check.sh --batch 64 [--out DIR] [--parts env,tests,...]
+# The default parts fit one 10-minute call on one H100 (~9 min, not yet timed there).
 # The machine needs Python with torch (CUDA), transformers, sentencepiece, tensorboard, pytest.
 # Packages it lacks (deepspeed and its pure-Python needs) are installed from .whl/, which
 # benchmarks/gpu_wheels.sh fills on a machine that reaches a package index.

@@ -2,7 +2,8 @@
 runs them):
 
 - LAI values on CUDA agree with the CPU in fp32, and a bf16 model's with its fp32 copy, for every
-  pairing and method; the compiled sketch kernels equal the eager ones;
+  pairing and method; the compiled sketch kernels equal the eager ones; the compiled chunked loss
+  equals the upcast cross-entropy;
 - a 1-rank DeepSpeed ZeRO-2 bf16 step with LAI (NCCL): the excluded sequences contribute nothing
   (replacing their tokens leaves every gradient unchanged, while keeping them changes it);
 - the loader's pinned batches (asynchronous copies) hold what the unpinned ones do;
@@ -64,6 +65,36 @@ def test_compiled_sketch_kernels_equal_eager_on_cuda(trained, dtype):
     compiled = lai_values(model, ids.cuda(), method="sketch", compile=True)
     assert Kernels._failed is None, Kernels._failed
     assert _rel(compiled, eager) < 1e-5, (compiled, eager)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_chunked_loss_equals_upcast_cross_entropy_on_cuda(monkeypatch, dtype):
+    """The chunked per-sequence loss (compiled kernels, the CUDA default; several chunks) equals
+    F.cross_entropy on the fp32 copy: losses to fp32 rounding, gradients to one bf16 ulp."""
+    import torch.nn.functional as F
+
+    from pipeline.lai import per_sequence_loss, sketch
+    monkeypatch.setitem(sketch.CHUNK_ELEMENTS, "cuda", 64 * 1000)
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(4, 96, 1000, generator=g) * 3).cuda().to(dtype)
+    targets = torch.randint(0, 1000, (4, 96), generator=g).cuda()
+    targets[1, :5] = -100
+
+    def run(fn):
+        x = logits.clone().requires_grad_(True)
+        loss = fn(x)
+        (loss * torch.arange(1, 5, device="cuda")).sum().backward()
+        return loss.detach(), x.grad.float()
+
+    def upcast(x):
+        ce = F.cross_entropy(x.float().flatten(0, 1), targets.flatten(), reduction="none")
+        return ce.view(4, 96).sum(1) / (targets != -100).sum(1)
+    loss, grad = run(lambda x: per_sequence_loss(x, targets))
+    ref_loss, ref_grad = run(upcast)
+    assert sketch.Kernels._failed is None, sketch.Kernels._failed
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=0)
+    tol = 2.0 ** -7 if dtype == torch.bfloat16 else 1e-5
+    assert ((grad - ref_grad).abs() <= tol * ref_grad.abs() + 1e-7).all()
 
 
 # ---------------------------------------------------------------- one DeepSpeed rank on CUDA

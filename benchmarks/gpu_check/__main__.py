@@ -13,6 +13,7 @@ from pathlib import Path
 from benchmarks import common as C
 from benchmarks import gpu_check
 from benchmarks.gpu_check.env import data_part, env_part, tests_part
+from benchmarks.gpu_check.headroom_scenario import headroom_part
 from benchmarks.gpu_check.lai_profile import profile_part
 from benchmarks.gpu_check.overhead import overhead_part
 from benchmarks.gpu_check.report import save, write_report
@@ -27,10 +28,12 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or C.OUT / "gpu_check"))
     p.add_argument("--work", type=Path, default=None,
                    help="data and run directories (default: a folder under /tmp)")
-    p.add_argument("--parts", default="env,tests,data,overhead,profile,fidelity")
+    p.add_argument("--parts", default="env,tests,data,overhead,profile,headroom",
+                   help="comma list of env, tests, data, overhead, profile, fidelity, headroom "
+                        "(default: all but fidelity, to fit one 10-minute call)")
     p.add_argument("--batch", type=int, default=0, help="micro-batch of the large runs (0: probe)")
     p.add_argument("--plan", default=PLAN,
-                   help=f"overhead runs as MODE:BATCH (modes: bare, {', '.join(MODES)}; batch: "
+                   help=f"overhead runs as MODE:BATCH (modes: ref, bare, {', '.join(MODES)}; batch: "
                         f"big | small | N), in order (default {PLAN})")
     p.add_argument("--doc", action="store_true", help="also update docs/RESULTS.md")
     p.add_argument("--report", type=Path, metavar="JSON",
@@ -51,7 +54,8 @@ def main(argv=None) -> int:
            "date": C.now(), "size": size, "errors": {}}
     t0 = time.perf_counter()
     parts = {"env": env_part, "tests": tests_part, "data": data_part,
-             "overhead": overhead_part, "profile": profile_part, "fidelity": fidelity_part}
+             "overhead": overhead_part, "profile": profile_part, "fidelity": fidelity_part,
+             "headroom": headroom_part}
     for name in args.parts.split(","):
         t = time.perf_counter()
         try:

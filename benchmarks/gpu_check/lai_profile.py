@@ -8,10 +8,11 @@ import numpy as np
 from benchmarks.gpu_check.shared import log, run_config, teardown
 
 
-def _timed(fn, reps: int = 5) -> float:
-    """Median seconds of fn() over `reps` runs after 2 warm-ups (CUDA events on a GPU)."""
+def _timed(fn, reps: int = 5, host: bool = False) -> float:
+    """Median seconds of fn() over `reps` runs after 2 warm-ups (CUDA events on a GPU, unless
+    `host`: fn is CPU work, timed by the wall clock)."""
     import torch
-    cuda = torch.cuda.is_available()
+    cuda = torch.cuda.is_available() and not host
     times = []
     for i in range(reps + 2):
         if cuda:
@@ -30,35 +31,102 @@ def _timed(fn, reps: int = 5) -> float:
     return float(np.median(times))
 
 
-def profile_part(args, size, res) -> None:
-    """Where the sketch's time goes, on the GPT-2-small model in bf16 at the overhead part's
-    large micro-batch: forward (no grad) with and without capture, the whole `values` call and
-    its pieces (input side, vocabulary side, outer product) and a plain fp32 softmax of the
-    logits (the memory-bound floor of the vocabulary side); plus the vocabulary side through
-    torch.compile, to see what fusing would buy."""
+def loss_costs(logits, targets) -> dict[str, float]:
+    """Forward + backward of the per-sequence loss on `logits`: the upcast F.cross_entropy the
+    trainer used before issue 22 against the chunked one it uses now (pipeline/lai/xent.py):
+    seconds and peak memory above the logits (GiB)."""
+    import torch
+    import torch.nn.functional as F
+
+    from pipeline.lai import per_sequence_loss
+
+    def upcast(x):
+        return F.cross_entropy(x.flatten(0, 1).float(), targets.flatten(), reduction="none")
+
+    out = {}
+    for name, fn in (("upcast", upcast), ("chunked", lambda x: per_sequence_loss(x, targets))):
+        x = logits.detach().requires_grad_(True)
+
+        def run():
+            fn(x).sum().backward()
+            x.grad = None
+        out[f"loss_{name}"] = _timed(run)
+        if logits.is_cuda:
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            run()
+            out[f"loss_{name}_peak_gib"] = (torch.cuda.max_memory_allocated() - base) / 2**30
+    return out
+
+
+def document_keys_seconds(args, size, b: int) -> float:
+    """CPU seconds to look up the documents of `b` training sequences (what lai.memory_weight's
+    document memory does per micro-step, after the GPU has synchronised)."""
+    from pipeline.data import PackedDataset
+    data = PackedDataset([(args.work / f"stdlib-v{size['vocab']}", 1.0)], size["seq_len"],
+                         split="train", seed=0)
+    return _timed(lambda: [data.document_keys(i) for i in range(b)], host=True)
+
+
+def _model(args, size, dev: str):
+    """The check's model, bf16 on CUDA (fp32 elsewhere), in eval mode."""
     import torch
 
     from pipeline.config import load_config
+    from pipeline.train.model import build_model
+    argv = run_config(args, size, 1, 1)
+    model = build_model(load_config(argv[0], argv[1:]).model, vocab_size=size["vocab"],
+                        seq_len=size["seq_len"])
+    return model.to(dev).to(torch.bfloat16 if dev == "cuda" else torch.float32).eval()
+
+
+def _compiled_vocab_side(vocab) -> dict:
+    """The vocabulary side through torch.compile: compile seconds and time, or why it failed."""
+    import torch
+
+    from pipeline.lai import sketch as S
+    try:
+        compiled = torch.compile(S.vocab_side, dynamic=False)
+        t0 = time.perf_counter()
+        vocab(compiled)
+        out = {"compile_seconds": time.perf_counter() - t0}
+        return {**out, "vocab_side_compiled": _timed(lambda: vocab(compiled))}
+    except Exception as e:   # measured, not assumed: record why it did not work
+        return {"compile_error": f"{type(e).__name__}: {str(e)[:200]}"}
+
+
+def _shown(key: str, v) -> str:
+    if key.endswith("_gib"):
+        return f"{key} {v:.2f} GiB"
+    return f"{key} {v * 1e3:.2f} ms" if isinstance(v, float) else f"{key} {v}"
+
+
+def profile_part(args, size, res) -> None:
+    """Where the sketch's time goes, on the GPT-2-small model in bf16 at the overhead part's
+    large micro-batch: forward (no grad) with and without capture, the whole `values` call and
+    its pieces (input side, vocabulary side, outer product; the kernels as `values` runs them:
+    compiled on CUDA) and a plain fp32 softmax of the logits (the memory-bound floor of the
+    vocabulary side); the vocabulary side through torch.compile apart; the loss's forward +
+    backward, upcast against chunked (loss_costs); the document memory's CPU lookups."""
+    import torch
+
     from pipeline.lai import LAIScorer, LayerInputCapture
     from pipeline.lai import sketch as S
     from pipeline.lai.pairings import PAIRINGS
-    from pipeline.train.model import build_model
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     b = res.get("overhead", {}).get("batch", size["max_batch"])
-    argv = run_config(args, size, b, 1)
-    model = build_model(load_config(argv[0], argv[1:]).model, vocab_size=size["vocab"],
-                        seq_len=size["seq_len"]).to(dev).to(
-        torch.bfloat16 if dev == "cuda" else torch.float32).eval()
+    model = _model(args, size, dev)
     x = torch.randint(0, size["vocab"], (b, size["seq_len"] + 1), device=dev)
     ids, tgt = x[:, :-1], x[:, 1:]
     scorer = LAIScorer(method="sketch", reference="local")
     k1, k2 = PAIRINGS["token_pair"].split(scorer.sketch_dim)
     valid = torch.ones_like(tgt, dtype=torch.bool)
+    kernels = S.Kernels(dev == "cuda")
     with torch.no_grad():
         with LayerInputCapture(model) as cap:
             logits = model(input_ids=ids).logits
         inputs = cap.inputs
-        ca = S.input_side(inputs, 0, k1, torch.float32, None)
+        ca = S.input_side(inputs, 0, k1, torch.float32, None, kernels=kernels)
         step = S.chunk_size(b, size["seq_len"], size["vocab"], logits.device)
 
         def vocab(fn=S.vocab_side):
@@ -71,23 +139,20 @@ def profile_part(args, size, res) -> None:
                 model(input_ids=ids)
         t = {"forward": _timed(lambda: model(input_ids=ids)), "forward_capture": _timed(fwd_capture),
              "values": _timed(lambda: scorer.values(inputs, logits, tgt)),
-             "input_side": _timed(lambda: S.input_side(inputs, 0, k1, torch.float32, None)),
+             "input_side": _timed(lambda: S.input_side(inputs, 0, k1, torch.float32, None,
+                                                       kernels=kernels)),
              "vocab_side": _timed(vocab),
              "outer_product": _timed(lambda: ca.transpose(1, 2) @ cg),
              "softmax_fp32": _timed(lambda: [torch.softmax(logits[s:s + step], -1,
                                                            dtype=torch.float32)
                                              for s in range(0, b, step)])}
-        try:
-            compiled = torch.compile(S.vocab_side, dynamic=False)
-            t0 = time.perf_counter()
-            vocab(compiled)
-            t["compile_seconds"] = time.perf_counter() - t0
-            t["vocab_side_compiled"] = _timed(lambda: vocab(compiled))
-        except Exception as e:   # measured, not assumed: record why it did not work
-            t["compile_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        t.update(_compiled_vocab_side(vocab))
+    del inputs, cap, ca, cg
+    teardown()
+    t.update(loss_costs(logits, tgt))
+    t["document_keys_cpu"] = document_keys_seconds(args, size, b)
     res["lai_profile"] = {"batch": b, "chunk": step, "k1": k1, "k2": k2,
                           "attn": getattr(model.config, "_attn_implementation", "?"), **t}
-    log("profile: " + ", ".join(f"{k} {v * 1e3:.2f} ms" if isinstance(v, float) else f"{k} {v}"
-                                for k, v in t.items()))
-    del model, logits, inputs, cap, ca, cg
+    log("profile: " + ", ".join(_shown(k, v) for k, v in t.items()))
+    del model, logits
     teardown()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import numpy as np
 
 from benchmarks import common as C
 from benchmarks.gpu_check.report import save
-from benchmarks.gpu_check.shared import MODES, log, peak_tflops, run_config
+from benchmarks.gpu_check.shared import MODES, child_env, log, peak_tflops, run_config
 
 
 def _tb(run_dir: Path, tag: str) -> list[tuple[int, float, float]]:
@@ -24,14 +23,6 @@ def _tb(run_dir: Path, tag: str) -> list[tuple[int, float, float]]:
 def _median_after_first(rows) -> float:
     vals = [v for _, _, v in rows[1:]] or [v for _, _, v in rows]
     return float(np.median(vals)) if vals else float("nan")
-
-
-def _fresh_env() -> dict:
-    """This environment for a new 1-rank process group (its own rendezvous port)."""
-    from pipeline.comm import free_port
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    return {**env, "MASTER_PORT": str(free_port()), "PYTHONPATH": os.pathsep.join(
-        [str(C.ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
 def trainer_run(args, size, mode: str, batch: int, steps: int, peak: float) -> dict:
@@ -44,7 +35,7 @@ def trainer_run(args, size, mode: str, batch: int, steps: int, peak: float) -> d
     t0 = time.perf_counter()
     with open(logfile, "w") as f:
         rc = subprocess.run([sys.executable, "-m", "pipeline.train", *argv], cwd=C.ROOT,
-                            env=_fresh_env(), stdout=f, stderr=subprocess.STDOUT).returncode
+                            env=child_env(), stdout=f, stderr=subprocess.STDOUT).returncode
     wall = time.perf_counter() - t0
     if rc != 0:
         raise RuntimeError(f"lai-train {mode} b{batch} exited {rc}: "
@@ -67,22 +58,27 @@ def trainer_run(args, size, mode: str, batch: int, steps: int, peak: float) -> d
     return row
 
 
-def bare_loop(args, size, batch: int, steps: int, peak: float) -> dict:
-    """Plain DeepSpeed training on the same model, data and batch (benchmarks.bare_loop), in its
-    own process."""
-    cmd = [sys.executable, "-m", "benchmarks.bare_loop", *run_config(args, size, batch, steps),
+LOOPS = {"bare": "benchmarks.bare_loop", "ref": "benchmarks.ref_loop"}
+
+
+def loop_run(args, size, mode: str, batch: int, steps: int, peak: float) -> dict:
+    """A loop without the trainer on the same model, data and batch, in its own process: `bare`
+    (plain DeepSpeed, benchmarks.bare_loop) or `ref` (nanoGPT-class: whole-model torch.compile,
+    bf16 autocast, fused AdamW, no DeepSpeed; benchmarks.ref_loop)."""
+    cmd = [sys.executable, "-m", LOOPS[mode], *run_config(args, size, batch, steps),
            *MODES["off"], "--steps", str(steps)]
-    logfile = args.out / f"bare-b{batch}.log"
+    logfile = args.out / f"{mode}-b{batch}.log"
     with open(logfile, "w") as f:
-        rc = subprocess.run(cmd, cwd=C.ROOT, env=_fresh_env(), stdout=subprocess.PIPE,
+        rc = subprocess.run(cmd, cwd=C.ROOT, env=child_env(), stdout=subprocess.PIPE,
                             stderr=f, text=True)
     if rc.returncode != 0:
-        raise RuntimeError(f"bare loop b{batch} exited {rc.returncode}: "
+        raise RuntimeError(f"{mode} loop b{batch} exited {rc.returncode}: "
                            f"{logfile.read_text()[-300:]}")
     row = json.loads(rc.stdout.strip().splitlines()[-1])
     row["mfu"] = row.pop("tflops") / peak if peak else float("nan")
-    log(f"bare DeepSpeed b{batch}: {row['step_s'] * 1e3:.1f} ms/step, "
-        f"{row['wall_tokens_per_s']:,.0f} tok/s, MFU {row['mfu']:.3f}")
+    log(f"{mode} loop b{batch}: {row['step_s'] * 1e3:.1f} ms/step, "
+        f"{row['wall_tokens_per_s']:,.0f} tok/s, MFU {row['mfu']:.3f}"
+        + ("" if row.get("compiled", True) else " (torch.compile skipped on this device)"))
     return row
 
 
@@ -127,6 +123,29 @@ def probe_batch(args, size) -> int:
     return batch
 
 
+# (numerator, denominator) modes of the throughput ratios (wall tokens/s, same micro-batch)
+RATIOS = [("off", "ref"), ("off-compiled", "ref"), ("bare", "ref"), ("off", "bare"),
+          ("sketch", "off"), ("sketch", "ref"), ("off-fsdp2", "off"), ("sketch-fsdp2", "sketch"),
+          ("off-fsdp2", "ref")]
+
+
+def ratios(rows: list[dict]) -> dict[str, float]:
+    """Throughput ratios "A/B@batch" (wall tokens/s of mode A over mode B at the same
+    micro-batch), and "lai_share:MODE@batch": an LAI mode's LAI time over the LAI-off step."""
+    by = {(r["mode"], r["batch"]): r for r in rows if "error" not in r}
+    out = {}
+    for batch in sorted({b for _, b in by}):
+        for a, b in RATIOS:
+            if (a, batch) in by and (b, batch) in by:
+                out[f"{a}/{b}@{batch}"] = (by[a, batch]["wall_tokens_per_s"]
+                                           / by[b, batch]["wall_tokens_per_s"])
+        off = by.get(("off", batch))
+        for (mode, b), r in by.items():
+            if b == batch and off and r.get("time_lai_s") and mode.startswith(("sketch", "exact")):
+                out[f"lai_share:{mode}@{batch}"] = r["time_lai_s"] / off["step_s"]
+    return out
+
+
 def overhead_part(args, size, res) -> None:
     peak = peak_tflops(res)
     shutil.rmtree(args.work / "runs", ignore_errors=True)      # runs start fresh (resume=never)
@@ -136,17 +155,20 @@ def overhead_part(args, size, res) -> None:
     plan = []
     for item in args.plan.split(","):
         mode, _, b = item.partition(":")
-        if mode != "bare" and mode not in MODES:
+        if mode not in LOOPS and mode not in MODES:
             raise ValueError(f"--plan: unknown mode {mode!r}")
         batch = big if b == "big" else size["small_batch"] if b == "small" else int(b)
-        steps = size["bare_steps"] if mode == "bare" else \
+        steps = size["bare_steps"] if mode in LOOPS else \
             size["steps"] if batch == big else size["small_steps"]
         plan.append((mode, batch, steps))
     for mode, batch, steps in plan:
         try:
-            rows.append(bare_loop(args, size, batch, steps, peak) if mode == "bare"
+            rows.append(loop_run(args, size, mode, batch, steps, peak) if mode in LOOPS
                         else trainer_run(args, size, mode, batch, steps, peak))
             save(args, res)
         except Exception as e:    # record and keep going
             rows.append({"mode": mode, "batch": batch, "error": f"{type(e).__name__}: {e}"})
             log(f"{mode} b{batch} failed: {e}")
+        res["overhead"]["ratios"] = ratios(rows)
+    for key, v in res["overhead"]["ratios"].items():
+        log(f"ratio {key}: {v:.3f}")

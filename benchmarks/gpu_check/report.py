@@ -29,42 +29,50 @@ def section(res) -> str:
               "step = the trainer's phase timers (data + forward + LAI + backward/step), median "
               "over log windows after the first; wall tok/s = tokens between the first and last "
               "log line over their wall time (everything the loop does); bare = a plain DeepSpeed "
-              "loop on the same model, data and batch.", ""]
+              "loop on the same model, data and batch; ref = the nanoGPT-class reference loop "
+              "(benchmarks/ref_loop.py: plain PyTorch, whole-model torch.compile, SDPA, fused "
+              "AdamW, bf16 autocast, no DeepSpeed).", ""]
         tab = []
         for r in ov["rows"]:
             if "error" in r:
-                tab.append([r["mode"], r["batch"]] + ["error"] * 7)
+                tab.append([r["mode"], r["batch"]] + ["error"] * 8)
                 continue
-            tab.append([r["mode"], r["batch"], r["step_s"] * 1e3, r.get("time_lai_s", 0) * 1e3,
+            tab.append([r["mode"], r["batch"], r["step_s"] * 1e3,
+                        r.get("time_data_s", float("nan")) * 1e3, r.get("time_lai_s", 0) * 1e3,
                         r.get("lai_share", 0), r.get("tokens_per_s", float("nan")),
                         r["wall_tokens_per_s"], r["mfu"], r["peak_mem_gib"]])
-        L += [C.md_table(["mode", "micro-batch", "step ms", "LAI ms", "LAI share", "tok/s (timers)",
-                          "tok/s (wall)", "MFU", "peak GiB"], tab, "{:.3f}"), ""]
-        by = {(r["mode"], r["batch"]): r for r in ov["rows"] if "error" not in r}
-        for batch in sorted({b for _, b in by}):
-            off, bare = by.get(("off", batch)), by.get(("bare", batch))
-            if off and bare:
-                L.append(f"- micro-batch {batch}: pipeline with LAI off / bare DeepSpeed loop = "
-                         f"{off['wall_tokens_per_s'] / bare['wall_tokens_per_s']:.3f} (wall tok/s)")
-            for mode in ("off", "sketch"):
-                ds, fs = by.get((mode, batch)), by.get((f"{mode}-fsdp2", batch))
-                if ds and fs:
-                    L.append(f"- micro-batch {batch}: LAI {mode}, fsdp2 / deepspeed = "
-                             f"{fs['wall_tokens_per_s'] / ds['wall_tokens_per_s']:.3f} (wall "
-                             f"tok/s), peak memory {fs['peak_mem_gib'] / ds['peak_mem_gib']:.3f}")
-            sk = by.get(("sketch", batch))
-            if off and sk:
-                L.append(f"- micro-batch {batch}: sketch LAI time / LAI-off step = "
-                         f"{sk['time_lai_s'] / off['step_s']:.3f}; whole step "
-                         f"{sk['step_s'] / off['step_s']:.3f}x")
+        L += [C.md_table(["mode", "micro-batch", "step ms", "data ms", "LAI ms", "LAI share",
+                          "tok/s (timers)", "tok/s (wall)", "MFU", "peak GiB"], tab, "{:.3f}"),
+              ""]
+        names = {"off": "pipeline with LAI off", "ref": "nanoGPT-class reference loop",
+                 "bare": "bare DeepSpeed loop", "off-compiled": "pipeline with LAI off, compiled "
+                 "blocks", "sketch": "pipeline with the LAI sketch",
+                 "off-fsdp2": "pipeline with LAI off under fsdp2",
+                 "sketch-fsdp2": "pipeline with the LAI sketch under fsdp2"}
+        for key, v in ov.get("ratios", {}).items():
+            what, _, batch = key.partition("@")
+            if what.startswith("lai_share:"):
+                L.append(f"- micro-batch {batch}: {what[10:]} LAI time / LAI-off step = {v:.3f}")
+            else:
+                a, b = what.split("/")
+                L.append(f"- micro-batch {batch}: {names.get(a, a)} / {names.get(b, b)} = "
+                         f"{v:.3f} (wall tok/s)")
+        ref = [r for r in ov["rows"] if r["mode"] == "ref" and not r.get("compiled", True)]
+        if ref:
+            L.append("- the reference loop ran without torch.compile here (skipped on this device)")
     prof = res.get("lai_profile")
     if prof:
-        keys = [k for k, v in prof.items() if isinstance(v, float)]
+        keys = [k for k, v in prof.items() if isinstance(v, float) and not k.endswith("_gib")]
         L += ["", f"### Where the sketch's time goes (micro-batch {prof['batch']}, no grad, "
               f"attention {prof['attn']}, k1 x k2 = {prof['k1']} x {prof['k2']}, vocabulary chunk "
-              f"{prof['chunk']} sequences; ms, median of 5)", "",
+              f"{prof['chunk']} sequences; ms, median of 5; loss_*: forward + backward of the "
+              "per-sequence loss, upcast F.cross_entropy vs chunked)", "",
               C.md_table(keys, [[prof[k] * (1 if k == "compile_seconds" else 1e3) for k in keys]],
                          "{:.2f}"), ""]
+        if "loss_chunked_peak_gib" in prof:
+            L.append(f"- loss forward + backward, memory above the logits: upcast "
+                     f"F.cross_entropy {prof['loss_upcast_peak_gib']:.2f} GiB, chunked "
+                     f"(pipeline/lai/xent.py) {prof['loss_chunked_peak_gib']:.2f} GiB")
         if "compile_error" in prof:
             L.append(f"- torch.compile of the vocabulary side failed: {prof['compile_error']}")
     fid = res.get("fidelity")
@@ -76,7 +84,23 @@ def section(res) -> str:
         L += ["", f"### Sketch vs exact (token_pair, the batch of {fid['batch']} as reference, "
               f"model: {Path(fid['model']).parent.name or fid['model']})", "",
               C.md_table(["batch", "exact s", *keys], rows, "{:.4f}"), ""]
+    L += headroom_lines(res.get("headroom"))
     return "\n".join(L)
+
+
+def headroom_lines(h) -> list[str]:
+    """The headroom part's scenario: its sizes and one row per variant (1 seed)."""
+    if not h:
+        return []
+    hd = h["headroom"]
+    rows = [[r["variant"], r["final"], r["delta"], r["share"], r["excluded"], r["auroc"]]
+            for r in h["rows"]]
+    return ["", f"### Headroom scenario: {h['scenario']}, 1 seed (`{h['command']}`, "
+            f"{h['seconds'] / 60:.1f} min)", "", h["line"], "", f"Data: {h['data']}.", "",
+            f"oracle - none = {hd['oracle_minus_none']:+.4f} val loss (1 seed: no noise estimate; "
+            "the CPU rows in the headroom sections have 3).", "",
+            C.md_table(["variant", "final val loss", "minus none", "share of oracle gain",
+                        "excluded", "AUROC"], rows, "{:.4f}"), ""]
 
 
 def save(args, res) -> None:

@@ -7,14 +7,8 @@ targets [B, T].
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
-IGNORE = -100
-
-
-def compute_dtype(t: torch.Tensor) -> torch.dtype:
-    """float64 for float64 models, float32 otherwise (bf16/fp16/fp32 accumulate in fp32)."""
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+from .xent import IGNORE, compute_dtype, token_cross_entropy
 
 
 def shift_labels(labels: torch.Tensor) -> torch.Tensor:
@@ -59,10 +53,11 @@ def _logit_grads(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tenso
     return g.mul_(scale.unsqueeze(-1))
 
 
-def per_sequence_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def per_sequence_loss(logits: torch.Tensor, targets: torch.Tensor,
+                      compiled: bool | None = None) -> torch.Tensor:
     """l_j = mean cross-entropy over the valid targets of sequence j; [B], differentiable,
-    fp32 (float64 for float64 logits)."""
+    fp32 (float64 for float64 logits). Chunked over the tokens (xent.py: no [B, T, V] fp32
+    tensor); `compiled`: its kernels through torch.compile (None: on CUDA)."""
     valid = check_targets(logits, targets)
-    ce = F.cross_entropy(logits.flatten(0, 1).to(compute_dtype(logits)), targets.flatten(),
-                         ignore_index=IGNORE, reduction="none")      # [B*T, V]: softmax on the
-    return ce.view(targets.shape).sum(dim=1) / valid.sum(dim=1).to(ce.dtype)  # contiguous dim
+    ce = token_cross_entropy(logits, targets, compiled)
+    return ce.sum(dim=1) / valid.sum(dim=1).to(ce.dtype)

@@ -96,11 +96,13 @@ def _rotation(k: int, seed: int, stream: int, device: torch.device) -> torch.Ten
     return ((torch.arange(k) - offset(k, seed, stream)) % k).to(device)
 
 
-def input_kernel(x: torch.Tensor, s: torch.Tensor, rotation: torch.Tensor, k: int
-                 ) -> torch.Tensor:
+def input_kernel(x: torch.Tensor, s: torch.Tensor, rotation: torch.Tensor, k: int,
+                 out: torch.Tensor | None = None) -> torch.Tensor:
     """One layer's C1 sketch: x [..., d] signed by s [d] (dtype of the result, weight folded
-    in), folded into k buckets and rotated by its offset (`rotation`): [..., k]."""
-    return fold(x * s, k).index_select(-1, rotation)
+    in), folded into k buckets and rotated by its offset (`rotation`): [..., k], added into
+    `out` when given (compiled: one pass, the per-layer sketch is never written)."""
+    y = fold(x * s, k).index_select(-1, rotation)
+    return y if out is None else out.add_(y)
 
 
 def vocab_kernel(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
@@ -151,11 +153,10 @@ def input_side(inputs, seed: int, k1: int, dt: torch.dtype, mask: torch.Tensor |
     fused = kernels is not None and kernels.compiled and mask is None
     for layer, (x, w) in enumerate(unique_inputs(inputs, cols)):
         x = x.detach()
-        if fused:                      # one compiled pass per layer
+        if fused:                      # one compiled pass per layer, added into the sum
             s = signs(x.shape[-1], seed, layer, x.device, dt)
-            y = kernels(input_kernel, x, scaled(s, w),
-                        _rotation(k1, seed, layer, x.device), k1)
-            out = y if out is None else out.add_(y)
+            out = kernels(input_kernel, x, scaled(s, w), _rotation(k1, seed, layer, x.device),
+                          k1, out)
             continue
         if pooled_n is not None:
             x = (x.to(dt) * mask.unsqueeze(-1)).sum(1) / pooled_n

@@ -3,7 +3,7 @@ run consumes, epochs), the filter's budget and what its decisions depend on of t
 (pipeline.lai.policy.describe), one-line warnings when that looks wrong (the run repeats data,
 the val split is smaller than one eval, the filter cannot exclude anything), printed at the
 start of every run (rank 0) and by `lai-train --dry-run`; the dry run adds the LAI reference in
-force, a memory estimate per device (model states, activations, float32 logits, LAI's buffers)
+force, a memory estimate per device (model states, activations, logits, LAI's buffers)
 and a time estimate (log.peak_tflops).
 """
 from __future__ import annotations
@@ -76,7 +76,7 @@ def reference_note(cfg: Config) -> str:
 
 def memory_estimate(cfg: Config, n_params: int, model_config, world: int) -> str:
     """Per-device memory of the model states (exact sizes for the ZeRO stage and precision), a
-    rough activation figure, the float32 logits and LAI's buffers (lai_buffers), as one line.
+    rough activation figure, the logits and LAI's buffers (lai_buffers), as one line.
     `model_config`: the HF config (width, depth, vocab)."""
     t = cfg.train
     bf16 = t.precision == "bf16"
@@ -94,7 +94,10 @@ def memory_estimate(cfg: Config, n_params: int, model_config, world: int) -> str
     tokens = t.micro_batch * cfg.data.seq_len
     hidden, layers = model_config.hidden_size, model_config.num_hidden_layers
     act = tokens * hidden * elem * (1 if cfg.model.activation_checkpointing else 17) * layers
-    logits = tokens * model_config.vocab_size * 4 * 3      # fp32 logits, softmax, their gradient
+    # logits and their gradient in the model's dtype (the loss and the LAI sketch work in
+    # chunks); exact LAI also holds the fp32 logit gradients
+    exact = cfg.lai.enabled and cfg.lai.method == "exact"
+    logits = tokens * model_config.vocab_size * (elem * 2 + (4 if exact else 0))
     lai, lai_parts = lai_buffers(cfg, model_config, world)
     total = params + grads + optim + act + logits + lai
     offloaded = f"; {', '.join(where)}" if where else ""
@@ -102,8 +105,8 @@ def memory_estimate(cfg: Config, n_params: int, model_config, world: int) -> str
             f"{(params + grads + optim) / GIB:.2f} GiB (parameters {params / GIB:.2f}, gradients "
             f"{grads / GIB:.2f}, optimizer {optim / GIB:.2f}; ZeRO {t.zero_stage} over {world} "
             f"rank(s), {t.precision}) + activations ~{act / GIB:.2f} GiB at micro batch "
-            f"{t.micro_batch} (rough) + logits {logits / GIB:.2f} GiB (fp32: logits, softmax, "
-            f"gradient) + LAI buffers {lai / GIB:.2f} GiB ({lai_parts}){offloaded}")
+            f"{t.micro_batch} (rough) + logits {logits / GIB:.2f} GiB (logits and their gradient"
+            f"{', fp32 gradients for exact LAI' if exact else ''}) + LAI buffers {lai / GIB:.2f} GiB ({lai_parts}){offloaded}")
 
 
 def lai_buffers(cfg: Config, model_config, world: int) -> tuple[float, str]:
