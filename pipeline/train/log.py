@@ -114,8 +114,7 @@ class StepLog:
         if srcs:
             scalars.update(source_scalars(srcs, vals, kept))
         if self.mixer is not None:
-            scalars.update(mixing_scalars(self.dataset.source_names, self.mixer.weights,
-                                          self.mixer.m))
+            scalars.update(mixing_scalars(self.dataset.source_names, self.mixer.arms()))
         self.metrics.scalars(r.step, scalars)
         self.metrics.rank_scalars(r.step, {**w.rank_scalars(phases),
                                            "perf/tokens_per_s_rank": rank_tps,
