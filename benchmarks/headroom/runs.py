@@ -18,7 +18,7 @@ from benchmarks.headroom import corpora as K
 from benchmarks.headroom.analysis import cached_analysis
 from benchmarks.headroom.scenarios import Scenario
 from benchmarks.headroom.variants import (GRID, RATE_FROM, TUNED, applies, filter_batch, grid,
-                                          needs_rate, overrides_for)
+                                          overrides_for, runs_late)
 from pipeline.fsutil import atomic_write
 
 # --------------------------------------------------------------------------- data
@@ -147,7 +147,7 @@ def run_all(plans: dict[str, Plan], names: list[str], variants: dict[str, list[s
     for p in plans.values():
         for n in names:
             if applies(n, p.scenario):
-                (later if needs_rate(variants[n]) else first).extend((p, n, s) for s in seeds)
+                (later if runs_late(variants[n]) else first).extend((p, n, s) for s in seeds)
         if TUNED in names:
             first += [(p, f"{GRID}{i}", seeds[0]) for i in range(len(grid(p.scenario)))]
             later = [j for j in later if (j[0], j[1], j[2]) != (p, TUNED, seeds[0])]

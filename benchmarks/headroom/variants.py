@@ -58,8 +58,12 @@ TUNED = "static-tuned"              # the grid's winner on all seeds
 
 
 def needs_rate(overrides: list[str]) -> bool:
+    return any("$rate" in o for o in overrides)
+
+
+def runs_late(overrides: list[str]) -> bool:
     """The variant runs after the others: at RATE_FROM's rate or with the grid's winner."""
-    return any("$rate" in o or "$tuned" in o for o in overrides)
+    return needs_rate(overrides) or any("$tuned" in o for o in overrides)
 
 
 def applies(name: str, sc: Scenario) -> bool:
