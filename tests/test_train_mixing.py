@@ -7,7 +7,11 @@ with one tokenizer, clean sentences and random tokens, the val reference on the 
   trajectory);
 - stopped after N steps and resumed (a checkpoint in the middle of an update window) equals the
   straight 2N-step run: ledger rows (hence batches), the trajectory and the final parameters;
-- switching lai.mixing on resume is refused with one line.
+- switching lai.mixing on resume is refused with one line;
+- lai.mixer=loss_bandit with LAI off: the bandit mixes (the higher-loss source gains), logs its
+  arms, and a run stopped on 2 ranks and resumed on 1 draws the same batches with the same
+  restored mixer state as the uninterrupted 2-rank run (later updates: equal up to the float
+  summation order of 1 vs 2 ranks, as tests/test_train_elastic.py).
 """
 from __future__ import annotations
 
@@ -67,6 +71,7 @@ def args(data, run: Path, *overrides: str) -> list[str]:
             "train.eval_batches=2", "lai.filter=none", "lai.mixing=true", "lai.reference=val",
             "lai.warmup_steps=1",
             "lai.mixing_every=2", "lai.mixing_eta=2.0", "lai.mixing_ema=0.5",
+            "lai.mixing_average=true",
             "log.every=1", "run.save_every=4", *overrides]
 
 
@@ -99,7 +104,10 @@ def test_mixing_run_follows_its_weights_and_resumes_bit_for_bit(data, tmp_path):
     # updates after the LAI warmup (step 1), every 2 steps; the clean source gained
     assert traj["sources"] == ["clean", "noise"] and traj["initial"] == [0.5, 0.5]
     assert traj["steps"] == [0, 3, 5, 7] and traj["final"] == traj["weights"][-1]
-    assert traj["final"][0] > 0.6, traj
+    assert traj["final"][0] > 0.55 and traj["weights_now"][-1][0] > traj["final"][0], traj
+    assert traj["average"] and traj["mixer"] == "ValueEG"
+    np.testing.assert_allclose(traj["final"], np.mean(np.array(traj["weights_now"]), axis=0),
+                               rtol=1e-12)                 # the time-average is what is drawn
 
     # each step's global micro-batch is the allocation of the weights current at that step
     from pipeline.data import PackedDataset
@@ -115,7 +123,11 @@ def test_mixing_run_follows_its_weights_and_resumes_bit_for_bit(data, tmp_path):
 
     tb = scalars(straight)
     weights = dict(tb["lai_mixing/clean/weight"])
-    assert set(weights) == set(range(1, 2 * N + 1)) and "lai_mixing/noise/mean_value_norm_ema" in tb
+    assert set(weights) == set(range(1, 2 * N + 1))
+    assert {f"lai_mixing/noise/{k}" for k in ("weight_now", "weight_avg", "reward", "value",
+                                              "loss", "sequences")} <= set(tb)
+    assert dict(tb["lai_mixing/clean/sequences"])[2 * N] + dict(
+        tb["lai_mixing/noise/sequences"])[2 * N] == 2 * N * 8
     assert weights[2 * N] == pytest.approx(traj["final"][0])
 
     from pipeline.report.valuation import build_report
@@ -145,3 +157,31 @@ def test_mixing_run_follows_its_weights_and_resumes_bit_for_bit(data, tmp_path):
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1, p.stderr
     assert lines[0].startswith("error: run.resume:") and "lai.mixing: True -> False" in lines[0]
+
+
+BANDIT = ["lai.enabled=false", "lai.mixer=loss_bandit", "lai.mixing_average=false",
+          "train.global_batch=8", "train.micro_batch=8", "train.eval_every=0",
+          "log.histogram_every=0"]
+
+
+def test_loss_bandit_without_lai_resumes_on_one_rank(data, tmp_path):
+    straight, elastic = tmp_path / "straight", tmp_path / "elastic"
+    out = train(data, straight, *BANDIT)
+    assert "LAI off" in out and "source mixing (loss_bandit)" in out
+    train(data, elastic, *BANDIT, f"train.steps={N}")
+    p = subprocess.run([sys.executable, "-m", "pipeline.train", *args(data, elastic, *BANDIT)],
+                       env=env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "world: 2 -> 1" in p.stdout + p.stderr, p.stderr[-3000:]
+    a, b = (json.loads((r / "mixing.json").read_text()) for r in (straight, elastic))
+    assert a["mixer"] == "LossBandit" and a["steps"] == b["steps"] == [0, 3, 5, 7]
+    assert a["weights"][:3] == b["weights"][:3]        # updates up to the checkpoint: bit for bit
+    np.testing.assert_allclose(b["weights"], a["weights"], rtol=1e-5)
+    assert a["sequences"] == b["sequences"] and sum(a["sequences"]) == 2 * N * 8
+    assert a["weights_now"][-1][1] > 0.5               # random tokens: the higher loss gains
+    la, lb = ledger(straight), ledger(elastic)
+    assert np.array_equal(la["seq_id"], lb["seq_id"]) and set(lb["rank"][lb["step"] > N]) == {0}
+    tb = scalars(straight)
+    loss = dict(tb["lai_mixing/noise/loss"])
+    assert sorted(loss) == list(range(3, 2 * N + 1)) and loss[2 * N] > dict(
+        tb["lai_mixing/clean/loss"])[2 * N]
+    assert "lai_mixing/clean/value" not in tb          # no LAI values: not logged

@@ -19,7 +19,8 @@ trainer arguments.
 
 Each scenario is a training mix of prepared sources (generated text and text CPython ships, through
 the real `lai-prep`: one shared tokenizer, one prepared directory per source, so a packed sequence
-comes from one source) and a validation set that stands for what the user wants:
+comes from one source; in `inside` each directory packs a clean and a harmful document set) and a
+validation set that stands for what the user wants:
 
   spam      repeated low-loss harm: facts about made-up countries (the clean data) mixed 2:3 with
             templated advertising pages, five templates repeated over and over: near-duplicates of
@@ -29,19 +30,31 @@ comes from one source) and a validation set that stands for what the user wants:
             library code and the Python language reference; val = the target domain
   conflict  conflicting content: 25% of the documents state a consistent wrong value for every
             fact (the same myth each time), the rest the truth; val = the truth
+  inside    harm inside every source: two declared sources, each 40% harmful documents (one-line
+            spam ads / myths) among true facts, every document a sentence or two, so several are
+            packed into each sequence (documents per sequence reported); val = held-out truth.
+            No per-segment oracle row: it needs segment masking in the trainer (not there yet)
+  universal the validation set is the mix: facts, code and the language reference, nothing
+            harmful, val drawn from every source in its training proportion, each source's own
+            val loss reported; no ceiling, oracle or headroom: the do-no-harm check
 
 Reference rows: `none` (no filter); `ceiling` (the same steps on the clean / target source alone);
 `oracle` (`lai.filter=oracle`: in each global batch exactly the sequences of the harmful sources are
 excluded, under the scenario's cap, which is >= their share, so it drops them all). Every filter runs
 under that same cap (`lai.max_exclude_frac`); random and loss-based exclusion, and `oracle@rate`,
-at the exclusion rate `lai-default` measured. A scenario counts when oracle minus none
+at the exclusion rate `lai-default` measured. Mixer rows: `mixing` (lai.mixing), `mixing-avg`
+(drawing with the time-averaged weights), `bandit` (lai.mixer=loss_bandit, no LAI) and
+`static-tuned` (the best of 5-8 static mixtures on the first seed, then run on every seed; the
+grid is listed in the scenario's section). A scenario counts when oracle minus none
 is at least 4x the standard deviation over seeds of that paired difference. The global batch
 (`train.global_batch`) is the size's on any number of ranks.
 
 Metrics per scenario and variant, from each run's TensorBoard (`val/loss`) and ledger: final val
 loss (mean +- std over seeds); the paired difference to `none` of the same seed (same init, same
 data order) with its 95% t-interval; the share of the oracle's gain recovered,
-(none - method) / (none - oracle); steps to reach none's final val loss; AUROC of the filter's score
+(none - method) / (none - oracle); steps to reach none's final val loss (and their share of the
+run's steps); compute (mean run wall time / none's, in the same invocation); tokens trained (of the
+kept sequences); per-source val loss (`val/<source>/loss`); AUROC of the filter's score
 for the harmful sequences (after the LAI warmup); the excluded fraction of each source.
 Writes docs/results/headroom-<size>.json, docs/img/headroom_<scenario>.png and the `headroom-summary`
 (top) and `headroom` sections of docs/RESULTS.md.

@@ -96,14 +96,14 @@ def main(argv=None) -> int:
     scen, variants, names = select(args)
     out = args.out / (args.size if not args.steps else f"{args.size}-steps{args.steps}")
     plans = {sc.name: runs.plan(sc, size, nproc, args.out / "data" / args.size, out) for sc in scen}
-    results, rates, timings = runs.run_all(plans, names, variants, seeds, out, jobs, nproc)
+    results, rates, timings, grids = runs.run_all(plans, names, variants, seeds, out, jobs, nproc)
 
     per = {}
     for sc in scen:
         res = {n: dict(sorted(results[sc.name][n].items())) for n in names if n in results[sc.name]}
         rows, head = summarise(res)
         per[sc.name] = {"rows": rows, "headroom": head, "rate": rates[sc.name], "runs": res,
-                        "info": plans[sc.name].info}
+                        "info": plans[sc.name].info, "grid": grids.get(sc.name)}
         print(report.console(sc, rows, head))
     seconds = time.perf_counter() - t0
     wall = float(np.nansum([t["wall_s"] for t in timings]))

@@ -11,45 +11,66 @@ import yaml
 from benchmarks import common as C
 from benchmarks.headroom.scenarios import Scenario
 
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 2
 
 
 def analyse_run(run_dir: Path, sc: Scenario, lai_warmup: int) -> dict:
-    """Val curve, and from the ledger (steps after the LAI warmup): exclusion rate overall and per
-    source, AUROC of the filter's score for the harmful sequences."""
+    """Val curve (and each source's: `val/<source>/loss`), tokens trained, documents per
+    sequence, the harmful share of the tokens, and from the ledger (steps after the LAI warmup):
+    exclusion rate overall and per source, AUROC of the filter's score for the harmful sequences
+    (a sequence is harmful when most of its tokens come from harmful documents)."""
     from pipeline.report.valuation import build_dataset, load_data_spec
     from pipeline.train.ledger import read_ledger
     steps, val = C.tb_scalars(run_dir / "tb", "val/loss")
     rows = read_ledger(run_dir)
     ds = build_dataset(load_data_spec(run_dir))
-    cache: dict[int, str] = {}
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cache: dict[int, tuple[str, int, float]] = {}
 
-    def source(seq_id: int) -> str:
+    def seq(seq_id: int) -> tuple[str, int, float]:
+        """(majority part, documents, harmful token share) of one sequence."""
         if seq_id not in cache:
             by: dict[str, int] = {}
-            for sp in ds.locate(seq_id):
+            spans = ds.locate(seq_id)
+            for sp in spans:
                 by[sp.source] = by.get(sp.source, 0) + sp.num_tokens
-            cache[seq_id] = max(by, key=by.get)
+            bad = sum(n for part, n in by.items() if part in sc.harmful)
+            cache[seq_id] = max(by, key=by.get), len(spans), bad / max(sum(by.values()), 1)
         return cache[seq_id]
 
+    info = [seq(int(i)) for i in rows["seq_id"]]
     after = rows["step"] > lai_warmup
-    src = np.array([source(int(i)) for i in rows["seq_id"][after]], dtype=object)
+    src = np.array([x[0] for x in info], dtype=object)[after]
     kept, value, loss = rows["kept"][after], rows["value"][after], rows["loss"][after]
     harmful = np.isin(src, sc.harmful)
+    parts = [p for s in sc.weights for p in sc.parts_of(s)]
     out = {"val_steps": steps.tolist(), "val_loss": val.tolist(),
            "final_val_loss": float(val[-1]) if len(val) else float("nan"),
+           "val_by_source": _final_by_source(run_dir, sc),
+           "tokens_trained": int(rows["kept"].sum()) * int(cfg["data"]["seq_len"]),
+           "docs_per_seq": float(np.mean([x[1] for x in info])),
+           "harmful_tokens": float(np.mean([x[2] for x in info])),
            "excluded": float((~kept).mean()) if len(kept) else float("nan"),
-           "excluded_by_source": {s: float((~kept[src == s]).mean()) for s in sc.weights
+           "excluded_by_source": {s: float((~kept[src == s]).mean()) for s in parts
                                   if (src == s).any()},
            "precision": float(harmful[~kept].mean()) if (~kept).any() else float("nan"),
            "loss_auroc": C.auroc(loss, harmful)}
     # the filter's score: low value = harmful (LAI, full gradient, oracle); loss-based: high loss
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())["lai"]
-    if cfg["filter"] == "loss":
+    if cfg["lai"]["filter"] == "loss":
         out["auroc"] = out["loss_auroc"]
     else:
         finite = np.isfinite(value)
         out["auroc"] = C.auroc(-value[finite], harmful[finite]) if finite.any() else float("nan")
+    return out
+
+
+def _final_by_source(run_dir: Path, sc: Scenario) -> dict[str, float]:
+    """The last `val/<source>/loss` of each prepared source the run evaluated."""
+    out = {}
+    for s in sc.prepared:
+        _, v = C.tb_scalars(run_dir / "tb", f"val/{s}/loss")
+        if len(v):
+            out[s] = float(v[-1])
     return out
 
 
@@ -76,24 +97,39 @@ def summarise(results: dict[str, dict[int, dict]]) -> tuple[list[dict], dict]:
                 "ratio": -gain / noise if noise and noise > 0 else float("inf") if gain < 0 else 0.0,
                 "seeds": len(d_oracle)}
     headroom["counts"] = bool(headroom["ratio"] >= 4 and len(d_oracle) >= 3)
-    rows = []
-    for name, by_seed in results.items():
-        rs = list(by_seed.values())
-        d = C.paired(by_seed, none)
-        dm, half = C.ci95(d)
-        reach = [C.steps_to_reach(by_seed[k]["val_steps"], by_seed[k]["val_loss"],
-                                  none[k]["final_val_loss"]) for k in by_seed if k in none]
-        row = {"variant": name, "seeds": len(rs),
-               "final": C.mean_std([r["final_val_loss"] for r in rs])[0],
-               "final_std": C.mean_std([r["final_val_loss"] for r in rs])[1],
-               "delta": dm, "delta_ci": half, "delta_std": C.mean_std(d)[1],
-               "share": dm / gain if gain and gain == gain else float("nan"),
-               "reach": C.mean_std(reach)[0], "reached": sum(x == x for x in reach),
-               "reach_of": len(reach)}
-        for key in ("excluded", "auroc", "precision", "loss_auroc"):
-            row[key] = C.mean_std([r[key] for r in rs])[0]
-        sources = sorted({s for r in rs for s in r["excluded_by_source"]})
-        row["excluded_by_source"] = {s: C.mean_std([r["excluded_by_source"].get(s, float("nan"))
-                                                    for r in rs])[0] for s in sources}
-        rows.append(row)
-    return rows, headroom
+    return [_row(name, by_seed, none, gain) for name, by_seed in results.items()], headroom
+
+
+def _mean(rs: list[dict], key: str) -> float:
+    return C.mean_std([r.get(key, float("nan")) for r in rs])[0]
+
+
+def _row(name: str, by_seed: dict[int, dict], none: dict[int, dict], gain: float) -> dict:
+    """One variant's row: final val loss, paired difference to `none` and share of the oracle's
+    gain, reach (steps, and share of the run's steps, to reach none's final val loss of the same
+    seed), compute (mean wall seconds / none's), tokens trained, per-source val loss and
+    exclusion, AUROC."""
+    rs = list(by_seed.values())
+    d = C.paired(by_seed, none)
+    dm, half = C.ci95(d)
+    paired = [k for k in by_seed if k in none]
+    reach = [C.steps_to_reach(by_seed[k]["val_steps"], by_seed[k]["val_loss"],
+                              none[k]["final_val_loss"]) for k in paired]
+    row = {"variant": name, "seeds": len(rs),
+           "final": C.mean_std([r["final_val_loss"] for r in rs])[0],
+           "final_std": C.mean_std([r["final_val_loss"] for r in rs])[1],
+           "delta": dm, "delta_ci": half, "delta_std": C.mean_std(d)[1],
+           "share": dm / gain if gain and gain == gain else float("nan"),
+           "reach": C.mean_std(reach)[0], "reached": sum(x == x for x in reach),
+           "reach_of": len(reach),
+           "reach_share": C.mean_std([x / by_seed[k]["val_steps"][-1]
+                                      for x, k in zip(reach, paired)])[0],
+           "compute": _mean(rs, "wall_s") / _mean(list(none.values()), "wall_s")
+           if none else float("nan")}
+    for key in ("excluded", "auroc", "precision", "loss_auroc", "tokens_trained",
+                "docs_per_seq", "harmful_tokens"):
+        row[key] = _mean(rs, key)
+    for key in ("val_by_source", "excluded_by_source"):
+        names = sorted({s for r in rs for s in r.get(key, {})})
+        row[key] = {s: C.mean_std([r[key].get(s, float("nan")) for r in rs])[0] for s in names}
+    return row

@@ -14,8 +14,10 @@ Generators (all deterministic for their seed):
     profile_docs     documents of three country profiles stating every attribute in one version:
                      "true" or "wrong" (the myth); half in sentences (random phrasing and order, a
                      filler sentence), half as a compact record line
-    spam_docs        templated advertising pages: 3 to 6 lines, each one of five templates filled
-                     with a random product, city and discount: near-duplicates of each other
+    fact_docs        short documents (a sentence or two about one country, in one version): several
+                     fit in one training sequence
+    spam_docs        templated advertising pages: 3 to 6 lines (or as asked), each one of five
+                     templates filled with a random product, city and discount: near-duplicates
 
 `write_jsonl(docs, path)` writes a source for `lai-prep --source NAME=jsonl:PATH`.
 """
@@ -129,10 +131,7 @@ def profile_docs(table: dict, n_docs: int, version: str, seed: int,
     """`n_docs` documents of `per_doc` profiles each, of distinct random entities, stating all
     their attributes in `version` ("true" | "wrong"): each profile at random as sentences in
     random phrasings and order (with a filler sentence), or as a compact record line."""
-    if version not in VERSIONS:
-        raise ValueError(f"version: one of {', '.join(VERSIONS)}, got {version!r}")
-    rng = random.Random(seed)
-    facts = table[version]
+    facts, rng = _facts(table, version), random.Random(seed)
     docs = []
     for _ in range(n_docs):
         parts = []
@@ -149,6 +148,25 @@ def profile_docs(table: dict, n_docs: int, version: str, seed: int,
     return docs
 
 
+def fact_docs(table: dict, n_docs: int, version: str, seed: int) -> list[str]:
+    """`n_docs` short documents (a sentence or two, far shorter than a training sequence, so
+    several are packed into one), each stating one or two random attributes of one random
+    entity in `version` ("true" | "wrong"), in random phrasings."""
+    facts, rng = _facts(table, version), random.Random(seed)
+
+    def doc(e: str) -> str:
+        return " ".join(rng.choice(PHRASES[a]).format(e=e, v=facts[e][a])
+                        for a in rng.sample(ATTRIBUTES, rng.randint(1, 2)))
+    return [doc(rng.choice(table["entities"])) for _ in range(n_docs)]
+
+
+def _facts(table: dict, version: str) -> dict:
+    """The table's {entity: {attribute: value}} of `version` ("true" | "wrong")."""
+    if version not in VERSIONS:
+        raise ValueError(f"version: one of {', '.join(VERSIONS)}, got {version!r}")
+    return table[version]
+
+
 # --------------------------------------------------------------------------- generated spam
 
 PRODUCTS = ("watches", "sneakers", "laptops", "phones", "handbags", "sunglasses", "perfume",
@@ -163,18 +181,18 @@ SPAM = ("Buy cheap {p} in {c}! Best {p} deals, {d}% off today only. Call now.",
         "Click here for discount {p}. {c} customers save {d}%. Visit us today.")
 
 
-def spam_docs(n_docs: int, seed: int) -> list[str]:
-    """`n_docs` advertising pages of 3 to 6 lines, each line one of the SPAM templates filled with
-    a random product, city and discount (10-90% in steps of 5)."""
+def spam_docs(n_docs: int, seed: int, lines: tuple[int, int] = (3, 6)) -> list[str]:
+    """`n_docs` advertising pages of `lines` (3 to 6) lines, each line one of the SPAM templates
+    filled with a random product, city and discount (10-90% in steps of 5)."""
     rng = random.Random(seed)
     docs = []
     for _ in range(n_docs):
-        lines = []
-        for _ in range(rng.randint(3, 6)):
+        lines_ = []
+        for _ in range(rng.randint(*lines)):
             p = rng.choice(PRODUCTS)
-            lines.append(rng.choice(SPAM).format(p=p, P=p.capitalize(), c=rng.choice(CITIES),
-                                                 d=rng.randrange(10, 95, 5)))
-        docs.append(" ".join(lines))
+            lines_.append(rng.choice(SPAM).format(p=p, P=p.capitalize(), c=rng.choice(CITIES),
+                                                  d=rng.randrange(10, 95, 5)))
+        docs.append(" ".join(lines_))
     return docs
 
 

@@ -36,34 +36,57 @@ def _pct(x: float) -> str:
 
 
 def scenario_section(sc: Scenario, info: dict, rows: list[dict], headroom: dict, rate: float,
-                     size_name: str) -> str:
+                     size_name: str, grid: dict | None = None) -> str:
     h = headroom
     verdict = "counts" if h["counts"] else "does NOT count"
+    none = next((r for r in rows if r["variant"] == "none"), {})
     L = [f"### {sc.name}: {sc.title}", "", sc.story, "",
-         f"- data: {info['data']}",
+         f"- data: {info['data']}; {none.get('docs_per_seq', float('nan')):.1f} documents per "
+         "sequence (packed pieces, the `none` runs)",
          *([f"- this scenario's settings differ from the size's: {info['train']}"] if info["train"] else []),
-         f"- harmful share of the mix {sc.harmful_share:.0%} ({', '.join(sc.harmful)}); every filter "
+         f"- harmful share of the trained tokens {_pct(none.get('harmful_tokens', float('nan')))} "
+         f"({', '.join(sc.harmful) or 'nothing harmful'}); every filter "
          f"capped at {sc.cap} of each global batch; rate-matched baselines at `{RATE_FROM}`'s "
          f"measured exclusion rate {rate:.3f}",
-         f"- headroom: oracle minus none {h['oracle_minus_none']:+.3f}, paired std {h['std']:.3f} "
-         f"over {h['seeds']} seeds: {h['ratio']:.1f}x the noise, so the scenario {verdict} "
-         "(needs >= 4x, >= 3 seeds)",
-         f"- AUROC of the per-sequence loss for the harmful sequences (the `none` runs): "
-         f"{next((r['loss_auroc'] for r in rows if r['variant'] == 'none'), float('nan')):.2f}",
+         *_grid_lines(grid),
+         *([f"- headroom: oracle minus none {h['oracle_minus_none']:+.3f}, paired std "
+            f"{h['std']:.3f} over {h['seeds']} seeds: {h['ratio']:.1f}x the noise, so the "
+            f"scenario {verdict} (needs >= 4x, >= 3 seeds)",
+            f"- AUROC of the per-sequence loss for the harmful sequences (the `none` runs): "
+            f"{none.get('loss_auroc', float('nan')):.2f}"] if sc.harmful else
+           ["- no headroom by construction (nothing harmful): every row should end within "
+            "noise of `none`; `val <source>` = each source's own val loss"]),
          "", f"![{sc.name}](img/headroom_{sc.name}_{size_name}.png)", ""]
-    srcs = list(sc.weights)
+    srcs = [p for s in sc.weights for p in sc.parts_of(s)]
+    vals = sorted({s for r in rows for s in r.get("val_by_source", {})}) if sc.val == "mix" else []
     header = ["variant", "final val loss", "minus none [95% CI]", "share of oracle gain",
-              "reach none's final", "AUROC", "excluded", *[f"excl. {s}" for s in srcs]]
+              "reach none's final (share of steps)", "compute vs none", "tokens trained", "AUROC",
+              "excluded", *[f"excl. {s}" for s in srcs], *[f"val {s}" for s in vals]]
     tab = []
     for r in rows:
         reach = "n/a" if r["reach_of"] == 0 else (
-            f"{r['reach']:.0f} ({r['reached']}/{r['reach_of']})" if r["reached"] else f"never (0/{r['reach_of']})")
+            f"{r['reach']:.0f} ({r['reached']}/{r['reach_of']}; {_pct(r['reach_share'])})"
+            if r["reached"] else f"never (0/{r['reach_of']})")
         tab.append([r["variant"], f"{r['final']:.3f} ± {r['final_std']:.3f}", _pm(r["delta"], r["delta_ci"]),
                     _pct(r["share"]) if r["variant"] != "none" else "", reach,
+                    "n/a" if r["compute"] != r["compute"] else f"{r['compute']:.2f}x",
+                    f"{r['tokens_trained'] / 1e6:.2f}M",
                     "n/a" if r["auroc"] != r["auroc"] else f"{r['auroc']:.2f}", _pct(r["excluded"]),
-                    *[_pct(r["excluded_by_source"].get(s, float("nan"))) for s in srcs]])
+                    *[_pct(r["excluded_by_source"].get(s, float("nan"))) for s in srcs],
+                    *[f"{r['val_by_source'].get(s, float('nan')):.3f}" for s in vals]])
     L += [C.md_table(header, tab), ""]
     return "\n".join(L)
+
+
+def _grid_lines(grid: dict | None) -> list[str]:
+    """The static grid `static-tuned` picked from (first seed): each mixture and its val loss."""
+    if not grid:
+        return []
+    cells = "; ".join(", ".join(f"{s} {w:.0%}" for s, w in m.items()) + f": {v:.3f}"
+                      for m, v in grid["grid"])
+    best = ", ".join(f"{s} {w:.0%}" for s, w in grid["weights"].items())
+    return [f"- `static-tuned`: the best of {len(grid['grid'])} static mixtures on the first seed "
+            f"({cells}) was {best}, then run on every seed"]
 
 
 def summary_section(scen: list[Scenario], per: dict, size_name: str, meta: dict) -> str:
@@ -147,8 +170,15 @@ def write_docs(docs: Path, size_name: str, scen: list[Scenario], payload: dict) 
             "value <= 0 dropped; `full-gradient` = the exact full-gradient inner product "
             "against the global batch, raw value <= 0 dropped; `mixing` = no exclusion, the "
             "sources' sampling weights follow their mean LAI value against the val set "
-            "(lai.mixing); `loss@rate` / `random@rate` / `oracle@rate` = highest-loss / random "
-            f"/ harmful sequences excluded at `{RATE_FROM}`'s measured rate", ""]
+            "(lai.mixing); `mixing-avg` = the same, drawing with the time-average of the "
+            "weights (lai.mixing_average); `bandit` = no LAI, the sources' weights follow an "
+            "EXP3 bandit on each source's training loss (lai.mixer=loss_bandit, as Online Data "
+            "Mixing); `static-tuned` = the best static mixture of a small grid (first seed), "
+            "then run on every seed; `loss@rate` / `random@rate` / `oracle@rate` = highest-loss / "
+            f"random / harmful sequences excluded at `{RATE_FROM}`'s measured rate; `compute vs "
+            "none` = mean run wall time / none's in the same suite (runs 2 at once: noisy); "
+            "`tokens trained` = target tokens of the sequences kept", ""]
     body += [scenario_section(sc, per[sc.name]["info"], per[sc.name]["rows"], per[sc.name]["headroom"],
-                              per[sc.name]["rate"], size_name) for sc in scen]
+                              per[sc.name]["rate"], size_name, per[sc.name].get("grid"))
+             for sc in scen]
     C.update_section(docs / "RESULTS.md", "headroom", "\n".join(body))

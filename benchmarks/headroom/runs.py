@@ -17,7 +17,8 @@ from benchmarks import common as C
 from benchmarks.headroom import corpora as K
 from benchmarks.headroom.analysis import cached_analysis
 from benchmarks.headroom.scenarios import Scenario
-from benchmarks.headroom.variants import RATE_FROM, filter_batch, needs_rate, overrides_for
+from benchmarks.headroom.variants import (GRID, RATE_FROM, TUNED, applies, filter_batch, grid,
+                                          overrides_for, runs_late)
 from pipeline.fsutil import atomic_write
 
 # --------------------------------------------------------------------------- data
@@ -31,11 +32,13 @@ def fingerprint(vocab: int, docs: dict[str, list[str]]) -> str:
 def prepare(sc: Scenario, scale: dict, data_root: Path) -> dict[str, Path]:
     """The scenario's sources as prepared directories (resumable): documents -> jsonl -> one
     tokenizer trained on all of them (`lai-prep tokenizer`) -> one `lai-prep` run per source with
-    that tokenizer. The clean source keeps 10% of its documents for validation. ROOT/documents.sha256
-    fingerprints the documents and vocabulary it was prepared from: prepared data from other
-    documents (a changed generator or --scale) is an error, never silently reused."""
+    that tokenizer; a source of several parts (Scenario.parts) packs them into one directory. The
+    clean source (or, with a val set drawn from the mix, every training source) keeps 10% of its
+    documents for validation. ROOT/documents.sha256 fingerprints the documents and vocabulary it
+    was prepared from: prepared data from other documents (a changed generator or --scale) is an
+    error, never silently reused."""
     root = data_root / sc.name
-    dirs = {name: root / name for name in sc.weights}
+    dirs = {name: root / name for name in sc.prepared}
     docs = sc.documents(scale)
     digest = fingerprint(sc.vocab, docs)
     stamp = root / "documents.sha256"
@@ -45,9 +48,10 @@ def prepare(sc: Scenario, scale: dict, data_root: Path) -> dict[str, Path]:
                              "generates now; delete it and the scenario's runs, or choose another "
                              "--out")
         return dirs
-    files = {name: K.write_jsonl(docs[name], root / "src" / f"{name}.jsonl") for name in sc.weights}
+    files = {part: K.write_jsonl(docs[part], root / "src" / f"{part}.jsonl") for part in docs}
     py = [sys.executable, "-m", "data_prep"]
     srcs = [a for name, f in files.items() for a in ("--source", f"{name}=jsonl:{f}")]
+    val = {sc.clean} if sc.val == "clean" else set(sc.weights)
 
     def prep(cmd):
         p = subprocess.run(py + cmd, cwd=C.ROOT, capture_output=True, text=True)
@@ -57,10 +61,10 @@ def prepare(sc: Scenario, scale: dict, data_root: Path) -> dict[str, Path]:
 
     prep(["tokenizer", *srcs, "--out", str(root / "tokenizer"), "--vocab-size", str(sc.vocab),
           "--progress", "0"])
-    for name, f in files.items():
-        prep(["--source", f"{name}=jsonl:{f}", "--tokenizer",
-              f"spm:{root / 'tokenizer' / 'tokenizer.model'}", "--out", str(dirs[name]),
-              "--val-fraction", "0.1" if name == sc.clean else "0", "--progress", "0"])
+    for name, d in dirs.items():
+        parts = [a for part in sc.parts_of(name) for a in ("--source", f"{part}=jsonl:{files[part]}")]
+        prep([*parts, "--tokenizer", f"spm:{root / 'tokenizer' / 'tokenizer.model'}",
+              "--out", str(d), "--val-fraction", "0.1" if name in val else "0", "--progress", "0"])
     with atomic_write(stamp, "w") as f:
         f.write(digest + "\n")
     return dirs
@@ -70,7 +74,9 @@ def base_config(sc: Scenario, size: dict, dirs: dict[str, Path]) -> dict:
     return {
         "run": {"seed": 0, "resume": "auto", "save_every": 0, "keep_checkpoints": 1},
         "data": {"sources": [{"path": str(dirs[s]), "weight": w} for s, w in sc.weights.items()],
-                 "val_sources": [{"path": str(dirs[sc.clean]), "weight": 1.0}],
+                 "val_sources": ([{"path": str(dirs[sc.clean]), "weight": 1.0}] if sc.val == "clean"
+                                 else [{"path": str(dirs[s]), "weight": w}
+                                       for s, w in sc.weights.items()]),
                  "seq_len": size["seq_len"]},
         "model": {"family": "llama", "n_layer": size["n_layer"], "hidden": size["hidden"],
                   "n_head": size["n_head"], "tie_word_embeddings": True},
@@ -126,30 +132,40 @@ def plan(sc: Scenario, size: dict, nproc: int, data_root: Path, out: Path) -> Pl
 
 def run_all(plans: dict[str, Plan], names: list[str], variants: dict[str, list[str]],
             seeds: list[int], out: Path, jobs: int, nproc: int):
-    """Every (scenario, variant, seed) through the trainer, `jobs` at once, then analysed: the
-    variants at RATE_FROM's exclusion rate after the others. Returns ({scenario: {variant: {seed:
-    analysis}}}, {scenario: RATE_FROM's mean exclusion rate}, [run timings])."""
+    """Every applicable (scenario, variant, seed) through the trainer, `jobs` at once, then
+    analysed (each analysis with its run's wall seconds, `wall_s`): first the variants that need
+    nothing else and the static grid (on the first seed, if `static-tuned` is asked for), then
+    the variants at RATE_FROM's exclusion rate or with the grid's winner (`static-tuned` on the
+    first seed is the winning grid run itself). Returns ({scenario: {variant: {seed: analysis}}},
+    {scenario: RATE_FROM's mean exclusion rate}, [run timings], {scenario: grid summary})."""
     from tqdm import tqdm
     results: dict[str, dict[str, dict[int, dict]]] = {s: {} for s in plans}
     rates = {s: float("nan") for s in plans}
+    grids: dict[str, dict] = {}
     timings: list[dict] = []
-    bar = tqdm(total=len(plans) * len(names) * len(seeds), desc="headroom runs", unit="run")
+    first, later = [], []
+    for p in plans.values():
+        for n in names:
+            if applies(n, p.scenario):
+                (later if runs_late(variants[n]) else first).extend((p, n, s) for s in seeds)
+        if TUNED in names:
+            first += [(p, f"{GRID}{i}", seeds[0]) for i in range(len(grid(p.scenario)))]
+            later = [j for j in later if (j[0], j[1], j[2]) != (p, TUNED, seeds[0])]
+    bar = tqdm(total=len(first) + len(later), desc="headroom runs", unit="run")
 
     def job(p: Plan, name: str, seed: int) -> None:
         sc = p.scenario
-        ov = overrides_for(name, variants, sc, p.dirs, rates[sc.name], p.filter_batch)
+        ov = overrides_for(name, variants, sc, p.dirs, rates[sc.name], p.filter_batch,
+                           grids.get(sc.name, {}).get("weights"))
         run_dir = out / sc.name / name.replace("@", "-at-") / f"seed{seed}"
-        timings.append(C.run_train(p.config, run_dir, seed, ov, nproc))
-        r = cached_analysis(run_dir, sc, p.size["lai_warmup"])
+        t = C.run_train(p.config, run_dir, seed, ov, nproc)
+        timings.append(t)
+        r = {**cached_analysis(run_dir, sc, p.size["lai_warmup"]), "wall_s": t["wall_s"]}
         results[sc.name].setdefault(name, {})[seed] = r
         bar.set_postfix_str(f"{sc.name} {name} s{seed}: val {r['final_val_loss']:.3f} "
                             f"excl {r['excluded']:.2f}")
         bar.update()
 
-    first = [(p, n, s) for p in plans.values() for n in names if not needs_rate(variants[n])
-             for s in seeds]
-    later = [(p, n, s) for p in plans.values() for n in names if needs_rate(variants[n])
-             for s in seeds]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         for batch in (first, later):
             for f in [pool.submit(job, *j) for j in batch]:
@@ -157,5 +173,18 @@ def run_all(plans: dict[str, Plan], names: list[str], variants: dict[str, list[s
             for s, by_variant in results.items():
                 if RATE_FROM in by_variant:
                     rates[s] = float(np.mean([r["excluded"] for r in by_variant[RATE_FROM].values()]))
+                if TUNED in names and s not in grids:
+                    grids[s] = pick_static(plans[s].scenario, by_variant, seeds[0])
     bar.close()
-    return results, rates, timings
+    return results, rates, timings, grids
+
+
+def pick_static(sc: Scenario, by_variant: dict[str, dict[int, dict]], seed: int) -> dict:
+    """The grid's winner (lowest final val loss on `seed`): {"weights", "grid": [[weights, val
+    loss]]}; its run is `static-tuned`'s on that seed (moved out of the rows)."""
+    mixes = grid(sc)
+    finals = [by_variant.pop(f"{GRID}{i}")[seed] for i in range(len(mixes))]
+    best = int(np.argmin([r["final_val_loss"] for r in finals]))
+    by_variant.setdefault(TUNED, {})[seed] = finals[best]
+    return {"weights": mixes[best],
+            "grid": [[m, r["final_val_loss"]] for m, r in zip(mixes, finals)]}

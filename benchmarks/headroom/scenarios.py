@@ -1,5 +1,6 @@
 """Sizes (model, run and corpus scale per machine kind) and the scenarios: a training mix of
-generated or shipped sources, the harmful ones, the clean one (its val split is the val set)."""
+generated or shipped sources, the harmful ones, the clean one (its val split is the val set), or
+a val set drawn from every training source in its training proportion (`val="mix"`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -17,7 +18,9 @@ SIZES = {
             "eval_every": 25, "eval_batches": 8, "nproc": 1, "jobs": 2, "precision": "fp32",
             "scale": {"spam_entities": 12, "spam_clean_docs": 500, "spam_docs": 2000,
                       "domain_entities": 24, "domain_docs": 2000, "code_chars": 1_500_000,
-                      "conflict_entities": 12, "conflict_clean_docs": 1500, "conflict_docs": 500}},
+                      "conflict_entities": 12, "conflict_clean_docs": 1500, "conflict_docs": 500,
+                      "inside_entities": 12, "inside_clean_docs": 3000, "inside_harm_docs": 2000,
+                      "universal_entities": 24, "universal_docs": 2000}},
     # one GPU per run, GPT-2-small-ish width; more countries and documents so the facts stay
     # hard for the larger model (not yet measured: no GPU was available to this work)
     "gpu": {"n_layer": 8, "hidden": 512, "n_head": 8, "seq_len": 256, "global_batch": 64,
@@ -27,7 +30,9 @@ SIZES = {
             "scale": {"spam_entities": 3000, "spam_clean_docs": 60_000, "spam_docs": 240_000,
                       "domain_entities": 3000, "domain_docs": 200_000, "code_chars": 40_000_000,
                       "conflict_entities": 3000, "conflict_clean_docs": 150_000,
-                      "conflict_docs": 50_000}},
+                      "conflict_docs": 50_000, "inside_entities": 3000,
+                      "inside_clean_docs": 600_000, "inside_harm_docs": 400_000,
+                      "universal_entities": 3000, "universal_docs": 200_000}},
 }
 
 # --------------------------------------------------------------------------- scenarios
@@ -43,12 +48,33 @@ class Scenario:
     clean: str                                   # the ceiling's source; its val split = val set
     cap: float                                   # exclusion cap of every filter
     vocab: int
-    documents: Callable[[dict], dict[str, list[str]]]   # size scale -> {source: documents}
+    documents: Callable[[dict], dict[str, list[str]]]   # size scale -> {part: documents}
     train: dict = field(default_factory=dict)    # per-scenario changes to the size's settings
+    parts: dict[str, tuple[str, ...]] = field(default_factory=dict)   # a prepared source ->
+    #   the named document sets (lai-prep --source NAME=...) packed into it; default: its own
+    val: str = "clean"                           # clean: the clean source's val split; mix:
+    #   every training source's val split in its training proportion (no ceiling, no oracle)
+
+    def parts_of(self, source: str) -> tuple[str, ...]:
+        return self.parts.get(source, (source,))
+
+    @property
+    def prepared(self) -> list[str]:
+        """Every prepared source: the training sources, and the clean one if it is not one."""
+        return list(self.weights) + ([self.clean] if self.clean not in ("", *self.weights) else [])
+
+    @property
+    def applies(self) -> set[str]:
+        """The reference rows this scenario has: `ceiling` needs a clean source, `oracle` (and
+        `oracle@rate`) harmful data."""
+        return {*(("ceiling",) if self.clean else ()),
+                *(("oracle", "oracle@rate") if self.harmful else ())}
 
     @property
     def harmful_share(self) -> float:
-        return sum(self.weights[s] for s in self.harmful) / sum(self.weights.values())
+        """The weight share of the training sources that hold nothing but harmful documents."""
+        pure = [s for s in self.weights if set(self.parts_of(s)) <= set(self.harmful)]
+        return sum(self.weights[s] for s in pure) / sum(self.weights.values())
 
 
 def _spam(n: dict) -> dict[str, list[str]]:
@@ -67,6 +93,22 @@ def _conflict(n: dict) -> dict[str, list[str]]:
     t = K.fact_table(n["conflict_entities"], seed=2)
     return {"facts": K.profile_docs(t, n["conflict_clean_docs"], "true", seed=4),
             "myths": K.profile_docs(t, n["conflict_docs"], "wrong", seed=5)}
+
+
+def _inside(n: dict) -> dict[str, list[str]]:
+    t = K.fact_table(n["inside_entities"], seed=3)
+    c, h = n["inside_clean_docs"], n["inside_harm_docs"]
+    return {"web": K.fact_docs(t, c, "true", seed=6),
+            "web_spam": K.spam_docs(h, seed=7, lines=(1, 1)),
+            "forum": K.fact_docs(t, c, "true", seed=8),
+            "forum_myths": K.fact_docs(t, h, "wrong", seed=9),
+            "clean": K.fact_docs(t, c, "true", seed=10)}
+
+
+def _universal(n: dict) -> dict[str, list[str]]:
+    t = K.fact_table(n["universal_entities"], seed=4)
+    return {"facts": K.profile_docs(t, n["universal_docs"], "true", seed=11),
+            "code": K.code_docs(n["code_chars"]), "reference": K.reference_docs()}
 
 
 SCENARIOS = {s.name: s for s in (
@@ -89,4 +131,22 @@ SCENARIOS = {s.name: s for s in (
              "each time (label noise in text form); the rest state the truth. Validation: held-out "
              "documents stating the truth.",
              {"facts": 3.0, "myths": 1.0}, ("myths",), "facts", 0.3, 512, _conflict),
+    Scenario("inside", "Harm inside every source: spam and myths packed among clean documents",
+             "Two declared sources, each 40% harmful documents among true facts: `web` holds "
+             "one-line spam ads, `forum` myths (the consistent wrong value of a fact). Every "
+             "document is a sentence or two, shorter than a sequence, so several are packed into "
+             "each sequence, harmful and clean together. No declared source is pure: mixing over "
+             "them cannot isolate the harm. Validation: held-out true facts; `ceiling` trains on "
+             "true facts alone. A per-segment oracle (the harmful documents' tokens masked out "
+             "of the loss) needs segment masking in the trainer, which does not exist yet: not a "
+             "row.", {"web": 1.0, "forum": 1.0}, ("web_spam", "forum_myths"), "clean", 0.5, 512,
+             _inside, parts={"web": ("web", "web_spam"), "forum": ("forum", "forum_myths")}),
+    Scenario("universal", "Universal: the validation set is the mix",
+             "Three real sources, nothing harmful: country facts, standard library code and the "
+             "Python language reference (prose). The validation set is drawn from every source "
+             "in its training proportion, and each source's own val loss is reported. There is "
+             "no harm to remove: the do-no-harm check, where anything shipped as a default must "
+             "end within noise of `none`. No ceiling, no oracle, no headroom by construction.",
+             {"facts": 1.0, "code": 1.0, "reference": 1.0}, (), "", 0.1, 1024, _universal,
+             val="mix"),
 )}

@@ -11,7 +11,8 @@ from benchmarks.headroom.scenarios import Scenario
 # lai.max_exclude_frac=$cap first; a variant may override it), $harmful = the harmful sources,
 # $rate = the exclusion rate RATE_FROM measured (those variants run after it),
 # $rate_cap = a cap that excludes round($rate x global micro-batch) sequences, $clean = the
-# ceiling's data.sources. `lai-default` is the trainer's LAI as shipped (nothing but the filter
+# ceiling's data.sources, $tuned = the static mixture that won the grid (GRID, on the first seed;
+# those variants run after it). `lai-default` is the trainer's LAI as shipped (nothing but the filter
 # switched on): after a change of the trainer's defaults, delete its runs to remeasure it. The
 # other LAI variants change one thing of it each, so a row differs from `lai-default` by what its
 # name says.
@@ -34,6 +35,10 @@ VARIANTS: dict[str, list[str]] = {
     "loss@rate": OFF + ["lai.filter=loss", "lai.baseline_rate=$rate"],
     "random@rate": OFF + ["lai.filter=random", "lai.baseline_rate=$rate"],
     "mixing": ["lai.enabled=true", "lai.filter=none", "lai.mixing=true"],
+    "mixing-avg": ["lai.enabled=true", "lai.filter=none", "lai.mixing=true",
+                   "lai.mixing_average=true"],
+    "bandit": OFF + ["lai.filter=none", "lai.mixing=true", "lai.mixer=loss_bandit"],
+    "static-tuned": OFF + ["lai.filter=none", "data.sources=$tuned"],
     # what each lever of the default buys (issue 10)
     "lai-raw": LAI + RAW,
     "lai-no-memory": LAI + ["lai.memory_weight=0.0"],
@@ -42,14 +47,48 @@ VARIANTS: dict[str, list[str]] = {
                           "lai.max_exclude_frac=$rate_cap"],
 }
 SUITE = ("none", "ceiling", "oracle", "lai-default", "lai-global", "lai-token_pair", "lai-aligned",
-         "lai-pooled", "lai-paper", "full-gradient", "loss@rate", "random@rate", "mixing")
+         "lai-pooled", "lai-paper", "full-gradient", "loss@rate", "random@rate", "mixing",
+         "mixing-avg", "bandit", "static-tuned")
 LEVERS = ("lai-raw", "lai-no-memory", "lai-adam", "oracle@rate")
 REFERENCES = ("none", "oracle")       # always run: every row is read against them
 RATE_FROM = "lai-default"           # the rate-matched baselines run at its exclusion rate
+SCENARIO_ROWS = ("ceiling", "oracle", "oracle@rate")   # only where Scenario.applies says so
+GRID = "grid"                       # the static mixtures of `grid`, run as GRID0, GRID1, ...
+TUNED = "static-tuned"              # the grid's winner on all seeds
 
 
 def needs_rate(overrides: list[str]) -> bool:
     return any("$rate" in o for o in overrides)
+
+
+def runs_late(overrides: list[str]) -> bool:
+    """The variant runs after the others: at RATE_FROM's rate or with the grid's winner."""
+    return needs_rate(overrides) or any("$tuned" in o for o in overrides)
+
+
+def applies(name: str, sc: Scenario) -> bool:
+    return name not in SCENARIO_ROWS or name in sc.applies
+
+
+def grid(sc: Scenario) -> list[dict[str, float]]:
+    """The static mixtures the `static-tuned` row picks from (shares summing to 1, 5-8 of them):
+    the declared weights, equal weights, and each source at 10% and at 60% with the others in
+    their declared proportions."""
+    total = sum(sc.weights.values())
+    declared = {s: w / total for s, w in sc.weights.items()}
+    out = [declared, {s: 1 / len(declared) for s in declared}]
+    for s in declared:
+        for share in (0.1, 0.6):
+            rest = (1 - share) / (1 - declared[s])
+            out.append({t: share if t == s else w * rest for t, w in declared.items()})
+    unique = {tuple(round(w, 6) for w in m.values()): m for m in out}
+    return list(unique.values())
+
+
+def sources_override(weights: dict[str, float], dirs: dict[str, Path]) -> str:
+    """data.sources as a dotted-override value: `weights` over the prepared `dirs`."""
+    return "[" + ", ".join(f"{{path: '{dirs[s]}', weight: {w:.6f}}}"
+                           for s, w in weights.items()) + "]"
 
 def filter_batch(size: dict, nproc: int) -> int:
     """Sequences of one global micro-batch (what the filter cap applies to) on `nproc` ranks."""
@@ -62,14 +101,19 @@ def filter_batch(size: dict, nproc: int) -> int:
 
 
 def overrides_for(name: str, variants: dict, sc: Scenario, dirs: dict[str, Path], rate: float,
-                  global_batch: int) -> list[str]:
-    """The dotted overrides of variant `name` in scenario `sc`; `global_batch`: sequences of one
-    global micro-batch (what $rate_cap is for)."""
+                  global_batch: int, tuned: dict[str, float] | None = None) -> list[str]:
+    """The dotted overrides of variant `name` in scenario `sc` (GRID<i>: the i-th static mixture
+    of `grid`); `global_batch`: sequences of one global micro-batch (what $rate_cap is for);
+    `tuned`: the grid's winner ($tuned)."""
+    if name.startswith(GRID) and name[len(GRID):].isdigit():
+        mix = grid(sc)[int(name[len(GRID):])]
+        return OFF + ["lai.filter=none", f"data.sources={sources_override(mix, dirs)}"]
     ov = list(variants[name])
     if name not in ("none", "ceiling"):
         ov = [f"lai.max_exclude_frac={sc.cap}"] + ov
     rate = min(rate, sc.cap) if rate == rate else 0.0
     subs = {"cap": f"{sc.cap}", "harmful": ",".join(sc.harmful), "rate": f"{rate:.4f}",
             "rate_cap": f"{(round(rate * global_batch) + 0.5) / global_batch:.4f}",
-            "clean": f"[{{path: '{dirs[sc.clean]}', weight: 1.0}}]"}
+            "clean": f"[{{path: '{dirs.get(sc.clean)}', weight: 1.0}}]",
+            "tuned": sources_override(tuned, dirs) if tuned else "$tuned"}
     return [string.Template(o).substitute(subs) for o in ov]

@@ -37,7 +37,8 @@ gradients), scorer.py (values against a reference, over ranks via pipeline.comm)
 (FilterPolicy), baselines.py (every filter: lai and the baselines), selector.py (what the
 trainer calls per micro-batch), precondition.py (Adam-aware scoring), reference.py
 (full-gradient and ghost references, optionally preconditioned), api.py, mixing.py (SourceMixer:
-source weights from the per-source mean normalised value, lai.mixing).
+source weights from the per-source mean normalised value or, lai.mixer=loss_bandit, the
+training loss; lai.mixing).
 Reference R: "local" = this rank's micro-batch; "global" = the global micro-batch over the
 data-parallel group; "val" = a cached held-out set (LAIScorer.set_val_reference, forward only,
 combined over ranks). lai_values with ref_input_ids uses that batch as R (j not in R).

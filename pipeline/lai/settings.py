@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass, field
 
 from .capture import LAYER_SETS
+from .mixing import MIXERS
 from .normalize import NORMALIZE
 from .pairings import PAIRINGS
 from .precondition import PRECONDITIONS
@@ -74,12 +75,19 @@ class LAISettings:
                                        # fraction of highest-loss sequences excluded
     val_refresh_every: int = 100       # reference=val: recompute the val features every N steps
     val_batches: int = 2               # reference=val: micro-batches per rank in the reference
-    mixing: bool = False               # the training sources' sampling weights follow each
-                                       # source's mean normalised value (pipeline.lai.mixing);
-                                       # needs lai.enabled and 2+ data.sources
-    mixing_eta: float = 0.1            # EG step size: log-weight change per update per unit of
-                                       # the source's running mean z-score
-    mixing_ema: float = 0.9            # smoothing of each source's mean z-score, in [0, 1)
+    mixing: bool = False               # the training sources' sampling weights follow an online
+                                       # rule (pipeline.lai.mixing); needs 2+ data.sources
+    mixer: str = "value"               # lai.mixing's reward: value (EG on each source's mean
+                                       # normalised LAI value; needs lai.enabled) | loss_bandit
+                                       # (EXP3 on each source's training loss, as Online Data
+                                       # Mixing; needs no LAI value)
+    mixing_eta: float = 0.1            # mixer=value: EG step size: log-weight change per update
+                                       # per unit of the source's running mean z-score
+    mixing_ema: float = 0.9            # smoothing of each source's reward, in [0, 1)
+    mixing_average: bool = False       # true: sample with the time-average of the weights over
+                                       # the updates (DoGE) instead of the latest (which can swing
+                                       # floor to floor when the val set is the mix); the
+                                       # time-average is logged either way
     mixing_floor: float = 0.1          # share of the initial weights always kept, in [0, 1]
     mixing_every: int = 1              # update the weights every N optimizer steps
     mixing_without_val: bool = False   # lai.mixing with a global or local reference (the
@@ -121,7 +129,8 @@ def _check_mixing_reference(s: LAISettings, reference: str, has_val: bool) -> No
            "lai.reference=auto resolves to 'global' (the run has no val data)")
     fix = ("set lai.reference=val" if has_val else
            "set data.val_sources (or prepare the data with a val split) and lai.reference=val")
-    _need(not s.mixing or reference == "val" or s.mixing_without_val, "mixing",
+    _need(not s.mixing or s.mixer != "value" or reference == "val" or s.mixing_without_val,
+          "mixing",
           f"steers the source weights towards the reference, and {why}: the training batch "
           f"itself (self-influence), not a goal; {fix}, or lai.mixing_without_val=true to mix "
           f"by {reference!r} anyway")
@@ -193,8 +202,9 @@ def check(s: LAISettings) -> None:
     _need(s.val_refresh_every >= 1, "val_refresh_every",
           f"must be >= 1, got {s.val_refresh_every}")
     _need(s.val_batches >= 1, "val_batches", f"must be >= 1, got {s.val_batches}")
-    _need(not s.mixing or s.enabled, "mixing",
-          "needs lai.enabled=true (the weights follow the LAI values)")
+    _one_of(s, "mixer", MIXERS)
+    _need(not s.mixing or s.mixer != "value" or s.enabled, "mixing",
+          "needs lai.enabled=true (the weights follow the LAI values), or lai.mixer=loss_bandit")
     _need(math.isfinite(s.mixing_eta) and s.mixing_eta >= 0, "mixing_eta",
           f"must be a finite number >= 0, got {s.mixing_eta}")
     _need(0 <= s.mixing_ema < 1, "mixing_ema", f"must be in [0, 1), got {s.mixing_ema}")

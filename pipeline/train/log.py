@@ -119,8 +119,7 @@ class StepLog:
         if srcs:
             scalars.update(source_scalars(srcs, vals, kept))
         if self.mixer is not None:
-            scalars.update(mixing_scalars(self.dataset.source_names, self.mixer.weights,
-                                          self.mixer.m))
+            scalars.update(mixing_scalars(self.dataset.source_names, self.mixer.arms()))
         mine = {**w.rank_scalars(phases), "perf/tokens_per_s_rank": rank_tps,
                 "perf/peak_memory_gib": peak_memory_gib(info.device)}
         scalars.update(rank_spread(self.comm.gather_objects(mine)))

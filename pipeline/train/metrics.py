@@ -14,7 +14,8 @@ Tag groups (one TensorBoard section each): `train/` (loss, lr, grad_norm, skippe
 `val/` (loss, ppl; `val/<source>/loss` per source from `val_scalars`), `perf/` (tokens_per_s,
 tflops, mfu), `perf_ranks/`, `lai/` (excluded_frac, kept_tokens, value histogram),
 `lai_source/<source>/` (excluded_frac, mean_value_norm, sequences) from `source_scalars`, and
-with lai.mixing `lai_mixing/<source>/` (weight, mean_value_norm_ema) from `mixing_scalars`.
+with lai.mixing `lai_mixing/<source>/` (weight, weight_now, weight_avg, reward, value, loss,
+sequences) from `mixing_scalars`.
 
 Every LAI tag carries a one-line description (what it measures and which sign is good: the
 DESCRIPTIONS table), written with its first event, which TensorBoard shows next to the chart.
@@ -54,9 +55,19 @@ DESCRIPTIONS = {
     "val/*/loss": "Validation loss (token mean) on this source's own val split: how the model "
                   "does on each source, whatever the mix; lower is better.",
     "lai_mixing/*/weight": "This source's sampling weight (lai.mixing): the share of the next "
-                           "batches drawn from it.",
-    "lai_mixing/*/mean_value_norm_ema": "Running mean z-scored LAI value of this source that "
-                                        "drives its weight (lai.mixing): > 0 it gains weight.",
+                           "batches drawn from it (the time-average with lai.mixing_average).",
+    "lai_mixing/*/weight_now": "The mixer's latest weight for this source (lai.mixing), before "
+                               "time-averaging.",
+    "lai_mixing/*/weight_avg": "The time-average of this source's weight over the mixing "
+                               "updates (what is drawn with lai.mixing_average=true).",
+    "lai_mixing/*/reward": "The smoothed reward that drives this source's weight (lai.mixing): "
+                           "mixer=value its running mean z-scored LAI value (> 0 it gains "
+                           "weight); mixer=loss_bandit its running loss / sampling weight.",
+    "lai_mixing/*/value": "Mean z-scored LAI value of this source's sequences since the "
+                          "previous mixing update.",
+    "lai_mixing/*/loss": "Mean training loss of this source's sequences since the previous "
+                         "mixing update.",
+    "lai_mixing/*/sequences": "Sequences drawn from this source so far, all ranks.",
 }
 
 
@@ -191,14 +202,16 @@ def val_scalars(loss: float, per_source: Mapping[str, float]) -> dict[str, float
     return out
 
 
-def mixing_scalars(names: Sequence[str], weights, ema) -> dict[str, float]:
-    """The mixture now (lai.mixing): `lai_mixing/<source>/weight` (the sampling weight the loader
-    draws the next batches with) and `.../mean_value_norm_ema` (the running mean z-score that
-    drives it), one per weighted data source."""
+def mixing_scalars(names: Sequence[str], arms: Mapping[str, Sequence[float]]
+                   ) -> dict[str, float]:
+    """The mixture now (lai.mixing): `lai_mixing/<source>/<stat>` for each of SourceMixer.arms()
+    (weight, weight_now, weight_avg, reward, value, loss, sequences), per weighted source; a stat
+    not measured yet (NaN) is left out."""
     out: dict[str, float] = {}
-    for name, w, m in zip(names, _numpy(weights), _numpy(ema)):
-        out[f"lai_mixing/{_tag_name(name)}/weight"] = float(w)
-        out[f"lai_mixing/{_tag_name(name)}/mean_value_norm_ema"] = float(m)
+    for stat, per_source in arms.items():
+        for name, v in zip(names, _numpy(per_source)):
+            if math.isfinite(v):
+                out[f"lai_mixing/{_tag_name(name)}/{stat}"] = float(v)
     return out
 
 

@@ -3,8 +3,8 @@
     Trainer(cfg, info, resume).run()
 
 setup (__init__): data -> run files -> model, optimizer, DeepSpeed engine -> LAI selector,
-source mixer (lai.mixing), ledger, counters -> one TrainState that checkpoints save and restore
--> metrics;
+source mixer (lai.mixing, lai.mixer), ledger, counters -> one TrainState that checkpoints save
+and restore -> metrics;
 then `run()`: a loop of `train_step` (pipeline.train.step: the micro-steps and the update) and
 log / eval / save / stop, each a short method; at the end the final export.
 Exit codes: 0 finished (RUN/final written), 75 stopped by SIGTERM/SIGUSR1 or run.time_limit_s
@@ -132,7 +132,7 @@ class Trainer:
                    f"{t.global_batch} = {t.micro_batch}x{t.grad_accum}x{info.world}, LAI "
                    f"{'on (reference ' + cfg.lai.reference + ')' if cfg.lai.enabled else 'off'}"
                    f", filter {cfg.lai.filter}"
-                   f"{', source mixing' if self.mixer else ''}; "
+                   f"{f', source mixing ({cfg.lai.mixer})' if self.mixer else ''}; "
                    f"run dir {self.run_dir} (log: train.log)")
         plan = data_plan(cfg, self.data.train, self.data.val, info.world)
         for line in plan.lines + plan.warnings:
@@ -183,13 +183,13 @@ class Trainer:
                         "train.lr, raise train.warmup_steps, or check the data")
 
     def mix(self, result: StepResult) -> None:
-        """lai.mixing: the step's normalised values update the source weights (when due), and the
-        loader draws the next global micro-batches with them."""
+        """lai.mixing: the step's normalised values and losses update the source weights (when
+        due), and the loader draws the next global micro-batches with them."""
         if self.mixer is None:
             return
         for m in result.micros:
             sources = torch.from_numpy(self.data.train.source_of(m.seq_ids.numpy()))
-            self.mixer.observe(result.step, sources, m.value_norm)
+            self.mixer.observe(result.step, sources, m.value_norm, m.losses)
         weights = self.mixer.end_step(result.step)
         if weights is not None:
             self.data.loader.set_weights(weights)
