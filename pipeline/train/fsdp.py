@@ -23,7 +23,8 @@ reduce-scatter both exist there).
 Checkpoint I/O (the DeepSpeed engine's two calls, same contract, pipeline.train.checkpoint):
 CKPT/dcp/ holds the model and optimizer state as DCP shards (any number of ranks loads them:
 resuming on another world size needs no conversion), CKPT/client.pt the trainer's global state
-(written by rank 0, read with pipeline.train.safe_load). A shard DCP cannot read is one line
+(written by rank 0, read with pipeline.train.safe_load; DCP's metadata and non-tensor items
+through safe_load.dcp_load's allow-list). A shard DCP cannot read is one line
 naming CKPT/dcp (checkpoint.load's UserError; lai-export's too).
 """
 from __future__ import annotations
@@ -157,7 +158,6 @@ class FSDPEngine:
     def load_checkpoint(self, load_dir: str, tag: str, **_) -> tuple[str, dict]:
         """Model and optimizer from load_dir/tag/dcp/ (resharded to this world size); returns
         (path, the client state save_checkpoint was given)."""
-        import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import (set_model_state_dict,
                                                              set_optimizer_state_dict)
 
@@ -165,7 +165,7 @@ class FSDPEngine:
         path = Path(load_dir) / tag
         state = self._sharded_state()
         try:
-            dcp.load(state, checkpoint_id=path / DCP_DIR)
+            safe_load.dcp_load(state, path / DCP_DIR)
         except CheckpointException as e:    # a BaseException: as the error the caller reports
             raise RuntimeError(f"{path / DCP_DIR}: {_first_failure(e)}") from None
         set_model_state_dict(self.module, state["model"])
@@ -198,13 +198,13 @@ def _first_failure(e) -> str:
 def load_full_model(ckpt: Path, model: nn.Module) -> dict[str, torch.Tensor]:
     """The model weights of an fsdp2 checkpoint `ckpt`, read into `model` (built on the meta
     device; materialised on the host here) on one process without a process group."""
-    import torch.distributed.checkpoint as dcp
+    from pipeline.train import safe_load
     model.to_empty(device="cpu")
     state = {"model": model.state_dict()}
     with warnings.catch_warnings():           # "no process group: loading in one process"
         warnings.simplefilter("ignore", UserWarning)
         try:
-            dcp.load(state, checkpoint_id=ckpt / DCP_DIR, no_dist=True)
+            safe_load.dcp_load(state, ckpt / DCP_DIR, no_dist=True)
         except CheckpointException as e:
             raise UserError(f"{ckpt / DCP_DIR}: cannot be read ({_first_failure(e)})") from None
     return state["model"]

@@ -11,11 +11,14 @@ any of it runs. DeepSpeed's engine reads every file of a regular checkpoint thro
 checkpoint engine; `use_for` gives the engine ours. DeepSpeed's universal-checkpoint conversion
 and loader and its zero_to_fp32 merge call torch.load(weights_only=False) themselves: before the
 project lets them read a folder, `check_files` loads every file of it with `load` (README,
-"Trust boundary").
+"Trust boundary"). torch.distributed.checkpoint (train.backend=fsdp2) unpickles its `.metadata`
+and its non-tensor items freely too: `dcp_load` reads them through an allow-list (the DCP
+metadata classes) and `load`'s rules instead.
 """
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import pickle
 import re
@@ -51,6 +54,77 @@ def load(path: str | os.PathLike, map_location=None):
         raise UserError(f"{path}: refused to load {what}, which no lai-train checkpoint holds "
                         "(a file from elsewhere, or tampered with; see README, Trust boundary)"
                         ) from None
+
+
+# What a DCP `.metadata` file holds: torch's checkpoint metadata classes and the few types they
+# carry (sizes, dtypes, layouts, paths); a dtype is any torch attribute that is a torch.dtype.
+_DCP_METADATA = {
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata", "MetadataIndex", "StorageMeta", "TensorStorageMetadata",
+        "BytesStorageMetadata", "ChunkStorageMetadata", "TensorProperties",
+        "_MEM_FORMAT_ENCODING"},
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size"},
+    "pathlib": {"Path", "PosixPath", "PurePosixPath", "WindowsPath", "PureWindowsPath"},
+    "collections": {"OrderedDict"},
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if name in _DCP_METADATA.get(module, ()) or (
+                module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"GLOBAL {module}.{name}")
+
+
+def dcp_load(state: dict, path: str | os.PathLike, **kwargs) -> None:
+    """torch.distributed.checkpoint.load(state, path) with its metadata unpickled through
+    `_DCP_METADATA` and its non-tensor items through `load`'s rules (torch's own reader and
+    planner unpickle both freely). A refused file is a pickle.UnpicklingError naming it, inside
+    DCP's CheckpointException as any read failure is. `kwargs`: dcp.load's (no_dist, ...)."""
+    import io
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class Reader(FileSystemReader):
+        def read_metadata(self, *args, **kw):
+            meta_path = self._get_metadata_path(kw.get("rank"))
+            with self.fs.create_stream(meta_path, "rb") as f:
+                try:
+                    meta = _MetadataUnpickler(f).load()
+                except pickle.UnpicklingError as e:
+                    raise pickle.UnpicklingError(f"{meta_path}: refused to load "
+                                                 f"{str(e).removeprefix('GLOBAL ')}") from None
+            meta.storage_meta = getattr(meta, "storage_meta", None) or StorageMeta()
+            meta.storage_meta.load_id = self.load_id
+            return meta
+
+    class Planner(DefaultLoadPlanner):
+        def load_bytes(self, read_item, value: io.BytesIO) -> None:
+            with torch.serialization.safe_globals(allowed()):
+                try:
+                    obj = torch.load(value, weights_only=True)
+                except pickle.UnpicklingError as e:
+                    raise pickle.UnpicklingError(f"{path}: refused to load an item of "
+                                                 f"{read_item.dest_index.fqn} ({e})") from None
+            safe = io.BytesIO()        # what passed, re-serialised: the parent places it
+            torch.save(obj, safe)
+            safe.seek(0)
+            super().load_bytes(read_item, safe)
+
+    def not_the_metadata_fallback(record) -> bool:   # DCP's traceback on the root logger for
+        return "metadata is not found" not in str(record.msg)   # what the exception says again
+
+    root = logging.getLogger()
+    root.addFilter(not_the_metadata_fallback)
+    try:
+        dcp.load(state, storage_reader=Reader(path), planner=Planner(), **kwargs)
+    finally:
+        root.removeFilter(not_the_metadata_fallback)
 
 
 def check_files(folder: str | os.PathLike, *, recursive: bool = False) -> None:
