@@ -100,3 +100,25 @@ def test_lai_export_of_a_crafted_fsdp2_checkpoint_is_one_line(tmp_path, capfd):
                                         r"load posix\.system"):
         load_full_model(tmp_path, fresh)
     assert not marker.exists() and "Traceback" not in capfd.readouterr().err
+
+
+def test_damage_finds_a_truncated_or_missing_dcp_shard(tmp_path):
+    """checkpoint.damage reads the shard extents from the metadata (through the allow-list), so
+    run.resume=auto skips a damaged fsdp2 checkpoint as it skips a damaged DeepSpeed one."""
+    import json
+
+    from pipeline.train import checkpoint
+    ckpt = tmp_path / "step_00000001"
+    dcp.save(_state(), checkpoint_id=ckpt / "dcp", no_dist=True)
+    (ckpt / checkpoint.MARKER).write_text(json.dumps({"step": 1, "world": 1, "config": {},
+                                                      "files": []}))
+    assert checkpoint.damage(ckpt) is None
+    shard = next((ckpt / "dcp").glob("*.distcp"))
+    size = shard.stat().st_size
+    shard.write_bytes(shard.read_bytes()[:100])
+    assert checkpoint.damage(ckpt) == f"dcp/{shard.name} is truncated (100 of {size:,} bytes)"
+    shard.unlink()
+    assert checkpoint.damage(ckpt) == f"dcp/{shard.name} is missing"
+    (ckpt / "dcp" / ".metadata").write_bytes(pickle.dumps(_Touch(tmp_path / "pwned")))
+    assert checkpoint.damage(ckpt).startswith("dcp/.metadata is unreadable (UnpicklingError")
+    assert not (tmp_path / "pwned").exists()

@@ -32,6 +32,7 @@ from pipeline.errors import UserError, fs_fault
 from pipeline.fsutil import atomic_write, atomic_write_json, disk_full
 from pipeline.train import safe_load
 from pipeline.train.engine import is_fsdp
+from pipeline.train.fsdp import DCP_DIR
 from pipeline.train.state import TrainState
 from pipeline.train.universal import UNIVERSAL, repairing
 
@@ -104,7 +105,7 @@ def save(state: TrainState, run_dir: str | Path, step: int, *, meta: dict, keep:
         _abandon(path, run_dir, _write_fault(e, path), main=state.rank == 0)
     comm.barrier()                                # every rank's files are on disk
     if state.rank == 0:
-        files = sorted(p.name for p in path.glob("*.pt"))
+        files = sorted(str(q.relative_to(path)) for q in path.rglob("*") if q.is_file())
         atomic_write_json(path / MARKER, {"step": step, **meta, "files": files})
         _prune(run_dir, keep, newest=step)
     comm.barrier()
@@ -143,8 +144,9 @@ def _prune(run_dir, keep: int, newest: int) -> None:
 
 def damage(path: str | Path) -> str | None:
     """Why the complete checkpoint `path` cannot be loaded, found without loading it (the same on
-    every rank), or None: an unreadable marker, a file it lists missing, or a .pt file whose zip
-    index (at its end: a truncated file has none) or pickled structure is unreadable."""
+    every rank), or None: an unreadable marker, a file it lists missing, a .pt file whose zip
+    index (at its end: a truncated file has none) or pickled structure is unreadable, or (fsdp2)
+    a DCP shard shorter than its metadata says."""
     p = Path(path)
     try:
         meta = json.loads((p / MARKER).read_text())
@@ -163,6 +165,20 @@ def damage(path: str | Path) -> str | None:
                         z.read(info)
         except (OSError, zipfile.BadZipFile, EOFError) as e:
             return f"{f.name} is damaged ({e})"
+    return _dcp_damage(p / DCP_DIR) if (p / DCP_DIR).is_dir() else None
+
+
+def _dcp_damage(folder: Path) -> str | None:
+    try:
+        extents = safe_load.dcp_extents(folder)
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError) as e:
+        return f"{folder.name}/.metadata is unreadable ({type(e).__name__}: {e})"
+    for name, need in sorted(extents.items()):
+        f = folder / name
+        size = f.stat().st_size if f.is_file() else -1
+        if size < need:
+            return (f"{folder.name}/{name} is missing" if size < 0 else
+                    f"{folder.name}/{name} is truncated ({size:,} of {need:,} bytes)")
     return None
 
 

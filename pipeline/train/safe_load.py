@@ -79,6 +79,18 @@ class _MetadataUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"GLOBAL {module}.{name}")
 
 
+def dcp_extents(folder: str | os.PathLike) -> dict[str, int]:
+    """{shard file name: the bytes DCP will read from it} of the DCP checkpoint `folder`, from its
+    `.metadata` read through the allow-list (pickle.UnpicklingError, OSError or EOFError when
+    that cannot be read)."""
+    with open(Path(folder) / ".metadata", "rb") as f:
+        meta = _MetadataUnpickler(f).load()
+    need: dict[str, int] = {}
+    for info in (getattr(meta, "storage_data", None) or {}).values():
+        need[info.relative_path] = max(need.get(info.relative_path, 0), info.offset + info.length)
+    return need
+
+
 def dcp_load(state: dict, path: str | os.PathLike, **kwargs) -> None:
     """torch.distributed.checkpoint.load(state, path) with its metadata unpickled through
     `_DCP_METADATA` and its non-tensor items through `load`'s rules (torch's own reader and
