@@ -138,8 +138,9 @@ def main(argv=None) -> None:
                 wall[w], cpu[w] = min(wall[w], s), min(cpu[w], c, key=sum)
                 wall[f"pool{w}"] = min(wall[f"pool{w}"], raw_pool_encode(model, docs, w))
                 if args.groups:
-                    s = prep_encode(model, source, tmp / f"g{w}", w, args.groups)[1]
+                    _, s, c = prep_encode(model, source, tmp / f"g{w}", w, args.groups)
                     wall[f"groups{w}"] = min(wall.get(f"groups{w}", s), s)
+                    cpu[f"groups{w}"] = min(cpu.get(f"groups{w}", c), c, key=sum)
         raw_tps = raw_tokens / wall["raw"]
     load = os.getloadavg()[0]
     cmd = "python -m benchmarks.prep_throughput " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -172,9 +173,11 @@ def main(argv=None) -> None:
               "prep / raw pool isolates prep's own overhead from the machine's parallel scaling."]
     if args.groups:
         lines += ["", f"`--groups {args.groups}` (fit on a {SAMPLE}-document sample + assignment in "
-                  "the pool), wall time over the same prep without groups: " + ", ".join(
-                      f"{w} worker{'s' * (w > 1)}: {wall[f'groups{w}']:.2f} s / {wall[w]:.2f} s = "
-                      f"{wall[f'groups{w}'] / wall[w]:.2f}" for w in args.workers) + "."]
+                  "the pool) over the same prep without groups, wall and CPU (main + workers): "
+                  + ", ".join(f"{w} worker{'s' * (w > 1)}: wall {wall[f'groups{w}']:.2f} s / "
+                              f"{wall[w]:.2f} s = {wall[f'groups{w}'] / wall[w]:.2f}, CPU "
+                              f"{sum(cpu[f'groups{w}']) / sum(cpu[w]):.2f}"
+                              for w in args.workers) + "."]
     section = "\n".join(lines) + "\n\n"
     print(section)
     if args.write_doc:

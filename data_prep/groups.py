@@ -164,7 +164,8 @@ def fit_groups(texts: list[str], k: int, seed: int) -> GroupModel:
     x[doc, bucket] = (1.0 + np.log(count)) * idf[bucket]
     x = _unit_rows(x)
     k_eff = min(k, len(texts))
-    c, labels = _kmeans(x, k_eff, np.random.default_rng([seed, k]))
+    c, labels = (_kmeans(x, k_eff, np.random.default_rng([seed, k])) if k_eff
+                 else (np.zeros((0, DIM)), np.zeros(0, dtype=np.int64)))
     if k_eff < k:                                       # fewer documents than groups: empty rest
         c = np.concatenate([c, np.zeros((k - k_eff, DIM))])
     return GroupModel(idf, c, _top_terms(texts, labels, k))

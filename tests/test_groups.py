@@ -87,6 +87,12 @@ def test_groups_separate_kinds_deterministically(corpus, tmp_path):
     assert "groups" not in json.loads((tmp_path / "plain" / "manifest.json").read_text())
     from pipeline.format.provenance import DOCS, read_docs
     assert read_docs(tmp_path / "plain" / "web-train-00000").dtype == DOCS
+    from pipeline.data import PackedDataset
+    from pipeline.errors import UserError
+    with pytest.raises(UserError, match=r"plain/manifest.json: source 'web' has no groups"):
+        PackedDataset([(tmp_path / "plain", 1.0)], 32, mixing=True, groups=True)
+    ds = PackedDataset([(a, 3.0)], 32, mixing=True, groups=True)   # arms: the groups, by tokens
+    assert ds.weights == pytest.approx([3.0 * t / sum(info["train_tokens"]) for t in info["train_tokens"]])
 
 
 def run_args(data: Path, val: Path, run: Path, steps: int) -> list[str]:

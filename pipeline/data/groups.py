@@ -39,13 +39,14 @@ def group_arms(stream: SourceStream, manifest: Manifest, weight: float, first_in
         raise UserError(f"{stream.data_dir / MANIFEST_NAME}: source '{missing[0]}' has no groups "
                         "(lai.mixing_groups needs data prepared with lai-prep --groups K)")
     groups = _doc_groups(stream)
-    shard = np.searchsorted(stream.shard_first_doc, np.arange(stream.num_docs), side="right") - 1
-    source = np.asarray(stream.shard_sources)[shard]
+    names = list(dict.fromkeys(stream.shard_sources))
+    source = np.repeat(np.array([names.index(s) for s in stream.shard_sources], dtype=np.int16),
+                       np.diff(stream.shard_first_doc))        # int16 [num_docs]
     arms = []
-    for name in dict.fromkeys(stream.shard_sources):
+    for i, name in enumerate(names):
         info = manifest.groups[name]
         for g in range(info["k"]):
-            members = np.flatnonzero((source == name) & (groups == g))
+            members = np.flatnonzero((source == i) & (groups == g))
             arm = stream.subset(members, first_index + len(arms))
             if arm.num_samples >= 1:
                 arms.append((arm, group_label(name, g, info["terms"][g])))
