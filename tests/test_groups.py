@@ -93,6 +93,13 @@ def test_groups_separate_kinds_deterministically(corpus, tmp_path):
         PackedDataset([(tmp_path / "plain", 1.0)], 32, mixing=True, groups=True)
     ds = PackedDataset([(a, 3.0)], 32, mixing=True, groups=True)   # arms: the groups, by tokens
     assert ds.weights == pytest.approx([3.0 * t / sum(info["train_tokens"]) for t in info["train_tokens"]])
+    assert ds.num_docs == [sum(e.num_docs for e in m.shards_of("train")), 0]   # memory: one table
+    group_of = {(e.prefix, i): int(r["group"]) for e in m.shards_of("train")
+                for i, r in enumerate(read_docs(a / e.prefix))}
+    for seq_id in range(200):                        # an arm's samples are its group's documents
+        arm = int(ds.source_of([seq_id])[0])
+        assert {group_of[(sp.shard, sp.doc)] for sp in ds.locate(seq_id)} == {arm}
+        assert {k[0] for k in ds.document_keys(seq_id)} == {0}
 
 
 def run_args(data: Path, val: Path, run: Path, steps: int) -> list[str]:

@@ -127,6 +127,7 @@ class PackedDataset:
             first[st.index] = len(arms)
             arms += group_arms(st, m, w, len(arms))
         self._shard_index = {key: (first[i], j) for key, (i, j) in self._shard_index.items()}
+        self._owners = set(first.values())      # the arm that document_keys names a directory by
         self.streams = [a for a, _, _ in arms]
         self.weights = [w for _, w, _ in arms]
         self.source_names = [n for _, _, n in arms]
@@ -203,8 +204,10 @@ class PackedDataset:
 
     @property
     def num_docs(self) -> list[int]:
-        """Documents of each source (this split), in source order."""
-        return [st.num_docs for st in self.streams]
+        """Documents of each source (this split), in source order (groups: a directory's documents
+        on its first arm, which document_keys names them by, 0 on its other arms)."""
+        return [st.num_docs if not self.groups or i in self._owners else 0
+                for i, st in enumerate(self.streams)]
 
     def document_keys(self, seq_id: int) -> list[tuple[int, int, int]]:
         """(source index, document index within the source, tokens) of each document run of
