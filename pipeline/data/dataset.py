@@ -136,7 +136,7 @@ class PackedDataset:
         """Hash of everything that determines the sample order (not of paths: data may move)."""
         ident = {"seq_len": self.seq_len, "split": self.split, "seed": self.seed,
                  "blend": self._blend.quota.tolist(), **({"mixing": True} if self.mixing else {}),
-                 **({"groups": True} if self.groups else {}),
+                 **({"groups": [m.groups for m in manifests]} if self.groups else {}),
                  "data": [[m.tokenizer.sha256, [(s.prefix, s.num_tokens, s.bin_sha256)
                                                  for s in m.shards_of(self.split)]] for m in manifests]}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
