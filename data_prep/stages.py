@@ -244,7 +244,11 @@ def ensure_groups(opts: PrepOptions) -> dict[str, GroupModel]:
 
 def saved_groups(out: Path) -> dict[str, GroupModel]:
     """The groups OUT/groups.json holds per source."""
-    return {n: GroupModel.from_json(g) for n, g in read_optional(out / GROUPS_FILE)["sources"].items()}
+    saved = read_optional(out / GROUPS_FILE)
+    if saved is None:
+        raise UserError(f"{out / GROUPS_FILE}: missing (lai-prep --groups fits it before "
+                        "tokenizing; run `lai-prep tokenizer` or the prep again)")
+    return {n: GroupModel.from_json(g) for n, g in saved["sources"].items()}
 
 
 def group_stats(out: Path, models: dict[str, GroupModel], shards: list[ShardEntry],
