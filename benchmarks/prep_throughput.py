@@ -2,13 +2,16 @@
 sentencepiece batch encoding of the same text in this process (one thread).
 
     python -m benchmarks.prep_throughput [--workers 1 2] [--repeats 3] [--tests] [--write-doc]
+                                         [--groups K]
 
 The tokenizer is trained once (the `lai-prep --source stdlib` default, 8192 BPE pieces); every
 prep run then uses it via `--tokenizer spm:PATH` into a fresh directory, so a prep time covers the
 whole tokenization phase: listing and reading the files, split hashing, the worker pool, shard
 writing with fsync, checksums and the manifest. Tokens are counted without the appended EOS, as
 raw encoding does. Best of --repeats. Target: prep >= 0.8 x raw x workers. --write-doc replaces
-the "## Data prep throughput" section of docs/DATA_PREP.md (other sections are kept).
+the "## Data prep throughput" section of docs/DATA_PREP.md (other sections are kept). --groups K
+also runs each prep with `--groups K` (fit + assignment, data_prep.groups) and prints its wall time
+as a ratio to the same prep without groups (interleaved, best of --repeats).
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from data_prep.groups import SAMPLE
 from data_prep.options import PrepOptions
 from data_prep.single import run_prep
 from data_prep.sources import iter_documents, parse_source
@@ -80,12 +84,13 @@ def raw_pool_encode(model: Path, docs: list[str], workers: int) -> float:
     return time.perf_counter() - t0
 
 
-def prep_encode(model: Path, source: str, out: Path, workers: int) -> tuple[int, float, tuple[float, float]]:
+def prep_encode(model: Path, source: str, out: Path, workers: int, groups: int = 0
+                ) -> tuple[int, float, tuple[float, float]]:
     """(tokens without the appended EOS, wall s, (main CPU s, workers CPU s)) of one whole prep run."""
     shutil.rmtree(out, ignore_errors=True)
     t0, (m0, k0) = time.perf_counter(), cpu_seconds()
     m = run_prep(PrepOptions(sources=[parse_source(source)], out=out, tokenizer=f"spm:{model}",
-                             workers=workers, progress=False))
+                             workers=workers, progress=False, groups=groups))
     m1, k1 = cpu_seconds()
     return m.stats["num_tokens"] - m.stats["num_docs"], time.perf_counter() - t0, (m1 - m0, k1 - k0)
 
@@ -110,6 +115,8 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tests", action="store_true", help="include the stdlib test directories (~3x the text)")
     ap.add_argument("--write-doc", action="store_true", help=f"write the results into {DOC.relative_to(ROOT)}")
+    ap.add_argument("--groups", type=int, default=0, metavar="K",
+                    help="also prep with --groups K; print its wall time over prep's")
     args = ap.parse_args(argv)
     os.environ["OMP_NUM_THREADS"] = "1"
     source = "stdlib,tests=1" if args.tests else "stdlib"
@@ -130,6 +137,10 @@ def main(argv=None) -> None:
                 assert tokens == raw_tokens, (tokens, raw_tokens)
                 wall[w], cpu[w] = min(wall[w], s), min(cpu[w], c, key=sum)
                 wall[f"pool{w}"] = min(wall[f"pool{w}"], raw_pool_encode(model, docs, w))
+                if args.groups:
+                    _, s, c = prep_encode(model, source, tmp / f"g{w}", w, args.groups)
+                    wall[f"groups{w}"] = min(wall.get(f"groups{w}", s), s)
+                    cpu[f"groups{w}"] = min(cpu.get(f"groups{w}", c), c, key=sum)
         raw_tps = raw_tokens / wall["raw"]
     load = os.getloadavg()[0]
     cmd = "python -m benchmarks.prep_throughput " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -160,6 +171,13 @@ def main(argv=None) -> None:
               "Raw pool = bare `encode` of the same batches in a pool of that many processes (no reading, "
               "splitting or writing): what that many encoders reach on this machine at that moment, so "
               "prep / raw pool isolates prep's own overhead from the machine's parallel scaling."]
+    if args.groups:
+        lines += ["", f"`--groups {args.groups}` (fit on a {SAMPLE}-document sample + assignment in "
+                  "the pool) over the same prep without groups, wall and CPU (main + workers): "
+                  + ", ".join(f"{w} worker{'s' * (w > 1)}: wall {wall[f'groups{w}']:.2f} s / "
+                              f"{wall[w]:.2f} s = {wall[f'groups{w}'] / wall[w]:.2f}, CPU "
+                              f"{sum(cpu[f'groups{w}']) / sum(cpu[w]):.2f}"
+                              for w in args.workers) + "."]
     section = "\n".join(lines) + "\n\n"
     print(section)
     if args.write_doc:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from data_prep.groups import check_groups
 from data_prep.sources import SourceSpec, check_source
 from data_prep.split import DocSplitter
 from data_prep.tokenizer import TrainConfig, check_train_config
@@ -47,6 +48,8 @@ class PrepOptions:
     drop_records: frozenset[tuple[int, str]] = frozenset()   # its (hash, record) "drop" rows
     exclude_match: str = "text"        # text: any document with a dropped text | record: the
                                        # listed records only
+    groups: int = 0                    # K > 0: each document's group of K within its source
+                                       # (data_prep.groups; seeded by `seed`)
 
     @property
     def bar_off(self) -> bool | None:
@@ -75,6 +78,8 @@ class PrepOptions:
         """What defines the shards: the manifest's `args`; re-runs must match them."""
         a = {**self.reading_args(), "tokenizer": self.tokenizer_args(), "dtype": self.dtype,
              "val_fraction": self.val_fraction, "seed": self.seed, "shard_tokens": self.shard_tokens}
+        if self.groups:
+            a["groups"] = self.groups
         if self.part is not None:
             a["num_parts"] = self.num_parts
         return a
@@ -140,6 +145,7 @@ def check_options(opts: PrepOptions) -> None:
         if opts.dtype == "uint16" and opts.vocab_size > 65536:
             raise UserError(f"--vocab-size {opts.vocab_size}: does not fit --dtype uint16 (ids up to 65535)")
     DocSplitter(opts.val_fraction, opts.seed)
+    check_groups(opts.groups)
     for spec in opts.sources:
         check_source(spec)
     try:

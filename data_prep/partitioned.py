@@ -23,8 +23,8 @@ from data_prep.options import PrepOptions, check_options, log, read_optional, re
 from data_prep.shards import SHARD_RE, shard_intact, shard_prefix, verify_shard
 from data_prep.sources import ReadStats, SourceSpec
 from data_prep.split import SPLITS, DocSplitter
-from data_prep.stages import (TOKENIZER_INFO, choose_dtype, ensure_tokenizer, load_progress,
-                              make_manifest, summary, tokenize_all)
+from data_prep.stages import (TOKENIZER_INFO, choose_dtype, ensure_groups, ensure_tokenizer,
+                              load_progress, make_manifest, summary, tokenize_all)
 from pipeline.errors import UserError
 from pipeline.format.indexed import bin_path, idx_path
 from pipeline.format.manifest import MANIFEST_NAME, Manifest, ShardEntry, TokenizerEntry, load_manifest
@@ -53,6 +53,7 @@ def run_tokenizer(opts: PrepOptions) -> TokenizerEntry:
     if counts is not None:
         atomic_write_json(plan_path, {"args": opts.reading_args(), "doc_counts": counts})
     choose_dtype(entry, opts.dtype, opts.out)
+    ensure_groups(opts)                       # fitted once here; the parts reuse OUT/groups.json
     log(f"lai-prep: tokenizer {entry.kind} (vocab {entry.vocab_size}) ready in {out} "
         f"({time.perf_counter() - t0:.1f} s); now run the parts with --num-parts N --part K")
     return entry

@@ -19,7 +19,7 @@ from pipeline.fsutil import sha256_file
 from pipeline.format.indexed import IndexedReader, IndexedWriter, ShardFormatError, bin_path, idx_path
 from pipeline.format.manifest import ShardEntry
 from pipeline.format.verify import ShardCheck
-from pipeline.format.provenance import DOCS, docs_path, write_docs
+from pipeline.format.provenance import DOCS, DOCS_GROUPED, docs_path, write_docs
 
 SHARD_RE = re.compile(r"^[A-Za-z0-9_]+-(train|val)-(p\d{5}-)?\d{5}\.(bin|idx|docs\.npy)$")
 
@@ -86,8 +86,8 @@ class ShardStreams:
     def start(self, source: str, split: str, next_index: int) -> None:
         self._next[(source, split)] = next_index
 
-    def add(self, source: str, split: str, tokens: np.ndarray, origin: tuple[int, int, int]) -> None:
-        """Append a document; `origin` = (file, pos, hash), its provenance row."""
+    def add(self, source: str, split: str, tokens: np.ndarray, origin: tuple[int, ...]) -> None:
+        """Append a document; `origin` = (file, pos, hash[, group]), its provenance row."""
         key = (source, split)
         w = self._open.get(key)
         if w is None:
@@ -101,7 +101,8 @@ class ShardStreams:
 
     def _close(self, key: tuple[str, str]) -> None:
         w = self._open.pop(key)
-        write_docs(w.prefix, np.array(self._origins.pop(key), dtype=DOCS))
+        rows = self._origins.pop(key)
+        write_docs(w.prefix, np.array(rows, dtype=DOCS_GROUPED if len(rows[0]) == 4 else DOCS))
         w.finalize()
         self._next[key] += 1
         self.on_complete(shard_entry(self.out, key[0], key[1], w))

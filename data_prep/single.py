@@ -16,7 +16,7 @@ from data_prep.options import PrepOptions, check_options, log, read_optional, re
 from data_prep.partitioned import PARTS
 from data_prep.shards import SHARD_RE, shard_intact, verify_shard
 from data_prep.split import DocSplitter
-from data_prep.stages import (TOKENIZER_INFO, Progress, choose_dtype, ensure_tokenizer,
+from data_prep.stages import (GROUPS_FILE, TOKENIZER_INFO, Progress, choose_dtype, ensure_tokenizer,
                               load_progress, make_manifest, summary, tokenize_all)
 from pipeline.errors import UserError
 from pipeline.format.manifest import MANIFEST_NAME, Manifest, ShardEntry, load_manifest
@@ -66,7 +66,7 @@ def run_prep(opts: PrepOptions) -> Manifest:
 def _wipe(out: Path) -> None:
     """--force: remove every lai-prep output in `out` (shards, state, tokenizer); nothing else."""
     for p in out.iterdir():
-        if SHARD_RE.match(p.name) or p.name in (MANIFEST_NAME, PROGRESS, TOKENIZER_INFO, SPM_FILE):
+        if SHARD_RE.match(p.name) or p.name in (MANIFEST_NAME, PROGRESS, TOKENIZER_INFO, SPM_FILE, GROUPS_FILE):
             p.unlink()
     for d in (out / PARTS, out / HF_DIR):
         shutil.rmtree(d, ignore_errors=True)

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from data_prep.groups import GroupModel, Reservoir, fit_groups
 from data_prep.options import PrepOptions, changed, log, read_optional
 from data_prep.shards import ShardStreams, shard_intact
 from data_prep.progress import SourceBar, elapsed
@@ -26,9 +27,9 @@ from data_prep.tokenize import batched, encode_stream
 from data_prep.tokenizer import (install_tokenizer, sample_sentences, tokenizer_entry,
                                  train_sentencepiece, training_sentences)
 from pipeline.errors import UserError
-from pipeline.format.indexed import bin_path, idx_path, token_dtype
-from pipeline.format.manifest import Manifest, ShardEntry, TokenizerEntry
-from pipeline.format.provenance import doc_hash, docs_path, record
+from pipeline.format.indexed import IndexedReader, bin_path, idx_path, token_dtype
+from pipeline.format.manifest import Manifest, ShardEntry, TokenizerEntry, group_label
+from pipeline.format.provenance import doc_hash, docs_path, read_docs, record
 from pipeline.format.tokenizer import SPM_FILE, tokenizer_sha256
 from pipeline.fsutil import atomic_write_json
 
@@ -216,9 +217,60 @@ def load_progress(path: Path, args: dict, out: Path, extra: list[ShardEntry] | N
     return run
 
 
+GROUPS_FILE = "groups.json"
+
+
+def ensure_groups(opts: PrepOptions) -> dict[str, GroupModel]:
+    """--groups K: each source's fitted groups (OUT/groups.json, reused when made with the same
+    documents, K and seed; else fitted on each source's bounded sample and saved)."""
+    if not opts.groups:
+        return {}
+    path = opts.out / GROUPS_FILE
+    args = {**opts.reading_args(), "groups": opts.groups, "seed": opts.seed}
+    if (read_optional(path) or {}).get("args") == args:
+        return saved_groups(opts.out)
+    t0 = time.perf_counter()
+    models = {}
+    for spec in opts.sources:
+        sample = Reservoir(opts.seed)
+        for text, _, origin in documents(spec, opts, ReadStats()):
+            sample.offer(text, origin[2])
+        models[spec.name] = fit_groups(sample.texts(), opts.groups, opts.seed)
+    atomic_write_json(path, {"args": args, "sources": {n: m.to_json() for n, m in models.items()}})
+    log(f"lai-prep: {opts.groups} groups per source fitted in {time.perf_counter() - t0:.1f} s: "
+        + "; ".join(group_label(n, g, t) for n, m in models.items() for g, t in enumerate(m.terms)))
+    return models
+
+
+def saved_groups(out: Path) -> dict[str, GroupModel]:
+    """The groups OUT/groups.json holds per source."""
+    saved = read_optional(out / GROUPS_FILE)
+    if saved is None:
+        raise UserError(f"{out / GROUPS_FILE}: missing (lai-prep --groups fits it before "
+                        "tokenizing; run `lai-prep tokenizer` or the prep again)")
+    return {n: GroupModel.from_json(g) for n, g in saved["sources"].items()}
+
+
+def group_stats(out: Path, models: dict[str, GroupModel], shards: list[ShardEntry],
+                seed: int) -> dict[str, dict]:
+    """The manifest's `groups`: per source K, seed, top terms, train documents and tokens per group."""
+    stats = {}
+    for name, m in models.items():
+        docs, tokens = np.zeros(m.k, dtype=np.int64), np.zeros(m.k, dtype=np.int64)
+        for e in shards:
+            if e.source == name and e.split == "train":
+                g = read_docs(out / e.prefix)["group"]
+                docs += np.bincount(g, minlength=m.k)
+                tokens += np.bincount(g, weights=IndexedReader(out / e.prefix).lengths,
+                                      minlength=m.k).astype(np.int64)
+        stats[name] = {"k": m.k, "seed": seed, "terms": m.terms, "train_docs": docs.tolist(),
+                       "train_tokens": tokens.tolist()}
+    return stats
+
+
 def tokenize_source(spec: SourceSpec, opts: PrepOptions, run: Progress, streams: ShardStreams,
                      splitter: DocSplitter, entry: TokenizerEntry, dtype: np.dtype,
-                     lo: int = 0, hi: int | None = None) -> ReadStats:
+                     lo: int = 0, hi: int | None = None, groups: GroupModel | None = None) -> ReadStats:
     skip = {s: 0 for s in SPLITS}
     for s in SPLITS:
         done = [e for e in run.shards if e.source == spec.name and e.split == s]
@@ -239,9 +291,10 @@ def tokenize_source(spec: SourceSpec, opts: PrepOptions, run: Progress, streams:
                     docs_total=None if hi is None else hi - lo, docs_limit=opts.max_docs)
     try:
         for metas, enc in encode_stream(batches, kind=entry.kind, path=opts.out / entry.path, dtype=dtype,
-                                        workers=opts.workers):
-            for (split, _, origin), tokens in zip(metas, enc.documents()):
-                streams.add(spec.name, split, tokens, origin)
+                                        workers=opts.workers, groups=groups):
+            tags = [()] * len(metas) if enc.groups is None else [(int(g),) for g in enc.groups]
+            for (split, _, origin), tokens, tag in zip(metas, enc.documents(), tags):
+                streams.add(spec.name, split, tokens, origin + tag)
             bar.update(len(metas), int(enc.lengths.sum()))
     finally:
         bar.close()
@@ -269,10 +322,11 @@ def make_manifest(opts: PrepOptions, entry: TokenizerEntry, dtype: np.dtype, spl
     per_source = {s.name: source_stats(s, read[s.name], shards) for s in opts.sources}
     stats = {"sources": per_source, "num_docs": sum(e.num_docs for e in shards),
              "num_tokens": sum(e.num_tokens for e in shards), "num_shards": len(shards)}
+    groups = group_stats(opts.out, saved_groups(opts.out), shards, args["seed"]) if args.get("groups") else {}
     return Manifest(tokenizer=entry, dtype=dtype.name, split=splitter.to_json(),
                     sources=[{"name": s.name, "spec": s.to_json(), "files": origin_files(s)}
                              for s in opts.sources],
-                    shards=shards, args=args, stats=stats)
+                    shards=shards, args=args, stats=stats, groups=groups)
 
 
 def summary(m: Manifest, out: Path, seconds: float) -> str:
@@ -300,13 +354,15 @@ def summary(m: Manifest, out: Path, seconds: float) -> str:
 def tokenize_all(opts: PrepOptions, run: Progress, entry: TokenizerEntry, dtype: np.dtype,
                   ranges: dict[str, tuple[int, int | None]], require_nonempty: bool) -> dict[str, dict]:
     splitter = DocSplitter(opts.val_fraction, opts.seed)
+    models = ensure_groups(opts)
     streams = ShardStreams(opts.out, dtype, opts.shard_tokens, run.add, part=opts.part)
     try:
         for spec in opts.sources:
             if spec.name in run.sources_done:
                 continue
             lo, hi = ranges.get(spec.name, (0, None))
-            stats = tokenize_source(spec, opts, run, streams, splitter, entry, dtype, lo, hi)
+            stats = tokenize_source(spec, opts, run, streams, splitter, entry, dtype, lo, hi,
+                                    models.get(spec.name))
             if require_nonempty:
                 check_nonempty(spec, stats)
             run.sources_done[spec.name] = asdict(stats)

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from data_prep.groups import GroupModel
 from pipeline.format.tokenizer import Tokenizer, load_tokenizer
 
 
@@ -22,6 +23,7 @@ class EncodedBatch:
     """The documents of one batch, each followed by EOS, back to back in `tokens`."""
     tokens: np.ndarray     # [sum(lengths)] token dtype
     lengths: np.ndarray    # [num_docs] int64, EOS included
+    groups: np.ndarray | None = None   # [num_docs] int16 with lai-prep --groups
 
     def documents(self) -> Iterator[np.ndarray]:
         start = 0
@@ -48,26 +50,33 @@ def encode_documents(tok: Tokenizer, texts: list[str], dtype: np.dtype) -> Encod
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(kind: str, path: str, dtype: str) -> None:
+def _init_worker(kind: str, path: str, dtype: str, groups: GroupModel | None = None) -> None:
     os.environ["OMP_NUM_THREADS"] = "1"
     _WORKER["tok"] = load_tokenizer(kind, path)
     _WORKER["dtype"] = np.dtype(dtype)
+    _WORKER["groups"] = groups
 
 
 def _encode_in_worker(texts: list[str]) -> EncodedBatch:
-    return encode_documents(_WORKER["tok"], texts, _WORKER["dtype"])
+    enc = encode_documents(_WORKER["tok"], texts, _WORKER["dtype"])
+    if _WORKER["groups"] is not None:
+        enc.groups = _WORKER["groups"].assign(texts)
+    return enc
 
 
 def encode_stream(batches: Iterable[tuple[Any, list[str]]], *, kind: str, path: str | os.PathLike,
-                  dtype: np.dtype, workers: int) -> Iterator[tuple[Any, EncodedBatch]]:
-    """Encode (meta, texts) batches; yields (meta, EncodedBatch) in input order."""
+                  dtype: np.dtype, workers: int, groups: GroupModel | None = None
+                  ) -> Iterator[tuple[Any, EncodedBatch]]:
+    """Encode (meta, texts) batches; yields (meta, EncodedBatch) in input order (with each
+    document's group when `groups` is given)."""
+    init = (kind, str(path), np.dtype(dtype).str, groups)
     if workers <= 1:
-        _init_worker(kind, str(path), np.dtype(dtype).str)
+        _init_worker(*init)
         for meta, texts in batches:
             yield meta, _encode_in_worker(texts)
         return
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(kind, str(path), np.dtype(dtype).str)) as pool:
+    with ctx.Pool(workers, initializer=_init_worker, initargs=init) as pool:
         pending: deque = deque()
         for meta, texts in batches:
             pending.append((meta, pool.apply_async(_encode_in_worker, (texts,))))

@@ -131,7 +131,7 @@ def _lai(cfg: Config) -> None:
               and cfg.train.backend == "deepspeed"), "model.compile",
          "not with DeepSpeed's train.zero_stage=3 (its parameter hooks run inside the blocks); "
          "train.backend=fsdp2 gathers each block's parameters around its compiled forward")
-    need(not cfg.lai.mixing or len(cfg.data.sources) >= 2, "lai.mixing",
+    need(not cfg.lai.mixing or len(cfg.data.sources) >= 2 or cfg.lai.mixing_groups, "lai.mixing",
          f"needs at least 2 data.sources to mix, got {len(cfg.data.sources)}")
 
 

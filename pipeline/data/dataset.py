@@ -11,6 +11,8 @@ With `mixing=True` the weights change during training (lai.mixing), so no fixed 
 the loader allocates each global micro-batch's slots to sources from the current weights
 (mixture.py), and a seq_id names its sample directly, seq_id = k * S + s (the k-th sample of
 source s of S), so it still maps back to its documents without the weights' history.
+With `groups=True` too (lai.mixing_groups) the mixture's sources are (prepared source, group) arms
+(groups.py): `streams`, `weights` and `source_names` are the arms'.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.blend import blend_schedule
+from pipeline.data.groups import group_arms
 from pipeline.data.source import SourceStream
 from pipeline.errors import UserError
 from pipeline.format.indexed import bin_path
@@ -72,7 +75,7 @@ class PackedDataset:
     """
 
     def __init__(self, sources: list[tuple[str | Path, float]], seq_len: int, *,
-                 split: str = "train", seed: int = 0, mixing: bool = False):
+                 split: str = "train", seed: int = 0, mixing: bool = False, groups: bool = False):
         if split not in ("train", "val"):
             raise UserError(f"split: expected 'train' or 'val', got {split!r}")
         if not isinstance(seq_len, int) or seq_len < 1:
@@ -90,7 +93,10 @@ class PackedDataset:
                     f"{d / MANIFEST_NAME}: tokenizer sha256 {m.tokenizer.sha256[:12]} differs from "
                     f"{first / MANIFEST_NAME} ({tok0.sha256[:12]}); all sources must share one "
                     f"tokenizer: prepare {d} again with lai-prep --tokenizer {use} ...")
+        if groups and not mixing:
+            raise ValueError("PackedDataset: groups=True needs mixing=True")
         self.seq_len, self.split, self.seed, self.mixing = seq_len, split, seed, mixing
+        self.groups = groups
         self.weights = [w for _, w in checked]
         self.streams = [SourceStream(d, m, split, seq_len, seed, i)
                         for i, ((d, _), m) in enumerate(zip(checked, manifests))]
@@ -104,6 +110,8 @@ class PackedDataset:
                 self._shard_index[key] = (i, j)
         # one name per weighted source (a directory may hold several prepared sources)
         self.source_names = ["+".join(dict.fromkeys(st.shard_sources)) for st in self.streams]
+        if groups:
+            self._split_into_arms(manifests)
         self._blend = blend_schedule(self.weights)
         self.samples_per_epoch = sum(st.num_samples for st in self.streams)
         self.tokenizer = tok0                     # the sources' shared TokenizerEntry
@@ -112,10 +120,23 @@ class PackedDataset:
         self.release_every_bytes = RELEASE_EVERY_BYTES
         self._bytes_since_release = 0
 
+    def _split_into_arms(self, manifests) -> None:
+        """Replace the directories' streams by their (source, group) arms (groups.py)."""
+        arms, first = [], {}
+        for st, w, m in zip(self.streams, self.weights, manifests):
+            first[st.index] = len(arms)
+            arms += group_arms(st, m, w, len(arms))
+        self._shard_index = {key: (first[i], j) for key, (i, j) in self._shard_index.items()}
+        self._owners = set(first.values())      # the arm that document_keys names a directory by
+        self.streams = [a for a, _, _ in arms]
+        self.weights = [w for _, w, _ in arms]
+        self.source_names = [n for _, _, n in arms]
+
     def _fingerprint(self, manifests) -> str:
         """Hash of everything that determines the sample order (not of paths: data may move)."""
         ident = {"seq_len": self.seq_len, "split": self.split, "seed": self.seed,
                  "blend": self._blend.quota.tolist(), **({"mixing": True} if self.mixing else {}),
+                 **({"groups": [m.groups for m in manifests]} if self.groups else {}),
                  "data": [[m.tokenizer.sha256, [(s.prefix, s.num_tokens, s.bin_sha256)
                                                  for s in m.shards_of(self.split)]] for m in manifests]}
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
@@ -183,8 +204,10 @@ class PackedDataset:
 
     @property
     def num_docs(self) -> list[int]:
-        """Documents of each source (this split), in source order."""
-        return [st.num_docs for st in self.streams]
+        """Documents of each source (this split), in source order (groups: a directory's documents
+        on its first arm, which document_keys names them by, 0 on its other arms)."""
+        return [st.num_docs if not self.groups or i in self._owners else 0
+                for i, st in enumerate(self.streams)]
 
     def document_keys(self, seq_id: int) -> list[tuple[int, int, int]]:
         """(source index, document index within the source, tokens) of each document run of

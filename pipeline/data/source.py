@@ -14,6 +14,7 @@ rebuilds an epoch's arrays (O(documents)) whenever it left the cache.
 """
 from __future__ import annotations
 
+import copy
 import mmap
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -100,12 +101,26 @@ class SourceStream:
             raise UserError(f"{data_dir}: the '{split}' split has {self.num_tokens} tokens, "
                             f"fewer than one sample of seq_len + 1 = {seq_len + 1}")
         self._epochs: OrderedDict[int, _Epoch] = OrderedDict()
+        self.members: np.ndarray | None = None     # see subset
+
+    def subset(self, members: np.ndarray, index: int) -> SourceStream:
+        """The same stream over only the documents `members` (sorted source-wide ids, e.g. one
+        group's), seeded by `index`; shares this stream's readers and tables. Document ids
+        (Piece.doc, num_docs) stay those of the whole source."""
+        sub = copy.copy(self)
+        sub.index, sub.members, sub._epochs = index, members, OrderedDict()
+        sub.num_tokens = int(self._doc_len[members].sum())
+        sub.num_samples = max((sub.num_tokens - 1) // self.seq_len, 0)
+        return sub
 
     def _epoch(self, e: int) -> _Epoch:
         ep = self._epochs.get(e)
         if ep is None:
             rng = np.random.default_rng([self.seed, self.index, e])
-            doc_order = rng.permutation(self.num_docs).astype(_index_dtype(self.num_docs))
+            if self.members is None:
+                doc_order = rng.permutation(self.num_docs).astype(_index_dtype(self.num_docs))
+            else:
+                doc_order = self.members[rng.permutation(len(self.members))]
             sample_order = rng.permutation(self.num_samples).astype(_index_dtype(self.num_samples))
             ep = _Epoch(doc_order, np.cumsum(self._doc_len[doc_order]), sample_order)
             self._epochs[e] = ep

@@ -53,11 +53,17 @@ class Manifest:
     shards: list[ShardEntry]
     args: dict[str, Any] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
+    groups: dict[str, Any] = field(default_factory=dict)   # lai-prep --groups: per source
+                         # {"k", "seed", "terms": [[word, ...]] per group, "train_docs",
+                         # "train_tokens": [per group]}; each document's group: its .docs.npy
     format: str = FORMAT
     version: int = VERSION
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if not self.groups:                   # data prepared without --groups: as before
+            del d["groups"]
+        return d
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / MANIFEST_NAME
@@ -92,4 +98,10 @@ def load_manifest(directory: str | Path) -> Manifest:
         raise UserError(f"{where}: malformed entry ({e})") from None
     return Manifest(tokenizer=tok, dtype=_require(raw, "dtype", where),
                     split=_require(raw, "split", where), sources=_require(raw, "sources", where),
-                    shards=shards, args=raw.get("args", {}), stats=raw.get("stats", {}))
+                    shards=shards, args=raw.get("args", {}), stats=raw.get("stats", {}),
+                    groups=raw.get("groups", {}))
+
+
+def group_label(source: str, group: int, terms: list[str]) -> str:
+    """`web/g3 [casino, bonus, free]`: how logs, TensorBoard and reports name a group."""
+    return f"{source}/g{group} [{', '.join(terms)}]"

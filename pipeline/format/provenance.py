@@ -9,7 +9,11 @@ manifest's `ShardEntry.docs_sha256`): one row per document of the shard, in shar
                   of the split), 0 (one document per file: text file mode, stdlib)
     hash  uint64  `doc_hash` of the document's UTF-8 text: equal texts, equal hashes
 
-(20 bytes per document). `record()` turns a row into a link a person can open, e.g.
+(20 bytes per document). Data prepared with `lai-prep --groups K` adds
+
+    group int16   the document's group within its source (data_prep.groups), 0..K-1
+
+(DOCS_GROUPED, 22 bytes). `record()` turns a row into a link a person can open, e.g.
 "/data/web/part-3.jsonl:1042" or "/data/code/a.parquet row 17".
 
 The keep/drop list: `lai-report` writes RUN/report/keep_drop.csv (KEEP_DROP_FIELDS, one row per
@@ -34,6 +38,7 @@ DOCS_SUFFIX = ".docs.npy"
 DOCS = np.dtype([("file", "<i4"), ("pos", "<i8"), ("hash", "<u8")])
 KEEP_DROP_FIELDS = ["decision", "confidence", "value_step", "measured", "tokens", "source",
                     "shard", "doc", "record", "doc_hash"]
+DOCS_GROUPED = np.dtype(DOCS.descr + [("group", "<i2")])
 _HASH_KEY = b"lai-doc"
 
 
@@ -51,10 +56,10 @@ def docs_path(prefix: str | Path) -> Path:
 
 
 def write_docs(prefix: str | Path, rows: np.ndarray) -> Path:
-    """The sidecar of shard `prefix` (rows of dtype DOCS), written atomically."""
+    """The sidecar of shard `prefix` (rows of dtype DOCS or DOCS_GROUPED), written atomically."""
     path = docs_path(prefix)
     with atomic_write(path, "wb") as f:
-        np.save(f, np.asarray(rows, dtype=DOCS), allow_pickle=False)
+        np.save(f, rows, allow_pickle=False)
     return path
 
 
@@ -68,8 +73,8 @@ def read_docs(prefix: str | Path) -> np.ndarray | None:
         rows = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: unreadable document provenance ({e})") from None
-    if rows.dtype != DOCS:
-        raise UserError(f"{path}: dtype {rows.dtype}, expected {DOCS}")
+    if rows.dtype not in (DOCS, DOCS_GROUPED):
+        raise UserError(f"{path}: dtype {rows.dtype}, expected {DOCS} or {DOCS_GROUPED}")
     return rows
 
 

@@ -90,6 +90,8 @@ class LAISettings:
                                        # time-average is logged either way
     mixing_floor: float = 0.1          # share of the initial weights always kept, in [0, 1]
     mixing_every: int = 1              # update the weights every N optimizer steps
+    mixing_groups: bool = False        # lai.mixing's arms are the (source, group) pairs of data
+                                       # prepared with lai-prep --groups K (pipeline.data.groups)
     mixing_without_val: bool = False   # lai.mixing with a global or local reference (the
                                        # training batch itself: self-influence, no goal) is
                                        # refused unless this is true
@@ -210,3 +212,4 @@ def check(s: LAISettings) -> None:
     _need(0 <= s.mixing_ema < 1, "mixing_ema", f"must be in [0, 1), got {s.mixing_ema}")
     _need(0 <= s.mixing_floor <= 1, "mixing_floor", f"must be in [0, 1], got {s.mixing_floor}")
     _need(s.mixing_every >= 1, "mixing_every", f"must be >= 1, got {s.mixing_every}")
+    _need(not s.mixing_groups or s.mixing, "mixing_groups", "needs lai.mixing=true")

@@ -70,7 +70,8 @@ def load_data_spec(run_dir: Path) -> dict:
 def build_dataset(spec: dict) -> PackedDataset:
     """The run's training PackedDataset."""
     return PackedDataset([(Path(d), float(w)) for d, w in spec["sources"]], spec["seq_len"],
-                         split="train", seed=spec["seed"], mixing=spec.get("mixing", False))
+                         split="train", seed=spec["seed"], mixing=spec.get("mixing", False),
+                         groups=spec.get("groups", False))
 
 
 # ---------------------------------------------------------------------------- snippets

@@ -32,11 +32,12 @@ from pipeline.train import checkpoint
 # Differences that make a checkpoint unusable (refused); every other difference is noted.
 # run.out_dir / run.resume / data.verify are where and how, not what: never compared. A name
 # ending in "." is a section (every key in it), any other name one key. lai.mixing decides how
-# seq_ids and the loader state are laid out, lai.mixer what the mixing state means; the mixer's
+# seq_ids and the loader state are laid out (lai.mixing_groups: over which arms), lai.mixer what the mixing state means; the mixer's
 # step size, smoothing, floor, averaging and cadence may change.
 RESUME_BREAKING = ("model.", "data.", "run.seed", "train.global_batch", "train.backend",
                    "train.zero_stage", "train.precision", "train.offload_optimizer",
-                   "train.offload_params", "lai.mixing", "lai.mixer")
+                   "train.offload_params", "lai.mixing", "lai.mixer",
+                   "lai.mixing_groups")
 RESUME_IGNORED = ("run.out_dir", "run.resume", "run.continue_from", "data.verify")
 
 

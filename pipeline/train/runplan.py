@@ -30,12 +30,13 @@ def data_plan(cfg: Config, train: PackedDataset, val: PackedDataset | None, worl
     t, plan = cfg.train, DataPlan()
     samples = t.steps * t.global_batch
     total_weight = sum(train.weights)
-    for st, w in zip(train.streams, train.weights):
+    for st, w, arm in zip(train.streams, train.weights, train.source_names):
         drawn = samples * w / total_weight
         epochs = drawn / st.num_samples
-        names = ", ".join(dict.fromkeys(st.shard_sources))
+        names = arm if train.groups else ", ".join(dict.fromkeys(st.shard_sources))
+        docs = st.num_docs if st.members is None else len(st.members)
         plan.lines.append(
-            f"data: {st.data_dir} ({names}): {st.num_tokens:,} train tokens in {st.num_docs:,} "
+            f"data: {st.data_dir} ({names}): {st.num_tokens:,} train tokens in {docs:,} "
             f"documents = {st.num_samples:,} samples of {train.seq_len}+1; weight "
             f"{w / total_weight:.0%} -> read {epochs:.2f} times")
         if epochs > 1:

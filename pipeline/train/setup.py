@@ -58,7 +58,7 @@ def open_data(cfg: Config, info: DistInfo) -> Data:
     d = cfg.data
     sources = [(s.path, s.weight) for s in d.sources]
     train = PackedDataset(sources, d.seq_len, split="train", seed=cfg.run.seed,
-                          mixing=cfg.lai.mixing)
+                          mixing=cfg.lai.mixing, groups=cfg.lai.mixing_groups)
     _check_tokenizer(train.tokenizer_path, train.tokenizer.sha256, Path(d.sources[0].path))
     loader = RankLoader(train, cfg.train.micro_batch, info.rank, info.world,
                         pin_memory=info.device.type == "cuda")
@@ -222,11 +222,14 @@ def ds_config(cfg: Config, world: int, cuda: bool, *, load_universal: bool = Fal
 def data_json(cfg: Config, fingerprint: str | None = None) -> dict[str, Any]:
     """RUN/data.json: exactly PackedDataset's arguments, for lai-report to rebuild the dataset
     (plus the train dataset's fingerprint, so re-prepared data is detected; "mixing": true when
-    lai.mixing is on, whose seq_ids name (source, sample) directly)."""
+    lai.mixing is on, whose seq_ids name (source, sample) directly; "groups": true with
+    lai.mixing_groups, whose sources are (source, group) arms)."""
     val = cfg.data.val_sources or cfg.data.sources
     extra = {"fingerprint": fingerprint} if fingerprint else {}
     if cfg.lai.mixing:
         extra["mixing"] = True
+    if cfg.lai.mixing_groups:
+        extra["groups"] = True
     return {**extra, "sources": [[s.path, s.weight] for s in cfg.data.sources],
             "val_sources": [[s.path, s.weight] for s in val],
             "seq_len": cfg.data.seq_len, "seed": cfg.run.seed}
