@@ -37,6 +37,7 @@ def test_oversample_trains_the_top_global_batch(straight):
     _, run, out = straight
     rows = ledger(run)
     assert f"done: {2 * N} steps, {2 * N * G * 32:,} tokens" in out      # 8 sequences x 32 / step
+    assert "(lai.select draws 12 candidates per step)" in out and "select oversample x1.5" in out
     assert rows.size == 2 * N * P and set(rows["rank"]) == {0, 1}
     for step in range(1, 2 * N + 1):
         r = rows[rows["step"] == step]                                   # sorted by seq_id
@@ -74,3 +75,17 @@ def test_oversample_one_rank_equals_two(straight, tmp_path):
     assert np.array_equal(a["seq_id"], b["seq_id"]) and np.array_equal(a["step"], b["step"])
     assert np.array_equal(a["kept"], b["kept"])
     np.testing.assert_allclose(a["value"], b["value"], rtol=1e-4, atol=1e-4)
+
+
+def test_select_settings_refused_with_field_name():
+    from pipeline.config.batch import pool_size
+    from pipeline.lai import LAISettings
+    assert pool_size(1.5, 8, 2) == 12 and pool_size(1.25, 8, 2) == 10
+    with pytest.raises(ValueError, match=r"^lai\.select_factor: 1\.3 x global batch 8 = 10\.4 "):
+        pool_size(1.3, 8, 2)
+    with pytest.raises(ValueError, match=r"^lai\.select_factor: .* multiple of the 4 rank"):
+        pool_size(1.25, 8, 4)
+    with pytest.raises(ValueError, match=r"^lai\.select: 'oversample' .* lai\.filter=none"):
+        LAISettings(select="oversample").resolved()
+    with pytest.raises(ValueError, match=r"^lai\.select_factor: must be a finite number > 1"):
+        LAISettings(select="oversample", filter="none", select_factor=1.0).resolved()

@@ -64,7 +64,7 @@ def _load_chunk(path: Path) -> np.ndarray:
     except Exception as e:  # noqa: BLE001 -- any unreadable chunk is the same user-facing problem
         why = (str(e).splitlines() or [""])[0]
         raise UserError(f"{path}: not a readable ledger chunk ({type(e).__name__}: {why})") from None
-    if rows.dtype in (ROW_V1, ROW_V2) and rows.ndim == 1:   # an older run: no weighting
+    if rows.dtype in (ROW_V1, ROW_V2) and rows.ndim == 1:     # older runs: no weight column
         new = np.empty(rows.size, ROW)
         for name in rows.dtype.names:
             new[name] = rows[name]

@@ -12,8 +12,9 @@ global micro-batches of micro_batch x world (the last one smaller), rank r the r
 each, under no_grad; values and losses are gathered, so every rank holds the pool's. Choice:
 the filter's FilterPolicy with a budget of exactly P - G per step excludes the lowest values
 (ties: the earlier position first; a non-finite value counts as the lowest), so the top G by
-value train; before lai.warmup_steps nothing is excluded and the first G in pool order train. The trained ones, in
-pool order, form the step's grad_accum global micro-batches (rank r: the r-th slice). Ledger:
+value train; before lai.warmup_steps nothing is excluded and the first G in pool order train.
+The trained ones, in pool order, form the step's grad_accum global micro-batches (rank r: the
+r-th slice). The pool's time counts as LAI time in the step's phases. Ledger:
 every candidate, trained (kept, by the rank that trains it) or not (by the rank that scored it).
 """
 from __future__ import annotations
@@ -21,7 +22,6 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from pipeline.comm import Comm

@@ -130,7 +130,7 @@ class StepResult:
     grad_norm: float
     skipped: bool
     micros: list[Micro] = field(default_factory=list)
-    rejected: dict | None = None      # lai.select: this rank's untrained candidates (Drawn.rejected)
+    rejected: dict | None = None      # lai.select: this rank's untrained candidates
     pool_clock: PhaseClock | None = None   # lai.select: the pool's draw, as LAI time
 
     @property
