@@ -53,7 +53,7 @@ def expected(steps: range) -> np.ndarray:
         for rank in range(WORLD):
             seq, v, k, loss = batch(step, rank)
             for i in range(MICRO):
-                rows.append((step, seq[i], v[i], loss[i], k[i], 2 * v[i], rank))
+                rows.append((step, seq[i], v[i], loss[i], k[i], 2 * v[i], float(k[i]), rank))
     out = np.array(rows, ROW.descr + [("rank", "<i4")])
     return out[np.lexsort((out["seq_id"], out["step"]))]
 

@@ -43,3 +43,14 @@ def resolve_batch(t: TrainConfig, world: int) -> None:
                         f"divides {t.global_batch}")
     micro = max(d for d in range(1, min(t.micro_batch, per_rank) + 1) if per_rank % d == 0)
     t.micro_batch, t.grad_accum = micro, per_rank // micro
+
+
+def pool_size(factor: float, global_batch: int, world: int) -> int:
+    """lai.select=oversample's candidates per step, P = factor x global_batch; ValueError
+    (lai.select_factor) unless P is a whole multiple of `world`."""
+    p = round(factor * global_batch)
+    if abs(p - factor * global_batch) > 1e-9 or p % world:
+        raise ValueError(f"lai.select_factor: {factor:g} x global batch {global_batch} = "
+                         f"{factor * global_batch:g} candidates per step must be a whole "
+                         f"multiple of the {world} rank(s)")
+    return p

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from pipeline.config.batch import resolve_batch
+from pipeline.config.batch import pool_size, resolve_batch
 from pipeline.config.schema import CHOICES, Config
 from pipeline.errors import UserError
 from pipeline.lai.baselines import FILTERS
@@ -31,7 +31,7 @@ def validate(cfg: Config, world: int = 1) -> None:
     _data(cfg)
     _model(cfg)
     _train(cfg, world)
-    _lai(cfg)
+    _lai(cfg, world)
     _log(cfg)
 
 
@@ -114,7 +114,7 @@ def _fsdp2(t) -> None:
          "the optimizer step together): set train.offload_params=cpu instead")
 
 
-def _lai(cfg: Config) -> None:
+def _lai(cfg: Config, world: int) -> None:
     try:
         check_lai(cfg.lai)
     except ValueError as e:
@@ -133,6 +133,11 @@ def _lai(cfg: Config) -> None:
          "train.backend=fsdp2 gathers each block's parameters around its compiled forward")
     need(not cfg.lai.mixing or len(cfg.data.sources) >= 2 or cfg.lai.mixing_groups, "lai.mixing",
          f"needs at least 2 data.sources to mix, got {len(cfg.data.sources)}")
+    if cfg.lai.select != "none":
+        try:
+            pool_size(cfg.lai.select_factor, cfg.train.global_batch, world)
+        except ValueError as e:
+            raise UserError(str(e)) from None
 
 
 def _log(cfg: Config) -> None:

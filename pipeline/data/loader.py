@@ -57,16 +57,31 @@ class RankLoader:
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         """{"input_ids", "targets": int64 [micro_batch, seq_len], "seq_ids": int64 [micro_batch]}."""
-        seq_ids = self._seq_ids()
-        x = np.empty((self.micro_batch, self.dataset.seq_len + 1), dtype=np.int64)
+        batch = self.load(self._seq_ids())
+        self.samples_consumed += self.global_batch
+        return batch
+
+    def next_pool(self, n: int) -> np.ndarray:
+        """int64 [n]: the next n samples of the global order (all ranks' the same; lai.select
+        draws a step's candidates with it), consumed."""
+        if self.mixture is None:
+            ids = np.arange(self.samples_consumed, self.samples_consumed + n, dtype=np.int64)
+        else:
+            ids = self.dataset.seq_ids(*self.mixture.next_batch(n))
+        self.samples_consumed += n
+        return ids
+
+    def load(self, seq_ids: np.ndarray) -> dict[str, torch.Tensor]:
+        """The batch of samples `seq_ids` (int64 [n]), as next_batch returns it."""
+        x = np.empty((len(seq_ids), self.dataset.seq_len + 1), dtype=np.int64)
         for row, i in zip(x, seq_ids):
             self.dataset.sample(int(i), out=row)
         self.dataset.check_tokens(x, seq_ids)          # ids outside the vocabulary: one line
-        self.samples_consumed += self.global_batch
         ids, targets = (torch.from_numpy(np.ascontiguousarray(a)) for a in (x[:, :-1], x[:, 1:]))
         if self.pin_memory:
             ids, targets = ids.pin_memory(), targets.pin_memory()
-        return {"input_ids": ids, "targets": targets, "seq_ids": torch.from_numpy(seq_ids)}
+        return {"input_ids": ids, "targets": targets,
+                "seq_ids": torch.from_numpy(np.asarray(seq_ids, dtype=np.int64))}
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         while True:

@@ -21,6 +21,7 @@ from .mixing import MIXERS
 from .normalize import NORMALIZE
 from .pairings import PAIRINGS
 from .precondition import PRECONDITIONS
+from .weighting import WEIGHTINGS
 
 METHODS = ("exact", "sketch")
 REFERENCES = ("local", "global", "val")
@@ -95,6 +96,16 @@ class LAISettings:
     mixing_without_val: bool = False   # lai.mixing with a global or local reference (the
                                        # training batch itself: self-influence, no goal) is
                                        # refused unless this is true
+    select: str = "none"               # none | oversample: score select_factor x the global
+                                       # batch per step (forward only) and train the best
+                                       # global batch of them (pipeline.train.pool)
+    select_factor: float = 1.5         # select=oversample: candidates per trained sequence, > 1
+    weighting: str = "none"            # none | sigmoid: bounded per-sequence loss weights from
+                                       # value_norm, inside the kept-token normalisation
+                                       # (pipeline.lai.weighting); nothing dropped by it
+    weight_temperature: float = 1.0    # weighting=sigmoid: z-score scale of the sigmoid
+    weight_min: float = 0.5            # weighting=sigmoid: raw weight bounds, 0 < min < max
+    weight_max: float = 2.0            # (effective weights: in [min/max, max/min], mean 1)
 
     def resolved(self, has_val: bool = False, has_documents: bool = False) -> LAISettings:
         """A checked copy with concrete values (ValueError `lai.<field>: ...` on a bad one).
@@ -213,3 +224,22 @@ def check(s: LAISettings) -> None:
     _need(0 <= s.mixing_floor <= 1, "mixing_floor", f"must be in [0, 1], got {s.mixing_floor}")
     _need(s.mixing_every >= 1, "mixing_every", f"must be >= 1, got {s.mixing_every}")
     _need(not s.mixing_groups or s.mixing, "mixing_groups", "needs lai.mixing=true")
+    _check_weighting(s)
+
+
+def _check_weighting(s: LAISettings) -> None:
+    """lai.select and lai.weighting: what acts on the values besides the filter."""
+    _one_of(s, "select", ("none", "oversample"))
+    _need(s.select == "none" or (s.enabled and s.filter == "none"), "select",
+          f"{s.select!r} chooses by the LAI values instead of the filter: needs "
+          f"lai.enabled=true and lai.filter=none (got filter {s.filter!r})")
+    _need(math.isfinite(s.select_factor) and s.select_factor > 1, "select_factor",
+          f"must be a finite number > 1, got {s.select_factor}")
+    _one_of(s, "weighting", WEIGHTINGS)
+    _need(s.weighting == "none" or s.enabled, "weighting",
+          f"{s.weighting!r} weights by the LAI values: needs lai.enabled=true")
+    _need(math.isfinite(s.weight_temperature) and s.weight_temperature > 0,
+          "weight_temperature", f"must be a finite number > 0, got {s.weight_temperature}")
+    _need(math.isfinite(s.weight_max) and 0 < s.weight_min < s.weight_max, "weight_min",
+          f"need 0 < lai.weight_min < lai.weight_max (finite), got {s.weight_min} and "
+          f"{s.weight_max}")

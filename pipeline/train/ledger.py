@@ -1,5 +1,6 @@
 """The valuation ledger: one row per trained sequence (step, seq_id, value, loss, kept,
-value_norm: the value's z-score among the sequences of its global micro-batch).
+value_norm: the value's z-score among the sequences of its global micro-batch, weight: its
+tokens' weight in the step's loss against an unweighted kept token, pipeline.train.step).
 
 Files: RUN/ledger/rank-XXXXX/chunk-XXXXXXXX.npy, each a complete `.npy` of the structured dtype
 `ROW`, written through `fsutil.atomic_write` (a killed writer leaves only a hidden temporary,
@@ -30,8 +31,10 @@ from pipeline.errors import UserError
 from pipeline.fsutil import atomic_write, remove_stale_tmp
 
 ROW = np.dtype([("step", "<i8"), ("seq_id", "<i8"), ("value", "<f8"), ("loss", "<f4"),
-                ("kept", "?"), ("value_norm", "<f8")])   # value_norm: z-score within its step
+                ("kept", "?"), ("value_norm", "<f8"),    # value_norm: z-score within its step
+                ("weight", "<f4")])                      # loss weight (lai.weighting; else kept)
 ROW_V1 = np.dtype(ROW.descr[:5])                          # ledgers written before value_norm
+ROW_V2 = np.dtype(ROW.descr[:6])                          # ledgers written before weight
 _CHUNK = re.compile(r"chunk-(\d{8})\.npy")
 _RANK = re.compile(r"rank-(\d{5,})")
 
@@ -61,11 +64,13 @@ def _load_chunk(path: Path) -> np.ndarray:
     except Exception as e:  # noqa: BLE001 -- any unreadable chunk is the same user-facing problem
         why = (str(e).splitlines() or [""])[0]
         raise UserError(f"{path}: not a readable ledger chunk ({type(e).__name__}: {why})") from None
-    if rows.dtype == ROW_V1 and rows.ndim == 1:         # an older run: no normalised values
+    if rows.dtype in (ROW_V1, ROW_V2) and rows.ndim == 1:     # older runs: no weight column
         new = np.empty(rows.size, ROW)
-        for name in ROW_V1.names:
+        for name in rows.dtype.names:
             new[name] = rows[name]
-        new["value_norm"] = np.nan
+        if "value_norm" not in rows.dtype.names:
+            new["value_norm"] = np.nan
+        new["weight"] = rows["kept"]
         return new
     if rows.dtype != ROW or rows.ndim != 1:
         raise UserError(f"{path}: ledger chunk has dtype {rows.dtype} shape {rows.shape}, "
@@ -89,14 +94,16 @@ class Ledger:
         self._next_chunk = chunks[-1][0] + 1 if chunks else 0
         self._next_step = 0
 
-    def append(self, step: int, seq_ids, values, kept, losses, value_norm=None) -> None:
+    def append(self, step: int, seq_ids, values, kept, losses, value_norm=None,
+               weight=None) -> None:
         """Record one micro-batch: 1-D `seq_ids`, `values`, `kept`, `losses` (and `value_norm`,
-        NaN if not given) of equal length (tensors on any device or arrays) trained at
-        optimizer step `step`."""
+        NaN if not given, and `weight`, `kept` if not given) of equal length (tensors on any
+        device or arrays) trained at optimizer step `step`."""
         cols = {"seq_id": _array(seq_ids, np.int64), "value": _array(values, np.float64),
                 "kept": _array(kept, bool), "loss": _array(losses, np.float32)}
         cols["value_norm"] = (np.full(cols["seq_id"].size, np.nan) if value_norm is None
                               else _array(value_norm, np.float64))
+        cols["weight"] = _array(cols["kept"] if weight is None else weight, np.float32)
         step, n = int(step), cols["seq_id"].size
         if any(c.size != n for c in cols.values()):
             raise ValueError("Ledger.append: lengths differ: "

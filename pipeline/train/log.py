@@ -35,6 +35,8 @@ class Window:
 
     def add(self, r: StepResult) -> None:
         stats = [m.stats for m in r.micros]
+        if r.pool_clock is not None:                 # lai.select's candidate pool
+            self.clocks.append(r.pool_clock)
         for m in r.micros:
             self.clocks.append(m.clock)
             self.rank_tokens += m.rank_tokens

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pipeline.config import Config
+from pipeline.config.batch import pool_size
 from pipeline.data import PackedDataset
 from pipeline.lai.policy import describe as describe_filter
 
@@ -28,7 +29,10 @@ def data_plan(cfg: Config, train: PackedDataset, val: PackedDataset | None, worl
     warnings for repeated data and a val split smaller than what one eval (or the LAI val
     reference) reads. `cfg` is validated (the batch triple filled for `world`)."""
     t, plan = cfg.train, DataPlan()
-    samples = t.steps * t.global_batch
+    trained = t.steps * t.global_batch
+    pool = (pool_size(cfg.lai.select_factor, t.global_batch, world)
+            if cfg.lai.select != "none" else t.global_batch)          # lai.select: candidates
+    samples = t.steps * pool
     total_weight = sum(train.weights)
     for st, w, arm in zip(train.streams, train.weights, train.source_names):
         drawn = samples * w / total_weight
@@ -46,8 +50,9 @@ def data_plan(cfg: Config, train: PackedDataset, val: PackedDataset | None, worl
                 "train.steps, more data or a lower weight avoid it")
     plan.lines.append(
         f"this run: {t.steps:,} steps x {t.global_batch} sequences x {train.seq_len} tokens = "
-        f"{samples * train.seq_len:,} tokens ({t.global_batch * train.seq_len:,} per step), "
-        f"{samples / train.samples_per_epoch:.2f} epochs of the mix")
+        f"{trained * train.seq_len:,} tokens ({t.global_batch * train.seq_len:,} per step), "
+        f"{samples / train.samples_per_epoch:.2f} epochs of the mix"
+        f"{f' (lai.select draws {pool} candidates per step)' if pool != t.global_batch else ''}")
     if val is not None:
         reads = max(t.eval_batches if t.eval_every else 0,
                     cfg.lai.val_batches if cfg.lai.enabled and cfg.lai.reference == "val" else 0

@@ -30,6 +30,7 @@ from pipeline.train.ledger import Ledger
 from pipeline.train.lock import lock_run
 from pipeline.train.log import StepLog
 from pipeline.train.metrics import Metrics, val_scalars
+from pipeline.train.pool import CandidatePool
 from pipeline.train.moments import MomentReader
 from pipeline.train.resume import Resume, config_hash
 from pipeline.train.runplan import data_plan
@@ -87,7 +88,10 @@ class Trainer:
         self.runner = StepRunner(self.parts.engine, self.parts.optimizer, self.parts.gate,
                                  self.selector, self.data.loader, self.comm, info.device, t,
                                  own_grad_norm=t.backend == "deepspeed" and t.zero_stage == 0
-                                 and t.precision == "fp32")
+                                 and t.precision == "fp32",
+                                 pool=CandidatePool(self.selector, self.data.loader, self.comm,
+                                                    info.device, t.micro_batch, t.global_batch)
+                                 if cfg.lai.select != "none" else None)
         self.log = StepLog(cfg, info, self.comm, self.metrics, self.data.train,
                            self.parts.flops_per_token, self.mixer)
         self._announce()
@@ -131,7 +135,7 @@ class Trainer:
                    f"{info.device.type}, {engine}, {t.precision}, global batch "
                    f"{t.global_batch} = {t.micro_batch}x{t.grad_accum}x{info.world}, LAI "
                    f"{'on (reference ' + cfg.lai.reference + ')' if cfg.lai.enabled else 'off'}"
-                   f", filter {cfg.lai.filter}"
+                   f", filter {cfg.lai.filter}{_acting(cfg.lai)}"
                    f"{f', source mixing ({cfg.lai.mixer})' if self.mixer else ''}; "
                    f"run dir {self.run_dir} (log: train.log)")
         plan = data_plan(cfg, self.data.train, self.data.val, info.world)
@@ -161,7 +165,13 @@ class Trainer:
         """One optimizer step, recorded in the ledger and counted (skipped ones too)."""
         result = self.runner.step(self.counters.step + 1)
         for m in result.micros:
-            self.ledger.append(result.step, m.seq_ids, m.values, m.keep, m.losses, m.value_norm)
+            self.ledger.append(result.step, m.seq_ids, m.values, m.keep, m.losses, m.value_norm,
+                               m.weight)
+        if result.rejected is not None:               # lai.select: candidates not trained
+            r = result.rejected
+            none = torch.zeros(r["seq_ids"].numel(), dtype=torch.bool)
+            self.ledger.append(result.step, r["seq_ids"], r["values"], none, r["losses"],
+                               r["value_norm"], none)
         self.mix(result)
         c = self.counters
         c.step, c.tokens = result.step, c.tokens + result.tokens
@@ -255,6 +265,12 @@ class Trainer:
         self.ledger.close()
         shutdown(self.parts.engine)
         self.lock.release()
+
+
+def _acting(s) -> str:
+    """What else acts on the values, for the start line (lai.select, lai.weighting)."""
+    return ((f", select oversample x{s.select_factor:g}" if s.select != "none" else "")
+            + (f", weighting {s.weighting}" if s.weighting != "none" else ""))
 
 
 @torch.no_grad()
