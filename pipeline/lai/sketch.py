@@ -192,8 +192,14 @@ def positional(z: torch.Tensor, k: int, seed: int, stream: int) -> torch.Tensor:
     return z.gather(2, idx.unsqueeze(0).expand(z.shape[0], -1, -1)).sum(1)
 
 
+def chunk_rows(width: int, device: torch.device) -> int:
+    """Rows of a [rows, width] chunk of CHUNK_ELEMENTS elements for `device`."""
+    return max(1, CHUNK_ELEMENTS.get(device.type, CHUNK_ELEMENTS["cuda"]) // max(1, width))
+
+
 def chunk_size(b: int, t: int, v: int, device: torch.device) -> int:
-    return max(1, CHUNK_ELEMENTS.get(device.type, CHUNK_ELEMENTS["cuda"]) // max(1, t * v))
+    """Sequences of [T, V] logits per chunk."""
+    return chunk_rows(t * v, device)
 
 
 def vocab_chunks(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, k2: int,

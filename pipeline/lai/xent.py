@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .sketch import CHUNK_ELEMENTS, Kernels
+from .sketch import Kernels, chunk_rows
 
 IGNORE = -100               # target id of positions without a target
 
@@ -23,11 +23,6 @@ IGNORE = -100               # target id of positions without a target
 def compute_dtype(t: torch.Tensor) -> torch.dtype:
     """float64 for float64 tensors, float32 otherwise (bf16/fp16/fp32 accumulate in fp32)."""
     return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-def chunk_rows(v: int, device: torch.device) -> int:
-    """Rows of a [rows, v] chunk of CHUNK_ELEMENTS elements for `device`."""
-    return max(1, CHUNK_ELEMENTS.get(device.type, CHUNK_ELEMENTS["cuda"]) // max(1, v))
 
 
 def forward_kernel(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
