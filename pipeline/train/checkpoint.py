@@ -31,7 +31,6 @@ from pipeline.comm import Comm
 from pipeline.errors import UserError, fs_fault
 from pipeline.fsutil import atomic_write, atomic_write_json, disk_full
 from pipeline.train import safe_load
-from pipeline.train.engine import is_fsdp
 from pipeline.train.fsdp import DCP_DIR
 from pipeline.train.state import TrainState
 from pipeline.train.universal import UNIVERSAL, repairing
@@ -115,8 +114,8 @@ def save(state: TrainState, run_dir: str | Path, step: int, *, meta: dict, keep:
 def _write_fault(e: BaseException, path: Path) -> str:
     """What went wrong writing checkpoint `path`, as `<file>: <why> (errno ...)` where known
     (torch.save reports a full disk as a RuntimeError without errno: the free space tells)."""
-    if fs_fault(e):
-        return fs_fault(e)
+    if fault := fs_fault(e):
+        return fault
     if disk_full(path):
         return f"{path}: No space left on device (errno ENOSPC)"
     return f"{path}: {(str(e).strip().splitlines() or [type(e).__name__])[0]}"
@@ -189,8 +188,7 @@ def load_engine(engine, path: str | Path, *, universal: bool = False) -> dict:
     p = Path(path)
     load_dir, tag = (p, UNIVERSAL) if universal else (p.parent, p.name)
     client = getattr(engine.optimizer, "optimizer", engine.optimizer)
-    if not is_fsdp(engine):                 # FSDPEngine reads its own files with safe_load
-        safe_load.use_for(engine)
+    safe_load.use_for(engine)
     try:
         with repairing(client) if universal else contextlib.nullcontext():
             load_path, client_state = engine.load_checkpoint(str(load_dir), tag=tag,

@@ -26,10 +26,10 @@ from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.fsutil import atomic_write_json, read_json
 from pipeline.train import checkpoint
-from pipeline.train.resume import resume_changes
+from pipeline.train.resume import needs_universal, resume_changes
 
-CONTINUE_BREAKING = ("model.", "data.seq_len", "train.zero_stage", "train.precision",
-                     "train.offload_optimizer", "train.offload_params")
+CONTINUE_BREAKING = ("model.", "data.seq_len", "train.backend", "train.zero_stage",
+                     "train.precision", "train.offload_optimizer", "train.offload_params")
 LINEAGE_NAME = "lineage.json"
 
 
@@ -73,7 +73,7 @@ def plan(cfg: Config, world: int) -> Origin | None:
         raise UserError(f"run.continue_from: {path} was saved with a model or optimizer layout "
                         f"this run cannot take over ({'; '.join(breaking)})")
     return Origin(path, int(meta["step"]), saved_world, allowed, meta.get("config_hash", ""),
-                  universal=saved_world != world and cfg.train.zero_stage >= 1)
+                  universal=needs_universal(cfg, saved_world, world))
 
 
 def write(run_dir: Path, origin: Origin) -> None:

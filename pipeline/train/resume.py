@@ -91,8 +91,14 @@ def plan(cfg: Config, world: int, *, warn: bool = True) -> Resume | None:
                         f"resumed ({'; '.join(breaking)}); restore those values or use a new "
                         "run.out_dir")
     return Resume(path, int(meta["step"]), allowed, saved_world, world,
-                  universal=saved_world != world and cfg.train.zero_stage >= 1
-                  and cfg.train.backend == "deepspeed")        # DCP reshards on load
+                  universal=needs_universal(cfg, saved_world, world))
+
+
+def needs_universal(cfg: Config, saved_world: int, world: int) -> bool:
+    """Whether a checkpoint of `saved_world` ranks loads on `world` through DeepSpeed's universal
+    form: ZeRO 1-3 partitions of another world size (fsdp2's DCP reshards on load)."""
+    return (saved_world != world and cfg.train.zero_stage >= 1
+            and cfg.train.backend == "deepspeed")
 
 
 def _intact(run_dir: Path, warn: bool = True) -> Path | None:

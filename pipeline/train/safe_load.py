@@ -149,10 +149,11 @@ def check_files(folder: str | os.PathLike, *, recursive: bool = False) -> None:
 
 
 def use_for(engine) -> None:
-    """Make `engine` (a DeepSpeedEngine) read checkpoint files with `load`, if it uses DeepSpeed's
-    default torch checkpoint engine (its other engines are left alone)."""
+    """Make `engine` read checkpoint files with `load`, if it is a DeepSpeedEngine with DeepSpeed's
+    default torch checkpoint engine (its other engines, and fsdp2's FSDPEngine, which reads its
+    own files safely, are left alone)."""
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
-    if type(engine.checkpoint_engine) is TorchCheckpointEngine:
+    if type(getattr(engine, "checkpoint_engine", None)) is TorchCheckpointEngine:
         engine.checkpoint_engine.__class__ = _safe_engine_class()
 
 
