@@ -42,14 +42,10 @@ def _config(out: Path, data_dir: Path, name: str) -> Path:
 
 
 def _row(run_dir: Path, name: str, backend: str) -> dict:
-    ranks = sorted((run_dir / "tb").glob("rank-*"))
-    step = 0.0
-    for tag in ("time_data_s", "time_forward_s", "time_lai_s", "time_backward_step_s"):
-        per_rank = [[v for _, _, v in C.tb_events(d, f"perf/{tag}")][1:] for d in ranks]
-        step += float(np.max([np.median(v) for v in per_rank if len(v)]))    # slowest rank
-    tps = [v for _, _, v in C.tb_events(run_dir / "tb", "perf/tokens_per_s")][1:]
-    mem = [v for d in ranks for _, _, v in C.tb_events(d, "perf/peak_memory_gib")]
-    return {"model": name, "backend": backend, "step_s": step,
+    tb = run_dir / "tb"
+    tps = [v for _, _, v in C.tb_events(tb, "perf/tokens_per_s")][1:]
+    mem = [v for _, _, v in C.tb_events(tb, "perf_ranks/peak_memory_gib_max")]
+    return {"model": name, "backend": backend, "step_s": sum(C.step_parts(tb).values()),
             "tokens_per_s": float(np.median(tps)) if tps else float("nan"),
             "peak_mem_gib": float(max(mem)) if mem else float("nan")}
 

@@ -261,6 +261,16 @@ def tb_events(tb_dir: Path, tag: str) -> list[tuple[int, float, float]]:
     return [(e.step, e.wall_time, e.value) for e in acc.Scalars(tag)]
 
 
+STEP_PARTS = ("time_data_s", "time_forward_s", "time_lai_s", "time_backward_step_s")
+
+
+def step_parts(tb_dir: Path) -> dict[str, float]:
+    """Each phase of a step (STEP_PARTS): the median over the logging windows after the first of
+    the slowest rank's time (perf_ranks/<part>_max, written by rank 0 for all ranks)."""
+    return {tag: float(np.median([v for _, _, v in tb_events(tb_dir, f"perf_ranks/{tag}_max")][1:]))
+            for tag in STEP_PARTS}
+
+
 def tb_scalars(tb_dir: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
     """(steps, values) of scalar `tag` in one TensorBoard folder (empty arrays if absent)."""
     ev = tb_events(tb_dir, tag)

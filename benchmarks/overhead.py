@@ -85,10 +85,7 @@ def trainer_part(args, size, data_dir: Path) -> list[dict]:
             run_dir = out / name / mode
             wall = C.run_train(config, run_dir, 0, ov, args.nproc)["wall_s"]
             tb = run_dir / "tb"
-            parts = {}
-            for tag in ("time_data_s", "time_forward_s", "time_lai_s", "time_backward_step_s"):
-                slowest = [v for _, _, v in C.tb_events(tb, f"perf_ranks/{tag}_max")][1:]
-                parts[tag] = float(np.median(slowest))          # the slowest rank's, per window
+            parts = C.step_parts(tb)                            # the slowest rank's, per window
             tps = [v for _, _, v in C.tb_events(tb, "perf/tokens_per_s")]
             mem = [v for _, _, v in C.tb_events(tb, "perf_ranks/peak_memory_gib_max")]
             rows.append({"model": name, "params_M": _params_from_log(run_dir), "mode": mode,
