@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from test_data_prep import make_docs, spm_model  # noqa: F401 (fixture)
+from test_launch_train import launch_env
 from test_train_faults import ROOT, _args, data, held, one_error, train  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
@@ -42,9 +42,8 @@ def _cli(capsys, *argv: str) -> str:
 
 
 def _launch(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "LAI_CPU_RANKS": "2"}
-    env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
-    return subprocess.run([str(TRAIN_SH), *args], cwd=ROOT, env=env, capture_output=True,
+    return subprocess.run([str(TRAIN_SH), *args], cwd=ROOT,
+                          env={**launch_env(), "LAI_CPU_RANKS": "2"}, capture_output=True,
                           text=True, timeout=300)
 
 
