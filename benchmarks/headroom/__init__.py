@@ -33,7 +33,9 @@ validation set that stands for what the user wants:
   inside    harm inside every source: two declared sources, each 40% harmful documents (one-line
             spam ads / myths) among true facts, every document a sentence or two, so several are
             packed into each sequence (documents per sequence reported); val = held-out truth.
-            No per-segment oracle row: it needs segment masking in the trainer (not there yet)
+            Its per-document rows (lai.unit=document: a dropped document's tokens leave the
+            loss, not its sequence): `oracle-doc` (every harmful document), `lai-doc` (the
+            z-score filter on document values), `lai-doc-raw` (document value <= 0 dropped)
   universal the validation set is the mix: facts, code and the language reference, nothing
             harmful, val drawn from every source in its training proportion, each source's own
             val loss reported; no ceiling, oracle or headroom: the do-no-harm check

@@ -11,20 +11,22 @@ import yaml
 from benchmarks import common as C
 from benchmarks.headroom.scenarios import Scenario
 
-ANALYSIS_VERSION = 2
+ANALYSIS_VERSION = 3
 
 
 def analyse_run(run_dir: Path, sc: Scenario, lai_warmup: int) -> dict:
     """Val curve (and each source's: `val/<source>/loss`), tokens trained, documents per
     sequence, the harmful share of the tokens, and from the ledger (steps after the LAI warmup):
     exclusion rate overall and per source, AUROC of the filter's score for the harmful sequences
-    (a sequence is harmful when most of its tokens come from harmful documents)."""
+    (a sequence is harmful when most of its tokens come from harmful documents; a document unit
+    of lai.unit=document when its document is)."""
     from pipeline.report.valuation import build_dataset, load_data_spec
     from pipeline.train.ledger import read_ledger
     steps, val = C.tb_scalars(run_dir / "tb", "val/loss")
     rows = read_ledger(run_dir)
     ds = build_dataset(load_data_spec(run_dir))
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    seq_len = int(cfg["data"]["seq_len"])
     cache: dict[int, tuple[str, int, float]] = {}
 
     def seq(seq_id: int) -> tuple[str, int, float]:
@@ -38,16 +40,26 @@ def analyse_run(run_dir: Path, sc: Scenario, lai_warmup: int) -> dict:
             cache[seq_id] = max(by, key=by.get), len(spans), bad / max(sum(by.values()), 1)
         return cache[seq_id]
 
-    info = [seq(int(i)) for i in rows["seq_id"]]
+    def unit(seq_id: int, segment: int) -> tuple[str, int]:
+        """(part, target tokens) of a ledger row: a sequence, or one document unit of it."""
+        if segment < 0:
+            return seq(seq_id)[0], seq_len
+        return (ds.locate(seq_id)[segment].source,
+                int((ds.target_runs(seq_id) == segment).sum()))
+
+    units = [unit(int(i), int(k)) for i, k in zip(rows["seq_id"], rows["segment"])]
+    trained = np.unique(rows[["step", "seq_id"]])["seq_id"]
+    info = [seq(int(i)) for i in trained]
     after = rows["step"] > lai_warmup
-    src = np.array([x[0] for x in info], dtype=object)[after]
+    src = np.array([u[0] for u in units], dtype=object)[after]
+    tokens = np.array([u[1] for u in units], dtype=np.int64)
     kept, value, loss = rows["kept"][after], rows["value"][after], rows["loss"][after]
     harmful = np.isin(src, sc.harmful)
     parts = [p for s in sc.weights for p in sc.parts_of(s)]
     out = {"val_steps": steps.tolist(), "val_loss": val.tolist(),
            "final_val_loss": float(val[-1]) if len(val) else float("nan"),
            "val_by_source": _final_by_source(run_dir, sc),
-           "tokens_trained": int(rows["kept"].sum()) * int(cfg["data"]["seq_len"]),
+           "tokens_trained": int(tokens[rows["kept"]].sum()),
            "docs_per_seq": float(np.mean([x[1] for x in info])),
            "harmful_tokens": float(np.mean([x[2] for x in info])),
            "excluded": float((~kept).mean()) if len(kept) else float("nan"),

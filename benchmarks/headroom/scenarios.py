@@ -52,6 +52,8 @@ class Scenario:
     train: dict = field(default_factory=dict)    # per-scenario changes to the size's settings
     parts: dict[str, tuple[str, ...]] = field(default_factory=dict)   # a prepared source ->
     #   the named document sets (lai-prep --source NAME=...) packed into it; default: its own
+    packed: bool = False                         # documents shorter than a sequence: the
+    #   per-document rows (lai.unit=document) apply
     val: str = "clean"                           # clean: the clean source's val split; mix:
     #   every training source's val split in its training proportion (no ceiling, no oracle)
 
@@ -68,7 +70,8 @@ class Scenario:
         """The reference rows this scenario has: `ceiling` needs a clean source, `oracle` (and
         `oracle@rate`) harmful data."""
         return {*(("ceiling",) if self.clean else ()),
-                *(("oracle", "oracle@rate") if self.harmful else ())}
+                *(("oracle", "oracle@rate") if self.harmful else ()),
+                *(("oracle-doc", "lai-doc", "lai-doc-raw") if self.packed else ())}
 
     @property
     def harmful_share(self) -> float:
@@ -137,10 +140,11 @@ SCENARIOS = {s.name: s for s in (
              "document is a sentence or two, shorter than a sequence, so several are packed into "
              "each sequence, harmful and clean together. No declared source is pure: mixing over "
              "them cannot isolate the harm. Validation: held-out true facts; `ceiling` trains on "
-             "true facts alone. A per-segment oracle (the harmful documents' tokens masked out "
-             "of the loss) needs segment masking in the trainer, which does not exist yet: not a "
-             "row.", {"web": 1.0, "forum": 1.0}, ("web_spam", "forum_myths"), "clean", 0.5, 512,
-             _inside, parts={"web": ("web", "web_spam"), "forum": ("forum", "forum_myths")}),
+             "true facts alone; `oracle-doc` masks the harmful documents' tokens out of the loss "
+             "(lai.unit=document), `lai-doc` values and drops documents instead of sequences.",
+             {"web": 1.0, "forum": 1.0}, ("web_spam", "forum_myths"), "clean", 0.5, 512,
+             _inside, parts={"web": ("web", "web_spam"), "forum": ("forum", "forum_myths")},
+             packed=True),
     Scenario("universal", "Universal: the validation set is the mix",
              "Three real sources, nothing harmful: country facts, standard library code and the "
              "Python language reference (prose). The validation set is drawn from every source "

@@ -45,16 +45,23 @@ VARIANTS: dict[str, list[str]] = {
     "lai-adam": LAI + ["lai.precondition=adam"],
     "oracle@rate": OFF + ["lai.filter=oracle", "lai.oracle_sources=[$harmful]",
                           "lai.max_exclude_frac=$rate_cap"],
+    # lai.unit=document (packed scenarios): keep or drop each document of a sequence
+    "oracle-doc": OFF + ["lai.filter=oracle", "lai.oracle_sources=[$harmful]",
+                         "lai.unit=document"],
+    "lai-doc": LAI + ["lai.unit=document", "lai.memory_weight=0.0"],
+    "lai-doc-raw": LAI + RAW + ["lai.unit=document"],
 }
 # round two (issue 19): the exact-pairing rows chose the defaults in round one and are levers now,
 # so the five scenarios x 3 seeds fit in about an hour on a 2-core machine
-SUITE = ("none", "ceiling", "oracle", "lai-default", "lai-global", "full-gradient", "loss@rate",
-         "random@rate", "mixing", "mixing-avg", "bandit", "static-tuned")
+SUITE = ("none", "ceiling", "oracle", "oracle-doc", "lai-default", "lai-doc", "lai-doc-raw",
+         "lai-global", "full-gradient", "loss@rate", "random@rate", "mixing", "mixing-avg",
+         "bandit", "static-tuned")
 LEVERS = ("lai-token_pair", "lai-aligned", "lai-pooled", "lai-paper", "lai-raw", "lai-no-memory",
           "lai-adam", "oracle@rate")
 REFERENCES = ("none", "oracle")       # always run: every row is read against them
 RATE_FROM = "lai-default"           # the rate-matched baselines run at its exclusion rate
-SCENARIO_ROWS = ("ceiling", "oracle", "oracle@rate")   # only where Scenario.applies says so
+SCENARIO_ROWS = ("ceiling", "oracle", "oracle@rate", "oracle-doc", "lai-doc", "lai-doc-raw")
+#   only where Scenario.applies says so
 GRID = "grid"                       # the static mixtures of `grid`, run as GRID0, GRID1, ...
 TUNED = "static-tuned"              # the grid's winner on all seeds
 

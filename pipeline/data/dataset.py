@@ -196,6 +196,12 @@ class PackedDataset:
         return [DocSpan(stream.shard_sources[p.shard], stream.shard_prefixes[p.shard], p.doc,
                         p.offset, p.length) for p in pieces]
 
+    def target_runs(self, seq_id: int) -> np.ndarray:
+        """int64 [seq_len]: for each target position t of sample `seq_id` (its token t + 1), the
+        index into `locate(seq_id)` of the document run holding it (lai.unit=document)."""
+        ends = np.cumsum([span.num_tokens for span in self.locate(seq_id)])
+        return np.searchsorted(ends, np.arange(1, self.seq_len + 1), side="right")
+
     @property
     def prepared_sources(self) -> list[str]:
         """The names of the lai-prep sources (--source NAME=...) in the data, in order (one

@@ -21,7 +21,7 @@ from pipeline.errors import UserError
 
 class RankLoader:
     def __init__(self, dataset: PackedDataset, micro_batch: int, rank: int, world: int,
-                 samples_consumed: int = 0, pin_memory: bool = False):
+                 samples_consumed: int = 0, pin_memory: bool = False, segments: bool = False):
         if micro_batch < 1 or world < 1 or not 0 <= rank < world:
             raise UserError(f"RankLoader: need micro_batch >= 1 and 0 <= rank < world, "
                             f"got micro_batch={micro_batch}, rank={rank}, world={world}")
@@ -30,6 +30,7 @@ class RankLoader:
         self.dataset, self.micro_batch, self.rank, self.world = dataset, micro_batch, rank, world
         self.samples_consumed = int(samples_consumed)
         self.pin_memory = pin_memory      # page-locked batches: asynchronous copies to a GPU
+        self.segments = segments          # batches carry each target's document run
         self.mixture = DynamicMixture(dataset.weights) if dataset.mixing else None
         if self.mixture is not None and samples_consumed:
             raise UserError("RankLoader: a dynamic mixture resumes from its state "
@@ -56,7 +57,9 @@ class RankLoader:
         return self.dataset.seq_ids(src[mine], k[mine])
 
     def next_batch(self) -> dict[str, torch.Tensor]:
-        """{"input_ids", "targets": int64 [micro_batch, seq_len], "seq_ids": int64 [micro_batch]}."""
+        """{"input_ids", "targets": int64 [micro_batch, seq_len], "seq_ids": int64 [micro_batch]},
+        and with `segments` "segments": int64 [micro_batch, seq_len], the document run of each
+        target within its sample (PackedDataset.target_runs)."""
         batch = self.load(self._seq_ids())
         self.samples_consumed += self.global_batch
         return batch
@@ -78,10 +81,13 @@ class RankLoader:
             self.dataset.sample(int(i), out=row)
         self.dataset.check_tokens(x, seq_ids)          # ids outside the vocabulary: one line
         ids, targets = (torch.from_numpy(np.ascontiguousarray(a)) for a in (x[:, :-1], x[:, 1:]))
+        out = {"input_ids": ids, "targets": targets}
+        if self.segments:
+            out["segments"] = torch.from_numpy(
+                np.stack([self.dataset.target_runs(int(i)) for i in seq_ids]).astype(np.int64))
         if self.pin_memory:
-            ids, targets = ids.pin_memory(), targets.pin_memory()
-        return {"input_ids": ids, "targets": targets,
-                "seq_ids": torch.from_numpy(np.asarray(seq_ids, dtype=np.int64))}
+            out = {k: v.pin_memory() for k, v in out.items()}
+        return {**out, "seq_ids": torch.from_numpy(np.asarray(seq_ids, dtype=np.int64))}
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         while True:

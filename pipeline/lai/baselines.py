@@ -52,6 +52,8 @@ class FilterInput:
     lai_values: torch.Tensor | None = None   # float64 [B] when lai.enabled
     comm: Comm = Comm()                # the data-parallel ranks (collective filters)
     documents: Documents | None = None   # the training data (oracle)
+    segments: torch.Tensor | None = None   # lai.unit=document: int64 [B], each unit's document
+                                       # run in its row (seq_ids and losses are then the units')
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,13 @@ class Filter:
                                        # the training documents: a UserError if they don't fit
 
 
-def random_scores(seq_ids: torch.Tensor, seed: int, rate: float) -> torch.Tensor:
-    """float64 [B]: u - rate, u uniform in [0, 1) from (seed, seq_id) alone (<= 0 with
-    probability `rate`)."""
-    u = [np.random.default_rng([seed, int(i)]).random() for i in seq_ids.tolist()]
+def random_scores(seq_ids: torch.Tensor, seed: int, rate: float,
+                  segments: torch.Tensor | None = None) -> torch.Tensor:
+    """float64 [B]: u - rate, u uniform in [0, 1) from (seed, seq_id) alone, or (seed, seq_id,
+    segment) per document unit (<= 0 with probability `rate`)."""
+    keys = [[seed, i] for i in seq_ids.tolist()] if segments is None else \
+        [[seed, i, k] for i, k in zip(seq_ids.tolist(), segments.tolist())]
+    u = [np.random.default_rng(key).random() for key in keys]
     return torch.tensor(u, dtype=torch.float64, device=seq_ids.device) - rate
 
 
@@ -112,13 +117,16 @@ def _full_gradient(i: FilterInput, s: LAISettings, seed: int) -> torch.Tensor:
                                 comm=i.comm)
 
 
-def oracle_scores(seq_ids: torch.Tensor, documents: Documents, harmful: set[str]
-                  ) -> torch.Tensor:
+def oracle_scores(seq_ids: torch.Tensor, documents: Documents, harmful: set[str],
+                  segments: torch.Tensor | None = None) -> torch.Tensor:
     """float64 [B]: 0.5 - the fraction of each sequence's tokens from the `harmful` sources
-    (<= 0: at least half of it is harmful)."""
+    (<= 0: at least half of it is harmful); per document unit (`segments`): -0.5 for a harmful
+    document, 0.5 for another."""
     frac = []
-    for i in seq_ids.tolist():
+    for k, i in enumerate(seq_ids.tolist()):
         spans = documents.locate(int(i))
+        if segments is not None:
+            spans = [spans[int(segments[k])]]
         frac.append(sum(s.num_tokens for s in spans if s.source in harmful)
                     / max(1, sum(s.num_tokens for s in spans)))
     return 0.5 - torch.tensor(frac, dtype=torch.float64, device=seq_ids.device)
@@ -127,7 +135,7 @@ def oracle_scores(seq_ids: torch.Tensor, documents: Documents, harmful: set[str]
 def _oracle(i: FilterInput, s: LAISettings, seed: int) -> torch.Tensor:
     if i.documents is None:
         raise ValueError("lai.filter=oracle: the filter input needs the training documents")
-    return oracle_scores(i.seq_ids, i.documents, set(s.oracle_sources))
+    return oracle_scores(i.seq_ids, i.documents, set(s.oracle_sources), i.segments)
 
 
 def _check_oracle(s: LAISettings, documents: Documents | None) -> None:
@@ -144,7 +152,8 @@ FILTERS: dict[str, Filter] = {
     "lai": Filter(lambda i, s, seed: i.lai_values, needs_lai=True, uses_threshold=True,
                   about="the LAI values"),
     "none": Filter(lambda i, s, seed: None, about="keep everything"),
-    "random": Filter(lambda i, s, seed: random_scores(i.seq_ids, seed, s.baseline_rate),
+    "random": Filter(lambda i, s, seed: random_scores(i.seq_ids, seed, s.baseline_rate,
+                                                      i.segments),
                      uses_rate=True, about="a seeded coin per sequence"),
     "loss": Filter(lambda i, s, seed: loss_scores(i.losses, s.baseline_rate, i.comm),
                    uses_rate=True, about="the highest losses of the global micro-batch"),

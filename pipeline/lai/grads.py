@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from .units import Units, unit_losses
 from .xent import IGNORE, compute_dtype, token_cross_entropy
 
 
@@ -61,3 +62,11 @@ def per_sequence_loss(logits: torch.Tensor, targets: torch.Tensor,
     valid = check_targets(logits, targets)
     ce = token_cross_entropy(logits, targets, compiled)
     return ce.sum(dim=1) / valid.sum(dim=1).to(ce.dtype)
+
+
+def per_unit_loss(logits: torch.Tensor, targets: torch.Tensor, units: Units,
+                  compiled: bool | None = None) -> torch.Tensor:
+    """l_u = mean cross-entropy over the target positions of unit u (pipeline.lai.units); [P],
+    differentiable, as per_sequence_loss."""
+    check_targets(logits, targets)
+    return unit_losses(token_cross_entropy(logits, targets, compiled), units)

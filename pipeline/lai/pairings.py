@@ -28,6 +28,7 @@ from .grads import compute_dtype
 from .precondition import InputWeights
 from .sketch import (STREAM_POS_A, STREAM_POS_G, Kernels, input_side, positional,
                      vocab_chunks)
+from .units import Units
 
 
 class Pairing:
@@ -57,8 +58,13 @@ class Pairing:
 
     def sketch(self, inputs: list[torch.Tensor], logits: torch.Tensor, targets: torch.Tensor,
                valid: torch.Tensor, sketch_dim: int, seed: int, compiled: bool = False,
-               weights: InputWeights | None = None) -> torch.Tensor | Features:
-        """This batch's sketch (inputs validated by the caller; `compiled`: sketch.Kernels)."""
+               weights: InputWeights | None = None, units: Units | None = None
+               ) -> torch.Tensor | Features:
+        """This batch's sketch (inputs validated by the caller; `compiled`: sketch.Kernels;
+        `units`: per unit, token_pair only)."""
+        if units is not None:
+            raise ValueError(f"lai.unit=document: the {self.name} sketch is per sequence "
+                             "(use lai.pairing=token_pair or lai.method=exact)")
         k1, k2 = self.split(sketch_dim)
         kernels, dt = Kernels(compiled), compute_dtype(logits)
         mask = valid.to(dt)
@@ -94,17 +100,34 @@ class TokenPair(Pairing):
         return k1, sketch_dim // k1
 
     def sketch(self, inputs, logits, targets, valid, sketch_dim, seed, compiled=False,
-               weights=None):
-        """Per-sequence Kronecker sketches [B, k1 * k2] (summed over the reference)."""
+               weights=None, units: Units | None = None):
+        """Per-sequence Kronecker sketches [B, k1 * k2] (summed over the reference); with
+        `units` those of the units [P, k1 * k2] (pipeline.lai.units)."""
         k1, k2 = self.split(sketch_dim)
         kernels, dt = Kernels(compiled), compute_dtype(logits)
         cols, row = _sides(weights, dt, logits.device)
         # g = 0 at ignored positions: no mask on the input side
         ca = input_side(inputs, seed, k1, dt, None, kernels=kernels, cols=cols)   # [B, T, k1]
+        chunks = vocab_chunks(logits, targets, valid, k2, seed, dt, kernels, row)
+        if units is not None:
+            return _unit_sketch(ca, chunks, valid, units).view(units.count, k1 * k2)
         out = ca.new_empty(logits.shape[0], k1 * k2)
-        for sl, cg in vocab_chunks(logits, targets, valid, k2, seed, dt, kernels, row):
+        for sl, cg in chunks:
             torch.matmul(ca[sl].transpose(1, 2), cg, out=out[sl].view(-1, k1, k2))
         return out
+
+
+def _unit_sketch(ca: torch.Tensor, chunks, valid: torch.Tensor, units: Units) -> torch.Tensor:
+    """[P, k1, k2]: sum over each unit's positions of C1(a_t) (x) C2(g_t), with g rescaled from
+    the row's 1 / N_row to the unit's 1 / N_u (ca [B, T, k1]; chunks: vocab_chunks)."""
+    cg = None
+    for sl, part in chunks:
+        cg = part.new_empty(*ca.shape[:2], part.shape[-1]) if cg is None else cg
+        cg[sl] = part
+    scale = valid.sum(1).to(cg.dtype)[units.rows] / units.tokens.to(cg.dtype)      # [P]
+    own = units.index[units.rows] == torch.arange(units.count, device=ca.device).unsqueeze(1)
+    g = cg[units.rows] * (own.to(cg.dtype) * scale.unsqueeze(1)).unsqueeze(-1)      # [P, T, k2]
+    return torch.bmm(ca[units.rows].transpose(1, 2), g)
 
 
 class Aligned(Pairing):

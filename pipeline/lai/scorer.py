@@ -24,6 +24,7 @@ from .modelio import eval_mode, model_logits
 from .pairings import PAIRINGS
 from .precondition import AdamFactors, InputWeights
 from .settings import DEFAULT_PAIRING, LAISettings
+from .units import Units, unit_targets
 
 
 class LAIScorer:
@@ -64,16 +65,18 @@ class LAIScorer:
             return None
         return self.factors.weights(cap.model, cap.modules)
 
-    def _local(self, inputs, logits, targets, weights=None):
+    def _local(self, inputs, logits, targets, weights=None, units: Units | None = None):
         """This rank's exact Features, aligned/pooled sketch Features, or token_pair sketches
-        [B, sketch_dim]."""
+        [B, sketch_dim] (with `units`: one per unit, [P, ...])."""
         valid = check_targets(logits, targets)
         inputs = check_inputs(inputs, logits)
         if self.method == "exact":
+            if units is not None:
+                inputs, logits, targets = _pseudo_rows(inputs, logits, targets, units)
             return self.kernel.features(inputs, logits, targets, weights)
         compiled = logits.is_cuda if self.compile is None else self.compile
         return self.kernel.sketch(inputs, logits, targets, valid, self.sketch_dim, self.seed,
-                                  compiled, weights)
+                                  compiled, weights, units)
 
     def _reference(self, local, comm: Comm) -> dict[str, Any]:
         """Reference over all ranks of `comm` from this rank's local features (gathered) or
@@ -88,10 +91,13 @@ class LAIScorer:
 
     # -- values ---------------------------------------------------------------------------
     def values(self, inputs: list[torch.Tensor], logits: torch.Tensor, targets: torch.Tensor,
-               group=None, weights: InputWeights | None = None) -> torch.Tensor:
+               group=None, weights: InputWeights | None = None, units: Units | None = None
+               ) -> torch.Tensor:
         """float64 [B_local] LAI values of this rank's sequences (targets already shifted);
-        `weights`: input_weights(cap) of the capture (Adam-aware scoring)."""
-        local = self._local(inputs, logits, targets, weights)
+        `weights`: input_weights(cap) of the capture (Adam-aware scoring); `units`: the values
+        of these units instead, [P_local] (pipeline.lai.units; the reference's members are then
+        units too)."""
+        local = self._local(inputs, logits, targets, weights, units)
         if self.reference == "val":
             if self._val is None:
                 raise ValueError("reference='val': call set_val_reference(...) first")
@@ -109,8 +115,10 @@ class LAIScorer:
             cross = cross - own
         self_k = None
         if self.include_self:   # sketch: exact self term, no sketch noise on the largest term
+            rows = (inputs, logits, targets) if units is None else \
+                _pseudo_rows(check_inputs(inputs, logits), logits, targets, units)
             self_k = own if self.method == "exact" else self.kernel.self_kernel(
-                self.kernel.features(inputs, logits, targets, weights))
+                self.kernel.features(*rows, weights))
         return reference_mean(cross, ref["n"] - int(in_ref), self_k, self.include_self)
 
     # -- validation reference -------------------------------------------------------------
@@ -152,3 +160,12 @@ class LAIScorer:
             val = {**val, "features": Features(**val["features"])}
         self._val = val
         return val is not None or d.get("val") is None
+
+
+def _pseudo_rows(inputs: list[torch.Tensor], logits: torch.Tensor, targets: torch.Tensor,
+                 units: Units) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Each unit as a sequence of its own: its row's layer inputs and logits, every target
+    outside it ignored ([P, T, ...]; an input read by several layers stays one object)."""
+    picked: dict[int, torch.Tensor] = {}
+    rows = [picked.setdefault(id(x), x[units.rows]) for x in inputs]
+    return rows, logits[units.rows], unit_targets(units, targets)

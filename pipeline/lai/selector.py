@@ -39,6 +39,7 @@ from .policy import FilterPolicy
 from .precondition import AdamPreconditioner, Moments
 from .scorer import LAIScorer
 from .settings import LAISettings
+from .units import Units
 
 Batches = Callable[[], list[tuple[torch.Tensor, torch.Tensor]]]
 
@@ -117,15 +118,19 @@ class Selector:
     @torch.no_grad()
     def select(self, step: int, cap, logits: torch.Tensor | None, targets: torch.Tensor | None,
                losses: torch.Tensor, seq_ids: torch.Tensor, *,
-               input_ids: torch.Tensor | None = None, model: nn.Module | None = None
-               ) -> Selection:
-        """Values, keep mask and normalised values for optimizer step `step` (1-based)."""
+               input_ids: torch.Tensor | None = None, model: nn.Module | None = None,
+               units: Units | None = None) -> Selection:
+        """Values, keep mask and normalised values for optimizer step `step` (1-based).
+        `units` (lai.unit=document): everything is per unit [P] instead of per sequence [B]
+        (`losses` the units' losses; `seq_ids` stay the rows')."""
         values = None
         if self.scorer is not None:
             values = self.scorer.values(cap.inputs, logits, targets, group=self.comm,
-                                        weights=self.scorer.input_weights(cap))
-        score = self.filter.scores(FilterInput(step, seq_ids, input_ids, targets, losses, model,
-                                               values, self.comm, self.documents),
+                                        weights=self.scorer.input_weights(cap), units=units)
+        ids, segments = (seq_ids, None) if units is None else \
+            (seq_ids[units.rows.to(seq_ids.device)], units.segment)
+        score = self.filter.scores(FilterInput(step, ids, input_ids, targets, losses, model,
+                                               values, self.comm, self.documents, segments),
                                    self.settings, self.seed)
         if self.filter.needs_lai and self.settings.normalize != "none":
             score = normalize(score, self.settings.normalize, self.comm)
@@ -137,7 +142,8 @@ class Selector:
             # a non-finite score comes from non-finite logits, whose step is skipped anyway
             # (masked_loss flags it); the policy needs finite values to decide on the others
             finite = torch.nan_to_num(score, nan=0.0, posinf=0.0, neginf=0.0)
-            keep = self._mask(finite, step)
+            keep = self._mask(finite, step) if units is None else \
+                self.policy.decide(finite, step - 1, self.comm)[0]   # its own budget: units vary
             values = score if values is None else values
         if values is None:                # nothing scored (LAI off, filter none): no collective
             nan = torch.full_like(losses, float("nan"), dtype=torch.float64)

@@ -21,6 +21,7 @@ from .mixing import MIXERS
 from .normalize import NORMALIZE
 from .pairings import PAIRINGS
 from .precondition import PRECONDITIONS
+from .units import UNITS
 from .weighting import WEIGHTINGS
 
 METHODS = ("exact", "sketch")
@@ -96,6 +97,9 @@ class LAISettings:
     mixing_without_val: bool = False   # lai.mixing with a global or local reference (the
                                        # training batch itself: self-influence, no goal) is
                                        # refused unless this is true
+    unit: str = "sequence"             # what is valued, kept or dropped: sequence | document
+                                       # (each document segment of a packed sequence: its
+                                       # tokens masked out of the loss; pipeline.lai.units)
     select: str = "none"               # none | oversample: score select_factor x the global
                                        # batch per step (forward only) and train the best
                                        # global batch of them (pipeline.train.pool)
@@ -125,7 +129,8 @@ class LAISettings:
             threshold = DEFAULT_THRESHOLD[self.normalize] if self.filter == "lai" else 0.0
         memory = self.memory_weight
         if memory is None:
-            memory = DEFAULT_MEMORY_WEIGHT if normalised and has_documents else 0.0
+            memory = DEFAULT_MEMORY_WEIGHT if normalised and has_documents \
+                and self.unit == "sequence" else 0.0
         return dataclasses.replace(self, sketch_dim=sketch_dim, reference=reference,
                                    threshold=threshold, memory_weight=memory)
 
@@ -225,6 +230,23 @@ def check(s: LAISettings) -> None:
     _need(s.mixing_every >= 1, "mixing_every", f"must be >= 1, got {s.mixing_every}")
     _need(not s.mixing_groups or s.mixing, "mixing_groups", "needs lai.mixing=true")
     _check_weighting(s)
+    _check_unit(s)
+
+
+def _check_unit(s: LAISettings) -> None:
+    """lai.unit=document: what values, keeps and drops document segments."""
+    _one_of(s, "unit", UNITS)
+    if s.unit == "sequence":
+        return
+    _need(s.method == "exact" or s.pairing == "token_pair", "unit",
+          f"document: the {s.pairing} sketch is per sequence; use lai.pairing=token_pair or "
+          "lai.method=exact")
+    _need(not s.memory_weight, "unit", "document: the memory remembers sequences; set "
+          "lai.memory_weight=0")
+    _need(s.select == "none", "unit", "document: lai.select chooses whole sequences; set "
+          "lai.select=none")
+    _need(s.filter != "full_gradient", "unit", "document: filter full_gradient scores whole "
+          "sequences")
 
 
 def _check_weighting(s: LAISettings) -> None:

@@ -22,12 +22,17 @@ class Spans:
 
 
 def locate_all(rows: np.ndarray, dataset: PackedDataset) -> Spans:
-    """DocSpans of every ledger row via `dataset.locate(seq_id)`."""
+    """DocSpans of every ledger row via `dataset.locate(seq_id)`: all of the sequence's, or the
+    one document run of a document unit (segment >= 0, lai.unit=document)."""
     index: dict[tuple[str, str, int], int] = {}
     row, doc, tokens = [], [], []
-    for i, seq_id in enumerate(tqdm(rows["seq_id"].tolist(), desc="locate", unit="seq",
-                                    mininterval=1.0, disable=None)):
-        for span in dataset.locate(seq_id):
+    segments = rows["segment"].tolist() if "segment" in (rows.dtype.names or ()) \
+        else [-1] * rows.size
+    for i, (seq_id, seg) in enumerate(tqdm(zip(rows["seq_id"].tolist(), segments),
+                                           total=rows.size, desc="locate", unit="seq",
+                                           mininterval=1.0, disable=None)):
+        spans = dataset.locate(seq_id)
+        for span in spans if seg < 0 else spans[seg:seg + 1]:
             key = (span.source, span.shard, int(span.doc))
             row.append(i)
             doc.append(index.setdefault(key, len(index)))

@@ -1,6 +1,8 @@
 """The valuation ledger: one row per trained sequence (step, seq_id, value, loss, kept,
 value_norm: the value's z-score among the sequences of its global micro-batch, weight: its
-tokens' weight in the step's loss against an unweighted kept token, pipeline.train.step).
+tokens' weight in the step's loss against an unweighted kept token, pipeline.train.step;
+segment: -1, or with lai.unit=document one row per document unit of the sequence, the index of
+its document run among the sequence's DocSpans, pipeline.lai.units).
 
 Files: RUN/ledger/rank-XXXXX/chunk-XXXXXXXX.npy, each a complete `.npy` of the structured dtype
 `ROW`, written through `fsutil.atomic_write` (a killed writer leaves only a hidden temporary,
@@ -32,9 +34,11 @@ from pipeline.fsutil import atomic_write, remove_stale_tmp
 
 ROW = np.dtype([("step", "<i8"), ("seq_id", "<i8"), ("value", "<f8"), ("loss", "<f4"),
                 ("kept", "?"), ("value_norm", "<f8"),    # value_norm: z-score within its step
-                ("weight", "<f4")])                      # loss weight (lai.weighting; else kept)
+                ("weight", "<f4"),                       # loss weight (lai.weighting; else kept)
+                ("segment", "<i4")])                     # document run (lai.unit=document) or -1
 ROW_V1 = np.dtype(ROW.descr[:5])                          # ledgers written before value_norm
 ROW_V2 = np.dtype(ROW.descr[:6])                          # ledgers written before weight
+ROW_V3 = np.dtype(ROW.descr[:7])                          # ledgers written before segment
 _CHUNK = re.compile(r"chunk-(\d{8})\.npy")
 _RANK = re.compile(r"rank-(\d{5,})")
 
@@ -64,13 +68,15 @@ def _load_chunk(path: Path) -> np.ndarray:
     except Exception as e:  # noqa: BLE001 -- any unreadable chunk is the same user-facing problem
         why = (str(e).splitlines() or [""])[0]
         raise UserError(f"{path}: not a readable ledger chunk ({type(e).__name__}: {why})") from None
-    if rows.dtype in (ROW_V1, ROW_V2) and rows.ndim == 1:     # older runs: no weight column
+    if rows.dtype in (ROW_V1, ROW_V2, ROW_V3) and rows.ndim == 1:   # older runs' columns
         new = np.empty(rows.size, ROW)
         for name in rows.dtype.names:
             new[name] = rows[name]
         if "value_norm" not in rows.dtype.names:
             new["value_norm"] = np.nan
-        new["weight"] = rows["kept"]
+        if "weight" not in rows.dtype.names:
+            new["weight"] = rows["kept"]
+        new["segment"] = -1
         return new
     if rows.dtype != ROW or rows.ndim != 1:
         raise UserError(f"{path}: ledger chunk has dtype {rows.dtype} shape {rows.shape}, "
@@ -95,16 +101,19 @@ class Ledger:
         self._next_step = 0
 
     def append(self, step: int, seq_ids, values, kept, losses, value_norm=None,
-               weight=None) -> None:
+               weight=None, segments=None) -> None:
         """Record one micro-batch: 1-D `seq_ids`, `values`, `kept`, `losses` (and `value_norm`,
-        NaN if not given, and `weight`, `kept` if not given) of equal length (tensors on any
-        device or arrays) trained at optimizer step `step`."""
+        NaN if not given, `weight`, `kept` if not given, and `segments`, -1 if not given) of
+        equal length (tensors on any device or arrays) trained at optimizer step `step`."""
         cols = {"seq_id": _array(seq_ids, np.int64), "value": _array(values, np.float64),
                 "kept": _array(kept, bool), "loss": _array(losses, np.float32)}
-        cols["value_norm"] = (np.full(cols["seq_id"].size, np.nan) if value_norm is None
+        n = cols["seq_id"].size
+        cols["value_norm"] = (np.full(n, np.nan) if value_norm is None
                               else _array(value_norm, np.float64))
         cols["weight"] = _array(cols["kept"] if weight is None else weight, np.float32)
-        step, n = int(step), cols["seq_id"].size
+        cols["segment"] = np.full(n, -1, np.int32) if segments is None else \
+            _array(segments, np.int32)
+        step = int(step)
         if any(c.size != n for c in cols.values()):
             raise ValueError("Ledger.append: lengths differ: "
                              + ", ".join(f"{k} {c.size}" for k, c in cols.items()))
@@ -178,8 +187,9 @@ def _drop_rows_from(rank_dir: Path, next_step: int) -> None:
 
 def read_ledger(run_dir: str | Path) -> np.ndarray:
     """All ranks' committed rows of a run as one structured array (fields of `ROW` plus `rank`),
-    sorted by (step, seq_id). Raises UserError if the ledger is missing, unreadable, or holds a
-    (step, seq_id) twice (a run restarted in a used directory without resuming)."""
+    sorted by (step, seq_id, segment). Raises UserError if the ledger is missing, unreadable, or
+    holds a (step, seq_id, segment) twice (a run restarted in a used directory without
+    resuming)."""
     root = Path(run_dir) / "ledger"
     if not Path(run_dir).is_dir():
         raise UserError(f"{run_dir}: run directory not found")
@@ -199,8 +209,9 @@ def read_ledger(run_dir: str | Path) -> np.ndarray:
             out["rank"] = rank
             parts.append(out)
     rows = np.concatenate(parts) if parts else np.empty(0, ROW.descr + [("rank", "<i4")])
-    rows = rows[np.lexsort((rows["seq_id"], rows["step"]))]
-    dup = (np.diff(rows["step"]) == 0) & (np.diff(rows["seq_id"]) == 0)
+    rows = rows[np.lexsort((rows["segment"], rows["seq_id"], rows["step"]))]
+    dup = (np.diff(rows["step"]) == 0) & (np.diff(rows["seq_id"]) == 0) \
+        & (np.diff(rows["segment"]) == 0)
     if dup.any():
         i = int(np.argmax(dup))
         raise UserError(f"{root}: {int(dup.sum())} duplicate rows, first at step "

@@ -61,7 +61,7 @@ def open_data(cfg: Config, info: DistInfo) -> Data:
                           mixing=cfg.lai.mixing, groups=cfg.lai.mixing_groups)
     _check_tokenizer(train.tokenizer_path, train.tokenizer.sha256, Path(d.sources[0].path))
     loader = RankLoader(train, cfg.train.micro_batch, info.rank, info.world,
-                        pin_memory=info.device.type == "cuda")
+                        pin_memory=info.device.type == "cuda", segments=cfg.lai.unit == "document")
     val = None
     if cfg.train.eval_every > 0 or (cfg.lai.enabled and cfg.lai.reference == "val"):
         val_sources = [(s.path, s.weight) for s in (d.val_sources or d.sources)]

@@ -41,6 +41,8 @@ import torch
 
 from pipeline.comm import Comm
 from pipeline.lai import Selector, per_sequence_loss
+from pipeline.lai.grads import per_unit_loss
+from pipeline.lai.units import units_of
 from pipeline.lai.weighting import sequence_weights
 from pipeline.train import faults
 from pipeline.train.optim import SkipGate, lr_at, set_lr
@@ -121,6 +123,8 @@ class Micro:
     stats: MicroStats                 # global sums
     clock: PhaseClock                 # marks: data, forward, LAI, backward + step
     rank_tokens: int
+    segments: torch.Tensor | None = None   # lai.unit=document: int64, each unit's document run
+                                           # (the fields above are then per unit)
 
 
 @dataclass
@@ -188,21 +192,23 @@ class StepRunner:
         input_ids = batch["input_ids"].to(dev, non_blocking=True)
         targets = batch["targets"].to(dev, non_blocking=True)
         clock.mark()
+        units = units_of(batch["segments"].to(dev), targets) if "segments" in batch else None
         with self.selector.capture(engine.module) if drawn is None else nullcontext() as cap:
             logits = engine(input_ids=input_ids).logits
-        losses = per_sequence_loss(logits, targets)
+        losses = per_sequence_loss(logits, targets) if units is None else \
+            per_unit_loss(logits, targets, units)
         if step in self.nan_steps:
             losses = faults.poison(losses, self.comm.rank)
         clock.mark()
         if drawn is None:
             values, keep, value_norm = self.selector.select(
                 step, cap, logits, targets, losses, batch["seq_ids"], input_ids=input_ids,
-                model=engine.module)
+                model=engine.module, units=units)
         else:                                             # chosen and scored by the pool
             values, value_norm = drawn.values[pos], drawn.value_norm[pos]
             keep = torch.ones_like(losses, dtype=torch.bool)
         clock.mark()
-        n_tokens = (targets != -100).sum(1)
+        n_tokens = (targets != -100).sum(1) if units is None else units.tokens
         weights = sequence_weights(value_norm, self.selector.settings)
         loss, stats = masked_loss(losses, n_tokens, keep, self.comm, weights)
         self.gate.observe(stats.nonfinite)
@@ -213,6 +219,8 @@ class StepRunner:
             out.grad_norm = float(torch.nn.utils.get_total_norm(grads))
         engine.step()
         clock.mark()
-        return Micro(batch["seq_ids"], values, value_norm, keep,
+        seq_ids, segments = (batch["seq_ids"], None) if units is None else \
+            (batch["seq_ids"][units.rows.cpu()], units.segment.cpu())
+        return Micro(seq_ids, values, value_norm, keep,
                      token_weights(keep.cpu(), None if weights is None else weights.cpu(), stats),
-                     losses.detach(), stats, clock, int(n_tokens.sum()))
+                     losses.detach(), stats, clock, int(n_tokens.sum()), segments)

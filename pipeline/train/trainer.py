@@ -166,7 +166,7 @@ class Trainer:
         result = self.runner.step(self.counters.step + 1)
         for m in result.micros:
             self.ledger.append(result.step, m.seq_ids, m.values, m.keep, m.losses, m.value_norm,
-                               m.weight)
+                               m.weight, m.segments)
         if result.rejected is not None:               # lai.select: candidates not trained
             r = result.rejected
             none = torch.zeros(r["seq_ids"].numel(), dtype=torch.bool)
