@@ -26,7 +26,7 @@ def stdlib_files(include_tests: bool = False) -> tuple[Path, ...]:
     """All .py files of the running Python's stdlib (no site-packages), sorted by relative path."""
     root = stdlib_root()
     skip = {"site-packages", "dist-packages", "__pycache__"} | (set() if include_tests else STDLIB_TEST_DIRS)
-    out = []
+    out: list[Path] = []
     for d, dirs, files in os.walk(root):
         dirs[:] = [x for x in dirs if x not in skip]
         out.extend(Path(d, f) for f in files if f.endswith(".py"))

@@ -4,8 +4,9 @@ Open and read failures are UserErrors naming the file."""
 from __future__ import annotations
 
 import gzip
+import io
 from pathlib import Path
-from typing import IO, Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from data_prep.sources.cursor import Cursor, ReadStats, located
 from pipeline.errors import UserError
@@ -17,7 +18,7 @@ class Counted:
     """An open binary file whose reads count into `cursor.bytes_read`: iterate it for its lines
     (line ends kept) or `read()` it whole."""
 
-    def __init__(self, fh: IO[bytes], cursor: Cursor):
+    def __init__(self, fh: io.BufferedIOBase, cursor: Cursor):
         self.fh, self.cursor = fh, cursor
 
     def __iter__(self) -> Iterator[bytes]:
@@ -48,7 +49,8 @@ def utf8_decoder(strict: bool, stats: ReadStats) -> Decode:
     return decode
 
 
-def _open(path: Path) -> IO[bytes]:
+def _open(path: Path) -> io.BufferedIOBase:
+    """`path` for binary reading, decompressed when its name ends in .gz."""
     try:
         return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
     except OSError as e:
