@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from data_prep.sources import load_source_list, parse_source
+from data_prep.sources.spec import load_source_list, parse_source
 from pipeline.errors import UserError, cli_main
 from pipeline.format.provenance import read_drop_list
 from pipeline.values import to_bool

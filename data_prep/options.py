@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from data_prep.groups import check_groups
-from data_prep.sources import SourceSpec, check_source
+from data_prep.sources.read import check_source
+from data_prep.sources.spec import SourceSpec
 from data_prep.split import DocSplitter
 from data_prep.tokenizer import TrainConfig, check_train_config
 from pipeline.errors import UserError

@@ -21,7 +21,8 @@ import numpy as np
 
 from data_prep.options import PrepOptions, check_options, log, read_optional, refuse_changed
 from data_prep.shards import SHARD_RE, shard_intact, shard_prefix, verify_shard
-from data_prep.sources import ReadStats, SourceSpec
+from data_prep.sources.cursor import ReadStats
+from data_prep.sources.spec import SourceSpec
 from data_prep.split import SPLITS, DocSplitter
 from data_prep.stages import (TOKENIZER_INFO, choose_dtype, ensure_groups, ensure_tokenizer,
                               load_progress, make_manifest, summary, tokenize_all)

@@ -15,7 +15,7 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from data_prep.sources import Cursor
+from data_prep.sources.cursor import Cursor
 
 
 class SourceBar:

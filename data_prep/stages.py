@@ -21,7 +21,10 @@ from data_prep.groups import GroupModel, Reservoir, fit_groups
 from data_prep.options import PrepOptions, changed, log, read_optional
 from data_prep.shards import ShardStreams, shard_intact
 from data_prep.progress import SourceBar, elapsed
-from data_prep.sources import Cursor, ReadStats, SourceSpec, iter_documents, origin_files
+from data_prep.sources.cursor import Cursor, ReadStats
+from data_prep.sources.discover import origin_files
+from data_prep.sources.read import iter_documents
+from data_prep.sources.spec import SourceSpec
 from data_prep.split import SPLITS, DocSplitter
 from data_prep.tokenize import batched, encode_stream
 from data_prep.tokenizer import (install_tokenizer, sample_sentences, tokenizer_entry,
