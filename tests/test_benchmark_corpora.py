@@ -148,7 +148,11 @@ def test_scenarios_ground_truth_and_variant_overrides(tmp_path):
                                              set(inside.parts_of(s)) - set(inside.harmful)
                                              for s in inside.weights)
     assert inside.prepared == ["web", "forum", "clean"] and inside.applies == {
-        "ceiling", "oracle", "oracle@rate"}
+        "ceiling", "oracle", "oracle@rate", "oracle-doc", "lai-doc", "lai-doc-raw"}
+    assert inside.oracle == "oracle-doc" and SCENARIOS["spam"].oracle == "oracle"
+    for name in ("oracle-doc", "lai-doc", "lai-doc-raw"):
+        doc = load(overrides_for(name, VARIANTS, inside, {}, 0.0, 16))
+        assert doc.lai.unit == "document" and not applies(name, SCENARIOS["spam"])
     assert not universal.harmful and universal.val == "mix" and universal.applies == set()
     from benchmarks.headroom.runs import base_config
     cfg = base_config(universal, cpu, {s: tmp_path / s for s in universal.prepared})

@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     per = {}
     for sc in scen:
         res = {n: dict(sorted(results[sc.name][n].items())) for n in names if n in results[sc.name]}
-        rows, head = summarise(res)
+        rows, head = summarise(res, sc.oracle)
         per[sc.name] = {"rows": rows, "headroom": head, "rate": rates[sc.name], "runs": res,
                         "info": plans[sc.name].info, "grid": grids.get(sc.name)}
         print(report.console(sc, rows, head))

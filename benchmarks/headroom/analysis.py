@@ -99,15 +99,16 @@ def cached_analysis(run_dir: Path, sc: Scenario, lai_warmup: int) -> dict:
     return result
 
 
-def summarise(results: dict[str, dict[int, dict]]) -> tuple[list[dict], dict]:
-    """Rows per variant (paired with `none` and `oracle` of the same seed) and the scenario's
-    headroom: oracle - none (mean, std over seeds, ratio, counts)."""
-    none, oracle = results.get("none", {}), results.get("oracle", {})
+def summarise(results: dict[str, dict[int, dict]], oracle_name: str = "oracle"
+              ) -> tuple[list[dict], dict]:
+    """Rows per variant (paired with `none` and the oracle `oracle_name` of the same seed) and
+    the scenario's headroom: oracle - none (mean, std over seeds, ratio, counts)."""
+    none, oracle = results.get("none", {}), results.get(oracle_name, {})
     d_oracle = C.paired(oracle, none)
     gain, noise = C.mean_std(d_oracle)
     headroom = {"oracle_minus_none": gain, "std": noise,
                 "ratio": -gain / noise if noise and noise > 0 else float("inf") if gain < 0 else 0.0,
-                "seeds": len(d_oracle)}
+                "seeds": len(d_oracle), "oracle": oracle_name}
     headroom["counts"] = bool(headroom["ratio"] >= 4 and len(d_oracle) >= 3)
     return [_row(name, by_seed, none, gain) for name, by_seed in results.items()], headroom
 

@@ -49,7 +49,7 @@ def scenario_section(sc: Scenario, info: dict, rows: list[dict], headroom: dict,
          f"capped at {sc.cap} of each global batch; rate-matched baselines at `{RATE_FROM}`'s "
          f"measured exclusion rate {rate:.3f}",
          *_grid_lines(grid),
-         *([f"- headroom: oracle minus none {h['oracle_minus_none']:+.3f}, paired std "
+         *([f"- headroom: `{h.get('oracle', 'oracle')}` minus none {h['oracle_minus_none']:+.3f}, paired std "
             f"{h['std']:.3f} over {h['seeds']} seeds: {h['ratio']:.1f}x the noise, so the "
             f"scenario {verdict} (needs >= 4x, >= 3 seeds)",
             f"- AUROC of the per-sequence loss for the harmful sequences (the `none` runs): "
@@ -115,14 +115,17 @@ def summary_section(scen: list[Scenario], per: dict, size_name: str, meta: dict)
         "and the share of the oracle's gain it recovers: (none - method) / (none - oracle). "
         "`ceiling` trains the same steps on the clean / target data alone; `oracle` excludes exactly "
         "the harmful sequences of each batch under the same cap as every filter "
-        f"(`lai.filter=oracle`). {meta['line']} Details, per-source exclusion and AUROC: "
+        "(`lai.filter=oracle`); where documents are packed (`inside`) the headroom and shares are "
+        "read against `oracle-doc`, which masks exactly the harmful documents "
+        f"(`lai.unit=document`). {meta['line']} Details, per-source exclusion and AUROC: "
         "[the scenario sections](#quality-with-headroom).", "",
         C.md_table(header, tab), ""])
 
 
 def console(sc: Scenario, rows: list[dict], headroom: dict) -> str:
     """The scenario's headroom and rows as printed at the end of a run."""
-    lines = [f"{sc.name}: oracle - none {headroom['oracle_minus_none']:+.4f} "
+    lines = [f"{sc.name}: {headroom.get('oracle', 'oracle')} - none "
+             f"{headroom['oracle_minus_none']:+.4f} "
              f"(std {headroom['std']:.4f}, {headroom['ratio']:.1f}x noise)"]
     lines += [f"  {r['variant']:15s} val {r['final']:.4f}±{r['final_std']:.4f} "
               f"d {r['delta']:+.4f}±{r['delta_ci']:.4f} share {r['share']:+.2f} "

@@ -74,6 +74,12 @@ class Scenario:
                 *(("oracle-doc", "lai-doc", "lai-doc-raw") if self.packed else ())}
 
     @property
+    def oracle(self) -> str:
+        """The oracle the headroom and every share are read against: per document where
+        documents are packed (masking a harmful document beats dropping its sequence)."""
+        return "oracle-doc" if self.packed else "oracle"
+
+    @property
     def harmful_share(self) -> float:
         """The weight share of the training sources that hold nothing but harmful documents."""
         pure = [s for s in self.weights if set(self.parts_of(s)) <= set(self.harmful)]

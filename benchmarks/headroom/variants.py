@@ -58,7 +58,8 @@ SUITE = ("none", "ceiling", "oracle", "oracle-doc", "lai-default", "lai-doc", "l
          "bandit", "static-tuned")
 LEVERS = ("lai-token_pair", "lai-aligned", "lai-pooled", "lai-paper", "lai-raw", "lai-no-memory",
           "lai-adam", "oracle@rate")
-REFERENCES = ("none", "oracle")       # always run: every row is read against them
+REFERENCES = ("none", "oracle", "oracle-doc")   # always run (where they apply): every row is
+#   read against them
 RATE_FROM = "lai-default"           # the rate-matched baselines run at its exclusion rate
 SCENARIO_ROWS = ("ceiling", "oracle", "oracle@rate", "oracle-doc", "lai-doc", "lai-doc-raw")
 #   only where Scenario.applies says so

@@ -37,8 +37,11 @@ DEFAULT_MEMORY_WEIGHT = 1.0
 @dataclass
 class LAISettings:
     enabled: bool = True               # compute LAI values (and filter with them if filter=lai)
-    filter: str = "lai"                # what decides the keep mask: see pipeline.lai.baselines
-                                       # (lai | none | random | loss | full_gradient | oracle)
+    filter: str = "none"               # what decides the keep mask: see pipeline.lai.baselines
+                                       # (lai | none | random | loss | full_gradient | oracle);
+                                       # none by default: every per-sequence filter lost to no
+                                       # filter in the headroom suite (docs/RESULTS.md), so what
+                                       # ships values the data (ledger, report) and drops nothing
     oracle_sources: list[str] = field(default_factory=list)   # filter=oracle: names of training
                                        # sources (lai-prep --source NAME=...) whose sequences are
                                        # harmful: a sequence with at least half of its tokens
