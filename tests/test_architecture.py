@@ -170,6 +170,18 @@ def test_every_pipeline_module_is_in_the_layout():
     assert sorted(files - named) == []
 
 
+def test_every_package_docstring_names_its_modules():
+    """A package's docstring (its map) names every module file of the package."""
+    missing = []
+    for init in sorted((ROOT / "pipeline").rglob("__init__.py")):
+        doc = ast.get_docstring(ast.parse(init.read_text())) or ""
+        if init.parent == ROOT / "pipeline":
+            continue
+        files = {p.name for p in init.parent.glob("*.py")} - {"__init__.py", "__main__.py"}
+        missing += [f"{init.parent.name}/{f}" for f in sorted(files) if f not in doc]
+    assert missing == []
+
+
 def doc_signatures(text: str) -> list[tuple[str, str, str | None]]:
     """(dotted name, "(params)", return annotation or None) of the binding signatures block."""
     block = text.split("### Binding signatures")[1].split("\n### ")[0]
