@@ -123,6 +123,49 @@ def layer_cycle(layers: dict, graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+def module_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles between modules: each strongly connected component of two or more
+    modules, sorted (an import of a name inside a module counts as an import of the module)."""
+    def owner(t):
+        while t and t not in graph:
+            t = t.rpartition(".")[0]
+        return t
+    edges = {m: sorted({owner(t) for t in ts} - {"", m}) for m, ts in graph.items()}
+    order, low, stack, cycles = {}, {}, [], []
+
+    def visit(v):                                  # Tarjan's algorithm
+        order[v] = low[v] = len(order)
+        stack.append(v)
+        for w in edges[v]:
+            if w not in order:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], order[w])
+        if low[v] == order[v]:
+            comp = stack[stack.index(v):]
+            del stack[stack.index(v):]
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in sorted(edges):
+        if v not in order:
+            visit(v)
+    return sorted(cycles)
+
+
+# The module cycles the code has today, closed by imports inside functions. Issue 23 wants none:
+# strike a row when its cycle is broken; a new cycle fails the test.
+KNOWN_CYCLES = [
+    ["pipeline.config.batch", "pipeline.config.schema", "pipeline.config.validate"],
+    ["pipeline.errors", "pipeline.fsutil"],
+    ["pipeline.lai.api", "pipeline.lai.baselines", "pipeline.lai.reference", "pipeline.lai.scorer",
+     "pipeline.lai.settings"],
+    ["pipeline.train.engine", "pipeline.train.export", "pipeline.train.init_from",
+     "pipeline.train.model", "pipeline.train.setup"],
+]
+
+
 @pytest.fixture(scope="module")
 def layers():
     return doc_layers(DOC.read_text())
@@ -147,6 +190,10 @@ def test_the_layers_form_no_cycle(layers, graph):
     assert layer_cycle(layers, graph) is None
 
 
+def test_no_new_module_cycle(graph):
+    assert module_cycles(graph) == KNOWN_CYCLES
+
+
 def test_a_broken_rule_is_reported(layers, graph):
     """The checks can fail: a forbidden import, an upward import and a cycle, each reported."""
     broken = {m: set(t) for m, t in graph.items()}
@@ -158,6 +205,10 @@ def test_a_broken_rule_is_reported(layers, graph):
     broken = {m: set(t) for m, t in graph.items()}
     broken["pipeline.format.indexed"].add("pipeline.data.loader")
     assert layer_cycle(layers, broken) == ["format", "data", "format"]
+    broken = {m: set(t) for m, t in graph.items()}
+    broken["pipeline.data.blend"].add("pipeline.data.loader.RankLoader")
+    new = [c for c in module_cycles(broken) if c not in KNOWN_CYCLES]
+    assert len(new) == 1 and {"pipeline.data.blend", "pipeline.data.loader"} <= set(new[0])
     assert violations(layers, {"pipeline.newpkg.x": set()}) == [
         "pipeline.newpkg.x: in no layer of the table"]
 
