@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = next(p for p in Path(__file__).resolve().parents          # also from tests/unit/
+            if (p / "docs" / "ARCHITECTURE.md").is_file())
 DOC = ROOT / "docs" / "ARCHITECTURE.md"
 FIRST_PARTY = ("pipeline", "data_prep", "benchmarks", "tests")
 TABLE_HEAD = "| layer | modules | may import | never imports |"
@@ -177,7 +178,8 @@ def graph():
 
 
 def test_the_layer_table_is_read(layers):
-    assert {"core", "format", "data", "lai", "config", "train", "report", "data_prep"} <= set(layers)
+    assert set(layers) >= {"core", "format", "data", "lai", "config", "train", "report",
+                           "data_prep"}
     assert layers["lai"]["may"] == ["pipeline.comm", "pipeline.errors"]
     assert "deepspeed" in layers["lai"]["never"]
 
@@ -273,7 +275,10 @@ def signature_text(obj) -> tuple[str, str | None]:
             star = True
         out.append(p.name if p.default is p.empty else f"{p.name}={p.default!r}")
     ret = sig.return_annotation
-    ret = None if ret is sig.empty else ret if isinstance(ret, str) else inspect.formatannotation(ret)
+    if ret is sig.empty:
+        ret = None
+    elif not isinstance(ret, str):
+        ret = inspect.formatannotation(ret)
     return f"({', '.join(out)})", ret
 
 
