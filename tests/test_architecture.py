@@ -209,7 +209,7 @@ def test_a_broken_rule_is_reported(layers, graph):
     assert layer_cycle(layers, broken) == ["format", "data", "format"]
     broken = {m: set(t) for m, t in graph.items()}
     broken["pipeline.data.blend"].add("pipeline.data.loader.RankLoader")
-    new = [c for c in module_cycles(broken) if c not in KNOWN_CYCLES]
+    new = [c for c in module_cycles(broken) if c not in module_cycles(graph)]
     assert len(new) == 1 and {"pipeline.data.blend", "pipeline.data.loader"} <= set(new[0])
     assert violations(layers, {"pipeline.newpkg.x": set()}) == [
         "pipeline.newpkg.x: in no layer of the table"]
