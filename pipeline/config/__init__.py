@@ -1,11 +1,13 @@
 """The run config: typed dataclasses (schema.py), loaded from YAML with dotted overrides and the
-lai section resolved (load.py), validated before anything starts (validate.py).
+lai section resolved (load.py), validated before anything starts (validate.py; the batch triple
+and lai.select's pool size in batch.py).
 
     cfg = load_config("configs/tiny_cpu.yaml", ["train.steps=20", "lai.filter=random"])
     cfg.validate(world=2)                # batch triple, ranges, data paths, LAI options
 
 Every error is a one-line UserError naming the file/field. What is derived from it lives with its
-user: the DeepSpeed JSON in pipeline.train.engine, the resume rules in pipeline.train.resume.
+user: the DeepSpeed JSON in pipeline.train.setup (ds_config), the resume rules in
+pipeline.train.resume.
 """
 from pipeline.config.load import config_from_dict, load_config, save_yaml
 from pipeline.config.schema import (CHOICES, Config, DataConfig, LogConfig, ModelConfig,

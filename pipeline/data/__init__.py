@@ -5,6 +5,9 @@ weighted, deterministic global order -> each rank's slice of every global micro-
     source.py   one prepared directory as an endless stream of packed samples
     blend.py    deterministic weighted blending of sources
     loader.py   RankLoader (rank slicing, resume state)
+    mixture.py  DynamicMixture: each global micro-batch's sources from weights that change
+                during training (lai.mixing)
+    groups.py   the (source, group) arms of lai.mixing_groups
 """
 from pipeline.data.dataset import DocSpan, PackedDataset
 from pipeline.data.loader import RankLoader

@@ -90,7 +90,7 @@ def _full(x: torch.Tensor) -> torch.Tensor:
 
 
 class FSDPEngine:
-    """The DeepSpeed-engine calls the trainer makes (pipeline.train.engine.Engine), over a
+    """The DeepSpeed-engine calls the trainer makes (listed in pipeline.train.engine), over a
     fully_shard'ed `module` and its (guarded) optimizer `optimizer`. Collective where DeepSpeed's
     are: backward, the boundary's step, checkpoint I/O, full_state_dict."""
 

@@ -40,12 +40,14 @@ from torch.utils.tensorboard.summary import histogram as histogram_summary
 # What each LAI chart means (the source name in lai_source/<source>/... is matched as "*").
 DESCRIPTIONS = {
     "lai/excluded_frac": "Fraction of the step's sequences excluded before the optimizer step "
-                         "(LAI value <= lai.threshold, at most lai.max_exclude_frac; 0 while "
+                         "(filter score <= lai.threshold: by default the value's z-score in "
+                         "its global micro-batch <= -1; at most lai.max_exclude_frac; 0 while "
                          "lai.warmup_steps lasts).",
     "lai/kept_tokens": "Target tokens trained on per step after exclusion, all ranks.",
     "lai/values": "LAI value of every sequence of the step: > 0 a step on it lowers the loss of "
-                  "the reference (the rest of the global batch, or the val set): kept; <= 0 it "
-                  "raises it: a candidate for exclusion.",
+                  "the reference (the rest of the global batch, or the val set); < 0 it "
+                  "raises it. The filter compares lai.normalize's step-normalised value "
+                  "with lai.threshold.",
     "lai_source/*/excluded_frac": "Fraction of this source's sequences of the step excluded "
                                   "before the optimizer step.",
     "lai_source/*/mean_value_norm": "Mean step-normalised LAI value (z-score within the global "
