@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from pipeline.data import PackedDataset, RankLoader
-from benchmarks.common import machine as common_machine
+from benchmarks.lib.machine import machine as machine_line
 from pipeline.errors import cli_main
 from pipeline.fsutil import atomic_write
 from pipeline.format.manifest import MANIFEST_NAME
@@ -71,7 +71,7 @@ def raw_floor(ds: PackedDataset, seq_len: int):
 
 
 def machine() -> str:
-    return f"{common_machine()} (1-min load {os.getloadavg()[0]:.1f} at the end)"
+    return f"{machine_line()} (1-min load {os.getloadavg()[0]:.1f} at the end)"
 
 
 def write_doc(section: str) -> None:

@@ -32,7 +32,7 @@ from data_prep.options import PrepOptions
 from data_prep.single import run_prep
 from data_prep.sources import iter_documents, parse_source
 from data_prep.tokenize import batched
-from benchmarks.common import machine as common_machine
+from benchmarks.lib.machine import machine as machine_line
 from pipeline.errors import cli_main
 from pipeline.fsutil import atomic_write
 
@@ -43,7 +43,7 @@ TARGET = 0.8
 
 def machine() -> str:
     import sentencepiece
-    return f"{common_machine()}, sentencepiece {sentencepiece.__version__}"
+    return f"{machine_line()}, sentencepiece {sentencepiece.__version__}"
 
 
 def cpu_seconds() -> tuple[float, float]:
