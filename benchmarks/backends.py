@@ -94,7 +94,8 @@ def write_doc(rows: list[dict], meta: dict) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.backends",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--out", type=Path, default=OUT / "backends")
     p.add_argument("--no-doc", action="store_true")

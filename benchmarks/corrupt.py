@@ -159,7 +159,8 @@ class CorruptionLabels:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.corrupt",
+                                description=__doc__.split("\n")[0])
     p.add_argument("src", type=Path)
     p.add_argument("out", type=Path)
     p.add_argument("--frac", type=float, default=0.2, help="fraction of train tokens to corrupt")

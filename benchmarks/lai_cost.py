@@ -143,7 +143,8 @@ def fidelity_table(steps_list: list[int]) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.lai_cost",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "docs" / "LAI_COST.md"))
     ap.add_argument("--quick", action="store_true", help="fewer repeats and seeds")
     args = ap.parse_args()

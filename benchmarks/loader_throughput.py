@@ -86,7 +86,8 @@ def write_doc(section: str) -> None:
 
 @cli_main
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.loader_throughput",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--data", nargs="*", type=Path, help="prepared directories (mixed with equal weights)")
     ap.add_argument("--seconds", type=float, default=3.0, help="timing budget per measurement")
     ap.add_argument("--random-tokens", type=int, default=20_000_000)

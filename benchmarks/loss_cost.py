@@ -57,7 +57,8 @@ def measure(name: str, rounds: int) -> list:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.loss_cost",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--sizes", default=",".join(SIZES))
     p.add_argument("--doc", action="store_true", help="also update docs/RESULTS.md")

@@ -52,7 +52,8 @@ VARIANTS = {
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.mixing",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--name", default="domain", help="the scenario's name (docs section, files)")
     p.add_argument("--source", action="append", required=True, metavar="NAME=DIR:WEIGHT")
     p.add_argument("--target", required=True, help="the source whose val split is the goal")

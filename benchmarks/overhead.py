@@ -58,7 +58,8 @@ SIZES = {
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.overhead",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--size", choices=sorted(SIZES), default="cpu")
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--parts", default="trainer,scaling,comm")
@@ -297,7 +298,7 @@ def main(argv=None) -> int:
     if args.report_only:
         saved = json.loads((args.out / f"overhead-{args.size}.json").read_text())
         update_section(ROOT / "docs" / "RESULTS.md", "overhead",
-                     section(args, size, saved["trainer"], saved["scaling"], saved["comm"], saved["seconds"]))
+                       section(args, size, saved["trainer"], saved["scaling"], saved["comm"], saved["seconds"]))
         return 0
     parts = set(args.parts.split(","))
     import torch
@@ -315,7 +316,7 @@ def main(argv=None) -> int:
     if not args.no_doc:
         atomic_write_json(ROOT / "docs" / "results" / f"overhead-{args.size}.json", payload)
         update_section(ROOT / "docs" / "RESULTS.md", "overhead",
-                     section(args, size, trainer, scaling, comm, seconds))
+                       section(args, size, trainer, scaling, comm, seconds))
     print(f"overhead: {len(trainer)} trainer runs, {len(scaling)} scaling points, {len(comm)} comm rows "
           f"in {seconds / 60:.1f} min")
     return 0

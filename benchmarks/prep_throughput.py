@@ -110,7 +110,8 @@ def write_doc(section: str) -> None:
 
 @cli_main
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.prep_throughput",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tests", action="store_true", help="include the stdlib test directories (~3x the text)")

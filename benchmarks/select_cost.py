@@ -46,7 +46,8 @@ def trainers(config: Path, out: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.select_cost",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--out", default=str(OUT / "select_cost"))
     args = p.parse_args(argv)

@@ -129,7 +129,7 @@ def main(argv=None) -> int:
         write_doc(args, summaries, adam, losses_by_kind, sweep, costs, rec, train_losses, seconds, data_dir,
                   sketch_dim, train_dir, corpus_truth)
         update_section(ROOT / "docs" / "RESULTS.md", "fidelity",
-                     results_section(summaries, adam, rec, args.checkpoints))
+                       results_section(summaries, adam, rec, args.checkpoints))
     print(f"fidelity: pairing={rec['pairing']} include_self={rec['include_self']} "
           f"sketch_dim={rec['sketch_dim']} in {seconds / 60:.1f} min"
           + ("" if args.quick else f" -> {args.doc}"), flush=True)

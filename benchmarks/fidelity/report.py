@@ -136,7 +136,7 @@ def write_doc(args, summaries, adam, losses_by_kind, sweep, costs, rec, train_lo
         L += [f"### Reference: {ref}", "", variant_table(adam, ref, trained, trained, TRUTH_ADAM), ""]
     L += ["## Per-sequence loss by corruption type (mean over scored sequences)", "",
           md_table(["step"] + ["clean", *CORRUPTIONS],
-                     [[c] + [losses_by_kind[c][k] for k in ("clean", *CORRUPTIONS)] for c in ckpts], "{:.2f}"), ""]
+                   [[c] + [losses_by_kind[c][k] for k in ("clean", *CORRUPTIONS)] for c in ckpts], "{:.2f}"), ""]
     L += [f"## Sketch vs exact (global reference, no self, step {final}, {args.sketch_seeds} seeds)", "",
           "![sketch agreement](img/fidelity_sketch.png)", ""]
     rows = [[p, d, *sweep[(p, d)]["vs_exact"], sweep[(p, d)]["vs_full"][0], sweep[(p, d)]["seconds"] * 1e3]
