@@ -20,7 +20,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from benchmarks import common as C
+from benchmarks.lib.corpus import prepare_default_corpus
+from benchmarks.lib.docs import update_section
+from benchmarks.lib.machine import machine, now
+from benchmarks.lib.paths import OUT, ROOT
+from benchmarks.lib.runs import run_train
+from benchmarks.lib.tables import md_table
+from benchmarks.lib.tb import step_parts, tb_events
 
 MODELS = {"1M": (4, 128, 4), "8M": (6, 320, 5)}
 BACKENDS = {"deepspeed": ["train.backend=deepspeed"], "fsdp2": ["train.backend=fsdp2"]}
@@ -43,21 +49,21 @@ def _config(out: Path, data_dir: Path, name: str) -> Path:
 
 def _row(run_dir: Path, name: str, backend: str) -> dict:
     tb = run_dir / "tb"
-    tps = [v for _, _, v in C.tb_events(tb, "perf/tokens_per_s")][1:]
-    mem = [v for _, _, v in C.tb_events(tb, "perf_ranks/peak_memory_gib_max")]
-    return {"model": name, "backend": backend, "step_s": sum(C.step_parts(tb).values()),
+    tps = [v for _, _, v in tb_events(tb, "perf/tokens_per_s")][1:]
+    mem = [v for _, _, v in tb_events(tb, "perf_ranks/peak_memory_gib_max")]
+    return {"model": name, "backend": backend, "step_s": sum(step_parts(tb).values()),
             "tokens_per_s": float(np.median(tps)) if tps else float("nan"),
             "peak_mem_gib": float(max(mem)) if mem else float("nan")}
 
 
 def measure(out: Path, nproc: int) -> list[dict]:
-    data_dir = C.prepare_default_corpus(C.OUT / "data" / f"stdlib-v{VOCAB}", VOCAB)
+    data_dir = prepare_default_corpus(OUT / "data" / f"stdlib-v{VOCAB}", VOCAB)
     rows = []
     for name in MODELS:
         config = _config(out, data_dir, name)
         for backend, overrides in BACKENDS.items():
             run_dir = out / name / backend
-            C.run_train(config, run_dir, 0, overrides, nproc)
+            run_train(config, run_dir, 0, overrides, nproc)
             rows.append(_row(run_dir, name, backend))
             r = rows[-1]
             print(f"backends {name} {backend}: step {r['step_s'] * 1e3:.0f} ms, "
@@ -81,21 +87,22 @@ def write_doc(rows: list[dict], meta: dict) -> None:
         f"{STEPS} steps, vocab {VOCAB}, LAI on (defaults); step = data + forward + LAI + "
         "backward/step, median over the logging windows after the first, slowest rank",
         "",
-        C.md_table(["model", "backend", "step ms", "step ratio", "tokens/s", "peak mem GiB"],
-                   table, "{:.2f}"),
+        md_table(["model", "backend", "step ms", "step ratio", "tokens/s", "peak mem GiB"],
+                 table, "{:.2f}"),
     ])
-    C.update_section(C.ROOT / "docs" / "RESULTS.md", "backends", text)
+    update_section(ROOT / "docs" / "RESULTS.md", "backends", text)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.backends",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--nproc", type=int, default=2)
-    p.add_argument("--out", type=Path, default=C.OUT / "backends")
+    p.add_argument("--out", type=Path, default=OUT / "backends")
     p.add_argument("--no-doc", action="store_true")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     rows = measure(args.out, args.nproc)
-    meta = {"date": C.now(), "machine": C.machine(), "nproc": args.nproc,
+    meta = {"date": now(), "machine": machine(), "nproc": args.nproc,
             "seconds": time.perf_counter() - t0}
     (args.out / "results.json").write_text(json.dumps({"rows": rows, **meta}, indent=1))
     if not args.no_doc:

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from benchmarks import common as C
+from benchmarks.lib.corruption import CORRUPTIONS, Corruptor
+from benchmarks.lib.paths import OUT
 from pipeline.errors import UserError, cli_main
 from pipeline.fsutil import atomic_write_json, sha256_file
 from pipeline.format.indexed import IndexedReader, IndexedWriter
@@ -44,9 +45,9 @@ def corrupt_corpus(src: Path, out: Path, frac: float, types: list[str], seed: in
     src, out = Path(src), Path(out)
     if not 0.0 < frac < 1.0:
         raise UserError(f"--frac: must be in (0, 1), got {frac}")
-    bad = [t for t in types if t not in C.CORRUPTIONS]
+    bad = [t for t in types if t not in CORRUPTIONS]
     if bad or not types:
-        raise UserError(f"--types: unknown corruption {bad or types!r} (choose from {', '.join(C.CORRUPTIONS)})")
+        raise UserError(f"--types: unknown corruption {bad or types!r} (choose from {', '.join(CORRUPTIONS)})")
     man = load_manifest(src)
     if (out / "manifest.json").exists():
         raise UserError(f"{out}: already a prepared directory (remove it first)")
@@ -70,8 +71,8 @@ def corrupt_corpus(src: Path, out: Path, frac: float, types: list[str], seed: in
     boiler_doc = next((all_docs[k] for k in order if readers[all_docs[k][0]].lengths[all_docs[k][1]] > 256),
                       all_docs[order[0]])
     boilerplate = np.asarray(readers[boiler_doc[0]][boiler_doc[1]][:256], dtype=np.int64)
-    corruptor = C.Corruptor(man.tokenizer.vocab_size, tokenizer, num_special=special,
-                            boilerplate=boilerplate)
+    corruptor = Corruptor(man.tokenizer.vocab_size, tokenizer, num_special=special,
+                          boilerplate=boilerplate)
 
     # choose documents: random order over all train documents, skipping any that would overshoot,
     # until `frac` of the train tokens are corrupted
@@ -121,11 +122,11 @@ def corrupt_corpus(src: Path, out: Path, frac: float, types: list[str], seed: in
     return truth
 
 
-def corrupted_copy(clean: Path, frac: float = 0.2, types: tuple[str, ...] = C.CORRUPTIONS,
+def corrupted_copy(clean: Path, frac: float = 0.2, types: tuple[str, ...] = CORRUPTIONS,
                    seed: int = 0) -> Path:
     """The corrupted copy of a prepared directory that the benchmarks share, made on first use:
     benchmarks/out/data/<clean name>-corrupt<pct>-<types>-s<seed>."""
-    out = C.OUT / "data" / f"{Path(clean).name}-corrupt{round(frac * 100)}-{'-'.join(types)}-s{seed}"
+    out = OUT / "data" / f"{Path(clean).name}-corrupt{round(frac * 100)}-{'-'.join(types)}-s{seed}"
     if not (out / "manifest.json").is_file():
         if out.exists():
             shutil.rmtree(out)          # an interrupted earlier attempt (no manifest = incomplete)
@@ -158,11 +159,12 @@ class CorruptionLabels:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.corrupt",
+                                description=__doc__.split("\n")[0])
     p.add_argument("src", type=Path)
     p.add_argument("out", type=Path)
     p.add_argument("--frac", type=float, default=0.2, help="fraction of train tokens to corrupt")
-    p.add_argument("--types", default=",".join(C.CORRUPTIONS))
+    p.add_argument("--types", default=",".join(CORRUPTIONS))
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 

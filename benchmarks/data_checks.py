@@ -57,7 +57,8 @@ def per_call_us(fn, seconds: float) -> float:
 
 @cli_main
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.data_checks",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--mb", type=int, default=256, help="size of the generated (and verified) data")
     ap.add_argument("--seconds", type=float, default=3.0, help="timing budget per batch measurement")
     ap.add_argument("--write-doc", action="store_true", help=f"write the results into {DOC.relative_to(ROOT)}")

@@ -1,6 +1,6 @@
 """LAI cost and sketch fidelity, side by side with a plain training step; writes docs/LAI_COST.md.
 
-    OMP_NUM_THREADS=1 python benchmarks/lai_cost.py [--out docs/LAI_COST.md] [--quick]
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.lai_cost [--out docs/LAI_COST.md] [--quick]
 
 1. cost per step: plain forward + backward vs forward with layer capture + LAI values + policy
    mask + masked backward, for every method x pairing (reference local, one process), as ratios;
@@ -23,17 +23,16 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from benchmarks.lib.paths import ROOT
+from benchmarks.lib.stats import median_minus_loss
+from pipeline.fsutil import atomic_write
+from pipeline.lai import (DEFAULT_PAIRING, FilterPolicy, LAIScorer, LayerInputCapture,
+                          full_gradient_values, lai_values, per_sequence_loss)
+from pipeline.lai.grads import shift_labels
+from pipeline.lai.pairings import PAIRINGS as LAI_PAIRINGS  # each .default_sketch_dim
 
-from pipeline.fsutil import atomic_write  # noqa: E402
-from pipeline.lai import (DEFAULT_PAIRING, FilterPolicy, LAIScorer,  # noqa
-                          LayerInputCapture, full_gradient_values, lai_values,
-                          per_sequence_loss)
-from benchmarks.common import median_minus_loss  # noqa: E402
-from pipeline.lai.grads import shift_labels  # noqa: E402
-from pipeline.lai.pairings import PAIRINGS as LAI_PAIRINGS  # noqa: E402  (each .default_sketch_dim)
-from test_lai_support import explicit_kernel, synthetic_corpus, trained_tiny_model  # noqa
+sys.path.insert(0, str(ROOT / "tests"))     # the test helpers: tiny trained model, synthetic corpus
+from test_lai_support import explicit_kernel, synthetic_corpus, trained_tiny_model  # noqa: E402
 
 CAP = 0.5          # FilterPolicy's max_exclude_frac in the timed step and the agreement column
 PAIRINGS = ("token_pair", "aligned", "pooled")
@@ -144,7 +143,8 @@ def fidelity_table(steps_list: list[int]) -> list[str]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.lai_cost",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(ROOT / "docs" / "LAI_COST.md"))
     ap.add_argument("--quick", action="store_true", help="fewer repeats and seeds")
     args = ap.parse_args()
@@ -169,8 +169,8 @@ def main() -> None:
     machine = (f"{os.cpu_count()}-core CPU ({platform.processor() or platform.machine()}), "
                f"torch {torch.__version__}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
     lines = ["# LAI cost and sketch fidelity", "",
-             f"Written by `benchmarks/lai_cost.py` on a {machine}. Model: GPT-2 (HF), 2 layers, "
-             "fp32, briefly trained on a synthetic Markov corpus; layer set `linear`; "
+             f"Written by `python -m benchmarks.lai_cost` on a {machine}. Model: GPT-2 (HF), "
+             "2 layers, fp32, briefly trained on a synthetic Markov corpus; layer set `linear`; "
              "reference `local` (one process, so no communication is timed).", ""]
     for s, rows in sections:
         lines += [f"## Cost per training step: {s['name']} (hidden {s['hidden']}, vocab "

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from pipeline.data import PackedDataset, RankLoader
-from benchmarks.common import machine as common_machine
+from benchmarks.lib.machine import machine as machine_line
 from pipeline.errors import cli_main
 from pipeline.fsutil import atomic_write
 from pipeline.format.manifest import MANIFEST_NAME
@@ -71,7 +71,7 @@ def raw_floor(ds: PackedDataset, seq_len: int):
 
 
 def machine() -> str:
-    return f"{common_machine()} (1-min load {os.getloadavg()[0]:.1f} at the end)"
+    return f"{machine_line()} (1-min load {os.getloadavg()[0]:.1f} at the end)"
 
 
 def write_doc(section: str) -> None:
@@ -86,7 +86,8 @@ def write_doc(section: str) -> None:
 
 @cli_main
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.loader_throughput",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--data", nargs="*", type=Path, help="prepared directories (mixed with equal weights)")
     ap.add_argument("--seconds", type=float, default=3.0, help="timing budget per measurement")
     ap.add_argument("--random-tokens", type=int, default=20_000_000)

@@ -34,7 +34,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from benchmarks import common as C
+from benchmarks.lib.docs import update_section
+from benchmarks.lib.machine import machine, now
+from benchmarks.lib.paths import OUT, ROOT
+from benchmarks.lib.runs import run_train
+from benchmarks.lib.stats import ci95, mean_std, paired, steps_to_reach
+from benchmarks.lib.tables import md_table
+from benchmarks.lib.tb import tb_scalars
 
 SIZE = {"n_layer": 2, "hidden": 64, "n_head": 2, "seq_len": 64, "micro_batch": 16, "steps": 300,
         "lr": 5e-3, "min_lr": 2e-4, "warmup": 20, "lai_warmup": 20, "eval_batches": 8}
@@ -46,7 +52,8 @@ VARIANTS = {
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.mixing",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--name", default="domain", help="the scenario's name (docs section, files)")
     p.add_argument("--source", action="append", required=True, metavar="NAME=DIR:WEIGHT")
     p.add_argument("--target", required=True, help="the source whose val split is the goal")
@@ -92,7 +99,7 @@ def base_config(srcs: dict, target: str, steps: int, eval_every: int) -> dict:
 
 
 def analyse(run_dir: Path, target_index: int) -> dict:
-    steps, val = C.tb_scalars(run_dir / "tb", "val/loss")
+    steps, val = tb_scalars(run_dir / "tb", "val/loss")
     out = {"val_steps": steps.tolist(), "val_loss": val.tolist(), "final_val_loss": float(val[-1])}
     mix = run_dir / "mixing.json"
     if mix.is_file():
@@ -108,24 +115,24 @@ def analyse(run_dir: Path, target_index: int) -> dict:
 
 def summarise(results: dict[str, dict[int, dict]], steps: int) -> list[dict]:
     none, ceiling = results["none"], results.get("ceiling", {})
-    gain = C.mean_std(C.paired(ceiling, none))[0]
+    gain = mean_std(paired(ceiling, none))[0]
     rows = []
     for name, by_seed in results.items():
         seeds = [k for k in by_seed if k in none]
-        d = C.paired(by_seed, none)
-        reach = [C.steps_to_reach(by_seed[k]["val_steps"], by_seed[k]["val_loss"],
-                                  none[k]["final_val_loss"]) / steps for k in seeds]
-        dm, half = C.ci95(d)
-        final = C.mean_std([r["final_val_loss"] for r in by_seed.values()])
+        d = paired(by_seed, none)
+        reach = [steps_to_reach(by_seed[k]["val_steps"], by_seed[k]["val_loss"],
+                                none[k]["final_val_loss"]) / steps for k in seeds]
+        dm, half = ci95(d)
+        final = mean_std([r["final_val_loss"] for r in by_seed.values()])
         rows.append({"variant": name, "seeds": len(by_seed), "final": final[0], "final_std": final[1],
                      "delta": dm, "delta_ci": half, "share": dm / gain if gain else float("nan"),
-                     "reach": C.mean_std(reach)[0], "reach_max": float(np.nanmax(reach)) if
+                     "reach": mean_std(reach)[0], "reach_max": float(np.nanmax(reach)) if
                      any(x == x for x in reach) else float("nan"),
                      "reached": sum(x == x for x in reach),
-                     "target_weight": C.mean_std([r.get("target_weight", np.nan)
-                                                  for r in by_seed.values()])[0],
-                     "target_served": C.mean_std([r.get("target_served", np.nan)
-                                                  for r in by_seed.values()])[0],
+                     "target_weight": mean_std([r.get("target_weight", np.nan)
+                                                for r in by_seed.values()])[0],
+                     "target_served": mean_std([r.get("target_served", np.nan)
+                                                for r in by_seed.values()])[0],
                      "paired": d})
     return rows
 
@@ -185,8 +192,8 @@ def section(args, srcs, rows, meta) -> str:
         "moonshot: <= 70%); `target weight` / `served` = the target's final sampling weight and "
         "its share of all trained sequences",
         "", f"![mixing](img/mixing_{args.name}.png)", "",
-        C.md_table(["variant", "final val loss", "minus none [95% CI]", "paired, by seed",
-                    "share of ceiling gain", "reach none's final", "target weight", "served"], tab),
+        md_table(["variant", "final val loss", "minus none [95% CI]", "paired, by seed",
+                  "share of ceiling gain", "reach none's final", "target weight", "served"], tab),
         ""])
 
 
@@ -203,7 +210,7 @@ def main(argv=None) -> int:
     if unknown:
         raise SystemExit(f"error: --variants: unknown {unknown} (choose from {', '.join(variants)})")
     seeds = [int(s) for s in args.seeds.split(",")]
-    args.out = args.out or C.OUT / "mixing" / args.name
+    args.out = args.out or OUT / "mixing" / args.name
     args.out.mkdir(parents=True, exist_ok=True)
     config = args.out / "config.yaml"
     config.write_text(yaml.safe_dump(base_config(srcs, args.target, args.steps, args.eval_every),
@@ -215,7 +222,7 @@ def main(argv=None) -> int:
     for name, seed in tqdm([(n, s) for n in chosen for s in seeds], desc="mixing runs", unit="run"):
         run_dir = args.out / name / f"seed{seed}"
         ov = [o.replace("$target", target) for o in variants[name]]
-        run_s.append(C.run_train(config, run_dir, seed, ov, 1)["wall_s"])
+        run_s.append(run_train(config, run_dir, seed, ov, 1)["wall_s"])
         results.setdefault(name, {})[seed] = analyse(run_dir, names.index(args.target))
     rows = summarise(results, args.steps)
     for r in rows:
@@ -224,16 +231,16 @@ def main(argv=None) -> int:
               f"({r['reached']}/{r['seeds']}) target weight {r['target_weight']:.2f}")
     cmd = "OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.mixing " + shlex.join(sys.argv[1:])
     meta = {"command": cmd, "runs": len(run_s), "run_s": float(np.nansum(run_s)),
-            "machine": C.machine(), "date": C.now(), "seconds": time.perf_counter() - t0}
+            "machine": machine(), "date": now(), "seconds": time.perf_counter() - t0}
     from pipeline.fsutil import atomic_write_json
     atomic_write_json(args.out / "mixing.json", json.loads(json.dumps(
         {"meta": meta, "size": SIZE, "rows": rows, "runs": results}, default=float)))
     if not args.no_doc:
-        docs = C.ROOT / "docs"
+        docs = ROOT / "docs"
         plot(results, docs / "img" / f"mixing_{args.name}.png", args.target, names)
         atomic_write_json(docs / "results" / f"mixing-{args.name}.json", json.loads(json.dumps(
             {"meta": meta, "size": SIZE, "rows": rows}, default=float)))
-        C.update_section(docs / "RESULTS.md", f"mixing-{args.name}", section(args, srcs, rows, meta))
+        update_section(docs / "RESULTS.md", f"mixing-{args.name}", section(args, srcs, rows, meta))
     print(f"mixing: {len(run_s)} runs in {(time.perf_counter() - t0) / 60:.1f} min -> {args.out}")
     return 0
 

@@ -14,7 +14,7 @@ Three parts, each reported as ratios to LAI off on the same machine:
    (max RSS on CPU, max allocated on CUDA); and a bare DeepSpeed loop on the same config
    (benchmarks.bare_loop) as the reference for the pipeline's own overhead;
 2. scaling: in one process, the training step with LAI vs without while sequence length, batch
-   size and vocabulary size grow (benchmarks.common.lai_step_timings);
+   size and vocabulary size grow (benchmarks.lib.timing.lai_step_timings);
 3. communication: bytes each rank hands to collectives during one `LAIScorer.values` call with
    the global reference, counted on a real 2-rank gloo group, per pairing and method.
 Writes docs/results/overhead-<size>.json and the overhead section of docs/RESULTS.md.
@@ -32,7 +32,14 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from benchmarks import common as C
+from benchmarks.lib.corpus import prepare_default_corpus
+from benchmarks.lib.docs import update_section
+from benchmarks.lib.machine import machine, now
+from benchmarks.lib.paths import OUT, ROOT
+from benchmarks.lib.runs import run_train
+from benchmarks.lib.tables import md_table
+from benchmarks.lib.tb import step_parts, tb_events, wall_tokens_per_s
+from benchmarks.lib.timing import lai_step_timings
 
 PAIRINGS = ("token_pair", "aligned", "pooled")
 MODES = {"off": ["lai.enabled=false", "lai.filter=none"],
@@ -51,12 +58,13 @@ SIZES = {
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.overhead",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--size", choices=sorted(SIZES), default="cpu")
     p.add_argument("--nproc", type=int, default=2)
     p.add_argument("--parts", default="trainer,scaling,comm")
     p.add_argument("--rounds", type=int, default=3, help="timing rounds (best of) in the scaling part")
-    p.add_argument("--out", type=Path, default=C.OUT / "overhead")
+    p.add_argument("--out", type=Path, default=OUT / "overhead")
     p.add_argument("--no-doc", action="store_true")
     p.add_argument("--report-only", action="store_true",
                    help="rewrite the docs from the last results file (benchmarks/out/overhead/) without measuring")
@@ -83,15 +91,15 @@ def trainer_part(args, size, data_dir: Path) -> list[dict]:
         tokens = size["micro_batch"] * args.nproc * size["seq_len"]
         for mode, ov in MODES.items():
             run_dir = out / name / mode
-            wall = C.run_train(config, run_dir, 0, ov, args.nproc)["wall_s"]
+            wall = run_train(config, run_dir, 0, ov, args.nproc)["wall_s"]
             tb = run_dir / "tb"
-            parts = C.step_parts(tb)                            # the slowest rank's, per window
-            tps = [v for _, _, v in C.tb_events(tb, "perf/tokens_per_s")]
-            mem = [v for _, _, v in C.tb_events(tb, "perf_ranks/peak_memory_gib_max")]
+            parts = step_parts(tb)                            # the slowest rank's, per window
+            tps = [v for _, _, v in tb_events(tb, "perf/tokens_per_s")]
+            mem = [v for _, _, v in tb_events(tb, "perf_ranks/peak_memory_gib_max")]
             rows.append({"model": name, "params_M": _params_from_log(run_dir), "mode": mode,
                          "step_s": sum(parts.values()), **parts,
                          "tokens_per_s": float(np.median(tps[1:])) if len(tps) > 1 else float("nan"),
-                         "wall_tokens_per_s": C.wall_tokens_per_s(run_dir, tokens),
+                         "wall_tokens_per_s": wall_tokens_per_s(run_dir, tokens),
                          "peak_mem_gib": float(max(mem)), "wall_s": wall})
             print(f"overhead {name} {mode}: step {rows[-1]['step_s'] * 1e3:.0f} ms, "
                   f"{rows[-1]['tokens_per_s']:.0f} tok/s, {rows[-1]['peak_mem_gib']:.2f} GiB", flush=True)
@@ -105,7 +113,7 @@ def bare_row(args, config: Path, name: str, size, data_dir: Path) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc),
            "--master_port", str(free_port()), "-m", "benchmarks.bare_loop", str(config),
            "lai.enabled=false", "lai.filter=none", "--steps", str(size["steps"])]
-    p = subprocess.run(cmd, cwd=C.ROOT, capture_output=True, text=True,
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                        env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     if p.returncode != 0:
         raise SystemExit(f"error: bare loop for {name} exited {p.returncode}: {p.stderr[-500:]}")
@@ -148,7 +156,7 @@ def scaling_part(args, size) -> list[dict]:
                                              max_position_embeddings=t + 1)).to(dev)
         x = torch.randint(4, v, (b, t + 1), device=dev)
         scorers = {m: LAIScorer(pairing=DEFAULT_PAIRING, method=m, reference="global") for m in ("sketch", "exact")}
-        best = C.lai_step_timings(model, x, scorers, rounds=args.rounds)
+        best = lai_step_timings(model, x, scorers, rounds=args.rounds)
         rows.append({"axis": axis, "seq_len": t, "batch": b, "vocab": v, "plain_s": best["plain"],
                      **{f"{m}_ratio": best[m] / best["plain"] for m in scorers}})
         print(f"scaling {axis}: T={t} B={b} V={v}: sketch x{rows[-1]['sketch_ratio']:.2f} "
@@ -231,7 +239,7 @@ def section(args, size, trainer, scaling, comm, seconds) -> str:
         a for a in sys.argv[1:] if a != "--report-only")
     L = ["## Overhead", "",
          f"- command: `{cmd.strip()}` ({seconds / 60:.1f} min)",
-         f"- date: {C.now()}; machine: {C.machine()} (shared with other jobs while it ran: "
+         f"- date: {now()}; machine: {machine()} (shared with other jobs while it ran: "
          "absolute times are noisy, ratios measured side by side)",
          f"- LAI: default pairing `{DEFAULT_PAIRING}`, global reference, sketch size {DEFAULT_SKETCH_DIM}, "
          "layer set linear", ""]
@@ -253,33 +261,33 @@ def section(args, size, trainer, scaling, comm, seconds) -> str:
                         r["time_lai_s"] * 1e3, r["time_lai_s"] / b["step_s"], r["tokens_per_s"],
                         r["tokens_per_s"] / b["tokens_per_s"], r.get("wall_tokens_per_s", float("nan")),
                         r["peak_mem_gib"], r["peak_mem_gib"] / b["peak_mem_gib"]])
-        L += [C.md_table(["model", "params (M)", "LAI", "step ms", "step ratio", "LAI ms", "LAI / step off",
-                          "tokens/s", "tokens/s ratio", "wall tokens/s", "peak mem GiB", "mem ratio"],
-                         tab, "{:.2f}"), ""]
+        L += [md_table(["model", "params (M)", "LAI", "step ms", "step ratio", "LAI ms", "LAI / step off",
+                        "tokens/s", "tokens/s ratio", "wall tokens/s", "peak mem GiB", "mem ratio"],
+                       tab, "{:.2f}"), ""]
         if bare:
             L += ["Pipeline with LAI off against a bare DeepSpeed loop (`benchmarks.bare_loop`: the same "
                   "model, data, batch, ranks and DeepSpeed JSON; engine forward, loss, backward, step and "
                   "nothing else), wall-clock tokens/s:", "",
-                  C.md_table(["model", "bare tokens/s", "pipeline (LAI off) tokens/s", "ratio"],
-                             [[m, bare[m]["wall_tokens_per_s"], base[m]["wall_tokens_per_s"],
-                               base[m]["wall_tokens_per_s"] / bare[m]["wall_tokens_per_s"]]
-                              for m in bare if m in base], "{:.2f}"), ""]
+                  md_table(["model", "bare tokens/s", "pipeline (LAI off) tokens/s", "ratio"],
+                           [[m, bare[m]["wall_tokens_per_s"], base[m]["wall_tokens_per_s"],
+                             base[m]["wall_tokens_per_s"] / bare[m]["wall_tokens_per_s"]]
+                            for m in bare if m in base], "{:.2f}"), ""]
     if scaling:
         m = size["scaling"]["model"]
         L += [f"### Growth with sequence length, batch and vocabulary (one process, llama {m[0]} layers, "
               f"hidden {m[1]})", "", "ratio = training step with LAI / without (best of "
               f"{args.rounds} rounds, interleaved).", ""]
-        L += [C.md_table(["varied", "seq len", "batch", "vocab", "plain step ms", "sketch ratio", "exact ratio"],
-                         [[r["axis"], r["seq_len"], r["batch"], r["vocab"], r["plain_s"] * 1e3,
-                           r["sketch_ratio"], r["exact_ratio"]] for r in scaling], "{:.2f}"), ""]
+        L += [md_table(["varied", "seq len", "batch", "vocab", "plain step ms", "sketch ratio", "exact ratio"],
+                       [[r["axis"], r["seq_len"], r["batch"], r["vocab"], r["plain_s"] * 1e3,
+                         r["sketch_ratio"], r["exact_ratio"]] for r in scaling], "{:.2f}"), ""]
     if comm:
         c0 = comm[0]
         L += [f"### Communication per step per rank (2 ranks over gloo, model {c0['model']}, batch "
               f"{c0['batch']} x seq {c0['seq_len']} per rank, vocab {c0['vocab']})", "",
               "bytes each rank hands to all_gather / all_reduce during one `LAIScorer.values` call "
               "(global reference).", ""]
-        L += [C.md_table(["pairing", "method", "MiB per rank per step"],
-                         [[r["pairing"], r["method"], r["bytes_per_rank"] / 2**20] for r in comm], "{:.3f}"), ""]
+        L += [md_table(["pairing", "method", "MiB per rank per step"],
+                       [[r["pairing"], r["method"], r["bytes_per_rank"] / 2**20] for r in comm], "{:.3f}"), ""]
     return "\n".join(L)
 
 
@@ -289,26 +297,26 @@ def main(argv=None) -> int:
     size = SIZES[args.size]
     if args.report_only:
         saved = json.loads((args.out / f"overhead-{args.size}.json").read_text())
-        C.update_section(C.ROOT / "docs" / "RESULTS.md", "overhead",
-                         section(args, size, saved["trainer"], saved["scaling"], saved["comm"], saved["seconds"]))
+        update_section(ROOT / "docs" / "RESULTS.md", "overhead",
+                       section(args, size, saved["trainer"], saved["scaling"], saved["comm"], saved["seconds"]))
         return 0
     parts = set(args.parts.split(","))
     import torch
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    data_dir = C.prepare_default_corpus(C.OUT / "data" / f"stdlib-v{size['vocab']}", size["vocab"])
+    data_dir = prepare_default_corpus(OUT / "data" / f"stdlib-v{size['vocab']}", size["vocab"])
     trainer = trainer_part(args, size, data_dir) if "trainer" in parts else []
     scaling = scaling_part(args, size) if "scaling" in parts else []
     comm = comm_part(args, size) if "comm" in parts else []
     seconds = time.perf_counter() - t0
     payload = {"size": args.size, "trainer": trainer, "scaling": scaling, "comm": comm,
-               "date": C.now(), "machine": C.machine(), "seconds": seconds}
+               "date": now(), "machine": machine(), "seconds": seconds}
     from pipeline.fsutil import atomic_write_json
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out / f"overhead-{args.size}.json", payload)
     if not args.no_doc:
-        atomic_write_json(C.ROOT / "docs" / "results" / f"overhead-{args.size}.json", payload)
-        C.update_section(C.ROOT / "docs" / "RESULTS.md", "overhead",
-                         section(args, size, trainer, scaling, comm, seconds))
+        atomic_write_json(ROOT / "docs" / "results" / f"overhead-{args.size}.json", payload)
+        update_section(ROOT / "docs" / "RESULTS.md", "overhead",
+                       section(args, size, trainer, scaling, comm, seconds))
     print(f"overhead: {len(trainer)} trainer runs, {len(scaling)} scaling points, {len(comm)} comm rows "
           f"in {seconds / 60:.1f} min")
     return 0

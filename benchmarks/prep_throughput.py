@@ -32,7 +32,7 @@ from data_prep.options import PrepOptions
 from data_prep.single import run_prep
 from data_prep.sources import iter_documents, parse_source
 from data_prep.tokenize import batched
-from benchmarks.common import machine as common_machine
+from benchmarks.lib.machine import machine as machine_line
 from pipeline.errors import cli_main
 from pipeline.fsutil import atomic_write
 
@@ -43,7 +43,7 @@ TARGET = 0.8
 
 def machine() -> str:
     import sentencepiece
-    return f"{common_machine()}, sentencepiece {sentencepiece.__version__}"
+    return f"{machine_line()}, sentencepiece {sentencepiece.__version__}"
 
 
 def cpu_seconds() -> tuple[float, float]:
@@ -110,7 +110,8 @@ def write_doc(section: str) -> None:
 
 @cli_main
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.prep_throughput",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tests", action="store_true", help="include the stdlib test directories (~3x the text)")

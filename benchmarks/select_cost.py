@@ -19,7 +19,10 @@ from pathlib import Path
 
 import yaml
 
-from benchmarks import common as C
+from benchmarks.lib.corpus import prepare_default_corpus
+from benchmarks.lib.machine import machine
+from benchmarks.lib.paths import OUT
+from benchmarks.lib.timing import time_interleaved
 
 VARIANTS = {"none": [],
             "select x1.5": ["lai.select=oversample", "lai.select_factor=1.5"],
@@ -43,12 +46,13 @@ def trainers(config: Path, out: Path) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.select_cost",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=20)
-    p.add_argument("--out", default=str(C.OUT / "select_cost"))
+    p.add_argument("--out", default=str(OUT / "select_cost"))
     args = p.parse_args(argv)
     out = Path(args.out)
-    data = C.prepare_default_corpus(out / "data", 512)
+    data = prepare_default_corpus(out / "data", 512)
     cfg = {"run": {"seed": 0, "resume": "never", "save_every": 0},
            "data": {"sources": [{"path": str(data), "weight": 1.0}], "seq_len": 128},
            "model": {"family": "llama", "n_layer": 2, "hidden": 64, "n_head": 2},
@@ -59,11 +63,11 @@ def main(argv=None) -> int:
     config = out / "config.yaml"
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     runs = trainers(config, out / "runs")
-    best = C.time_interleaved({k: t.train_step for k, t in runs.items()}, rounds=args.rounds,
-                              warmup=2)
+    best = time_interleaved({k: t.train_step for k, t in runs.items()}, rounds=args.rounds,
+                            warmup=2)
     for name, s in best.items():
         print(f"select_cost {name}: {s * 1e3:.1f} ms/step, {s / best['none']:.2f}x none "
-              f"({C.machine()}, 1 rank, best of {args.rounds})", flush=True)
+              f"({machine()}, 1 rank, best of {args.rounds})", flush=True)
     from pipeline.train import runtime
     for t in runs.values():
         t.ledger.close()

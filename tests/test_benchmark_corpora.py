@@ -206,7 +206,7 @@ def test_suite_plumbing_with_the_trainer_stubbed(tmp_path, monkeypatch):
                 "excluded_by_source": {}, "val_by_source": {"code": final},
                 "tokens_trained": 1000, "docs_per_seq": 1.5, "harmful_tokens": 0.0,
                 "auroc": float("nan"), "precision": float("nan"), "loss_auroc": float("nan")}
-    monkeypatch.setattr(runs.C, "run_train", run_train)
+    monkeypatch.setattr(runs, "run_train", run_train)
     monkeypatch.setattr(runs, "cached_analysis", analysis)
     plan = runs.Plan(sc, {s: tmp_path / s for s in sc.prepared}, tmp_path / "c.yaml", {
         "lai_warmup": 1}, 16, {})

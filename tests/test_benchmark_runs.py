@@ -1,4 +1,4 @@
-"""benchmarks.common.run_train reuses a finished run only if it ran with the same trainer
+"""benchmarks.lib.runs.run_train reuses a finished run only if it ran with the same trainer
 arguments (a changed benchmark variant must not be read from a stale run), and the headroom
 scenarios reuse prepared data only for the same documents."""
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from benchmarks import common as C
+from benchmarks.lib.runs import run_train
 
 
 def test_finished_run_is_reused_only_with_the_same_arguments(tmp_path):
@@ -16,11 +16,11 @@ def test_finished_run_is_reused_only_with_the_same_arguments(tmp_path):
     args = [str(config), f"run.out_dir={run}", "run.seed=0", "lai.filter=lai"]
     record = {"wall_s": 1.0, "cpu_s": 2.0, "args": args}
     (run.parent / "seed0.time.json").write_text(json.dumps(record))
-    assert C.run_train(config, run, 0, ["lai.filter=lai"], 1) == record
+    assert run_train(config, run, 0, ["lai.filter=lai"], 1) == record
     with pytest.raises(SystemExit, match="other trainer arguments.*lai.filter=lai.*lai.filter=loss"):
-        C.run_train(config, run, 0, ["lai.filter=loss"], 1)
+        run_train(config, run, 0, ["lai.filter=loss"], 1)
     with pytest.raises(SystemExit, match="other trainer arguments.*run.seed=0; now run.seed=1"):
-        C.run_train(config, run, 1, ["lai.filter=lai"], 1)       # another seed
+        run_train(config, run, 1, ["lai.filter=lai"], 1)       # another seed
 
 
 def test_prepared_data_is_reused_only_for_the_same_documents(tmp_path):

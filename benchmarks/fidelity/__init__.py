@@ -9,14 +9,14 @@ What it does, top to bottom:
    sentencepiece, small vocabulary) unless --data names a prepared directory;
 2. trains a tiny Llama with a plain single-process AdamW loop on packed train sequences of the
    corrupted copy of that corpus (benchmarks.corrupt: whole documents holding 20% of the train
-   tokens corrupted, the same copy the quality benchmark trains on), so that the model has learned
-   the corruptions as it would in a real run (repeated text becomes low-loss);
+   tokens corrupted), so that the model has learned the corruptions as it would in a real run
+   (repeated text becomes low-loss);
 3. at each checkpoint, scores fixed batches of held-back clean train sequences, 20% of which are
-   freshly corrupted (repeat / shuffle / garbage, see benchmarks/common.py), with every LAI variant
-   (pairing x exact/sketch x with/without self x reference global/local/val) and the loss score,
-   and compares them with `full_gradient_values` under the same reference: Pearson, Spearman,
-   keep/drop agreement (value > 0), AUROC for flagging corrupted sequences (low value = flagged);
-   plus the LM head alone (`layers=head`: its exact ghost term) against the same truth;
+   freshly corrupted (repeat / shuffle / garbage, see benchmarks/lib/corruption.py), with every
+   LAI variant (pairing x exact/sketch x with/without self x reference global/local/val) and the
+   loss score, and compares them with `full_gradient_values` under the same reference: Pearson,
+   Spearman, keep/drop agreement (value > 0), AUROC for flagging corrupted sequences (low value =
+   flagged); plus the LM head alone (`layers=head`: its exact ghost term) against the same truth;
 4. Adam-aware scoring (`lai.precondition=adam`) at each trained checkpoint: the AdamW state of the
    training loop gives P = 1/(sqrt(v_hat)+eps); LAI with and without its rank-1 factors, the
    per-layer ghost with P and with its rank-1 fit, and the head alone, against the exact

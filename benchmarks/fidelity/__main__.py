@@ -10,7 +10,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks import common as C
+from benchmarks.lib.corpus import prepare_default_corpus
+from benchmarks.lib.corruption import CORRUPTIONS, Corruptor
+from benchmarks.lib.docs import update_section
+from benchmarks.lib.machine import machine, now
+from benchmarks.lib.paths import OUT, ROOT
 from benchmarks import fidelity
 from benchmarks.fidelity.data import build_model, scored_batches, train_steps
 from benchmarks.fidelity.recommend import recommend
@@ -41,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cost-rounds", type=int, default=7, help="timing rounds (best of) in the cost table")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--doc", type=Path, default=C.ROOT / "docs" / "FIDELITY.md")
+    p.add_argument("--doc", type=Path, default=ROOT / "docs" / "FIDELITY.md")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: checkpoints 0,20; 2 batches; 2 sketch sizes; no doc (prints tables)")
     a = p.parse_args(argv)
@@ -62,7 +66,7 @@ def main(argv=None) -> int:
     import pipeline.lai as lai
     from pipeline.data import PackedDataset
 
-    data_dir = args.data or C.prepare_default_corpus(C.OUT / "data" / f"stdlib-v{args.vocab_size}", args.vocab_size)
+    data_dir = args.data or prepare_default_corpus(OUT / "data" / f"stdlib-v{args.vocab_size}", args.vocab_size)
     from benchmarks.corrupt import CorruptionLabels, corrupted_copy
     train_dir = corrupted_copy(data_dir, args.corrupt_frac)
     corpus_truth = CorruptionLabels(train_dir).truth
@@ -74,8 +78,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"error: {data_dir}: {train.samples_per_epoch} train sequences, the benchmark needs {need}")
     sketch_dim = args.sketch_dim or getattr(lai, "DEFAULT_SKETCH_DIM", 4096)
     from pipeline.format.tokenizer import load_tokenizer
-    corruptor = C.Corruptor(train.vocab_size, load_tokenizer(train.tokenizer.kind, train.tokenizer_path),
-                            boilerplate=corpus_truth["boilerplate"]["tokens"])
+    corruptor = Corruptor(train.vocab_size, load_tokenizer(train.tokenizer.kind, train.tokenizer_path),
+                          boilerplate=corpus_truth["boilerplate"]["tokens"])
     batches = scored_batches(clean, corruptor, args.score_batches, args.batch, args.corrupt_frac, args.seed + 1)
     val_x = torch.from_numpy(np.stack([val.sample(i) for i in range(args.batch)]).astype(np.int64))
 
@@ -94,7 +98,7 @@ def main(argv=None) -> int:
         if ckpt > 0:                          # AdamW has moments from the first step on
             adam[ckpt] = summarise(evaluate_adam(model, opt, batches, val_x, args, sketch_dim, res), kinds)
         losses = np.concatenate(res["global"]["losses"])
-        losses_by_kind[ckpt] = {k: float(losses[allk == k].mean()) for k in ("clean", *C.CORRUPTIONS)}
+        losses_by_kind[ckpt] = {k: float(losses[allk == k].mean()) for k in ("clean", *CORRUPTIONS)}
         s = summaries[ckpt]["global"]
         print("  global, no self: " + ", ".join(f"{p} r={s[f'{p} exact']['pearson']:.2f}" for p in PAIRINGS)
               + f"; loss by kind {losses_by_kind[ckpt]}", flush=True)
@@ -114,18 +118,18 @@ def main(argv=None) -> int:
                "summaries": {str(c): s for c, s in summaries.items()},
                "summaries_adam": {str(c): s for c, s in adam.items()}, "loss_by_kind": losses_by_kind,
                "sketch": {f"{p}/{d}": r for (p, d), r in sweep.items()},
-               "cost": costs, "recommendation": rec, "seconds": seconds, "date": C.now(), "machine": C.machine()}
+               "cost": costs, "recommendation": rec, "seconds": seconds, "date": now(), "machine": machine()}
     if args.quick:
         print(json.dumps({"summaries": results["summaries"], "rec": rec, "cost": costs}, indent=1, default=str))
         print(adam_evidence_table(summaries, adam, rec["trained_ckpts"]))
     else:
         from pipeline.fsutil import atomic_write_json
-        atomic_write_json(C.ROOT / "docs" / "results" / "fidelity.json", json.loads(json.dumps(results, default=str)))
-        plot_sweep(sweep, args.sketch_dims, C.ROOT / "docs" / "img" / "fidelity_sketch.png")
+        atomic_write_json(ROOT / "docs" / "results" / "fidelity.json", json.loads(json.dumps(results, default=str)))
+        plot_sweep(sweep, args.sketch_dims, ROOT / "docs" / "img" / "fidelity_sketch.png")
         write_doc(args, summaries, adam, losses_by_kind, sweep, costs, rec, train_losses, seconds, data_dir,
                   sketch_dim, train_dir, corpus_truth)
-        C.update_section(C.ROOT / "docs" / "RESULTS.md", "fidelity",
-                         results_section(summaries, adam, rec, args.checkpoints))
+        update_section(ROOT / "docs" / "RESULTS.md", "fidelity",
+                       results_section(summaries, adam, rec, args.checkpoints))
     print(f"fidelity: pairing={rec['pairing']} include_self={rec['include_self']} "
           f"sketch_dim={rec['sketch_dim']} in {seconds / 60:.1f} min"
           + ("" if args.quick else f" -> {args.doc}"), flush=True)

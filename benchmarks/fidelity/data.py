@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from benchmarks import common as C
+from benchmarks.lib.corruption import CORRUPTIONS, Corruptor
 
 
 def build_model(vocab: int, seq_len: int, hidden: int, layers: int, seed: int) -> torch.nn.Module:
@@ -17,7 +17,7 @@ def build_model(vocab: int, seq_len: int, hidden: int, layers: int, seed: int) -
     return LlamaForCausalLM(cfg).float()
 
 
-def scored_batches(ds, corruptor: C.Corruptor, n_batches: int, batch: int, frac: float, seed: int):
+def scored_batches(ds, corruptor: Corruptor, n_batches: int, batch: int, frac: float, seed: int):
     """Fixed batches of train sequences from the end of the epoch (never trained on), with
     round(frac*batch) positions per batch corrupted, types round-robin. Returns a list of
     (x int64 [B, T+1], kinds list[str] with "clean" for clean positions)."""
@@ -29,7 +29,7 @@ def scored_batches(ds, corruptor: C.Corruptor, n_batches: int, batch: int, frac:
         x = np.stack([ds.sample(i) for i in ids]).astype(np.int64)
         kinds = ["clean"] * batch
         for k, pos in enumerate(sorted(rng.choice(batch, size=n_corrupt, replace=False))):
-            kind = C.CORRUPTIONS[(b * n_corrupt + k) % len(C.CORRUPTIONS)]
+            kind = CORRUPTIONS[(b * n_corrupt + k) % len(CORRUPTIONS)]
             x[pos] = corruptor(kind, x[pos], rng, offset=None)
             kinds[pos] = kind
         out.append((torch.from_numpy(x), kinds))

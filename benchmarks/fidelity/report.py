@@ -6,7 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import common as C
+from benchmarks.lib.corruption import CORRUPTION_DOC, CORRUPTIONS
+from benchmarks.lib.docs import keep_notes
+from benchmarks.lib.machine import machine, now
+from benchmarks.lib.tables import md_table
 from benchmarks.fidelity.scoring import LOCAL_RANKS, PAIRINGS, REFERENCES, TRUTH_ADAM
 
 
@@ -39,7 +42,7 @@ def adam_evidence(summaries: dict, adam: dict, trained: list[int]) -> list[list]
 
 def adam_evidence_table(summaries: dict, adam: dict, trained: list[int]) -> str:
     header = ["variant", "truth"] + [f"{k} {r}" for r in REFERENCES for k in ("Spearman", "Pearson")]
-    return C.md_table(header, adam_evidence(summaries, adam, trained), "{:.2f}")
+    return md_table(header, adam_evidence(summaries, adam, trained), "{:.2f}")
 
 
 def variant_table(summaries: dict, ref: str, ckpts: list[int], trained: list[int],
@@ -49,7 +52,7 @@ def variant_table(summaries: dict, ref: str, ckpts: list[int], trained: list[int
     final = ckpts[-1]
     header = (["variant"] + [f"Pearson @{c}" for c in ckpts] + [f"Spearman @{c}" for c in ckpts]
               + ["keep/drop agree (trained)", f"drop rate @{final}", f"AUROC corrupt @{final}"]
-              + [f"AUROC {k} @{final}" for k in C.CORRUPTIONS])
+              + [f"AUROC {k} @{final}" for k in CORRUPTIONS])
     rows = []
     for name in summaries[final][ref]:
         truth = name in ("full gradient", "full gradient +self")
@@ -58,9 +61,9 @@ def variant_table(summaries: dict, ref: str, ckpts: list[int], trained: list[int
         row += [summaries[c][ref][name]["spearman"] if not truth else float("nan") for c in ckpts]
         row += [float(np.nanmean([summaries[c][ref][name]["agree"] for c in trained])) if not truth else float("nan"),
                 summaries[final][ref][name]["drop"], summaries[final][ref][name]["auroc"]]
-        row += [summaries[final][ref][name][f"auroc_{k}"] for k in C.CORRUPTIONS]
+        row += [summaries[final][ref][name][f"auroc_{k}"] for k in CORRUPTIONS]
         rows.append(row)
-    return C.md_table(header, rows, "{:.2f}")
+    return md_table(header, rows, "{:.2f}")
 
 
 def write_doc(args, summaries, adam, losses_by_kind, sweep, costs, rec, train_losses, seconds, data_dir,
@@ -76,7 +79,7 @@ def write_doc(args, summaries, adam, losses_by_kind, sweep, costs, rec, train_lo
         "and kept across re-runs._",
         "",
         f"- command: `{cmd.strip()}` ({seconds / 60:.1f} min)",
-        f"- date: {C.now()}; machine: {C.machine()} (shared with other jobs while it ran)",
+        f"- date: {now()}; machine: {machine()} (shared with other jobs while it ran)",
         f"- corpus: `{data_dir}` (python stdlib sources via `lai-prep`, sentencepiece vocab "
         f"{args.vocab_size}); sequences of {args.seq_len} tokens; trained on its corrupted copy "
         f"`{train_dir.name}` ({corpus_truth['token_fraction']:.1%} of train tokens in "
@@ -87,7 +90,7 @@ def write_doc(args, summaries, adam, losses_by_kind, sweep, costs, rec, train_lo
         f"- scored: {args.score_batches} fixed batches of {args.batch} held-back clean train sequences (from the "
         "end of the epoch, never trained on) per "
         f"checkpoint, {int(round(args.corrupt_frac * args.batch))} per batch corrupted "
-        "(" + "; ".join(f"**{k}**: {v}" for k, v in C.CORRUPTION_DOC.items()) + ")",
+        "(" + "; ".join(f"**{k}**: {v}" for k, v in CORRUPTION_DOC.items()) + ")",
         f"- layer set `{args.layer_set}`; sketch size in the main tables: {sketch_dim}",
         "- truth: `full_gradient_values` with the same reference and self setting; keep/drop = value > 0; "
         "AUROC: corrupted = positive, flagged by low value (values rank-normalised within each batch)",
@@ -132,20 +135,20 @@ def write_doc(args, summaries, adam, losses_by_kind, sweep, costs, rec, train_lo
     for ref in REFERENCES:
         L += [f"### Reference: {ref}", "", variant_table(adam, ref, trained, trained, TRUTH_ADAM), ""]
     L += ["## Per-sequence loss by corruption type (mean over scored sequences)", "",
-          C.md_table(["step"] + ["clean", *C.CORRUPTIONS],
-                     [[c] + [losses_by_kind[c][k] for k in ("clean", *C.CORRUPTIONS)] for c in ckpts], "{:.2f}"), ""]
+          md_table(["step"] + ["clean", *CORRUPTIONS],
+                   [[c] + [losses_by_kind[c][k] for k in ("clean", *CORRUPTIONS)] for c in ckpts], "{:.2f}"), ""]
     L += [f"## Sketch vs exact (global reference, no self, step {final}, {args.sketch_seeds} seeds)", "",
           "![sketch agreement](img/fidelity_sketch.png)", ""]
     rows = [[p, d, *sweep[(p, d)]["vs_exact"], sweep[(p, d)]["vs_full"][0], sweep[(p, d)]["seconds"] * 1e3]
             for p in PAIRINGS for d in args.sketch_dims]
-    L += [C.md_table(["pairing", "sketch size", "Pearson vs exact", "(std over seeds x batches)",
-                      "Pearson vs full gradient", "ms per call"], rows, "{:.3f}"), ""]
+    L += [md_table(["pairing", "sketch size", "Pearson vs exact", "(std over seeds x batches)",
+                    "Pearson vs full gradient", "ms per call"], rows, "{:.3f}"), ""]
     L += [f"## Cost per training step (batch {args.batch} x {args.seq_len}, one process, step {final} weights)", "",
           "LAI rows time the training step with LAI in it (capture hooks + values + masked backward); "
           "ratio = that / plain forward+backward. The full gradient is a standalone call.", "",
-          C.md_table(["method", "ms per step", "ratio to plain fwd+bwd"],
-                     [[n, t * 1e3, r] for n, t, r in costs], "{:.2f}"), ""]
-    doc = "\n".join(L) + "\n" + C.keep_notes(args.doc)
+          md_table(["method", "ms per step", "ratio to plain fwd+bwd"],
+                   [[n, t * 1e3, r] for n, t, r in costs], "{:.2f}"), ""]
+    doc = "\n".join(L) + "\n" + keep_notes(args.doc)
     from pipeline.fsutil import atomic_write
     with atomic_write(args.doc, "w") as f:
         f.write(doc)
@@ -164,7 +167,7 @@ def results_section(summaries, adam, rec, ckpts) -> str:
         "Spearman with `full_gradient_values` (global reference, same self setting) at each training step, "
         "and AUROC for flagging corrupted sequences at the last step; all tables, the sketch-size sweep "
         "and the cost per step in [FIDELITY.md](FIDELITY.md).", "",
-        C.md_table(["variant"] + [f"Spearman @{c}" for c in ckpts] + [f"AUROC @{ckpts[-1]}"], rows, "{:.2f}"), "",
+        md_table(["variant"] + [f"Spearman @{c}" for c in ckpts] + [f"AUROC @{ckpts[-1]}"], rows, "{:.2f}"), "",
         f"Defaults recommended by it: pairing `{rec['pairing']}`, include_self {rec['include_self']}, "
         f"sketch size {rec['sketch_dim'] or 'none reaches Pearson 0.95 with exact'}.", "",
         "Adam-aware scoring (`lai.precondition=adam`) and the LM head alone (`lai.layers=head`): mean over "

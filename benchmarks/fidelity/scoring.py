@@ -8,7 +8,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmarks import common as C
+from benchmarks.lib.corruption import CORRUPTIONS
+from benchmarks.lib.stats import (auroc, mean_std, median_minus_loss, pearson, sign_agreement, spearman,
+                                  within_group_percentile)
 
 PAIRINGS = ("token_pair", "aligned", "pooled")
 REFERENCES = ("global", "local", "val")
@@ -55,13 +57,13 @@ def score(model, x: torch.Tensor, ref: str, val_x: torch.Tensor, fn, **kw) -> np
 
 
 def loss_score(losses: np.ndarray, ref: str, val_losses: np.ndarray) -> np.ndarray:
-    """Median reference loss minus l_j (common.median_minus_loss) under reference `ref`."""
+    """Median reference loss minus l_j (benchmarks.lib.stats.median_minus_loss) under reference `ref`."""
     if ref == "global":
-        return C.median_minus_loss(losses)
+        return median_minus_loss(losses)
     if ref == "val":
-        return C.median_minus_loss(losses, val_losses)
+        return median_minus_loss(losses, val_losses)
     q = len(losses) // LOCAL_RANKS
-    return np.concatenate([C.median_minus_loss(losses[r * q:(r + 1) * q]) for r in range(LOCAL_RANKS)])
+    return np.concatenate([median_minus_loss(losses[r * q:(r + 1) * q]) for r in range(LOCAL_RANKS)])
 
 
 def variants_for(ref: str) -> list[Variant]:
@@ -153,17 +155,17 @@ def summarise(res: dict, kinds_per_batch: list[list[str]]) -> dict:
             else:
                 s = name.endswith("+self")
                 vals_list, truth_list = r[name], r["truth"][s]
-            pv = [C.pearson(v, t) for v, t in zip(vals_list, truth_list)]
-            sv = [C.spearman(v, t) for v, t in zip(vals_list, truth_list)]
-            ag = [C.sign_agreement(v, t) for v, t in zip(vals_list, truth_list)]
+            pv = [pearson(v, t) for v, t in zip(vals_list, truth_list)]
+            sv = [spearman(v, t) for v, t in zip(vals_list, truth_list)]
+            ag = [sign_agreement(v, t) for v, t in zip(vals_list, truth_list)]
             allv = np.concatenate(vals_list)
-            flag = -C.within_group_percentile(allv, groups)
-            row = {"pearson": C.mean_std(pv)[0], "spearman": C.mean_std(sv)[0], "agree": C.mean_std(ag)[0],
+            flag = -within_group_percentile(allv, groups)
+            row = {"pearson": mean_std(pv)[0], "spearman": mean_std(sv)[0], "agree": mean_std(ag)[0],
                    "drop": float((allv <= 0).mean()),
-                   "auroc": C.auroc(flag, kinds != "clean")}
-            for kind in C.CORRUPTIONS:
+                   "auroc": auroc(flag, kinds != "clean")}
+            for kind in CORRUPTIONS:
                 m = (kinds == kind) | (kinds == "clean")
-                row[f"auroc_{kind}"] = C.auroc(flag[m], kinds[m] == kind)
+                row[f"auroc_{kind}"] = auroc(flag[m], kinds[m] == kind)
             rows[name] = row
         out[ref] = rows
     return out

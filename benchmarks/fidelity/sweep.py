@@ -7,7 +7,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmarks import common as C
+from benchmarks.lib.stats import mean_std, pearson
+from benchmarks.lib.timing import lai_step_timings
 from benchmarks.fidelity.scoring import PAIRINGS
 
 
@@ -27,9 +28,9 @@ def sketch_sweep(model, batches, args) -> dict:
                     v = lai_values(model, x, pairing=pairing, method="sketch", layers=args.layer_set,
                                    sketch_dim=dim, seed=seed).numpy()
                     ts.append(time.perf_counter() - t0)
-                    pe.append(C.pearson(v, e))
-                    pt.append(C.pearson(v, t))
-            out[(pairing, dim)] = {"vs_exact": C.mean_std(pe), "vs_full": C.mean_std(pt),
+                    pe.append(pearson(v, e))
+                    pt.append(pearson(v, t))
+            out[(pairing, dim)] = {"vs_exact": mean_std(pe), "vs_full": mean_std(pt),
                                    "seconds": float(np.median(ts))}
     return out
 
@@ -52,7 +53,7 @@ def cost_table(model, opt, x: torch.Tensor, args, sketch_dim) -> list[tuple[str,
                     for m in ("exact", "sketch")})
     scorers.update({f"LAI token_pair {m} head": scorer("token_pair", m, layers="head")
                     for m in ("exact", "sketch")})
-    best = C.lai_step_timings(model, x, scorers, rounds=args.cost_rounds,
-                              extra={"full-gradient inner product (torch.func)": lambda: full_gradient_values(model, x)})
+    best = lai_step_timings(model, x, scorers, rounds=args.cost_rounds,
+                            extra={"full-gradient inner product (torch.func)": lambda: full_gradient_values(model, x)})
     base = best.pop("plain")
     return [("plain forward+backward", base, 1.0)] + [(k, t, t / base) for k, t in best.items()]

@@ -10,7 +10,8 @@ import time
 import traceback
 from pathlib import Path
 
-from benchmarks import common as C
+from benchmarks.lib.machine import now
+from benchmarks.lib.paths import OUT
 from benchmarks import gpu_check
 from benchmarks.gpu_check.env import data_part, env_part, tests_part
 from benchmarks.gpu_check.headroom_scenario import headroom_part
@@ -25,7 +26,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu_check",
                                 description=gpu_check.__doc__.split("\n")[0])
     p.add_argument("--dry", action="store_true", help="tiny sizes on CPU (checks the script)")
-    p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or C.OUT / "gpu_check"))
+    p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or OUT / "gpu_check"))
     p.add_argument("--work", type=Path, default=None,
                    help="data and run directories (default: a folder under /tmp)")
     p.add_argument("--parts", default="env,tests,data,overhead,profile,headroom",
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
         res = json.loads(args.report.read_text())
         return write_report(args, res)
     res = {"command": " ".join(["python -m benchmarks.gpu_check", *(argv or sys.argv[1:])]),
-           "date": C.now(), "size": size, "errors": {}}
+           "date": now(), "size": size, "errors": {}}
     t0 = time.perf_counter()
     parts = {"env": env_part, "tests": tests_part, "data": data_part,
              "overhead": overhead_part, "profile": profile_part, "fidelity": fidelity_part,

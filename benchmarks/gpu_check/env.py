@@ -6,7 +6,8 @@ import subprocess
 import sys
 import time
 
-from benchmarks import common as C
+from benchmarks.lib.machine import machine
+from benchmarks.lib.paths import ROOT
 from benchmarks.gpu_check.shared import log
 
 
@@ -15,7 +16,7 @@ def env_part(args, size, res) -> None:
     import transformers
     info = {"torch": torch.__version__, "cuda": torch.version.cuda,
             "transformers": transformers.__version__, "python": sys.version.split()[0],
-            "machine": C.machine()}
+            "machine": machine()}
     try:
         import deepspeed
         info["deepspeed"] = deepspeed.__version__
@@ -36,8 +37,8 @@ def env_part(args, size, res) -> None:
 
 def tests_part(args, size, res) -> None:
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
-           str(C.ROOT / "tests" / "test_cuda.py")]
-    p = subprocess.run(cmd, cwd=C.ROOT, capture_output=True, text=True, timeout=300)
+           str(ROOT / "tests" / "test_cuda.py")]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     out = p.stdout + p.stderr
     (args.out / "tests.log").write_text(out)
     summary = [line for line in out.splitlines() if " passed" in line or " failed" in line
@@ -52,7 +53,7 @@ def data_part(args, size, res) -> None:
            "--vocab-size", str(size["vocab"]), "--val-fraction", "0.02", "--progress", "0",
            "--workers", str(min(8, os.cpu_count() or 1))]
     t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=C.ROOT, capture_output=True, text=True, timeout=300)
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     (args.out / "data.log").write_text(p.stdout + p.stderr)
     if p.returncode != 0:
         raise RuntimeError(f"lai-prep exited {p.returncode}: {(p.stdout + p.stderr)[-500:]}")

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks import common as C
+from benchmarks.lib.paths import ROOT
 from benchmarks.gpu_check.shared import child_env, log
 
 
@@ -26,7 +26,7 @@ def headroom_part(args, size, res) -> None:
            *[a for k, v in h["scale"].items() for a in ("--scale", f"{k}={v}")]]
     t0 = time.perf_counter()
     with open(args.out / "headroom.log", "w") as f:
-        rc = subprocess.run(cmd, cwd=C.ROOT, env=child_env(), stdout=f,
+        rc = subprocess.run(cmd, cwd=ROOT, env=child_env(), stdout=f,
                             stderr=subprocess.STDOUT).returncode
     if rc != 0:
         raise RuntimeError(f"benchmarks.headroom exited {rc}: "

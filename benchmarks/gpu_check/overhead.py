@@ -11,13 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import common as C
+from benchmarks.lib.paths import ROOT
+from benchmarks.lib.tb import tb_events, wall_tokens_per_s
 from benchmarks.gpu_check.report import save
 from benchmarks.gpu_check.shared import MODES, child_env, log, peak_tflops, run_config
 
 
 def _tb(run_dir: Path, tag: str) -> list[tuple[int, float, float]]:
-    return C.tb_events(run_dir / "tb", tag)
+    return tb_events(run_dir / "tb", tag)
 
 
 def _median_after_first(rows) -> float:
@@ -34,7 +35,7 @@ def trainer_run(args, size, mode: str, batch: int, steps: int, peak: float) -> d
     logfile = args.out / f"train-{mode}-b{batch}.log"
     t0 = time.perf_counter()
     with open(logfile, "w") as f:
-        rc = subprocess.run([sys.executable, "-m", "pipeline.train", *argv], cwd=C.ROOT,
+        rc = subprocess.run([sys.executable, "-m", "pipeline.train", *argv], cwd=ROOT,
                             env=child_env(), stdout=f, stderr=subprocess.STDOUT).returncode
     wall = time.perf_counter() - t0
     if rc != 0:
@@ -44,7 +45,7 @@ def trainer_run(args, size, mode: str, batch: int, steps: int, peak: float) -> d
              for k in ("time_data_s", "time_forward_s", "time_lai_s", "time_backward_step_s")}
     step_s = sum(parts.values())
     loss = _tb(run, "train/loss")
-    wall_tps = C.wall_tokens_per_s(run, batch * size["seq_len"])
+    wall_tps = wall_tokens_per_s(run, batch * size["seq_len"])
     row = {"mode": mode, "batch": batch, "steps": steps, "step_s": step_s, **parts,
            "tokens_per_s": _median_after_first(_tb(run, "perf/tokens_per_s")),
            "wall_tokens_per_s": wall_tps, "mfu": _median_after_first(_tb(run, "perf/mfu")),
@@ -69,7 +70,7 @@ def loop_run(args, size, mode: str, batch: int, steps: int, peak: float) -> dict
            *MODES["off"], "--steps", str(steps)]
     logfile = args.out / f"{mode}-b{batch}.log"
     with open(logfile, "w") as f:
-        rc = subprocess.run(cmd, cwd=C.ROOT, env=child_env(), stdout=subprocess.PIPE,
+        rc = subprocess.run(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE,
                             stderr=f, text=True)
     if rc.returncode != 0:
         raise RuntimeError(f"{mode} loop b{batch} exited {rc.returncode}: "

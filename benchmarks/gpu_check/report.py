@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import common as C
+from benchmarks.lib.docs import update_section
+from benchmarks.lib.paths import ROOT
+from benchmarks.lib.tables import md_table
 
 
 def section(res) -> str:
@@ -41,8 +43,8 @@ def section(res) -> str:
                         r.get("time_data_s", float("nan")) * 1e3, r.get("time_lai_s", 0) * 1e3,
                         r.get("lai_share", 0), r.get("tokens_per_s", float("nan")),
                         r["wall_tokens_per_s"], r["mfu"], r["peak_mem_gib"]])
-        L += [C.md_table(["mode", "micro-batch", "step ms", "data ms", "LAI ms", "LAI share",
-                          "tok/s (timers)", "tok/s (wall)", "MFU", "peak GiB"], tab, "{:.3f}"),
+        L += [md_table(["mode", "micro-batch", "step ms", "data ms", "LAI ms", "LAI share",
+                        "tok/s (timers)", "tok/s (wall)", "MFU", "peak GiB"], tab, "{:.3f}"),
               ""]
         names = {"off": "pipeline with LAI off", "ref": "nanoGPT-class reference loop",
                  "bare": "bare DeepSpeed loop", "off-compiled": "pipeline with LAI off, compiled "
@@ -67,8 +69,8 @@ def section(res) -> str:
               f"attention {prof['attn']}, k1 x k2 = {prof['k1']} x {prof['k2']}, vocabulary chunk "
               f"{prof['chunk']} sequences; ms, median of 5; loss_*: forward + backward of the "
               "per-sequence loss, upcast F.cross_entropy vs chunked)", "",
-              C.md_table(keys, [[prof[k] * (1 if k == "compile_seconds" else 1e3) for k in keys]],
-                         "{:.2f}"), ""]
+              md_table(keys, [[prof[k] * (1 if k == "compile_seconds" else 1e3) for k in keys]],
+                       "{:.2f}"), ""]
         if "loss_chunked_peak_gib" in prof:
             L.append(f"- loss forward + backward, memory above the logits: upcast "
                      f"F.cross_entropy {prof['loss_upcast_peak_gib']:.2f} GiB, chunked "
@@ -83,7 +85,7 @@ def section(res) -> str:
                      *[float(np.mean([r[k] for r in fid["rows"]])) for k in keys]])
         L += ["", f"### Sketch vs exact (token_pair, the batch of {fid['batch']} as reference, "
               f"model: {Path(fid['model']).parent.name or fid['model']})", "",
-              C.md_table(["batch", "exact s", *keys], rows, "{:.4f}"), ""]
+              md_table(["batch", "exact s", *keys], rows, "{:.4f}"), ""]
     L += headroom_lines(res.get("headroom"))
     return "\n".join(L)
 
@@ -99,8 +101,8 @@ def headroom_lines(h) -> list[str]:
             f"{h['seconds'] / 60:.1f} min)", "", h["line"], "", f"Data: {h['data']}.", "",
             f"oracle - none = {hd['oracle_minus_none']:+.4f} val loss (1 seed: no noise estimate; "
             "the CPU rows in the headroom sections have 3).", "",
-            C.md_table(["variant", "final val loss", "minus none", "share of oracle gain",
-                        "excluded", "AUROC"], rows, "{:.4f}"), ""]
+            md_table(["variant", "final val loss", "minus none", "share of oracle gain",
+                      "excluded", "AUROC"], rows, "{:.4f}"), ""]
 
 
 def save(args, res) -> None:
@@ -111,5 +113,5 @@ def write_report(args, res) -> int:
     text = section(res)
     (args.out / "gpu_check.md").write_text(text + "\n")
     if args.doc:
-        C.update_section(C.ROOT / "docs" / "RESULTS.md", "gpu", text)
+        update_section(ROOT / "docs" / "RESULTS.md", "gpu", text)
     return 0

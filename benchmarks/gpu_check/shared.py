@@ -5,7 +5,7 @@ import gc
 import os
 import time
 
-from benchmarks import common as C
+from benchmarks.lib.paths import ROOT
 
 # bf16 dense peak per device for MFU (vendor datasheets); measured matmul ceilings are lower
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "cpu": 0.0}
@@ -53,7 +53,7 @@ def peak_tflops(res) -> float:
 
 def run_config(args, size, batch: int, steps: int) -> list[str]:
     family, n_layer, hidden, n_head = size["model"]
-    return [str(C.ROOT / "configs" / "tiny_cpu.yaml"),
+    return [str(ROOT / "configs" / "tiny_cpu.yaml"),
             f"data.sources=[{{path: '{args.work / ('stdlib-v' + str(size['vocab']))}', weight: 1.0}}]",
             f"data.seq_len={size['seq_len']}", f"model.family={family}",
             f"model.n_layer={n_layer}", f"model.hidden={hidden}", f"model.n_head={n_head}",
@@ -71,7 +71,7 @@ def child_env() -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     return {**env, "PYTHONPATH": os.pathsep.join(
-        [str(C.ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
 
 
 def teardown() -> None:

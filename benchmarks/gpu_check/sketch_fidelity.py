@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from benchmarks import common as C
+from benchmarks.lib.stats import pearson, spearman
 from benchmarks.gpu_check.shared import log, run_config
 
 
@@ -42,10 +42,10 @@ def fidelity_part(args, size, res) -> None:
         row = {"batch": k, "exact_s": t_exact}
         for dim in size["sketch_dims"]:
             sk = lai_values(model, ids, method="sketch", sketch_dim=dim, compile=False)
-            row[f"pearson_sketch_{dim}"] = C.pearson(sk.cpu().numpy(), exact.cpu().numpy())
-            row[f"spearman_sketch_{dim}"] = C.spearman(sk.cpu().numpy(), exact.cpu().numpy())
-        row["pearson_bf16_exact"] = C.pearson(lai_values(bf16, ids, method="exact").cpu().numpy(),
-                                              exact.cpu().numpy())
+            row[f"pearson_sketch_{dim}"] = pearson(sk.cpu().numpy(), exact.cpu().numpy())
+            row[f"spearman_sketch_{dim}"] = spearman(sk.cpu().numpy(), exact.cpu().numpy())
+        row["pearson_bf16_exact"] = pearson(lai_values(bf16, ids, method="exact").cpu().numpy(),
+                                            exact.cpu().numpy())
         rows.append(row)
         log(f"fidelity batch {k}: " + ", ".join(f"{key} {v:.4f}" for key, v in row.items()
                                                 if key.startswith("pearson")))

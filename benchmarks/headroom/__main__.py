@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import common as C
+from benchmarks.lib.machine import machine, now
+from benchmarks.lib.paths import OUT, ROOT
 from benchmarks import headroom
 from benchmarks.headroom import report, runs
 from benchmarks.headroom.analysis import summarise
@@ -37,7 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--scale", action="append", default=[], metavar="KEY=N",
                    help="override a corpus size of the size's scale (for sizing; data prepared "
                         "from other documents is refused, so give it its own --out)")
-    p.add_argument("--out", type=Path, default=C.OUT / "headroom")
+    p.add_argument("--out", type=Path, default=OUT / "headroom")
     p.add_argument("--no-doc", action="store_true", help="do not touch docs/")
     return p.parse_args(argv)
 
@@ -112,13 +113,13 @@ def main(argv=None) -> int:
     meta = {"line": (f"Size `{args.size}`: llama {size['n_layer']} layers x {size['hidden']}, seq "
                      f"{size['seq_len']}, global batch {size['global_batch']}, {size['steps']} steps, lr "
                      f"{size['lr']} cosine; seeds {args.seeds}; {nproc} process(es) per run, {jobs} "
-                     f"runs at once; machine: {C.machine()}; {C.now()}."),
+                     f"runs at once; machine: {machine()}; {now()}."),
             "command": cmd.strip(), "seconds": seconds, "runs": len(timings),
             "run_wall_s": wall, "run_cpu_s": cpu}
     payload = {"size": size, "seeds": seeds, "meta": meta, "scenarios": per}
     report.write_json(out / "headroom.json", payload)
     if not args.no_doc:
-        report.write_docs(C.ROOT / "docs", args.size, scen, payload)
+        report.write_docs(ROOT / "docs", args.size, scen, payload)
     print(f"headroom: {len(scen)} scenario(s) x {len(names)} variants x {len(seeds)} seeds in "
           f"{seconds / 60:.1f} min ({cpu / 60:.1f} CPU min in the runs) -> {out}")
     return 0

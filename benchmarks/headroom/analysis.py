@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from benchmarks import common as C
+from benchmarks.lib import stats
+from benchmarks.lib.tb import tb_scalars
 from benchmarks.headroom.scenarios import Scenario
 
 ANALYSIS_VERSION = 3
@@ -22,7 +23,7 @@ def analyse_run(run_dir: Path, sc: Scenario, lai_warmup: int) -> dict:
     of lai.unit=document when its document is)."""
     from pipeline.report.valuation import build_dataset, load_data_spec
     from pipeline.train.ledger import read_ledger
-    steps, val = C.tb_scalars(run_dir / "tb", "val/loss")
+    steps, val = tb_scalars(run_dir / "tb", "val/loss")
     rows = read_ledger(run_dir)
     ds = build_dataset(load_data_spec(run_dir))
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -66,13 +67,13 @@ def analyse_run(run_dir: Path, sc: Scenario, lai_warmup: int) -> dict:
            "excluded_by_source": {s: float((~kept[src == s]).mean()) for s in parts
                                   if (src == s).any()},
            "precision": float(harmful[~kept].mean()) if (~kept).any() else float("nan"),
-           "loss_auroc": C.auroc(loss, harmful)}
+           "loss_auroc": stats.auroc(loss, harmful)}
     # the filter's score: low value = harmful (LAI, full gradient, oracle); loss-based: high loss
     if cfg["lai"]["filter"] == "loss":
         out["auroc"] = out["loss_auroc"]
     else:
         finite = np.isfinite(value)
-        out["auroc"] = C.auroc(-value[finite], harmful[finite]) if finite.any() else float("nan")
+        out["auroc"] = stats.auroc(-value[finite], harmful[finite]) if finite.any() else float("nan")
     return out
 
 
@@ -80,7 +81,7 @@ def _final_by_source(run_dir: Path, sc: Scenario) -> dict[str, float]:
     """The last `val/<source>/loss` of each prepared source the run evaluated."""
     out = {}
     for s in sc.prepared:
-        _, v = C.tb_scalars(run_dir / "tb", f"val/{s}/loss")
+        _, v = tb_scalars(run_dir / "tb", f"val/{s}/loss")
         if len(v):
             out[s] = float(v[-1])
     return out
@@ -104,8 +105,8 @@ def summarise(results: dict[str, dict[int, dict]], oracle_name: str = "oracle"
     """Rows per variant (paired with `none` and the oracle `oracle_name` of the same seed) and
     the scenario's headroom: oracle - none (mean, std over seeds, ratio, counts)."""
     none, oracle = results.get("none", {}), results.get(oracle_name, {})
-    d_oracle = C.paired(oracle, none)
-    gain, noise = C.mean_std(d_oracle)
+    d_oracle = stats.paired(oracle, none)
+    gain, noise = stats.mean_std(d_oracle)
     headroom = {"oracle_minus_none": gain, "std": noise,
                 "ratio": -gain / noise if noise and noise > 0 else float("inf") if gain < 0 else 0.0,
                 "seeds": len(d_oracle), "oracle": oracle_name}
@@ -114,7 +115,7 @@ def summarise(results: dict[str, dict[int, dict]], oracle_name: str = "oracle"
 
 
 def _mean(rs: list[dict], key: str) -> float:
-    return C.mean_std([r.get(key, float("nan")) for r in rs])[0]
+    return stats.mean_std([r.get(key, float("nan")) for r in rs])[0]
 
 
 def _row(name: str, by_seed: dict[int, dict], none: dict[int, dict], gain: float) -> dict:
@@ -123,20 +124,20 @@ def _row(name: str, by_seed: dict[int, dict], none: dict[int, dict], gain: float
     seed), compute (mean wall seconds / none's), tokens trained, per-source val loss and
     exclusion, AUROC."""
     rs = list(by_seed.values())
-    d = C.paired(by_seed, none)
-    dm, half = C.ci95(d)
+    d = stats.paired(by_seed, none)
+    dm, half = stats.ci95(d)
     paired = [k for k in by_seed if k in none]
-    reach = [C.steps_to_reach(by_seed[k]["val_steps"], by_seed[k]["val_loss"],
-                              none[k]["final_val_loss"]) for k in paired]
+    reach = [stats.steps_to_reach(by_seed[k]["val_steps"], by_seed[k]["val_loss"],
+                                  none[k]["final_val_loss"]) for k in paired]
     row = {"variant": name, "seeds": len(rs),
-           "final": C.mean_std([r["final_val_loss"] for r in rs])[0],
-           "final_std": C.mean_std([r["final_val_loss"] for r in rs])[1],
-           "delta": dm, "delta_ci": half, "delta_std": C.mean_std(d)[1],
+           "final": stats.mean_std([r["final_val_loss"] for r in rs])[0],
+           "final_std": stats.mean_std([r["final_val_loss"] for r in rs])[1],
+           "delta": dm, "delta_ci": half, "delta_std": stats.mean_std(d)[1],
            "share": dm / gain if gain and gain == gain else float("nan"),
-           "reach": C.mean_std(reach)[0], "reached": sum(x == x for x in reach),
+           "reach": stats.mean_std(reach)[0], "reached": sum(x == x for x in reach),
            "reach_of": len(reach),
-           "reach_share": C.mean_std([x / by_seed[k]["val_steps"][-1]
-                                      for x, k in zip(reach, paired)])[0],
+           "reach_share": stats.mean_std([x / by_seed[k]["val_steps"][-1]
+                                          for x, k in zip(reach, paired)])[0],
            "compute": _mean(rs, "wall_s") / _mean(list(none.values()), "wall_s")
            if none else float("nan")}
     for key in ("excluded", "auroc", "precision", "loss_auroc", "tokens_trained",
@@ -144,5 +145,5 @@ def _row(name: str, by_seed: dict[int, dict], none: dict[int, dict], gain: float
         row[key] = _mean(rs, key)
     for key in ("val_by_source", "excluded_by_source"):
         names = sorted({s for r in rs for s in r.get(key, {})})
-        row[key] = {s: C.mean_std([r[key].get(s, float("nan")) for r in rs])[0] for s in names}
+        row[key] = {s: stats.mean_std([r[key].get(s, float("nan")) for r in rs])[0] for s in names}
     return row

@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks import common as C
+from benchmarks.lib.docs import update_section
+from benchmarks.lib.plots import plot_paired_curves
+from benchmarks.lib.tables import md_table
 from benchmarks.headroom.scenarios import Scenario
 from benchmarks.headroom.variants import RATE_FROM
 
@@ -15,9 +17,9 @@ def plot(sc: Scenario, results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
     refs = {"none": "k-", "ceiling": "k:", "oracle": "k--"}
-    C.plot_paired_curves(ax, ax2, results,
-                         lambda name: refs.get(name, "-" if name.startswith("lai") else "-."),
-                         "validation loss (mean over seeds)", "minus `none` of the same seed")
+    plot_paired_curves(ax, ax2, results,
+                       lambda name: refs.get(name, "-" if name.startswith("lai") else "-."),
+                       "validation loss (mean over seeds)", "minus `none` of the same seed")
     lo = min(min(r["val_loss"][-1] for r in by.values()) for by in results.values())
     ax.set_ylim(lo - 0.05, lo + 1.0)
     ax.set_title(sc.title, fontsize=9)
@@ -74,7 +76,7 @@ def scenario_section(sc: Scenario, info: dict, rows: list[dict], headroom: dict,
                     "n/a" if r["auroc"] != r["auroc"] else f"{r['auroc']:.2f}", _pct(r["excluded"]),
                     *[_pct(r["excluded_by_source"].get(s, float("nan"))) for s in srcs],
                     *[f"{r['val_by_source'].get(s, float('nan')):.3f}" for s in vals]])
-    L += [C.md_table(header, tab), ""]
+    L += [md_table(header, tab), ""]
     return "\n".join(L)
 
 
@@ -119,7 +121,7 @@ def summary_section(scen: list[Scenario], per: dict, size_name: str, meta: dict)
         "read against `oracle-doc`, which masks exactly the harmful documents "
         f"(`lai.unit=document`). {meta['line']} Details, per-source exclusion and AUROC: "
         "[the scenario sections](#quality-with-headroom).", "",
-        C.md_table(header, tab), ""])
+        md_table(header, tab), ""])
 
 
 def console(sc: Scenario, rows: list[dict], headroom: dict) -> str:
@@ -147,7 +149,7 @@ def write_docs(docs: Path, size_name: str, scen: list[Scenario], payload: dict) 
                                          for k, v in per.items()}})
     for sc in scen:
         plot(sc, per[sc.name]["runs"], docs / "img" / f"headroom_{sc.name}_{size_name}.png")
-    C.update_section(docs / "RESULTS.md", "headroom-summary", summary_section(scen, per, size_name, meta))
+    update_section(docs / "RESULTS.md", "headroom-summary", summary_section(scen, per, size_name, meta))
     seconds, wall, cpu = meta["seconds"], meta["run_wall_s"], meta["run_cpu_s"]
     body = ["## Quality with headroom", "",
             f"- command: `{meta['command']}`; this invocation {seconds / 60:.1f} min wall; "
@@ -184,4 +186,4 @@ def write_docs(docs: Path, size_name: str, scen: list[Scenario], payload: dict) 
     body += [scenario_section(sc, per[sc.name]["info"], per[sc.name]["rows"], per[sc.name]["headroom"],
                               per[sc.name]["rate"], size_name, per[sc.name].get("grid"))
              for sc in scen]
-    C.update_section(docs / "RESULTS.md", "headroom", "\n".join(body))
+    update_section(docs / "RESULTS.md", "headroom", "\n".join(body))

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from benchmarks import common as C
+from benchmarks.lib.paths import ROOT
+from benchmarks.lib.runs import run_train
 from benchmarks.headroom import corpora as K
 from benchmarks.headroom.analysis import cached_analysis
 from benchmarks.headroom.scenarios import Scenario
@@ -54,7 +55,7 @@ def prepare(sc: Scenario, scale: dict, data_root: Path) -> dict[str, Path]:
     val = {sc.clean} if sc.val == "clean" else set(sc.weights)
 
     def prep(cmd):
-        p = subprocess.run(py + cmd, cwd=C.ROOT, capture_output=True, text=True)
+        p = subprocess.run(py + cmd, cwd=ROOT, capture_output=True, text=True)
         if p.returncode != 0:
             raise SystemExit(f"error: lai-prep failed for scenario {sc.name}: "
                              f"{(p.stdout + p.stderr).strip().splitlines()[-1]}")
@@ -158,7 +159,7 @@ def run_all(plans: dict[str, Plan], names: list[str], variants: dict[str, list[s
         ov = overrides_for(name, variants, sc, p.dirs, rates[sc.name], p.filter_batch,
                            grids.get(sc.name, {}).get("weights"))
         run_dir = out / sc.name / name.replace("@", "-at-") / f"seed{seed}"
-        t = C.run_train(p.config, run_dir, seed, ov, nproc)
+        t = run_train(p.config, run_dir, seed, ov, nproc)
         timings.append(t)
         r = {**cached_analysis(run_dir, sc, p.size["lai_warmup"]), "wall_s": t["wall_s"]}
         results[sc.name].setdefault(name, {})[seed] = r
