@@ -43,7 +43,7 @@ class _Docs:
 
 
 def test_a_document_valued_harmful_is_down_weighted_next_time():
-    s = LAISettings(normalize="zscore", threshold=-10.0, memory_weight=1.0,
+    s = LAISettings(filter="lai", normalize="zscore", threshold=-10.0, memory_weight=1.0,
                     max_exclude_frac=0.5).resolved()
     sel = Selector(s, seed=0, documents=_Docs())
     sel.scorer = _FixedScorer(torch.tensor([-3.0, 1.0, 1.0, 1.0], dtype=torch.float64))
@@ -74,19 +74,21 @@ class _FixedScorer:
 
 def test_memory_needs_normalised_lai_scores():
     with pytest.raises(ValueError, match="lai.memory_weight: "):
-        LAISettings(normalize="none", memory_weight=1.0).resolved()
+        LAISettings(filter="lai", normalize="none", memory_weight=1.0).resolved()
     with pytest.raises(ValueError, match="lai.memory_weight: "):
         LAISettings(filter="loss", memory_weight=1.0).resolved()
     # the defaults: memory where the documents are known, for the normalised LAI filter only
-    assert LAISettings().resolved(has_documents=True).memory_weight == 1.0
-    assert LAISettings().resolved().memory_weight == 0.0
+    lai = LAISettings(filter="lai")
+    assert lai.resolved(has_documents=True).memory_weight == 1.0
+    assert lai.resolved().memory_weight == 0.0
+    assert LAISettings().resolved(has_documents=True).memory_weight == 0.0   # filter none
     assert LAISettings(filter="loss", enabled=False).resolved(has_documents=True).memory_weight == 0
-    assert LAISettings(normalize="none").resolved(has_documents=True).memory_weight == 0
-    assert [LAISettings(normalize=n).resolved().threshold for n in ("none", "zscore", "rank")] \
+    assert LAISettings(filter="lai", normalize="none").resolved(has_documents=True).memory_weight == 0
+    assert [LAISettings(filter="lai", normalize=n).resolved().threshold for n in ("none", "zscore", "rank")] \
         == [0.0, -1.0, -0.4]
     assert LAISettings(filter="full_gradient", enabled=False).resolved().threshold == 0.0
     with pytest.raises(ValueError, match="lai.memory_decay: "):
-        LAISettings(normalize="zscore", memory_weight=1.0, memory_decay=1.0).resolved()
+        LAISettings(filter="lai", normalize="zscore", memory_weight=1.0, memory_decay=1.0).resolved()
 
 
 @pytest.mark.slow
@@ -114,7 +116,7 @@ def test_memory_is_trainer_state_resumed_bit_for_bit(tmp_path):
                 "model.n_layer=1", "model.hidden=32", "model.n_head=2", "train.micro_batch=4",
                 "train.global_batch=0", f"train.steps={steps}", "train.zero_stage=0", "train.schedule=constant",
                 "train.eval_every=0", "lai.reference=global", "lai.warmup_steps=0",
-                "lai.normalize=zscore", "lai.threshold=-0.3", "lai.memory_weight=2.0",
+                "lai.filter=lai", "lai.normalize=zscore", "lai.threshold=-0.3", "lai.memory_weight=2.0",
                 "lai.max_exclude_frac=0.5", "log.every=1", "run.save_every=0"]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
         env = {k: v for k, v in env.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}

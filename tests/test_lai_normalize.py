@@ -30,7 +30,7 @@ def test_normalised_filter_is_scale_free(scale):
     gives the same decision with lai.normalize=zscore, threshold -1."""
     from pipeline.lai.baselines import FILTERS, FilterInput
     vals = torch.tensor([0.5, -2.0, 1.0, 0.1, -0.2, 0.3, 0.0, 0.9], dtype=torch.float64) * scale
-    s = LAISettings(normalize="zscore", threshold=-1.0, max_exclude_frac=0.5).resolved()
+    s = LAISettings(filter="lai", normalize="zscore", threshold=-1.0, max_exclude_frac=0.5).resolved()
     sel = Selector(s, seed=0)
     score = normalize(FILTERS["lai"].scores(FilterInput(1, torch.arange(8), None, None,
                                                         torch.zeros(8), lai_values=vals), s, 0),

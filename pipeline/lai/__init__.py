@@ -17,6 +17,8 @@ Modules:
   baselines.py    FILTERS: lai and the baselines (none, random, loss, full_gradient, oracle)
   selector.py     Selector: what the trainer calls per micro-batch (values, keep, value_norm)
   weighting.py    lai.weighting: bounded per-sequence loss weights from value_norm
+  units.py        lai.unit=document: the document units of packed sequences (values, keep
+                  and loss masks per document instead of per sequence)
   precondition.py Adam-aware scoring (rank-1 factors of Adam's preconditioner)
   reference.py    full-gradient and ghost reference values (evaluation)
   mixing.py       SourceMixer: source weights from the mean normalised value or the loss
