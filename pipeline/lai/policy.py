@@ -11,6 +11,9 @@ order: by the end of its k-th micro-batch (k = 1..A) it may have excluded
 floor(f G s + f N k) - floor(f G s), and each micro-batch excludes its lowest-valued candidates
 within that allowance. The step's total never depends on the split; which candidates go does only
 when a micro-batch holds more candidates than its allowance (with A = 1: the lowest of the step).
+With lai.unit=document the candidates are the document units of a global micro-batch, whose
+number varies from batch to batch: each global micro-batch then has its own budget,
+floor(f x its units), nothing carried.
 """
 from __future__ import annotations
 
@@ -92,9 +95,14 @@ def describe(s, global_batch: int, micro: int, accum: int, world: int, steps: in
         return []
     f, n = s.max_exclude_frac, micro * world
     per_step = f * global_batch
-    lines = [f"lai filter: excludes at most {per_step:.3g} sequence(s) per step (lai.max_exclude_"
-             f"frac {f:g} x global batch {global_batch}, fractions carried over steps"
-             f"{f'; one every {1 / per_step:.3g} steps' if 0 < per_step < 1 else ''})"]
+    if s.unit == "document":
+        lines = [f"lai filter: excludes at most {f:g} of the document units of each global "
+                 "micro-batch (lai.unit=document: their tokens leave the loss, not their "
+                 "sequences)"]
+    else:
+        lines = [f"lai filter: excludes at most {per_step:.3g} sequence(s) per step (lai.max_"
+                 f"exclude_frac {f:g} x global batch {global_batch}, fractions carried over steps"
+                 f"{f'; one every {1 / per_step:.3g} steps' if 0 < per_step < 1 else ''})"]
     dep = ["never a whole global micro-batch"]
     if accum > 1:
         dep.append("which candidates go when a micro-batch holds more than its share of the "

@@ -31,6 +31,10 @@ in both sums: loss_r = world * sum_{j on r} k_j w_j n_j l_j / W_m, W_m = sum_{r,
 the weighted token mean over the kept sequences. Sequence j's tokens then weigh w_j K_m / W_m
 against an unweighted token (the ledger's `weight`; 1 kept, 0 dropped without weighting), and
 these weights average exactly 1 over the micro-step's kept tokens.
+
+lai.unit=document (pipeline.lai.units): every j above is a document unit of a packed row instead
+of the row (n_j its target count, l_j its mean loss), so a dropped document's tokens leave the
+loss and the rest of its row trains; the sums are unchanged.
 """
 from __future__ import annotations
 
