@@ -150,6 +150,10 @@ def test_scenarios_ground_truth_and_variant_overrides(tmp_path):
     assert inside.prepared == ["web", "forum", "clean"] and inside.applies == {
         "ceiling", "oracle", "oracle@rate", "oracle-doc", "lai-doc", "lai-doc-raw"}
     assert inside.oracle == "oracle-doc" and SCENARIOS["spam"].oracle == "oracle"
+    for name in ("oracle-refill", "loss-refill", "select-lai"):
+        pick = load(overrides_for(name, VARIANTS, SCENARIOS["spam"], {}, 0.0, 16))
+        assert pick.lai.select == "oversample" and pick.lai.select_factor == 2.0
+        assert applies(name, SCENARIOS["conflict"]) and not applies(name, inside)
     for name in ("oracle-doc", "lai-doc", "lai-doc-raw"):
         doc = load(overrides_for(name, VARIANTS, inside, {}, 0.0, 16))
         assert doc.lai.unit == "document" and not applies(name, SCENARIOS["spam"])

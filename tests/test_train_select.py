@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from train_support import N, final_params, ledger, make_animals_data, train
 
@@ -85,7 +86,45 @@ def test_select_settings_refused_with_field_name():
         pool_size(1.3, 8, 2)
     with pytest.raises(ValueError, match=r"^lai\.select_factor: .* multiple of the 4 rank"):
         pool_size(1.25, 8, 4)
-    with pytest.raises(ValueError, match=r"^lai\.select: 'oversample' .* lai\.filter=none"):
-        LAISettings(select="oversample").resolved()
+    for enabled, filt in ((True, "lai"), (False, "none")):
+        with pytest.raises(ValueError, match=r"^lai\.select: 'oversample' ranks the candidates "
+                                             r"by one score: .* lai\.filter=none"):
+            LAISettings(select="oversample", enabled=enabled, filter=filt).resolved()
+    assert LAISettings(select="oversample", enabled=False, filter="oracle",
+                       oracle_sources=["spam"]).resolved().select == "oversample"
     with pytest.raises(ValueError, match=r"^lai\.select_factor: must be a finite number > 1"):
         LAISettings(select="oversample", filter="none", select_factor=1.0).resolved()
+
+
+def test_oracle_with_refill_trains_the_least_harmful_candidates(tmp_path):
+    """With LAI off, lai.select ranks by the filter's scores: lai.filter=oracle at factor 2 trains
+    the 8 least harmful of each step's 16 candidates (the oracle-with-refill reference), the
+    rest are untrained."""
+    from datagen import make_data_dir, random_docs
+    from pipeline.comm import Comm
+    from pipeline.data import PackedDataset, RankLoader
+    from pipeline.lai import LAISettings, Selector
+    from pipeline.lai.baselines import oracle_scores
+    from pipeline.train.pool import CandidatePool
+    from test_lai_support import tiny_model
+    dirs = [make_data_dir(tmp_path / n, random_docs(60, 64, seed=i), vocab_size=64, source=n)
+            for i, n in enumerate(("good", "bad"))]
+    ds = PackedDataset([(d, 1.0) for d in dirs], 16)
+    s = LAISettings(enabled=False, filter="oracle", oracle_sources=["bad"], select="oversample",
+                    select_factor=2.0)
+    selector = Selector(s, seed=0, comm=Comm.local(), documents=ds)
+    pool = CandidatePool(selector, RankLoader(ds, 4, 0, 1), Comm.local(), torch.device("cpu"),
+                         micro_batch=4, global_batch=8)
+
+    class Engine:                                   # what the pool calls: forward and .module
+        module = tiny_model(vocab=64)
+
+        def __call__(self, **kw):
+            return self.module(**kw)
+    for step in (1, 2):
+        drawn = pool.draw(step, Engine())
+        score = oracle_scores(drawn.seq_ids, ds, {"bad"})
+        assert drawn.chosen.sum() == 8 and torch.equal(drawn.values, score)
+        assert score[drawn.chosen].min() >= score[~drawn.chosen].max()
+        assert 0 < (score <= 0).sum() and drawn.seq_ids.tolist() == list(range(16 * (step - 1),
+                                                                                 16 * step))

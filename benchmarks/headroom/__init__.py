@@ -44,7 +44,10 @@ Reference rows: `none` (no filter); `ceiling` (the same steps on the clean / tar
 `oracle` (`lai.filter=oracle`: in each global batch exactly the sequences of the harmful sources are
 excluded, under the scenario's cap, which is >= their share, so it drops them all). Every filter runs
 under that same cap (`lai.max_exclude_frac`); random and loss-based exclusion, and `oracle@rate`,
-at the exclusion rate `lai-default` measured. Mixer rows: `mixing` (lai.mixing), `mixing-avg`
+at the exclusion rate `lai-default` measured. Selection at equal trained tokens (spam, conflict):
+`oracle-refill` (2 x the global batch drawn per step, the least harmful half trained:
+`lai.select=oversample` ranking by the oracle's score), `loss-refill` (the lowest-loss half),
+`select-lai` (the highest-valued half); random with refill is `none`. Mixer rows: `mixing` (lai.mixing), `mixing-avg`
 (drawing with the time-averaged weights), `bandit` (lai.mixer=loss_bandit, no LAI) and
 `static-tuned` (the best of 5-8 static mixtures on the first seed, then run on every seed; the
 grid is listed in the scenario's section). A scenario counts when oracle minus none

@@ -54,6 +54,8 @@ class Scenario:
     #   the named document sets (lai-prep --source NAME=...) packed into it; default: its own
     packed: bool = False                         # documents shorter than a sequence: the
     #   per-document rows (lai.unit=document) apply
+    refill: bool = False                         # the selection rows at equal trained tokens
+    #   (lai.select=oversample x2: oracle, loss, LAI) apply
     val: str = "clean"                           # clean: the clean source's val split; mix:
     #   every training source's val split in its training proportion (no ceiling, no oracle)
 
@@ -71,7 +73,8 @@ class Scenario:
         `oracle@rate`) harmful data."""
         return {*(("ceiling",) if self.clean else ()),
                 *(("oracle", "oracle@rate") if self.harmful else ()),
-                *(("oracle-doc", "lai-doc", "lai-doc-raw") if self.packed else ())}
+                *(("oracle-doc", "lai-doc", "lai-doc-raw") if self.packed else ()),
+                *(("oracle-refill", "loss-refill", "select-lai") if self.refill else ())}
 
     @property
     def oracle(self) -> str:
@@ -127,7 +130,7 @@ SCENARIOS = {s.name: s for s in (
              "near-duplicates of each other, lower in loss than the facts, so per-sequence loss "
              "cannot flag them; they teach nothing the validation set asks for. Validation: "
              "held-out fact pages.",
-             {"facts": 1.0, "spam": 1.5}, ("spam",), "facts", 0.7, 512, _spam),
+             {"facts": 1.0, "spam": 1.5}, ("spam",), "facts", 0.7, 512, _spam, refill=True),
     Scenario("domain", "Domain targeting: the target is a quarter of the mix",
              "Continued pretraining towards a knowledge domain: country facts are 25% of the mix, "
              "the rest Python standard library code and the Python language reference (prose). "
@@ -139,7 +142,8 @@ SCENARIOS = {s.name: s for s in (
              "A quarter of the documents state a wrong value for every fact, the same wrong value "
              "each time (label noise in text form); the rest state the truth. Validation: held-out "
              "documents stating the truth.",
-             {"facts": 3.0, "myths": 1.0}, ("myths",), "facts", 0.3, 512, _conflict),
+             {"facts": 3.0, "myths": 1.0}, ("myths",), "facts", 0.3, 512, _conflict,
+             refill=True),
     Scenario("inside", "Harm inside every source: spam and myths packed among clean documents",
              "Two declared sources, each 40% harmful documents among true facts: `web` holds "
              "one-line spam ads, `forum` myths (the consistent wrong value of a fact). Every "

@@ -20,6 +20,7 @@ LAI = ["lai.enabled=true", "lai.filter=lai"]
 OFF = ["lai.enabled=false"]
 EXACT = ["lai.method=exact"]
 RAW = ["lai.normalize=none", "lai.threshold=0.0", "lai.memory_weight=0.0"]   # value <= 0 dropped
+SELECT = ["lai.select=oversample", "lai.select_factor=2.0"]
 VARIANTS: dict[str, list[str]] = {
     "none": OFF + ["lai.filter=none"],
     "ceiling": OFF + ["lai.filter=none", "data.sources=$clean"],
@@ -50,18 +51,24 @@ VARIANTS: dict[str, list[str]] = {
                          "lai.unit=document"],
     "lai-doc": LAI + ["lai.unit=document", "lai.memory_weight=0.0"],
     "lai-doc-raw": LAI + RAW + ["lai.unit=document"],
+    # selection at equal trained tokens: 2 x the global batch scored per step, the best half
+    # trained; by the oracle (`oracle` with refill), by the lowest loss, by the LAI values
+    "oracle-refill": OFF + ["lai.filter=oracle", "lai.oracle_sources=[$harmful]"] + SELECT,
+    "loss-refill": OFF + ["lai.filter=loss"] + SELECT,
+    "select-lai": ["lai.enabled=true", "lai.filter=none"] + SELECT,
 }
 # round two (issue 19): the exact-pairing rows chose the defaults in round one and are levers now,
 # so the five scenarios x 3 seeds fit in about an hour on a 2-core machine
-SUITE = ("none", "ceiling", "oracle", "oracle-doc", "lai-default", "lai-doc", "lai-doc-raw",
-         "lai-global", "full-gradient", "loss@rate", "random@rate", "mixing", "mixing-avg",
-         "bandit", "static-tuned")
+SUITE = ("none", "ceiling", "oracle", "oracle-doc", "oracle-refill", "lai-default", "lai-doc",
+         "lai-doc-raw", "select-lai", "loss-refill", "lai-global", "full-gradient", "loss@rate",
+         "random@rate", "mixing", "mixing-avg", "bandit", "static-tuned")
 LEVERS = ("lai-token_pair", "lai-aligned", "lai-pooled", "lai-paper", "lai-raw", "lai-no-memory",
           "lai-adam", "oracle@rate")
 REFERENCES = ("none", "oracle", "oracle-doc")   # always run (where they apply): every row is
 #   read against them
 RATE_FROM = "lai-default"           # the rate-matched baselines run at its exclusion rate
-SCENARIO_ROWS = ("ceiling", "oracle", "oracle@rate", "oracle-doc", "lai-doc", "lai-doc-raw")
+SCENARIO_ROWS = ("ceiling", "oracle", "oracle@rate", "oracle-doc", "lai-doc", "lai-doc-raw",
+                 "oracle-refill", "loss-refill", "select-lai")
 #   only where Scenario.applies says so
 GRID = "grid"                       # the static mixtures of `grid`, run as GRID0, GRID1, ...
 TUNED = "static-tuned"              # the grid's winner on all seeds

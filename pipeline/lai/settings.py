@@ -105,7 +105,9 @@ class LAISettings:
                                        # tokens masked out of the loss; pipeline.lai.units)
     select: str = "none"               # none | oversample: score select_factor x the global
                                        # batch per step (forward only) and train the best
-                                       # global batch of them (pipeline.train.pool)
+                                       # global batch of them (pipeline.train.pool), by the
+                                       # LAI values, or with LAI off by the filter's scores
+                                       # (oracle with refill, loss-based selection)
     select_factor: float = 1.5         # select=oversample: candidates per trained sequence, > 1
     weighting: str = "none"            # none | sigmoid: bounded per-sequence loss weights from
                                        # value_norm, inside the kept-token normalisation
@@ -255,9 +257,11 @@ def _check_unit(s: LAISettings) -> None:
 def _check_weighting(s: LAISettings) -> None:
     """lai.select and lai.weighting: what acts on the values besides the filter."""
     _one_of(s, "select", ("none", "oversample"))
-    _need(s.select == "none" or (s.enabled and s.filter == "none"), "select",
-          f"{s.select!r} chooses by the LAI values instead of the filter: needs "
-          f"lai.enabled=true and lai.filter=none (got filter {s.filter!r})")
+    _need(s.select == "none" or s.enabled == (s.filter == "none"), "select",
+          f"{s.select!r} ranks the candidates by one score: the LAI values (lai.enabled=true, "
+          f"lai.filter=none) or, without LAI, a baseline filter's (lai.enabled=false, "
+          f"lai.filter=oracle | loss | random); got lai.enabled={s.enabled}, "
+          f"lai.filter={s.filter!r}")
     _need(math.isfinite(s.select_factor) and s.select_factor > 1, "select_factor",
           f"must be a finite number > 1, got {s.select_factor}")
     _one_of(s, "weighting", WEIGHTINGS)

@@ -1,6 +1,7 @@
 """lai.select=oversample: each optimizer step draws a candidate pool of P = lai.select_factor x G
-sequences (G: the global batch), scores them with a forward-only LAI pass, and trains on the G
-best, so the trained tokens per step do not change.
+sequences (G: the global batch), scores them with a forward-only LAI pass (with LAI off: the
+filter's scores, e.g. the oracle's, for a refill reference), and trains on the G best, so the
+trained tokens per step do not change.
 
     pool = CandidatePool(selector, loader, comm, device, micro_batch, global_batch)
     drawn = pool.draw(step, engine)          # collective; then, per micro-step k of the step:
