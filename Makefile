@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test clean-demo
+.PHONY: setup demo test lint clean-demo
 
 setup: $(STAMP)
 
@@ -21,8 +21,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	launch/demo.sh
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -q tests
+
+# ruff (defect rules, no formatting); its settings are in pyproject.toml ([tool.ruff]).
+# `make lint` runs it alone.
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline data_prep benchmarks tests
 
 clean-demo:
 	rm -rf runs/demo data/stdlib

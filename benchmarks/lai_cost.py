@@ -27,13 +27,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from pipeline.fsutil import atomic_write  # noqa: E402
-from pipeline.lai import (DEFAULT_PAIRING, FilterPolicy, LAIScorer,  # noqa
+from pipeline.lai import (DEFAULT_PAIRING, FilterPolicy, LAIScorer,  # noqa: E402
                           LayerInputCapture, full_gradient_values, lai_values,
                           per_sequence_loss)
 from benchmarks.common import median_minus_loss  # noqa: E402
 from pipeline.lai.grads import shift_labels  # noqa: E402
 from pipeline.lai.pairings import PAIRINGS as LAI_PAIRINGS  # noqa: E402  (each .default_sketch_dim)
-from test_lai_support import explicit_kernel, synthetic_corpus, trained_tiny_model  # noqa
+from test_lai_support import explicit_kernel, synthetic_corpus, trained_tiny_model  # noqa: E402
 
 CAP = 0.5          # FilterPolicy's max_exclude_frac in the timed step and the agreement column
 PAIRINGS = ("token_pair", "aligned", "pooled")
@@ -44,7 +44,7 @@ def pearson(a, b):
 
 
 def spearman(a, b):
-    rank = lambda x: x.argsort().argsort().double()
+    rank = lambda x: x.argsort().argsort().double()  # noqa: E731
     return pearson(rank(a), rank(b))
 
 
