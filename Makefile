@@ -24,10 +24,11 @@ demo: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q tests
 
-# ruff (defect rules, no formatting); its settings are in pyproject.toml ([tool.ruff]).
-# `make lint` runs it alone.
+# ruff (defect rules, no formatting) and mypy; their settings are in pyproject.toml
+# ([tool.ruff], [tool.mypy]: mypy checks pipeline/ and data_prep/). `make lint` runs them alone.
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline data_prep benchmarks tests
+	$(BIN)/mypy
 
 clean-demo:
 	rm -rf runs/demo data/stdlib

@@ -31,13 +31,14 @@ from __future__ import annotations
 import functools
 import glob
 import gzip
+import io
 import json
 import os
 import re
 import sysconfig
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import Any, Iterator
 
 from pipeline.errors import UserError
 from pipeline.values import to_bool
@@ -211,7 +212,7 @@ def stdlib_files(include_tests: bool = False) -> tuple[Path, ...]:
     """All .py files of the running Python's stdlib (no site-packages), sorted by relative path."""
     root = stdlib_root()
     skip = {"site-packages", "dist-packages", "__pycache__"} | (set() if include_tests else STDLIB_TEST_DIRS)
-    out = []
+    out: list[Path] = []
     for d, dirs, files in os.walk(root):
         dirs[:] = [x for x in dirs if x not in skip]
         out.extend(Path(d, f) for f in files if f.endswith(".py"))
@@ -267,7 +268,7 @@ def _decode(data: bytes, where: str, strict: bool, stats: ReadStats) -> str:
         return data.decode("utf-8", errors="replace")
 
 
-def _open(path: Path) -> IO[bytes]:
+def _open(path: Path) -> io.BufferedIOBase:
     try:
         return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
     except OSError as e:

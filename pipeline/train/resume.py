@@ -152,7 +152,8 @@ def resume_changes(old: dict[str, Any], new: dict[str, Any],
     a["train.global_batch"], b["train.global_batch"] = _global_batch(a), _global_batch(b)
     for flat in (a, b):                     # saved before train.backend existed: DeepSpeed
         flat.setdefault("train.backend", "deepspeed")
-    breaking, allowed = [], []
+    breaking: list[str] = []
+    allowed: list[str] = []
     for k in sorted(set(a) | set(b)):
         if _in(k, RESUME_IGNORED) or a.get(k) == b.get(k):
             continue
