@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test clean-demo
+.PHONY: setup demo test lint clean-demo
 
 setup: $(STAMP)
 
@@ -21,8 +21,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	launch/demo.sh
 
-test: $(STAMP)
+test: lint
 	$(BIN)/python -m pytest -q tests
+
+# ruff (defect rules, no formatting) and mypy; their settings are in pyproject.toml
+# ([tool.ruff], [tool.mypy]: mypy checks pipeline/ and data_prep/). `make lint` runs them alone.
+lint: $(STAMP)
+	$(BIN)/ruff check pipeline data_prep benchmarks tests
+	$(BIN)/mypy
 
 clean-demo:
 	rm -rf runs/demo data/stdlib

@@ -43,7 +43,7 @@ def pearson(a, b):
 
 
 def spearman(a, b):
-    rank = lambda x: x.argsort().argsort().double()
+    rank = lambda x: x.argsort().argsort().double()  # noqa: E731
     return pearson(rank(a), rank(b))
 
 

@@ -121,11 +121,11 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 def _kmeans(x: np.ndarray, k: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Spherical k-means on unit rows x [n, D]: (centroids [k, D] unit rows, labels [n])."""
-    c = [x[rng.integers(len(x))]]
+    picked = [x[rng.integers(len(x))]]
     for _ in range(1, k):                               # k-means++ on the cosine distance
-        d = np.clip(1.0 - np.max(x @ np.stack(c).T, axis=1), 0.0, None)
-        c.append(x[rng.choice(len(x), p=d / d.sum())] if d.sum() > 0 else x[rng.integers(len(x))])
-    c = np.stack(c)
+        d = np.clip(1.0 - np.max(x @ np.stack(picked).T, axis=1), 0.0, None)
+        picked.append(x[rng.choice(len(x), p=d / d.sum())] if d.sum() > 0 else x[rng.integers(len(x))])
+    c = np.stack(picked)
     labels = np.full(len(x), -1)
     for _ in range(ITERATIONS):
         sim = x @ c.T

@@ -59,7 +59,7 @@ class PrepOptions:
 
     def reading_args(self) -> dict[str, Any]:
         """What defines the document streams."""
-        a = {"sources": [s.to_json() for s in self.sources], "max_docs": self.max_docs,
+        a: dict[str, Any] = {"sources": [s.to_json() for s in self.sources], "max_docs": self.max_docs,
              "max_bytes": self.max_bytes, "strict": self.strict}
         if self.exclude is not None:
             a["exclude"] = {"list": str(self.exclude), "sha256": sha256_file(self.exclude),

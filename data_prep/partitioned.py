@@ -31,7 +31,7 @@ from pipeline.format.indexed import bin_path, idx_path
 from pipeline.format.manifest import MANIFEST_NAME, Manifest, ShardEntry, TokenizerEntry, load_manifest
 from pipeline.format.provenance import docs_path
 from pipeline.format.tokenizer import tokenizer_sha256
-from pipeline.fsutil import atomic_write_json
+from pipeline.fsutil import atomic_write_json, read_json
 
 PARTS = "parts"
 PLAN = "plan.json"
@@ -88,6 +88,7 @@ def run_part(opts: PrepOptions) -> None:
     check_options(opts)
     args = opts.output_args()
     out, k, n = opts.out, opts.part, opts.num_parts
+    assert k is not None                    # the CLI runs this for --part K
     if not (n >= 1 and 0 <= k < n):
         raise UserError(f"--part: must be in [0, --num-parts) = [0, {n}), got {k}")
     if (out / MANIFEST_NAME).is_file():
@@ -103,7 +104,7 @@ def run_part(opts: PrepOptions) -> None:
         _wipe_part(out, k)
     _clean_stale_part(out, k)
     run = load_progress(_part_file(out, k, "progress.json"), args, out)
-    ranges = {s.name: part_range(plan["doc_counts"][s.name], k, n) for s in opts.sources}
+    ranges: dict[str, tuple[int, int | None]] = {s.name: part_range(plan["doc_counts"][s.name], k, n) for s in opts.sources}
     read = tokenize_all(opts, run, entry, dtype, ranges, require_nonempty=False)
     atomic_write_json(_part_file(out, k), {"args": args, "part": k, "num_parts": n, "tokenizer": asdict(entry),
                                            "dtype": dtype.name, "split": DocSplitter(opts.val_fraction, opts.seed).to_json(),
@@ -121,7 +122,7 @@ def _completed_parts(out: Path) -> list[dict]:
     files = sorted((out / PARTS).glob("part-[0-9][0-9][0-9][0-9][0-9].json"))
     if not files:
         raise UserError(f"{out / PARTS}: no completed parts to merge")
-    parts = [read_optional(f) for f in files]
+    parts = [read_json(f) for f in files]
     n = parts[0]["num_parts"]
     missing = sorted(set(range(n)) - {p["part"] for p in parts})
     if missing:

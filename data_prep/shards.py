@@ -81,7 +81,7 @@ class ShardStreams:
         self.on_complete = on_complete
         self._next: dict[tuple[str, str], int] = {}
         self._open: dict[tuple[str, str], IndexedWriter] = {}
-        self._origins: dict[tuple[str, str], list[tuple[int, int, int]]] = {}
+        self._origins: dict[tuple[str, str], list[tuple[int, ...]]] = {}
 
     def start(self, source: str, split: str, next_index: int) -> None:
         self._next[(source, split)] = next_index

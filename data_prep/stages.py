@@ -117,7 +117,8 @@ def ensure_tokenizer(opts: PrepOptions, *, with_counts: bool = False) -> tuple[T
     if opts.tokenizer == "train":
         cfg = opts.train_config()
         t0 = time.perf_counter()
-        counts = {}
+        seen: dict[str, int] = {}           # filled as corpus() reads
+        counts = seen
 
         def corpus() -> Iterator[str]:
             for spec in opts.sources:
@@ -131,7 +132,7 @@ def ensure_tokenizer(opts: PrepOptions, *, with_counts: bool = False) -> tuple[T
                 finally:
                     bar.close()
                 check_nonempty(spec, stats)
-                counts[spec.name] = stats.docs
+                seen[spec.name] = stats.docs
 
         sentences = sample_sentences(training_sentences(corpus()), cfg.max_sentences, cfg.seed)
         log(f"lai-prep: training a {cfg.vocab_size}-piece {cfg.model_type} sentencepiece model on "
@@ -262,7 +263,9 @@ def group_stats(out: Path, models: dict[str, GroupModel], shards: list[ShardEntr
         docs, tokens = np.zeros(m.k, dtype=np.int64), np.zeros(m.k, dtype=np.int64)
         for e in shards:
             if e.source == name and e.split == "train":
-                g = read_docs(out / e.prefix)["group"]
+                rows = read_docs(out / e.prefix)
+                assert rows is not None             # the prep wrote them with the shards
+                g = rows["group"]
                 docs += np.bincount(g, minlength=m.k)
                 tokens += np.bincount(g, weights=IndexedReader(out / e.prefix).lengths,
                                       minlength=m.k).astype(np.int64)

@@ -104,7 +104,7 @@ def train_sentencepiece(sentences: list[str], out_path: str | os.PathLike, cfg: 
         msg = (str(e).strip().splitlines() or ["unknown error"])[-1]
         msg = msg.rsplit("] ", 1)[-1]        # drop sentencepiece's "INTERNAL: file.cc(line) [check]" prefix
         raise UserError(f"--vocab-size {cfg.vocab_size}: sentencepiece training failed ({msg})") from None
-    proto = sentencepiece_model_pb2.ModelProto()
+    proto = sentencepiece_model_pb2.ModelProto()  # type: ignore[attr-defined]  # protobuf-generated at import
     proto.ParseFromString(buf.getvalue())
     proto.trainer_spec.ClearField("num_threads")   # does not change the model; keeps bytes reproducible
     with atomic_write(out_path) as f:

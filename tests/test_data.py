@@ -79,7 +79,7 @@ def test_deterministic_and_seeded(corpus):
     dirs, _ = corpus
     srcs = [(dirs["a"], 0.7), (dirs["b"], 0.3)]
     ids = range(0, 2 * PackedDataset(srcs, L).samples_per_epoch, 5)
-    run = lambda seed: np.stack([PackedDataset(srcs, L, seed=seed).sample(i) for i in ids])
+    run = lambda seed: np.stack([PackedDataset(srcs, L, seed=seed).sample(i) for i in ids])  # noqa: E731
     first = run(1)
     np.testing.assert_array_equal(first, run(1))
     assert (first != run(2)).any(axis=1).mean() > 0.9

@@ -155,7 +155,8 @@ def test_vocab_does_not_fit_dtype(tmp_path, capsys):
         "error: --vocab-size 70000: does not fit --dtype uint16 (ids up to 65535)"
     hf = _hf_tokenizer(tmp_path / "hf", 70_000)
     assert fails(capsys, *src, "--out", tmp_path / "b", "--tokenizer", f"hf:{hf}", "--dtype", "uint16") == \
-        f"error: {tmp_path / 'b' / 'tokenizer'}: vocab size 70002 does not fit uint16 (ids up to 70001); use --dtype int32 or auto"
+        f"error: {tmp_path / 'b' / 'tokenizer'}: vocab size 70002 does not fit uint16 (ids up to 70001); " \
+        "use --dtype int32 or auto"
     assert nothing_half_written(tmp_path / "b") and not list((tmp_path / "b").glob("*.bin"))
 
 

@@ -9,8 +9,7 @@ from pipeline.lai import (AdamFactors, LAISettings, Selector, elementwise_precon
                           full_gradient_values, ghost_values, lai_values, per_sequence_loss)
 from pipeline.lai.capture import hooked_modules
 from pipeline.lai.grads import shift_labels
-from pipeline.lai.precondition import (fragment_sums, inverse_root, optimizer_moments,
-                                       refresh_factors, scored_layers)
+from pipeline.lai.precondition import fragment_sums, optimizer_moments, scored_layers
 from test_lai_support import (ARCHS, batch, explicit_kernel, loo_mean, per_sample_grads,
                               random_factors, tiny_model)
 
@@ -75,7 +74,7 @@ def test_moments_of_adamw_are_its_step_denominator():
         torch.testing.assert_close(p.detach() - before[n], -1e-2 * m_hat * p_el[n],
                                    rtol=1e-9, atol=1e-15)
     f = AdamFactors.from_optimizer(model, opt)
-    for name, m in scored_layers(model, "linear"):
+    for name, _ in scored_layers(model, "linear"):
         p = p_el[f"{name}.weight"]
         torch.testing.assert_close(torch.outer(*f.factors[name]),
                                    torch.outer(p.sum(1), p.sum(0)) / p.sum())
@@ -241,7 +240,7 @@ def test_selector_reads_moments_when_due_and_restores_them(reference):
     again = Selector(s, seed=0, moments=read, val_batches=lambda: val)
     again.load_state_dict(saved)                             # as saved after step 4
     assert again.precond.step == 2
-    for name, (r, c) in f2.factors.items():
+    for name, (_, c) in f2.factors.items():
         torch.testing.assert_close(again.precond.factors.factors[name][1], c)
     with pytest.raises(ValueError, match="needs a reader"):
         Selector(s, seed=0)

@@ -35,7 +35,7 @@ def test_scalars_histograms_and_rank_runs(tmp_path):
     ms = [Metrics(tmp_path, rank, world) for rank in range(world)]
     values = np.array([-2.0, -0.5, 0.25, 1.0, 3.0, np.nan, np.inf])
     for step in range(3):
-        for rank, m in enumerate(ms):       # every rank makes the same calls, as the loop does
+        for m in ms:                        # every rank makes the same calls, as the loop does
             m.scalars(step, {"train/loss": 4.0 - step, "lai/excluded_frac": torch.tensor(0.25)})
             m.histogram(step, "lai/value", torch.from_numpy(values * (step + 1)))
             m.histogram(step, "lai/empty", [])

@@ -246,7 +246,8 @@ def test_errors(run, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main([str(tmp_path)])
     assert e.value.code == 2
-    assert capsys.readouterr().err == f"error: {tmp_path / 'ledger'}: no ledger in this run directory (was it trained by lai-train?)\n"
+    assert capsys.readouterr().err == \
+        f"error: {tmp_path / 'ledger'}: no ledger in this run directory (was it trained by lai-train?)\n"
     Ledger(tmp_path, 0).close()
     with pytest.raises(UserError, match="no committed rows"):
         build_report(tmp_path)

@@ -147,12 +147,12 @@ def profile_part(args, size, res) -> None:
                                                            dtype=torch.float32)
                                              for s in range(0, b, step)])}
         t.update(_compiled_vocab_side(vocab))
-    del inputs, cap, ca, cg
+    inputs = cap = ca = cg = None   # frees them (a `del` reads as undefined names in the lambdas above)
     teardown()
     t.update(loss_costs(logits, tgt))
     t["document_keys_cpu"] = document_keys_seconds(args, size, b)
     res["lai_profile"] = {"batch": b, "chunk": step, "k1": k1, "k2": k2,
                           "attn": getattr(model.config, "_attn_implementation", "?"), **t}
     log("profile: " + ", ".join(_shown(k, v) for k, v in t.items()))
-    del model, logits
+    model = logits = None           # frees them, as above
     teardown()

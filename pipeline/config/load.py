@@ -14,6 +14,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,8 @@ def _parse_override(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     key = key.strip()
     where = f"override {key}"
-    parent, tp = Config, None
+    parent: Any = Config
+    tp = None
     parts = key.split(".")
     for i, part in enumerate(parts):
         fields = _fields(parent)
@@ -189,7 +191,7 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def load_config(paths: str | Path | list[str | Path] | None = None,
-                overrides: list[str] = ()) -> Config:
+                overrides: Sequence[str] = ()) -> Config:
     """The config of the YAML file(s) `paths` (merged in order, later files win: a run config then
     presets such as configs/zero/stage3.yaml; None = all defaults) with `overrides`
     ("a.b=value") applied. Unknown keys and wrong types raise UserError; ranges are checked by

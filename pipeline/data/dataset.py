@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +75,7 @@ class PackedDataset:
     Not thread-safe (per-epoch index caches): use one instance per thread.
     """
 
-    def __init__(self, sources: list[tuple[str | Path, float]], seq_len: int, *,
+    def __init__(self, sources: Sequence[tuple[str | Path, float]], seq_len: int, *,
                  split: str = "train", seed: int = 0, mixing: bool = False, groups: bool = False):
         if split not in ("train", "val"):
             raise UserError(f"split: expected 'train' or 'val', got {split!r}")
@@ -122,7 +123,8 @@ class PackedDataset:
 
     def _split_into_arms(self, manifests) -> None:
         """Replace the directories' streams by their (source, group) arms (groups.py)."""
-        arms, first = [], {}
+        arms: list[tuple[SourceStream, float, str]] = []
+        first: dict[int, int] = {}
         for st, w, m in zip(self.streams, self.weights, manifests):
             first[st.index] = len(arms)
             arms += group_arms(st, m, w, len(arms))

@@ -24,7 +24,7 @@ def _doc_groups(stream: SourceStream) -> np.ndarray:
     parts = []
     for prefix in stream.shard_prefixes:
         rows = read_docs(stream.data_dir / prefix)
-        if rows is None or "group" not in rows.dtype.names:
+        if rows is None or "group" not in (rows.dtype.names or ()):
             raise UserError(f"{stream.data_dir / prefix}.docs.npy: no document groups "
                             "(lai.mixing_groups needs data prepared with lai-prep --groups K)")
         parts.append(rows["group"])
@@ -42,7 +42,7 @@ def group_arms(stream: SourceStream, manifest: Manifest, weight: float, first_in
     names = list(dict.fromkeys(stream.shard_sources))
     source = np.repeat(np.array([names.index(s) for s in stream.shard_sources], dtype=np.int16),
                        np.diff(stream.shard_first_doc))        # int16 [num_docs]
-    arms = []
+    arms: list[tuple[SourceStream, str]] = []
     for i, name in enumerate(names):
         info = manifest.groups[name]
         for g in range(info["k"]):

@@ -92,6 +92,8 @@ class ShardCheck:
         if h.hexdigest() != self.entry.bin_sha256:
             return f"{bpath}: checksum does not match the manifest (its bytes changed since lai-prep wrote it)"
         if hi >= self.vocab_size or lo < 0:
-            doc, token = out_of_vocab(IndexedReader(self.prefix), self.vocab_size)
+            found = out_of_vocab(IndexedReader(self.prefix), self.vocab_size)
+            assert found is not None                   # the streamed min/max saw one
+            doc, token = found
             return str(bad_token(bpath, doc, token, self.vocab_size))
         return None

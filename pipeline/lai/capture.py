@@ -21,6 +21,7 @@ import math
 import re
 import sys
 import weakref
+from typing import TypeAlias
 
 import torch
 from torch import nn
@@ -139,7 +140,7 @@ class LayerInputCapture:
         self._seen = {}
 
 
-Weight = float | torch.Tensor     # a scalar, or one weight per input coordinate [d]
+Weight: TypeAlias = float | torch.Tensor     # a scalar, or one weight per input coordinate [d]
 
 
 def unique_inputs(inputs: list[torch.Tensor], cols: list[torch.Tensor] | None = None

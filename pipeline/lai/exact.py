@@ -36,7 +36,7 @@ def product_totals(q: Features, r: Features) -> torch.Tensor:
     qg, rg = q.g.flatten(1), r.g.flatten(1)
     if qa.shape[1] != ra.shape[1]:
         t = max(q.a.shape[1], r.a.shape[1])
-        pad = lambda x: torch.nn.functional.pad(x, (0, 0, 0, t - x.shape[1])).flatten(1)  # noqa
+        pad = lambda x: torch.nn.functional.pad(x, (0, 0, 0, t - x.shape[1])).flatten(1)  # noqa: E731
         qa, ra, qg, rg = pad(q.a), pad(r.a), pad(q.g), pad(r.g)
     return ((qa @ ra.T) * (qg @ rg.T)).sum(1)
 

@@ -19,6 +19,7 @@ saved once in the checkpoint (4 bytes per document of the training data).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import torch
@@ -28,8 +29,11 @@ DocKeys = list[tuple[int, int, int]]   # one sequence's documents: (source, docu
 
 class Span(Protocol):
     """A run of one document's tokens in a sequence (pipeline.data.DocSpan)."""
-    source: str                                    # its lai-prep source name
-    num_tokens: int
+    @property
+    def source(self) -> str: ...                   # its lai-prep source name
+
+    @property
+    def num_tokens(self) -> int: ...
 
 
 class Documents(Protocol):
@@ -45,7 +49,7 @@ class Documents(Protocol):
     @property
     def prepared_sources(self) -> list[str]: ...  # the lai-prep source names in the data
 
-    def locate(self, seq_id: int) -> list[Span]: ...   # the sequence's document runs, in order
+    def locate(self, seq_id: int) -> Sequence[Span]: ...   # the sequence's document runs, in order
 
 
 class DocumentMemory:

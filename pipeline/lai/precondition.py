@@ -195,7 +195,8 @@ class AdamFactors:
         names = {m: n for n, m in model.named_modules()}
         cols = []
         for m in modules:
-            f = self.factors.get(names.get(m))
+            name = names.get(m)
+            f = self.factors.get(name) if name is not None else None
             if f is None:
                 raise ValueError(f"lai.precondition=adam: no Adam factors for the captured layer "
                                  f"{names.get(m, type(m).__name__)!r}")
@@ -244,7 +245,7 @@ class AdamPreconditioner:
         self.step: int | None = None
 
     def due(self, step: int) -> bool:
-        return self.factors is None or step - self.step >= self.every
+        return self.factors is None or self.step is None or step - self.step >= self.every
 
     def refresh(self, step: int, model: nn.Module, read: Moments) -> bool:
         """Collective when due (`read` is): new factors from the current moments; False when

@@ -75,6 +75,7 @@ class LAIScorer:
                 inputs, logits, targets = _pseudo_rows(inputs, logits, targets, units)
             return self.kernel.features(inputs, logits, targets, weights)
         compiled = logits.is_cuda if self.compile is None else self.compile
+        assert self.sketch_dim is not None       # resolved() sets it for method=sketch
         return self.kernel.sketch(inputs, logits, targets, valid, self.sketch_dim, self.seed,
                                   compiled, weights, units)
 

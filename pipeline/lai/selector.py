@@ -65,6 +65,7 @@ class Selector:
         `global_batch`: sequences per optimizer step (None: each `select` is a whole step)."""
         s = self.settings = settings.resolved(has_val=val_batches is not None,
                                               has_documents=documents is not None)
+        assert s.memory_weight is not None and s.threshold is not None   # resolved() set both
         self.seed, self.val_batches, self.documents = seed, val_batches, documents
         self.moments = moments
         self.memory = None
@@ -105,6 +106,7 @@ class Selector:
             return
         changed = False
         if self.precond is not None:
+            assert self.moments is not None            # __init__ refused adam without it
             changed = self.precond.refresh(step, model, self.moments)
             self.scorer.factors = self.precond.factors
         if s.reference != "val":
@@ -112,6 +114,7 @@ class Selector:
         if not changed and self.val_step is not None \
                 and step - self.val_step < s.val_refresh_every:
             return
+        assert self.val_batches is not None            # reference=val resolves only with val data
         self.scorer.set_val_reference(model, self.val_batches(), group=self.comm)
         self.val_step = step
 
@@ -167,6 +170,7 @@ class Selector:
         """score + memory_weight * the documents' remembered scores, then this step's scores
         remembered; over the whole global micro-batch, so the memory is the same on every
         rank (pipeline.lai.memory)."""
+        assert self.documents is not None and self.memory is not None
         id_parts = self.comm.gather(seq_ids.detach().cpu())
         ids, scores = torch.cat(id_parts), torch.cat(self.comm.gather(score.detach().cpu()))
         keys = [self.documents.document_keys(int(i)) for i in ids]
@@ -188,6 +192,7 @@ class Selector:
             restored = self.scorer.load_state_dict(d["scorer"])
         self.val_step = d.get("val_step") if restored else None
         if self.precond is not None:
+            assert self.scorer is not None             # a preconditioner only with a scorer
             self.precond.load_state_dict(d.get("precond") or {})
             self.scorer.factors = self.precond.factors
             if self.precond.factors is None:

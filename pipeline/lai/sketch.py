@@ -154,11 +154,13 @@ def input_side(inputs, seed: int, k1: int, dt: torch.dtype, mask: torch.Tensor |
     for layer, (x, w) in enumerate(unique_inputs(inputs, cols)):
         x = x.detach()
         if fused:                      # one compiled pass per layer, added into the sum
+            assert kernels is not None
             s = signs(x.shape[-1], seed, layer, x.device, dt)
             out = kernels(input_kernel, x, scaled(s, w), _rotation(k1, seed, layer, x.device),
                           k1, out)
             continue
         if pooled_n is not None:
+            assert mask is not None, "pooled_n needs the mask"
             x = (x.to(dt) * mask.unsqueeze(-1)).sum(1) / pooled_n
         elif mask is not None:
             x = x * mask.unsqueeze(-1)

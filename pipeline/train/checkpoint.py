@@ -135,7 +135,7 @@ def _abandon(path: Path, run_dir, why: str, *, main: bool) -> None:
 def _prune(run_dir, keep: int, newest: int) -> None:
     entries = _all(run_dir)
     kept = [p for s, p, ok in entries if ok and s <= newest][-keep:]
-    for s, p, _ in entries:
+    for _, p, _ in entries:
         if p not in kept:
             (p / MARKER).unlink(missing_ok=True)   # unmarked first: never half-deleted "complete"
             shutil.rmtree(p, ignore_errors=True)

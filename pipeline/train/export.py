@@ -38,7 +38,8 @@ def _deepspeed_state(module: torch.nn.Module, main: bool, zero3: bool) -> dict[s
     """Full host tensors of `module` on rank 0 ({} elsewhere), tied weights as one tensor."""
     import deepspeed
     params = dict(module.named_parameters(remove_duplicate=False))
-    state, first_key = {}, {}     # tied weights stay one tensor (save_pretrained stores it once)
+    state: dict[str, torch.Tensor] = {}   # tied weights stay one tensor (save_pretrained stores it once)
+    first_key: dict[int, str] = {}
     for key, value in module.state_dict().items():
         tensor = params.get(key, value)
         if id(tensor) in first_key:                  # the same on every rank: no collective
@@ -76,6 +77,7 @@ def save_hf_folder(model: torch.nn.Module, state: dict[str, torch.Tensor], out: 
         model.generation_config.use_cache = True
     model.save_pretrained(tmp, state_dict=state)
     if tokenizer is not None:
+        assert tokenizer_path is not None                   # they come together
         _export_tokenizer(tokenizer_path, tokenizer, tmp, context_length(model.config))
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)

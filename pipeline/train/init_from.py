@@ -25,7 +25,8 @@ import torch
 
 from pipeline.errors import UserError
 from pipeline.format.manifest import TokenizerEntry
-from pipeline.format.tokenizer import SPM_FILE, load_tokenizer
+from pipeline.format.tokenizer import (SPM_FILE, HFTokenizer, SentencePieceTokenizer,
+                                       load_tokenizer)
 from pipeline.fsutil import sha256_file
 
 KEY = "model.init_from"
@@ -89,8 +90,9 @@ def check_weights(p: Path) -> None:
 
 def _vocab(kind: str, path: Path) -> dict[str, int]:
     tok = load_tokenizer(kind, path)
-    if kind == "sentencepiece":
+    if isinstance(tok, SentencePieceTokenizer):
         return {tok.sp.id_to_piece(i): i for i in range(tok.vocab_size)}
+    assert isinstance(tok, HFTokenizer)
     return dict(tok.tok.get_vocab())
 
 

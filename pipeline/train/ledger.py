@@ -204,7 +204,7 @@ def read_ledger(run_dir: str | Path) -> np.ndarray:
         for _, path in _chunks(rank_dir):
             rows = _load_chunk(path)
             out = np.empty(rows.size, ROW.descr + [("rank", "<i4")])
-            for name in ROW.names:
+            for name in ROW.names or ():
                 out[name] = rows[name]
             out["rank"] = rank
             parts.append(out)

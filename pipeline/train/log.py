@@ -85,7 +85,8 @@ class StepLog:
         self.cfg, self.info, self.comm, self.metrics = cfg, info, comm, metrics
         self.dataset, self.flops_per_token, self.mixer = dataset, flops_per_token, mixer
         self.window = Window()
-        self.started, self.first_step = time.time(), None   # for elapsed time and ETA
+        self.started = time.time()                          # for elapsed time and ETA
+        self.first_step: int | None = None
 
     def after_step(self, r: StepResult, counters: Counters, *, last: bool = False) -> None:
         """`last`: the run ends after this step (a report is due whatever the cadence)."""
@@ -117,7 +118,7 @@ class StepLog:
             scalars["perf/mfu"] = mfu(all_tps, self.flops_per_token, self.cfg.log.peak_tflops,
                                       info.world)
         parts = self.comm.gather_objects(w.source_rows(self.dataset))
-        srcs, vals, kept = (sum((p[i] for p in parts), []) for i in range(3))
+        srcs, vals, kept = ([x for p in parts for x in p[i]] for i in range(3))
         if srcs:
             scalars.update(source_scalars(srcs, vals, kept))
         if self.mixer is not None:
@@ -139,6 +140,7 @@ class StepLog:
         """'elapsed H:MM:SS ETA H:MM:SS': since this process started training, and the steps left
         at this process's mean pace."""
         elapsed = time.time() - self.started
+        assert self.first_step is not None                  # after_step set it
         left = (self.cfg.train.steps - step) * elapsed / (step - self.first_step + 1)
         return f"elapsed {_hms(elapsed)} ETA {_hms(left)}"
 

@@ -124,6 +124,7 @@ class Metrics:
         summary.value[0].metadata.CopyFrom(SummaryMetadata(
             summary_description=description(tag),
             plugin_data=SummaryMetadata.PluginData(plugin_name=plugin)))
+        assert self._global is not None                # rank 0 writes (the callers check)
         self._global._get_file_writer().add_summary(summary, step)
         self._described.add(tag)
 

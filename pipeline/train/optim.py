@@ -80,13 +80,14 @@ class Guarded:
     """Mixin for the client optimizer: its step (called by every rank, by ZeRO on the fp32
     partitions) runs only if `gate` allows it."""
     gate: SkipGate
+    param_groups: list[dict]                   # the optimizer's, after this class in the MRO
 
     @torch.no_grad()
     def step(self, *args, **kwargs):
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
         if not self.gate.allows(grads):
             return None
-        return super().step(*args, **kwargs)
+        return super().step(*args, **kwargs)  # type: ignore[misc]  # a mixin: the optimizer has step
 
 
 class GuardedAdamW(Guarded, torch.optim.AdamW):

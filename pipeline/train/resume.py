@@ -12,7 +12,8 @@ longer fits a changed option (the LAI selector's cached val reference) starts th
 
 Another number of ranks: the loader continues the same global order from its global sample
 count; ZeRO 1-3 partitions are converted once to DeepSpeed's universal checkpoint
-(pipeline.train.universal; `Resume.universal`), fsdp2's DCP shards reshard as they load; per-rank members restore as TrainState says
+(pipeline.train.universal; `Resume.universal`), fsdp2's DCP shards reshard as they load; per-rank
+members restore as TrainState says
 (the ledger's position from rank 0's file; RNG and the LAI val cache start afresh).
 """
 from __future__ import annotations
@@ -32,8 +33,8 @@ from pipeline.train import checkpoint
 # Differences that make a checkpoint unusable (refused); every other difference is noted.
 # run.out_dir / run.resume / data.verify are where and how, not what: never compared. A name
 # ending in "." is a section (every key in it), any other name one key. lai.mixing decides how
-# seq_ids and the loader state are laid out (lai.mixing_groups: over which arms), lai.mixer what the mixing state means; the mixer's
-# step size, smoothing, floor, averaging and cadence may change.
+# seq_ids and the loader state are laid out (lai.mixing_groups: over which arms), lai.mixer what
+# the mixing state means; the mixer's step size, smoothing, floor, averaging and cadence may change.
 RESUME_BREAKING = ("model.", "data.", "run.seed", "train.global_batch", "train.backend",
                    "train.zero_stage", "train.precision", "train.offload_optimizer",
                    "train.offload_params", "lai.mixing", "lai.mixer",
@@ -151,7 +152,8 @@ def resume_changes(old: dict[str, Any], new: dict[str, Any],
     a["train.global_batch"], b["train.global_batch"] = _global_batch(a), _global_batch(b)
     for flat in (a, b):                     # saved before train.backend existed: DeepSpeed
         flat.setdefault("train.backend", "deepspeed")
-    breaking, allowed = [], []
+    breaking: list[str] = []
+    allowed: list[str] = []
     for k in sorted(set(a) | set(b)):
         if _in(k, RESUME_IGNORED) or a.get(k) == b.get(k):
             continue

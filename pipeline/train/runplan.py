@@ -136,6 +136,7 @@ def lai_buffers(cfg: Config, model_config, world: int) -> tuple[float, str]:
         parts["layer inputs"] = tokens * width * (2 if t.precision == "bf16" else 4)
     parts["softmax block"] = min(tokens * vocab, CHUNK_ELEMENTS["cuda"]) * 4
     if lai.method == "sketch":
+        assert lai.sketch_dim is not None                   # load_config resolved it
         per_seq = local + 1 if lai.pairing == "token_pair" else glob + local
         parts["sketches"] = per_seq * lai.sketch_dim * 4
     else:

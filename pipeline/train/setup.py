@@ -46,7 +46,9 @@ class Data:
                     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The first `n` val micro-batches of this rank from `dataset` (default: the val mix),
         (input_ids, targets) on its device (the same ones every time)."""
-        loader = RankLoader(dataset or self.val, self.micro_batch, self.info.rank, self.info.world)
+        dataset = dataset or self.val
+        assert dataset is not None, "no val data"
+        loader = RankLoader(dataset, self.micro_batch, self.info.rank, self.info.world)
         dev = self.info.device
         return [(b["input_ids"].to(dev), b["targets"].to(dev))
                 for b in (loader.next_batch() for _ in range(n))]
@@ -225,7 +227,7 @@ def data_json(cfg: Config, fingerprint: str | None = None) -> dict[str, Any]:
     lai.mixing is on, whose seq_ids name (source, sample) directly; "groups": true with
     lai.mixing_groups, whose sources are (source, group) arms)."""
     val = cfg.data.val_sources or cfg.data.sources
-    extra = {"fingerprint": fingerprint} if fingerprint else {}
+    extra: dict[str, Any] = {"fingerprint": fingerprint} if fingerprint else {}
     if cfg.lai.mixing:
         extra["mixing"] = True
     if cfg.lai.mixing_groups:
