@@ -99,11 +99,11 @@ def test_document_units_refuse_what_values_whole_sequences():
     import pytest
 
     from pipeline.lai import LAISettings
-    cases = {"pairing": ("aligned", "the aligned sketch is per sequence"),
-             "memory_weight": (1.0, "the memory remembers sequences"),
-             "filter": ("full_gradient", "full_gradient scores whole sequences")}
-    for field, (value, msg) in cases.items():
+    cases = [({"pairing": "aligned"}, "the aligned sketch is per sequence"),
+             ({"filter": "lai", "memory_weight": 1.0}, "the memory remembers sequences"),
+             ({"filter": "full_gradient"}, "full_gradient scores whole sequences")]
+    for fields, msg in cases:
         with pytest.raises(ValueError, match=f"^lai.unit: document: .*{msg}"):
-            LAISettings(unit="document", **{field: value}).resolved()
+            LAISettings(unit="document", **fields).resolved()
     assert LAISettings(unit="document", pairing="aligned", method="exact").resolved()
     assert LAISettings(unit="document").resolved(has_documents=True).memory_weight == 0.0

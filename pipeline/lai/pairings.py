@@ -120,10 +120,7 @@ class TokenPair(Pairing):
 def _unit_sketch(ca: torch.Tensor, chunks, valid: torch.Tensor, units: Units) -> torch.Tensor:
     """[P, k1, k2]: sum over each unit's positions of C1(a_t) (x) C2(g_t), with g rescaled from
     the row's 1 / N_row to the unit's 1 / N_u (ca [B, T, k1]; chunks: vocab_chunks)."""
-    cg = None
-    for sl, part in chunks:
-        cg = part.new_empty(*ca.shape[:2], part.shape[-1]) if cg is None else cg
-        cg[sl] = part
+    cg = torch.cat([part for _, part in chunks])                                    # [B, T, k2]
     scale = valid.sum(1).to(cg.dtype)[units.rows] / units.tokens.to(cg.dtype)      # [P]
     own = units.index[units.rows] == torch.arange(units.count, device=ca.device).unsqueeze(1)
     g = cg[units.rows] * (own.to(cg.dtype) * scale.unsqueeze(1)).unsqueeze(-1)      # [P, T, k2]
