@@ -33,7 +33,7 @@ from pipeline.lai import (DEFAULT_PAIRING, FilterPolicy, LAIScorer,  # noqa
 from benchmarks.common import median_minus_loss  # noqa: E402
 from pipeline.lai.grads import shift_labels  # noqa: E402
 from pipeline.lai.pairings import PAIRINGS as LAI_PAIRINGS  # noqa: E402  (each .default_sketch_dim)
-from test_lai_support import explicit_kernel, synthetic_corpus, trained_tiny_model  # noqa
+from support.lai import explicit_kernel, synthetic_corpus, trained_tiny_model  # noqa
 
 CAP = 0.5          # FilterPolicy's max_exclude_frac in the timed step and the agreement column
 PAIRINGS = ("token_pair", "aligned", "pooled")

@@ -6,7 +6,6 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -17,22 +16,14 @@ from pipeline.lai import FILTERS
 from pipeline.train.optim import lr_at
 from pipeline.train.resume import config_hash, resume_changes
 from pipeline.train.setup import data_json, ds_config
+from support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
-@pytest.fixture()
-def data_dir(tmp_path) -> Path:
-    d = tmp_path / "data"
-    d.mkdir()
-    (d / "manifest.json").write_text("{}")    # validate() only checks that it is prepared
-    return d
-
-
-def _valid(data_dir, *overrides) -> Config:
+def _valid(stub_data_dir, *overrides) -> Config:
     return load_config(ROOT / "configs" / "tiny_cpu.yaml",
-                       [f"data.sources=[{{path: '{data_dir}', weight: 1}}]", *overrides])
+                       [f"data.sources=[{{path: '{stub_data_dir}', weight: 1}}]", *overrides])
 
 
 def test_shipped_configs_load_and_name_the_contract_keys():
@@ -50,22 +41,22 @@ def test_shipped_configs_load_and_name_the_contract_keys():
     assert "model.family" in CHOICES
 
 
-def test_zero_presets_merge_over_a_run_config(data_dir):
+def test_zero_presets_merge_over_a_run_config(stub_data_dir):
     presets = sorted((ROOT / "configs" / "zero").glob("*.yaml"))
     assert len(presets) >= 5
     for p in presets:
         cfg = load_config([ROOT / "configs" / "gpt_neo_125m.yaml", p],
-                          [f"data.sources=[{{path: '{data_dir}'}}]"])
+                          [f"data.sources=[{{path: '{stub_data_dir}'}}]"])
         assert cfg.model.n_layer == 12 and f"stage{cfg.train.zero_stage}" in p.name
         cfg.validate(world=8)
 
 
-def test_overrides_are_typed(data_dir):
-    cfg = _valid(data_dir, "train.steps=7", "train.lr=1e-3", "lai.enabled=false", "lai.filter=none",
+def test_overrides_are_typed(stub_data_dir):
+    cfg = _valid(stub_data_dir, "train.steps=7", "train.lr=1e-3", "lai.enabled=false", "lai.filter=none",
                  "run.resume=/some/path", "model.family=gpt2", "train.lr=2e-3")
     assert (cfg.train.steps, cfg.train.lr, cfg.lai.enabled) == (7, 2e-3, False)
     assert cfg.run.resume == "/some/path" and cfg.model.family == "gpt2"
-    assert cfg.data.sources[0].path == str(data_dir) and cfg.data.sources[0].weight == 1.0
+    assert cfg.data.sources[0].path == str(stub_data_dir) and cfg.data.sources[0].weight == 1.0
     cfg.validate(world=2)
 
 
@@ -175,44 +166,44 @@ def test_bad_yaml_names_file_and_key(tmp_path, text, message):
      "train.offload_optimizer"),
     (["train.backend=fsdp2", "lai.filter=full_gradient"], "lai.filter"),
 ])
-def test_validation_names_the_field(data_dir, overrides, field):
+def test_validation_names_the_field(stub_data_dir, overrides, field):
     with pytest.raises(UserError) as e:          # the lai section already fails when it loads
-        _valid(data_dir, *overrides).validate(world=2)
+        _valid(stub_data_dir, *overrides).validate(world=2)
     assert str(e.value).startswith(f"{field}: ") and "\n" not in str(e.value), str(e.value)
 
 
-def test_fsdp2_accepts_the_zero_settings_it_maps(data_dir):
+def test_fsdp2_accepts_the_zero_settings_it_maps(stub_data_dir):
     for extra in (["train.zero_stage=2"], ["train.zero_stage=3", "train.offload_params=cpu"],
                   ["train.zero_stage=3", "model.compile=true", "lai.layers=blocks"]):
-        _valid(data_dir, "train.backend=fsdp2", *extra).validate(world=2)
+        _valid(stub_data_dir, "train.backend=fsdp2", *extra).validate(world=2)
 
 
-def test_lai_settings_are_resolved_when_the_config_loads(data_dir):
+def test_lai_settings_are_resolved_when_the_config_loads(stub_data_dir):
     """No sentinels downstream: the pairing and the sketch size are concrete after loading and
     in RUN/config.yaml; sketch_dim is left unset for method=exact and kept when given."""
-    cfg = _valid(data_dir)
+    cfg = _valid(stub_data_dir)
     assert (cfg.lai.pairing, cfg.lai.method, cfg.lai.sketch_dim) == ("token_pair", "sketch", 1 << 18)
     assert "sketch_dim: 262144" in save_yaml(cfg) and "pairing: token_pair" in save_yaml(cfg)
-    assert _valid(data_dir, "lai.pairing=pooled").lai.sketch_dim == 1 << 12
-    assert _valid(data_dir, "lai.method=exact").lai.sketch_dim is None
-    assert _valid(data_dir, "lai.sketch_dim=1024").lai.sketch_dim == 1024
-    again = load_config(None, [f"data.sources=[{{path: '{data_dir}'}}]"])
-    assert again.lai == load_config(None, [f"data.sources=[{{path: '{data_dir}'}}]",
+    assert _valid(stub_data_dir, "lai.pairing=pooled").lai.sketch_dim == 1 << 12
+    assert _valid(stub_data_dir, "lai.method=exact").lai.sketch_dim is None
+    assert _valid(stub_data_dir, "lai.sketch_dim=1024").lai.sketch_dim == 1024
+    again = load_config(None, [f"data.sources=[{{path: '{stub_data_dir}'}}]"])
+    assert again.lai == load_config(None, [f"data.sources=[{{path: '{stub_data_dir}'}}]",
                                            "lai.sketch_dim=262144"]).lai
 
 
-def test_missing_data_path_fails(tmp_path, data_dir):
-    cfg = _valid(data_dir, f"data.sources=[{{path: '{tmp_path / 'nope'}'}}]")
+def test_missing_data_path_fails(tmp_path, stub_data_dir):
+    cfg = _valid(stub_data_dir, f"data.sources=[{{path: '{tmp_path / 'nope'}'}}]")
     with pytest.raises(UserError, match=r"data.sources\[0\].path: .*nope: directory not found; "
                        r"prepare it first: lai-prep --source \.\.\. --out .*nope$"):
         cfg.validate()
-    cfg = _valid(data_dir, f"data.sources=[{{path: '{tmp_path}'}}]")
+    cfg = _valid(stub_data_dir, f"data.sources=[{{path: '{tmp_path}'}}]")
     with pytest.raises(UserError, match=r"data.sources\[0\].path: .*no manifest.json"):
         cfg.validate()
 
 
-def test_ds_config_is_derived(data_dir):
-    cfg = _valid(data_dir, "train.micro_batch=3", "train.grad_accum=5", "train.zero_stage=3",
+def test_ds_config_is_derived(stub_data_dir):
+    cfg = _valid(stub_data_dir, "train.micro_batch=3", "train.grad_accum=5", "train.zero_stage=3",
                  "train.offload_params=cpu", "train.offload_optimizer=cpu",
                  "train.precision=bf16", "train.grad_clip=0.5")
     ds = ds_config(cfg, world=4, cuda=True)
@@ -225,13 +216,13 @@ def test_ds_config_is_derived(data_dir):
     assert "scheduler" not in ds and "optimizer" not in ds      # our schedule, our client AdamW
     json.dumps(ds)
     dj = data_json(cfg, "abc")
-    assert dj["sources"] == [[str(data_dir), 1.0]] and dj["val_sources"] == dj["sources"]
+    assert dj["sources"] == [[str(stub_data_dir), 1.0]] and dj["val_sources"] == dj["sources"]
     assert dj["seq_len"] == cfg.data.seq_len and dj["seed"] == cfg.run.seed
 
 
-def test_resume_changes_classified(data_dir):
-    a = {**_valid(data_dir).to_dict(), "world": 2}
-    cfg = _valid(data_dir, "train.steps=999", "log.every=3", "lai.threshold=0.1",
+def test_resume_changes_classified(stub_data_dir):
+    a = {**_valid(stub_data_dir).to_dict(), "world": 2}
+    cfg = _valid(stub_data_dir, "train.steps=999", "log.every=3", "lai.threshold=0.1",
                  "run.out_dir=/elsewhere")
     b = {**cfg.to_dict(), "world": 2}
     breaking, harmless = resume_changes(a, b)
@@ -239,13 +230,13 @@ def test_resume_changes_classified(data_dir):
     assert {h.split(":")[0] for h in harmless} == {"train.steps", "log.every", "lai.threshold"}
     for override in ("model.hidden=32", "data.seq_len=64", "train.global_batch=32",
                      "train.zero_stage=3", "train.precision=bf16", "train.backend=fsdp2"):
-        c = {**_valid(data_dir, override).to_dict(), "world": 2}
+        c = {**_valid(stub_data_dir, override).to_dict(), "world": 2}
         breaking, _ = resume_changes(a, c)
         assert [x.split(":")[0] for x in breaking] == [override.split("=")[0]]
         assert config_hash(a) != config_hash(c)
     # another number of ranks: allowed (noted) when the global batch stays; the batch of a
     # checkpoint saved before global_batch was always filled is micro x accumulation x ranks
-    b = _valid(data_dir).validate(world=1).to_dict()
+    b = _valid(stub_data_dir).validate(world=1).to_dict()
     breaking, allowed = resume_changes({**a, "world": 2}, {**b, "world": 1})
     assert breaking == [] and config_hash({**a, "world": 2}) == config_hash({**b, "world": 1})
     assert {x.split(":")[0] for x in allowed} == {"train.grad_accum", "world"}
@@ -314,10 +305,10 @@ def test_lr_schedules():
     (["lai.method=exact", "lai.sketch_dim=1024"], "lai.sketch_dim: 1024 is only used by"),
     (["train.lr=.inf"], "train.lr: expected a finite number, got inf"),     # was: a NaN model
 ])
-def test_cli_fails_fast_with_one_line(data_dir, args, field):
+def test_cli_fails_fast_with_one_line(stub_data_dir, args, field):
     p = subprocess.run([sys.executable, "-m", "pipeline.train",
                         str(ROOT / "configs" / "tiny_cpu.yaml"),
-                        f"data.sources=[{{path: '{data_dir}'}}]", *args],
+                        f"data.sources=[{{path: '{stub_data_dir}'}}]", *args],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
@@ -325,7 +316,7 @@ def test_cli_fails_fast_with_one_line(data_dir, args, field):
 
 
 def test_reference_auto_is_val_when_the_run_has_val_data(tmp_path):
-    from datagen import make_data_dir, random_docs
+    from support.datagen import make_data_dir, random_docs
     docs = random_docs(30, 64, seed=0)
     with_val = make_data_dir(tmp_path / "a", docs[:20], vocab_size=64, val_docs=docs[20:])
     no_val = make_data_dir(tmp_path / "b", docs, vocab_size=64, source="other")

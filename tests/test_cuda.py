@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import copy
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from test_lai_support import synthetic_corpus, trained_tiny_model
+from support import ROOT
+from support.lai import synthetic_corpus, trained_tiny_model
+from support.train import run_train
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 PAIRINGS = ("token_pair", "aligned", "pooled")
@@ -173,7 +172,7 @@ def test_zero2_bf16_step_excluded_sequences_contribute_nothing(one_rank):
 
 
 def test_pinned_batches_equal_unpinned(tmp_path):
-    from datagen import make_data_dir, random_docs
+    from support.datagen import make_data_dir, random_docs
 
     from pipeline.data import PackedDataset, RankLoader
     d = make_data_dir(tmp_path / "d", random_docs(50, V, seed=0), vocab_size=V)
@@ -187,7 +186,7 @@ def test_pinned_batches_equal_unpinned(tmp_path):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    from datagen import make_data_dir, random_docs
+    from support.datagen import make_data_dir, random_docs
     out = tmp_path_factory.mktemp("cuda-data")
     docs = random_docs(400, V, min_len=8, max_len=80, seed=0)
     return make_data_dir(out / "prepared", docs[:360], vocab_size=V, val_docs=docs[360:])
@@ -201,13 +200,7 @@ def _train(data: Path, run: Path, steps: int) -> str:
             "train.zero_stage=2", "train.precision=bf16", "train.schedule=constant",
             "train.lr=1e-2", "train.warmup_steps=2", "train.eval_every=0", "lai.warmup_steps=1",
             "lai.max_exclude_frac=0.25", "lai.compile=false", "log.every=1", "run.save_every=0"]
-    path = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
-    env = {**os.environ, "PYTHONPATH": path}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):   # a fresh 1-rank world
-        env.pop(key, None)
-    p = subprocess.run([sys.executable, "-m", "pipeline.train", *args], env=env, cwd=ROOT,
-                       capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    p = run_train(args, ranks=1, timeout=600)
     return p.stdout + p.stderr
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from datagen import make_data_dir, random_docs
+from support.datagen import make_data_dir, random_docs
 from pipeline.data import DocSpan, PackedDataset, RankLoader
 from pipeline.errors import UserError
 from pipeline.format.manifest import Manifest, ShardEntry, TokenizerEntry

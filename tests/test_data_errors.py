@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from datagen import make_data_dir, random_docs
+from support.datagen import make_data_dir, random_docs
 from pipeline.data import PackedDataset, RankLoader
 from pipeline.errors import UserError
 

@@ -10,7 +10,7 @@ import torch
 
 from pipeline.format.manifest import load_manifest
 from pipeline.fsutil import sha256_file
-from train_support import make_animals_data, train_args
+from support.train import make_animals_data, train_args
 
 pytest.importorskip("megatron.core.datasets.indexed_dataset")
 

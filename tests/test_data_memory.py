@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import psutil
 
-from datagen import make_data_dir
+from support.datagen import make_data_dir
 from pipeline.data import PackedDataset, RankLoader
 from pipeline.data.source import EPOCH_CACHE
 

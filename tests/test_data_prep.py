@@ -1,88 +1,23 @@
 """Data prep: every reader on local files, text -> shards -> text round trip, our shards read by an
 independent reader, determinism across worker counts, the tokenizer options, the demo default.
-Helpers here are shared by test_data_prep_resume.py and test_data_prep_errors.py."""
+Helpers: support/prep.py; the `spm_model` fixture: conftest.py."""
 from __future__ import annotations
 
 import gzip
 import json
 import os
-import random
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from data_prep.__main__ import main
 from data_prep.sources import iter_documents, parse_source, stdlib_files, stdlib_root
 from data_prep.split import DocSplitter
-from data_prep.tokenizer import TrainConfig, train_sentencepiece, training_sentences
 from pipeline.format.tokenizer import SentencePieceTokenizer
 from pipeline.format.indexed import IndexedReader
 from pipeline.format.manifest import load_manifest
-from test_indexed import ref_read
-
-ROOT = Path(__file__).resolve().parents[1]
-VOCAB = 400
-WORDS = ("the of and to in is for def return class import self value data token model train loss grad "
-         "shard index naïve café 中文 🙂 Ωmega x1 42").split()
-
-
-def make_docs(n: int, seed: int = 0) -> list[str]:
-    """Deterministic small documents: indentation, tabs, trailing spaces, non-ASCII, newlines."""
-    rng = random.Random(seed)
-    docs = []
-    for _ in range(n):
-        lines = [" " * rng.choice([0, 0, 4, 8]) + " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 12)))
-                 + rng.choice(["", ":", "\t# note", "  "]) for _ in range(rng.randint(1, 6))]
-        docs.append("\n".join(lines) + rng.choice(["", "\n"]))
-    return docs
-
-
-def write_text_dir(path: Path, docs: list[str]) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    for i, d in enumerate(docs):
-        (path / f"doc{i:04d}.txt").write_text(d, encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="session")
-def spm_model(tmp_path_factory) -> Path:
-    """A tiny sentencepiece model trained by data_prep on make_docs (vocab 400, byte fallback)."""
-    path = tmp_path_factory.mktemp("spm") / "tiny.model"
-    train_sentencepiece(list(training_sentences(make_docs(300, seed=99))), path,
-                        TrainConfig(vocab_size=VOCAB, num_threads=1))
-    return path
-
-
-def prep(*args) -> int:
-    """Run `lai-prep` in-process (the cli_main-wrapped entry point)."""
-    return main([str(a) for a in args])
-
-
-def prep_cli(*args, timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run `python -m data_prep` as a real subprocess."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "data_prep", *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def read_docs(out: Path) -> dict[tuple[str, str], list[np.ndarray]]:
-    """All documents of a prepared directory per (source, split), in shard order."""
-    m = load_manifest(out)
-    docs: dict[tuple[str, str], list[np.ndarray]] = {}
-    for e in m.shards:
-        r = IndexedReader(out / e.prefix)
-        docs.setdefault((e.source, e.split), []).extend(np.array(r[i]) for i in range(len(r)))
-    return docs
-
-
-def dir_bytes(out: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
-
-
-# ---------------------------------------------------------------------------------------------
+from support.indexed import ref_read
+from support.prep import (VOCAB, dir_bytes, hf_tokenizer, make_docs, prep, prep_cli, read_docs,
+                          write_text_dir)
 
 
 def test_round_trip_text_to_shards_to_text(tmp_path, spm_model):
@@ -219,23 +154,10 @@ def test_sources_file_and_multiple_sources(tmp_path, spm_model):
     assert [tok.decode(t[:-1]) for t in got[("code", "train")]] == docs[20:]
 
 
-def _hf_tokenizer(path: Path, n_words: int) -> Path:
-    """A real HF tokenizer (tokenizers WordLevel, whitespace split) with n_words + 2 ids."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    vocab = {"<pad>": 0, "</s>": 1, **{w: i + 2 for i, w in enumerate(WORDS)}}
-    for i in range(n_words - len(WORDS)):
-        vocab[f"w{i}"] = len(vocab)
-    t = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    t.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=t, eos_token="</s>", pad_token="<pad>").save_pretrained(path)
-    return path
-
-
 @pytest.mark.parametrize("n_words,dtype", [(100, "uint16"), (70_000, "int32")])
 def test_hf_tokenizer_and_dtype_choice(tmp_path, n_words, dtype):
     from transformers import AutoTokenizer
-    hf = _hf_tokenizer(tmp_path / "hf", n_words)
+    hf = hf_tokenizer(tmp_path / "hf", n_words)
     docs = ["the model w99 data", "w69990 token"] if n_words > 1000 else ["the model data", "token loss"]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     out = tmp_path / "out"

@@ -4,16 +4,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import re
 
 import pytest
 
 from pipeline.format.manifest import load_manifest
-from test_data_prep import (VOCAB, _hf_tokenizer, make_docs, prep, prep_cli, read_docs,  # noqa: F401
-                            spm_model, write_text_dir)
-
-
-DOUBLED_WORD = re.compile(r"\b(\w+) \1\b")     # "at at column": a message glitch
+from support.faults import DOUBLED_WORD    # "at at column": a message glitch
+from support.prep import VOCAB, hf_tokenizer, make_docs, prep, prep_cli, read_docs, write_text_dir
 
 
 def fails(capsys, *args) -> str:
@@ -153,7 +149,7 @@ def test_vocab_does_not_fit_dtype(tmp_path, capsys):
     src = ["--source", f"jsonl:{tmp_path / 'd.jsonl'}"]
     assert fails(capsys, *src, "--out", tmp_path / "a", "--vocab-size", 70000, "--dtype", "uint16") == \
         "error: --vocab-size 70000: does not fit --dtype uint16 (ids up to 65535)"
-    hf = _hf_tokenizer(tmp_path / "hf", 70_000)
+    hf = hf_tokenizer(tmp_path / "hf", 70_000)
     assert fails(capsys, *src, "--out", tmp_path / "b", "--tokenizer", f"hf:{hf}", "--dtype", "uint16") == \
         f"error: {tmp_path / 'b' / 'tokenizer'}: vocab size 70002 does not fit uint16 (ids up to 70001); use --dtype int32 or auto"
     assert nothing_half_written(tmp_path / "b") and not list((tmp_path / "b").glob("*.bin"))

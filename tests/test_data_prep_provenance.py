@@ -19,8 +19,7 @@ import pytest
 from data_prep.sources import iter_documents, parse_source
 from pipeline.format.manifest import load_manifest
 from pipeline.format.provenance import doc_hash, hash_hex, read_docs, record
-from test_data_prep import VOCAB, make_docs, prep, prep_cli, read_docs as read_shards
-from test_data_prep import spm_model  # noqa: F401  (fixture)
+from support.prep import VOCAB, make_docs, prep, prep_cli, read_docs as read_shards
 
 
 def provenance(out) -> list[tuple[str, str, str]]:
@@ -35,7 +34,7 @@ def provenance(out) -> list[tuple[str, str, str]]:
     return rows
 
 
-def test_every_document_links_to_its_original_record(tmp_path, spm_model):  # noqa: F811
+def test_every_document_links_to_its_original_record(tmp_path, spm_model):
     docs = make_docs(30, seed=3)
     jl = tmp_path / "a.jsonl"
     jl.write_text("\n".join(json.dumps({"text": d}) for d in docs[:10]) + "\n\n")   # blank line
@@ -74,7 +73,7 @@ def test_every_document_links_to_its_original_record(tmp_path, spm_model):  # no
     assert r.returncode == 2 and "docs.npy: missing, or its checksum does not match" in r.stderr
 
 
-def test_exclude_leaves_out_the_listed_documents(tmp_path, spm_model):  # noqa: F811
+def test_exclude_leaves_out_the_listed_documents(tmp_path, spm_model):
     docs = make_docs(40, seed=5)
     src = tmp_path / "c.jsonl"
     src.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
@@ -105,7 +104,7 @@ def test_exclude_leaves_out_the_listed_documents(tmp_path, spm_model):  # noqa: 
     assert r.returncode == 2 and "keep_drop.csv:2: decision must be keep or drop" in r.stderr
 
 
-def test_exclude_counts_copies_and_matches_records_on_request(tmp_path, spm_model):  # noqa: F811
+def test_exclude_counts_copies_and_matches_records_on_request(tmp_path, spm_model):
     """A marked document's text also found elsewhere: --exclude (text) drops the copies too and
     says how many there were; --exclude-match record drops only the marked records."""
     docs = make_docs(20, seed=6)
@@ -135,7 +134,7 @@ def test_exclude_counts_copies_and_matches_records_on_request(tmp_path, spm_mode
     assert {f"{src.resolve()}:{n}" for n in (21, 22, 23)} <= set(kept)   # the copies stay
 
 
-def test_exclude_that_matches_nothing_says_so(tmp_path, spm_model, capsys):  # noqa: F811
+def test_exclude_that_matches_nothing_says_so(tmp_path, spm_model, capsys):
     """A keep/drop list made on other data: a warning line, and the summary counts 0 excluded
     of the documents the list marks drop."""
     src = tmp_path / "c.jsonl"

@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 from pipeline.format.manifest import load_manifest
-from test_data_prep import (ROOT, VOCAB, dir_bytes, make_docs, prep, prep_cli, read_docs,  # noqa: F401
-                            spm_model, write_text_dir)
+from support.prep import ROOT, VOCAB, dir_bytes, make_docs, prep, prep_cli, read_docs, write_text_dir
 
 
 def _no_temporaries(out) -> bool:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from datagen import make_data_dir, random_docs
+from support import ROOT
+from support.datagen import make_data_dir, random_docs
 from pipeline.comm import free_port
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "tiny_cpu.yaml"
 
 

@@ -11,15 +11,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from test_data_prep import prep
-from train_support import CONFIG, ROOT, env, ledger, scalars
+from support.prep import prep
+from support.train import CONFIG, ledger, run_train, scalars
 
 SPAM = "casino bonus jackpot spins poker deposit slots winner".split()
 PROSE = "theorem lemma proof integral matrix vector eigenvalue space".split()
@@ -114,9 +112,7 @@ def run_args(data: Path, val: Path, run: Path, steps: int) -> list[str]:
 
 
 def train(data: Path, val: Path, run: Path, steps: int) -> str:
-    p = subprocess.run([sys.executable, "-m", "pipeline.train", *run_args(data, val, run, steps)],
-                       env=env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    p = run_train(run_args(data, val, run, steps), ranks=1)
     return p.stdout + p.stderr
 
 

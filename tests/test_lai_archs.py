@@ -11,13 +11,9 @@ import torch
 
 from pipeline.lai import LAIScorer, LayerInputCapture, lai_values
 from pipeline.lai.grads import shift_labels
-from test_lai_support import batch, block_kernel, explicit_kernel, loo_mean, tiny_model
+from support.lai import batch, block_kernel, explicit_kernel, loo_mean, rel_err, tiny_model
 
 PAIRINGS = ["token_pair", "aligned", "pooled"]
-
-
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 @pytest.mark.parametrize("arch", ["opt", "gptj", "qwen2", "mistral"])

@@ -12,7 +12,7 @@ from pipeline.lai import (FilterPolicy, LAIScorer, LayerInputCapture, lai_values
                           random_scores)
 from pipeline.lai.grads import shift_labels
 from pipeline.lai.normalize import normalize
-from test_lai_support import batch, random_factors, tiny_model
+from support.lai import batch, random_factors, tiny_model
 
 pytestmark = pytest.mark.slow
 

@@ -7,13 +7,9 @@ import pipeline.lai.exact as exact
 from pipeline.lai import (LAIScorer, LayerInputCapture, lai_values, logit_grads,
                           per_sequence_loss)
 from pipeline.lai.grads import shift_labels
-from test_lai_support import ARCHS, batch, block_kernel, explicit_kernel, loo_mean, tiny_model
+from support.lai import ARCHS, batch, block_kernel, explicit_kernel, loo_mean, rel_err, tiny_model
 
 PAIRINGS = ["token_pair", "aligned", "pooled"]
-
-
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))

@@ -9,6 +9,7 @@ import torch
 
 from pipeline.lai import LAISettings, Selector
 from pipeline.lai.memory import DocumentMemory
+from support import ROOT
 
 
 def test_prior_and_update_follow_the_definition():
@@ -95,32 +96,23 @@ def test_memory_is_trainer_state_resumed_bit_for_bit(tmp_path):
     a run stopped after 4 steps and extended to 8 equals the straight 8-step run, keep decisions
     included -- which needs the memory restored (without it the second half decides
     differently)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     import numpy as np
 
-    from datagen import make_data_dir, random_docs
     from pipeline.train.ledger import read_ledger
-    root = Path(__file__).resolve().parents[1]
+    from support.datagen import make_data_dir, random_docs
+    from support.train import run_train
     data = make_data_dir(tmp_path / "data", random_docs(30, 64, min_len=8, max_len=30, seed=3),
                          vocab_size=64)
 
     def train(run, steps):
-        args = [str(root / "configs" / "tiny_cpu.yaml"), f"run.out_dir={run}",
+        args = [str(ROOT / "configs" / "tiny_cpu.yaml"), f"run.out_dir={run}",
                 f"data.sources=[{{path: '{data}', weight: 1.0}}]", "data.seq_len=32",
                 "model.n_layer=1", "model.hidden=32", "model.n_head=2", "train.micro_batch=4",
                 "train.global_batch=0", f"train.steps={steps}", "train.zero_stage=0", "train.schedule=constant",
                 "train.eval_every=0", "lai.reference=global", "lai.warmup_steps=0",
                 "lai.normalize=zscore", "lai.threshold=-0.3", "lai.memory_weight=2.0",
                 "lai.max_exclude_frac=0.5", "log.every=1", "run.save_every=0"]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
-        env = {k: v for k, v in env.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-        p = subprocess.run([sys.executable, "-m", "pipeline.train", *args], env=env, cwd=root,
-                           capture_output=True, text=True, timeout=300)
-        assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+        run_train(args, ranks=1)
 
     train(tmp_path / "straight", 8)
     train(tmp_path / "split", 4)

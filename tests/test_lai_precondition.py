@@ -11,14 +11,10 @@ from pipeline.lai.capture import hooked_modules
 from pipeline.lai.grads import shift_labels
 from pipeline.lai.precondition import (fragment_sums, inverse_root, optimizer_moments,
                                        refresh_factors, scored_layers)
-from test_lai_support import (ARCHS, batch, explicit_kernel, loo_mean, per_sample_grads,
-                              random_factors, tiny_model)
+from support.lai import (ARCHS, batch, explicit_kernel, loo_mean, per_sample_grads,
+                         random_factors, rel_err, tiny_model)
 
 PAIRINGS = ["token_pair", "aligned", "pooled"]
-
-
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 # ---------------------------------------------------------------- the rank-1 fit

@@ -4,11 +4,7 @@ import torch
 
 from pipeline.lai import full_gradient_values, ghost_values, loss_scores, random_scores
 from pipeline.lai.capture import hooked_modules
-from test_lai_support import batch, loo_mean, per_sample_grads, tiny_model
-
-
-def rel_err(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
+from support.lai import batch, loo_mean, per_sample_grads, rel_err, tiny_model
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

@@ -4,7 +4,7 @@ import torch
 
 from pipeline.lai import LAIScorer, LayerInputCapture, lai_values
 from pipeline.lai.grads import shift_labels
-from test_lai_support import batch, tiny_model
+from support.lai import batch, tiny_model
 
 
 @pytest.mark.parametrize("method", ["exact", "sketch"])

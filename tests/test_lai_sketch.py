@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from pipeline.lai import lai_values
-from test_lai_support import batch, synthetic_corpus, tiny_model, trained_tiny_model
+from support import ROOT
+from support.lai import batch, synthetic_corpus, tiny_model, trained_tiny_model
 
 PAIRINGS = ["token_pair", "aligned", "pooled"]
 
@@ -90,10 +91,9 @@ def test_lai_cost_page_states_the_defaults_of_the_code():
     """docs/LAI_COST.md names each pairing's default sketch_dim as pipeline/lai/pairings.py has
     it."""
     import re
-    from pathlib import Path
 
     from pipeline.lai import PAIRINGS
-    page = (Path(__file__).resolve().parents[1] / "docs" / "LAI_COST.md").read_text()
+    page = (ROOT / "docs" / "LAI_COST.md").read_text()
     line = next(x for x in page.splitlines() if x.startswith("Default sketch_dim"))
     stated = dict(re.findall(rf"({'|'.join(PAIRINGS)}) (\d+)", line))
     assert stated == {name: str(p.default_sketch_dim) for name, p in PAIRINGS.items()}, line

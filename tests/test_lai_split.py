@@ -24,7 +24,7 @@ STEPS, G = 4, 16
 
 
 def _batches():
-    from engine_support import T, V
+    from support.engine import T, V
     g = torch.Generator().manual_seed(3)
     train = torch.randint(0, V, (STEPS, G, T + 1), generator=g)
     val = torch.randint(0, V, (G, T + 1), generator=g)
@@ -34,7 +34,7 @@ def _batches():
 def _decide(rank: int, world: int, micro: int, **lai) -> tuple[list[list[bool]], list[float]]:
     """Run the selector over STEPS steps of this rank's slices: the global keep mask per step
     (sequences in global order, identical on every rank) and this rank's values."""
-    import engine_support as es
+    import support.engine as es
     from pipeline.comm import Comm
     from pipeline.lai import LAISettings, Selector, per_sequence_loss
     comm = Comm.resolve()
@@ -84,7 +84,7 @@ def _two_ranks(rank: int) -> None:
 
 
 def test_decisions_do_not_depend_on_the_split(tmp_path, monkeypatch):
-    import engine_support as es
+    import support.engine as es
     from pipeline.lai import FilterPolicy
     values = _decide(0, 1, 16, normalize="none", threshold=-1e30)[1]
     monkeypatch.setenv("LAI_TEST_SPLIT_THRESHOLD", repr(float(torch.tensor(values).quantile(0.2))))

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from slurm_cluster import SlurmError, apt_install
+from support import ROOT
+from support.slurm import SlurmError, apt_install
 
-REPO = Path(__file__).resolve().parents[1]
-LAUNCH = REPO / "launch"
+LAUNCH = ROOT / "launch"
 SCRIPTS = sorted([*LAUNCH.glob("*.sh"), *LAUNCH.glob("*.sbatch")])
 # the environment of a shell outside any Slurm job
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
 
 
-def run(*args: str | Path, cwd: Path = REPO, env: dict | None = None):
+def run(*args: str | Path, cwd: Path = ROOT, env: dict | None = None):
     return subprocess.run([str(a) for a in args], capture_output=True, text=True, cwd=cwd,
                           env={**ENV, **(env or {})}, timeout=120)
 
@@ -43,7 +43,7 @@ def shellcheck() -> str:
 
 
 def test_shellcheck_clean():
-    p = run(shellcheck(), "-x", *[s.relative_to(REPO) for s in SCRIPTS])
+    p = run(shellcheck(), "-x", *[s.relative_to(ROOT) for s in SCRIPTS])
     assert p.returncode == 0, p.stdout + p.stderr
 
 
@@ -117,13 +117,13 @@ def test_slurm_scripts_refuse_to_run_outside_a_job(tmp_path):
             env={"SLURM_JOB_ID": "7", "SLURM_SUBMIT_DIR": str(tmp_path)})
     assert p.returncode == 2 and "submit from the repository root or set LAI_ROOT" in p.stderr
     p = run("bash", LAUNCH / "slurm_train.sbatch", "nope.yaml",
-            env={"SLURM_JOB_ID": "7", "SLURM_SUBMIT_DIR": str(REPO)})
+            env={"SLURM_JOB_ID": "7", "SLURM_SUBMIT_DIR": str(ROOT)})
     assert p.returncode == 2 and "config file 'nope.yaml' not found" in p.stderr
     p = run("bash", LAUNCH / "slurm_train.sbatch", "--max-restarts", "two", "cfg.yaml",
-            env={"SLURM_JOB_ID": "7", "SLURM_SUBMIT_DIR": str(REPO)})
+            env={"SLURM_JOB_ID": "7", "SLURM_SUBMIT_DIR": str(ROOT)})
     assert p.returncode == 2 and "--max-restarts: 'two' is not a non-negative integer" in p.stderr
     p = run("bash", LAUNCH / "slurm_prep.sbatch", "part", "--out", "x",
-            env={"SLURM_JOB_ID": "7", "SLURM_SUBMIT_DIR": str(REPO)})
+            env={"SLURM_JOB_ID": "7", "SLURM_SUBMIT_DIR": str(ROOT)})
     assert p.returncode == 2 and "must run as an array job" in p.stderr
 
 
@@ -133,7 +133,7 @@ def test_slurm_prep_help_example_uses_real_lai_prep_options():
     prep_options = example.split(" -- ", 1)[1].split()[::2]
     assert prep_options == ["--source", "--out"], example
     lai_prep_help = run(sys.executable, "-m", "data_prep", "--help",
-                        env={"PYTHONPATH": str(REPO)}).stdout
+                        env={"PYTHONPATH": str(ROOT)}).stdout
     assert all(f"{o} " in lai_prep_help for o in prep_options)
     assert "--input" not in usage and "--input" not in lai_prep_help
 

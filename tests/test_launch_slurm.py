@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from slurm_cluster import SlurmCluster, SlurmError, install_slurm
+from support import ROOT
+from support.slurm import SlurmCluster, SlurmError, install_slurm
 
-REPO = Path(__file__).resolve().parents[1]
-LAUNCH = REPO / "launch"
+LAUNCH = ROOT / "launch"
 STEPS = 60  # the preemption signal takes ~10-20 steps of this tiny model to arrive
 
 _why_not = SlurmCluster.unavailable_reason()
@@ -43,7 +43,7 @@ def job_env(work: Path) -> dict[str, str]:
     """What the jobs inherit from the submitting shell (sbatch --export=ALL): CPU ranks only (both
     "nodes" are this machine), and TMPDIR keeps `train.sh --slurm`'s hostfiles in the test dir."""
     (work / "tmp").mkdir(exist_ok=True)
-    return {"LAI_ROOT": str(REPO), "OMP_NUM_THREADS": "1", "RANKS_PER_NODE": "1",
+    return {"LAI_ROOT": str(ROOT), "OMP_NUM_THREADS": "1", "RANKS_PER_NODE": "1",
             "CUDA_VISIBLE_DEVICES": "", "TMPDIR": str(work / "tmp")}
 
 
@@ -89,7 +89,7 @@ def test_prep_failure_cancels_the_rest_of_the_chain(cluster, work):
 
 
 def train_args(data: Path, out: Path) -> list[str]:
-    return [str(REPO / "configs" / "tiny_cpu.yaml"), f"data.sources=[{{path: {data}, weight: 1.0}}]",
+    return [str(ROOT / "configs" / "tiny_cpu.yaml"), f"data.sources=[{{path: {data}, weight: 1.0}}]",
             "data.seq_len=32", "model.n_layer=2", "model.hidden=64", "model.n_head=2",
             "train.micro_batch=2", "train.global_batch=0", f"train.steps={STEPS}",
             "train.warmup_steps=2",

@@ -13,9 +13,9 @@ import psutil
 import pytest
 
 from pipeline.comm import free_port
+from support import ROOT
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "launch" / "tensorboard.sh"
+SCRIPT = ROOT / "launch" / "tensorboard.sh"
 
 
 def _write_run(run_dir: Path, losses: list[float]) -> None:

@@ -14,11 +14,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from datagen import make_data_dir, random_docs
+from support import ROOT
+from support.datagen import make_data_dir, random_docs
+from support.train import launch_env, tb_scalars
 from pipeline.comm import free_port
 
-REPO = Path(__file__).resolve().parents[1]
-TRAIN_SH = REPO / "launch" / "train.sh"
+TRAIN_SH = ROOT / "launch" / "train.sh"
 STEPS = 30
 
 
@@ -32,25 +33,10 @@ def tiny_overrides(data: Path, out: Path, steps: int) -> list[str]:
             f"run.out_dir={out}"]
 
 
-def launch_env(port: int | None = None) -> dict[str, str]:
-    """CPU ranks (CUDA_VISIBLE_DEVICES="" hides any GPU), outside any Slurm job."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(port or free_port()),
-           "CUDA_VISIBLE_DEVICES": ""}
-    return {k: v for k, v in env.items() if not k.startswith("SLURM_")}
-
-
 def launch(*args, port: int | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run launch/train.sh to its end."""
-    return subprocess.run([str(TRAIN_SH), *map(str, args)], cwd=REPO, env=launch_env(port),
+    return subprocess.run([str(TRAIN_SH), *map(str, args)], cwd=ROOT, env=launch_env(port),
                           capture_output=True, text=True, timeout=timeout)
-
-
-def tb_steps(run: Path, tag: str = "train/loss") -> dict[int, float]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    acc = EventAccumulator(str(run / "tb"))
-    acc.Reload()
-    return {e.step: e.value for e in acc.Scalars(tag)}
 
 
 def group_members(pgid: int) -> list[int]:
@@ -68,13 +54,13 @@ def group_members(pgid: int) -> list[int]:
 def test_train_sh_sigterm_to_the_group_saves_then_hostfile_resume(tmp_path):
     data = make_data_dir(tmp_path / "data", random_docs(200, 512, min_len=8, max_len=64))
     run = tmp_path / "run"
-    config = REPO / "configs" / "tiny_cpu.yaml"
+    config = ROOT / "configs" / "tiny_cpu.yaml"
     port = free_port()
 
     # 1) single node: two CPU ranks detected by the script (no GPU here), in a session of its own;
     #    at step 3, SIGTERM to the whole process group (launcher processes and ranks alike)
     proc = subprocess.Popen([str(TRAIN_SH), str(config), *tiny_overrides(data, run, STEPS)],
-                            cwd=REPO, env=launch_env(port), start_new_session=True, text=True,
+                            cwd=ROOT, env=launch_env(port), start_new_session=True, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     seen = []
     for line in proc.stdout:
@@ -105,7 +91,7 @@ def test_train_sh_sigterm_to_the_group_saves_then_hostfile_resume(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert f"launch: node 0 of 1 from {hosts}, 2 rank(s) here" in p.stdout
     assert f"resumed from {run / 'checkpoints' / f'step_{stopped:08d}'} at step {stopped}" in p.stdout
-    assert sorted(tb_steps(run)) == list(range(1, STEPS + 1))
+    assert sorted(tb_scalars(run)) == list(range(1, STEPS + 1))
     assert (run / "final").is_dir() and (run / "checkpoints" / f"step_{STEPS:08d}").is_dir()
 
 
@@ -118,8 +104,8 @@ def test_train_sh_max_restarts_resumes_after_a_crash_quietly(tmp_path):
     data = make_data_dir(tmp_path / "data", random_docs(200, 512, min_len=8, max_len=64))
     run = tmp_path / "run"
     over = [*tiny_overrides(data, run, 4), "run.save_every=2"]
-    p = subprocess.run([str(TRAIN_SH), REPO / "configs" / "tiny_cpu.yaml", *over, "--max-restarts=1"],
-                       cwd=REPO, env={**launch_env(), "LAI_TEST_CRASH_AT_STEP": "3"},
+    p = subprocess.run([str(TRAIN_SH), ROOT / "configs" / "tiny_cpu.yaml", *over, "--max-restarts=1"],
+                       cwd=ROOT, env={**launch_env(), "LAI_TEST_CRASH_AT_STEP": "3"},
                        capture_output=True, text=True, timeout=300)
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-3000:]

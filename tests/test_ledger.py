@@ -15,6 +15,7 @@ import torch
 
 from pipeline.errors import UserError
 from pipeline.train.ledger import ROW, Ledger, read_ledger
+from support import ROOT
 
 MICRO, WORLD = 3, 2
 
@@ -160,7 +161,7 @@ KILLED_WRITER = textwrap.dedent("""
 
 def test_kill_mid_write_leaves_no_partial_chunk(tmp_path):
     ready = tmp_path / "ready"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(tmp_path), str(ready)],
                             env=env)
     try:

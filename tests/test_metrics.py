@@ -17,7 +17,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from pipeline.train.flops import matmul_params, mfu, model_flops_per_token
 from pipeline.train.metrics import Metrics, rank_spread, source_scalars
 from pipeline.train.sinks import JsonlSink, WandbSink
-from train_support import wait_for_wandb_history
+from support import ROOT
+from support.train import wait_for_wandb_history
 
 
 def events(path) -> EventAccumulator:
@@ -200,7 +201,7 @@ ZERO3_PARAMS = textwrap.dedent("""
 @pytest.mark.slow
 def test_matmul_params_under_zero3(tmp_path):
     """ZeRO-3 empties each rank's parameter tensors; the count must still be the full model's."""
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]), OMP_NUM_THREADS="1",
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1",
                LOCAL_RANK="0")
     p = subprocess.run([sys.executable, "-c", ZERO3_PARAMS, str(tmp_path / "store")], env=env,
                        capture_output=True, text=True, timeout=300)

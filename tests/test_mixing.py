@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from datagen import make_data_dir, random_docs
+from support import ROOT
+from support.datagen import make_data_dir, random_docs
 from pipeline.comm import free_port
 from pipeline.data import PackedDataset, RankLoader
 from pipeline.data.mixture import DynamicMixture
@@ -427,12 +428,11 @@ def test_two_ranks_equal_one_process_also_resumed_on_one(tmp_path):
 def test_config_rules(dirs):
     """lai.mixing needs 2+ sources (one line); it decides the seq_id layout, so switching it on
     resume is refused while its step size may change; RUN/data.json says it is on."""
-    from pathlib import Path
 
     from pipeline.config import load_config
     from pipeline.train.resume import resume_changes
     from pipeline.train.setup import data_json
-    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
+    tiny = ROOT / "configs" / "tiny_cpu.yaml"
 
     def cfg(*overrides, sources=dirs[:2]):
         listed = ", ".join(f"{{path: '{d}', weight: 1}}" for d in sources)
@@ -455,11 +455,10 @@ def test_mixing_refuses_a_self_influence_reference_unless_asked(dirs):
     steer by self-influence, so it is refused in one line naming the settings that fix it; with
     val data and lai.reference=val (or auto) it goes ahead, and lai.mixing_without_val=true
     allows the global reference on purpose. The dry run names the reference in force."""
-    from pathlib import Path
 
     from pipeline.config import load_config
     from pipeline.train.runplan import reference_note
-    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
+    tiny = ROOT / "configs" / "tiny_cpu.yaml"
     two = f"data.sources=[{{path: '{dirs[0]}', weight: 1}}, {{path: '{dirs[1]}', weight: 1}}]"
     val = f"data.val_sources=[{{path: '{dirs[2]}', weight: 1}}]"
     with pytest.raises(UserError) as e:
@@ -484,12 +483,11 @@ def test_source_val_sets(tmp_path):
     """val/<source>/loss covers each val source and each training source with a val split long
     enough for a sample (a shorter one is left out, not an error); nothing when that is a single
     directory (its loss is val/loss) or with train.eval_per_source=false."""
-    from pathlib import Path
 
     from pipeline.config import load_config
     from pipeline.train.runtime import DistInfo
     from pipeline.train.setup import open_data
-    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml"
+    tiny = ROOT / "configs" / "tiny_cpu.yaml"
     goal, a, b = (make_data_dir(tmp_path / n, random_docs(20, seed=i), source=n,
                                 val_docs=random_docs(n_val, seed=9, min_len=m, max_len=m))
                   for i, (n, n_val, m) in enumerate([("goal", 4, 40), ("a", 4, 40), ("b", 1, 3)]))

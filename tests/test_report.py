@@ -7,12 +7,12 @@ import json
 import subprocess
 import sys
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import pytest
 import sentencepiece as spm
-from datagen import make_data_dir
+from support import ROOT
+from support.datagen import make_data_dir
 
 from pipeline.data import PackedDataset
 from pipeline.errors import UserError
@@ -23,7 +23,6 @@ from pipeline.format.manifest import load_manifest
 from pipeline.report.cli import main
 from pipeline.report.valuation import build_report
 
-ROOT = Path(__file__).resolve().parents[1]
 SEQ_LEN, MICRO, WORLD, STEPS = 16, 2, 2, 12
 WORDS = {"alpha": "river stone mountain cloud forest meadow".split(),
          "beta": "import return lambda yield class def".split()}

@@ -11,9 +11,8 @@ import pytest
 
 from pipeline.format.manifest import load_manifest
 from pipeline.format.provenance import doc_hash, hash_hex, read_docs
-from test_data_prep import make_docs, prep
-from test_data_prep import spm_model  # noqa: F401  (fixture)
-from train_support import train
+from support.prep import make_docs, prep
+from support.train import train
 
 pytestmark = pytest.mark.slow
 

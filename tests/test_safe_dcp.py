@@ -5,7 +5,6 @@ checkpoint loads exactly; a crafted one is refused in one line and its code neve
 same files do run code through torch's own dcp.load: the test can fail)."""
 from __future__ import annotations
 
-import os
 import pickle
 import warnings
 
@@ -15,16 +14,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
 from pipeline.train import safe_load
-
-
-class _Touch:
-    """Unpickling it runs `touch PATH`."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.path}",)
+from support.faults import RunsCode    # unpickling it runs `touch PATH`
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +55,7 @@ def test_a_clean_checkpoint_loads_exactly(tmp_path):
 def test_crafted_metadata_is_refused_and_runs_nothing(tmp_path):
     dcp.save(_state(), checkpoint_id=tmp_path / "ck", no_dist=True)
     marker = tmp_path / "pwned"
-    (tmp_path / "ck" / ".metadata").write_bytes(pickle.dumps(_Touch(marker)))
+    (tmp_path / "ck" / ".metadata").write_bytes(pickle.dumps(RunsCode(marker)))
     with pytest.raises(CheckpointException, match=r"\.metadata: refused to load posix\.system"):
         safe_load.dcp_load(_empty_like(_state()), tmp_path / "ck", no_dist=True)
     assert not marker.exists()
@@ -76,7 +66,7 @@ def test_crafted_metadata_is_refused_and_runs_nothing(tmp_path):
 
 def test_crafted_item_is_refused_and_runs_nothing(tmp_path):
     marker = tmp_path / "pwned"
-    dcp.save({"x": _Touch(marker)}, checkpoint_id=tmp_path / "ck", no_dist=True)
+    dcp.save({"x": RunsCode(marker)}, checkpoint_id=tmp_path / "ck", no_dist=True)
     assert not marker.exists()
     with pytest.raises(CheckpointException, match=r"refused to load an item of x"):
         safe_load.dcp_load({"x": None}, tmp_path / "ck", no_dist=True)
@@ -93,7 +83,7 @@ def test_lai_export_of_a_crafted_fsdp2_checkpoint_is_one_line(tmp_path, capfd):
     model = torch.nn.Linear(4, 3)
     dcp.save({"model": model.state_dict()}, checkpoint_id=tmp_path / DCP_DIR, no_dist=True)
     marker = tmp_path / "pwned"
-    (tmp_path / DCP_DIR / ".metadata").write_bytes(pickle.dumps(_Touch(marker)))
+    (tmp_path / DCP_DIR / ".metadata").write_bytes(pickle.dumps(RunsCode(marker)))
     with torch.device("meta"):
         fresh = torch.nn.Linear(4, 3)
     with pytest.raises(UserError, match=rf"^{tmp_path / DCP_DIR}: cannot be read \(.*refused to "
@@ -119,6 +109,6 @@ def test_damage_finds_a_truncated_or_missing_dcp_shard(tmp_path):
     assert checkpoint.damage(ckpt) == f"dcp/{shard.name} is truncated (100 of {size:,} bytes)"
     shard.unlink()
     assert checkpoint.damage(ckpt) == f"dcp/{shard.name} is missing"
-    (ckpt / "dcp" / ".metadata").write_bytes(pickle.dumps(_Touch(tmp_path / "pwned")))
+    (ckpt / "dcp" / ".metadata").write_bytes(pickle.dumps(RunsCode(tmp_path / "pwned")))
     assert checkpoint.damage(ckpt).startswith("dcp/.metadata is unreadable (UnpicklingError")
     assert not (tmp_path / "pwned").exists()

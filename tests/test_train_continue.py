@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from train_support import (ROOT, env, make_animals_data, scalars, torchrun, train,
+from support.train import (ROOT, env, make_animals_data, scalars, torchrun, train,
                            train_args, wait_for_wandb_history)
 
 

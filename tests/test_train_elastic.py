@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from train_support import (assert_export_equals_final, assert_two_one_two_equals_straight,
-                           make_animals_data, train)
+from support.train import (assert_export_equals_final, assert_two_one_two_equals_straight,
+                           train)
 
 pytestmark = pytest.mark.slow
 
@@ -27,22 +27,17 @@ ELASTIC = ["train.zero_stage=3", "train.global_batch=8", "train.micro_batch=8",
            "train.schedule=constant", "train.eval_every=0", "run.save_every=2"]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return make_animals_data(tmp_path_factory.mktemp("data"))
-
-
-def test_zero3_resume_two_ranks_then_one_then_two(data_dir, tmp_path):
+def test_zero3_resume_two_ranks_then_one_then_two(animals_data, tmp_path):
     straight, elastic = tmp_path / "straight", tmp_path / "elastic"
-    train(data_dir, straight, *ELASTIC, ranks=1)
-    train(data_dir, elastic, *ELASTIC, "train.steps=4")
-    out = train(data_dir, elastic, *ELASTIC, "train.steps=6", ranks=1)
+    train(animals_data, straight, *ELASTIC, ranks=1)
+    train(animals_data, elastic, *ELASTIC, "train.steps=4")
+    out = train(animals_data, elastic, *ELASTIC, "train.steps=6", ranks=1)
     note = next(line for line in out.splitlines() if "resumed from" in line)
     assert "step_00000004 at step 4" in note and "world: 2 -> 1" in note, note
     assert "train.micro_batch: 4 -> 8" in note and "converted to a universal checkpoint" in note
     assert "global batch 8 = 8x1x1" in out
     assert (elastic / "checkpoints" / "step_00000004" / "universal" / "zero").is_dir()
-    out = train(data_dir, elastic, *ELASTIC)
+    out = train(animals_data, elastic, *ELASTIC)
     note = next(line for line in out.splitlines() if "resumed from" in line)
     assert "at step 6" in note and "world: 1 -> 2" in note, note
 
@@ -58,7 +53,7 @@ STAGES = (0, 1, 2, 3)
 def _save_on_two_ranks(rank: int) -> None:
     """Per stage: 2 steps, a checkpoint (TrainState with a rank-0-shared member), then a third
     step whose loss and parameters rank 0 records as the expected continuation."""
-    import engine_support as es
+    import support.engine as es
     from pipeline.train import checkpoint
     from pipeline.train.state import Counters, TrainState
     ids = _global_batch()
@@ -84,7 +79,7 @@ def _save_on_two_ranks(rank: int) -> None:
 def _load_on_one_rank(rank: int) -> None:
     import deepspeed
 
-    import engine_support as es
+    import support.engine as es
     from pipeline.comm import Comm
     from pipeline.train import checkpoint, universal
     from pipeline.train.optim import SkipGate, build_optimizer
@@ -122,7 +117,7 @@ def _dir(stage: int) -> Path:
 
 
 def _global_batch() -> torch.Tensor:
-    import engine_support as es
+    import support.engine as es
     return torch.randint(0, es.V, (es.WORLD * es.B, es.T), generator=torch.Generator().manual_seed(1))
 
 
@@ -141,7 +136,7 @@ def _full_params(engine, stage: int) -> dict[str, torch.Tensor]:
 
 
 def test_zero0_to_3_checkpoint_of_two_ranks_continues_on_one(tmp_path, monkeypatch):
-    import engine_support as es
+    import support.engine as es
     monkeypatch.setenv("LAI_TEST_ELASTIC_DIR", str(tmp_path))
     es.run_on_ranks(_save_on_two_ranks)
     es.run_on_ranks(_load_on_one_rank, world=1)

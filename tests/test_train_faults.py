@@ -14,15 +14,10 @@ one process (no launcher; the SIGTERM path through launch/train.sh is in test_la
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import re
 import shutil
-import signal
 import struct
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -30,55 +25,11 @@ import numpy as np
 import pytest
 import torch
 
-from datagen import make_data_dir, random_docs
-
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "tiny_cpu.yaml"
-DOUBLED_WORD = re.compile(r"\b(\w+) \1\b")
+from support.faults import export_refused, fault_args, held, one_error, plant, train
+from support.train import tb_scalars as scalars
 
 pytestmark = pytest.mark.slow
 
-
-def _args(data: Path, run: Path, *overrides: str) -> list[str]:
-    return [str(CONFIG), f"run.out_dir={run}", f"data.sources=[{{path: '{data}', weight: 1.0}}]",
-            "data.seq_len=32", "model.n_layer=2", "model.hidden=64", "model.n_head=2",
-            "train.micro_batch=2", "train.steps=4", "train.warmup_steps=1", "train.eval_every=0",
-            "train.zero_stage=0", "lai.warmup_steps=0", "log.every=1", "log.histogram_every=0",
-            "run.save_every=2", "run.keep_checkpoints=2", *overrides]
-
-
-def train(data: Path, run: Path, *overrides: str, rc: int = 0, env: dict | None = None
-          ) -> subprocess.CompletedProcess:
-    p = subprocess.run([sys.executable, "-m", "pipeline.train", *_args(data, run, *overrides)],
-                       env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
-                            **(env or {})},
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert p.returncode == rc, (p.stdout + p.stderr)[-4000:]
-    return p
-
-
-def one_error(p: subprocess.CompletedProcess) -> str:
-    """The run's single stderr line `error: ...` (no traceback, no doubled words)."""
-    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in p.stderr, p.stderr[-4000:]
-    assert not DOUBLED_WORD.search(errors[0]), errors[0]
-    return errors[0]
-
-
-def scalars(run: Path, tag: str) -> dict[int, float]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    acc = EventAccumulator(str(run / "tb"))
-    acc.Reload()
-    return {e.step: e.value for e in acc.Scalars(tag)}
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return make_data_dir(tmp_path_factory.mktemp("data") / "d", random_docs(200, 128, min_len=8),
-                         vocab_size=128, docs_per_shard=100)
-
-
-# ---------------------------------------------------------------- bad data
 
 def _ids_past_the_vocab(d: Path) -> str:
     """Every 50th token of a train shard set to 200 (vocab 128), the manifest's sha256 updated."""
@@ -139,7 +90,7 @@ def _start(d: Path, run: Path, *overrides: str) -> None:
     from pipeline.config import load_config
     from pipeline.train.runtime import DistInfo
     from pipeline.train.setup import open_data, verify_data
-    cfg = load_config(_args(d, run, *overrides)[0], _args(d, run, *overrides)[1:])
+    cfg = load_config(fault_args(d, run, *overrides)[0], fault_args(d, run, *overrides)[1:])
     info = DistInfo(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
     open_data(cfg, info)
     verify_data(cfg, run, info, Comm.local())
@@ -180,24 +131,6 @@ def test_verified_data_is_read_again_only_when_it_changed(data, tmp_path, capsys
 
 
 # ---------------------------------------------------------------- one run per directory
-
-HOLD = ("import sys, time; from pipeline.train.lock import RunLock; lock = RunLock(sys.argv[1]); "
-        "assert lock.acquire() is None; print('held', flush=True); time.sleep(300)")
-
-
-@contextlib.contextmanager
-def held(run: Path):
-    """Another process holds `run`'s lock for the block (then is killed, as a killed run
-    would leave it); yields its pid."""
-    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], cwd=ROOT, text=True,
-                              stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        yield holder.pid
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait()
-
 
 def test_a_second_run_into_a_held_run_dir_is_refused(data, tmp_path):
     run = tmp_path / "run"
@@ -300,26 +233,10 @@ def test_damaged_checkpoint_warning_once_through_the_launcher_check(saved, tmp_p
     model = ckpt / "mp_rank_00_model_states.pt"
     model.write_bytes(model.read_bytes()[:1000])
     capsys.readouterr()
-    assert main(["--check", *_args(_data_of(run), run)]) == 0
+    assert main(["--check", *fault_args(_data_of(run), run)]) == 0
     assert "warning" not in capsys.readouterr().err
-    assert main(["--dry-run", *_args(_data_of(run), run)]) == 0
+    assert main(["--dry-run", *fault_args(_data_of(run), run)]) == 0
     assert capsys.readouterr().err.count("warning: run.resume: ") == 1
-
-
-class _RunsCode:
-    """Unpickling calls os.system: what a crafted checkpoint file could do."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"touch {self.marker}",)
-
-
-def _plant(path: Path, marker: Path) -> None:
-    state = torch.load(path, weights_only=False)
-    state["payload"] = _RunsCode(marker)
-    torch.save(state, path)
 
 
 def test_checkpoint_files_cannot_run_code(saved, tmp_path):
@@ -331,28 +248,15 @@ def test_checkpoint_files_cannot_run_code(saved, tmp_path):
     for f in sorted(ckpt.glob("*.pt")):
         safe_load.load(f)                          # everything a checkpoint holds is allowed
     marker = tmp_path / "pwned"
-    _plant(ckpt / "rank-00000.pt", marker)
+    plant(ckpt / "rank-00000.pt", marker)
     with pytest.raises(UserError, match=rf"^{ckpt / 'rank-00000.pt'}: refused to load posix.system"):
         safe_load.load(ckpt / "rank-00000.pt")
     victim = ckpt / "mp_rank_00_model_states.pt"
-    _plant(victim, marker)
+    plant(victim, marker)
     error = one_error(train(_data_of(run), run, rc=2))
     assert error.startswith(f"error: {victim}: refused to load posix.system, which no "
                             "lai-train checkpoint holds"), error
     assert not marker.exists()
-
-
-def _export(ckpt: Path, out: Path, capsys) -> str:
-    """lai-export CKPT OUT that must be refused: its one error line."""
-    from pipeline.train.export_checkpoint import main as lai_export
-    with pytest.raises(SystemExit) as e:
-        lai_export([str(ckpt), str(out)])
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert not out.exists()
-    return lines[0]
 
 
 def test_export_of_a_crafted_or_truncated_zero0_checkpoint(saved, tmp_path, capsys):
@@ -361,11 +265,11 @@ def test_export_of_a_crafted_or_truncated_zero0_checkpoint(saved, tmp_path, caps
     run, ckpt = _copy(saved, tmp_path)
     victim, marker = ckpt / "mp_rank_00_model_states.pt", tmp_path / "pwned"
     clean = victim.read_bytes()
-    _plant(victim, marker)
-    line = _export(ckpt, tmp_path / "out", capsys)
+    plant(victim, marker)
+    line = export_refused(ckpt, tmp_path / "out", capsys)
     assert line.startswith(f"error: {victim}: refused to load posix.system"), line
     assert not marker.exists()
     victim.write_bytes(clean[:1000])
-    line = _export(ckpt, tmp_path / "out", capsys)
+    line = export_refused(ckpt, tmp_path / "out", capsys)
     assert line == f"error: {ckpt}: {victim.name} is damaged (File is not a zip file); export " \
                    "another (e.g. an earlier) checkpoint", line

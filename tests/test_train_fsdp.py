@@ -21,15 +21,14 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from engine_support import B, run_on_ranks, seeded_model, tiny_cfg
+from support.engine import B, run_on_ranks, seeded_model, tiny_cfg
 from pipeline.comm import free_port
-from train_support import (ROOT, assert_export_equals_final, assert_two_one_two_equals_straight,
+from support.train import (ROOT, assert_export_equals_final, assert_two_one_two_equals_straight,
                            env, final_params, make_animals_data, train, train_args)
 
 pytestmark = pytest.mark.slow

@@ -12,16 +12,15 @@ real DeepSpeed engines (ZeRO 0 and 2):
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
 
 from pipeline.comm import Comm
-from engine_support import (B, T, V, WORLD, engine_and_optimizer, run_on_ranks, seeded_model,
+from support import ROOT
+from support.engine import (B, T, V, WORLD, engine_and_optimizer, run_on_ranks, seeded_model,
                             tiny_cfg)
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _sample(rank: int) -> torch.Tensor:
@@ -146,27 +145,19 @@ def test_full_gradient_filter_on_two_ranks():
 
 # ---------------------------------------------------------------- config
 
-@pytest.fixture()
-def data_dir(tmp_path) -> Path:
-    d = tmp_path / "data"
-    d.mkdir()
-    (d / "manifest.json").write_text("{}")
-    return d
-
-
-def _load(data_dir, *overrides):
+def _load(stub_data_dir, *overrides):
     from pipeline.config import load_config
     return load_config(ROOT / "configs" / "tiny_cpu.yaml",
-                       [f"data.sources=[{{path: '{data_dir}', weight: 1}}]", *overrides])
+                       [f"data.sources=[{{path: '{stub_data_dir}', weight: 1}}]", *overrides])
 
 
-def test_full_gradient_config(data_dir):
+def test_full_gradient_config(stub_data_dir):
     from pipeline.errors import UserError
     for enabled in ("true", "false"):
-        _load(data_dir, "lai.filter=full_gradient", f"lai.enabled={enabled}",
+        _load(stub_data_dir, "lai.filter=full_gradient", f"lai.enabled={enabled}",
               "train.zero_stage=2").validate(world=2)
     with pytest.raises(UserError) as e:
-        _load(data_dir, "lai.filter=full_gradient", "train.zero_stage=3").validate(world=2)
+        _load(stub_data_dir, "lai.filter=full_gradient", "train.zero_stage=3").validate(world=2)
     msg = str(e.value)
     assert msg.startswith("lai.filter: ") and "\n" not in msg, msg
     assert "zero_stage=3" in msg and "small-model evaluation reference" in msg

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from train_support import CONFIG, N, ROOT, env, final_params, ledger, scalars, torchrun
+from support.train import CONFIG, N, ROOT, env, final_params, ledger, run_train, scalars
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ def data(tmp_path_factory) -> tuple[Path, Path]:
     """(clean, noise): prepared directories sharing one real sentencepiece tokenizer."""
     import sentencepiece as spm
 
-    from datagen import make_data_dir
+    from support.datagen import make_data_dir
     from pipeline.format.manifest import load_manifest
     from pipeline.fsutil import sha256_file
     out = tmp_path_factory.mktemp("mixdata")
@@ -76,11 +76,8 @@ def args(data, run: Path, *overrides: str) -> list[str]:
 
 
 def train(data, run: Path, *overrides: str) -> str:
-    p = subprocess.run(torchrun(args(data, run, *overrides)), env=env(), cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
-    out = p.stdout + p.stderr
-    assert p.returncode == 0, out[-4000:]
-    return out
+    p = run_train(args(data, run, *overrides))
+    return p.stdout + p.stderr
 
 
 def test_mixing_run_follows_its_weights_and_resumes_bit_for_bit(data, tmp_path):

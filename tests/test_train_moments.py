@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from engine_support import B, T, V, WORLD, engine_and_optimizer, run_on_ranks, seeded_model, tiny_cfg
+from support.engine import B, T, V, WORLD, engine_and_optimizer, run_on_ranks, seeded_model, tiny_cfg
 
 pytestmark = pytest.mark.slow
 STEPS = 2

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from datagen import _write_shards, make_data_dir, random_docs
+from support.datagen import _write_shards, make_data_dir, random_docs
 
 SEQ = 16
 
@@ -124,7 +124,7 @@ def test_oracle_on_the_trainer_path(data, tmp_path):
     fractionally: 2 or 3)."""
     from pipeline.lai import FilterPolicy
     from pipeline.report.valuation import build_dataset, load_data_spec
-    from train_support import ROOT, env, ledger, torchrun
+    from support.train import ROOT, env, ledger, torchrun
     run = tmp_path / "run"
     args = [str(ROOT / "configs" / "tiny_cpu.yaml"), f"run.out_dir={run}", "run.save_every=0",
             f"data.sources=[{{path: '{data['good']}', weight: 1.0}}, "

@@ -21,22 +21,18 @@ import numpy as np
 import pytest
 import torch
 
-from train_support import ledger, make_animals_data, train
+from support import ROOT
+from support.train import ledger, train
 
 pytestmark = pytest.mark.slow
 ZERO0 = ["train.zero_stage=0", "train.eval_every=0"]
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return make_animals_data(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def base(data_dir, tmp_path_factory) -> tuple[Path, str]:
+def base(animals_data, tmp_path_factory) -> tuple[Path, str]:
     """3 steps with LAI filtering from step 3 (lai.warmup_steps=2), histograms every 4 steps."""
     run = tmp_path_factory.mktemp("runs") / "base"
-    out = train(data_dir, run, *ZERO0, "train.steps=3", "run.save_every=3",
+    out = train(animals_data, run, *ZERO0, "train.steps=3", "run.save_every=3",
                 "lai.warmup_steps=2", ranks=1)
     return run, out
 
@@ -72,19 +68,19 @@ def test_logs_summary_warmup_note_and_tensorboard_descriptions(base):
     for key in DESCRIPTIONS:                  # every description belongs to a tag that is written
         if key.startswith(("lai/", "lai_source/")):
             assert key.replace("*", "animals") in lai_tags, key
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     example = re.search(r"which sign is good, e\.g\. `(lai_source/<source>/\w+)`", readme)
     assert example and example[1].replace("<source>", "animals") in lai_tags
 
 
-def _losses(model_dir: Path, data_dir: Path, seq_ids) -> np.ndarray:
+def _losses(model_dir: Path, animals_data: Path, seq_ids) -> np.ndarray:
     """Per-sequence mean loss of the saved model on the run's samples `seq_ids`."""
     import transformers
 
     from pipeline.data import PackedDataset
     from pipeline.lai import per_sequence_loss
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    ds = PackedDataset([(data_dir, 1.0)], 32, split="train", seed=0)
+    ds = PackedDataset([(animals_data, 1.0)], 32, split="train", seed=0)
     x = torch.from_numpy(np.stack([ds.sample(int(i)) for i in seq_ids]))
     with torch.no_grad():
         return per_sequence_loss(model(input_ids=x[:, :-1]).logits, x[:, 1:]).numpy()
@@ -110,22 +106,22 @@ def test_export_of_a_checkpoint_equals_final_and_is_ready_to_generate(base, tmp_
     assert e.value.code == 2
 
 
-def test_init_from_continues_from_the_folder(base, data_dir, tmp_path):
+def test_init_from_continues_from_the_folder(base, animals_data, tmp_path):
     (trained, _), run = base, tmp_path / "continued"
-    out = train(data_dir, run, *ZERO0, "train.steps=2", "run.save_every=0",
+    out = train(animals_data, run, *ZERO0, "train.steps=2", "run.save_every=0",
                 f"model.init_from={trained / 'final'}", "model.hidden=32", ranks=1)
     assert f"init from {trained / 'final'} (LlamaConfig, the data's tokenizer)" in out
     rows = ledger(run)
     first = rows[rows["step"] == 1]
-    np.testing.assert_allclose(first["loss"], _losses(trained / "final", data_dir,
+    np.testing.assert_allclose(first["loss"], _losses(trained / "final", animals_data,
                                                       first["seq_id"]), rtol=0, atol=1e-4)
     cfg = json.loads((run / "final" / "config.json").read_text())
     assert cfg["hidden_size"] == 64                        # the folder's shape, not model.hidden
 
 
-def test_init_from_refuses_what_does_not_fit(base, data_dir, tmp_path):
+def test_init_from_refuses_what_does_not_fit(base, animals_data, tmp_path):
     trained, _ = base
-    from datagen import make_data_dir, random_docs
+    from support.datagen import make_data_dir, random_docs
     from pipeline.data import PackedDataset
     from pipeline.errors import UserError
     from pipeline.train.init_from import check
@@ -143,9 +139,9 @@ def test_init_from_refuses_what_does_not_fit(base, data_dir, tmp_path):
     assert f"lai-prep --tokenizer spm:{final / 'tokenizer.model'}" in refused(other)
     bigger = make_data_dir(tmp_path / "bigger", random_docs(50, 512, min_len=40), vocab_size=512)
     assert f"vocabulary of {vocab} ids, the data's tokenizer" in refused(bigger)
-    assert "data.seq_len 48 is longer than the context" in refused(data_dir, 48)
+    assert "data.seq_len 48 is longer than the context" in refused(animals_data, 48)
     hf_only = tmp_path / "hf_only"                       # an HF tokenizer only: vocab compared
     shutil.copytree(final, hf_only)
     (hf_only / "tokenizer.model").unlink()
-    ds = PackedDataset([(data_dir, 1.0)], 32)
-    assert "the data's tokenizer" in check(hf_only, ds.tokenizer, ds.tokenizer_path, 32, data_dir)
+    ds = PackedDataset([(animals_data, 1.0)], 32)
+    assert "the data's tokenizer" in check(hf_only, ds.tokenizer, ds.tokenizer_path, 32, animals_data)

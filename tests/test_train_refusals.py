@@ -21,9 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from test_data_prep import make_docs, spm_model  # noqa: F401 (fixture)
-from test_launch_train import launch_env
-from test_train_faults import ROOT, _args, data, held, one_error, train  # noqa: F401 (fixture)
+from support import ROOT
+from support.faults import fault_args, held, one_error, train
+from support.prep import make_docs
+from support.train import launch_env
 
 pytestmark = pytest.mark.slow
 TRAIN_SH = ROOT / "launch" / "train.sh"
@@ -90,7 +91,7 @@ def test_bad_init_from_is_one_line_before_any_rank(data, folders, tmp_path, caps
     p = folders[bad]
     want = "error: model.init_from: " + INIT_REFUSALS[bad].format(p=p)
     run = tmp_path / "run"
-    args = _args(data, run, f"model.init_from={p}")
+    args = fault_args(data, run, f"model.init_from={p}")
     assert _cli(capsys, "--dry-run", *args).startswith(want)
     if bad == "truncated":           # the trainer's own check, and the launcher's, catch it
         assert one_error(train(data, run, f"model.init_from={p}", rc=2)).startswith(want)
@@ -102,26 +103,26 @@ def test_bad_init_from_is_one_line_before_any_rank(data, folders, tmp_path, caps
 
 def test_a_whole_init_from_folder_passes(data, folders, tmp_path, capsys):
     from pipeline.train.cli import main
-    assert main(["--check", *_args(data, tmp_path / "run", f"model.init_from={folders['whole']}")
+    assert main(["--check", *fault_args(data, tmp_path / "run", f"model.init_from={folders['whole']}")
                  ]) == 0
 
 
 # ---------------------------------------------------------------- small refusals
 
 def test_world_zero_and_an_out_dir_that_is_a_file(data, tmp_path, capsys):
-    args = _args(data, tmp_path / "run")
+    args = fault_args(data, tmp_path / "run")
     assert _cli(capsys, "--dry-run", "--world", "0", *args) == \
         "error: --world: must be >= 1, got 0"
     f = tmp_path / "a_file"
     f.write_text("x")
-    assert _cli(capsys, "--dry-run", *_args(data, f)) == \
+    assert _cli(capsys, "--dry-run", *fault_args(data, f)) == \
         f"error: run.out_dir: {f} exists and is not a directory; choose another run.out_dir"
 
 
 def test_train_sh_checks_the_lock_before_spawning(data, tmp_path):
     run = tmp_path / "run"
     with held(run) as pid:
-        p = _launch(*_args(data, run))
+        p = _launch(*fault_args(data, run))
         _not_spawned(p)
         assert one_error(p).startswith(f"error: run.out_dir: {run} is in use by another run "
                                        f"(pid {pid} on ")
@@ -189,6 +190,6 @@ def test_disk_full_while_saving_a_checkpoint_leaves_the_run_resumable(data, tmp_
         assert not (run / "checkpoints" / "step_00000004").exists()
         shutil.copytree(run, tmp_path / "copy")
     capsys.readouterr()
-    assert main(["--dry-run", *_args(data, tmp_path / "copy")]) == 0
+    assert main(["--dry-run", *fault_args(data, tmp_path / "copy")]) == 0
     copy2 = tmp_path / "copy" / "checkpoints" / "step_00000002"
     assert f"would resume from {copy2} at step 2" in capsys.readouterr().out

@@ -22,15 +22,9 @@ import psutil
 import pytest
 import torch
 
-from train_support import (N, ROOT, env, final_params, ledger, loss_by_step, make_animals_data,
-                           scalars, torchrun, train, train_args)
+from support.train import (N, ROOT, env, final_params, ledger, loss_by_step, scalars, torchrun, train, train_args)
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    return make_animals_data(tmp_path_factory.mktemp("data"))
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -46,11 +40,11 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 # ---------------------------------------------------------------- ZeRO stages
 
-def test_zero0_trains_with_lai_logs_and_ledger(data_dir, tmp_path):
+def test_zero0_trains_with_lai_logs_and_ledger(animals_data, tmp_path):
     run = tmp_path / "z0"
     # the raw value against threshold 0 (normalize=none: no memory), so the mask reads off the
     # ledger's values; the normalised default is exercised by the ZeRO 2 resume test
-    out = train(data_dir, run, "train.zero_stage=0", "run.keep_checkpoints=1", "lai.normalize=none")
+    out = train(animals_data, run, "train.zero_stage=0", "run.keep_checkpoints=1", "lai.normalize=none")
     losses = loss_by_step(run)
     assert losses[-1] < losses[0] - 0.3, losses
     tb = scalars(run)
@@ -90,7 +84,7 @@ def test_zero0_trains_with_lai_logs_and_ledger(data_dir, tmp_path):
     model = transformers.AutoModelForCausalLM.from_pretrained(run / "final")
     tok = transformers.AutoTokenizer.from_pretrained(run / "final")
     import sentencepiece as spm
-    sp = spm.SentencePieceProcessor(model_file=str(data_dir / "tokenizer.model"))
+    sp = spm.SentencePieceProcessor(model_file=str(animals_data / "tokenizer.model"))
     text = "the quick cat  sees the dog ."
     assert tok(text, add_special_tokens=False).input_ids == sp.encode(text)
     assert model.config.vocab_size == sp.get_piece_size()
@@ -101,7 +95,7 @@ def test_zero0_trains_with_lai_logs_and_ledger(data_dir, tmp_path):
 
 # ---------------------------------------------------------------- resume
 
-def test_zero2_resume_equals_straight_run(data_dir, tmp_path):
+def test_zero2_resume_equals_straight_run(animals_data, tmp_path):
     # constant LR: a shorter run shares the schedule; bf16: ZeRO 2 with the bf16 optimizer;
     # normalised values with memory across epochs, and Adam factors read at steps 2, 4, 6, 8 (the
     # resumed step 5 scores with the saved ones): state that must survive too
@@ -109,19 +103,19 @@ def test_zero2_resume_equals_straight_run(data_dir, tmp_path):
              "lai.normalize=zscore", "lai.threshold=-0.5", "lai.memory_weight=1.0",
              "lai.precondition=adam", "lai.precondition_every=2", "lai.reference=val"]
     straight, split = tmp_path / "straight", tmp_path / "split"
-    train(data_dir, straight, *const)
-    train(data_dir, split, *const, f"train.steps={N}")
+    train(animals_data, straight, *const)
+    train(animals_data, split, *const, f"train.steps={N}")
     saved = torch.load(split / "checkpoints" / f"step_{N:08d}" / "rank-00001.pt",
                        weights_only=False)["lai"]["precond"]
     assert saved["step"] == N and len(saved["factors"]["factors"]) == 2 * 7 + 1
-    out = train(data_dir, split, *const)                        # extends the finished run
+    out = train(animals_data, split, *const)                        # extends the finished run
     assert f"resumed from {split / 'checkpoints' / f'step_{N:08d}'}" in out
     assert f"train.steps: {N} -> {2 * N}" in out                # harmless change: warned
     assert_same_run(straight, split)
     assert (ledger(straight)["loss"][:8].mean() - ledger(straight)["loss"][-8:].mean()) > 0.3
     # a change that breaks resumption is refused before anything starts, one line, exit 2
     p = subprocess.run([sys.executable, "-m", "pipeline.train",
-                        *train_args(data_dir, split, *const, "model.hidden=32")],
+                        *train_args(animals_data, split, *const, "model.hidden=32")],
                        env=env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
@@ -129,12 +123,12 @@ def test_zero2_resume_equals_straight_run(data_dir, tmp_path):
     assert "model.hidden: 64 -> 32" in lines[0]
 
 
-def test_zero3_sigterm_then_resume_equals_straight_run(data_dir, tmp_path):
+def test_zero3_sigterm_then_resume_equals_straight_run(animals_data, tmp_path):
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
-    train(data_dir, straight, "train.zero_stage=3")
+    train(animals_data, straight, "train.zero_stage=3")
     losses = loss_by_step(straight)
     assert losses[-1] < losses[0] - 0.3, losses
-    proc = subprocess.Popen(torchrun(train_args(data_dir, stopped, "train.zero_stage=3",
+    proc = subprocess.Popen(torchrun(train_args(animals_data, stopped, "train.zero_stage=3",
                                             "run.save_every=0")),
                             env=env(), cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -154,7 +148,7 @@ def test_zero3_sigterm_then_resume_equals_straight_run(data_dir, tmp_path):
     ckpt = checkpoint.latest(stopped)
     assert ckpt is not None and checkpoint.read_meta(ckpt)["step"] < 2 * N
     assert not (stopped / "final").exists()
-    train(data_dir, stopped, "train.zero_stage=3", "run.save_every=0")
+    train(animals_data, stopped, "train.zero_stage=3", "run.save_every=0")
     assert_same_run(straight, stopped)
     import transformers                       # ZeRO-3 export gathered every parameter
     _, info = transformers.AutoModelForCausalLM.from_pretrained(stopped / "final",
@@ -162,15 +156,15 @@ def test_zero3_sigterm_then_resume_equals_straight_run(data_dir, tmp_path):
     assert not info["missing_keys"] and not info["mismatched_keys"], info
 
 
-def test_resume_with_changed_lai_options_works_with_a_note(data_dir, tmp_path):
+def test_resume_with_changed_lai_options_works_with_a_note(animals_data, tmp_path):
     """A finished run resumed with train.steps raised and other LAI options (pairing, hence the
     resolved sketch size) continues, with one line naming what changed; the val reference cached
     under the old options is recomputed (values stay finite). Before: a warning that the change
     was harmless, then a crash in LAIScorer.load_state_dict."""
     run = tmp_path / "changed"
     common = ["train.zero_stage=0", "lai.reference=val", "train.eval_every=0"]
-    train(data_dir, run, *common, f"train.steps={N}")
-    out = train(data_dir, run, *common, "lai.pairing=pooled")
+    train(animals_data, run, *common, f"train.steps={N}")
+    out = train(animals_data, run, *common, "lai.pairing=pooled")
     note = [line for line in out.splitlines() if "resumed from" in line]
     assert len(note) == 1, out[-3000:]
     assert "lai.pairing: 'token_pair' -> 'pooled'" in note[0], note
@@ -185,13 +179,13 @@ def test_resume_with_changed_lai_options_works_with_a_note(data_dir, tmp_path):
 
 # ---------------------------------------------------------------- LAI off, faults
 
-def test_lai_disabled_equals_unfiltered_lai_run(data_dir, tmp_path):
+def test_lai_disabled_equals_unfiltered_lai_run(animals_data, tmp_path):
     """ZeRO 1 with the optimizer offloaded: LAI scoring (filter in warmup) leaves training
     bitwise identical to plain training, and the loss goes down."""
     off, scored = tmp_path / "off", tmp_path / "scored"
     common = ["train.zero_stage=1", "train.offload_optimizer=cpu"]
-    train(data_dir, off, *common, "lai.enabled=false", "lai.filter=none")
-    train(data_dir, scored, *common, "lai.filter=lai", "lai.warmup_steps=100")
+    train(animals_data, off, *common, "lai.enabled=false", "lai.filter=none")
+    train(animals_data, scored, *common, "lai.filter=lai", "lai.warmup_steps=100")
     a, b = ledger(off), ledger(scored)
     assert np.isnan(a["value"]).all() and np.isfinite(b["value"]).all()
     assert np.array_equal(a["loss"], b["loss"]) and a["kept"].all() and b["kept"].all()
@@ -201,9 +195,9 @@ def test_lai_disabled_equals_unfiltered_lai_run(data_dir, tmp_path):
     assert losses[-1] < losses[0] - 0.3, losses
 
 
-def test_nonfinite_steps_are_skipped_then_abort(data_dir, tmp_path):
+def test_nonfinite_steps_are_skipped_then_abort(animals_data, tmp_path):
     """(one process: that every rank agrees on skipping is tested in test_train_step)"""
-    args = train_args(data_dir, tmp_path / "nan", "train.zero_stage=0", "train.lr=1e30",
+    args = train_args(animals_data, tmp_path / "nan", "train.zero_stage=0", "train.lr=1e30",
                  "train.warmup_steps=0", "train.min_lr=0", "train.max_nonfinite_steps=2",
                  "train.eval_every=0", "train.micro_batch=8")
     p = subprocess.run([sys.executable, "-m", "pipeline.train", *args], env=env(), cwd=ROOT,
@@ -214,11 +208,11 @@ def test_nonfinite_steps_are_skipped_then_abort(data_dir, tmp_path):
         "error: train.max_nonfinite_steps: 2 steps in a row")
 
 
-def test_time_limit_saves_and_exits_75_then_resumes(data_dir, tmp_path):
+def test_time_limit_saves_and_exits_75_then_resumes(animals_data, tmp_path):
     """(one process, no launcher: the exit code is the trainer's own)"""
     run = tmp_path / "limited"
     base = [sys.executable, "-m", "pipeline.train",
-            *train_args(data_dir, run, "train.steps=3", "train.eval_every=0", "run.save_every=0")]
+            *train_args(animals_data, run, "train.steps=3", "train.eval_every=0", "run.save_every=0")]
     p = subprocess.run([*base, "run.time_limit_s=0.001"], env=env(), cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 75, p.stdout + p.stderr

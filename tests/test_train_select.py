@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from train_support import N, final_params, ledger, make_animals_data, train
+from support.train import N, final_params, ledger, make_animals_data, train
 
 pytestmark = pytest.mark.slow
 G, P = 8, 12                       # global batch, candidates per step

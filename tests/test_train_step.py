@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from pipeline.comm import Comm
-from engine_support import (B, T, V, WORLD, engine_and_optimizer, run_on_ranks, seeded_model,
+from support.engine import (B, T, V, WORLD, engine_and_optimizer, run_on_ranks, seeded_model,
                             tiny_cfg)
 import torch.nn.functional as F
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from test_train_faults import _export, _plant, data, train  # noqa: F401 -- `data`: fixture
+from support.faults import export_refused, plant, train
 
 pytestmark = pytest.mark.slow
 
@@ -37,8 +37,8 @@ def test_export_of_a_crafted_zero2_checkpoint_runs_no_code(zero2, tmp_path, caps
     """(ZeRO 0: test_train_faults.py, on its saved run.)"""
     ckpt, victim = _copy(zero2, tmp_path), OPTIM
     marker = tmp_path / "pwned"
-    _plant(ckpt / victim, marker)
-    line = _export(ckpt, tmp_path / "out", capsys)
+    plant(ckpt / victim, marker)
+    line = export_refused(ckpt, tmp_path / "out", capsys)
     assert line.startswith(f"error: {ckpt / victim}: refused to load posix.system"), line
     assert not marker.exists()
 
@@ -52,7 +52,7 @@ def test_universal_conversion_and_reuse_run_no_code(zero2, tmp_path):
     marker = tmp_path / "pwned"
     victim = ckpt / OPTIM
     clean = victim.read_bytes()
-    _plant(victim, marker)
+    plant(victim, marker)
     with pytest.raises(UserError, match=rf"^{victim}: refused to load posix.system"):
         universal.ensure(ckpt, 0)
     assert not marker.exists() and not universal.folder(ckpt).exists()
@@ -60,7 +60,7 @@ def test_universal_conversion_and_reuse_run_no_code(zero2, tmp_path):
     assert "converted to a universal checkpoint" in universal.ensure(ckpt, 0)
     assert "reused" in universal.ensure(ckpt, 0)        # what it wrote passes the safe loader
     planted = sorted(universal.folder(ckpt).rglob("fp32.pt"))[0]
-    _plant(planted, marker)
+    plant(planted, marker)
     with pytest.raises(UserError, match=rf"^{planted}: refused to load posix.system"):
         universal.ensure(ckpt, 0)
     assert not marker.exists()
@@ -70,6 +70,6 @@ def test_export_of_a_truncated_zero2_checkpoint_is_one_line(zero2, tmp_path, cap
     ckpt, victim = _copy(zero2, tmp_path), OPTIM
     f = ckpt / victim
     f.write_bytes(f.read_bytes()[:1000])
-    line = _export(ckpt, tmp_path / "out", capsys)
+    line = export_refused(ckpt, tmp_path / "out", capsys)
     assert line.startswith(f"error: {ckpt}: {victim} is damaged ("), line
     assert line.endswith("; export another (e.g. an earlier) checkpoint"), line

@@ -10,7 +10,7 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from engine_support import T, V, seeded_model, tiny_cfg
+from support.engine import T, V, seeded_model, tiny_cfg
 
 KEEP = torch.tensor([True, False, True, True, True, True])
 Z = torch.tensor([-2.0, 0.5, 1.5, 0.0, float("nan"), -0.7], dtype=torch.float64)

@@ -1,4 +1,5 @@
-"""Shared helpers for the LAI tests (no tests here): tiny HF models, explicit constructions."""
+"""Shared helpers for the LAI tests (no tests here): tiny HF models, explicit constructions, and
+the relative error the exact tests bound."""
 from __future__ import annotations
 
 import torch
@@ -176,3 +177,8 @@ def loo_mean(k: torch.Tensor, include_self: bool = False) -> torch.Tensor:
     if include_self:
         return k.sum(0) / n
     return (k.sum(0) - k.diagonal()) / (n - 1)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| over max |b|."""
+    return ((a - b).abs().max() / b.abs().max()).item()

@@ -1,6 +1,7 @@
 """Shared helpers for the end-to-end lai-train tests (no tests here): a prepared directory with a
-real sentencepiece tokenizer, the tiny run's overrides, and runners for 2 ranks (torchrun) or one
-process, plus readers of what a run leaves (ledger, final weights, TensorBoard scalars)."""
+real sentencepiece tokenizer, the tiny run's overrides, runners for 2 ranks (torchrun) or one
+process and launch/train.sh's environment, plus readers of what a run leaves (ledger, final
+weights, TensorBoard scalars)."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,9 +15,8 @@ import numpy as np
 import torch
 
 from pipeline.comm import free_port
+from support import CONFIG, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "tiny_cpu.yaml"
 N = 4   # steps before an interruption; straight runs train 2N
 
 
@@ -25,7 +25,7 @@ def make_animals_data(out: Path) -> Path:
     sentences, every 4th document random tokens."""
     import sentencepiece as spm
 
-    from datagen import make_data_dir
+    from support.datagen import make_data_dir
     from pipeline.format.manifest import load_manifest
     from pipeline.fsutil import sha256_file
     rng = np.random.default_rng(0)
@@ -78,14 +78,32 @@ def one_process(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "pipeline.train", *args]
 
 
+def run_train(args: list[str], rc: int = 0, ranks: int = 2, extra_env: dict | None = None,
+              timeout: float = 300) -> subprocess.CompletedProcess:
+    """lai-train `args` on `ranks` ranks (torchrun; 1 = one plain process in a fresh world) from
+    the repository, in env() plus `extra_env`; asserts its exit code."""
+    cmd = torchrun(args, ranks) if ranks > 1 else one_process(args)
+    run_env = {**env(), **(extra_env or {})}
+    if ranks == 1:
+        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):
+            run_env.pop(key, None)
+    p = subprocess.run(cmd, env=run_env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == rc, (p.stdout + p.stderr)[-4000:]
+    return p
+
+
 def train(data: Path, run: Path, *overrides: str, rc: int = 0, ranks: int = 2) -> str:
     """Run the tiny run on `ranks` ranks (torchrun; 1 = one plain process); its output."""
-    args = train_args(data, run, *overrides)
-    cmd = torchrun(args, ranks) if ranks > 1 else one_process(args)
-    p = subprocess.run(cmd, env=env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
-    out = p.stdout + p.stderr
-    assert p.returncode == rc, out[-4000:]
-    return out
+    p = run_train(train_args(data, run, *overrides), rc=rc, ranks=ranks)
+    return p.stdout + p.stderr
+
+
+def launch_env(port: int | None = None) -> dict[str, str]:
+    """launch/train.sh's environment: CPU ranks (CUDA_VISIBLE_DEVICES="" hides any GPU), outside
+    any Slurm job."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(port or free_port()),
+           "CUDA_VISIBLE_DEVICES": ""}
+    return {k: v for k, v in env.items() if not k.startswith("SLURM_")}
 
 
 def ledger(run: Path) -> np.ndarray:
@@ -103,6 +121,14 @@ def scalars(run: Path, sub: str = "") -> dict[str, list[tuple[int, float]]]:
     ea = EventAccumulator(str(run / "tb" / sub))
     ea.Reload()
     return {t: [(e.step, e.value) for e in ea.Scalars(t)] for t in ea.Tags()["scalars"]}
+
+
+def tb_scalars(run: Path, tag: str = "train/loss") -> dict[int, float]:
+    """{step: value} of one scalar tag in RUN/tb."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    return {e.step: e.value for e in acc.Scalars(tag)}
 
 
 def loss_by_step(run: Path, steps: int = 2 * N) -> np.ndarray:
