@@ -36,7 +36,7 @@ def env_part(args, size, res) -> None:
 
 def tests_part(args, size, res) -> None:
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
-           str(C.ROOT / "tests" / "test_cuda.py")]
+           str(C.ROOT / "tests" / "e2e" / "test_cuda.py")]
     p = subprocess.run(cmd, cwd=C.ROOT, capture_output=True, text=True, timeout=300)
     out = p.stdout + p.stderr
     (args.out / "tests.log").write_text(out)
