@@ -40,3 +40,19 @@ def spm_model(tmp_path_factory) -> Path:
     train_sentencepiece(list(training_sentences(make_docs(300, seed=99))), path,
                         TrainConfig(vocab_size=VOCAB, num_threads=1))
     return path
+
+
+@pytest.fixture(scope="module")
+def trained_tiny():
+    """(model, ids): support.lai's gpt2 trained 40 steps, 32 sequences of 32 tokens (vocab 256)."""
+    from support.lai import synthetic_corpus, trained_tiny_model
+    model = trained_tiny_model(steps=40)
+    ids, _ = synthetic_corpus(32, 32, 256, noise_frac=0.2, seed=7)
+    return model, ids
+
+
+@pytest.fixture(scope="module")
+def report_run(tmp_path_factory):
+    """support.report.make_report_run: (RUN, dataset, tokenizer, data dirs) for lai-report."""
+    from support.report import make_report_run
+    return make_report_run(tmp_path_factory.mktemp("report"))

@@ -9,8 +9,7 @@ micro 4 x 4, and 2 ranks (a real gloo group) x micro 8 x 1.
   step, carried) and every sequence a candidate, each step excludes exactly its budget (1 or 2)
   under every split, where the old per-micro-batch cap floor(0.1 x 8) = 0 excluded nothing on
   one rank.
-- The start line / dry run state the budget, the remaining dependence and when nothing can be
-  excluded (pipeline.lai.policy.describe).
+(What the start line says about it, pipeline.lai.policy.describe: unit/test_lai_policy.py.)
 """
 from __future__ import annotations
 
@@ -102,22 +101,3 @@ def test_decisions_do_not_depend_on_the_split(tmp_path, monkeypatch):
             assert a.count(False) == b.count(False) == budget, (micro, step)
     assert [FilterPolicy(max_exclude_frac=0.1).allowance(s, G, G) for s in range(STEPS)] == \
         [1, 2, 1, 2]
-
-
-def test_describe_states_budget_dependence_and_a_filter_that_cannot_exclude():
-    from pipeline.lai import LAISettings
-    from pipeline.lai.policy import describe
-    s = LAISettings(reference="global").resolved(has_documents=True)
-    lines = describe(s, 16, 8, 2, 1, steps=200)
-    assert lines[0].startswith("lai filter: excludes at most 1.6 sequence(s) per step")
-    assert "(global micro-batch 8 = micro 8 x 1 rank(s), 2 per step) only through:" in lines[1]
-    assert "the LAI values against each global micro-batch" in lines[1]
-    assert len(lines) == 2
-    few = describe(LAISettings(max_exclude_frac=0.01).resolved(), 16, 8, 1, 2, steps=200)
-    assert "one every 6.25 steps" in few[0]
-    off = describe(LAISettings(max_exclude_frac=0.0).resolved(), 16, 8, 1, 2, steps=200)
-    assert off[-1] == "warning: lai filter: cannot exclude anything in this run: " \
-                      "lai.max_exclude_frac is 0"
-    late = describe(LAISettings(warmup_steps=20).resolved(), 16, 8, 1, 2, steps=20)
-    assert late[-1].endswith("lai.warmup_steps (20) >= train.steps (20)")
-    assert describe(LAISettings(filter="none").resolved(), 16, 8, 1, 2, steps=20) == []

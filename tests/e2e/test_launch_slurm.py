@@ -160,7 +160,7 @@ def test_preemption_saves_requeues_and_resumes_to_the_same_loss(cluster, work, p
     to every process of the job step, launchers included (what the time limit sends, KillWait
     before its SIGKILL): the ranks save, exit 75, the job requeues and resumes. TERM runs under
     fsdp2, whose launchers are torchrun (static rendezvous at the first node; the deepspeed
-    launcher's TERM path is tests/test_launch_train.py's): its losses equal the DeepSpeed
+    launcher's TERM path is e2e/test_launch_train.py's): its losses equal the DeepSpeed
     reference's (ZeRO 2 layout both) up to the backends' float summation order."""
     data, _ = prepared
     out = work / f"run-{sig}-{backend}"

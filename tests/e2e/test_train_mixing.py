@@ -11,7 +11,7 @@ with one tokenizer, clean sentences and random tokens, the val reference on the 
 - lai.mixer=loss_bandit with LAI off: the bandit mixes (the higher-loss source gains), logs its
   arms, and a run stopped on 2 ranks and resumed on 1 draws the same batches with the same
   restored mixer state as the uninterrupted 2-rank run (later updates: equal up to the float
-  summation order of 1 vs 2 ranks, as tests/test_train_elastic.py).
+  summation order of 1 vs 2 ranks, as e2e/test_train_elastic.py).
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Data prep: every reader on local files, text -> shards -> text round trip, our shards read by an
-independent reader, determinism across worker counts, the tokenizer options, the demo default.
-Helpers: support/prep.py; the `spm_model` fixture: conftest.py."""
+independent reader, determinism across worker counts, the tokenizer options (the demo default
+through the real CLI: e2e/test_data_prep_cli.py). Helpers: support/prep.py; the `spm_model`
+fixture: conftest.py."""
 from __future__ import annotations
 
 import gzip
@@ -16,7 +17,7 @@ from pipeline.format.tokenizer import SentencePieceTokenizer
 from pipeline.format.indexed import IndexedReader
 from pipeline.format.manifest import load_manifest
 from support.indexed import ref_read
-from support.prep import (VOCAB, dir_bytes, hf_tokenizer, make_docs, prep, prep_cli, read_docs,
+from support.prep import (VOCAB, dir_bytes, hf_tokenizer, make_docs, prep, read_docs,
                           write_text_dir)
 
 
@@ -188,21 +189,6 @@ def test_rerun_resumes_noop_changed_args_refused_force_restarts(tmp_path, spm_mo
     assert shards == {n for n in os.listdir(out) if n.endswith(".bin")}     # old shards removed
     assert len(shards) < len([n for n in before if n.endswith(".bin")])
     assert not any(n.endswith(".tmp") or ".tmp." in n for n in os.listdir(out))
-
-
-def test_demo_default_stdlib(tmp_path):
-    """The README demo's first step, exactly as documented (default vocab 8192, 2 workers)."""
-    out = tmp_path / "stdlib"
-    r = prep_cli("--source", "stdlib", "--out", out, timeout=300)
-    assert r.returncode == 0, r.stderr
-    assert r.stderr.strip().splitlines()[-1].startswith("lai-prep: ")
-    m = load_manifest(out)
-    assert m.tokenizer.vocab_size == 8192 and m.dtype == "uint16"
-    assert m.stats["sources"]["stdlib"]["docs"] == len(stdlib_files())
-    tok = SentencePieceTokenizer(out / "tokenizer.model")
-    train = read_docs(out)[("stdlib", "train")]
-    texts = {f.read_text(encoding="utf-8", errors="replace") for f in stdlib_files()[:50]}
-    assert sum(tok.decode(t[:-1]) in texts for t in train[:40]) >= 35   # (val takes ~1%)
 
 
 def test_split_is_a_function_of_text_and_seed():

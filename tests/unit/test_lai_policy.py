@@ -1,4 +1,6 @@
-"""FilterPolicy rules, each with a case where it decides and one where it does not."""
+"""FilterPolicy rules, each with a case where it decides and one where it does not; the start
+line / dry run state the budget, the remaining dependence on the split and when nothing can be
+excluded (pipeline.lai.policy.describe)."""
 import pytest
 import torch
 
@@ -69,3 +71,22 @@ def test_bad_values():
         FilterPolicy().mask(v(1.0, float("nan")), 0)
     with pytest.raises(ValueError, match="1-D"):
         FilterPolicy().mask(torch.zeros(0), 0)
+
+
+def test_describe_states_budget_dependence_and_a_filter_that_cannot_exclude():
+    from pipeline.lai import LAISettings
+    from pipeline.lai.policy import describe
+    s = LAISettings(reference="global").resolved(has_documents=True)
+    lines = describe(s, 16, 8, 2, 1, steps=200)
+    assert lines[0].startswith("lai filter: excludes at most 1.6 sequence(s) per step")
+    assert "(global micro-batch 8 = micro 8 x 1 rank(s), 2 per step) only through:" in lines[1]
+    assert "the LAI values against each global micro-batch" in lines[1]
+    assert len(lines) == 2
+    few = describe(LAISettings(max_exclude_frac=0.01).resolved(), 16, 8, 1, 2, steps=200)
+    assert "one every 6.25 steps" in few[0]
+    off = describe(LAISettings(max_exclude_frac=0.0).resolved(), 16, 8, 1, 2, steps=200)
+    assert off[-1] == "warning: lai filter: cannot exclude anything in this run: " \
+                      "lai.max_exclude_frac is 0"
+    late = describe(LAISettings(warmup_steps=20).resolved(), 16, 8, 1, 2, steps=20)
+    assert late[-1].endswith("lai.warmup_steps (20) >= train.steps (20)")
+    assert describe(LAISettings(filter="none").resolved(), 16, 8, 1, 2, steps=20) == []

@@ -2,76 +2,18 @@
 written by Ledger with made-up values: every number is checked against a direct computation."""
 from __future__ import annotations
 
-import io
 import json
-import subprocess
-import sys
 from collections import defaultdict
 
 import numpy as np
 import pytest
-import sentencepiece as spm
-from support import ROOT
-from support.datagen import make_data_dir
+from support.report import MICRO, STEPS, WORLD
 
-from pipeline.data import PackedDataset
 from pipeline.errors import UserError
-from pipeline.fsutil import sha256_file
 from pipeline.format.indexed import IndexedReader
 from pipeline.train.ledger import Ledger, read_ledger
-from pipeline.format.manifest import load_manifest
 from pipeline.report.cli import main
 from pipeline.report.valuation import build_report
-
-SEQ_LEN, MICRO, WORLD, STEPS = 16, 2, 2, 12
-WORDS = {"alpha": "river stone mountain cloud forest meadow".split(),
-         "beta": "import return lambda yield class def".split()}
-
-
-def texts(source: str, n: int, rng) -> list[str]:
-    return [f"{source} {i} " + " ".join(rng.choice(WORDS[source], size=rng.integers(4, 14)))
-            for i in range(n)]
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """RUN dir with data.json pointing at two prepared directories (one source each), and a
-    2-rank ledger of 12 steps whose values depend on the source (beta mostly harmful)."""
-    root = tmp_path_factory.mktemp("report")
-    rng = np.random.default_rng(0)
-    corpus = {name: texts(name, 30, rng) for name in WORDS}
-    model = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(corpus["alpha"] + corpus["beta"]), model_writer=model,
-        vocab_size=64, model_type="bpe", pad_id=0, bos_id=1, eos_id=2, unk_id=3,
-        hard_vocab_limit=False, minloglevel=2)
-    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
-    dirs = []
-    for name, docs in corpus.items():
-        d = make_data_dir(root / f"data-{name}", [sp.encode(t) + [sp.eos_id()] for t in docs[:24]],
-                          vocab_size=64, source=name,
-                          val_docs=[sp.encode(t) + [sp.eos_id()] for t in docs[24:]])
-        (d / "tokenizer.model").write_bytes(model.getvalue())     # the real tokenizer
-        manifest = load_manifest(d)
-        manifest.tokenizer.sha256 = sha256_file(d / "tokenizer.model")
-        manifest.save(d)
-        dirs.append(d)
-    run = root / "run"
-    run.mkdir()
-    ds = PackedDataset([(dirs[0], 0.6), (dirs[1], 0.4)], SEQ_LEN, split="train", seed=3)
-    (run / "data.json").write_text(json.dumps({
-        "sources": [[str(dirs[0]), 0.6], [str(dirs[1]), 0.4]], "seq_len": SEQ_LEN, "seed": 3,
-        "val_sources": [[str(d), 1.0] for d in dirs], "fingerprint": ds.fingerprint}))
-    for rank in range(WORLD):
-        led = Ledger(run, rank, chunk_rows=5)
-        for step in range(STEPS):
-            first = (step * WORLD + rank) * MICRO
-            seq = np.arange(first, first + MICRO)
-            src = [ds.locate(int(s))[0].source for s in seq]
-            v = rng.normal(size=MICRO) + np.where(np.array(src) == "alpha", 0.8, -0.8)
-            led.append(step, seq, v, v > 0, rng.uniform(2, 4, size=MICRO))
-        led.close()
-    return run, ds, sp, dirs
 
 
 def step_z(rows) -> list[float]:
@@ -110,9 +52,9 @@ def direct(rows, ds):
     return doc, src
 
 
-def test_spans_cover_the_samples(run):
+def test_spans_cover_the_samples(report_run):
     """What the report relies on: a sample's tokens are its located document runs, in order."""
-    _, ds, _, dirs = run
+    _, ds, _, dirs = report_run
     readers = {}
     for seq_id in range(0, 3 * ds.samples_per_epoch, 7):
         spans = ds.locate(seq_id)
@@ -124,8 +66,8 @@ def test_spans_cover_the_samples(run):
         assert np.array_equal(np.concatenate(pieces), ds.sample(seq_id))
 
 
-def test_report_numbers_match_direct_computation(run):
-    run_dir, ds, sp, dirs = run
+def test_report_numbers_match_direct_computation(report_run):
+    run_dir, ds, sp, dirs = report_run
     rep = build_report(run_dir, top=3, min_tokens=4, min_measured=1)
     rows = read_ledger(run_dir)
     assert rep["sequences"] == rows.size == STEPS * WORLD * MICRO
@@ -183,13 +125,13 @@ def test_report_numbers_match_direct_computation(run):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]   # no temporaries left
 
 
-def test_keep_drop_needs_repeated_measurements_and_says_how_sure(run):
+def test_keep_drop_needs_repeated_measurements_and_says_how_sure(report_run):
     """--min-measured: only documents measured at least twice can be dropped; each row's
     confidence is Phi(-v sqrt(n) / s) (drop) or its complement (keep), s the pooled
     within-document spread of one measurement: all against plain Python."""
     import csv
     import math
-    run_dir, ds, _, _ = run
+    run_dir, ds, _, _ = report_run
     rep = build_report(run_dir, min_tokens=4, drop_frac=0.5, min_measured=2)
     rows = read_ledger(run_dir)
     doc, _ = direct(rows, ds)
@@ -224,24 +166,7 @@ def test_keep_drop_needs_repeated_measurements_and_says_how_sure(run):
     assert e.value.code == 2
 
 
-def test_cli(run, tmp_path):
-    run_dir = run[0]
-    env = {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
-    p = subprocess.run([sys.executable, "-m", "pipeline.report", str(run_dir)], cwd=ROOT,
-                       env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr
-    out = p.stdout.strip().splitlines()
-    assert len(out) == 1 and out[0].startswith("report: 48 sequences over 12 steps")
-    assert "marked drop in keep_drop.csv" in out[0]
-    assert out[0].endswith(str(run_dir / "report" / "report.md"))
-
-    p = subprocess.run([sys.executable, "-m", "pipeline.report", str(tmp_path / "missing")],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 2
-    assert p.stderr.strip().splitlines() == [f"error: {tmp_path / 'missing'}: run directory not found"]
-
-
-def test_errors(run, tmp_path, capsys):
+def test_errors(report_run, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main([str(tmp_path)])
     assert e.value.code == 2
@@ -261,16 +186,16 @@ def test_errors(run, tmp_path, capsys):
                                                     "seed": 0}))
     with pytest.raises(UserError, match="field 'seq_len' is missing or not of type int"):
         build_report(tmp_path)
-    spec = json.loads((run[0] / "data.json").read_text())
+    spec = json.loads((report_run[0] / "data.json").read_text())
     (tmp_path / "data.json").write_text(json.dumps({**spec, "seed": 4}))
     with pytest.raises(UserError, match="fingerprint differs"):
         build_report(tmp_path)
 
 
-def test_unscored_sequences_are_left_out_of_values(run, tmp_path):
+def test_unscored_sequences_are_left_out_of_values(report_run, tmp_path):
     """NaN values (LAI disabled, filter none) count for exclusion and loss but not for value."""
-    _, ds, _, _ = run
-    (tmp_path / "data.json").write_text((run[0] / "data.json").read_text())
+    _, ds, _, _ = report_run
+    (tmp_path / "data.json").write_text((report_run[0] / "data.json").read_text())
     seq = np.arange(16)
     values = np.where(seq % 2 == 0, np.nan, np.linspace(-1, 1, 16))
     led = Ledger(tmp_path, 0)
@@ -289,12 +214,12 @@ def test_unscored_sequences_are_left_out_of_values(run, tmp_path):
     assert rep["mean_value"] == pytest.approx(np.nanmean(values))
 
 
-def test_ranking_is_corrected_for_the_step(run, tmp_path):
+def test_ranking_is_corrected_for_the_step(report_run, tmp_path):
     """Raw values that shrink 1000-fold over training: the raw ranking lists what was seen first,
     the step-corrected one what was worse than its batch mates (here: beta, at every step). A
     ledger column value_norm, when present, is used as the corrected value."""
-    _, ds, _, _ = run
-    (tmp_path / "data.json").write_text((run[0] / "data.json").read_text())
+    _, ds, _, _ = report_run
+    (tmp_path / "data.json").write_text((report_run[0] / "data.json").read_text())
     led = Ledger(tmp_path, 0)
     n = 8
     for step in range(1, 7):

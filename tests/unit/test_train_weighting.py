@@ -2,7 +2,7 @@
 weights, one process) is the gradient of the weighted kept-token mean loss
 sum_{kept j} w_j sum_t ce_{j,t} / sum_{kept j} w_j n_j on a tiny model, with uneven valid tokens
 and a dropped sequence; the ledger's token weights average 1 over the kept tokens and stay within
-[w_min / w_max, w_max / w_min]. (Across 2 ranks: tests/test_train_select.py, whose runs weight.)"""
+[w_min / w_max, w_max / w_min]. (Across 2 ranks: e2e/test_train_select.py, whose runs weight.)"""
 from __future__ import annotations
 
 import copy
