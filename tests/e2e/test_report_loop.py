@@ -23,7 +23,7 @@ def hashes(out) -> list[str]:
     return [hash_hex(r["hash"]) for e in m.shards_of("train") for r in read_docs(out / e.prefix)]
 
 
-def test_report_keep_drop_list_and_exclude_close_the_loop(tmp_path, spm_model):  # noqa: F811
+def test_report_keep_drop_list_and_exclude_close_the_loop(tmp_path, spm_model):
     docs = make_docs(160, seed=11)
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"id": i, "text": d}) + "\n" for i, d in enumerate(docs)))

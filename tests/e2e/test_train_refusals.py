@@ -153,7 +153,7 @@ def test_read_only_run_dir(data, tmp_path):
     assert error.startswith(f"error: {ro / 'run'}: Read-only file system (errno EROFS); "), error
 
 
-def test_disk_full_during_prep(tmp_path, capsys, spm_model):  # noqa: F811
+def test_disk_full_during_prep(tmp_path, capsys, spm_model):
     from data_prep.__main__ import main as prep
     src = tmp_path / "c.jsonl"
     src.write_text("".join(json.dumps({"text": d}) + "\n" for d in make_docs(300, seed=5) * 4))

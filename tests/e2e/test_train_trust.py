@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def zero2(data, tmp_path_factory) -> Path:     # noqa: F811
+def zero2(data, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("zero2") / "run"
     train(data, run, "train.steps=2", "train.zero_stage=2")
     return run / "checkpoints" / "step_00000002"
