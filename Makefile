@@ -1,4 +1,4 @@
-# The two commands of the README:  `make demo`  and  `make test`.
+# The two commands of the README:  `make demo`  and  `make test`  (`make test-unit`: its fast part).
 # Both create .venv (torch==2.13.0 first, then the rest) and are idempotent.
 PY ?= python3
 VENV := .venv
@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: setup demo test lint clean-demo
+.PHONY: setup demo test test-unit lint clean-demo
 
 setup: $(STAMP)
 
@@ -29,6 +29,9 @@ test: lint
 lint: $(STAMP)
 	$(BIN)/ruff check pipeline data_prep benchmarks tests
 	$(BIN)/mypy
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit
 
 clean-demo:
 	rm -rf runs/demo data/stdlib

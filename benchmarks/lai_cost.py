@@ -32,7 +32,7 @@ from pipeline.lai.grads import shift_labels
 from pipeline.lai.pairings import PAIRINGS as LAI_PAIRINGS  # each .default_sketch_dim
 
 sys.path.insert(0, str(ROOT / "tests"))     # the test helpers: tiny trained model, synthetic corpus
-from test_lai_support import explicit_kernel, synthetic_corpus, trained_tiny_model  # noqa: E402
+from support.lai import explicit_kernel, synthetic_corpus, trained_tiny_model  # noqa: E402
 
 CAP = 0.5          # FilterPolicy's max_exclude_frac in the timed step and the agreement column
 PAIRINGS = ("token_pair", "aligned", "pooled")

@@ -34,7 +34,7 @@ MICRO = 8
 
 def random_data_dir(out: Path, tokens: int, seed: int = 0) -> Path:
     sys.path.insert(0, str(ROOT / "tests"))
-    from datagen import make_data_dir          # the test fixture writer: real shards + manifest
+    from support.datagen import make_data_dir  # the test fixture writer: real shards + manifest
     rng = np.random.default_rng(seed)
     docs, total = [], 0
     while total < tokens:

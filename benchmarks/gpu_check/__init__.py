@@ -7,7 +7,7 @@ one headroom scenario at GPU size.
 Parts, in order (the default leaves out 6, measured before; --parts picks); each is timed, its
 results saved as it ends, a failing part is recorded and the next one still runs:
 1. env: device, driver, torch / CUDA / DeepSpeed / transformers versions;
-2. tests: `pytest -m cuda` (tests/test_cuda.py: LAI on CUDA, a ZeRO-2 bf16 step with LAI, resume);
+2. tests: `pytest -m cuda` (tests/e2e/test_cuda.py: LAI on CUDA, a ZeRO-2 bf16 step with LAI, resume);
 3. data: the stdlib corpus through the real `lai-prep`, GPT-2's vocabulary size (50257);
 4. overhead: GPT-2 small (124M parameters, seq 1024, bf16, SDPA attention) through the real
    trainer (`python -m pipeline.train`, 1 rank, DeepSpeed ZeRO 1, one process per run): LAI off,

@@ -37,7 +37,7 @@ def env_part(args, size, res) -> None:
 
 def tests_part(args, size, res) -> None:
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
-           str(ROOT / "tests" / "test_cuda.py")]
+           str(ROOT / "tests" / "e2e" / "test_cuda.py")]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     out = p.stdout + p.stderr
     (args.out / "tests.log").write_text(out)

@@ -1,0 +1,86 @@
+"""LAIScorer: val reference cache, checkpoint round trip, config checks."""
+import pytest
+import torch
+
+from pipeline.lai import LAIScorer, LayerInputCapture, lai_values
+from pipeline.lai.grads import shift_labels
+from support.lai import batch, tiny_model
+
+
+@pytest.mark.parametrize("method", ["exact", "sketch"])
+@pytest.mark.parametrize("pairing", ["token_pair", "pooled"])
+def test_val_reference_round_trip(tmp_path, method, pairing):
+    model = tiny_model("gpt_neox")
+    ids, val = batch(3, 10, 128, seed=1), batch(4, 10, 128, seed=2)
+    kw = dict(pairing=pairing, method=method, layers="linear", include_self=False,
+              sketch_dim=1024 if method == "sketch" else None, seed=7)
+    scorer = LAIScorer(reference="val", **kw)
+    with pytest.raises(ValueError, match="set_val_reference"):
+        scorer.values([torch.zeros(3, 10, 4)], torch.zeros(3, 10, 128), shift_labels(ids))
+    scorer.set_val_reference(model, [(val[:2], shift_labels(val[:2])),
+                                     (val[2:], shift_labels(val[2:]))])
+    torch.save(scorer.state_dict(), tmp_path / "lai.pt")
+    restored = LAIScorer(reference="val", **kw)
+    restored.load_state_dict(torch.load(tmp_path / "lai.pt", weights_only=True))
+    with LayerInputCapture(model) as cap:
+        logits = model(input_ids=ids).logits
+    v = restored.values(cap.inputs, logits, shift_labels(ids))
+    assert torch.equal(v, scorer.values(cap.inputs, logits, shift_labels(ids)))
+    expected = lai_values(model, ids, ref_input_ids=val, **{k: kw[k] for k in
+                                                            ("pairing", "method", "sketch_dim",
+                                                             "seed")})
+    assert torch.allclose(v, expected, rtol=1e-9, atol=0)
+    other = LAIScorer(reference="val", **{**kw, "seed": 8})   # a cache made with other hashes:
+    assert not other.load_state_dict(scorer.state_dict())     # dropped, to be recomputed
+    with pytest.raises(ValueError, match="set_val_reference"):
+        other.values(cap.inputs, logits, shift_labels(ids))
+    assert restored.load_state_dict(scorer.state_dict())
+
+
+def test_captured_inputs_share_memory_for_shared_inputs():
+    model = tiny_model("llama")
+    with LayerInputCapture(model) as cap:
+        model(input_ids=batch(2, 6, 128))
+    q, k, v = cap.inputs[:3]                    # q/k/v projections read the same tensor
+    assert q is k is v and cap.inputs[3] is not q
+    assert len({id(x) for x in cap.inputs}) == 2 * 4 + 1
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="reference"):
+        LAIScorer(reference="batch")
+    with pytest.raises(ValueError, match="targets"):
+        model = tiny_model("gpt2")
+        with LayerInputCapture(model) as cap:
+            logits = model(input_ids=batch(2, 6, 128)).logits
+        LAIScorer(reference="local").values(cap.inputs, logits, torch.zeros(2, 5).long())
+
+
+def test_selector_recomputes_a_val_reference_cached_under_other_options():
+    """Resuming with changed LAI options: a cached val reference that no longer fits is dropped
+    and recomputed at the next step; one that fits is restored as it was."""
+    import dataclasses
+
+    from pipeline.lai import LAISettings, Selector
+    model = tiny_model("gpt_neox")
+    val = batch(4, 10, 128, seed=2)
+    calls = []
+
+    def val_batches():
+        calls.append(1)
+        return [(val, shift_labels(val))]
+    s = LAISettings(reference="val", method="exact", val_refresh_every=10)
+    first = Selector(s, seed=0, val_batches=val_batches)
+    first.refresh(1, model)
+    first.refresh(5, model)                        # not due yet
+    assert len(calls) == 1 and first.val_step == 1
+    state = first.state_dict()
+    same = Selector(s, seed=0, val_batches=val_batches)
+    same.load_state_dict(state)
+    same.refresh(5, model)
+    assert len(calls) == 1 and same.val_step == 1
+    other = Selector(dataclasses.replace(s, pairing="pooled"), seed=0, val_batches=val_batches)
+    other.load_state_dict(state)
+    assert other.val_step is None
+    other.refresh(5, model)
+    assert len(calls) == 2 and other.val_step == 5
