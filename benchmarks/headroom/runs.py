@@ -64,8 +64,10 @@ def prepare(sc: Scenario, scale: dict, data_root: Path) -> dict[str, Path]:
           "--progress", "0"])
     for name, d in dirs.items():
         parts = [a for part in sc.parts_of(name) for a in ("--source", f"{part}=jsonl:{files[part]}")]
+        groups = ["--groups", str(sc.groups)] if sc.groups and name in sc.weights else []
         prep([*parts, "--tokenizer", f"spm:{root / 'tokenizer' / 'tokenizer.model'}",
-              "--out", str(d), "--val-fraction", "0.1" if name in val else "0", "--progress", "0"])
+              "--out", str(d), "--val-fraction", "0.1" if name in val else "0", "--progress", "0",
+              *groups])
     with atomic_write(stamp, "w") as f:
         f.write(digest + "\n")
     return dirs
@@ -149,7 +151,7 @@ def run_all(plans: dict[str, Plan], names: list[str], variants: dict[str, list[s
         for n in names:
             if applies(n, p.scenario):
                 (later if runs_late(variants[n]) else first).extend((p, n, s) for s in seeds)
-        if TUNED in names:
+        if TUNED in names and applies(TUNED, p.scenario):
             first += [(p, f"{GRID}{i}", seeds[0]) for i in range(len(grid(p.scenario)))]
             later = [j for j in later if (j[0], j[1], j[2]) != (p, TUNED, seeds[0])]
     bar = tqdm(total=len(first) + len(later), desc="headroom runs", unit="run")
@@ -174,7 +176,7 @@ def run_all(plans: dict[str, Plan], names: list[str], variants: dict[str, list[s
             for s, by_variant in results.items():
                 if RATE_FROM in by_variant:
                     rates[s] = float(np.mean([r["excluded"] for r in by_variant[RATE_FROM].values()]))
-                if TUNED in names and s not in grids:
+                if TUNED in names and applies(TUNED, plans[s].scenario) and s not in grids:
                     grids[s] = pick_static(plans[s].scenario, by_variant, seeds[0])
     bar.close()
     return results, rates, timings, grids

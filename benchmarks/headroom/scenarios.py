@@ -56,6 +56,9 @@ class Scenario:
     #   per-document rows (lai.unit=document) apply
     refill: bool = False                         # the selection rows at equal trained tokens
     #   (lai.select=oversample x2: oracle, loss, LAI) apply
+    groups: int = 0                              # lai-prep --groups K for the training sources:
+    #   the group-mixing row (lai.mixing_groups) applies
+    only: tuple[str, ...] = ()                   # if set, the only rows besides the references
     val: str = "clean"                           # clean: the clean source's val split; mix:
     #   every training source's val split in its training proportion (no ceiling, no oracle)
 
@@ -74,7 +77,8 @@ class Scenario:
         return {*(("ceiling",) if self.clean else ()),
                 *(("oracle", "oracle@rate") if self.harmful else ()),
                 *(("oracle-doc", "lai-doc", "lai-doc-raw") if self.packed else ()),
-                *(("oracle-refill", "loss-refill", "select-lai") if self.refill else ())}
+                *(("oracle-refill", "loss-refill", "select-lai") if self.refill else ()),
+                *(("mixing-groups",) if self.groups else ())}
 
     @property
     def oracle(self) -> str:
@@ -117,6 +121,13 @@ def _inside(n: dict) -> dict[str, list[str]]:
             "clean": K.fact_docs(t, c, "true", seed=10)}
 
 
+def _blend(n: dict) -> dict[str, list[str]]:
+    t = K.fact_table(n["domain_entities"], seed=1)
+    return {"facts": K.profile_docs(t, n["domain_docs"], "true", seed=3),
+            "code": K.code_docs(n["code_chars"]), "reference": K.reference_docs(),
+            "clean": K.profile_docs(t, n["domain_docs"] // 2, "true", seed=12)}
+
+
 def _universal(n: dict) -> dict[str, list[str]]:
     t = K.fact_table(n["universal_entities"], seed=4)
     return {"facts": K.profile_docs(t, n["universal_docs"], "true", seed=11),
@@ -155,6 +166,16 @@ SCENARIOS = {s.name: s for s in (
              {"web": 1.0, "forum": 1.0}, ("web_spam", "forum_myths"), "clean", 0.5, 512,
              _inside, parts={"web": ("web", "web_spam"), "forum": ("forum", "forum_myths")},
              packed=True),
+    Scenario("blend", "Domain targeting inside one source: no declared domains",
+             "The documents of `domain` (country facts, standard library code, the Python "
+             "language reference) prepared as one source, `web`, with lai-prep --groups 8 "
+             "(hashed n-gram TF-IDF + k-means): nobody declared the domains, so mixing can only "
+             "act on the groups it finds (`mixing-groups`: lai.mixing_groups). Validation: "
+             "held-out fact pages; `ceiling` trains on fact pages alone. Compare its share of "
+             "the ceiling's gain with `mixing` over the declared sources in `domain`.",
+             {"web": 1.0}, ("code", "reference"), "clean", 0.8, 1024, _blend,
+             parts={"web": ("facts", "code", "reference")}, groups=8,
+             only=("ceiling", "oracle", "mixing-groups", "bandit")),
     Scenario("universal", "Universal: the validation set is the mix",
              "Three real sources, nothing harmful: country facts, standard library code and the "
              "Python language reference (prose). The validation set is drawn from every source "

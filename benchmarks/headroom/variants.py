@@ -56,19 +56,22 @@ VARIANTS: dict[str, list[str]] = {
     "oracle-refill": OFF + ["lai.filter=oracle", "lai.oracle_sources=[$harmful]"] + SELECT,
     "loss-refill": OFF + ["lai.filter=loss"] + SELECT,
     "select-lai": ["lai.enabled=true", "lai.filter=none"] + SELECT,
+    # mixing over the groups lai-prep --groups K found (scenarios prepared with groups)
+    "mixing-groups": ["lai.enabled=true", "lai.filter=none", "lai.mixing=true",
+                      "lai.mixing_groups=true"],
 }
 # round two (issue 19): the exact-pairing rows chose the defaults in round one and are levers now,
 # so the five scenarios x 3 seeds fit in about an hour on a 2-core machine
 SUITE = ("none", "ceiling", "oracle", "oracle-doc", "oracle-refill", "lai-default", "lai-doc",
          "lai-doc-raw", "select-lai", "loss-refill", "lai-global", "full-gradient", "loss@rate",
-         "random@rate", "mixing", "mixing-avg", "bandit", "static-tuned")
+         "random@rate", "mixing", "mixing-avg", "mixing-groups", "bandit", "static-tuned")
 LEVERS = ("lai-token_pair", "lai-aligned", "lai-pooled", "lai-paper", "lai-raw", "lai-no-memory",
           "lai-adam", "oracle@rate")
 REFERENCES = ("none", "oracle", "oracle-doc")   # always run (where they apply): every row is
 #   read against them
 RATE_FROM = "lai-default"           # the rate-matched baselines run at its exclusion rate
 SCENARIO_ROWS = ("ceiling", "oracle", "oracle@rate", "oracle-doc", "lai-doc", "lai-doc-raw",
-                 "oracle-refill", "loss-refill", "select-lai")
+                 "oracle-refill", "loss-refill", "select-lai", "mixing-groups")
 #   only where Scenario.applies says so
 GRID = "grid"                       # the static mixtures of `grid`, run as GRID0, GRID1, ...
 TUNED = "static-tuned"              # the grid's winner on all seeds
@@ -84,6 +87,8 @@ def runs_late(overrides: list[str]) -> bool:
 
 
 def applies(name: str, sc: Scenario) -> bool:
+    if sc.only and name not in REFERENCES and name not in sc.only:
+        return False
     return name not in SCENARIO_ROWS or name in sc.applies
 
 
@@ -94,7 +99,7 @@ def grid(sc: Scenario) -> list[dict[str, float]]:
     total = sum(sc.weights.values())
     declared = {s: w / total for s, w in sc.weights.items()}
     out = [declared, {s: 1 / len(declared) for s in declared}]
-    for s in declared:
+    for s in declared if len(declared) > 1 else ():        # one source: one mixture
         for share in (0.1, 0.6):
             rest = (1 - share) / (1 - declared[s])
             out.append({t: share if t == s else w * rest for t, w in declared.items()})

@@ -131,6 +131,9 @@ def test_scenarios_ground_truth_and_variant_overrides(tmp_path):
         if sc.harmful:
             at_rate = load(overrides_for("oracle@rate", VARIANTS, sc, dirs, 0.07, 16))
             assert int(at_rate.lai.max_exclude_frac * 16) == 1            # round(0.07 * 16)
+        if not applies("static-tuned", sc):
+            assert sc.only and "static-tuned" not in sc.only
+            continue
         mixes = grid(sc)
         assert 5 <= len(mixes) <= 8 and dict(zip(sc.weights, [w / sum(sc.weights.values())
                                                               for w in sc.weights.values()])) in mixes
@@ -143,6 +146,9 @@ def test_scenarios_ground_truth_and_variant_overrides(tmp_path):
                                                 mixes[-1]))
         assert [s.weight for s in tuned.data.sources] == pytest.approx(list(mixes[-1].values()))
         assert not tuned.lai.enabled and not tuned.lai.mixing
+    blend = SCENARIOS["blend"]
+    assert blend.groups and applies("mixing-groups", blend) and not applies("lai-default", blend)
+    assert load(overrides_for("mixing-groups", VARIANTS, blend, {}, 0.0, 16)).lai.mixing_groups
     inside, universal = SCENARIOS["inside"], SCENARIOS["universal"]
     assert inside.harmful_share == 0 and all(set(inside.parts_of(s)) & set(inside.harmful) and
                                              set(inside.parts_of(s)) - set(inside.harmful)
