@@ -236,5 +236,5 @@ for (( restart = 0; ; restart++ )); do
     if [[ "${node_rank:-0}" == "0" ]]; then   # the crashed rendezvous may hold the port a moment
         for (( i = 0; i < 60; i++ )); do lai_port_busy 127.0.0.1 "$master_port" || break; sleep 1; done
     fi
-    ranks_cmd+=(run.resume=auto)
+    if (( restart == 0 )); then ranks_cmd+=(run.resume=auto); fi   # once: later tries resume too
 done
