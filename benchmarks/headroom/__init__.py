@@ -58,7 +58,8 @@ Metrics per scenario and variant, from each run's TensorBoard (`val/loss`) and l
 loss (mean +- std over seeds); the paired difference to `none` of the same seed (same init, same
 data order) with its 95% t-interval; the share of the oracle's gain recovered,
 (none - method) / (none - oracle); steps to reach none's final val loss (and their share of the
-run's steps); compute (mean run wall time / none's, in the same invocation); tokens trained (of the
+run's steps); compute (mean run CPU time / none's: the runs are single-threaded, so CPU
+seconds measure their cost even on a shared machine); tokens trained (of the
 kept sequences); per-source val loss (`val/<source>/loss`); AUROC of the filter's score
 for the harmful sequences (after the LAI warmup); the excluded fraction of each source.
 Writes docs/results/headroom-<size>.json, docs/img/headroom_<scenario>.png and the `headroom-summary`

@@ -121,7 +121,7 @@ def _mean(rs: list[dict], key: str) -> float:
 def _row(name: str, by_seed: dict[int, dict], none: dict[int, dict], gain: float) -> dict:
     """One variant's row: final val loss, paired difference to `none` and share of the oracle's
     gain, reach (steps, and share of the run's steps, to reach none's final val loss of the same
-    seed), compute (mean wall seconds / none's), tokens trained, per-source val loss and
+    seed), compute (mean CPU seconds / none's), tokens trained, per-source val loss and
     exclusion, AUROC."""
     rs = list(by_seed.values())
     d = stats.paired(by_seed, none)
@@ -138,7 +138,7 @@ def _row(name: str, by_seed: dict[int, dict], none: dict[int, dict], gain: float
            "reach_of": len(reach),
            "reach_share": stats.mean_std([x / by_seed[k]["val_steps"][-1]
                                           for x, k in zip(reach, paired)])[0],
-           "compute": _mean(rs, "wall_s") / _mean(list(none.values()), "wall_s")
+           "compute": _mean(rs, "cpu_s") / _mean(list(none.values()), "cpu_s")
            if none else float("nan")}
     for key in ("excluded", "auroc", "precision", "loss_auroc", "tokens_trained",
                 "docs_per_seq", "harmful_tokens"):

@@ -181,7 +181,9 @@ def write_docs(docs: Path, size_name: str, scen: list[Scenario], payload: dict) 
             "Mixing); `static-tuned` = the best static mixture of a small grid (first seed), "
             "then run on every seed; `loss@rate` / `random@rate` / `oracle@rate` = highest-loss / "
             f"random / harmful sequences excluded at `{RATE_FROM}`'s measured rate; `compute vs "
-            "none` = mean run wall time / none's in the same suite (runs 2 at once: noisy); "
+            "none` = mean CPU time of a run / none's (runs are single-process with "
+            "OMP_NUM_THREADS=1, so CPU seconds are their cost even when other work shares the "
+            "machine; wall time is not); "
             "`tokens trained` = target tokens of the sequences kept", ""]
     body += [scenario_section(sc, per[sc.name]["info"], per[sc.name]["rows"], per[sc.name]["headroom"],
                               per[sc.name]["rate"], size_name, per[sc.name].get("grid"))

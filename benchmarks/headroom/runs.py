@@ -136,7 +136,7 @@ def plan(sc: Scenario, size: dict, nproc: int, data_root: Path, out: Path) -> Pl
 def run_all(plans: dict[str, Plan], names: list[str], variants: dict[str, list[str]],
             seeds: list[int], out: Path, jobs: int, nproc: int):
     """Every applicable (scenario, variant, seed) through the trainer, `jobs` at once, then
-    analysed (each analysis with its run's wall seconds, `wall_s`): first the variants that need
+    analysed (each analysis with its run's wall and CPU seconds, `wall_s`, `cpu_s`): first the variants that need
     nothing else and the static grid (on the first seed, if `static-tuned` is asked for), then
     the variants at RATE_FROM's exclusion rate or with the grid's winner (`static-tuned` on the
     first seed is the winning grid run itself). Returns ({scenario: {variant: {seed: analysis}}},
@@ -163,7 +163,8 @@ def run_all(plans: dict[str, Plan], names: list[str], variants: dict[str, list[s
         run_dir = out / sc.name / name.replace("@", "-at-") / f"seed{seed}"
         t = run_train(p.config, run_dir, seed, ov, nproc)
         timings.append(t)
-        r = {**cached_analysis(run_dir, sc, p.size["lai_warmup"]), "wall_s": t["wall_s"]}
+        r = {**cached_analysis(run_dir, sc, p.size["lai_warmup"]), "wall_s": t["wall_s"],
+             "cpu_s": t["cpu_s"]}
         results[sc.name].setdefault(name, {})[seed] = r
         bar.set_postfix_str(f"{sc.name} {name} s{seed}: val {r['final_val_loss']:.3f} "
                             f"excl {r['excluded']:.2f}")
