@@ -206,7 +206,8 @@ def test_suite_plumbing_with_the_trainer_stubbed(tmp_path, monkeypatch):
 
     def run_train(config, run_dir, seed, overrides, nproc):
         launched.append((run_dir.parent.name, seed, overrides))
-        return {"wall_s": 20.0 if run_dir.parent.name == "bandit" else 10.0}
+        cpu = 20.0 if run_dir.parent.name == "bandit" else 10.0
+        return {"wall_s": 99.0, "cpu_s": cpu}             # compute: CPU, not wall, seconds
 
     def analysis(run_dir, sc_, warmup):
         name, seed = run_dir.parent.name, int(run_dir.name[4:])
