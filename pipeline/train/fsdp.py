@@ -72,9 +72,8 @@ def describe(t: TrainConfig) -> str:
 def shard(model: nn.Module, t: TrainConfig, device: torch.device) -> nn.Module:
     """`model` (fp32, on the host, identical on every rank) sharded in place: each transformer
     block its own FSDP unit, the rest (embeddings, final norm, LM head: tied weights stay one
-    parameter) the root's, kept gathered from its forward to its backward. Collective."""
-    warnings.filterwarnings("ignore", r".*(all_gather_into|reduce_scatter)_tensor.* deprecated",
-                            FutureWarning)        # fully_shard's own calls, nothing to act on
+    parameter) the root's, kept gathered from its forward to its backward. Collective. (Its
+    deprecation warnings: pipeline.train.quiet.)"""
     if device.type == "cuda" and t.offload_params != "cpu":
         model.to(device)
     kw = shard_kwargs(t, device)
