@@ -24,7 +24,7 @@ from data_prep.tokenizer import install_tokenizer, tokenizer_entry
 from pipeline.errors import UserError
 from pipeline.format.indexed import TOKEN_DTYPES, IndexedReader, bin_path, idx_path
 from pipeline.format.manifest import MANIFEST_NAME, Manifest, ShardEntry
-from pipeline.format.verify import bad_token, out_of_vocab
+from pipeline.format.verify import scan_bin, vocab_error
 from pipeline.fsutil import sha256_file
 
 
@@ -39,22 +39,24 @@ def find_shards(out: Path) -> list[str]:
 
 def _entry(out: Path, prefix: str, source: str, split: str, vocab_size: int,
            eos_id: int) -> tuple[ShardEntry, np.dtype, int]:
-    """The manifest entry of one shard, its dtype and how many of its documents lack eos_id."""
+    """The manifest entry of one shard, its dtype and how many of its documents lack eos_id
+    (the .bin is read once: hash and id range together)."""
     r = IndexedReader(out / prefix)
     if r.dtype not in TOKEN_DTYPES:
         raise UserError(f"{idx_path(out / prefix)}: token dtype {r.dtype} (the trainer reads "
                         f"{' or '.join(map(str, TOKEN_DTYPES))})")
-    if (bad := out_of_vocab(r, vocab_size)) is not None:
-        raise bad_token(bin_path(out / prefix), *bad, vocab_size)
+    scan = scan_bin(bin_path(out / prefix), r.dtype)
+    if not scan.in_vocab(vocab_size):
+        raise vocab_error(r, vocab_size)
     no_eos = 0
     if r.num_docs and r.num_tokens:
         last = r.document_indices[1:] - 1                      # each document's last sequence
         end = np.maximum(r.starts[last] + r.lengths[last] - 1, 0)
         no_eos = int(((r.lengths[last] == 0) | (r.tokens[end] != eos_id)).sum())
     entry = ShardEntry(source=source, split=split, prefix=prefix, num_docs=r.num_docs,
-                       num_tokens=r.num_tokens, bin_sha256=sha256_file(bin_path(out / prefix)),
+                       num_tokens=r.num_tokens, bin_sha256=scan.sha256,
                        idx_sha256=sha256_file(idx_path(out / prefix)),
-                       max_id=int(r.tokens.max()) if r.num_tokens else None)
+                       max_id=scan.hi if r.num_tokens else None)
     return entry, r.dtype, no_eos
 
 

@@ -46,31 +46,28 @@ class RankLoader:
             raise ValueError("set_weights: the dataset has a static blend (mixing=False)")
         self.mixture.set_weights(weights)
 
-    def _seq_ids(self) -> np.ndarray:
-        """int64 [micro_batch]: this rank's seq_ids of the next global micro-batch."""
-        first = self.rank * self.micro_batch
+    def _draw(self, n: int, mine: slice = slice(None)) -> np.ndarray:
+        """int64: the `mine` part of the next n samples of the global order (not yet counted in
+        samples_consumed; a mixture's draw is taken)."""
         if self.mixture is None:
-            first += self.samples_consumed
-            return np.arange(first, first + self.micro_batch, dtype=np.int64)
-        src, k = self.mixture.next_batch(self.global_batch)
-        mine = slice(first, first + self.micro_batch)
+            r = range(self.samples_consumed, self.samples_consumed + n)[mine]
+            return np.arange(r.start, r.stop, dtype=np.int64)
+        src, k = self.mixture.next_batch(n)
         return self.dataset.seq_ids(src[mine], k[mine])
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         """{"input_ids", "targets": int64 [micro_batch, seq_len], "seq_ids": int64 [micro_batch]},
         and with `segments` "segments": int64 [micro_batch, seq_len], the document run of each
         target within its sample (PackedDataset.target_runs)."""
-        batch = self.load(self._seq_ids())
+        first = self.rank * self.micro_batch
+        batch = self.load(self._draw(self.global_batch, slice(first, first + self.micro_batch)))
         self.samples_consumed += self.global_batch
         return batch
 
     def next_pool(self, n: int) -> np.ndarray:
         """int64 [n]: the next n samples of the global order (all ranks' the same; lai.select
         draws a step's candidates with it), consumed."""
-        if self.mixture is None:
-            ids = np.arange(self.samples_consumed, self.samples_consumed + n, dtype=np.int64)
-        else:
-            ids = self.dataset.seq_ids(*self.mixture.next_batch(n))
+        ids = self._draw(n)
         self.samples_consumed += n
         return ids
 

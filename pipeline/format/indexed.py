@@ -63,7 +63,8 @@ class IndexedWriter:
     """Write one shard. Documents are appended with `add_document`; `finalize` writes the index.
 
     Both files are written under temporary names and renamed only in `finalize` (.bin first, .idx
-    last), so a killed writer leaves nothing that looks like a shard. Use as a context manager:
+    last), so a killed writer leaves nothing that looks like a shard, and a failing `finalize`
+    removes what it wrote. Use as a context manager (or call `finalize`, and `discard` on errors):
     an exception inside the block discards the temporaries.
     """
 
@@ -100,6 +101,22 @@ class IndexedWriter:
         return len(self._lengths)
 
     def finalize(self) -> None:
+        """Write the index and rename both files into place (.bin first, .idx last). If anything
+        fails (a full disk), nothing of the shard is left: the temporaries and a .bin already
+        renamed are removed, and an OSError without a file name names the shard."""
+        try:
+            self._write_index()
+            os.replace(self._bin_tmp, bin_path(self.prefix))
+            try:
+                os.replace(self._idx_tmp, idx_path(self.prefix))
+            except BaseException:
+                bin_path(self.prefix).unlink(missing_ok=True)
+                raise
+        except BaseException as e:
+            self._abandon(e)
+            raise
+
+    def _write_index(self) -> None:
         lengths = np.asarray(self._lengths, dtype=np.int32)
         pointers = np.zeros(len(lengths), dtype=np.int64)
         if len(lengths) > 1:
@@ -119,8 +136,6 @@ class IndexedWriter:
             f.write(doc_idx.tobytes(order="C"))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(self._bin_tmp, bin_path(self.prefix))
-        os.replace(self._idx_tmp, idx_path(self.prefix))
 
     def discard(self) -> None:
         if not self._bin.closed:
@@ -129,21 +144,20 @@ class IndexedWriter:
         for p in (self._bin_tmp, self._idx_tmp):
             p.unlink(missing_ok=True)
 
+    def _abandon(self, exc: BaseException) -> None:
+        """Discard after `exc`; an OSError without a file name (a full disk) gets the shard's."""
+        self.discard()
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(bin_path(self.prefix))
+
     def __enter__(self) -> "IndexedWriter":
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is None:
-                self.finalize()
-                return
-        except OSError as e:
-            exc = e
-        self.discard()
-        if isinstance(exc, OSError) and exc.filename is None:   # (a full disk): name the shard
-            exc.filename = str(bin_path(self.prefix))
         if exc_type is None:
-            raise exc
+            self.finalize()
+        else:
+            self._abandon(exc)
 
 
 class IndexedReader:

@@ -6,7 +6,9 @@ and every token id inside the vocabulary.
                                # the manifest and the smallest/largest token id, in one read of each
     check.stamp()              # the manifest's checksums + both files' sizes and mtimes: a shard
                                # whose stamp is unchanged need not be read again
+    scan_bin(path, dtype)      # BinScan(sha256, lo, hi) of one .bin in one read (also lai-prep import)
     out_of_vocab(reader, V)    # (document, token id) of a shard's first id outside [0, V), or None
+    vocab_error(reader, V)     # bad_token(...) of that first id, for a scan that found one
     bad_token(path, doc, id, V)  # the one-line UserError every such finding raises
 
 Used by `lai-prep verify` / merge, by the loader (the manifest's max_id when a shard opens, a range
@@ -40,6 +42,13 @@ def out_of_vocab(reader: IndexedReader, vocab_size: int) -> tuple[int, int] | No
     seq = int(np.searchsorted(reader.starts, pos, side="right")) - 1
     doc = int(np.searchsorted(reader.document_indices, seq, side="right")) - 1
     return doc, int(reader.tokens[pos])
+
+
+def vocab_error(reader: IndexedReader, vocab_size: int) -> UserError:
+    """The bad_token error of a shard known to hold an id outside [0, vocab_size)."""
+    found = out_of_vocab(reader, vocab_size)
+    assert found is not None, reader.prefix
+    return bad_token(bin_path(reader.prefix), *found, vocab_size)
 
 
 def bad_token(path: str | os.PathLike, doc: int, token: int, vocab_size: int) -> UserError:
@@ -76,24 +85,41 @@ class ShardCheck:
         ipath, bpath = idx_path(self.prefix), bin_path(self.prefix)
         if sha256_file(ipath) != self.entry.idx_sha256:
             return f"{ipath}: checksum does not match the manifest (changed since lai-prep wrote it)"
-        h, lo, hi = hashlib.sha256(), 0, -1
-        dtype = np.dtype(self.dtype)
-        buf = bytearray(CHUNK)
-        with open(bpath, "rb") as f:
-            while n := f.readinto(buf):
-                view = memoryview(buf)[:n]
-                h.update(view)
-                ids = np.frombuffer(view, dtype=dtype)
-                hi = max(hi, int(ids.max()))
-                if dtype.kind == "i":
-                    lo = min(lo, int(ids.min()))
-                if progress is not None:
-                    progress(n)
-        if h.hexdigest() != self.entry.bin_sha256:
+        scan = scan_bin(bpath, self.dtype, progress)
+        if scan.sha256 != self.entry.bin_sha256:
             return f"{bpath}: checksum does not match the manifest (its bytes changed since lai-prep wrote it)"
-        if hi >= self.vocab_size or lo < 0:
-            found = out_of_vocab(IndexedReader(self.prefix), self.vocab_size)
-            assert found is not None                   # the streamed min/max saw one
-            doc, token = found
-            return str(bad_token(bpath, doc, token, self.vocab_size))
+        if not scan.in_vocab(self.vocab_size):
+            return str(vocab_error(IndexedReader(self.prefix), self.vocab_size))
         return None
+
+
+@dataclass(frozen=True)
+class BinScan:
+    """What one read of a .bin found: its sha256, the smallest token id or 0 if none is negative,
+    the largest (-1: no tokens)."""
+    sha256: str
+    lo: int
+    hi: int
+
+    def in_vocab(self, vocab_size: int) -> bool:
+        return self.lo >= 0 and self.hi < vocab_size
+
+
+def scan_bin(path: str | os.PathLike, dtype: np.dtype, progress: Callable[[int], object] | None = None
+             ) -> BinScan:
+    """Hash a .bin of `dtype` tokens and find its id range in one read (CHUNK bytes at a time);
+    `progress(n)` after each chunk of n bytes."""
+    h, lo, hi = hashlib.sha256(), 0, -1
+    dtype = np.dtype(dtype)
+    buf = bytearray(CHUNK)
+    with open(path, "rb") as f:
+        while n := f.readinto(buf):
+            view = memoryview(buf)[:n]
+            h.update(view)
+            ids = np.frombuffer(view, dtype=dtype)
+            hi = max(hi, int(ids.max()))
+            if dtype.kind == "i":
+                lo = min(lo, int(ids.min()))
+            if progress is not None:
+                progress(n)
+    return BinScan(h.hexdigest(), lo, hi)

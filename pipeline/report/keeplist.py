@@ -33,10 +33,11 @@ def p_below_average(value_step: float | None, measured: int, noise: float) -> fl
 
 
 def decide(ranked: list[dict], unranked: list[dict], drop_frac: float, *,
-           min_measured: int = 1, noise: float = 1.0) -> list[dict]:
-    """Rows of the list: `ranked` document entries least valuable first, then `unranked` ones
-    (kept); each a copy with "decision" and "confidence" set. `noise`: one measurement's
-    spread (stats.measurement_noise)."""
+           min_measured: int = 1, noise: float = 1.0) -> tuple[list[dict], int]:
+    """(rows of the list, how many ranked documents were measured fewer than `min_measured`
+    times). Rows: `ranked` document entries least valuable first, then `unranked` ones (kept);
+    each a copy with "decision" and "confidence" set. `noise`: one measurement's spread
+    (stats.measurement_noise)."""
     eligible = [e for e in ranked if e["measured"] >= min_measured]
     drop = {id(e) for e in eligible[:math.floor(drop_frac * len(eligible))]
             if e["value_step"] is not None and e["value_step"] < 0}
@@ -46,7 +47,7 @@ def decide(ranked: list[dict], unranked: list[dict], drop_frac: float, *,
         decision = "drop" if id(e) in drop else "keep"
         confidence = None if p is None else round(p if decision == "drop" else 1.0 - p, 4)
         rows.append({**e, "decision": decision, "confidence": confidence})
-    return rows
+    return rows, len(ranked) - len(eligible)
 
 
 def write(path: Path, rows: list[dict]) -> int:

@@ -70,15 +70,22 @@ def step_corrected(rows: np.ndarray) -> tuple[np.ndarray, str]:
     return z, STEP_ZSCORE
 
 
+def row_group_pairs(span_row: np.ndarray, group: np.ndarray, n_groups: int
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The distinct (ledger row, group) pairs of the spans, sorted by row then group: (rows,
+    groups, each span's pair index), so a sequence with several spans in a group counts once."""
+    pair, inv = np.unique(span_row * n_groups + group, return_inverse=True)
+    return pair // n_groups, pair % n_groups, inv
+
+
 def group_stats(rows: np.ndarray, span_row: np.ndarray, group: np.ndarray, tokens: np.ndarray,
                 n_groups: int, corrected: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Token-weighted mean value (over scored, i.e. finite, values; NaN if none), excluded
     fraction and mean loss per group; `sequences` counts each (sequence, group) pair once,
     `measured` those with a value, and `tokens` sums the group's trained tokens. With
     `corrected` (one per row, see step_corrected) also its token-weighted mean, `value_step`."""
-    pair, inv = np.unique(span_row * n_groups + group, return_inverse=True)
+    prow, pgroup, inv = row_group_pairs(span_row, group, n_groups)
     tok = np.bincount(inv, weights=tokens)                     # tokens per (sequence, group)
-    prow, pgroup = pair // n_groups, pair % n_groups
     excluded = ~rows["kept"][prow]
     value = rows["value"][prow]
     scored = np.isfinite(value)                                 # NaN = not scored (LAI off)
@@ -107,8 +114,7 @@ def measurement_noise(span_row: np.ndarray, span_doc: np.ndarray, corrected: np.
     deviation of its sequences' step-corrected values (each (sequence, document) pair once,
     unweighted), over the documents measured at least twice; 1.0 (the z-score's unit: no
     document was measured twice) if there are none."""
-    pair = np.unique(span_row * n_docs + span_doc)
-    row, doc = pair // n_docs, pair % n_docs
+    row, doc, _ = row_group_pairs(span_row, span_doc, n_docs)
     x = corrected[row]
     ok = np.isfinite(x)
     row, doc, x = row[ok], doc[ok], x[ok]

@@ -139,10 +139,9 @@ def _load(run_dir: Path) -> tuple[np.ndarray, PackedDataset]:
     return rows, dataset
 
 
-def mixture(run_dir: Path, rows: np.ndarray, dataset: PackedDataset) -> dict | None:
-    """A lai.mixing run's mixture: per weighted source its initial and final sampling weight
-    (RUN/mixing.json, as of the latest checkpoint) and the share of the ledger's sequences it
-    served, over the run and over its last quarter of steps. None for a static blend."""
+def mixing_trajectory(run_dir: Path, dataset: PackedDataset) -> dict | None:
+    """A lai.mixing run's RUN/mixing.json (its weights as of the latest checkpoint), checked
+    against the run's sources; None for a static blend."""
     if not dataset.mixing:
         return None
     path = run_dir / "mixing.json"
@@ -150,6 +149,15 @@ def mixture(run_dir: Path, rows: np.ndarray, dataset: PackedDataset) -> dict | N
     if traj.get("sources") != dataset.source_names:
         raise UserError(f"{path}: sources {traj.get('sources')} differ from the run's data "
                         f"({dataset.source_names})")
+    return traj
+
+
+def mixture(traj: dict | None, rows: np.ndarray, dataset: PackedDataset) -> dict | None:
+    """A lai.mixing run's mixture: per weighted source its initial and final sampling weight
+    (`traj`: mixing_trajectory) and the share of the ledger's sequences it served, over the run
+    and over its last quarter of steps. None for a static blend."""
+    if traj is None:
+        return None
     src = dataset.source_of(rows["seq_id"])
     first, last = int(rows["step"].min()), int(rows["step"].max())
     late = rows["step"] >= last + 1 - (last - first + 1) / 4
@@ -163,11 +171,10 @@ def mixture(run_dir: Path, rows: np.ndarray, dataset: PackedDataset) -> dict | N
                         for i, n in enumerate(dataset.source_names)]}
 
 
-def weights_over_time(run_dir: Path, dataset: PackedDataset, last: int) -> dict:
-    """The sampling weights over the run, for the plot: a lai.mixing run's trajectory
-    (RUN/mixing.json, held to step `last`), else the static blend's weights."""
-    if dataset.mixing:
-        traj = read_json(run_dir / "mixing.json")
+def weights_over_time(traj: dict | None, dataset: PackedDataset, last: int) -> dict:
+    """The sampling weights over the run, for the plot: a lai.mixing run's trajectory (`traj`:
+    mixing_trajectory, held to step `last`), else the static blend's weights."""
+    if traj is not None:
         steps, weights = list(traj["steps"]), list(traj["weights"])
         if steps[-1] < last:
             steps, weights = steps + [last], weights + [weights[-1]]
@@ -188,6 +195,7 @@ def build_report(run_dir: str | Path, *, top: int = 10, min_tokens: int = 16,
     `min_measured` times that keep_drop.csv drops."""
     run_dir = Path(run_dir)
     rows, dataset = _load(run_dir)
+    traj = mixing_trajectory(run_dir, dataset)
     spans = locate_all(rows, dataset)
     corrected, method = step_corrected(rows)
     sources = sorted({k[0] for k in spans.docs})
@@ -224,7 +232,7 @@ def build_report(run_dir: str | Path, *, top: int = 10, min_tokens: int = 16,
         "mean_loss": _clean(rows["loss"].astype(np.float64).mean()),
         "value_step_method": method,
         "sources": [{"source": name, **_counts(per_src, s)} for s, name in enumerate(sources)],
-        "mixing": mixture(run_dir, rows, dataset),
+        "mixing": mixture(traj, rows, dataset),
         "val": val_curves(run_dir),
         "documents": {
             "count": len(spans.docs), "ranked": len(ranked), "min_tokens": min_tokens,
@@ -236,7 +244,7 @@ def build_report(run_dir: str | Path, *, top: int = 10, min_tokens: int = 16,
     atomic_write_json(out / "report.json", report)
     _write_csv(out / "documents.csv", (doc_entry(int(i), False) for i in order))
     plot(out / "valuation.png", rows, spans, sources, src_of_doc, corrected,
-         weights_over_time(run_dir, dataset, int(steps[-1])), report["val"])
+         weights_over_time(traj, dataset, int(steps[-1])), report["val"])
     with atomic_write(out / "report.md", "w") as f:
         f.write(markdown(report))
     return report
@@ -246,11 +254,10 @@ def write_keep_drop(path: Path, ranked: list[dict], unranked: list[dict], drop_f
                     min_measured: int, noise: float) -> dict:
     """keep_drop.csv (pipeline.report.keeplist) from the document entries, least valuable
     first; returns its report.json entry."""
-    dropped = keeplist.write(path, keeplist.decide(ranked, unranked, drop_frac,
-                                                   min_measured=min_measured, noise=noise))
-    return {"path": str(path), "drop_frac": drop_frac, "dropped": dropped,
-            "min_measured": min_measured,
-            "too_few_measurements": sum(e["measured"] < min_measured for e in ranked),
+    rows, too_few = keeplist.decide(ranked, unranked, drop_frac, min_measured=min_measured,
+                                    noise=noise)
+    return {"path": str(path), "drop_frac": drop_frac, "dropped": keeplist.write(path, rows),
+            "min_measured": min_measured, "too_few_measurements": too_few,
             "measurement_sd": noise}
 
 

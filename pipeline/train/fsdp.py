@@ -29,8 +29,10 @@ naming CKPT/dcp (checkpoint.load's UserError; lai-export's too).
 """
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
+from typing import cast
 
 import torch
 import torch.distributed as dist
@@ -42,6 +44,7 @@ from pipeline.config import TrainConfig
 from pipeline.errors import UserError
 from pipeline.fsutil import atomic_write
 from pipeline.lai.capture import decoder_blocks
+from pipeline.train.optim import Guarded
 
 DCP_DIR = "dcp"
 CLIENT_FILE = "client.pt"
@@ -72,9 +75,8 @@ def describe(t: TrainConfig) -> str:
 def shard(model: nn.Module, t: TrainConfig, device: torch.device) -> nn.Module:
     """`model` (fp32, on the host, identical on every rank) sharded in place: each transformer
     block its own FSDP unit, the rest (embeddings, final norm, LM head: tied weights stay one
-    parameter) the root's, kept gathered from its forward to its backward. Collective."""
-    warnings.filterwarnings("ignore", r".*(all_gather_into|reduce_scatter)_tensor.* deprecated",
-                            FutureWarning)        # fully_shard's own calls, nothing to act on
+    parameter) the root's, kept gathered from its forward to its backward. Collective. (Its
+    deprecation warnings: pipeline.train.quiet.)"""
     if device.type == "cuda" and t.offload_params != "cpu":
         model.to(device)
     kw = shard_kwargs(t, device)
@@ -124,9 +126,10 @@ class FSDPEngine:
         norm = _full(torch.nn.utils.get_total_norm([p.grad for p in params]))
         if self.t.grad_clip > 0:
             torch.nn.utils.clip_grads_with_norm_(params, self.t.grad_clip, norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self._grad_norm = float(norm)
+        # the global norm is finite iff every rank's gradients are: the gate needs no own check
+        cast(Guarded, self.optimizer).step(grads_finite=math.isfinite(self._grad_norm))
+        self.optimizer.zero_grad(set_to_none=True)
 
     def get_global_grad_norm(self) -> float | None:
         return self._grad_norm

@@ -3,8 +3,9 @@ that skips a step's update on every rank together.
 
 Skipping: the loop tells the SkipGate about non-finite losses (`observe`) while it runs the
 micro-steps; when DeepSpeed calls the guarded optimizer at the boundary, the gate decides for all
-ranks at once (one all-reduce: any rank's non-finite loss or gradient). ZeRO 1-3 and bf16 skip
-overflowing steps before the optimizer is called; `SkipGate.close` reads both kinds of skip.
+ranks at once (one all-reduce: any rank's non-finite loss or gradient; under fsdp2 the engine's
+global gradient norm already says it, so no second check). ZeRO 1-3 and bf16 skip overflowing
+steps before the optimizer is called; `SkipGate.close` reads both kinds of skip.
 A skipped step leaves weights and optimizer state as they were; DeepSpeed clears the gradients
 as after any step.
 """
@@ -59,9 +60,15 @@ class SkipGate:
         """A micro-step of this step had a non-finite loss on some rank."""
         self._bad_loss |= nonfinite_loss
 
-    def allows(self, grads: list[torch.Tensor]) -> bool:
+    def allows(self, grads: list[torch.Tensor], grads_finite: bool | None = None) -> bool:
         """Called by the guarded optimizer on every rank: False on all ranks if any rank saw a
-        non-finite loss this step or holds a non-finite gradient in `grads`."""
+        non-finite loss this step or holds a non-finite gradient in `grads`. `grads_finite`:
+        the engine's verdict, already the same on every rank (fsdp2: its global gradient norm
+        is finite); then `grads` are not checked again and nothing is exchanged (the loss flag
+        `observe` gets is global)."""
+        if grads_finite is not None:
+            self._refused = self._bad_loss or not grads_finite
+            return not self._refused
         local = [g.to_local() if isinstance(g, DTensor) else g for g in grads]   # fsdp2 shards
         finite = bool(torch.stack([torch.isfinite(g).all() for g in local]).all()) \
             if local else True                              # one device sync, not one per tensor
@@ -83,9 +90,10 @@ class Guarded:
     param_groups: list[dict]                   # the optimizer's, after this class in the MRO
 
     @torch.no_grad()
-    def step(self, *args, **kwargs):
+    def step(self, *args, grads_finite: bool | None = None, **kwargs):
+        """`grads_finite`: see SkipGate.allows (DeepSpeed calls step() without it)."""
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if not self.gate.allows(grads):
+        if not self.gate.allows(grads, grads_finite):
             return None
         return super().step(*args, **kwargs)  # type: ignore[misc]  # a mixin: the optimizer has step
 

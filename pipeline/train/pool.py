@@ -10,13 +10,14 @@ trained tokens per step do not change.
 Candidates: the next P samples of the loader's global order (`RankLoader.next_pool`), the same
 whatever the rank split, so the loader state (P samples per step) resumes exactly. Scoring: in
 global micro-batches of micro_batch x world (the last one smaller), rank r the r-th slice of
-each, under no_grad; values and losses are gathered, so every rank holds the pool's. Choice:
-the filter's FilterPolicy with a budget of exactly P - G per step excludes the lowest values
-(ties: the earlier position first; a non-finite value counts as the lowest), so the top G by
-value train; before lai.warmup_steps nothing is excluded and the first G in pool order train.
-The trained ones, in pool order, form the step's grad_accum global micro-batches (rank r: the
-r-th slice). The pool's time counts as LAI time in the step's phases. Ledger:
-every candidate, trained (kept, by the rank that trains it) or not (by the rank that scored it).
+each, under no_grad; values and losses are gathered (one all-gather per chunk, stacked), so
+every rank holds the pool's. Choice: the filter's FilterPolicy with a budget of exactly P - G
+per step excludes the lowest values (ties: the earlier position first; a non-finite value counts
+as the lowest), so the top G by value train; before lai.warmup_steps nothing is excluded and
+the first G in pool order train. The trained ones, in pool order, form the step's grad_accum
+global micro-batches (rank r: the r-th slice). The pool's time counts as LAI time in the step's
+phases. Ledger: every candidate, trained (kept, by the rank that trains it) or not (by the rank
+that scored it).
 """
 from __future__ import annotations
 
@@ -74,15 +75,15 @@ class CandidatePool:
         """Draw, score and choose step `step`'s (1-based) pool. Collective."""
         ids = torch.from_numpy(self.loader.next_pool(self.p))
         mine = torch.zeros(self.p, dtype=torch.bool)
-        values, losses = [], []
+        scored = []                                           # float64 [2, n]: values; losses
         for start, n in self._chunks():
             first = start + self.comm.rank * n
             mine[first:first + n] = True
             v, loss = self._score(step, engine, ids[first:first + n])
-            values += self.comm.gather(v, same_shape=True)
-            losses += self.comm.gather(loss, same_shape=True)
-        # chunk by chunk, each in rank order: that is pool order
-        values, losses = torch.cat(values).cpu(), torch.cat(losses).cpu()
+            scored += self.comm.gather(torch.stack([v, loss.double()]), same_shape=True)
+        # chunk by chunk, each in rank order: that is pool order (float32 losses exact in float64)
+        values, losses = torch.cat(scored, dim=1).cpu()
+        losses = losses.float()
         finite = torch.nan_to_num(values, nan=-float("inf"))
         keep = self.policy.global_mask(finite, step - 1, budget=self.p - self.g)
         chosen = keep & (torch.cumsum(keep, 0) <= self.g)     # warmup: the first G

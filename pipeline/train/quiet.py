@@ -6,8 +6,9 @@ by one (each by its exact text; everything else they print still shows):
   accelerator itself (DS_ACCELERATOR=cpu, unless already set).
 - "You are using ZeRO with an untested optimizer": our AdamW with its skip gate is a subclass
   DeepSpeed does not know (pipeline.train.optim); the ZeRO path it takes is tested here.
-- FutureWarning "`torch.distributed.all_gather_into_tensor` is deprecated": called inside
-  DeepSpeed's ZeRO and our collectives; nothing for a user to change.
+- FutureWarning "`torch.distributed.all_gather_into_tensor` is deprecated" (and
+  "`...reduce_scatter_tensor` is deprecated"): called inside DeepSpeed's ZeRO, fully_shard
+  (train.backend=fsdp2) and our collectives; nothing for a user to change.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import warnings
 import torch
 
 UNTESTED_OPTIMIZER = "untested optimizer"
-ALL_GATHER_DEPRECATED = r"`torch\.distributed\.all_gather_into_tensor` is deprecated"
+COLLECTIVE_DEPRECATED = r"`torch\.distributed\.(all_gather_into|reduce_scatter)_tensor` is deprecated"
 
 
 class DropMessages(logging.Filter):
@@ -37,6 +38,6 @@ def silence_known_noise() -> None:
     """Install the filters of the module doc in this process (before DeepSpeed starts)."""
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    warnings.filterwarnings("ignore", message=ALL_GATHER_DEPRECATED, category=FutureWarning)
+    warnings.filterwarnings("ignore", message=COLLECTIVE_DEPRECATED, category=FutureWarning)
     from deepspeed.utils import logger
     logger.addFilter(DropMessages(UNTESTED_OPTIMIZER))

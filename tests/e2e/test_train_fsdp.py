@@ -3,7 +3,8 @@
 - Engine level (one process group, the same seeded Llama, the same batches): per-sequence LAI
   values of every pairing, sketch and exact, equal ZeRO 3's; three clipped, masked optimizer
   steps give the same losses and gradient norms; Adam's second moments read from the DTensor
-  shards (lai.precondition=adam) equal those read from ZeRO 3's partitions.
+  shards (lai.precondition=adam) equal those read from ZeRO 3's partitions; a NaN gradient in
+  one rank's shard skips the update on both.
 - Through the trainer: a run killed with SIGKILL mid-run resumes on 1 rank, then on 2 again
   (DCP reshards natively), and every step trains the same sequences with the same keep
   decisions, losses and values as an uninterrupted run (on 1 rank: the same global
@@ -112,7 +113,23 @@ def _fsdp_equals_zero3(rank: int) -> None:
     for name in want:
         for w, g in zip(want[name], got[name]):
             torch.testing.assert_close(g, w, rtol=1e-5, atol=0, msg=name)
+    _nan_on_one_rank_skips_on_both(fs, fs_opt, rank)
     ds.destroy()
+
+
+def _nan_on_one_rank_skips_on_both(eng, opt, rank: int) -> None:
+    """A non-finite gradient in rank 1's shard only: the engine's global norm is NaN on both
+    ranks, so both skip the update (the gate takes the norm's verdict, no check of its own)."""
+    from pipeline.lai import per_sequence_loss
+    before = [p.to_local().clone() for p in eng.module.parameters()]
+    ids, tgt = _batch(rank, 9)
+    eng.backward(per_sequence_loss(eng(input_ids=ids).logits, tgt).mean())
+    if rank == 1:
+        with torch.no_grad():
+            eng.module.lm_head.weight.grad.to_local()[0, 0] = float("nan")
+    eng.step()
+    assert opt.gate.close(eng) and np.isnan(eng.get_global_grad_norm())
+    assert all(torch.equal(p.to_local(), b) for p, b in zip(eng.module.parameters(), before))
 
 
 def test_fsdp2_scores_trains_and_reads_moments_like_zero3():

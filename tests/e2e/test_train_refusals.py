@@ -13,7 +13,6 @@ line naming the file or field (and the errno), exit 2, nothing left that looks f
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from support import ROOT
-from support.faults import fault_args, held, one_error, train
+from support.faults import fault_args, held, one_error, tmpfs, train
 from support.prep import make_docs
 from support.train import launch_env
 
@@ -130,22 +129,6 @@ def test_train_sh_checks_the_lock_before_spawning(data, tmp_path):
 
 
 # ---------------------------------------------------------------- file-system faults (tmpfs)
-
-@contextlib.contextmanager
-def tmpfs(where: Path, size: str, *options: str):
-    """A tmpfs of `size` mounted at `where` for the block (skips the test if mount is refused)."""
-    where.mkdir(parents=True, exist_ok=True)
-    opts = ",".join((f"size={size}", *options))
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode}): the "
-                    "file-system fault tests need root or CAP_SYS_ADMIN")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-
 
 def test_read_only_run_dir(data, tmp_path):
     with tmpfs(tmp_path / "ro", "1m", "ro") as ro:

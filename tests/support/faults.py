@@ -1,7 +1,7 @@
 """The one-process runs of the bad-input and fault tests (no tests here): the small run they
 start, its one error line, a process holding a run directory's lock, a checkpoint file that runs
-code when unpickled, and lai-export's refusal of it. The random-token data they train on is
-tests/conftest.py's `data` fixture."""
+code when unpickled, lai-export's refusal of it, and a small tmpfs (a full or read-only disk).
+The random-token data they train on is tests/conftest.py's `data` fixture."""
 from __future__ import annotations
 
 import contextlib
@@ -69,6 +69,22 @@ class RunsCode:
 
     def __reduce__(self):
         return os.system, (f"touch {self.marker}",)
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str, *options: str):
+    """A tmpfs of `size` mounted at `where` for the block (skips the test if mount is refused)."""
+    where.mkdir(parents=True, exist_ok=True)
+    opts = ",".join((f"size={size}", *options))
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(where)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or r.returncode}): the "
+                    "file-system fault tests need root or CAP_SYS_ADMIN")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def plant(path: Path, marker: Path) -> None:

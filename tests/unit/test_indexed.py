@@ -2,6 +2,8 @@
 implementation from the byte layout alone (support/indexed.py), and every kind of corrupt shard."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import struct
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline.format.indexed import IndexedReader, IndexedWriter, ShardFormatError, token_dtype
+from support.faults import tmpfs
 from support.indexed import MAGIC, ref_read, ref_write
 
 
@@ -51,6 +54,24 @@ def test_killed_writer_leaves_no_shard(tmp_path):
             w.add_document([1, 2, 3])
             raise RuntimeError("boom")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("how", ["finalize", "with"])
+def test_finalize_on_a_full_disk_leaves_nothing(tmp_path, how):
+    """3000 one-token documents: the .bin (6 kB) fits a 64 kB tmpfs, the .bin plus the .idx
+    (60 kB) do not, so the index write fails inside finalize; called directly (as data_prep's
+    ShardStreams does) or by the context manager, it removes every file it wrote."""
+    with tmpfs(tmp_path / "full", "64k") as full:
+        with pytest.raises(OSError) as e:
+            w = IndexedWriter(full / "x", np.uint16)
+            with (w if how == "with" else contextlib.nullcontext()):
+                for i in range(3000):
+                    w.add_document([i])
+                if how == "finalize":
+                    w.finalize()
+        left = sorted(p.name for p in full.iterdir())
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(full / "x.bin"), e.value
+    assert left == []
 
 
 def _good(tmp_path: Path) -> Path:

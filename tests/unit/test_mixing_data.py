@@ -135,6 +135,24 @@ def test_loader_follows_the_weights_and_resumes_bit_for_bit(dirs):
         RankLoader(ds, 4, 0, 2, samples_consumed=8)
 
 
+@pytest.mark.parametrize("mixing", [False, True])
+def test_next_pool_is_the_global_order_of_next_batch(dirs, mixing):
+    """lai.select's pool of n = G samples is the global micro-batch the ranks' next_batch would
+    have drawn (their slices in rank order), and both consume G."""
+    srcs = [(d, w) for d, w in zip(dirs, (1.0, 2.0, 1.0))]
+    weights = [[0.2, 0.3, 0.5], [0.6, 0.1, 0.3], [0.3, 0.3, 0.4]]
+    make = lambda world: [RankLoader(PackedDataset(srcs, L, seed=4, mixing=mixing), 4 // world, r, world)  # noqa: E731
+                          for r in range(world)]
+    ranks, (pool,) = make(2), make(1)
+    for w in weights:
+        for ld in (*ranks, pool):
+            if mixing:
+                ld.set_weights(w)
+        want = np.concatenate([ld.next_batch()["seq_ids"].numpy() for ld in ranks])
+        assert pool.next_pool(4).tolist() == want.tolist()
+        assert pool.samples_consumed == ranks[0].samples_consumed
+
+
 def test_config_rules(dirs):
     """lai.mixing needs 2+ sources (one line); it decides the seq_id layout, so switching it on
     resume is refused while its step size may change; RUN/data.json says it is on."""
