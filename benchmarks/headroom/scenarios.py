@@ -20,6 +20,7 @@ SIZES = {
                       "domain_entities": 24, "domain_docs": 2000, "code_chars": 1_500_000,
                       "conflict_entities": 12, "conflict_clean_docs": 1500, "conflict_docs": 500,
                       "inside_entities": 12, "inside_clean_docs": 3000, "inside_harm_docs": 2000,
+                      "packed_docs": 2500,
                       "universal_entities": 24, "universal_docs": 2000}},
     # one GPU per run, GPT-2-small-ish width; more countries and documents so the facts stay
     # hard for the larger model (not yet measured: no GPU was available to this work)
@@ -32,6 +33,7 @@ SIZES = {
                       "conflict_entities": 3000, "conflict_clean_docs": 150_000,
                       "conflict_docs": 50_000, "inside_entities": 3000,
                       "inside_clean_docs": 600_000, "inside_harm_docs": 400_000,
+                      "packed_docs": 500_000,
                       "universal_entities": 3000, "universal_docs": 200_000}},
 }
 
@@ -121,6 +123,14 @@ def _inside(n: dict) -> dict[str, list[str]]:
             "clean": K.fact_docs(t, c, "true", seed=10)}
 
 
+def _packed(n: dict) -> dict[str, list[str]]:
+    t, k = K.fact_table(n["inside_entities"], seed=5), n["packed_docs"]
+    return {"web": K.fact_docs(t, k, "true", seed=13), "web_myths": K.fact_docs(t, k, "wrong", seed=14),
+            "forum": K.fact_docs(t, k, "true", seed=15),
+            "forum_myths": K.fact_docs(t, k, "wrong", seed=16),
+            "clean": K.fact_docs(t, k, "true", seed=17)}
+
+
 def _blend(n: dict) -> dict[str, list[str]]:
     t = K.fact_table(n["domain_entities"], seed=1)
     return {"facts": K.profile_docs(t, n["domain_docs"], "true", seed=3),
@@ -166,6 +176,16 @@ SCENARIOS = {s.name: s for s in (
              {"web": 1.0, "forum": 1.0}, ("web_spam", "forum_myths"), "clean", 0.5, 512,
              _inside, parts={"web": ("web", "web_spam"), "forum": ("forum", "forum_myths")},
              packed=True),
+    Scenario("packed", "Contradicting facts inside every source, packed",
+             "Two declared sources, `web` and `forum`, each half true facts and half myths (the "
+             "consistent wrong value of each fact), every document a sentence or two, packed "
+             "several to a sequence: harm that no declared source isolates and no sequence "
+             "holds alone. Validation: held-out true facts; `ceiling` trains on true facts "
+             "alone; `oracle-doc` masks exactly the myths' tokens (lai.unit=document).",
+             {"web": 1.0, "forum": 1.0}, ("web_myths", "forum_myths"), "clean", 0.6, 512, _packed,
+             parts={"web": ("web", "web_myths"), "forum": ("forum", "forum_myths")}, packed=True,
+             only=("ceiling", "oracle", "oracle-doc", "lai-default", "lai-doc", "lai-doc-raw",
+                   "mixing", "bandit")),
     Scenario("blend", "Domain targeting inside one source: no declared domains",
              "The documents of `domain` (country facts, standard library code, the Python "
              "language reference) prepared as one source, `web`, with lai-prep --groups 8 "
