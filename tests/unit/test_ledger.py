@@ -48,7 +48,7 @@ def expected(steps: range) -> np.ndarray:
         for rank in range(WORLD):
             seq, v, k, loss = batch(step, rank)
             for i in range(MICRO):
-                rows.append((step, seq[i], v[i], loss[i], k[i], 2 * v[i], float(k[i]), rank))
+                rows.append((step, seq[i], v[i], loss[i], k[i], 2 * v[i], float(k[i]), -1, rank))
     out = np.array(rows, ROW.descr + [("rank", "<i4")])
     return out[np.lexsort((out["seq_id"], out["step"]))]
 
@@ -134,3 +134,19 @@ def test_errors(tmp_path):
         read_ledger(tmp_path)
     with pytest.raises(UserError, match="ledger state"):
         led.load_state_dict({"rows": 3})
+
+
+def test_segment_column_and_chunks_written_before_it(tmp_path):
+    """lai.unit=document rows carry their document run; a chunk written before the segment
+    column reads as whole sequences (-1), and (step, seq_id, segment) is the row's key."""
+    from pipeline.train.ledger import ROW_V3
+    led = Ledger(tmp_path, 0)
+    led.append(1, [7, 7, 8], [0.1, 0.2, 0.3], [True, False, True], [1.0, 2.0, 3.0],
+               segments=[0, 2, -1])
+    led.close()
+    old = np.zeros(2, ROW_V3)
+    old["step"], old["seq_id"], old["kept"] = 2, [3, 4], True
+    np.save(tmp_path / "ledger" / "rank-00000" / "chunk-00000099.npy", old)
+    rows = read_ledger(tmp_path)
+    assert rows["segment"].tolist() == [0, 2, -1, -1, -1]
+    assert rows["kept"].tolist() == [True, False, True, True, True]
