@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.lib.machine import machine, now
+from benchmarks.lib.docs import portable_command
 from benchmarks.lib.paths import OUT, ROOT
 from benchmarks import headroom
 from benchmarks.headroom import report, runs
@@ -109,7 +110,7 @@ def main(argv=None) -> int:
     seconds = time.perf_counter() - t0
     wall = float(np.nansum([t["wall_s"] for t in timings]))
     cpu = float(np.nansum([t["cpu_s"] for t in timings]))
-    cmd = "OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.headroom " + " ".join(sys.argv[1:])
+    cmd = portable_command("benchmarks.headroom", sys.argv[1:])
     meta = {"line": (f"Size `{args.size}`: llama {size['n_layer']} layers x {size['hidden']}, seq "
                      f"{size['seq_len']}, global batch {size['global_batch']}, {size['steps']} steps, lr "
                      f"{size['lr']} cosine; seeds {args.seeds}; {nproc} process(es) per run, {jobs} "
