@@ -80,7 +80,7 @@ class Scenario:
                 *(("oracle", "oracle@rate") if self.harmful else ()),
                 *(("oracle-doc", "lai-doc", "lai-doc-raw") if self.packed else ()),
                 *(("oracle-refill", "loss-refill", "select-lai") if self.refill else ()),
-                *(("mixing-groups",) if self.groups else ())}
+                *(("mixing-groups", "bandit-groups") if self.groups else ())}
 
     @property
     def oracle(self) -> str:
@@ -195,7 +195,7 @@ SCENARIOS = {s.name: s for s in (
              "the ceiling's gain with `mixing` over the declared sources in `domain`.",
              {"web": 1.0}, ("code", "reference"), "clean", 0.8, 1024, _blend,
              parts={"web": ("facts", "code", "reference")}, groups=8,
-             only=("ceiling", "oracle", "mixing-groups", "bandit")),
+             only=("ceiling", "oracle", "mixing-groups", "bandit-groups")),
     Scenario("universal", "Universal: the validation set is the mix",
              "Three real sources, nothing harmful: country facts, standard library code and the "
              "Python language reference (prose). The validation set is drawn from every source "

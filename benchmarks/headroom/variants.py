@@ -59,20 +59,23 @@ VARIANTS: dict[str, list[str]] = {
     # mixing over the groups lai-prep --groups K found (scenarios prepared with groups)
     "mixing-groups": ["lai.enabled=true", "lai.filter=none", "lai.mixing=true",
                       "lai.mixing_groups=true"],
+    "bandit-groups": OFF + ["lai.filter=none", "lai.mixing=true", "lai.mixer=loss_bandit",
+                            "lai.mixing_groups=true"],
 }
 # round two (issue 19): the exact-pairing rows, the global reference and the exact full gradient
 # settled round one's questions and are levers now, so the suite fits in about an hour on a
 # 2-core machine
 SUITE = ("none", "ceiling", "oracle", "oracle-doc", "oracle-refill", "lai-default", "lai-doc",
          "lai-doc-raw", "select-lai", "loss-refill", "loss@rate", "random@rate", "mixing",
-         "mixing-avg", "mixing-groups", "bandit", "static-tuned")
+         "mixing-avg", "mixing-groups", "bandit", "bandit-groups", "static-tuned")
 LEVERS = ("lai-global", "full-gradient", "lai-token_pair", "lai-aligned", "lai-pooled",
           "lai-paper", "lai-raw", "lai-no-memory", "lai-adam", "oracle@rate")
 REFERENCES = ("none", "oracle", "oracle-doc")   # always run (where they apply): every row is
 #   read against them
 RATE_FROM = "lai-default"           # the rate-matched baselines run at its exclusion rate
 SCENARIO_ROWS = ("ceiling", "oracle", "oracle@rate", "oracle-doc", "lai-doc", "lai-doc-raw",
-                 "oracle-refill", "loss-refill", "select-lai", "mixing-groups")
+                 "oracle-refill", "loss-refill", "select-lai", "mixing-groups",
+                 "bandit-groups")
 #   only where Scenario.applies says so
 GRID = "grid"                       # the static mixtures of `grid`, run as GRID0, GRID1, ...
 TUNED = "static-tuned"              # the grid's winner on all seeds
