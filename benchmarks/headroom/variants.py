@@ -62,13 +62,13 @@ VARIANTS: dict[str, list[str]] = {
     "bandit-groups": OFF + ["lai.filter=none", "lai.mixing=true", "lai.mixer=loss_bandit",
                             "lai.mixing_groups=true"],
 }
-# round two (issue 19): the exact-pairing rows, the global reference and the exact full gradient
-# settled round one's questions and are levers now, so the suite fits in about an hour on a
+# round two (issue 19): the exact-pairing rows, the global reference, the exact full gradient and
+# the rate-matched drop baselines settled round one's questions and are levers now, so the suite fits in about an hour on a
 # 2-core machine
 SUITE = ("none", "ceiling", "oracle", "oracle-doc", "oracle-refill", "lai-default", "lai-doc",
-         "lai-doc-raw", "select-lai", "loss-refill", "loss@rate", "random@rate", "mixing",
-         "mixing-avg", "mixing-groups", "bandit", "bandit-groups", "static-tuned")
-LEVERS = ("lai-global", "full-gradient", "lai-token_pair", "lai-aligned", "lai-pooled",
+         "lai-doc-raw", "select-lai", "loss-refill", "mixing", "mixing-avg", "mixing-groups",
+         "bandit", "bandit-groups", "static-tuned")
+LEVERS = ("lai-global", "full-gradient", "loss@rate", "random@rate", "lai-token_pair", "lai-aligned", "lai-pooled",
           "lai-paper", "lai-raw", "lai-no-memory", "lai-adam", "oracle@rate")
 REFERENCES = ("none", "oracle", "oracle-doc")   # always run (where they apply): every row is
 #   read against them
