@@ -4,7 +4,9 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import shutil
 import sys
+from pathlib import Path
 from typing import Callable
 
 
@@ -19,6 +21,18 @@ FS_FAULTS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
              errno.EISDIR, errno.EFBIG, errno.EEXIST}
 
 
+def disk_full(path: str | os.PathLike, below: int = 1 << 20) -> bool:
+    """The file system that holds `path` (or its nearest existing parent) has < `below` bytes
+    free: how a write error that carries no errno is recognised as a full disk."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free < below
+    except OSError:
+        return False
+
+
 def fs_fault(e: BaseException) -> str | None:
     """`<path>: <what> (errno <NAME>)` for a file-system fault (FS_FAULTS), else None. A write
     error without an errno (numpy's tofile) on a full disk counts as ENOSPC."""
@@ -26,7 +40,6 @@ def fs_fault(e: BaseException) -> str | None:
         return None
     code = e.errno
     if code is None and e.filename:
-        from pipeline.fsutil import disk_full
         code = errno.ENOSPC if disk_full(e.filename) else None
     if code not in FS_FAULTS:
         return None

@@ -10,6 +10,8 @@ import shutil
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from pipeline.errors import UserError
+
 
 def tmp_name(path: str | os.PathLike) -> Path:
     """The temporary sibling used while `path` is being written (same directory: rename is atomic)."""
@@ -50,7 +52,6 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 def read_json(path: str | os.PathLike, if_missing: str = "missing") -> Any:
     """Parse a JSON file; UserError `<path>: <if_missing>` if absent, `<path>: unreadable (...)`
     if it is not valid JSON."""
-    from pipeline.errors import UserError
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{p}: {if_missing}")
@@ -58,18 +59,6 @@ def read_json(path: str | os.PathLike, if_missing: str = "missing") -> Any:
         return json.loads(p.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{p}: unreadable ({e})") from None
-
-
-def disk_full(path: str | os.PathLike, below: int = 1 << 20) -> bool:
-    """The file system that holds `path` (or its nearest existing parent) has < `below` bytes
-    free: how a write error that carries no errno is recognised as a full disk."""
-    p = Path(path)
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    try:
-        return shutil.disk_usage(p).free < below
-    except OSError:
-        return False
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:

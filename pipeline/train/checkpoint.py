@@ -28,8 +28,8 @@ from typing import Any
 import torch
 
 from pipeline.comm import Comm
-from pipeline.errors import UserError, fs_fault
-from pipeline.fsutil import atomic_write, atomic_write_json, disk_full
+from pipeline.errors import UserError, disk_full, fs_fault
+from pipeline.fsutil import atomic_write, atomic_write_json
 from pipeline.train import safe_load
 from pipeline.train.fsdp import DCP_DIR
 from pipeline.train.state import TrainState
