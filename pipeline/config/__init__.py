@@ -1,6 +1,6 @@
-"""The run config: typed dataclasses (schema.py), loaded from YAML with dotted overrides and the
-lai section resolved (load.py), validated before anything starts (validate.py; the batch triple
-and lai.select's pool size in batch.py).
+"""The run config: typed dataclasses per section (schema.py), loaded from YAML with dotted
+overrides and the lai section resolved (load.py), assembled as Config and validated before
+anything starts (validate.py; the batch triple and lai.select's pool size in batch.py).
 
     cfg = load_config("configs/tiny_cpu.yaml", ["train.steps=20", "lai.filter=random"])
     cfg.validate(world=2)                # batch triple, ranges, data paths, LAI options
@@ -10,9 +10,9 @@ user: the DeepSpeed JSON in pipeline.train.setup (ds_config), the resume rules i
 pipeline.train.resume.
 """
 from pipeline.config.load import config_from_dict, load_config, save_yaml
-from pipeline.config.schema import (CHOICES, Config, DataConfig, LogConfig, ModelConfig,
-                                    RunConfig, SourceConfig, TrainConfig)
-from pipeline.config.validate import validate
+from pipeline.config.schema import (CHOICES, DataConfig, LogConfig, ModelConfig, RunConfig,
+                                    SourceConfig, TrainConfig)
+from pipeline.config.validate import Config, validate
 from pipeline.lai.settings import LAISettings
 
 __all__ = ["CHOICES", "Config", "DataConfig", "LAISettings", "LogConfig", "ModelConfig",

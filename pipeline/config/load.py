@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.config.schema import Config
+from pipeline.config.validate import Config
 from pipeline.errors import UserError
 from pipeline.values import to_bool, to_float
 

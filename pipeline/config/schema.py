@@ -1,4 +1,5 @@
-"""The run config's schema: one typed dataclass per section (run, data, model, train, lai, log).
+"""The run config's schema: one typed dataclass per section (run, data, model, train, lai, log);
+the whole config (Config) is assembled and validated in pipeline.config.validate.
 
 The `lai` section is pipeline.lai's own settings type (LAISettings): it is resolved to concrete
 values when the config loads (pipeline.config.load). Choices of the other sections are in CHOICES;
@@ -6,11 +7,7 @@ ranges and cross-field rules in pipeline.config.validate.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
-
-from pipeline.lai.settings import LAISettings
 
 
 @dataclass
@@ -103,25 +100,6 @@ class LogConfig:
     wandb: bool = False                # also log the scalars to Weights & Biases (pip install
                                        # 'lai-pretrain[wandb]'; WANDB_MODE=offline works)
     wandb_project: str = "lai-pretrain"
-
-
-@dataclass
-class Config:
-    run: RunConfig = field(default_factory=RunConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    lai: LAISettings = field(default_factory=LAISettings)
-    log: LogConfig = field(default_factory=LogConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def validate(self, world: int = 1) -> Config:
-        """Check every field and fill the batch triple for `world` ranks (pipeline.config.batch)."""
-        from pipeline.config.validate import validate
-        validate(self, world)
-        return self
 
 
 CHOICES: dict[str, tuple[str, ...]] = {          # the lai section's choices: pipeline.lai.settings

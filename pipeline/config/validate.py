@@ -1,18 +1,42 @@
-"""Validation of a loaded run config: ranges, choices and cross-field rules, before anything
-starts. The first bad field raises a one-line UserError `<field>: <what is wrong>`; the lai
-section is checked by pipeline.lai.settings (its one validation)."""
+"""The whole run config (Config: the schema's sections) and its validation: ranges, choices and
+cross-field rules, before anything starts. The first bad field raises a one-line UserError
+`<field>: <what is wrong>`; the lai section is checked by pipeline.lai.settings (its one
+validation)."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pipeline.config.batch import pool_size, resolve_batch
-from pipeline.config.schema import CHOICES, Config
+from pipeline.config.schema import (CHOICES, DataConfig, LogConfig, ModelConfig, RunConfig,
+                                    TrainConfig)
 from pipeline.errors import UserError
 from pipeline.lai.baselines import FILTERS
+from pipeline.lai.settings import LAISettings
 from pipeline.lai.settings import check as check_lai
 
 MAX_SEED = 2**31 - 1         # numpy's legacy seed takes [0, 2**32); headroom for derived seeds
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    lai: LAISettings = field(default_factory=LAISettings)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self, world: int = 1) -> Config:
+        """Check every field and fill the batch triple for `world` ranks (pipeline.config.batch)."""
+        validate(self, world)
+        return self
 
 
 def need(ok: bool, key: str, what: str) -> None:
