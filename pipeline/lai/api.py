@@ -11,28 +11,11 @@ from torch import nn
 from pipeline.comm import Comm
 
 from .capture import LayerInputCapture
-from .grads import shift_labels
+from .grads import check_ids
 from .modelio import eval_mode, model_logits
 from .precondition import AdamFactors
 from .scorer import LAIScorer
 from .settings import DEFAULT_PAIRING
-
-
-def check_ids(input_ids: torch.Tensor, labels: torch.Tensor | None, name: str = "input_ids"
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate [B, T] ids/labels; return (input_ids, shifted targets)."""
-    if not torch.is_tensor(input_ids) or input_ids.dim() != 2:
-        got = tuple(input_ids.shape) if torch.is_tensor(input_ids) else type(input_ids).__name__
-        raise ValueError(f"{name}: expected an int tensor [B, T], got {got}")
-    if input_ids.numel() == 0:
-        raise ValueError(f"{name}: empty batch (shape {tuple(input_ids.shape)})")
-    labels = input_ids if labels is None else labels
-    if tuple(labels.shape) != tuple(input_ids.shape):
-        raise ValueError(f"labels for {name}: shape {tuple(labels.shape)} != "
-                         f"{name} shape {tuple(input_ids.shape)}")
-    if not (labels[:, 1:] != -100).any():
-        raise ValueError(f"labels for {name}: all labels are -100 (nothing to score)")
-    return input_ids, shift_labels(labels)
 
 
 def lai_values(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor | None = None, *,

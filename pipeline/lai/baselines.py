@@ -26,7 +26,7 @@ must check against the run once (its `check`) runs when the Selector is built.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import numpy as np
 import torch
@@ -35,9 +35,17 @@ from torch import nn
 from pipeline.comm import Comm
 from pipeline.errors import UserError
 
+from .reference import full_gradient_values
+
 if TYPE_CHECKING:
     from .memory import Documents
-    from .settings import LAISettings
+
+
+class FilterSettings(Protocol):
+    """What a filter reads of the lai settings (LAISettings has these fields)."""
+    baseline_rate: float
+    include_self: bool
+    oracle_sources: list[str]
 
 
 @dataclass
@@ -58,13 +66,13 @@ class FilterInput:
 
 @dataclass(frozen=True)
 class Filter:
-    scores: Callable[[FilterInput, "LAISettings", int], torch.Tensor | None]  # (input, settings, seed)
+    scores: Callable[[FilterInput, FilterSettings, int], torch.Tensor | None]  # (input, settings, seed)
     needs_lai: bool = False            # its scores are the LAI values
     uses_threshold: bool = False       # lai.threshold applies (else the threshold is 0)
     uses_rate: bool = False            # excludes about lai.baseline_rate of each micro-batch
     needs_full_params: bool = False    # every rank needs the whole model (not with ZeRO-3)
     about: str = ""
-    check: Callable[["LAISettings", "Documents | None"], None] | None = None   # once, against
+    check: Callable[[FilterSettings, "Documents | None"], None] | None = None   # once, against
                                        # the training documents: a UserError if they don't fit
 
 
@@ -97,7 +105,6 @@ def full_gradient_scores(model: nn.Module, input_ids: torch.Tensor, targets: tor
     (all ranks' sequences gathered; local batches are equal-sized). Every rank computes the whole
     global batch, so the model must hold its full parameters. Whole sequences only: targets must
     be the inputs shifted by one (refused on every rank together otherwise)."""
-    from .reference import full_gradient_values
     bad = bool((targets == -100).any()) or not torch.equal(input_ids[:, 1:], targets[:, :-1])
     if comm.any(bad, input_ids.device):
         raise UserError("lai.filter: full_gradient scores whole sequences whose targets are the "
@@ -109,7 +116,7 @@ def full_gradient_scores(model: nn.Module, input_ids: torch.Tensor, targets: tor
     return values[comm.rank * b:(comm.rank + 1) * b]
 
 
-def _full_gradient(i: FilterInput, s: LAISettings, seed: int) -> torch.Tensor:
+def _full_gradient(i: FilterInput, s: FilterSettings, seed: int) -> torch.Tensor:
     if i.model is None or i.input_ids is None:
         raise ValueError("lai.filter=full_gradient: the filter input needs input_ids and the "
                          "model")
@@ -132,13 +139,13 @@ def oracle_scores(seq_ids: torch.Tensor, documents: Documents, harmful: set[str]
     return 0.5 - torch.tensor(frac, dtype=torch.float64, device=seq_ids.device)
 
 
-def _oracle(i: FilterInput, s: LAISettings, seed: int) -> torch.Tensor:
+def _oracle(i: FilterInput, s: FilterSettings, seed: int) -> torch.Tensor:
     if i.documents is None:
         raise ValueError("lai.filter=oracle: the filter input needs the training documents")
     return oracle_scores(i.seq_ids, i.documents, set(s.oracle_sources), i.segments)
 
 
-def _check_oracle(s: LAISettings, documents: Documents | None) -> None:
+def _check_oracle(s: FilterSettings, documents: Documents | None) -> None:
     if documents is None:
         raise ValueError("lai.filter=oracle: the selector needs the training documents")
     known = documents.prepared_sources

@@ -1,8 +1,8 @@
 """Per-sequence loss and its closed-form logit gradient (no backward pass).
 
 Targets here are already aligned with positions (targets[:, t] is the token predicted at t,
--100 = ignored); `shift_labels` converts HF-convention labels. Shapes: logits [B, T, V],
-targets [B, T].
+-100 = ignored); `shift_labels` converts HF-convention labels (`check_ids` checks ids and labels
+first). Shapes: logits [B, T, V], targets [B, T].
 """
 from __future__ import annotations
 
@@ -16,6 +16,23 @@ def shift_labels(labels: torch.Tensor) -> torch.Tensor:
     """HF convention (labels[:, t+1] is predicted at t) -> position-aligned targets [B, T]."""
     pad = torch.full_like(labels[:, :1], IGNORE)
     return torch.cat([labels[:, 1:], pad], dim=1)
+
+
+def check_ids(input_ids: torch.Tensor, labels: torch.Tensor | None, name: str = "input_ids"
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validate [B, T] ids/labels; return (input_ids, shifted targets)."""
+    if not torch.is_tensor(input_ids) or input_ids.dim() != 2:
+        got = tuple(input_ids.shape) if torch.is_tensor(input_ids) else type(input_ids).__name__
+        raise ValueError(f"{name}: expected an int tensor [B, T], got {got}")
+    if input_ids.numel() == 0:
+        raise ValueError(f"{name}: empty batch (shape {tuple(input_ids.shape)})")
+    labels = input_ids if labels is None else labels
+    if tuple(labels.shape) != tuple(input_ids.shape):
+        raise ValueError(f"labels for {name}: shape {tuple(labels.shape)} != "
+                         f"{name} shape {tuple(input_ids.shape)}")
+    if not (labels[:, 1:] != -100).any():
+        raise ValueError(f"labels for {name}: all labels are -100 (nothing to score)")
+    return input_ids, shift_labels(labels)
 
 
 def check_targets(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -24,6 +24,7 @@ import torch
 
 from pipeline.comm import Comm
 
+from .baselines import FILTERS
 from .settings import DEFAULT_MAX_EXCLUDE_FRAC, check_policy
 
 
@@ -90,7 +91,6 @@ def describe(s, global_batch: int, micro: int, accum: int, world: int, steps: in
     """The filter's budget, what its decisions still depend on of the split (micro x accum x
     world), and a warning when it cannot exclude anything: lines for the start line and the dry
     run. `s`: resolved LAISettings."""
-    from .baselines import FILTERS
     if s.filter == "none":
         return []
     f, n = s.max_exclude_frac, micro * world

@@ -19,10 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from .api import check_ids
 from .capture import hooked_modules, is_transposed
 from .exact import reference_mean
-from .grads import IGNORE, per_sequence_loss
+from .grads import IGNORE, check_ids, per_sequence_loss
 from .modelio import eval_mode, model_logits
 
 

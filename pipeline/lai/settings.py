@@ -16,6 +16,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
+from .baselines import FILTERS
 from .capture import LAYER_SETS
 from .mixing import MIXERS
 from .normalize import NORMALIZE
@@ -181,7 +182,6 @@ def check_policy(threshold: float, warmup_steps: int, max_exclude_frac: float) -
 
 def check(s: LAISettings) -> None:
     """Raise ValueError naming the first bad field of `s` (unresolved or resolved)."""
-    from .baselines import FILTERS
     _one_of(s, "filter", tuple(FILTERS))
     _one_of(s, "pairing", tuple(PAIRINGS))
     _one_of(s, "method", METHODS)
