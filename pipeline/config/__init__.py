@@ -6,7 +6,7 @@ anything starts (validate.py; the batch triple and lai.select's pool size in bat
     cfg.validate(world=2)                # batch triple, ranges, data paths, LAI options
 
 Every error is a one-line UserError naming the file/field. What is derived from it lives with its
-user: the DeepSpeed JSON in pipeline.train.setup (ds_config), the resume rules in
+user: the DeepSpeed JSON in pipeline.train.engine (ds_config), the resume rules in
 pipeline.train.resume.
 """
 from pipeline.config.load import config_from_dict, load_config, save_yaml

@@ -24,7 +24,8 @@ from pipeline.train.model import hf_config
 from pipeline.train.flops import model_flops_per_token
 from pipeline.train.runplan import data_plan, memory_estimate, reference_note, time_estimate
 from pipeline.train.runtime import DistInfo
-from pipeline.train.setup import ds_config, open_data
+from pipeline.train.engine import ds_config
+from pipeline.train.setup import open_data
 
 
 def _meta_model(cfg: Config, data):

@@ -19,7 +19,8 @@ natively; pipeline.train.fsdp.FSDPEngine over torch's fully_shard):
   engine.load_checkpoint(dir, tag, ...) -> (path, client_state)  collective
   engine.destroy()                           before the process group goes
 Sharding, precision, the optimizer's placement, gradient clipping and checkpoint files are the
-backend's; data, LAI, mixing, the ledger, metrics and the train state are the trainer's.
+backend's; data, LAI, mixing, the ledger, metrics and the train state are the trainer's. The
+DeepSpeed backend's JSON is derived from the config here (`ds_config`).
 """
 from __future__ import annotations
 
@@ -51,10 +52,38 @@ def build(cfg: Config, info: DistInfo, model: torch.nn.Module,
         return FSDPEngine(module, optimizer, t), optimizer
     import deepspeed
 
-    from pipeline.train.setup import ds_config
     optimizer = make_optimizer(model)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer,
         config=ds_config(cfg, info.world, info.device.type == "cuda",
                          load_universal=load_universal))
     return engine, optimizer
+
+
+def ds_config(cfg: Config, world: int, cuda: bool, *, load_universal: bool = False
+              ) -> dict[str, Any]:
+    """The DeepSpeed JSON. No optimizer/scheduler sections: the client AdamW is built by the
+    trainer and the LR schedule (ours) sets its lr every step."""
+    t = cfg.train
+    zero: dict[str, Any] = {"stage": t.zero_stage}
+    if t.offload_optimizer != "none":
+        zero["offload_optimizer"] = {"device": t.offload_optimizer, "pin_memory": cuda}
+    if t.offload_params != "none":
+        zero["offload_param"] = {"device": t.offload_params, "pin_memory": cuda}
+    extra = {"checkpoint": {"load_universal": True}} if load_universal else {}
+    return {
+        **extra,
+        "train_micro_batch_size_per_gpu": t.micro_batch,
+        "gradient_accumulation_steps": t.grad_accum,
+        "train_batch_size": t.micro_batch * t.grad_accum * world,
+        "gradient_clipping": t.grad_clip,
+        "bf16": {"enabled": t.precision == "bf16"},
+        "fp16": {"enabled": False},
+        "zero_optimization": zero,
+        # the client optimizer is AdamW plus our skip gate (a subclass, which DeepSpeed calls
+        # "untested"); on CPU it may also run on offloaded states (no DeepSpeed CPU Adam build)
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": cuda,
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }

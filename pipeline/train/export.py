@@ -16,6 +16,7 @@ from pipeline.comm import Comm
 from pipeline.format.manifest import TokenizerEntry
 from pipeline.format.tokenizer import load_tokenizer
 from pipeline.fsutil import tmp_name
+from pipeline.train.engine import is_fsdp
 
 
 def export_final(engine, run_dir: Path, tokenizer_path: Path, tokenizer: TokenizerEntry,
@@ -23,7 +24,6 @@ def export_final(engine, run_dir: Path, tokenizer_path: Path, tokenizer: Tokeniz
     """RUN/final: save_pretrained (ZeRO-3 parameters gathered one at a time; fsdp2's all
     gathered to rank 0's host) + the data's tokenizer (`tokenizer` = the manifest's entry, at
     `tokenizer_path`). Collective; rank 0 (`main`) writes."""
-    from pipeline.train.engine import is_fsdp
     module = engine.module
     state = engine.full_state_dict(main) if is_fsdp(engine) \
         else _deepspeed_state(module, main, zero3)

@@ -28,6 +28,7 @@ from pipeline.format.manifest import TokenizerEntry
 from pipeline.format.tokenizer import (SPM_FILE, HFTokenizer, SentencePieceTokenizer,
                                        load_tokenizer)
 from pipeline.fsutil import sha256_file
+from pipeline.train.export import context_length
 
 KEY = "model.init_from"
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -100,7 +101,6 @@ def check(path: str | Path, tokenizer: TokenizerEntry, tokenizer_path: Path, seq
           data_dir: str | Path) -> str:
     """UserError (one line) unless the folder fits the data (see the module doc); returns a note
     for the start line."""
-    from pipeline.train.export import context_length
     p = Path(path)
     config = pretrained_config(p)
     check_weights(p)

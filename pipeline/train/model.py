@@ -17,6 +17,7 @@ from torch import nn
 
 from pipeline.config import ModelConfig
 from pipeline.lai.capture import decoder_blocks
+from pipeline.train.init_from import load_model
 
 
 def hf_config(m: ModelConfig, *, vocab_size: int, seq_len: int, bos_id: int = -1,
@@ -61,7 +62,6 @@ def build_model(m: ModelConfig, *, vocab_size: int, seq_len: int, bos_id: int = 
     """A freshly initialised causal LM in fp32 (DeepSpeed casts to bf16 if configured), or the
     one in `m.init_from` (pipeline.train.init_from; the caller checked that it fits the data)."""
     if m.init_from:
-        from pipeline.train.init_from import load_model
         model = load_model(m.init_from)
     else:
         cfg = hf_config(m, vocab_size=vocab_size, seq_len=seq_len, bos_id=bos_id,

@@ -5,7 +5,8 @@
     parts = build_engine(cfg, info, data, comm)    # model -> engine of train.backend + guarded AdamW
     write_run_files(cfg, run_dir, ds_config(...), data.train.fingerprint)
 
-The DeepSpeed JSON is derived from the config here (`ds_config`), never written by hand.
+The DeepSpeed JSON is derived from the config by pipeline.train.engine (`ds_config`, also
+imported from here), never written by hand.
 """
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ from pipeline.format.manifest import MANIFEST_NAME, load_manifest
 from pipeline.format.tokenizer import tokenizer_sha256
 from pipeline.format.verify import ShardCheck
 from pipeline.fsutil import atomic_write, atomic_write_json, read_json
+from pipeline.train import engine as backend
 from pipeline.train import init_from
+from pipeline.train.engine import ds_config as ds_config  # re-exported: run files, tests
 from pipeline.train.flops import model_flops_per_token
 from pipeline.train.model import build_model
 from pipeline.train.optim import SkipGate, build_optimizer
@@ -164,7 +167,6 @@ def build_engine(cfg: Config, info: DistInfo, data: Data, comm: Comm, *,
     """The model (seeded by the caller), its guarded optimizer and the engine of
     train.backend (load_universal: DeepSpeed will load a universal checkpoint,
     pipeline.train.universal)."""
-    from pipeline.train import engine as backend
     tok = data.train.tokenizer
     if cfg.model.init_from:
         log0(info, init_from.check(cfg.model.init_from, tok, data.train.tokenizer_path,
@@ -190,35 +192,6 @@ def write_run_files(cfg: Config, run_dir: Path, ds: dict | None, fingerprint: st
     if ds is not None:
         atomic_write_json(run_dir / "ds_config.json", ds)
     atomic_write_json(run_dir / "data.json", data_json(cfg, fingerprint))
-
-
-def ds_config(cfg: Config, world: int, cuda: bool, *, load_universal: bool = False
-              ) -> dict[str, Any]:
-    """The DeepSpeed JSON. No optimizer/scheduler sections: the client AdamW is built by the
-    trainer and the LR schedule (ours) sets its lr every step."""
-    t = cfg.train
-    zero: dict[str, Any] = {"stage": t.zero_stage}
-    if t.offload_optimizer != "none":
-        zero["offload_optimizer"] = {"device": t.offload_optimizer, "pin_memory": cuda}
-    if t.offload_params != "none":
-        zero["offload_param"] = {"device": t.offload_params, "pin_memory": cuda}
-    extra = {"checkpoint": {"load_universal": True}} if load_universal else {}
-    return {
-        **extra,
-        "train_micro_batch_size_per_gpu": t.micro_batch,
-        "gradient_accumulation_steps": t.grad_accum,
-        "train_batch_size": t.micro_batch * t.grad_accum * world,
-        "gradient_clipping": t.grad_clip,
-        "bf16": {"enabled": t.precision == "bf16"},
-        "fp16": {"enabled": False},
-        "zero_optimization": zero,
-        # the client optimizer is AdamW plus our skip gate (a subclass, which DeepSpeed calls
-        # "untested"); on CPU it may also run on offloaded states (no DeepSpeed CPU Adam build)
-        "zero_allow_untested_optimizer": True,
-        "zero_force_ds_cpu_optimizer": cuda,
-        "steps_per_print": 1 << 30,
-        "wall_clock_breakdown": False,
-    }
 
 
 def data_json(cfg: Config, fingerprint: str | None = None) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from pipeline.errors import UserError
 from pipeline.fsutil import atomic_write_json
 from pipeline.lai import Selector, SourceMixer, per_sequence_loss
 from pipeline.train import checkpoint, faults, lineage
+from pipeline.train.engine import ds_config
 from pipeline.train.export import export_final
 from pipeline.train.fsdp import describe
 from pipeline.train.ledger import Ledger
@@ -35,8 +36,7 @@ from pipeline.train.moments import MomentReader
 from pipeline.train.resume import Resume, config_hash
 from pipeline.train.runplan import data_plan
 from pipeline.train.runtime import DistInfo, StopFlag, log0, log_to, seed_everything, shutdown
-from pipeline.train.setup import (build_engine, ds_config, open_data, verify_data,
-                                  write_run_files)
+from pipeline.train.setup import build_engine, open_data, verify_data, write_run_files
 from pipeline.train.sinks import open_sinks
 from pipeline.train.state import Counters, RNGState, TrainState
 from pipeline.train.step import StepResult, StepRunner
