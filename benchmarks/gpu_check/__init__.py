@@ -25,7 +25,7 @@ results saved as it ends, a failing part is recorded and the next one still runs
 6. fidelity: on the model the sketch run trained, LAI values (token_pair, the batch as reference)
    of the sketch at several sizes and of a bf16 copy against exact fp32: Pearson per batch;
 7. headroom: one headroom scenario at GPU size (benchmarks.headroom --size gpu, spam: none /
-   oracle / lai-default / mixing, 1 seed, 500 steps, corpus scaled to match: SIZES["gpu"];
+   oracle / lai-filter / mixing, 1 seed, 500 steps, corpus scaled to match: SIZES["gpu"];
    its runs at once on the one device). The dry mode runs it at the CPU size for a few steps.
 Writes OUT/gpu_check.json, OUT/gpu_check.md (the section for docs/RESULTS.md) and OUT/*.log;
 `--doc` also replaces the gpu section of docs/RESULTS.md.

@@ -10,7 +10,7 @@ from benchmarks.lib.paths import ROOT
 # bf16 dense peak per device for MFU (vendor datasheets); measured matmul ceilings are lower
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "cpu": 0.0}
 # the headroom part's rows besides none and oracle (benchmarks.headroom.variants)
-HEADROOM_VARIANTS = ["lai-default", "mixing"]
+HEADROOM_VARIANTS = ["lai-filter", "mixing"]
 SIZES = {
     "gpu": {"vocab": 50257, "seq_len": 1024, "model": ("gpt2", 12, 768, 12), "precision": "bf16",
             "steps": 20, "small_steps": 15, "log_every": 5, "small_batch": 8, "max_batch": 64,

@@ -13,8 +13,9 @@ One command (seeds fixed; resumable: finished runs and their analyses are reused
         --seeds 0 --steps 20 --out /tmp/headroom --no-doc                       # a smoke run
 
 Every run goes through the real trainer (`python -m pipeline.train`, DeepSpeed ZeRO 0; torchrun
-over gloo when --nproc > 1). `lai-default` is LAI as the trainer ships it; every other LAI variant
-changes one thing of it (see VARIANTS). A finished run is reused only if it ran with the same
+over gloo when --nproc > 1). `lai-filter` is LAI's z-score filter (lai.filter=lai) with everything
+else as the trainer ships it (the shipped default, lai.filter=none, trains exactly what `none`
+trains); every other LAI variant changes one thing of it (see VARIANTS). A finished run is reused only if it ran with the same
 trainer arguments.
 
 Each scenario is a training mix of prepared sources (generated text and text CPython ships, through
@@ -44,7 +45,7 @@ Reference rows: `none` (no filter); `ceiling` (the same steps on the clean / tar
 `oracle` (`lai.filter=oracle`: in each global batch exactly the sequences of the harmful sources are
 excluded, under the scenario's cap, which is >= their share, so it drops them all). Every filter runs
 under that same cap (`lai.max_exclude_frac`); random and loss-based exclusion, and `oracle@rate`,
-at the exclusion rate `lai-default` measured. Selection at equal trained tokens (spam, conflict):
+at the exclusion rate `lai-filter` measured. Selection at equal trained tokens (spam, conflict):
 `oracle-refill` (2 x the global batch drawn per step, the least harmful half trained:
 `lai.select=oversample` ranking by the oracle's score), `loss-refill` (the lowest-loss half),
 `select-lai` (the highest-valued half); random with refill is `none`. Mixer rows: `mixing` (lai.mixing), `mixing-avg`

@@ -163,7 +163,8 @@ def write_docs(docs: Path, size_name: str, scen: list[Scenario], payload: dict) 
             f"{size['eval_every']}) at which the run's val loss is at or below the final val loss "
             "of `none` with the same seed, mean over the seeds that get there; `excl. <source>` = "
             "excluded fraction of that source's sequences after the LAI warmup",
-            "- variants: `lai-default` = LAI as the trainer ships it (token_pair sketch, "
+            "- variants: `lai-filter` = LAI's z-score filter with everything else as the "
+            "trainer ships it (the shipped default drops nothing: lai.filter=none) (token_pair sketch, "
             "lai.reference=auto, which resolves to the validation set here: its reference "
             "batches come from the same val split the evaluation reads; z-scored values cut at "
             "-1; memory across epochs), under the scenario's cap; every other `lai-*` row "

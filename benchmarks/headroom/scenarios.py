@@ -184,7 +184,7 @@ SCENARIOS = {s.name: s for s in (
              "alone; `oracle-doc` masks exactly the myths' tokens (lai.unit=document).",
              {"web": 1.0, "forum": 1.0}, ("web_myths", "forum_myths"), "clean", 0.6, 512, _packed,
              parts={"web": ("web", "web_myths"), "forum": ("forum", "forum_myths")}, packed=True,
-             only=("ceiling", "oracle", "oracle-doc", "lai-default", "lai-doc", "lai-doc-raw",
+             only=("ceiling", "oracle", "oracle-doc", "lai-filter", "lai-doc", "lai-doc-raw",
                    "mixing", "bandit")),
     Scenario("blend", "Domain targeting inside one source: no declared domains",
              "The documents of `domain` (country facts, standard library code, the Python "

@@ -12,10 +12,11 @@ from benchmarks.headroom.scenarios import Scenario
 # $rate = the exclusion rate RATE_FROM measured (those variants run after it),
 # $rate_cap = a cap that excludes round($rate x global micro-batch) sequences, $clean = the
 # ceiling's data.sources, $tuned = the static mixture that won the grid (GRID, on the first seed;
-# those variants run after it). `lai-default` is the trainer's LAI as shipped (nothing but the filter
-# switched on): after a change of the trainer's defaults, delete its runs to remeasure it. The
-# other LAI variants change one thing of it each, so a row differs from `lai-default` by what its
-# name says.
+# those variants run after it). `lai-filter` is the trainer's LAI with the z-score filter switched
+# on (lai.filter=lai; everything else as shipped; the shipped default is lai.filter=none, which
+# trains exactly what `none` trains): after a change of the trainer's defaults, delete its runs to
+# remeasure it. The other LAI variants change one thing of it each, so a row differs from
+# `lai-filter` by what its name says.
 LAI = ["lai.enabled=true", "lai.filter=lai"]
 OFF = ["lai.enabled=false"]
 EXACT = ["lai.method=exact"]
@@ -25,7 +26,7 @@ VARIANTS: dict[str, list[str]] = {
     "none": OFF + ["lai.filter=none"],
     "ceiling": OFF + ["lai.filter=none", "data.sources=$clean"],
     "oracle": OFF + ["lai.filter=oracle", "lai.oracle_sources=[$harmful]"],
-    "lai-default": LAI,
+    "lai-filter": LAI,
     "lai-global": LAI + ["lai.reference=global"],
     "lai-token_pair": LAI + EXACT + ["lai.pairing=token_pair"],
     "lai-aligned": LAI + EXACT + ["lai.pairing=aligned"],
@@ -65,14 +66,14 @@ VARIANTS: dict[str, list[str]] = {
 # round two (issue 19): the exact-pairing rows, the global reference, the exact full gradient and
 # the rate-matched drop baselines settled round one's questions and are levers now, so the suite fits in about an hour on a
 # 2-core machine
-SUITE = ("none", "ceiling", "oracle", "oracle-doc", "oracle-refill", "lai-default", "lai-doc",
+SUITE = ("none", "ceiling", "oracle", "oracle-doc", "oracle-refill", "lai-filter", "lai-doc",
          "lai-doc-raw", "select-lai", "loss-refill", "mixing", "mixing-avg", "mixing-groups",
          "bandit", "bandit-groups", "static-tuned")
 LEVERS = ("lai-global", "full-gradient", "loss@rate", "random@rate", "lai-token_pair", "lai-aligned", "lai-pooled",
           "lai-paper", "lai-raw", "lai-no-memory", "lai-adam", "oracle@rate")
 REFERENCES = ("none", "oracle", "oracle-doc")   # always run (where they apply): every row is
 #   read against them
-RATE_FROM = "lai-default"           # the rate-matched baselines run at its exclusion rate
+RATE_FROM = "lai-filter"           # the rate-matched baselines run at its exclusion rate
 SCENARIO_ROWS = ("ceiling", "oracle", "oracle@rate", "oracle-doc", "lai-doc", "lai-doc-raw",
                  "oracle-refill", "loss-refill", "select-lai", "mixing-groups",
                  "bandit-groups")

@@ -8,7 +8,7 @@
 - scenarios: the oracle's sources are training sources other than the clean one (or, with harm
   inside every source, harmful parts packed into every training source, none pure), the cap
   admits them all, and every variant's overrides parse as a config with the scenario's cap; the
-  suite and the levers name variants; `lai-default` is the trainer's LAI untouched and the
+  suite and the levers name variants; `lai-filter` is the trainer's LAI untouched and the
   rate-matched baselines follow it; the filter's batch follows train.global_batch on any rank
   count; the universal scenario validates on every source in its training proportion;
 - the static grid (5-8 mixtures) and the suite's plumbing with the trainer stubbed out: which
@@ -105,8 +105,8 @@ def test_scenarios_ground_truth_and_variant_overrides(tmp_path):
     def load(overrides):           # the suite's base config has val data (data.val_sources)
         return load_config(None, [f"data.val_sources=[{{path: '{tmp_path}'}}]", *overrides])
     assert set(SUITE) | set(LEVERS) == set(VARIANTS) and not set(SUITE) & set(LEVERS)
-    assert VARIANTS["lai-default"] == ["lai.enabled=true", "lai.filter=lai"]
-    assert RATE_FROM == "lai-default" in SUITE
+    assert VARIANTS["lai-filter"] == ["lai.enabled=true", "lai.filter=lai"]
+    assert RATE_FROM == "lai-filter" in SUITE
     cpu = SIZES["cpu"]
     assert [filter_batch(cpu, n) for n in (1, 2, 4)] == [cpu["global_batch"]] * 3
     assert filter_batch({"global_batch": 16, "micro_batch": 4}, 2) == 8   # 2 micro-steps
@@ -147,7 +147,7 @@ def test_scenarios_ground_truth_and_variant_overrides(tmp_path):
         assert [s.weight for s in tuned.data.sources] == pytest.approx(list(mixes[-1].values()))
         assert not tuned.lai.enabled and not tuned.lai.mixing
     blend = SCENARIOS["blend"]
-    assert blend.groups and applies("mixing-groups", blend) and not applies("lai-default", blend)
+    assert blend.groups and applies("mixing-groups", blend) and not applies("lai-filter", blend)
     assert load(overrides_for("mixing-groups", VARIANTS, blend, {}, 0.0, 16)).lai.mixing_groups
     inside, universal = SCENARIOS["inside"], SCENARIOS["universal"]
     assert inside.harmful_share == 0 and all(set(inside.parts_of(s)) & set(inside.harmful) and
