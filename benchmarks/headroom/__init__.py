@@ -48,7 +48,8 @@ under that same cap (`lai.max_exclude_frac`); random and loss-based exclusion, a
 at the exclusion rate `lai-filter` measured. Selection at equal trained tokens (spam, conflict):
 `oracle-refill` (2 x the global batch drawn per step, the least harmful half trained:
 `lai.select=oversample` ranking by the oracle's score), `loss-refill` (the lowest-loss half),
-`select-lai` (the highest-valued half); random with refill is `none`. Mixer rows: `mixing` (lai.mixing), `mixing-avg`
+`select-lai` (the highest-valued half), beside soft reweighting (`weight-lai`: lai.weighting=sigmoid,
+nothing dropped); random with refill is `none`. Mixer rows: `mixing` (lai.mixing), `mixing-avg`
 (drawing with the time-averaged weights), `bandit` (lai.mixer=loss_bandit, no LAI) and
 `static-tuned` (the best of 5-8 static mixtures on the first seed, then run on every seed; the
 grid is listed in the scenario's section). A scenario counts when oracle minus none

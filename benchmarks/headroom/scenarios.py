@@ -79,7 +79,8 @@ class Scenario:
         return {*(("ceiling",) if self.clean else ()),
                 *(("oracle", "oracle@rate") if self.harmful else ()),
                 *(("oracle-doc", "lai-doc", "lai-doc-raw") if self.packed else ()),
-                *(("oracle-refill", "loss-refill", "select-lai") if self.refill else ()),
+                *(("oracle-refill", "loss-refill", "select-lai", "weight-lai") if self.refill
+                  else ()),
                 *(("mixing-groups", "bandit-groups") if self.groups else ())}
 
     @property

@@ -57,6 +57,8 @@ VARIANTS: dict[str, list[str]] = {
     "oracle-refill": OFF + ["lai.filter=oracle", "lai.oracle_sources=[$harmful]"] + SELECT,
     "loss-refill": OFF + ["lai.filter=loss"] + SELECT,
     "select-lai": ["lai.enabled=true", "lai.filter=none"] + SELECT,
+    # soft reweighting beside drop and select: bounded loss weights from value_norm, nothing dropped
+    "weight-lai": ["lai.enabled=true", "lai.filter=none", "lai.weighting=sigmoid"],
     # mixing over the groups lai-prep --groups K found (scenarios prepared with groups)
     "mixing-groups": ["lai.enabled=true", "lai.filter=none", "lai.mixing=true",
                       "lai.mixing_groups=true"],
@@ -67,15 +69,16 @@ VARIANTS: dict[str, list[str]] = {
 # the rate-matched drop baselines settled round one's questions and are levers now, so the suite fits in about an hour on a
 # 2-core machine
 SUITE = ("none", "ceiling", "oracle", "oracle-doc", "oracle-refill", "lai-filter", "lai-doc",
-         "lai-doc-raw", "select-lai", "loss-refill", "mixing", "mixing-avg", "mixing-groups",
-         "bandit", "bandit-groups", "static-tuned")
-LEVERS = ("lai-global", "full-gradient", "loss@rate", "random@rate", "lai-token_pair", "lai-aligned", "lai-pooled",
-          "lai-paper", "lai-raw", "lai-no-memory", "lai-adam", "oracle@rate")
+         "lai-doc-raw", "select-lai", "weight-lai", "loss-refill", "mixing", "mixing-avg",
+         "mixing-groups", "bandit", "bandit-groups", "static-tuned")
+LEVERS = ("lai-global", "full-gradient", "loss@rate", "random@rate", "lai-token_pair",
+          "lai-aligned", "lai-pooled", "lai-paper", "lai-raw", "lai-no-memory", "lai-adam",
+          "oracle@rate")
 REFERENCES = ("none", "oracle", "oracle-doc")   # always run (where they apply): every row is
 #   read against them
 RATE_FROM = "lai-filter"           # the rate-matched baselines run at its exclusion rate
 SCENARIO_ROWS = ("ceiling", "oracle", "oracle@rate", "oracle-doc", "lai-doc", "lai-doc-raw",
-                 "oracle-refill", "loss-refill", "select-lai", "mixing-groups",
+                 "oracle-refill", "loss-refill", "select-lai", "weight-lai", "mixing-groups",
                  "bandit-groups")
 #   only where Scenario.applies says so
 GRID = "grid"                       # the static mixtures of `grid`, run as GRID0, GRID1, ...
