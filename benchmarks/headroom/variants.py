@@ -66,8 +66,8 @@ VARIANTS: dict[str, list[str]] = {
                             "lai.mixing_groups=true"],
 }
 # round two (issue 19): the exact-pairing rows, the global reference, the exact full gradient and
-# the rate-matched drop baselines settled round one's questions and are levers now, so the suite fits in about an hour on a
-# 2-core machine
+# the rate-matched drop baselines settled round one's questions and are levers now, so the suite
+# fits in about an hour on a 2-core machine
 SUITE = ("none", "ceiling", "oracle", "oracle-doc", "oracle-refill", "lai-filter", "lai-doc",
          "lai-doc-raw", "select-lai", "weight-lai", "loss-refill", "mixing", "mixing-avg",
          "mixing-groups", "bandit", "bandit-groups", "static-tuned")
