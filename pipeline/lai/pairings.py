@@ -28,7 +28,7 @@ from .grads import compute_dtype
 from .precondition import InputWeights
 from .sketch import (STREAM_POS_A, STREAM_POS_G, Kernels, input_side, positional,
                      vocab_chunks)
-from .units import Units
+from .units import Units, unit_mask
 
 
 class Pairing:
@@ -122,8 +122,8 @@ def _unit_sketch(ca: torch.Tensor, chunks, valid: torch.Tensor, units: Units) ->
     the row's 1 / N_row to the unit's 1 / N_u (ca [B, T, k1]; chunks: vocab_chunks)."""
     cg = torch.cat([part for _, part in chunks])                                    # [B, T, k2]
     scale = valid.sum(1).to(cg.dtype)[units.rows] / units.tokens.to(cg.dtype)      # [P]
-    own = units.index[units.rows] == torch.arange(units.count, device=ca.device).unsqueeze(1)
-    g = cg[units.rows] * (own.to(cg.dtype) * scale.unsqueeze(1)).unsqueeze(-1)      # [P, T, k2]
+    own = unit_mask(units).to(cg.dtype)                                             # [P, T]
+    g = cg[units.rows] * (own * scale.unsqueeze(1)).unsqueeze(-1)                   # [P, T, k2]
     return torch.bmm(ca[units.rows].transpose(1, 2), g)
 
 

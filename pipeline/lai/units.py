@@ -54,11 +54,17 @@ def units_of(segments: torch.Tensor, targets: torch.Tensor) -> Units:
     return Units(index, present // width, present % width, tokens)
 
 
+def unit_mask(units: Units) -> torch.Tensor:
+    """bool [P, T]: the positions of each unit's row that belong to the unit."""
+    return units.index[units.rows] == torch.arange(units.count,
+                                                   device=units.index.device).unsqueeze(1)
+
+
 def unit_targets(units: Units, targets: torch.Tensor) -> torch.Tensor:
     """int64 [P, T]: each unit's row of `targets` with every position outside the unit ignored
     (the pseudo-sequence whose value is the unit's value)."""
-    own = units.index[units.rows] == torch.arange(units.count, device=targets.device).unsqueeze(1)
-    return torch.where(own, targets[units.rows], torch.full_like(targets[units.rows], IGNORE))
+    rows = targets[units.rows]
+    return torch.where(unit_mask(units), rows, torch.full_like(rows, IGNORE))
 
 
 def unit_losses(token_ce: torch.Tensor, units: Units) -> torch.Tensor:
