@@ -15,7 +15,7 @@ from benchmarks.lib.paths import OUT, ROOT
 from benchmarks import headroom
 from benchmarks.headroom import report, runs
 from benchmarks.headroom.analysis import summarise
-from benchmarks.headroom.scenarios import SCENARIOS, SIZES, Scenario
+from benchmarks.headroom.scenarios import SCENARIOS, SIZES, Scenario, with_steps
 from benchmarks.headroom.variants import (LEVERS, RATE_FROM, REFERENCES, SUITE, VARIANTS,
                                           needs_rate)
 
@@ -75,10 +75,7 @@ def sized(args) -> dict:
     if args.steps:
         if args.steps < 2:
             raise SystemExit(f"error: --steps {args.steps}: at least 2")
-        f = args.steps / size["steps"]
-        for key in ("warmup", "lai_warmup", "eval_every"):
-            size[key] = max(1, min(args.steps - 1, round(size[key] * f)))
-        size["steps"] = args.steps
+        size = with_steps(size, args.steps)
     size["scale"] = dict(size["scale"])
     for kv in args.scale:
         key, _, v = kv.partition("=")

@@ -17,7 +17,7 @@ from benchmarks.lib.paths import ROOT
 from benchmarks.lib.runs import run_train
 from benchmarks.headroom import corpora as K
 from benchmarks.headroom.analysis import cached_analysis
-from benchmarks.headroom.scenarios import Scenario
+from benchmarks.headroom.scenarios import Scenario, with_steps
 from benchmarks.headroom.variants import (GRID, RATE_FROM, TUNED, applies, filter_batch, grid,
                                           overrides_for, runs_late)
 from pipeline.fsutil import atomic_write
@@ -124,13 +124,14 @@ class Plan:
 
 def plan(sc: Scenario, size: dict, nproc: int, data_root: Path, out: Path) -> Plan:
     """Prepare the scenario's data (resumable) and write its base config to OUT/<scenario>/."""
-    ssize = {**size, **sc.train}
+    ssize = with_steps({**size, **sc.train}, size["steps"] * sc.length)
     dirs = prepare(sc, size["scale"], data_root)
     config = out / sc.name / "config.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)
     config.write_text(yaml.safe_dump(base_config(sc, ssize, dirs), sort_keys=False))
     return Plan(sc, dirs, config, ssize, filter_batch(ssize, nproc),
-                {"data": data_line(sc, dirs, ssize), "train": sc.train})
+                {"data": data_line(sc, dirs, ssize),
+                 "train": {**sc.train, **({"steps": ssize["steps"]} if sc.length != 1 else {})}})
 
 
 def run_all(plans: dict[str, Plan], names: list[str], variants: dict[str, list[str]],

@@ -37,6 +37,15 @@ SIZES = {
                       "universal_entities": 3000, "universal_docs": 200_000}},
 }
 
+
+
+def with_steps(size: dict, steps: int) -> dict:
+    """`size` training `steps` steps, its warmups and eval cadence scaled alike."""
+    f = steps / size["steps"]
+    return {**size, "steps": steps,
+            **{k: max(1, min(steps - 1, round(size[k] * f)))
+               for k in ("warmup", "lai_warmup", "eval_every")}}
+
 # --------------------------------------------------------------------------- scenarios
 
 
@@ -52,6 +61,8 @@ class Scenario:
     vocab: int
     documents: Callable[[dict], dict[str, list[str]]]   # size scale -> {part: documents}
     train: dict = field(default_factory=dict)    # per-scenario changes to the size's settings
+    length: int = 1                              # runs train this many times the size's steps
+    #   (warmups and eval cadence scaled alike): harm whose cost shows only near convergence
     parts: dict[str, tuple[str, ...]] = field(default_factory=dict)   # a prepared source ->
     #   the named document sets (lai-prep --source NAME=...) packed into it; default: its own
     packed: bool = False                         # documents shorter than a sequence: the
@@ -182,11 +193,13 @@ SCENARIOS = {s.name: s for s in (
              "consistent wrong value of each fact), every document a sentence or two, packed "
              "several to a sequence: harm that no declared source isolates and no sequence "
              "holds alone. Validation: held-out true facts; `ceiling` trains on true facts "
-             "alone; `oracle-doc` masks exactly the myths' tokens (lai.unit=document).",
+             "alone; `oracle-doc` masks exactly the myths' tokens (lai.unit=document). Runs "
+             "train 5x the size's steps: the myths' cost shows only once the facts are learnt "
+             "(at 1x and 3x the oracle's gain was 1.0x and 1.9x the seed noise).",
              {"web": 1.0, "forum": 1.0}, ("web_myths", "forum_myths"), "clean", 0.6, 512, _packed,
              parts={"web": ("web", "web_myths"), "forum": ("forum", "forum_myths")}, packed=True,
-             only=("ceiling", "oracle", "oracle-doc", "lai-filter", "lai-doc", "lai-doc-raw",
-                   "mixing", "bandit")),
+             length=5, only=("ceiling", "oracle", "oracle-doc", "lai-filter", "lai-doc",
+                             "mixing", "bandit")),
     Scenario("blend", "Domain targeting inside one source: no declared domains",
              "The documents of `domain` (country facts, standard library code, the Python "
              "language reference) prepared as one source, `web`, with lai-prep --groups 8 "

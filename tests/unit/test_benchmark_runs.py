@@ -55,3 +55,16 @@ def test_gpu_check_ratios_pair_modes_at_the_same_batch():
             {"mode": "bare", "batch": 8, "error": "RuntimeError: out of memory"}]
     assert ratios(rows) == {"off/ref@64": 0.75, "sketch/off@64": 0.9, "sketch/ref@64": 0.675,
                             "lai_share:sketch@64": 0.05}
+
+
+def test_longer_scenarios_scale_warmups_and_eval_cadence_with_their_steps():
+    """A scenario with `length` k trains k times the size's steps; its warmups and eval cadence
+    scale alike, so the schedule has the same shape (what --steps does for a whole size)."""
+    from benchmarks.headroom.scenarios import SIZES, with_steps
+    size = SIZES["cpu"]
+    long = with_steps(size, size["steps"] * 5)
+    assert long["steps"] == 5 * size["steps"]
+    for key in ("warmup", "lai_warmup", "eval_every"):
+        assert long[key] == 5 * size[key]
+    assert with_steps(size, size["steps"]) == size
+    assert with_steps(size, 2)["eval_every"] == 1          # never 0 nor past the last step
