@@ -1,8 +1,9 @@
 """benchmarks.lib.runs.run_train reuses a finished run only if it ran with the same trainer
-arguments (a changed benchmark variant must not be read from a stale run), and the headroom
+arguments and config (a changed benchmark variant or scenario must not be read from a stale run), and the headroom
 scenarios reuse prepared data only for the same documents."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -10,13 +11,19 @@ import pytest
 from benchmarks.lib.runs import run_train
 
 
-def test_finished_run_is_reused_only_with_the_same_arguments(tmp_path):
+def test_finished_run_is_reused_only_with_the_same_arguments_and_config(tmp_path):
     config, run = tmp_path / "config.yaml", tmp_path / "variant" / "seed0"
+    config.write_text("train:\n  steps: 300\n")
     (run / "final").mkdir(parents=True)
     args = [str(config), f"run.out_dir={run}", "run.seed=0", "lai.filter=lai"]
-    record = {"wall_s": 1.0, "cpu_s": 2.0, "args": args}
+    record = {"wall_s": 1.0, "cpu_s": 2.0, "args": args,
+              "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest()}
     (run.parent / "seed0.time.json").write_text(json.dumps(record))
     assert run_train(config, run, 0, ["lai.filter=lai"], 1) == record
+    config.write_text("train:\n  steps: 1500\n")               # same arguments, new config
+    with pytest.raises(SystemExit, match="finished with another .*config.yaml"):
+        run_train(config, run, 0, ["lai.filter=lai"], 1)
+    config.write_text("train:\n  steps: 300\n")
     with pytest.raises(SystemExit, match="other trainer arguments.*lai.filter=lai.*lai.filter=loss"):
         run_train(config, run, 0, ["lai.filter=loss"], 1)
     with pytest.raises(SystemExit, match="other trainer arguments.*run.seed=0; now run.seed=1"):
