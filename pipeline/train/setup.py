@@ -28,7 +28,7 @@ from pipeline.format.tokenizer import tokenizer_sha256
 from pipeline.format.verify import ShardCheck
 from pipeline.fsutil import atomic_write, atomic_write_json, read_json
 from pipeline.train import engine as backend
-from pipeline.train import init_from
+from pipeline.train.hf import init_from
 from pipeline.train.engine import ds_config as ds_config  # re-exported: run files, tests
 from pipeline.train.flops import model_flops_per_token
 from pipeline.train.model import build_model
@@ -166,7 +166,7 @@ def build_engine(cfg: Config, info: DistInfo, data: Data, comm: Comm, *,
                  load_universal: bool = False) -> EngineParts:
     """The model (seeded by the caller), its guarded optimizer and the engine of
     train.backend (load_universal: DeepSpeed will load a universal checkpoint,
-    pipeline.train.universal)."""
+    pipeline.train.checkpointing.universal)."""
     tok = data.train.tokenizer
     if cfg.model.init_from:
         log0(info, init_from.check(cfg.model.init_from, tok, data.train.tokenizer_path,
