@@ -28,8 +28,8 @@ from benchmarks.lib.stats import median_minus_loss
 from pipeline.fsutil import atomic_write
 from pipeline.lai import (DEFAULT_PAIRING, FilterPolicy, LAIScorer, LayerInputCapture,
                           full_gradient_values, lai_values, per_sequence_loss)
-from pipeline.lai.grads import shift_labels
-from pipeline.lai.pairings import PAIRINGS as LAI_PAIRINGS  # each .default_sketch_dim
+from pipeline.lai.kernels.grads import shift_labels
+from pipeline.lai.kernels.pairings import PAIRINGS as LAI_PAIRINGS  # each .default_sketch_dim
 
 sys.path.insert(0, str(ROOT / "tests"))     # the test helpers: tiny trained model, synthetic corpus
 from support.lai import explicit_kernel, synthetic_corpus, trained_tiny_model  # noqa: E402
@@ -69,7 +69,7 @@ def step_time(model, ids, scorer: LAIScorer | None) -> float:
 
 def default_dims_line() -> str:
     """The defaults as docs/LAI_COST.md states them (tests check the page against the code)."""
-    return ("Default sketch_dim per pairing (pipeline/lai/pairings.py, used by the sketch rows "
+    return ("Default sketch_dim per pairing (pipeline/lai/kernels/pairings.py, used by the sketch rows "
             "of the cost tables): " + ", ".join(f"{name} {p.default_sketch_dim}"
                                                for name, p in LAI_PAIRINGS.items()) + ".")
 

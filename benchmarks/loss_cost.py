@@ -1,5 +1,5 @@
 """The per-sequence loss's share of a training step: the upcast F.cross_entropy the trainer used
-before issue 22 against the chunked one (pipeline/lai/xent.py), with the LAI sketch step beside
+before issue 22 against the chunked one (pipeline/lai/kernels/xent.py), with the LAI sketch step beside
 them, side by side in one process (ratios; the machine named).
 
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.loss_cost [--rounds 5] [--doc]
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
         f"{machine()}; {now()}. One training step (forward, per-sequence loss, backward; "
         "GPT-2, fp32, best of "
         f"{args.rounds} interleaved rounds) with the upcast `F.cross_entropy` the trainer used "
-        "before issue 22 and with the chunked loss it uses now (pipeline/lai/xent.py, eager on "
+        "before issue 22 and with the chunked loss it uses now (pipeline/lai/kernels/xent.py, eager on "
         "a CPU; compiled on CUDA, measured by the GPU check's profile part); the LAI sketch step "
         "(layers linear, token_pair, local reference) against the chunked step.", "",
         md_table(["size", "params", "batch", "step ms, upcast loss", "step ms, chunked loss",

@@ -104,7 +104,7 @@ def analyse(run_dir: Path, target_index: int) -> dict:
     mix = run_dir / "mixing.json"
     if mix.is_file():
         from pipeline.report.valuation import build_dataset, load_data_spec
-        from pipeline.train.ledger import read_ledger
+        from pipeline.format.ledger import read_ledger
         traj = json.loads(mix.read_text())
         src = build_dataset(load_data_spec(run_dir)).source_of(read_ledger(run_dir)["seq_id"])
         out.update(target_weight=traj["final"][target_index],

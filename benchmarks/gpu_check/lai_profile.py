@@ -33,7 +33,7 @@ def _timed(fn, reps: int = 5, host: bool = False) -> float:
 
 def loss_costs(logits, targets) -> dict[str, float]:
     """Forward + backward of the per-sequence loss on `logits`: the upcast F.cross_entropy the
-    trainer used before issue 22 against the chunked one it uses now (pipeline/lai/xent.py):
+    trainer used before issue 22 against the chunked one it uses now (pipeline/lai/kernels/xent.py):
     seconds and peak memory above the logits (GiB)."""
     import torch
     import torch.nn.functional as F
@@ -84,7 +84,7 @@ def _compiled_vocab_side(vocab) -> dict:
     """The vocabulary side through torch.compile: compile seconds and time, or why it failed."""
     import torch
 
-    from pipeline.lai import sketch as S
+    from pipeline.lai.kernels import sketch as S
     try:
         compiled = torch.compile(S.vocab_side, dynamic=False)
         t0 = time.perf_counter()
@@ -111,8 +111,8 @@ def profile_part(args, size, res) -> None:
     import torch
 
     from pipeline.lai import LAIScorer, LayerInputCapture
-    from pipeline.lai import sketch as S
-    from pipeline.lai.pairings import PAIRINGS
+    from pipeline.lai.kernels import sketch as S
+    from pipeline.lai.kernels.pairings import PAIRINGS
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     b = res.get("overhead", {}).get("batch", size["max_batch"])
     model = _model(args, size, dev)

@@ -74,7 +74,7 @@ def section(res) -> str:
         if "loss_chunked_peak_gib" in prof:
             L.append(f"- loss forward + backward, memory above the logits: upcast "
                      f"F.cross_entropy {prof['loss_upcast_peak_gib']:.2f} GiB, chunked "
-                     f"(pipeline/lai/xent.py) {prof['loss_chunked_peak_gib']:.2f} GiB")
+                     f"(pipeline/lai/kernels/xent.py) {prof['loss_chunked_peak_gib']:.2f} GiB")
         if "compile_error" in prof:
             L.append(f"- torch.compile of the vocabulary side failed: {prof['compile_error']}")
     fid = res.get("fidelity")

@@ -22,7 +22,7 @@ def analyse_run(run_dir: Path, sc: Scenario, lai_warmup: int) -> dict:
     (a sequence is harmful when most of its tokens come from harmful documents; a document unit
     of lai.unit=document when its document is)."""
     from pipeline.report.valuation import build_dataset, load_data_spec
-    from pipeline.train.ledger import read_ledger
+    from pipeline.format.ledger import read_ledger
     steps, val = tb_scalars(run_dir / "tb", "val/loss")
     rows = read_ledger(run_dir)
     ds = build_dataset(load_data_spec(run_dir))

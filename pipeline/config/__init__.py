@@ -7,13 +7,13 @@ anything starts (validate.py; the batch triple and lai.select's pool size in bat
 
 Every error is a one-line UserError naming the file/field. What is derived from it lives with its
 user: the DeepSpeed JSON in pipeline.train.engine (ds_config), the resume rules in
-pipeline.train.resume.
+pipeline.train.checkpointing.resume.
 """
 from pipeline.config.load import config_from_dict, load_config, save_yaml
 from pipeline.config.schema import (CHOICES, DataConfig, LogConfig, ModelConfig, RunConfig,
                                     SourceConfig, TrainConfig)
 from pipeline.config.validate import Config, validate
-from pipeline.lai.settings import LAISettings
+from pipeline.lai.selection.settings import LAISettings
 
 __all__ = ["CHOICES", "Config", "DataConfig", "LAISettings", "LogConfig", "ModelConfig",
            "RunConfig", "SourceConfig", "TrainConfig", "config_from_dict", "load_config",

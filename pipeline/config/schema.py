@@ -20,7 +20,7 @@ class RunConfig:
     keep_checkpoints: int = 3          # complete checkpoints kept (oldest removed)
     continue_from: str = ""            # a complete checkpoint of another run: its model and
                                        # optimizer state start this run; data order, schedule
-                                       # and counters start anew (pipeline.train.lineage)
+                                       # and counters start anew (pipeline.train.checkpointing.lineage)
 
 
 @dataclass
@@ -102,7 +102,7 @@ class LogConfig:
     wandb_project: str = "lai-pretrain"
 
 
-CHOICES: dict[str, tuple[str, ...]] = {          # the lai section's choices: pipeline.lai.settings
+CHOICES: dict[str, tuple[str, ...]] = {          # the lai section's choices: pipeline.lai.selection.settings
     "data.verify": ("first", "always", "never"),
     "model.family": ("llama", "gpt_neox", "gpt2", "gpt_neo"),
     "train.backend": ("deepspeed", "fsdp2"),

@@ -1,6 +1,6 @@
 """The whole run config (Config: the schema's sections) and its validation: ranges, choices and
 cross-field rules, before anything starts. The first bad field raises a one-line UserError
-`<field>: <what is wrong>`; the lai section is checked by pipeline.lai.settings (its one
+`<field>: <what is wrong>`; the lai section is checked by pipeline.lai.selection.settings (its one
 validation)."""
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from pipeline.config.batch import pool_size, resolve_batch
 from pipeline.config.schema import (CHOICES, DataConfig, LogConfig, ModelConfig, RunConfig,
                                     TrainConfig)
 from pipeline.errors import UserError
-from pipeline.lai.baselines import FILTERS
-from pipeline.lai.settings import LAISettings
-from pipeline.lai.settings import check as check_lai
+from pipeline.lai.selection.baselines import FILTERS
+from pipeline.lai.selection.settings import LAISettings
+from pipeline.lai.selection.settings import check as check_lai
 
 MAX_SEED = 2**31 - 1         # numpy's legacy seed takes [0, 2**32); headroom for derived seeds
 

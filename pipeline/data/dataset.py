@@ -219,7 +219,7 @@ class PackedDataset:
 
     def document_keys(self, seq_id: int) -> list[tuple[int, int, int]]:
         """(source index, document index within the source, tokens) of each document run of
-        sample `seq_id`: a document's identity across epochs (pipeline.lai.memory)."""
+        sample `seq_id`: a document's identity across epochs (pipeline.lai.selection.memory)."""
         out = []
         for span in self.locate(seq_id):
             i, j = self._shard_index[(span.source, span.shard)]

@@ -5,39 +5,27 @@ reference R) from the forward's layer inputs and closed-form logit gradients. Th
 sketch, Adam-aware scoring, sign convention, costs) is in docs/LAI.md, once; how to set it, in
 the README (Valuation). No DeepSpeed here: ranks talk through pipeline.comm.
 
-Modules:
-  settings.py     LAISettings: every lai.* option, checked and resolved in one place
-  pairings.py     one object per pairing (features, exact kernel, sketch), built on
-                  features.py, exact.py, sketch.py
-  capture.py      layer-input hooks;  grads.py  losses, logit gradients;  xent.py  chunked CE
-  scorer.py       LAIScorer: values against a local / global / val reference (pipeline.comm)
-  normalize.py    values as z-scores or centred ranks within the global micro-batch
-  memory.py       each document's remembered normalised score, across epochs
-  policy.py       FilterPolicy: threshold, warmup, the per-step exclusion budget
-  baselines.py    FILTERS: lai and the baselines (none, random, loss, full_gradient, oracle)
-  selector.py     Selector: what the trainer calls per micro-batch (values, keep, value_norm)
-  weighting.py    lai.weighting: bounded per-sequence loss weights from value_norm
-  units.py        lai.unit=document: the document units of packed sequences (values, keep
-                  and loss masks per document instead of per sequence)
-  precondition.py Adam-aware scoring (rank-1 factors of Adam's preconditioner)
-  reference.py    full-gradient and ghost reference values (evaluation)
-  mixing.py       SourceMixer: source weights from the mean normalised value or the loss
-  api.py          lai_values;  modelio.py  logits of an HF model, eval mode that restores itself
+Two subpackages; kernels/ never imports selection/:
+  kernels/    the math of a value: layer inputs, logit gradients, features, exact and sketched
+              pairings, Adam-aware factors (no policy, no ranks)
+  selection/  what the trainer uses: settings, the scorer and its references, normalisation,
+              memory, the filter policy and baselines, the Selector, weighting, source mixing
+This package re-exports the public names below; code inside pipeline/ imports the real module.
 """
-from .api import lai_values
-from .baselines import (FILTERS, FilterInput, full_gradient_scores, loss_scores, oracle_scores,
+from .selection.api import lai_values
+from .selection.baselines import (FILTERS, FilterInput, full_gradient_scores, loss_scores, oracle_scores,
                         random_scores)
-from .capture import LAYER_SETS, LayerInputCapture
-from .pairings import PAIRINGS
-from .grads import logit_grads, per_sequence_loss
-from .mixing import SourceMixer
-from .policy import FilterPolicy
-from .precondition import (PRECONDITIONS, AdamFactors, AdamPreconditioner,
+from .kernels.capture import LAYER_SETS, LayerInputCapture
+from .kernels.pairings import PAIRINGS
+from .kernels.grads import logit_grads, per_sequence_loss
+from .selection.mixing import SourceMixer
+from .selection.policy import FilterPolicy
+from .kernels.precondition import (PRECONDITIONS, AdamFactors, AdamPreconditioner,
                            elementwise_preconditioner)
-from .reference import full_gradient_values, ghost_values
-from .scorer import LAIScorer
-from .selector import Selection, Selector
-from .settings import DEFAULT_PAIRING, DEFAULT_SKETCH_DIM, METHODS, REFERENCES, LAISettings
+from .selection.reference import full_gradient_values, ghost_values
+from .selection.scorer import LAIScorer
+from .selection.selector import Selection, Selector
+from .selection.settings import DEFAULT_PAIRING, DEFAULT_SKETCH_DIM, METHODS, REFERENCES, LAISettings
 
 __all__ = [
     "DEFAULT_PAIRING", "DEFAULT_SKETCH_DIM", "FILTERS", "LAYER_SETS", "METHODS", "PAIRINGS",

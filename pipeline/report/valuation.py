@@ -2,7 +2,7 @@
 
 Inputs: RUN/data.json (PackedDataset's arguments, to locate every sequence's documents; if it
 also holds "fingerprint" = PackedDataset.fingerprint, re-prepared data is refused; "mixing": true
-for a lai.mixing run), the ledger (pipeline.train.ledger), the dataset's tokenizer (for text
+for a lai.mixing run), the ledger (pipeline.format.ledger), the dataset's tokenizer (for text
 snippets) and, for a lai.mixing run, RUN/mixing.json (the mixture's trajectory).
 A sequence's value, keep flag and loss are attributed to every document it covers, weighted by
 the number of the document's tokens in it; so a document's (or source's)
@@ -48,7 +48,7 @@ from pipeline.report import keeplist
 from pipeline.report.curves import val_curves
 from pipeline.report.render import markdown, plot
 from pipeline.report.stats import group_stats, locate_all, measurement_noise, step_corrected
-from pipeline.train.ledger import read_ledger
+from pipeline.format.ledger import read_ledger
 
 
 # ---------------------------------------------------------------------------- inputs

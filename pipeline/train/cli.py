@@ -8,7 +8,7 @@ before the optimizer step.
 
 Before anything starts: the config is loaded and validated and the resume point checked (each a
 one-line error, exit 2); a resume on another number of ranks converts ZeRO partitions to a
-universal checkpoint (pipeline.train.universal); then the process group starts and the Trainer
+universal checkpoint (pipeline.train.checkpointing.universal); then the process group starts and the Trainer
 runs. --dry-run / --check stop after the checks (pipeline.train.dryrun).
 Exit codes: 0 finished (RUN/final written), 2 user error, 75 stopped by SIGTERM/SIGUSR1 or
 run.time_limit_s after saving a checkpoint (re-run the same command to resume).
@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_backend and rc == 0:
             print(cfg.train.backend)
         return rc
-    from pipeline.train import lineage, quiet, resume, runtime, universal
+    from pipeline.train import quiet, runtime
+    from pipeline.train.checkpointing import lineage, resume, universal
     quiet.silence_known_noise()
     from pipeline.train.trainer import Trainer
     point = resume.plan(cfg, world)

@@ -17,9 +17,10 @@ import json
 import torch
 
 from pipeline.config import Config, save_yaml
-from pipeline.train import init_from, lineage, resume, universal
+from pipeline.train.checkpointing import lineage, resume, universal
+from pipeline.train.hf import init_from
 from pipeline.train.fsdp import describe
-from pipeline.train.lock import RunLock, in_use
+from pipeline.train.checkpointing.lock import RunLock, in_use
 from pipeline.train.model import hf_config
 from pipeline.train.flops import model_flops_per_token
 from pipeline.train.runplan import data_plan, memory_estimate, reference_note, time_estimate

@@ -20,10 +20,10 @@ by the global gradient norm (train.grad_clip) and calls the guarded optimizer (p
 optim: it skips on every rank together). Works with NCCL and with gloo (all-gather and
 reduce-scatter both exist there).
 
-Checkpoint I/O (the DeepSpeed engine's two calls, same contract, pipeline.train.checkpoint):
+Checkpoint I/O (the DeepSpeed engine's two calls, same contract, pipeline.train.checkpointing.checkpoint):
 CKPT/dcp/ holds the model and optimizer state as DCP shards (any number of ranks loads them:
 resuming on another world size needs no conversion), CKPT/client.pt the trainer's global state
-(written by rank 0, read with pipeline.train.safe_load; DCP's metadata and non-tensor items
+(written by rank 0, read with pipeline.train.checkpointing.safe_load; DCP's metadata and non-tensor items
 through safe_load.dcp_load's allow-list). A shard DCP cannot read is one line
 naming CKPT/dcp (checkpoint.load's UserError; lai-export's too).
 """
@@ -43,7 +43,7 @@ from torch.distributed.fsdp import fully_shard
 from pipeline.config import TrainConfig
 from pipeline.errors import UserError
 from pipeline.fsutil import atomic_write
-from pipeline.lai.capture import decoder_blocks
+from pipeline.lai.kernels.capture import decoder_blocks
 from pipeline.train.optim import Guarded
 
 DCP_DIR = "dcp"
@@ -164,7 +164,7 @@ class FSDPEngine:
         from torch.distributed.checkpoint.state_dict import (set_model_state_dict,
                                                              set_optimizer_state_dict)
 
-        from pipeline.train import safe_load
+        from pipeline.train.checkpointing import safe_load
         path = Path(load_dir) / tag
         state = self._sharded_state()
         try:
@@ -201,7 +201,7 @@ def _first_failure(e) -> str:
 def load_full_model(ckpt: Path, model: nn.Module) -> dict[str, torch.Tensor]:
     """The model weights of an fsdp2 checkpoint `ckpt`, read into `model` (built on the meta
     device; materialised on the host here) on one process without a process group."""
-    from pipeline.train import safe_load
+    from pipeline.train.checkpointing import safe_load
     model.to_empty(device="cpu")
     state = {"model": model.state_dict()}
     with warnings.catch_warnings():           # "no process group: loading in one process"

@@ -13,7 +13,7 @@ from pipeline.config import Config
 from pipeline.train.flops import achieved_tflops, mfu
 from pipeline.train.metrics import Metrics, mixing_scalars, rank_spread, source_scalars
 from pipeline.train.runtime import DistInfo, log0, peak_memory_gib
-from pipeline.train.state import Counters
+from pipeline.train.checkpointing.state import Counters
 from pipeline.train.step import StepResult
 
 

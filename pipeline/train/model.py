@@ -3,7 +3,7 @@
     model = build_model(cfg.model, vocab_size=manifest vocab, seq_len=cfg.data.seq_len, ...)
 
 Families: llama, gpt_neox, gpt2, gpt_neo; or any causal LM folder with `model.init_from`
-(pipeline.train.init_from). `model.compile` compiles each block's forward with
+(pipeline.train.hf.init_from). `model.compile` compiles each block's forward with
 torch.compile (regional compilation: one graph serves every block; hooks on the blocks, such as
 LAI's layers=blocks capture, run eagerly around it). Dropout is off (pretraining at this scale rarely uses it,
 and it would make LAI's forward differ from the trained one). Weights come from the model's own
@@ -16,8 +16,8 @@ import transformers
 from torch import nn
 
 from pipeline.config import ModelConfig
-from pipeline.lai.capture import decoder_blocks
-from pipeline.train.init_from import load_model
+from pipeline.lai.kernels.capture import decoder_blocks
+from pipeline.train.hf.init_from import load_model
 
 
 def hf_config(m: ModelConfig, *, vocab_size: int, seq_len: int, bos_id: int = -1,
@@ -60,7 +60,7 @@ def _multiple(n: int, k: int) -> int:
 def build_model(m: ModelConfig, *, vocab_size: int, seq_len: int, bos_id: int = -1,
                 eos_id: int = -1, pad_id: int = -1) -> nn.Module:
     """A freshly initialised causal LM in fp32 (DeepSpeed casts to bf16 if configured), or the
-    one in `m.init_from` (pipeline.train.init_from; the caller checked that it fits the data)."""
+    one in `m.init_from` (pipeline.train.hf.init_from; the caller checked that it fits the data)."""
     if m.init_from:
         model = load_model(m.init_from)
     else:

@@ -1,8 +1,8 @@
 """Adam's second moments for Adam-aware LAI scoring (lai.precondition=adam), read where the
 optimizer keeps them, under ZeRO 0-3, and reduced to what LAI needs: per scored weight, the row
-and column sums of P = 1/(sqrt(v_hat)+eps) (pipeline.lai.precondition fits r c^T from them).
+and column sums of P = 1/(sqrt(v_hat)+eps) (pipeline.lai.kernels.precondition fits r c^T from them).
 
-    read = MomentReader(engine, optimizer, comm, device)   # a pipeline.lai.precondition.Moments
+    read = MomentReader(engine, optimizer, comm, device)   # a pipeline.lai.kernels.precondition.Moments
     sums = read([(name, weight), ...])   # {name: (row sums, column sums)}, the same on every rank
 
 What each rank reads: its own part of exp_avg_sq of every scored weight --
@@ -16,7 +16,7 @@ What each rank reads: its own part of exp_avg_sq of every scored weight --
   fsdp2: the local rows of the DTensor exp_avg_sq (fully_shard shards dim 0), which start at
       the shard's global row offset.
 Each rank turns its part into P and its partial row and column sums in one pass
-(pipeline.lai.precondition.fragment_sums), then one all-reduce of sum_l (o_l + d_l + 1) float64
+(pipeline.lai.kernels.precondition.fragment_sums), then one all-reduce of sum_l (o_l + d_l + 1) float64
 numbers gives every rank the totals (the + 1 counts the elements: a layout this reader does not
 understand fails loudly instead of scoring with wrong weights). v itself is never gathered.
 
@@ -36,7 +36,7 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 from pipeline.comm import Comm
-from pipeline.lai.precondition import adam_hyper, bias_correction2, fragment_sums, inverse_root
+from pipeline.lai.kernels.precondition import adam_hyper, bias_correction2, fragment_sums, inverse_root
 
 KEY = "exp_avg_sq"
 
@@ -50,7 +50,7 @@ def _full_shape(param: torch.nn.Parameter) -> tuple[int, int]:
 
 
 class MomentReader:
-    """A Moments reader (pipeline.lai.precondition) over an engine's optimizer state (DeepSpeed
+    """A Moments reader (pipeline.lai.kernels.precondition) over an engine's optimizer state (DeepSpeed
     or FSDPEngine, pipeline.train.engine).
     `optimizer`: the client Adam/AdamW the engine drives (its state holds exp_avg_sq and the step
     count, keyed by the parameters at ZeRO 0, by the flat fp32 partitions otherwise)."""

@@ -28,9 +28,9 @@ import torch
 
 from pipeline.comm import Comm
 from pipeline.config.batch import pool_size
-from pipeline.lai import per_sequence_loss
-from pipeline.lai.normalize import normalize
-from pipeline.lai.policy import FilterPolicy
+from pipeline.lai.kernels.grads import per_sequence_loss
+from pipeline.lai.selection.normalize import normalize
+from pipeline.lai.selection.policy import FilterPolicy
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """What a run will do, worked out before it starts: the data it reads (tokens per source, what the
 run consumes, epochs), the filter's budget and what its decisions depend on of the split
-(pipeline.lai.policy.describe), one-line warnings when that looks wrong (the run repeats data,
+(pipeline.lai.selection.policy.describe), one-line warnings when that looks wrong (the run repeats data,
 the val split is smaller than one eval, the filter cannot exclude anything), printed at the
 start of every run (rank 0) and by `lai-train --dry-run`; the dry run adds the LAI reference in
 force, a memory estimate per device (model states, activations, logits, LAI's buffers)
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pipeline.config import Config
 from pipeline.config.batch import pool_size
 from pipeline.data import PackedDataset
-from pipeline.lai.policy import describe as describe_filter
+from pipeline.lai.selection.policy import describe as describe_filter
 
 GIB = 2**30
 
@@ -119,9 +119,9 @@ def lai_buffers(cfg: Config, model_config, world: int) -> tuple[float, str]:
     """Bytes LAI holds per device on top of training at its peak, and what they are: the
     captured layer inputs kept for scoring (only with activation checkpointing: otherwise
     autograd holds them anyway), one fp32 softmax block of the vocabulary side
-    (pipeline.lai.sketch.CHUNK_ELEMENTS, the GPU size), and the sketches (method=sketch) or the
+    (pipeline.lai.kernels.sketch.CHUNK_ELEMENTS, the GPU size), and the sketches (method=sketch) or the
     all-gathered features (method=exact; pipeline/lai/__init__.py lists the sizes)."""
-    from pipeline.lai.sketch import CHUNK_ELEMENTS
+    from pipeline.lai.kernels.sketch import CHUNK_ELEMENTS
     lai, t, seq = cfg.lai, cfg.train, cfg.data.seq_len
     if not lai.enabled:
         return 0.0, "LAI off"

@@ -10,14 +10,11 @@ imported from here), never written by hand.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from tqdm import tqdm
 
 from pipeline.comm import Comm
 from pipeline.config import Config, save_yaml
@@ -25,10 +22,10 @@ from pipeline.data import PackedDataset, RankLoader
 from pipeline.errors import UserError
 from pipeline.format.manifest import MANIFEST_NAME, load_manifest
 from pipeline.format.tokenizer import tokenizer_sha256
-from pipeline.format.verify import ShardCheck
-from pipeline.fsutil import atomic_write, atomic_write_json, read_json
+from pipeline.format.verified import verify_shards
+from pipeline.fsutil import atomic_write, atomic_write_json
 from pipeline.train import engine as backend
-from pipeline.train import init_from
+from pipeline.train.hf import init_from
 from pipeline.train.engine import ds_config as ds_config  # re-exported: run files, tests
 from pipeline.train.flops import model_flops_per_token
 from pipeline.train.model import build_model
@@ -111,46 +108,13 @@ def _check_tokenizer(path: Path, sha256: str, data_dir: Path) -> None:
                         "the data was prepared with it)")
 
 
-VERIFIED = "data-verified.json"
-
-
 def verify_data(cfg: Config, run_dir: Path, info: DistInfo, comm: Comm) -> None:
-    """data.verify: sha256 and token ids of every shard the run reads (pipeline.format.verify),
-    shared out over the ranks by bytes; UserError (on every rank) naming the first bad shard.
-    `first` skips the shards recorded in RUN/data-verified.json with the stamp they have now
-    (manifest checksums, sizes, mtimes): on a resumed run, only shards whose files changed are
-    read again. Progress on rank 0 (its share), then one summary line."""
-    mode = cfg.data.verify
-    if mode == "never":
-        return
+    """data.verify over every directory the run reads (pipeline.format.verified); the summary
+    line on rank 0."""
     dirs = dict.fromkeys(Path(s.path) for s in (*cfg.data.sources, *cfg.data.val_sources))
-    checks = {str((d / e.prefix).resolve()): ShardCheck(d, e, np.dtype(m.dtype), m.tokenizer.vocab_size)
-              for d, m in ((d, load_manifest(d)) for d in dirs) for e in m.shards}
-    stamps = {key: c.stamp() for key, c in checks.items()}
-    record_path = run_dir / VERIFIED
-    record = read_json(record_path) if mode == "first" and record_path.is_file() else {}
-    todo = sorted((key for key in checks if record.get(key) != stamps[key]),
-                  key=lambda key: (-checks[key].nbytes, key))
-    if not todo:
-        return
-    loads, mine = [0] * info.world, []           # largest first, each to the least loaded rank
-    for key in todo:
-        r = loads.index(min(loads))
-        loads[r] += checks[key].nbytes
-        if r == info.rank:
-            mine.append(checks[key])
-    t0 = time.perf_counter()
-    with tqdm(total=loads[info.rank], unit="B", unit_scale=True, desc="verifying data",
-              disable=None if info.main else True) as bar:
-        problems = [p for c in mine if (p := c.run(bar.update))]
-    problems = sorted(p for rank_problems in comm.gather_objects(problems) for p in rank_problems)
-    if problems:
-        more = f" (and {len(problems) - 1} more shard(s))" if len(problems) > 1 else ""
-        raise UserError(problems[0] + more)
-    if info.main:
-        atomic_write_json(record_path, {**record, **{key: stamps[key] for key in todo}})
-    log0(info, f"data.verify={mode}: {len(todo)} shard(s), {sum(loads) / 1e6:,.1f} MB checked in "
-               f"{time.perf_counter() - t0:.1f} s over {info.world} rank(s); recorded in {record_path}")
+    note = verify_shards(dirs, cfg.data.verify, run_dir, comm)
+    if note:
+        log0(info, note)
 
 
 @dataclass
@@ -166,7 +130,7 @@ def build_engine(cfg: Config, info: DistInfo, data: Data, comm: Comm, *,
                  load_universal: bool = False) -> EngineParts:
     """The model (seeded by the caller), its guarded optimizer and the engine of
     train.backend (load_universal: DeepSpeed will load a universal checkpoint,
-    pipeline.train.universal)."""
+    pipeline.train.checkpointing.universal)."""
     tok = data.train.tokenizer
     if cfg.model.init_from:
         log0(info, init_from.check(cfg.model.init_from, tok, data.train.tokenizer_path,

@@ -26,13 +26,13 @@ agree when every micro-step keeps the same number of tokens (e.g. no filtering, 
 Dropped sequences contribute exactly zero gradient (their terms are selected away, not multiplied
 by zero, so even a non-finite dropped loss cannot leak into the loss value).
 
-lai.weighting (pipeline.lai.weighting) gives sequence j a raw weight w_j; then n_j becomes w_j n_j
+lai.weighting (pipeline.lai.selection.weighting) gives sequence j a raw weight w_j; then n_j becomes w_j n_j
 in both sums: loss_r = world * sum_{j on r} k_j w_j n_j l_j / W_m, W_m = sum_{r, j} k_j w_j n_j,
 the weighted token mean over the kept sequences. Sequence j's tokens then weigh w_j K_m / W_m
 against an unweighted token (the ledger's `weight`; 1 kept, 0 dropped without weighting), and
 these weights average exactly 1 over the micro-step's kept tokens.
 
-lai.unit=document (pipeline.lai.units): every j above is a document unit of a packed row instead
+lai.unit=document (pipeline.lai.kernels.units): every j above is a document unit of a packed row instead
 of the row (n_j its target count, l_j its mean loss), so a dropped document's tokens leave the
 loss and the rest of its row trains; the sums are unchanged.
 """
@@ -44,10 +44,10 @@ from dataclasses import dataclass, field
 import torch
 
 from pipeline.comm import Comm
-from pipeline.lai import Selector, per_sequence_loss
-from pipeline.lai.grads import per_unit_loss
-from pipeline.lai.units import units_of
-from pipeline.lai.weighting import sequence_weights
+from pipeline.lai.kernels.grads import per_sequence_loss, per_unit_loss
+from pipeline.lai.kernels.units import units_of
+from pipeline.lai.selection.selector import Selector
+from pipeline.lai.selection.weighting import sequence_weights
 from pipeline.train import faults
 from pipeline.train.optim import SkipGate, lr_at, set_lr
 from pipeline.train.runtime import PhaseClock

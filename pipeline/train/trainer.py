@@ -22,23 +22,26 @@ from pipeline.comm import Comm
 from pipeline.config import Config, save_yaml
 from pipeline.errors import UserError
 from pipeline.fsutil import atomic_write_json
-from pipeline.lai import Selector, SourceMixer, per_sequence_loss
-from pipeline.train import checkpoint, faults, lineage
+from pipeline.lai.kernels.grads import per_sequence_loss
+from pipeline.lai.selection.mixing import SourceMixer
+from pipeline.lai.selection.selector import Selector
+from pipeline.train import faults
+from pipeline.train.checkpointing import checkpoint, lineage
 from pipeline.train.engine import ds_config
-from pipeline.train.export import export_final
+from pipeline.train.hf.export import export_final
 from pipeline.train.fsdp import describe
-from pipeline.train.ledger import Ledger
-from pipeline.train.lock import lock_run
+from pipeline.format.ledger import Ledger
+from pipeline.train.checkpointing.lock import lock_run
 from pipeline.train.log import StepLog
 from pipeline.train.metrics import Metrics, val_scalars
 from pipeline.train.pool import CandidatePool
 from pipeline.train.moments import MomentReader
-from pipeline.train.resume import Resume, config_hash
+from pipeline.train.checkpointing.resume import Resume, config_hash
 from pipeline.train.runplan import data_plan
 from pipeline.train.runtime import DistInfo, StopFlag, log0, log_to, seed_everything, shutdown
 from pipeline.train.setup import build_engine, open_data, verify_data, write_run_files
 from pipeline.train.sinks import open_sinks
-from pipeline.train.state import Counters, RNGState, TrainState
+from pipeline.train.checkpointing.state import Counters, RNGState, TrainState
 from pipeline.train.step import StepResult, StepRunner
 
 EXIT_STOPPED = 75

@@ -57,7 +57,7 @@ def test_lai_values_cuda_match_cpu_and_bf16_match_fp32(trained, pairing, method)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_sketch_kernels_equal_eager_on_cuda(trained, dtype):
     from pipeline.lai import lai_values
-    from pipeline.lai.sketch import Kernels
+    from pipeline.lai.kernels.sketch import Kernels
     model, ids = trained
     model = copy.deepcopy(model).cuda().to(dtype)
     eager = lai_values(model, ids.cuda(), method="sketch", compile=False)
@@ -72,7 +72,9 @@ def test_compiled_chunked_loss_equals_upcast_cross_entropy_on_cuda(monkeypatch, 
     F.cross_entropy on the fp32 copy: losses to fp32 rounding, gradients to one bf16 ulp."""
     import torch.nn.functional as F
 
-    from pipeline.lai import per_sequence_loss, sketch
+    from pipeline.lai import per_sequence_loss
+
+    from pipeline.lai.kernels import sketch
     monkeypatch.setitem(sketch.CHUNK_ELEMENTS, "cuda", 64 * 1000)
     g = torch.Generator().manual_seed(0)
     logits = (torch.randn(4, 96, 1000, generator=g) * 3).cuda().to(dtype)
@@ -207,7 +209,7 @@ def _train(data: Path, run: Path, steps: int) -> str:
 def test_resume_on_cuda_equals_straight_run_bit_for_bit(data_dir, tmp_path):
     from safetensors.torch import load_file
 
-    from pipeline.train.ledger import read_ledger
+    from pipeline.format.ledger import read_ledger
     straight, split = tmp_path / "straight", tmp_path / "split"
     out = _train(data_dir, straight, 8)
     assert "rank(s) on cuda" in out, out[-2000:]

@@ -10,7 +10,7 @@ from pipeline.lai import lai_values
 def test_compiled_kernels_equal_eager(trained_tiny):
     """The torch.compile path (the GPU default) computes what the eager kernels do; here with
     inductor's CPU backend."""
-    from pipeline.lai.sketch import Kernels
+    from pipeline.lai.kernels.sketch import Kernels
     model, ids = trained_tiny
     eager = lai_values(model, ids[:8], method="sketch", compile=False)
     compiled = lai_values(model, ids[:8], method="sketch", compile=True)

@@ -10,8 +10,8 @@ import torch.multiprocessing as mp
 from pipeline.comm import Comm, free_port
 from pipeline.lai import (FilterPolicy, LAIScorer, LayerInputCapture, lai_values, loss_scores,
                           random_scores)
-from pipeline.lai.grads import shift_labels
-from pipeline.lai.normalize import normalize
+from pipeline.lai.kernels.grads import shift_labels
+from pipeline.lai.selection.normalize import normalize
 from support.lai import batch, random_factors, tiny_model
 
 pytestmark = pytest.mark.slow

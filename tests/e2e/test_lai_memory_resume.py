@@ -13,7 +13,7 @@ def test_memory_is_trainer_state_resumed_bit_for_bit(tmp_path):
     differently)."""
     import numpy as np
 
-    from pipeline.train.ledger import read_ledger
+    from pipeline.format.ledger import read_ledger
     from support.datagen import make_data_dir, random_docs
     from support.train import run_train
     data = make_data_dir(tmp_path / "data", random_docs(30, 64, min_len=8, max_len=30, seed=3),

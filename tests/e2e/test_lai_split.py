@@ -1,4 +1,4 @@
-"""The filter's decisions and the split of the global batch (pipeline.lai.policy): the same global
+"""The filter's decisions and the split of the global batch (pipeline.lai.selection.policy): the same global
 batches of 16 sequences, the same model, split as 1 rank x micro 8 x accumulation 2, 1 rank x
 micro 4 x 4, and 2 ranks (a real gloo group) x micro 8 x 1.
 
@@ -9,7 +9,7 @@ micro 4 x 4, and 2 ranks (a real gloo group) x micro 8 x 1.
   step, carried) and every sequence a candidate, each step excludes exactly its budget (1 or 2)
   under every split, where the old per-micro-batch cap floor(0.1 x 8) = 0 excluded nothing on
   one rank.
-(What the start line says about it, pipeline.lai.policy.describe: unit/test_lai_policy.py.)
+(What the start line says about it, pipeline.lai.selection.policy.describe: unit/test_lai_policy.py.)
 """
 from __future__ import annotations
 

@@ -75,7 +75,7 @@ def test_train_sh_sigterm_to_the_group_saves_then_hostfile_resume(tmp_path):
     assert "launch: 2 CPU rank(s) (no GPU found), OMP_NUM_THREADS=1" in out
     stopped = int(re.search(r"stopped by SIGTERM at step (\d+);", out).group(1))
     assert 3 <= stopped < STEPS
-    from pipeline.train import checkpoint
+    from pipeline.train.checkpointing import checkpoint
     assert checkpoint.latest(run) == run / "checkpoints" / f"step_{stopped:08d}"
     assert checkpoint.damage(checkpoint.latest(run)) is None
     assert not (run / "final").exists()

@@ -9,14 +9,14 @@ import sys
 import textwrap
 import time
 
-from pipeline.train.ledger import Ledger, read_ledger
+from pipeline.format.ledger import Ledger, read_ledger
 from support import ROOT
 
 
 KILLED_WRITER = textwrap.dedent("""
     import os, sys, time
     import numpy as np
-    from pipeline.train.ledger import Ledger
+    from pipeline.format.ledger import Ledger
     led = Ledger(sys.argv[1], 0, chunk_rows=100_000)
     led.append(0, np.arange(10), np.ones(10), np.ones(10, bool), np.ones(10))
     led.flush()                                      # one complete chunk

@@ -54,8 +54,8 @@ def _save_on_two_ranks(rank: int) -> None:
     """Per stage: 2 steps, a checkpoint (TrainState with a rank-0-shared member), then a third
     step whose loss and parameters rank 0 records as the expected continuation."""
     import support.engine as es
-    from pipeline.train import checkpoint
-    from pipeline.train.state import Counters, TrainState
+    from pipeline.train.checkpointing import checkpoint
+    from pipeline.train.checkpointing.state import Counters, TrainState
     ids = _global_batch()
     for stage in STAGES:
         cfg = es.tiny_cfg(stage, "llama")
@@ -81,10 +81,10 @@ def _load_on_one_rank(rank: int) -> None:
 
     import support.engine as es
     from pipeline.comm import Comm
-    from pipeline.train import checkpoint, universal
+    from pipeline.train.checkpointing import checkpoint, universal
     from pipeline.train.optim import SkipGate, build_optimizer
     from pipeline.train.setup import ds_config
-    from pipeline.train.state import Counters, TrainState
+    from pipeline.train.checkpointing.state import Counters, TrainState
     ids = _global_batch()
     for stage in STAGES:
         cfg = es.tiny_cfg(stage, "llama")

@@ -139,7 +139,7 @@ def test_a_second_run_into_a_held_run_dir_is_refused(data, tmp_path):
         assert error.startswith(f"error: run.out_dir: {run} is in use by another run (pid "
                                 f"{pid} on "), error
         assert not (run / "config.yaml").exists()
-    from pipeline.train.lock import RunLock
+    from pipeline.train.checkpointing.lock import RunLock
     assert (run / "run.lock").is_file()
     lock = RunLock(run)
     assert lock.acquire() is None                   # the dead holder's file blocks nothing
@@ -180,7 +180,7 @@ def _copy(saved: Path, tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_damage_finds_what_makes_a_complete_checkpoint_unloadable(saved, tmp_path):
-    from pipeline.train import checkpoint
+    from pipeline.train.checkpointing import checkpoint
     run, ckpt = _copy(saved, tmp_path)
     assert checkpoint.damage(ckpt) is None
     model = ckpt / "mp_rank_00_model_states.pt"
@@ -217,7 +217,7 @@ def test_damaged_checkpoint_falls_back_to_the_previous_one(saved, tmp_path):
     ref = scalars(saved, "train/loss")
     got = scalars(run, "train/loss")
     assert [got[s] for s in (3, 4)] == [ref[s] for s in (3, 4)]       # steps 3-4 again, the same
-    from pipeline.train import checkpoint
+    from pipeline.train.checkpointing import checkpoint
     assert checkpoint.damage(ckpt) is None                             # step 4 saved anew
 
 
@@ -243,7 +243,7 @@ def test_checkpoint_files_cannot_run_code(saved, tmp_path):
     """DeepSpeed's files, read through our checkpoint engine, and our own rank file: refused in one
     line naming the file, and the payload never runs; the files as saved load."""
     from pipeline.errors import UserError
-    from pipeline.train import safe_load
+    from pipeline.train.checkpointing import safe_load
     run, ckpt = _copy(saved, tmp_path)
     for f in sorted(ckpt.glob("*.pt")):
         safe_load.load(f)                          # everything a checkpoint holds is allowed

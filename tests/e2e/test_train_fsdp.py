@@ -98,7 +98,7 @@ def _moments(eng, opt) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 
 
 def _fsdp_equals_zero3(rank: int) -> None:
-    from pipeline.lai.pairings import PAIRINGS
+    from pipeline.lai.kernels.pairings import PAIRINGS
     (ds, ds_opt), (fs, fs_opt) = _engines(rank)
     assert type(fs.module.lm_head.weight).__name__ == "DTensor"
     for method, pairing in itertools.product(("exact", "sketch"), PAIRINGS):
@@ -183,7 +183,7 @@ def test_fsdp2_kill9_then_resume_on_one_then_two_ranks_equals_straight_run(tmp_p
     # a damaged DCP shard: one line naming it, exit 2 (resuming from it says the same)
     shard = next((run / "checkpoints" / "step_00000006" / "dcp").glob("*.distcp"))
     shard.write_bytes(shard.read_bytes()[:100])
-    p = subprocess.run([sys.executable, "-m", "pipeline.train.export_checkpoint",
+    p = subprocess.run([sys.executable, "-m", "pipeline.train.hf.export_checkpoint",
                         str(shard.parent.parent), str(tmp_path / "exp4")], env=env(), cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and p.stderr.count("\n") == 1, p.stderr

@@ -49,14 +49,14 @@ def _single_process(cfg):
 
 
 def _scored(model):
-    from pipeline.lai.precondition import scored_layers
+    from pipeline.lai.kernels.precondition import scored_layers
     return [(name, m.weight) for name, m in scored_layers(model, "linear")]
 
 
 def _check_stage(rank: int, stage: int, precision: str) -> None:
     from pipeline.comm import Comm
     from pipeline.lai import LAISettings, Selector, per_sequence_loss
-    from pipeline.lai.precondition import (adam_hyper, bias_correction2, fragment_sums,
+    from pipeline.lai.kernels.precondition import (adam_hyper, bias_correction2, fragment_sums,
                                            inverse_root, optimizer_moments)
     from pipeline.train.moments import MomentReader
     cfg = tiny_cfg(stage, "llama")

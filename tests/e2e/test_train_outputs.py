@@ -91,7 +91,7 @@ def test_export_of_a_checkpoint_equals_final_and_is_ready_to_generate(base, tmp_
     trained, _ = base
     from safetensors.torch import load_file
 
-    from pipeline.train.export_checkpoint import main as lai_export
+    from pipeline.train.hf.export_checkpoint import main as lai_export
     out = tmp_path / "exported"
     assert lai_export([str(trained / "checkpoints" / "step_00000003"), str(out)]) == 0
     a, b = load_file(trained / "final" / "model.safetensors"), load_file(out / "model.safetensors")
@@ -124,7 +124,7 @@ def test_init_from_refuses_what_does_not_fit(base, animals_data, tmp_path):
     from support.datagen import make_data_dir, random_docs
     from pipeline.data import PackedDataset
     from pipeline.errors import UserError
-    from pipeline.train.init_from import check
+    from pipeline.train.hf.init_from import check
     final = trained / "final"
 
     def refused(data: Path, seq_len: int = 32) -> str:

@@ -158,7 +158,7 @@ def test_disk_full_while_saving_a_checkpoint_leaves_the_run_resumable(data, tmp_
     """Room for one checkpoint (~1.4 MB) but not two: the step-4 save fails in one line that
     names the file, the errno and the checkpoint the run resumes from; nothing of step 4 is
     left; the copied run would resume from step 2."""
-    from pipeline.train import checkpoint
+    from pipeline.train.checkpointing import checkpoint
     from pipeline.train.cli import main
     with tmpfs(tmp_path / "small", "2200k") as small:
         run = small / "run"

@@ -144,7 +144,7 @@ def test_zero3_sigterm_then_resume_equals_straight_run(animals_data, tmp_path):
     out = "".join(seen)
     assert "stopped by SIGTERM" in out, out[-3000:]
     assert "exitcode  : 75" in out or proc.returncode == 75, out[-3000:]
-    from pipeline.train import checkpoint
+    from pipeline.train.checkpointing import checkpoint
     ckpt = checkpoint.latest(stopped)
     assert ckpt is not None and checkpoint.read_meta(ckpt)["step"] < 2 * N
     assert not (stopped / "final").exists()
@@ -217,7 +217,7 @@ def test_time_limit_saves_and_exits_75_then_resumes(animals_data, tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 75, p.stdout + p.stderr
     assert "stopped by run.time_limit_s at step 1" in p.stdout
-    from pipeline.train import checkpoint
+    from pipeline.train.checkpointing import checkpoint
     assert checkpoint.read_meta(checkpoint.latest(run))["step"] == 1
     p = subprocess.run(base, env=env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr

@@ -104,7 +104,7 @@ def test_oracle_with_refill_trains_the_least_harmful_candidates(tmp_path):
     from pipeline.comm import Comm
     from pipeline.data import PackedDataset, RankLoader
     from pipeline.lai import LAISettings, Selector
-    from pipeline.lai.baselines import oracle_scores
+    from pipeline.lai.selection.baselines import oracle_scores
     from pipeline.train.pool import CandidatePool
     from support.lai import tiny_model
     dirs = [make_data_dir(tmp_path / n, random_docs(60, 64, seed=i), vocab_size=64, source=n)

@@ -47,7 +47,7 @@ def test_universal_conversion_and_reuse_run_no_code(zero2, tmp_path):
     """ZeRO 2 on another number of ranks: the conversion refuses a crafted partition; a clean one
     converts, and a crafted file planted in the reused universal folder is refused too."""
     from pipeline.errors import UserError
-    from pipeline.train import universal
+    from pipeline.train.checkpointing import universal
     ckpt = _copy(zero2, tmp_path)
     marker = tmp_path / "pwned"
     victim = ckpt / OPTIM

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from pipeline.comm import Comm
-from pipeline.lai.units import unit_targets, units_of
-from pipeline.lai.grads import per_sequence_loss, per_unit_loss
+from pipeline.lai.kernels.units import unit_targets, units_of
+from pipeline.lai.kernels.grads import per_sequence_loss, per_unit_loss
 from pipeline.train.step import masked_loss
 from support.datagen import two_source_dir
 

@@ -43,8 +43,8 @@ def one_error(p: subprocess.CompletedProcess) -> str:
     return errors[0]
 
 
-HOLD = ("import sys, time; from pipeline.train.lock import RunLock; lock = RunLock(sys.argv[1]); "
-        "assert lock.acquire() is None; print('held', flush=True); time.sleep(300)")
+HOLD = ("import sys, time; from pipeline.train.checkpointing.lock import RunLock; "
+        "lock = RunLock(sys.argv[1]); assert lock.acquire() is None; print('held', flush=True); time.sleep(300)")
 
 
 @contextlib.contextmanager
@@ -96,7 +96,7 @@ def plant(path: Path, marker: Path) -> None:
 
 def export_refused(ckpt: Path, out: Path, capsys) -> str:
     """lai-export CKPT OUT that must be refused: its one error line."""
-    from pipeline.train.export_checkpoint import main as lai_export
+    from pipeline.train.hf.export_checkpoint import main as lai_export
     with pytest.raises(SystemExit) as e:
         lai_export([str(ckpt), str(out)])
     assert e.value.code == 2

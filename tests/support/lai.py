@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from pipeline.lai.capture import hooked_modules
-from pipeline.lai.grads import logit_grads, shift_labels
+from pipeline.lai.kernels.capture import hooked_modules
+from pipeline.lai.kernels.grads import logit_grads, shift_labels
 
 ARCHS = {
     "gpt2": dict(n_embd=32, n_layer=2, n_head=2, n_positions=128, resid_pdrop=0.0,
@@ -160,7 +160,7 @@ def per_sample_grads(model, ids, params):
 
 def random_factors(model, layers="linear", seed=0):
     """AdamFactors with random positive r, c (r of mean 1) for `model`'s scored layers."""
-    from pipeline.lai.precondition import AdamFactors, scored_layers
+    from pipeline.lai.kernels.precondition import AdamFactors, scored_layers
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for name, m in scored_layers(model, layers):

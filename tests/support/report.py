@@ -13,7 +13,7 @@ import sentencepiece as spm
 from pipeline.data import PackedDataset
 from pipeline.format.manifest import load_manifest
 from pipeline.fsutil import sha256_file
-from pipeline.train.ledger import Ledger
+from pipeline.format.ledger import Ledger
 from support.datagen import make_data_dir
 
 SEQ_LEN, MICRO, WORLD, STEPS = 16, 2, 2, 12

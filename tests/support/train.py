@@ -108,7 +108,7 @@ def launch_env(port: int | None = None) -> dict[str, str]:
 
 
 def ledger(run: Path) -> np.ndarray:
-    from pipeline.train.ledger import read_ledger
+    from pipeline.format.ledger import read_ledger
     return read_ledger(run)
 
 
@@ -188,7 +188,7 @@ def assert_export_equals_final(run: Path, out: Path) -> None:
     """lai-export of `run`'s step-8 checkpoint into `out` holds exactly RUN/final's weights."""
     from safetensors.torch import load_file
 
-    from pipeline.train.export_checkpoint import main as lai_export
+    from pipeline.train.hf.export_checkpoint import main as lai_export
     assert lai_export([str(run / "checkpoints" / "step_00000008"), str(out)]) == 0
     final, exported = final_params(run), load_file(out / "model.safetensors")
     assert final.keys() == exported.keys()

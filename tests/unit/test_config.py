@@ -13,7 +13,7 @@ from pipeline.config.batch import resolve_batch
 from pipeline.errors import UserError
 from pipeline.lai import FILTERS
 from pipeline.train.optim import lr_at
-from pipeline.train.resume import config_hash, resume_changes
+from pipeline.train.checkpointing.resume import config_hash, resume_changes
 from pipeline.train.setup import data_json, ds_config
 from support import ROOT
 

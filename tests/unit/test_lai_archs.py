@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.lai import LAIScorer, LayerInputCapture, lai_values
-from pipeline.lai.grads import shift_labels
+from pipeline.lai.kernels.grads import shift_labels
 from support.lai import batch, block_kernel, explicit_kernel, loo_mean, rel_err, tiny_model
 
 PAIRINGS = ["token_pair", "aligned", "pooled"]

@@ -3,10 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import pipeline.lai.exact as exact
+import pipeline.lai.kernels.exact as exact
 from pipeline.lai import (LAIScorer, LayerInputCapture, lai_values, logit_grads,
                           per_sequence_loss)
-from pipeline.lai.grads import shift_labels
+from pipeline.lai.kernels.grads import shift_labels
 from support.lai import ARCHS, batch, block_kernel, explicit_kernel, loo_mean, rel_err, tiny_model
 
 PAIRINGS = ["token_pair", "aligned", "pooled"]

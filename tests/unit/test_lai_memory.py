@@ -1,4 +1,4 @@
-"""Memory across epochs (pipeline.lai.memory): the prior and the update equal their definitions,
+"""Memory across epochs (pipeline.lai.selection.memory): the prior and the update equal their definitions,
 a document valued harmful is down-weighted when it comes round again, the memory round-trips
 through its state (on the real trainer it survives resume: e2e/test_lai_memory_resume.py)."""
 import math
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.lai import LAISettings, Selector
-from pipeline.lai.memory import DocumentMemory
+from pipeline.lai.selection.memory import DocumentMemory
 
 
 def test_prior_and_update_follow_the_definition():

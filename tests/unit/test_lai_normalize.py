@@ -1,4 +1,4 @@
-"""Step-normalised values (pipeline.lai.normalize) and the filter on them: the z-score and the
+"""Step-normalised values (pipeline.lai.selection.normalize) and the filter on them: the z-score and the
 centred rank equal their definitions, ignore unscored (NaN) sequences, and with lai.normalize
 the policy thresholds the normalised value; the ledger keeps raw and normalised values."""
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from pipeline.lai import LAISettings, Selector
-from pipeline.lai.normalize import normalize
+from pipeline.lai.selection.normalize import normalize
 
 
 def test_zscore_and_rank_match_their_definitions():
@@ -28,7 +28,7 @@ def test_zscore_and_rank_match_their_definitions():
 def test_normalised_filter_is_scale_free(scale):
     """The same batch at any value scale (values drift by orders of magnitude over training)
     gives the same decision with lai.normalize=zscore, threshold -1."""
-    from pipeline.lai.baselines import FILTERS, FilterInput
+    from pipeline.lai.selection.baselines import FILTERS, FilterInput
     vals = torch.tensor([0.5, -2.0, 1.0, 0.1, -0.2, 0.3, 0.0, 0.9], dtype=torch.float64) * scale
     s = LAISettings(filter="lai", normalize="zscore", threshold=-1.0, max_exclude_frac=0.5).resolved()
     sel = Selector(s, seed=0)
@@ -41,7 +41,7 @@ def test_normalised_filter_is_scale_free(scale):
 
 
 def test_ledger_keeps_raw_and_normalised_values(tmp_path):
-    from pipeline.train.ledger import ROW_V1, Ledger, read_ledger
+    from pipeline.format.ledger import ROW_V1, Ledger, read_ledger
     led = Ledger(tmp_path, 0, chunk_rows=3)
     led.append(1, [0, 1], [0.5, -0.5], [True, False], [2.0, 3.0], [1.0, -1.0])
     led.append(2, [2, 3], [0.1, 0.2], [True, True], [1.0, 1.0])           # no normalised value

@@ -1,6 +1,6 @@
 """FilterPolicy rules, each with a case where it decides and one where it does not; the start
 line / dry run state the budget, the remaining dependence on the split and when nothing can be
-excluded (pipeline.lai.policy.describe)."""
+excluded (pipeline.lai.selection.policy.describe)."""
 import pytest
 import torch
 
@@ -75,7 +75,7 @@ def test_bad_values():
 
 def test_describe_states_budget_dependence_and_a_filter_that_cannot_exclude():
     from pipeline.lai import LAISettings
-    from pipeline.lai.policy import describe
+    from pipeline.lai.selection.policy import describe
     s = LAISettings(filter="lai", reference="global").resolved(has_documents=True)
     lines = describe(s, 16, 8, 2, 1, steps=200)
     assert lines[0].startswith("lai filter: excludes at most 1.6 sequence(s) per step")

@@ -7,9 +7,9 @@ from transformers.pytorch_utils import Conv1D
 
 from pipeline.lai import (AdamFactors, LAISettings, Selector, elementwise_preconditioner,
                           full_gradient_values, ghost_values, lai_values, per_sequence_loss)
-from pipeline.lai.capture import hooked_modules
-from pipeline.lai.grads import shift_labels
-from pipeline.lai.precondition import fragment_sums, optimizer_moments, scored_layers
+from pipeline.lai.kernels.capture import hooked_modules
+from pipeline.lai.kernels.grads import shift_labels
+from pipeline.lai.kernels.precondition import fragment_sums, optimizer_moments, scored_layers
 from support.lai import (ARCHS, batch, explicit_kernel, loo_mean, per_sample_grads,
                          random_factors, rel_err, tiny_model)
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pipeline.lai import full_gradient_values, ghost_values, loss_scores, random_scores
-from pipeline.lai.capture import hooked_modules
+from pipeline.lai.kernels.capture import hooked_modules
 from support.lai import batch, loo_mean, per_sample_grads, rel_err, tiny_model
 
 

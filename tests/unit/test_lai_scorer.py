@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pipeline.lai import LAIScorer, LayerInputCapture, lai_values
-from pipeline.lai.grads import shift_labels
+from pipeline.lai.kernels.grads import shift_labels
 from support.lai import batch, tiny_model
 
 

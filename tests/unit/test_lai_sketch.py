@@ -68,7 +68,7 @@ def test_bf16_model_close_to_fp32(trained_tiny, pairing, method):
 
 
 def test_lai_cost_page_states_the_defaults_of_the_code():
-    """docs/LAI_COST.md names each pairing's default sketch_dim as pipeline/lai/pairings.py has
+    """docs/LAI_COST.md names each pairing's default sketch_dim as pipeline/lai/kernels/pairings.py has
     it."""
     import re
 

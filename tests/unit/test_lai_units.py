@@ -1,14 +1,14 @@
 """lai.unit=document: values, losses and sketches of the document segments of packed rows,
-against brute-force autograd (pipeline.lai.units)."""
+against brute-force autograd (pipeline.lai.kernels.units)."""
 from __future__ import annotations
 
 import torch
 
 from pipeline.lai import LAIScorer
-from pipeline.lai.capture import LayerInputCapture
-from pipeline.lai.grads import shift_labels
-from pipeline.lai.units import unit_losses, unit_targets, units_of
-from pipeline.lai.xent import token_cross_entropy
+from pipeline.lai.kernels.capture import LayerInputCapture
+from pipeline.lai.kernels.grads import shift_labels
+from pipeline.lai.kernels.units import unit_losses, unit_targets, units_of
+from pipeline.lai.kernels.xent import token_cross_entropy
 from support.lai import batch, tiny_model
 
 

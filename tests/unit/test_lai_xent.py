@@ -1,11 +1,11 @@
-"""The chunked token cross-entropy (pipeline/lai/xent.py) equals F.cross_entropy on the upcast
+"""The chunked token cross-entropy (pipeline/lai/kernels/xent.py) equals F.cross_entropy on the upcast
 logits, loss and gradient, across chunk boundaries and ignored targets, in float64, fp32 and bf16."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from pipeline.lai import per_sequence_loss
-from pipeline.lai import sketch, xent
+from pipeline.lai.kernels import sketch, xent
 
 B, T, V = 3, 7, 50
 

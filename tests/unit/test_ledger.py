@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline.errors import UserError
-from pipeline.train.ledger import ROW, Ledger, read_ledger
+from pipeline.format.ledger import ROW, Ledger, read_ledger
 
 MICRO, WORLD = 3, 2
 
@@ -139,7 +139,7 @@ def test_errors(tmp_path):
 def test_segment_column_and_chunks_written_before_it(tmp_path):
     """lai.unit=document rows carry their document run; a chunk written before the segment
     column reads as whole sequences (-1), and (step, seq_id, segment) is the row's key."""
-    from pipeline.train.ledger import ROW_V3
+    from pipeline.format.ledger import ROW_V3
     led = Ledger(tmp_path, 0)
     led.append(1, [7, 7, 8], [0.1, 0.2, 0.3], [True, False, True], [1.0, 2.0, 3.0],
                segments=[0, 2, -1])

@@ -14,7 +14,7 @@ import torch
 
 from pipeline.errors import UserError
 from pipeline.lai import LAISettings, SourceMixer
-from pipeline.lai.mixing import exploration
+from pipeline.lai.selection.mixing import exploration
 
 
 def f64(x) -> torch.Tensor:

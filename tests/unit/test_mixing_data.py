@@ -158,7 +158,7 @@ def test_config_rules(dirs):
     resume is refused while its step size may change; RUN/data.json says it is on."""
 
     from pipeline.config import load_config
-    from pipeline.train.resume import resume_changes
+    from pipeline.train.checkpointing.resume import resume_changes
     from pipeline.train.setup import data_json
     tiny = ROOT / "configs" / "tiny_cpu.yaml"
 

@@ -11,7 +11,7 @@ from support.report import MICRO, STEPS, WORLD
 
 from pipeline.errors import UserError
 from pipeline.format.indexed import IndexedReader
-from pipeline.train.ledger import Ledger, read_ledger
+from pipeline.format.ledger import Ledger, read_ledger
 from pipeline.report.cli import main
 from pipeline.report.valuation import build_report
 

@@ -13,7 +13,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
-from pipeline.train import safe_load
+from pipeline.train.checkpointing import safe_load
 from support.faults import RunsCode    # unpickling it runs `touch PATH`
 
 
@@ -97,7 +97,7 @@ def test_damage_finds_a_truncated_or_missing_dcp_shard(tmp_path):
     run.resume=auto skips a damaged fsdp2 checkpoint as it skips a damaged DeepSpeed one."""
     import json
 
-    from pipeline.train import checkpoint
+    from pipeline.train.checkpointing import checkpoint
     ckpt = tmp_path / "step_00000001"
     dcp.save(_state(), checkpoint_id=ckpt / "dcp", no_dist=True)
     (ckpt / checkpoint.MARKER).write_text(json.dumps({"step": 1, "world": 1, "config": {},

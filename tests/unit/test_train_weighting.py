@@ -28,7 +28,7 @@ def _batch():
 def test_weighted_step_equals_autograd_of_weighted_loss():
     from pipeline.comm import Comm
     from pipeline.lai import LAISettings, per_sequence_loss
-    from pipeline.lai.weighting import sequence_weights
+    from pipeline.lai.selection.weighting import sequence_weights
     from pipeline.train.step import masked_loss, token_weights
     s = LAISettings(weighting="sigmoid", weight_temperature=0.5, weight_min=0.25, weight_max=3.0)
     model = seeded_model(tiny_cfg(0, "gpt2"))
@@ -52,7 +52,7 @@ def test_weighted_step_equals_autograd_of_weighted_loss():
 
 def test_weights_bounded_monotone_and_off_by_default():
     from pipeline.lai import LAISettings
-    from pipeline.lai.weighting import sequence_weights
+    from pipeline.lai.selection.weighting import sequence_weights
     assert LAISettings().weighting == "none"
     assert sequence_weights(torch.zeros(2), LAISettings()) is None
     s = LAISettings(weighting="sigmoid", weight_min=0.5, weight_max=2.0)
@@ -76,7 +76,7 @@ def test_weighting_settings_refused_with_field_name():
 def test_ledger_weight_column_and_older_chunks(tmp_path):
     import numpy as np
 
-    from pipeline.train.ledger import ROW_V2, Ledger, read_ledger
+    from pipeline.format.ledger import ROW_V2, Ledger, read_ledger
     led = Ledger(tmp_path, 0)
     led.append(1, [0, 1], [0.5, -0.5], [True, False], [2.0, 3.0], [1.0, -1.0], [1.5, 0.0])
     led.close()

@@ -4,12 +4,12 @@ ZeRO 1-3 save the optimizer state (ZeRO 3 also the weights) as one partition per
 for the number of ranks that saved it. `ensure(ckpt, rank)` converts a checkpoint once, with
 DeepSpeed's own `ds_to_universal`, into CKPT/universal/: one folder per parameter holding its fp32
 weights and both Adam moments, which any number of ranks loads (the engine is built with
-`checkpoint.load_universal`; pipeline.train.checkpoint.load(..., universal=True)). It runs before
+`checkpoint.load_universal`; checkpointing.checkpoint.load(..., universal=True)). It runs before
 the process group starts: rank 0 converts, the other ranks wait for the folder to appear, so a
 long conversion meets no collective timeout. A later resume from the same checkpoint reuses it;
 it is removed with the checkpoint. DeepSpeed's converter and universal loader unpickle freely,
 so the checkpoint's files (before a conversion) and a reused universal folder first pass
-pipeline.train.safe_load.check_files.
+pipeline.train.checkpointing.safe_load.check_files.
 
 Two flaws of DeepSpeed's ZeRO-3 universal loader are repaired on load (`repairing`): it gives
 every param group the first one's settings and one shared Adam step counter.
@@ -34,7 +34,7 @@ import torch
 
 from pipeline.errors import UserError
 from pipeline.fsutil import tmp_name
-from pipeline.train import safe_load
+from pipeline.train.checkpointing import safe_load
 
 UNIVERSAL = "universal"        # the converted checkpoint: CKPT/universal/ (a DeepSpeed tag)
 

@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from .capture import hooked_modules, is_transposed
-from .exact import reference_mean
-from .grads import IGNORE, check_ids, per_sequence_loss
-from .modelio import eval_mode, model_logits
+from ..kernels.capture import hooked_modules, is_transposed
+from ..kernels.exact import reference_mean
+from ..kernels.grads import IGNORE, check_ids, per_sequence_loss
+from ..kernels.modelio import eval_mode, model_logits
 
 
 def _flat_values(q: torch.Tensor, r: torch.Tensor | None, include_self: bool,

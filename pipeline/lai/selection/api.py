@@ -10,10 +10,10 @@ from torch import nn
 
 from pipeline.comm import Comm
 
-from .capture import LayerInputCapture
-from .grads import check_ids
-from .modelio import eval_mode, model_logits
-from .precondition import AdamFactors
+from ..kernels.capture import LayerInputCapture
+from ..kernels.grads import check_ids
+from ..kernels.modelio import eval_mode, model_logits
+from ..kernels.precondition import AdamFactors
 from .scorer import LAIScorer
 from .settings import DEFAULT_PAIRING
 

@@ -1,5 +1,5 @@
 """HF exports: RUN/final at the end of training, and any checkpoint through `lai-export`
-(pipeline.train.export_checkpoint). Both write one kind of folder (`save_hf_folder`): the model
+(pipeline.train.hf.export_checkpoint). Both write one kind of folder (`save_hf_folder`): the model
 in HF format with use_cache on (config.json and generation_config.json, so `generate()` uses the
 KV cache), plus the data's tokenizer with its max length set to the model's context, so that
 AutoModelForCausalLM / AutoTokenizer.from_pretrained(folder) load it ready to generate."""

@@ -28,7 +28,7 @@ from pipeline.format.manifest import TokenizerEntry
 from pipeline.format.tokenizer import (SPM_FILE, HFTokenizer, SentencePieceTokenizer,
                                        load_tokenizer)
 from pipeline.fsutil import sha256_file
-from pipeline.train.export import context_length
+from pipeline.train.hf.export import context_length
 
 KEY = "model.init_from"
 HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")

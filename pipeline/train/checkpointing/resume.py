@@ -12,7 +12,7 @@ longer fits a changed option (the LAI selector's cached val reference) starts th
 
 Another number of ranks: the loader continues the same global order from its global sample
 count; ZeRO 1-3 partitions are converted once to DeepSpeed's universal checkpoint
-(pipeline.train.universal; `Resume.universal`), fsdp2's DCP shards reshard as they load; per-rank
+(checkpointing.universal; `Resume.universal`), fsdp2's DCP shards reshard as they load; per-rank
 members restore as TrainState says
 (the ledger's position from rank 0's file; RNG and the LAI val cache start afresh).
 """
@@ -28,7 +28,7 @@ from typing import Any
 
 from pipeline.config import Config
 from pipeline.errors import UserError
-from pipeline.train import checkpoint
+from pipeline.train.checkpointing import checkpoint
 
 # Differences that make a checkpoint unusable (refused); every other difference is noted.
 # run.out_dir / run.resume / data.verify are where and how, not what: never compared. A name

@@ -17,12 +17,12 @@ import math
 from dataclasses import dataclass, field
 
 from .baselines import FILTERS
-from .capture import LAYER_SETS
+from ..kernels.capture import LAYER_SETS
 from .mixing import MIXERS
 from .normalize import NORMALIZE
-from .pairings import PAIRINGS
-from .precondition import PRECONDITIONS
-from .units import UNITS
+from ..kernels.pairings import PAIRINGS
+from ..kernels.precondition import PRECONDITIONS
+from ..kernels.units import UNITS
 from .weighting import WEIGHTINGS
 
 METHODS = ("exact", "sketch")
@@ -38,7 +38,7 @@ DEFAULT_MEMORY_WEIGHT = 1.0
 @dataclass
 class LAISettings:
     enabled: bool = True               # compute LAI values (and filter with them if filter=lai)
-    filter: str = "none"               # what decides the keep mask: see pipeline.lai.baselines
+    filter: str = "none"               # what decides the keep mask: see pipeline.lai.selection.baselines
                                        # (lai | none | random | loss | full_gradient | oracle);
                                        # none by default: every per-sequence filter lost to no
                                        # filter in the headroom suite (docs/RESULTS.md), so what
@@ -60,16 +60,16 @@ class LAISettings:
     compile: bool = True               # method=sketch on CUDA: torch.compile the sketch kernels
     precondition: str = "none"         # none | adam: score in AdamW's step geometry, P =
                                        # 1/(sqrt(v_hat)+eps) fitted rank-1 per layer
-                                       # (pipeline.lai.precondition); layers linear or head
+                                       # (pipeline.lai.kernels.precondition); layers linear or head
     precondition_every: int = 10       # precondition=adam: re-read Adam's second moments every
                                        # N steps (~ v's half-life at beta2 0.95: 14 steps)
     normalize: str = "zscore"          # what filter=lai thresholds: none (the raw value) |
                                        # zscore | rank (against the global micro-batch; see
-                                       # pipeline.lai.normalize)
+                                       # pipeline.lai.selection.normalize)
     threshold: float | None = None     # score <= threshold -> excluded; None: -1.0 for
                                        # filter=lai with normalize=zscore (one spread below the
                                        # step's mean), -0.4 with rank (the lowest 10%), else 0
-    memory_weight: float | None = None # > 0: memory across epochs (pipeline.lai.memory): the
+    memory_weight: float | None = None # > 0: memory across epochs (pipeline.lai.selection.memory): the
                                        # score adds this times the document's remembered score;
                                        # None: 1.0 for filter=lai with a normalised value where
                                        # the training documents are known (the trainer), else 0
@@ -82,7 +82,7 @@ class LAISettings:
     val_refresh_every: int = 100       # reference=val: recompute the val features every N steps
     val_batches: int = 2               # reference=val: micro-batches per rank in the reference
     mixing: bool = False               # the training sources' sampling weights follow an online
-                                       # rule (pipeline.lai.mixing); needs 2+ data.sources
+                                       # rule (pipeline.lai.selection.mixing); needs 2+ data.sources
     mixer: str = "value"               # lai.mixing's reward: value (EG on each source's mean
                                        # normalised LAI value; needs lai.enabled) | loss_bandit
                                        # (EXP3 on each source's training loss, as Online Data
@@ -103,7 +103,7 @@ class LAISettings:
                                        # refused unless this is true
     unit: str = "sequence"             # what is valued, kept or dropped: sequence | document
                                        # (each document segment of a packed sequence: its
-                                       # tokens masked out of the loss; pipeline.lai.units)
+                                       # tokens masked out of the loss; pipeline.lai.kernels.units)
     select: str = "none"               # none | oversample: score select_factor x the global
                                        # batch per step (forward only) and train the best
                                        # global batch of them (pipeline.train.pool), by the
@@ -112,7 +112,7 @@ class LAISettings:
     select_factor: float = 1.5         # select=oversample: candidates per trained sequence, > 1
     weighting: str = "none"            # none | sigmoid: bounded per-sequence loss weights from
                                        # value_norm, inside the kept-token normalisation
-                                       # (pipeline.lai.weighting); nothing dropped by it
+                                       # (pipeline.lai.selection.weighting); nothing dropped by it
     weight_temperature: float = 1.0    # weighting=sigmoid: z-score scale of the sigmoid
     weight_min: float = 0.5            # weighting=sigmoid: raw weight bounds, 0 < min < max
     weight_max: float = 2.0            # (effective weights: in [min/max, max/min], mean 1)

@@ -102,7 +102,7 @@ class TokenPair(Pairing):
     def sketch(self, inputs, logits, targets, valid, sketch_dim, seed, compiled=False,
                weights=None, units: Units | None = None):
         """Per-sequence Kronecker sketches [B, k1 * k2] (summed over the reference); with
-        `units` those of the units [P, k1 * k2] (pipeline.lai.units)."""
+        `units` those of the units [P, k1 * k2] (pipeline.lai.kernels.units)."""
         k1, k2 = self.split(sketch_dim)
         kernels, dt = Kernels(compiled), compute_dtype(logits)
         cols, row = _sides(weights, dt, logits.device)

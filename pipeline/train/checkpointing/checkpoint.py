@@ -1,4 +1,4 @@
-"""Checkpoints of a TrainState (pipeline.train.state), complete only when every rank has written.
+"""Checkpoints of a TrainState (checkpointing.state), complete only when every rank has written.
 
 Layout of RUN/checkpoints/step_XXXXXXXX/ (XXXXXXXX = optimizer steps done):
     DeepSpeed's files (model/optimizer states, ZeRO partitions; client state = the TrainState's
@@ -12,7 +12,7 @@ Layout of RUN/checkpoints/step_XXXXXXXX/ (XXXXXXXX = optimizer steps done):
 while saving) are ignored and removed by the next successful save, as are checkpoints newer than
 it (left by an attempt that a resume from an older checkpoint abandoned). `damage(path)` says why
 a complete checkpoint can no longer be loaded (run.resume=auto then takes the one before it).
-Every file is loaded with pipeline.train.safe_load: nothing in a checkpoint can run code.
+Every file is loaded with pipeline.train.checkpointing.safe_load: nothing in a checkpoint can run code.
 """
 from __future__ import annotations
 
@@ -30,10 +30,10 @@ import torch
 from pipeline.comm import Comm
 from pipeline.errors import UserError, disk_full, fs_fault
 from pipeline.fsutil import atomic_write, atomic_write_json
-from pipeline.train import safe_load
+from pipeline.train.checkpointing import safe_load
 from pipeline.train.fsdp import DCP_DIR
-from pipeline.train.state import TrainState
-from pipeline.train.universal import UNIVERSAL, repairing
+from pipeline.train.checkpointing.state import TrainState
+from pipeline.train.checkpointing.universal import UNIVERSAL, repairing
 
 MARKER = "complete.json"
 CLIENT_KEY = "lai_train"     # our global state, under one key (DeepSpeed drops its own key names)
@@ -207,7 +207,7 @@ def load(state: TrainState, path: str | Path, *, same_world: bool = True,
          universal: bool = False) -> None:
     """Restore the engine and every member of `state` from checkpoint `path` (UserError, one
     line, if a file cannot be read). Saved with another number of ranks (same_world=False): the
-    engine from `path`/universal when `universal` (pipeline.train.universal; the engine was built
+    engine from `path`/universal when `universal` (checkpointing.universal; the engine was built
     with checkpoint.load_universal), per-rank members from rank 0's file as TrainState says."""
     p = Path(path)
     client_state = load_engine(state.engine, p, universal=universal)

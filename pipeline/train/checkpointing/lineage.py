@@ -25,8 +25,8 @@ from pathlib import Path
 from pipeline.config import Config
 from pipeline.errors import UserError
 from pipeline.fsutil import atomic_write_json, read_json
-from pipeline.train import checkpoint
-from pipeline.train.resume import needs_universal, resume_changes
+from pipeline.train.checkpointing import checkpoint
+from pipeline.train.checkpointing.resume import needs_universal, resume_changes
 
 CONTINUE_BREAKING = ("model.", "data.seq_len", "train.backend", "train.zero_stage",
                      "train.precision", "train.offload_optimizer", "train.offload_params")

@@ -2,7 +2,7 @@
 value_norm: the value's z-score among the sequences of its global micro-batch, weight: its
 tokens' weight in the step's loss against an unweighted kept token, pipeline.train.step;
 segment: -1, or with lai.unit=document one row per document unit of the sequence, the index of
-its document run among the sequence's DocSpans, pipeline.lai.units).
+its document run among the sequence's DocSpans, pipeline.lai.kernels.units).
 
 Files: RUN/ledger/rank-XXXXX/chunk-XXXXXXXX.npy, each a complete `.npy` of the structured dtype
 `ROW`, written through `fsutil.atomic_write` (a killed writer leaves only a hidden temporary,

@@ -11,11 +11,11 @@
 
 values: the LAI values when lai.enabled, else the filter's scores (NaN for filter=none); they are
 what the ledger records, with value_norm, their z-score within the global micro-batch (the value
-that means the same at every step: pipeline.lai.normalize). keep: FilterPolicy(threshold, warmup,
-cap) on the scores of the filter `lai.filter` (pipeline.lai.baselines) -- for filter=lai the
+that means the same at every step: pipeline.lai.selection.normalize). keep: FilterPolicy(threshold, warmup,
+cap) on the scores of the filter `lai.filter` (pipeline.lai.selection.baselines) -- for filter=lai the
 values normalised as lai.normalize says -- the same global decision on every rank. The cap is a
 budget per optimizer step of `global_batch` sequences, spent over its global micro-batches in
-order (pipeline.lai.policy); without `global_batch` every `select` is a whole step.
+order (pipeline.lai.selection.policy); without `global_batch` every `select` is a whole step.
 lai.precondition=adam: `refresh` re-reads Adam's second moments through `moments` (a
 precondition.Moments reader: the trainer's works under ZeRO 0-3) every lai.precondition_every
 steps, and at every step until the first optimizer step has made some; a val reference is
@@ -32,14 +32,14 @@ from torch import nn
 from pipeline.comm import Comm
 
 from .baselines import FILTERS, FilterInput
-from .capture import LayerInputCapture
+from ..kernels.capture import LayerInputCapture
 from .memory import DocumentMemory, Documents
 from .normalize import normalize
 from .policy import FilterPolicy
-from .precondition import AdamPreconditioner, Moments
+from ..kernels.precondition import AdamPreconditioner, Moments
 from .scorer import LAIScorer
 from .settings import LAISettings
-from .units import Units
+from ..kernels.units import Units
 
 Batches = Callable[[], list[tuple[torch.Tensor, torch.Tensor]]]
 
@@ -156,7 +156,7 @@ class Selector:
 
     def _mask(self, score: torch.Tensor, step: int) -> torch.Tensor:
         """The policy's keep mask within what is left of the step's budget
-        (pipeline.lai.policy; without a global batch, this call is the whole step)."""
+        (pipeline.lai.selection.policy; without a global batch, this call is the whole step)."""
         same_step = self.global_batch and self._spent[0] == step
         _, seen, excluded = self._spent if same_step else (step, 0, 0)
         n = score.numel() * self.comm.world             # local batches are equal-sized
@@ -169,7 +169,7 @@ class Selector:
     def _remember(self, seq_ids: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
         """score + memory_weight * the documents' remembered scores, then this step's scores
         remembered; over the whole global micro-batch, so the memory is the same on every
-        rank (pipeline.lai.memory)."""
+        rank (pipeline.lai.selection.memory)."""
         assert self.documents is not None and self.memory is not None
         id_parts = self.comm.gather(seq_ids.detach().cpu())
         ids, scores = torch.cat(id_parts), torch.cat(self.comm.gather(score.detach().cpu()))

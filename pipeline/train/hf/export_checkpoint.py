@@ -4,7 +4,8 @@
 Weights: ZeRO 1-3 from the fp32 master partitions of every rank (DeepSpeed's zero_to_fp32
 merge, after every file passed the safe loader), ZeRO 0 from the saved module (safe loader),
 fsdp2 from its DCP shards (read into the model). A damaged checkpoint
-(pipeline.train.checkpoint.damage) is refused in one line, as resume does. The architecture comes from the checkpoint's marker
+(pipeline.train.checkpointing.checkpoint.damage) is refused in one line, as resume does. The
+architecture comes from the checkpoint's marker
 (the model's HF config, recorded at every save), and the tokenizer from the run's data
 directory (a warning and no tokenizer if that has moved). The model is built on the meta device
 and takes the merged tensors as they are, so host memory holds one copy of the weights.
@@ -18,7 +19,7 @@ from pathlib import Path
 import torch
 
 from pipeline.errors import UserError, cli_main
-from pipeline.train import checkpoint, safe_load
+from pipeline.train.checkpointing import checkpoint, safe_load
 
 
 def merged_state_dict(ckpt: Path, train: dict, model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -67,7 +68,7 @@ def _tokenizer(meta: dict):
 def export(ckpt: str | Path, out: str | Path) -> Path:
     """Write checkpoint `ckpt` as a save_pretrained folder at `out` (which must not exist yet,
     or be empty)."""
-    from pipeline.train.export import save_hf_folder
+    from pipeline.train.hf.export import save_hf_folder
     ckpt, out = Path(ckpt), Path(out)
     meta = checkpoint.read_meta(ckpt)
     why = checkpoint.damage(ckpt)

@@ -16,15 +16,15 @@ from torch import nn
 
 from pipeline.comm import Comm
 
-from .capture import LayerInputCapture
-from .exact import reference_mean
-from .features import Features, cat_features, check_inputs
-from .grads import check_targets
-from .modelio import eval_mode, model_logits
-from .pairings import PAIRINGS
-from .precondition import AdamFactors, InputWeights
+from ..kernels.capture import LayerInputCapture
+from ..kernels.exact import reference_mean
+from ..kernels.features import Features, cat_features, check_inputs
+from ..kernels.grads import check_targets
+from ..kernels.modelio import eval_mode, model_logits
+from ..kernels.pairings import PAIRINGS
+from ..kernels.precondition import AdamFactors, InputWeights
 from .settings import DEFAULT_PAIRING, LAISettings
-from .units import Units, unit_targets
+from ..kernels.units import Units, unit_targets
 
 
 class LAIScorer:
@@ -96,7 +96,7 @@ class LAIScorer:
                ) -> torch.Tensor:
         """float64 [B_local] LAI values of this rank's sequences (targets already shifted);
         `weights`: input_weights(cap) of the capture (Adam-aware scoring); `units`: the values
-        of these units instead, [P_local] (pipeline.lai.units; the reference's members are then
+        of these units instead, [P_local] (pipeline.lai.kernels.units; the reference's members are then
         units too)."""
         local = self._local(inputs, logits, targets, weights, units)
         if self.reference == "val":

@@ -83,7 +83,7 @@ def per_sequence_loss(logits: torch.Tensor, targets: torch.Tensor,
 
 def per_unit_loss(logits: torch.Tensor, targets: torch.Tensor, units: Units,
                   compiled: bool | None = None) -> torch.Tensor:
-    """l_u = mean cross-entropy over the target positions of unit u (pipeline.lai.units); [P],
+    """l_u = mean cross-entropy over the target positions of unit u (pipeline.lai.kernels.units); [P],
     differentiable, as per_sequence_loss."""
     check_targets(logits, targets)
     return unit_losses(token_cross_entropy(logits, targets, compiled), units)
