@@ -12,7 +12,7 @@ and every token id inside the vocabulary.
     bad_token(path, doc, id, V)  # the one-line UserError every such finding raises
 
 Used by `lai-prep verify` / merge, by the loader (the manifest's max_id when a shard opens, a range
-check on every batch) and by the trainer's data.verify pass. Cost: hashing dominates, ~1.2 GB/s
+check on every batch) and by the trainer's data.verify pass (pipeline.format.verified). Cost: hashing dominates, ~1.2 GB/s
 per process here (docs/DATA_PREP.md, benchmarks/data_checks.py); the id range adds ~5%.
 """
 from __future__ import annotations

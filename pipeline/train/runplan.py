@@ -119,8 +119,8 @@ def lai_buffers(cfg: Config, model_config, world: int) -> tuple[float, str]:
     """Bytes LAI holds per device on top of training at its peak, and what they are: the
     captured layer inputs kept for scoring (only with activation checkpointing: otherwise
     autograd holds them anyway), one fp32 softmax block of the vocabulary side
-    (pipeline.lai.kernels.sketch.CHUNK_ELEMENTS, the GPU size), and the sketches (method=sketch) or the
-    all-gathered features (method=exact; pipeline/lai/__init__.py lists the sizes)."""
+    (pipeline.lai.kernels.sketch.CHUNK_ELEMENTS, the GPU size), and the sketches (method=sketch)
+    or the all-gathered features (method=exact)."""
     from pipeline.lai.kernels.sketch import CHUNK_ELEMENTS
     lai, t, seq = cfg.lai, cfg.train, cfg.data.seq_len
     if not lai.enabled:
