@@ -22,7 +22,7 @@ demo: $(STAMP)
 	launch/demo.sh
 
 test: lint
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 # ruff (defect rules, no formatting) and mypy; their settings are in pyproject.toml
 # ([tool.ruff], [tool.mypy]: mypy checks pipeline/ and data_prep/). `make lint` runs them alone.
