@@ -6,7 +6,7 @@ sketch, Adam-aware scoring, sign convention, costs) is in docs/LAI.md, once; how
 the README (Valuation). No DeepSpeed here: ranks talk through pipeline.comm.
 
 Modules:
-  settings.py     LAISettings: every lai.* option, checked and resolved in one place
+  settings.py     LAISettings: the lai.* blocks (each beside its reader), resolved once
   pairings.py     one object per pairing (features, exact kernel, sketch), built on
                   features.py, exact.py, sketch.py
   capture.py      layer-input hooks;  grads.py  losses, logit gradients;  xent.py  chunked CE
@@ -16,7 +16,7 @@ Modules:
   policy.py       FilterPolicy: threshold, warmup, the per-step exclusion budget
   baselines.py    FILTERS: lai and the baselines (none, random, loss, full_gradient, oracle)
   selector.py     Selector: what the trainer calls per micro-batch (values, keep, value_norm)
-  weighting.py    lai.weighting: bounded per-sequence loss weights from value_norm
+  weighting.py    lai.weighting.kind: bounded per-sequence loss weights from value_norm
   units.py        lai.unit=document: the document units of packed sequences (values, keep
                   and loss masks per document instead of per sequence)
   precondition.py Adam-aware scoring (rank-1 factors of Adam's preconditioner)
@@ -30,20 +30,24 @@ from .baselines import (FILTERS, FilterInput, full_gradient_scores, loss_scores,
 from .capture import LAYER_SETS, LayerInputCapture
 from .pairings import PAIRINGS
 from .grads import logit_grads, per_sequence_loss
-from .mixing import SourceMixer
-from .policy import FilterPolicy
+from .memory import MemorySettings
+from .mixing import MixingSettings, SourceMixer
+from .policy import FilterPolicy, FilterSettings
 from .precondition import (PRECONDITIONS, AdamFactors, AdamPreconditioner,
                            elementwise_preconditioner)
 from .reference import full_gradient_values, ghost_values
-from .scorer import LAIScorer
+from .scorer import (DEFAULT_PAIRING, DEFAULT_SKETCH_DIM, METHODS, REFERENCES, LAIScorer,
+                     ScoreSettings)
 from .selector import Selection, Selector
-from .settings import DEFAULT_PAIRING, DEFAULT_SKETCH_DIM, METHODS, REFERENCES, LAISettings
+from .settings import LAISettings, SelectSettings
+from .weighting import WeightingSettings
 
 __all__ = [
     "DEFAULT_PAIRING", "DEFAULT_SKETCH_DIM", "FILTERS", "LAYER_SETS", "METHODS", "PAIRINGS",
     "PRECONDITIONS", "REFERENCES",
-    "AdamFactors", "AdamPreconditioner", "FilterInput", "FilterPolicy", "LAIScorer", "LAISettings",
-    "LayerInputCapture", "Selection", "Selector", "SourceMixer",
+    "AdamFactors", "AdamPreconditioner", "FilterInput", "FilterPolicy", "FilterSettings",
+    "LAIScorer", "LAISettings", "LayerInputCapture", "MemorySettings", "MixingSettings",
+    "ScoreSettings", "SelectSettings", "Selection", "Selector", "SourceMixer", "WeightingSettings",
     "elementwise_preconditioner", "full_gradient_scores", "full_gradient_values", "ghost_values",
     "lai_values", "logit_grads",
     "loss_scores", "oracle_scores", "per_sequence_loss", "random_scores",

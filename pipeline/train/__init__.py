@@ -15,9 +15,9 @@
     init_from.py   model.init_from: a save_pretrained folder, checked against the data
     trainer.py     the Trainer: setup, then a loop of train_step and log / eval / save / stop
     step.py        one optimizer step, top to bottom (micro-steps, masked loss, the update)
-    pool.py        lai.select=oversample: the candidate pool, scored forward-only
+    pool.py        lai.select.kind=oversample: the candidate pool, scored forward-only
     optim.py       LR schedule, client AdamW, the SkipGate
-    moments.py     Adam's second moments for lai.precondition=adam (ZeRO 0-3, fsdp2)
+    moments.py     Adam's second moments for lai.score.precondition=adam (ZeRO 0-3, fsdp2)
     state.py       TrainState: every stateful component, registered by name
     checkpoint.py  saving / restoring a TrainState;  safe_load.py  torch.load with an allow-list
     export.py      RUN/final (HF model + tokenizer);  export_checkpoint.py  lai-export
