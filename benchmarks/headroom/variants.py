@@ -39,7 +39,7 @@ VARIANTS: dict[str, list[str]] = {
     "mixing": ["lai.enabled=true", "lai.filter.kind=none", "lai.mixing.kind=value"],
     "mixing-avg": ["lai.enabled=true", "lai.filter.kind=none", "lai.mixing.kind=value",
                    "lai.mixing.average=true"],
-    "bandit": OFF + ["lai.filter.kind=none", "lai.mixing.kind=value", "lai.mixing.kind=loss_bandit"],
+    "bandit": OFF + ["lai.filter.kind=none", "lai.mixing.kind=loss_bandit"],
     "static-tuned": OFF + ["lai.filter.kind=none", "data.sources=$tuned"],
     # what each lever of the default buys (issue 10)
     "lai-raw": LAI + RAW,
@@ -62,7 +62,7 @@ VARIANTS: dict[str, list[str]] = {
     # mixing over the groups lai-prep --groups K found (scenarios prepared with groups)
     "mixing-groups": ["lai.enabled=true", "lai.filter.kind=none", "lai.mixing.kind=value",
                       "lai.mixing.groups=true"],
-    "bandit-groups": OFF + ["lai.filter.kind=none", "lai.mixing.kind=value", "lai.mixing.kind=loss_bandit",
+    "bandit-groups": OFF + ["lai.filter.kind=none", "lai.mixing.kind=loss_bandit",
                             "lai.mixing.groups=true"],
 }
 # round two (issue 19): the exact-pairing rows, the global reference, the exact full gradient and

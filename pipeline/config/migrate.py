@@ -7,7 +7,8 @@ saved config before resume compares it (pipeline.train.resume), and
     python -m pipeline.config.migrate RUN/config.yaml [MORE.yaml ...]
 
 which rewrites each file in place (atomically: a temporary sibling, renamed when complete), the
-keys moved as MOVED says. The one value that changes form: `lai.mixing: true` with
+keys moved as MOVED says (and `migrate_overrides` for a recorded command line). The one value
+that changes form: `lai.mixing: true` with
 `lai.mixer: X` (default value) becomes `lai.mixing.kind: X`, `lai.mixing: false` kind none.
 """
 from __future__ import annotations
@@ -97,6 +98,22 @@ def migrate(d: dict) -> tuple[dict, list[str]]:
         _, block, name = MOVED[key].split(".")
         lai.setdefault(block, {})[name] = value
     return out, keys
+
+
+def migrate_overrides(args: list[str]) -> list[str]:
+    """Dotted overrides (`key=value`) in the new layout, in order: an old key renamed (lai.mixing
+    true|false -> lai.mixing.kind=value|none, then a later lai.mixer=X -> lai.mixing.kind=X),
+    and an override that a later one of the same key replaces left out."""
+    out = []
+    for a in args:
+        key, eq, value = a.partition("=")
+        if eq and key in MOVED:
+            if key == "lai.mixing":
+                value = "value" if to_bool(value) else "none"
+            a = f"{MOVED[key]}={value}"
+        out.append(a)
+    keys = [a.partition("=")[0] for a in out]
+    return [a for i, a in enumerate(out) if keys[i] not in keys[i + 1:]]
 
 
 def migrate_file(path: Path) -> list[str]:

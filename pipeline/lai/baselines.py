@@ -69,7 +69,8 @@ class FilterInput:
 class Filter:
     scores: Callable[[FilterInput, FilterOptions, int], torch.Tensor | None]  # (input, settings, seed)
     needs_lai: bool = False            # its scores are the LAI values
-    uses_threshold: bool = False       # lai.filter.threshold applies (else it is 0)
+    own_threshold: float | None = None   # the cut its scores are built around (random, loss,
+                                       # oracle: score <= 0 excluded); None: lai.filter.threshold
     uses_rate: bool = False            # excludes about lai.filter.baseline_rate of each micro-batch
     needs_full_params: bool = False    # every rank needs the whole model (not with ZeRO-3)
     about: str = ""
@@ -157,17 +158,17 @@ def _check_oracle(s: FilterOptions, documents: Documents | None) -> None:
 
 
 FILTERS: dict[str, Filter] = {
-    "lai": Filter(lambda i, s, seed: i.lai_values, needs_lai=True, uses_threshold=True,
-                  about="the LAI values"),
+    "lai": Filter(lambda i, s, seed: i.lai_values, needs_lai=True, about="the LAI values"),
     "none": Filter(lambda i, s, seed: None, about="keep everything"),
     "random": Filter(lambda i, s, seed: random_scores(i.seq_ids, seed, s.baseline_rate,
                                                       i.segments),
-                     uses_rate=True, about="a seeded coin per sequence"),
+                     uses_rate=True, own_threshold=0.0, about="a seeded coin per sequence"),
     "loss": Filter(lambda i, s, seed: loss_scores(i.losses, s.baseline_rate, i.comm),
-                   uses_rate=True, about="the highest losses of the global micro-batch"),
-    "full_gradient": Filter(_full_gradient, uses_threshold=True, needs_full_params=True,
+                   uses_rate=True, own_threshold=0.0,
+                   about="the highest losses of the global micro-batch"),
+    "full_gradient": Filter(_full_gradient, needs_full_params=True,
                             about="exact per-sample gradients of the whole model on every rank: "
                                   "a small-model evaluation reference"),
-    "oracle": Filter(_oracle, check=_check_oracle,
+    "oracle": Filter(_oracle, check=_check_oracle, own_threshold=0.0,
                      about="ground truth: the sequences of the sources in lai.filter.oracle_sources"),
 }

@@ -90,9 +90,9 @@ class Selector:
         self.filter = FILTERS[s.filter.kind]
         if self.filter.check is not None:
             self.filter.check(s.filter, documents)
-        # a filter whose scores read no threshold (random, loss, oracle) excludes at score <= 0
-        self.policy = FilterPolicy(s.filter if self.filter.uses_threshold else
-                                   dataclasses.replace(s.filter, threshold=0.0), s.warmup_steps)
+        own = self.filter.own_threshold          # random, loss, oracle: their scores' own cut
+        self.policy = FilterPolicy(s.filter if own is None else
+                                   dataclasses.replace(s.filter, threshold=own), s.warmup_steps)
         self.val_step: int | None = None
         self.global_batch = global_batch
         self._spent = (0, 0, 0)           # (step, sequences seen, excluded) of the current step

@@ -153,7 +153,7 @@ def test_mixing_run_follows_its_weights_and_resumes_bit_for_bit(data, tmp_path):
                        env=env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1, p.stderr
-    assert lines[0].startswith("error: run.resume:") and "lai.mixing.kind: value -> False" in lines[0]
+    assert lines[0].startswith("error: run.resume:") and "lai.mixing.kind: 'value' -> 'none'" in lines[0]
 
 
 BANDIT = ["lai.enabled=false", "lai.mixing.kind=loss_bandit", "lai.mixing.average=false",

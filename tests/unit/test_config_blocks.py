@@ -12,7 +12,7 @@ import yaml
 
 from pipeline.config import load_config, save_yaml
 from pipeline.config.load import config_from_dict
-from pipeline.config.migrate import MOVED, main, migrate
+from pipeline.config.migrate import MOVED, main, migrate, migrate_overrides
 from pipeline.errors import UserError
 from pipeline.train.resume import resume_changes
 
@@ -81,6 +81,16 @@ def test_resume_compares_an_old_checkpoint_config_in_the_new_layout():
     assert allowed == ["lai.filter.threshold: -0.5 -> -1.0"]
     assert config_from_dict(_old_layout(cfg.to_dict())) == cfg
     assert migrate(cfg.to_dict()) == (cfg.to_dict(), [])
+
+
+def test_a_recorded_old_command_line_reads_as_the_new_one():
+    """What benchmarks.lib.runs compares a finished run's recorded arguments by: the old
+    `bandit` variant's overrides are the new ones."""
+    from benchmarks.headroom.variants import VARIANTS
+    old = ["lai.enabled=false", "lai.filter=none", "lai.mixing=true", "lai.mixer=loss_bandit"]
+    assert migrate_overrides(old) == VARIANTS["bandit"]
+    assert migrate_overrides(["lai.mixing=false", "lai.sketch_dim=4096"]) == \
+        ["lai.mixing.kind=none", "lai.score.sketch_dim=4096"]
 
 
 @pytest.mark.parametrize("override, key", [
