@@ -90,6 +90,12 @@ class FilterSettings:
         return dataclasses.replace(self, threshold=threshold)
 
 
+def check_warmup(warmup_steps: int) -> None:
+    """lai.warmup_steps (the LAISettings field every acting component reads)."""
+    need(int(warmup_steps) == warmup_steps and warmup_steps >= 0, "lai.warmup_steps",
+         f"must be an int >= 0, got {warmup_steps!r}")
+
+
 class FilterPolicy:
     """Rules, in order:
       1. step < warmup_steps: keep everything;
@@ -104,8 +110,7 @@ class FilterPolicy:
         need(s.threshold is not None, "lai.filter.threshold",
              "FilterPolicy needs resolved settings (FilterSettings.resolved)")
         s.check()
-        need(int(warmup_steps) == warmup_steps and warmup_steps >= 0, "lai.warmup_steps",
-             f"must be an int >= 0, got {warmup_steps!r}")
+        check_warmup(warmup_steps)
         self.s, self.warmup_steps = s, warmup_steps
 
     def allowance(self, step: int, global_batch: int, seen: int) -> int:

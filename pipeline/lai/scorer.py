@@ -93,6 +93,11 @@ class ScoreSettings:
             reference = "val" if has_val else "global"
         return dataclasses.replace(self, sketch_dim=sketch_dim, reference=reference)
 
+    @property
+    def is_resolved(self) -> bool:
+        """Nothing left to fill in: a concrete reference, a sketch_dim exactly for sketch."""
+        return self.reference != "auto" and (self.method == "sketch") != (self.sketch_dim is None)
+
     def key(self) -> dict:
         """The options that define the values (what a cached val reference depends on)."""
         return {k: getattr(self, k) for k in ("pairing", "method", "layers", "reference",
@@ -108,7 +113,7 @@ class LAIScorer:
     `weights=scorer.input_weights(cap)` to `values`."""
 
     def __init__(self, s: ScoreSettings, seed: int = 0, *, compile_cpu: bool = False):
-        if s.reference == "auto" or (s.method == "sketch") == (s.sketch_dim is None):
+        if not s.is_resolved:
             raise ValueError("LAIScorer: needs resolved settings (ScoreSettings.resolved)")
         self.s, self.seed, self.compile_cpu = s, int(seed), compile_cpu
         self.kernel = PAIRINGS[s.pairing]       # features, exact kernel and sketch of the pairing

@@ -33,7 +33,7 @@ from pipeline.errors import need, need_one_of
 from .baselines import FILTERS
 from .memory import MemorySettings
 from .mixing import MixingSettings
-from .policy import FilterSettings
+from .policy import FilterSettings, check_warmup
 from .scorer import ScoreSettings
 from .units import UNITS
 from .weighting import WeightingSettings
@@ -93,16 +93,14 @@ class LAISettings:
                       self.weighting):
             block.check()
         need_one_of(self.unit, "lai.unit", UNITS)
-        need(int(self.warmup_steps) == self.warmup_steps and self.warmup_steps >= 0,
-             "lai.warmup_steps", f"must be an int >= 0, got {self.warmup_steps!r}")
+        check_warmup(self.warmup_steps)
         check_across(self)
 
     @property
     def is_resolved(self) -> bool:
         """Whether every value left to LAI is concrete (what a component may rely on)."""
-        return (self.score.reference != "auto" and self.filter.threshold is not None
-                and self.memory.weight is not None
-                and (self.score.method == "exact") == (self.score.sketch_dim is None))
+        return (self.score.is_resolved and self.filter.threshold is not None
+                and self.memory.weight is not None)
 
 
 def check_across(s: LAISettings) -> None:

@@ -103,7 +103,7 @@ def _check_values_and_mask(rank, stage):
     bad = tgt.clone()
     if rank == 1:
         bad[0, 3] = -100
-    with pytest.raises(UserError, match=r"^lai\.filter: .*-100"):
+    with pytest.raises(UserError, match=r"^lai\.filter\.kind: .*-100"):
         sel.select(2, None, logits, bad, losses, torch.arange(B) + rank * B,
                    input_ids=ids, model=engine.module)
     engine.destroy()

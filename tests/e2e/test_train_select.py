@@ -88,13 +88,13 @@ def test_select_settings_refused_with_field_name():
     with pytest.raises(ValueError, match=r"^lai\.select\.factor: .* multiple of the 4 rank"):
         pool_size(1.25, 8, 4)
     for enabled, filt in ((True, "lai"), (False, "none")):
-        with pytest.raises(ValueError, match=r"^lai\.select: 'oversample' ranks the candidates "
-                                             r"by one score: .* lai\.filter=none"):
+        with pytest.raises(ValueError, match=r"^lai\.select\.kind: 'oversample' ranks the "
+                                             r"candidates by one score: .* lai\.filter\.kind=none"):
             LAISettings(enabled=enabled, select=SelectSettings(kind="oversample"),
                         filter=FilterSettings(kind=filt)).resolved()
     assert LAISettings(enabled=False, select=SelectSettings(kind="oversample"),
                        filter=FilterSettings(kind="oracle",
-                                             oracle_sources=["spam"])).resolved().select == "oversample"
+                                             oracle_sources=["spam"])).resolved().select.kind == "oversample"
     with pytest.raises(ValueError, match=r"^lai\.select\.factor: must be a finite number > 1"):
         LAISettings(select=SelectSettings(kind="oversample", factor=1.0),
                     filter=FilterSettings(kind="none")).resolved()
