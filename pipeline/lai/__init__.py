@@ -16,7 +16,7 @@ Modules:
   policy.py       FilterPolicy: threshold, warmup, the per-step exclusion budget
   baselines.py    FILTERS: lai and the baselines (none, random, loss, full_gradient, oracle)
   selector.py     Selector: what the trainer calls per micro-batch (values, keep, value_norm)
-  weighting.py    lai.weighting.kind: bounded per-sequence loss weights from value_norm
+  weighting.py    lai.weighting: bounded per-sequence loss weights from value_norm
   units.py        lai.unit=document: the document units of packed sequences (values, keep
                   and loss masks per document instead of per sequence)
   precondition.py Adam-aware scoring (rank-1 factors of Adam's preconditioner)

@@ -50,7 +50,7 @@ MIXERS = ("value", "loss_bandit")
 
 @dataclass
 class MixingSettings:
-    """lai.mixing.kind: the training sources' sampling weights follow an online rule (read by
+    """lai.mixing: the training sources' sampling weights follow an online rule (read by
     SourceMixer; kind and groups also by the data loader); needs 2+ data.sources."""
     kind: str = "none"                 # none | value (EG on each source's mean normalised LAI
                                        # value; needs lai.enabled) | loss_bandit (EXP3 on each

@@ -35,7 +35,7 @@ DEFAULT_THRESHOLD = {"none": 0.0, "zscore": -1.0, "rank": -0.4}
 
 @dataclass
 class FilterSettings:
-    """lai.filter.kind: which sequences are dropped (read by the Selector, FilterPolicy and the
+    """lai.filter: which sequences are dropped (read by the Selector, FilterPolicy and the
     filters of pipeline.lai.baselines)."""
     kind: str = "none"                 # what decides the keep mask: see pipeline.lai.baselines
                                        # (lai | none | random | loss | full_gradient | oracle);

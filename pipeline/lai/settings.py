@@ -14,7 +14,8 @@ one `check` (ValueError `lai.<block>.<field>: ...`, one line):
                                       import)
 
 `resolved()` runs every block's check, then the rules that span blocks (`check_across`, the one
-place for them), then fills in what was left to LAI: score.sketch_dim=None with method=sketch ->
+place for them; the one that needs the resolved reference, mixing kind=value with a val
+reference, right after it; rules with other sections: pipeline.config.validate), then fills in what was left to LAI: score.sketch_dim=None with method=sketch ->
 the pairing's default; score.reference=auto -> val when the run has val data, else global;
 filter.threshold=None -> the normalisation's default; memory.weight=None -> 1.0 for a
 normalised filter kind=lai where the documents are known. The run config resolves its `lai:`
@@ -43,7 +44,7 @@ DEFAULT_MEMORY_WEIGHT = 1.0       # memory.weight=None with a normalised filter 
 
 @dataclass
 class SelectSettings:
-    """lai.select.kind: oversampling (read by pipeline.train.pool and pipeline.config.batch)."""
+    """lai.select: oversampling (read by pipeline.train.pool and pipeline.config.batch)."""
     kind: str = "none"                 # none | oversample: score `factor` x the global batch per
                                        # step (forward only) and train the best global batch of
                                        # them, by the LAI values, or with LAI off by the

@@ -24,7 +24,7 @@ WEIGHTINGS = ("none", "sigmoid")
 
 @dataclass
 class WeightingSettings:
-    """lai.weighting.kind: bounded per-sequence loss weights from value_norm, inside the kept-token
+    """lai.weighting: bounded per-sequence loss weights from value_norm, inside the kept-token
     normalisation (read by sequence_weights); nothing dropped by it."""
     kind: str = "none"                 # none | sigmoid
     temperature: float = 1.0           # sigmoid: z-score scale of the sigmoid

@@ -31,7 +31,7 @@ def data_plan(cfg: Config, train: PackedDataset, val: PackedDataset | None, worl
     t, plan = cfg.train, DataPlan()
     trained = t.steps * t.global_batch
     pool = (pool_size(cfg.lai.select.factor, t.global_batch, world)
-            if cfg.lai.select.kind != "none" else t.global_batch)          # lai.select.kind: candidates
+            if cfg.lai.select.kind != "none" else t.global_batch)          # lai.select: candidates
     samples = t.steps * pool
     total_weight = sum(train.weights)
     for st, w, arm in zip(train.streams, train.weights, train.source_names):

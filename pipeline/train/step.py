@@ -138,8 +138,8 @@ class StepResult:
     grad_norm: float
     skipped: bool
     micros: list[Micro] = field(default_factory=list)
-    rejected: dict | None = None      # lai.select.kind: this rank's untrained candidates
-    pool_clock: PhaseClock | None = None   # lai.select.kind: the pool's draw, as LAI time
+    rejected: dict | None = None      # lai.select: this rank's untrained candidates
+    pool_clock: PhaseClock | None = None   # lai.select: the pool's draw, as LAI time
 
     @property
     def tokens(self) -> int:          # target tokens of the step, all ranks
@@ -177,7 +177,7 @@ class StepRunner:
         return out
 
     def _draw(self, step: int, out: StepResult):
-        """lai.select.kind: the step's candidate pool; its time counts as the phase LAI (the clock's
+        """lai.select: the step's candidate pool; its time counts as the phase LAI (the clock's
         data, forward and backward + step phases stay empty)."""
         out.pool_clock = clock = PhaseClock(self.device)
         for _ in range(3):

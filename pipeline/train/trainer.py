@@ -167,7 +167,7 @@ class Trainer:
         for m in result.micros:
             self.ledger.append(result.step, m.seq_ids, m.values, m.keep, m.losses, m.value_norm,
                                m.weight, m.segments)
-        if result.rejected is not None:               # lai.select.kind: candidates not trained
+        if result.rejected is not None:               # lai.select: candidates not trained
             r = result.rejected
             none = torch.zeros(r["seq_ids"].numel(), dtype=torch.bool)
             self.ledger.append(result.step, r["seq_ids"], r["values"], none, r["losses"],
@@ -193,7 +193,7 @@ class Trainer:
                         "train.lr, raise train.warmup_steps, or check the data")
 
     def mix(self, result: StepResult) -> None:
-        """lai.mixing.kind: the step's normalised values and losses update the source weights (when
+        """lai.mixing: the step's normalised values and losses update the source weights (when
         due), and the loader draws the next global micro-batches with them."""
         if self.mixer is None:
             return
