@@ -15,10 +15,11 @@ one `check` (ValueError `lai.<block>.<field>: ...`, one line):
 
 `resolved()` runs every block's check, then the rules that span blocks (`check_across`, the one
 place for them; the one that needs the resolved reference, mixing kind=value with a val
-reference, right after it; rules with other sections: pipeline.config.validate), then fills in what was left to LAI: score.sketch_dim=None with method=sketch ->
-the pairing's default; score.reference=auto -> val when the run has val data, else global;
-filter.threshold=None -> the normalisation's default; memory.weight=None -> 1.0 for a
-normalised filter kind=lai where the documents are known. The run config resolves its `lai:`
+reference, right after it; rules with other sections: pipeline.config.validate), then fills in
+what was left to LAI: score.sketch_dim=None with method=sketch -> the pairing's default;
+score.reference=auto -> val when the run has val data, else global; filter.threshold=None -> the
+normalisation's default; memory.weight=None -> 1.0 for a normalised filter kind=lai where the
+documents are known. The run config resolves its `lai:`
 section when it loads (pipeline.config.load), so RUN/config.yaml, the checkpoint and every
 component see the concrete values; resolving a resolved LAISettings changes nothing. The
 defaults are the ones the benchmarks support (docs/FIDELITY.md, docs/RESULTS.md).

@@ -82,9 +82,9 @@ def test_oracle_config_errors(data):
     from pipeline.config import load_config
     from pipeline.data import PackedDataset
     from pipeline.errors import UserError
-    cases = {("lai.filter.kind=oracle",): "lai.filter.oracle_sources: lai.filter=oracle needs",
-             ("lai.filter.kind=lai", "lai.filter.oracle_sources=[bad]"): "lai.filter.oracle_sources: set to ['bad'] "
-             "but only lai.filter.kind=oracle reads it"}
+    cases = {("lai.filter.kind=oracle",): "lai.filter.oracle_sources: lai.filter.kind=oracle needs",
+             ("lai.filter.kind=lai", "lai.filter.oracle_sources=[bad]"):
+             "lai.filter.oracle_sources: set to ['bad'] but only lai.filter.kind=oracle reads it"}
     for overrides, msg in cases.items():
         with pytest.raises(UserError) as e:
             load_config(None, [f"data.sources=[{{path: '{data['good']}', weight: 1.0}}]",
