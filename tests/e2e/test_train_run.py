@@ -174,7 +174,7 @@ def test_resume_with_changed_lai_options_works_with_a_note(animals_data, tmp_pat
     assert np.isfinite(rows["value"]).all()
     import yaml
     saved = yaml.safe_load((run / "config.yaml").read_text())["lai"]
-    assert (saved["pairing"], saved["sketch_dim"]) == ("pooled", 4096)     # resolved values
+    assert (saved["score"]["pairing"], saved["score"]["sketch_dim"]) == ("pooled", 4096)   # resolved
 
 
 # ---------------------------------------------------------------- LAI off, faults
