@@ -11,7 +11,7 @@ import yaml
 from benchmarks.lib import stats
 from benchmarks.lib.tb import tb_scalars
 from benchmarks.headroom.scenarios import Scenario
-from pipeline.config.migrate import migrate
+from pipeline.config.moved import migrate
 
 ANALYSIS_VERSION = 3
 

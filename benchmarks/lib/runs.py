@@ -21,7 +21,7 @@ def run_train(config: Path, run_dir: Path, seed: int, overrides: Sequence[str], 
     once (each rendezvous takes a free port)."""
     import json
     from pipeline.comm import free_port
-    from pipeline.config.migrate import migrate_overrides
+    from pipeline.config.moved import migrate_overrides
     timing = run_dir.parent / f"{run_dir.name}.time.json"
     args = [str(config), f"run.out_dir={run_dir}", f"run.seed={seed}", *overrides]
     if (run_dir / "final").exists():

@@ -4,8 +4,8 @@
 
 Every error is a one-line UserError naming the file/field: an unknown key (with close matches),
 a value of the wrong type (booleans and floats as pipeline.values reads them, in YAML and on the
-command line alike), an old flat lai key (`lai.filter.threshold: moved to lai.filter.threshold`,
-pipeline.config.migrate). The `lai` section is resolved here, once (LAISettings.resolved: each
+command line alike), an old flat lai key (`lai.threshold: moved to lai.filter.threshold`,
+pipeline.config.moved). The `lai` section is resolved here, once (LAISettings.resolved: each
 block's check, then concrete values for what was left to LAI), so everything downstream, and
 RUN/config.yaml, sees concrete values. Ranges and cross-field rules: pipeline.config.validate.
 """
@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from pipeline.config.migrate import HOW, MOVED, migrate, moved, old_keys
+from pipeline.config.moved import HOW, MOVED, migrate, moved, old_keys
 from pipeline.config.validate import Config
 from pipeline.errors import UserError
 from pipeline.values import to_bool, to_float
@@ -241,7 +241,7 @@ def has_val_data(cfg: Config) -> bool:
 
 def config_from_dict(d: dict, where: str = "config") -> Config:
     """Rebuild a Config from `Config.to_dict()` output (e.g. from a checkpoint; an old lai
-    layout is migrated, pipeline.config.migrate)."""
+    layout is migrated, pipeline.config.moved)."""
     return resolve(_build(Config, migrate(d)[0], "", where))
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
-from pipeline.config.migrate import migrate
+from pipeline.config.moved import migrate
 from pipeline.errors import UserError
 from pipeline.train import checkpoint
 
@@ -148,7 +148,7 @@ def resume_changes(old: dict[str, Any], new: dict[str, Any],
                    breaking_keys: tuple[str, ...] = RESUME_BREAKING) -> tuple[list[str], list[str]]:
     """(breaking, allowed) differences between two `to_dict()`s (plus a "world" key), each as
     "key: old -> new" strings; `breaking_keys` as RESUME_BREAKING. A checkpoint saved with the
-    old flat lai keys is compared in the new layout (pipeline.config.migrate)."""
+    old flat lai keys is compared in the new layout (pipeline.config.moved)."""
     a, b = _flatten(migrate(old)[0]), _flatten(new)
     a["train.global_batch"], b["train.global_batch"] = _global_batch(a), _global_batch(b)
     for flat in (a, b):                     # saved before train.backend existed: DeepSpeed

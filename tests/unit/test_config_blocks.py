@@ -12,7 +12,8 @@ import yaml
 
 from pipeline.config import load_config, save_yaml
 from pipeline.config.load import config_from_dict
-from pipeline.config.migrate import MOVED, main, migrate, migrate_overrides
+from pipeline.config.migrate import main
+from pipeline.config.moved import MOVED, migrate, migrate_overrides
 from pipeline.errors import UserError
 from pipeline.train.resume import resume_changes
 
