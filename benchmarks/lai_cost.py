@@ -28,6 +28,7 @@ from benchmarks.lib.stats import median_minus_loss
 from pipeline.fsutil import atomic_write
 from pipeline.lai import (DEFAULT_PAIRING, FilterPolicy, LAIScorer, LayerInputCapture,
                           full_gradient_values, lai_values, per_sequence_loss)
+from pipeline.lai import FilterSettings, ScoreSettings
 from pipeline.lai.kernels.grads import shift_labels
 from pipeline.lai.kernels.pairings import PAIRINGS as LAI_PAIRINGS  # each .default_sketch_dim
 
@@ -57,9 +58,10 @@ def step_time(model, ids, scorer: LAIScorer | None) -> float:
         logits = model(input_ids=ids).logits
         per_sequence_loss(logits, targets).mean().backward()
     else:
-        with LayerInputCapture(model, scorer.layers) as cap:
+        with LayerInputCapture(model, scorer.s.layers) as cap:
             logits = model(input_ids=ids).logits
-        keep = FilterPolicy(max_exclude_frac=CAP).mask(scorer.values(cap.inputs, logits, targets),
+        keep = FilterPolicy(FilterSettings(max_exclude_frac=CAP, threshold=0.0),
+                            0).mask(scorer.values(cap.inputs, logits, targets),
                                                       step=0)
         del cap
         losses = per_sequence_loss(logits, targets)
@@ -81,11 +83,8 @@ def cost_table(setting: dict, repeats: int) -> list[str]:
                                hidden=setting["hidden"]).train()
     ids, _ = synthetic_corpus(setting["b"], setting["t"], setting["vocab"], seed=3)
     configs = [("plain forward+backward", "-", None)] + [
-        (f"LAI {method}", pairing, LAIScorer(
-            pairing=pairing, method=method, layers="linear", reference="local",
-            include_self=False,
-            sketch_dim=LAI_PAIRINGS[pairing].default_sketch_dim if method == "sketch" else None,
-            seed=0))
+        (f"LAI {method}", pairing, LAIScorer(ScoreSettings(pairing=pairing, method=method,
+                                                           reference="local").resolved(), 0))
         for method in ("exact", "sketch") for pairing in PAIRINGS]
     times = [[] for _ in configs]
     for r in range(repeats + 1):
@@ -135,7 +134,7 @@ def fidelity_table(steps_list: list[int]) -> list[str]:
                 name = f"{pairing}{' + self' if include_self else ''}"
                 scores[name] = lai_values(model, ids, pairing=pairing, include_self=include_self)
         for name, v in scores.items():
-            policy = FilterPolicy(max_exclude_frac=CAP)
+            policy = FilterPolicy(FilterSettings(max_exclude_frac=CAP, threshold=0.0), 0)
             agree = (policy.global_mask(v, 0) == policy.global_mask(fg, 0))
             rows.append(f"| {steps} | {name} | {pearson(v, fg):.3f} | {spearman(v, fg):.3f} | "
                         f"{agree.double().mean():.2f} |")

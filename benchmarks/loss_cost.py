@@ -20,6 +20,7 @@ from benchmarks.lib.machine import machine, now
 from benchmarks.lib.paths import ROOT
 from benchmarks.lib.tables import md_table
 from benchmarks.lib.timing import lai_step_timings
+from pipeline.lai import ScoreSettings
 
 # name -> (n_layer, hidden, n_head, vocab, batch, seq_len)
 SIZES = {"tiny": (2, 64, 2, 512, 8, 128), "1M": (4, 128, 4, 8192, 4, 256),
@@ -49,7 +50,8 @@ def measure(name: str, rounds: int) -> list:
     def upcast():
         model.zero_grad(set_to_none=True)
         upcast_loss(model(input_ids=x[:, :-1]).logits, x[:, 1:]).mean().backward()
-    sec = lai_step_timings(model, x, {"sketch": LAIScorer(method="sketch", reference="local")},
+    sec = lai_step_timings(model, x, {"sketch": LAIScorer(ScoreSettings(method="sketch",
+                                                                        reference="local").resolved())},
                            rounds=rounds, extra={"upcast": upcast})
     params = sum(p.numel() for p in model.parameters()) / 1e6
     return [name, f"{params:.1f}M", f"{b}x{t}, V {vocab}", sec["upcast"] * 1e3,

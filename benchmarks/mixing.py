@@ -11,7 +11,7 @@ Variants, each for every seed (same init and data order for a seed), through the
 
   none      the static mix, no LAI
   ceiling   the target source alone, the same steps
-  mixing    lai.mixing with its defaults (filter none, val reference: lai.reference=auto)
+  mixing    lai.mixing with its defaults (filter none, val reference: lai.score.reference=auto)
   --add NAME='dotted overrides'   more variants (e.g. other lai.mixing_* values)
 
 Reported per variant: final target val loss (mean +- std over seeds), the paired difference to
@@ -45,9 +45,9 @@ from benchmarks.lib.tb import tb_scalars
 SIZE = {"n_layer": 2, "hidden": 64, "n_head": 2, "seq_len": 64, "micro_batch": 16, "steps": 300,
         "lr": 5e-3, "min_lr": 2e-4, "warmup": 20, "lai_warmup": 20, "eval_batches": 8}
 VARIANTS = {
-    "none": ["lai.enabled=false", "lai.filter=none"],
-    "ceiling": ["lai.enabled=false", "lai.filter=none", "data.sources=$target"],
-    "mixing": ["lai.enabled=true", "lai.filter=none", "lai.mixing=true"],
+    "none": ["lai.enabled=false", "lai.filter.kind=none"],
+    "ceiling": ["lai.enabled=false", "lai.filter.kind=none", "data.sources=$target"],
+    "mixing": ["lai.enabled=true", "lai.filter.kind=none", "lai.mixing.kind=value"],
 }
 
 

@@ -40,11 +40,12 @@ from benchmarks.lib.runs import run_train
 from benchmarks.lib.tables import md_table
 from benchmarks.lib.tb import step_parts, tb_events, wall_tokens_per_s
 from benchmarks.lib.timing import lai_step_timings
+from pipeline.lai import ScoreSettings
 
 PAIRINGS = ("token_pair", "aligned", "pooled")
-MODES = {"off": ["lai.enabled=false", "lai.filter=none"],
-         "sketch": ["lai.enabled=true", "lai.filter=lai", "lai.method=sketch", "lai.reference=global"],
-         "exact": ["lai.enabled=true", "lai.filter=lai", "lai.method=exact", "lai.reference=global"]}
+MODES = {"off": ["lai.enabled=false", "lai.filter.kind=none"],
+         "sketch": ["lai.enabled=true", "lai.filter.kind=lai", "lai.score.method=sketch", "lai.score.reference=global"],
+         "exact": ["lai.enabled=true", "lai.filter.kind=lai", "lai.score.method=exact", "lai.score.reference=global"]}
 SIZES = {
     "cpu": {"vocab": 2048, "seq_len": 256, "micro_batch": 4, "steps": 16, "log_every": 4,
             "models": {"tiny": (2, 64, 2), "small": (4, 128, 4), "10M": (6, 320, 5)},
@@ -112,7 +113,7 @@ def bare_row(args, config: Path, name: str, size, data_dir: Path) -> dict:
     from pipeline.comm import free_port
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(args.nproc),
            "--master_port", str(free_port()), "-m", "benchmarks.bare_loop", str(config),
-           "lai.enabled=false", "lai.filter=none", "--steps", str(size["steps"])]
+           "lai.enabled=false", "lai.filter.kind=none", "--steps", str(size["steps"])]
     p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                        env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
     if p.returncode != 0:
@@ -155,7 +156,9 @@ def scaling_part(args, size) -> list[dict]:
                                              num_hidden_layers=n_layer, num_attention_heads=n_head,
                                              max_position_embeddings=t + 1)).to(dev)
         x = torch.randint(4, v, (b, t + 1), device=dev)
-        scorers = {m: LAIScorer(pairing=DEFAULT_PAIRING, method=m, reference="global") for m in ("sketch", "exact")}
+        scorers = {m: LAIScorer(ScoreSettings(pairing=DEFAULT_PAIRING, method=m,
+                                              reference="global").resolved()) for m in ("sketch",
+                                                                                        "exact")}
         best = lai_step_timings(model, x, scorers, rounds=args.rounds)
         rows.append({"axis": axis, "seq_len": t, "batch": b, "vocab": v, "plain_s": best["plain"],
                      **{f"{m}_ratio": best[m] / best["plain"] for m in scorers}})
@@ -197,7 +200,8 @@ def _comm_worker(rank: int, world: int, port: int, spec: dict, q) -> None:
     out = []
     for pairing in PAIRINGS:
         for method in ("exact", "sketch"):
-            scorer = LAIScorer(pairing=pairing, method=method, reference="global")
+            scorer = LAIScorer(ScoreSettings(pairing=pairing, method=method,
+                                             reference="global").resolved())
             with torch.no_grad(), LayerInputCapture(model) as cap:
                 logits = model(input_ids=x[:, :-1]).logits
             sent["bytes"] = 0

@@ -1,5 +1,5 @@
-"""What lai.select=oversample and lai.weighting cost per optimizer step, as ratios to LAI scoring
-without them (lai.filter=none), measured side by side in one process on the same machine.
+"""What lai.select.kind=oversample and lai.weighting cost per optimizer step, as ratios to LAI scoring
+without them (lai.filter.kind=none), measured side by side in one process on the same machine.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.select_cost [--rounds 20]
 
@@ -25,9 +25,9 @@ from benchmarks.lib.paths import OUT
 from benchmarks.lib.timing import time_interleaved
 
 VARIANTS = {"none": [],
-            "select x1.5": ["lai.select=oversample", "lai.select_factor=1.5"],
-            "select x2": ["lai.select=oversample", "lai.select_factor=2"],
-            "weighting": ["lai.weighting=sigmoid"]}
+            "select x1.5": ["lai.select.kind=oversample", "lai.select.factor=1.5"],
+            "select x2": ["lai.select.kind=oversample", "lai.select.factor=2"],
+            "weighting": ["lai.weighting.kind=sigmoid"]}
 
 
 def trainers(config: Path, out: Path) -> dict:

@@ -35,7 +35,7 @@ examples:
   lai-prep --source stdlib --out data/stdlib
   lai-prep --source web=jsonl:/data/web --source code=parquet:/data/code --text-field content --out data/mix
   lai-prep --source text:notes/:blank --tokenizer spm:tok.model --out data/notes
-  lai-prep --source web=jsonl:/data/web --groups 8 --out data/web    8 groups per source (lai.mixing_groups)
+  lai-prep --source web=jsonl:/data/web --groups 8 --out data/web    8 groups per source (lai.mixing.groups)
   lai-prep --source web=jsonl:/data/web --tokenizer spm:data/web/tokenizer.model \\
       --exclude runs/x/report/keep_drop.csv --out data/web-clean      a cleaned corpus
   hf:PATH also reads a folder written by datasets' save_to_disk (SPLIT: a DatasetDict's split)
@@ -106,7 +106,7 @@ def _prep_parser(prog: str, partitioned: bool) -> argparse.ArgumentParser:
                         "(same text at the same file and position)")
     o.add_argument("--groups", type=int, default=0, metavar="K",
                    help="assign every document to one of K groups within its source (hashed "
-                        "n-gram TF-IDF + k-means, seeded by --seed), for lai.mixing_groups; 0: none")
+                        "n-gram TF-IDF + k-means, seeded by --seed), for lai.mixing.groups; 0: none")
     o.add_argument("--strict", action="store_true", help="fail on invalid UTF-8 instead of replacing it")
     o.add_argument("--workers", type=_positive, default=2, help="tokenizer processes")
     o.add_argument("--force", action="store_true", help="discard previous output in --out and start over")

@@ -70,3 +70,13 @@ def cli_main(fn: Callable[..., int | None]) -> Callable[..., int]:
         return 0 if rc is None else int(rc)
 
     return wrapper
+
+
+def need(ok: bool, key: str, what: str) -> None:
+    """A settings check: ValueError `<key>: <what>` (one line) unless `ok`."""
+    if not ok:
+        raise ValueError(f"{key}: {what}")
+
+
+def need_one_of(value, key: str, options) -> None:
+    need(value in options, key, f"{value!r} is not one of {', '.join(options)}")

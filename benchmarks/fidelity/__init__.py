@@ -17,7 +17,7 @@ What it does, top to bottom:
    loss score, and compares them with `full_gradient_values` under the same reference: Pearson,
    Spearman, keep/drop agreement (value > 0), AUROC for flagging corrupted sequences (low value =
    flagged); plus the LM head alone (`layers=head`: its exact ghost term) against the same truth;
-4. Adam-aware scoring (`lai.precondition=adam`) at each trained checkpoint: the AdamW state of the
+4. Adam-aware scoring (`lai.score.precondition=adam`) at each trained checkpoint: the AdamW state of the
    training loop gives P = 1/(sqrt(v_hat)+eps); LAI with and without its rank-1 factors, the
    per-layer ghost with P and with its rank-1 fit, and the head alone, against the exact
    preconditioned full-gradient inner product <grad l_z, P (.) grad l_j>;

@@ -128,7 +128,7 @@ def write_doc(args, summaries, adam, losses_by_kind, sweep, costs, rec, train_lo
     L += ["## Adam-aware scoring: against the exact preconditioned full-gradient inner product", "",
           "Truth: `full_gradient_values(precondition=P)`, <grad l_z, P (.) grad l_j> over all parameters, "
           "P = 1/(sqrt(v_hat)+eps) from the training loop's AdamW state at the checkpoint (no self). "
-          "Rows: `adam` = LAI with `lai.precondition=adam` (the rank-1 factors of P per layer); `(plain)` "
+          "Rows: `adam` = LAI with `lai.score.precondition=adam` (the rank-1 factors of P per layer); `(plain)` "
           "= the same LAI rows as above, now read against the preconditioned truth; the per-layer ghost "
           "(true output gradients, linear layers only) with the exact P and with its rank-1 fit (what "
           "the fit alone costs); `full gradient (plain)` = how far the raw gradient inner product is from "
@@ -171,7 +171,7 @@ def results_section(summaries, adam, rec, ckpts) -> str:
         md_table(["variant"] + [f"Spearman @{c}" for c in ckpts] + [f"AUROC @{ckpts[-1]}"], rows, "{:.2f}"), "",
         f"Defaults recommended by it: pairing `{rec['pairing']}`, include_self {rec['include_self']}, "
         f"sketch size {rec['sketch_dim'] or 'none reaches Pearson 0.95 with exact'}.", "",
-        "Adam-aware scoring (`lai.precondition=adam`) and the LM head alone (`lai.layers=head`): mean over "
+        "Adam-aware scoring (`lai.score.precondition=adam`) and the LM head alone (`lai.score.layers=head`): mean over "
         "trained checkpoints of Spearman / Pearson with the truth named, no self:", "",
         adam_evidence_table(summaries, adam, rec["trained_ckpts"]), ""])
 

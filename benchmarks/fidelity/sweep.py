@@ -10,6 +10,7 @@ from tqdm import tqdm
 from benchmarks.lib.stats import mean_std, pearson
 from benchmarks.lib.timing import lai_step_timings
 from benchmarks.fidelity.scoring import PAIRINGS
+from pipeline.lai import ScoreSettings
 
 
 def sketch_sweep(model, batches, args) -> dict:
@@ -38,14 +39,15 @@ def sketch_sweep(model, batches, args) -> dict:
 def cost_table(model, opt, x: torch.Tensor, args, sketch_dim) -> list[tuple[str, float, float]]:
     """Seconds per training step and ratio to the plain forward+backward of the same global batch,
     one process (LAI rows: capture + values + masked backward, as pipeline.train does; the Adam
-    factors are read beforehand, as the trainer does every lai.precondition_every steps). The loss
+    factors are read beforehand, as the trainer does every lai.score.precondition_every steps). The loss
     score costs nothing beyond the forward; the full gradient is timed as a standalone call."""
     from pipeline.lai import AdamFactors, LAIScorer, full_gradient_values
 
     def scorer(p, m, layers=args.layer_set, precondition="none"):
-        sc = LAIScorer(pairing=p, method=m, layers=layers, reference="global", include_self=False,
-                       sketch_dim=sketch_dim if m == "sketch" else None, seed=args.seed,
-                       precondition=precondition)
+        s = ScoreSettings(pairing=p, method=m, layers=layers, reference="global",
+                          sketch_dim=sketch_dim if m == "sketch" else None,
+                          precondition=precondition)
+        sc = LAIScorer(s.resolved(), args.seed)
         sc.factors = AdamFactors.from_optimizer(model, opt, layers) if precondition == "adam" else None
         return sc
     scorers = {f"LAI {p} {m}": scorer(p, m) for p in PAIRINGS for m in ("exact", "sketch")}

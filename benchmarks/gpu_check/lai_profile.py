@@ -6,6 +6,7 @@ import time
 import numpy as np
 
 from benchmarks.gpu_check.shared import log, run_config, teardown
+from pipeline.lai import ScoreSettings
 
 
 def _timed(fn, reps: int = 5, host: bool = False) -> float:
@@ -60,7 +61,7 @@ def loss_costs(logits, targets) -> dict[str, float]:
 
 
 def document_keys_seconds(args, size, b: int) -> float:
-    """CPU seconds to look up the documents of `b` training sequences (what lai.memory_weight's
+    """CPU seconds to look up the documents of `b` training sequences (what lai.memory.weight's
     document memory does per micro-step, after the GPU has synchronised)."""
     from pipeline.data import PackedDataset
     data = PackedDataset([(args.work / f"stdlib-v{size['vocab']}", 1.0)], size["seq_len"],
@@ -118,8 +119,8 @@ def profile_part(args, size, res) -> None:
     model = _model(args, size, dev)
     x = torch.randint(0, size["vocab"], (b, size["seq_len"] + 1), device=dev)
     ids, tgt = x[:, :-1], x[:, 1:]
-    scorer = LAIScorer(method="sketch", reference="local")
-    k1, k2 = PAIRINGS["token_pair"].split(scorer.sketch_dim)
+    scorer = LAIScorer(ScoreSettings(method="sketch", reference="local").resolved())
+    k1, k2 = PAIRINGS["token_pair"].split(scorer.s.sketch_dim)
     valid = torch.ones_like(tgt, dtype=torch.bool)
     kernels = S.Kernels(dev == "cuda")
     with torch.no_grad():

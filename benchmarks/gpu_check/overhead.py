@@ -15,6 +15,7 @@ from benchmarks.lib.paths import ROOT
 from benchmarks.lib.tb import tb_events, wall_tokens_per_s
 from benchmarks.gpu_check.report import save
 from benchmarks.gpu_check.shared import MODES, child_env, log, peak_tflops, run_config
+from pipeline.lai import ScoreSettings
 
 
 def _tb(run_dir: Path, tag: str) -> list[tuple[int, float, float]]:
@@ -97,7 +98,8 @@ def probe_batch(args, size) -> int:
     cfg = load_config(argv[0], argv[1:])
     model = build_model(cfg.model, vocab_size=size["vocab"], seq_len=size["seq_len"])
     model = model.cuda().to(torch.bfloat16)
-    scorer = LAIScorer(method="sketch", reference="local", sketch_dim=1 << 18)
+    scorer = LAIScorer(ScoreSettings(method="sketch", reference="local",
+                                     sketch_dim=1 << 18).resolved())
     peaks = {}
     for b in (2, 4):
         torch.cuda.empty_cache()

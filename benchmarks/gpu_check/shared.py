@@ -27,11 +27,11 @@ SIZES = {
                                                            "spam_clean_docs": 100,
                                                            "spam_docs": 300}}},
 }
-MODES = {"off": ["lai.enabled=false", "lai.filter=none"],
-         "sketch": ["lai.enabled=true", "lai.filter=lai", "lai.method=sketch"],
-         "exact": ["lai.enabled=true", "lai.filter=lai", "lai.method=exact"],
-         "sketch-blocks": ["lai.enabled=true", "lai.filter=lai", "lai.method=sketch",
-                           "lai.layers=blocks"]}
+MODES = {"off": ["lai.enabled=false", "lai.filter.kind=none"],
+         "sketch": ["lai.enabled=true", "lai.filter.kind=lai", "lai.score.method=sketch"],
+         "exact": ["lai.enabled=true", "lai.filter.kind=lai", "lai.score.method=exact"],
+         "sketch-blocks": ["lai.enabled=true", "lai.filter.kind=lai", "lai.score.method=sketch",
+                           "lai.score.layers=blocks"]}
 for _m in ("off", "sketch-blocks"):
     MODES[f"{_m}-compiled"] = MODES[_m] + ["model.compile=true"]
 for _m in ("off", "sketch"):        # train.backend=fsdp2; on one rank ZeRO 2's layout is the
@@ -61,7 +61,7 @@ def run_config(args, size, batch: int, steps: int) -> list[str]:
             "train.global_batch=0", f"train.steps={steps}", "train.zero_stage=1",
             f"train.precision={size['precision']}", "train.lr=6e-4", "train.min_lr=6e-5",
             "train.warmup_steps=5", "train.eval_every=0", "run.save_every=0", "run.resume=never",
-            "run.keep_checkpoints=1", "lai.warmup_steps=0", "lai.reference=global",
+            "run.keep_checkpoints=1", "lai.warmup_steps=0", "lai.score.reference=global",
             f"log.every={size['log_every']}", "log.histogram_every=0"]
 
 

@@ -6,15 +6,15 @@ One command (seeds fixed; resumable: finished runs and their analyses are reused
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.headroom                   # the suite, CPU
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.headroom --variants all    # + the levers
     .venv/bin/python -m benchmarks.headroom --scenarios conflict --variants lai-global --seeds 0,1,2
-    .venv/bin/python -m benchmarks.headroom --add 'lai-cap0.1=lai.enabled=true lai.filter=lai
-        lai.max_exclude_frac=0.1'                            # a new variant: dotted overrides
+    .venv/bin/python -m benchmarks.headroom --add 'lai-cap0.1=lai.enabled=true lai.filter.kind=lai
+        lai.filter.max_exclude_frac=0.1'                            # a new variant: dotted overrides
     .venv/bin/python -m benchmarks.headroom --size gpu --jobs 1 --nproc 8        # a GPU node
     .venv/bin/python -m benchmarks.headroom --scenarios conflict --variants none,oracle \
         --seeds 0 --steps 20 --out /tmp/headroom --no-doc                       # a smoke run
 
 Every run goes through the real trainer (`python -m pipeline.train`, DeepSpeed ZeRO 0; torchrun
-over gloo when --nproc > 1). `lai-filter` is LAI's z-score filter (lai.filter=lai) with everything
-else as the trainer ships it (the shipped default, lai.filter=none, trains exactly what `none`
+over gloo when --nproc > 1). `lai-filter` is LAI's z-score filter (lai.filter.kind=lai) with everything
+else as the trainer ships it (the shipped default, lai.filter.kind=none, trains exactly what `none`
 trains); every other LAI variant changes one thing of it (see VARIANTS). A finished run is reused only if it ran with the same
 trainer arguments.
 
@@ -42,15 +42,15 @@ validation set that stands for what the user wants:
             val loss reported; no ceiling, oracle or headroom: the do-no-harm check
 
 Reference rows: `none` (no filter); `ceiling` (the same steps on the clean / target source alone);
-`oracle` (`lai.filter=oracle`: in each global batch exactly the sequences of the harmful sources are
+`oracle` (`lai.filter.kind=oracle`: in each global batch exactly the sequences of the harmful sources are
 excluded, under the scenario's cap, which is >= their share, so it drops them all). Every filter runs
-under that same cap (`lai.max_exclude_frac`); random and loss-based exclusion, and `oracle@rate`,
+under that same cap (`lai.filter.max_exclude_frac`); random and loss-based exclusion, and `oracle@rate`,
 at the exclusion rate `lai-filter` measured. Selection at equal trained tokens (spam, conflict):
 `oracle-refill` (2 x the global batch drawn per step, the least harmful half trained:
-`lai.select=oversample` ranking by the oracle's score), `loss-refill` (the lowest-loss half),
-`select-lai` (the highest-valued half), beside soft reweighting (`weight-lai`: lai.weighting=sigmoid,
+`lai.select.kind=oversample` ranking by the oracle's score), `loss-refill` (the lowest-loss half),
+`select-lai` (the highest-valued half), beside soft reweighting (`weight-lai`: lai.weighting.kind=sigmoid,
 nothing dropped); random with refill is `none`. Mixer rows: `mixing` (lai.mixing), `mixing-avg`
-(drawing with the time-averaged weights), `bandit` (lai.mixer=loss_bandit, no LAI) and
+(drawing with the time-averaged weights), `bandit` (lai.mixing.kind=loss_bandit, no LAI) and
 `static-tuned` (the best of 5-8 static mixtures on the first seed, then run on every seed; the
 grid is listed in the scenario's section). A scenario counts when oracle minus none
 is at least 4x the standard deviation over seeds of that paired difference. The global batch

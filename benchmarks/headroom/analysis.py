@@ -11,6 +11,7 @@ import yaml
 from benchmarks.lib import stats
 from benchmarks.lib.tb import tb_scalars
 from benchmarks.headroom.scenarios import Scenario
+from pipeline.config.moved import migrate
 
 ANALYSIS_VERSION = 3
 
@@ -26,7 +27,7 @@ def analyse_run(run_dir: Path, sc: Scenario, lai_warmup: int) -> dict:
     steps, val = tb_scalars(run_dir / "tb", "val/loss")
     rows = read_ledger(run_dir)
     ds = build_dataset(load_data_spec(run_dir))
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    cfg = migrate(yaml.safe_load((run_dir / "config.yaml").read_text()))[0]   # runs of any layout
     seq_len = int(cfg["data"]["seq_len"])
     cache: dict[int, tuple[str, int, float]] = {}
 
@@ -69,7 +70,7 @@ def analyse_run(run_dir: Path, sc: Scenario, lai_warmup: int) -> dict:
            "precision": float(harmful[~kept].mean()) if (~kept).any() else float("nan"),
            "loss_auroc": stats.auroc(loss, harmful)}
     # the filter's score: low value = harmful (LAI, full gradient, oracle); loss-based: high loss
-    if cfg["lai"]["filter"] == "loss":
+    if cfg["lai"]["filter"]["kind"] == "loss":
         out["auroc"] = out["loss_auroc"]
     else:
         finite = np.isfinite(value)

@@ -55,7 +55,7 @@ class Scenario:
     title: str
     story: str                                   # what it stands for
     weights: dict[str, float]                    # training sources -> mixing weights
-    harmful: tuple[str, ...]                     # what the oracle drops (lai.oracle_sources)
+    harmful: tuple[str, ...]                     # what the oracle drops (lai.filter.oracle_sources)
     clean: str                                   # the ceiling's source; its val split = val set
     cap: float                                   # exclusion cap of every filter
     vocab: int
@@ -68,9 +68,9 @@ class Scenario:
     packed: bool = False                         # documents shorter than a sequence: the
     #   per-document rows (lai.unit=document) apply
     refill: bool = False                         # the selection rows at equal trained tokens
-    #   (lai.select=oversample x2: oracle, loss, LAI) apply
+    #   (lai.select.kind=oversample x2: oracle, loss, LAI) apply
     groups: int = 0                              # lai-prep --groups K for the training sources:
-    #   the group-mixing row (lai.mixing_groups) applies
+    #   the group-mixing row (lai.mixing.groups) applies
     only: tuple[str, ...] = ()                   # if set, the only rows besides the references
     val: str = "clean"                           # clean: the clean source's val split; mix:
     #   every training source's val split in its training proportion (no ceiling, no oracle)
@@ -204,7 +204,7 @@ SCENARIOS = {s.name: s for s in (
              "The documents of `domain` (country facts, standard library code, the Python "
              "language reference) prepared as one source, `web`, with lai-prep --groups 8 "
              "(hashed n-gram TF-IDF + k-means): nobody declared the domains, so mixing can only "
-             "act on the groups it finds (`mixing-groups`: lai.mixing_groups). Validation: "
+             "act on the groups it finds (`mixing-groups`: lai.mixing.groups). Validation: "
              "held-out fact pages; `ceiling` trains on fact pages alone. Compare its share of "
              "the ceiling's gain with `mixing` over the declared sources in `domain`.",
              {"web": 1.0}, ("code", "reference"), "clean", 0.8, 1024, _blend,

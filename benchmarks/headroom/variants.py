@@ -8,62 +8,62 @@ from pathlib import Path
 from benchmarks.headroom.scenarios import Scenario
 
 # name -> dotted overrides. $cap = the scenario's exclusion cap (every filter gets
-# lai.max_exclude_frac=$cap first; a variant may override it), $harmful = the harmful sources,
+# lai.filter.max_exclude_frac=$cap first; a variant may override it), $harmful = the harmful sources,
 # $rate = the exclusion rate RATE_FROM measured (those variants run after it),
 # $rate_cap = a cap that excludes round($rate x global micro-batch) sequences, $clean = the
 # ceiling's data.sources, $tuned = the static mixture that won the grid (GRID, on the first seed;
 # those variants run after it). `lai-filter` is the trainer's LAI with the z-score filter switched
-# on (lai.filter=lai; everything else as shipped; the shipped default is lai.filter=none, which
+# on (lai.filter.kind=lai; everything else as shipped; the shipped default is lai.filter.kind=none, which
 # trains exactly what `none` trains): after a change of the trainer's defaults, delete its runs to
 # remeasure it. The other LAI variants change one thing of it each, so a row differs from
 # `lai-filter` by what its name says.
-LAI = ["lai.enabled=true", "lai.filter=lai"]
+LAI = ["lai.enabled=true", "lai.filter.kind=lai"]
 OFF = ["lai.enabled=false"]
-EXACT = ["lai.method=exact"]
-RAW = ["lai.normalize=none", "lai.threshold=0.0", "lai.memory_weight=0.0"]   # value <= 0 dropped
-SELECT = ["lai.select=oversample", "lai.select_factor=2.0"]
+EXACT = ["lai.score.method=exact"]
+RAW = ["lai.filter.normalize=none", "lai.filter.threshold=0.0", "lai.memory.weight=0.0"]   # value <= 0 dropped
+SELECT = ["lai.select.kind=oversample", "lai.select.factor=2.0"]
 VARIANTS: dict[str, list[str]] = {
-    "none": OFF + ["lai.filter=none"],
-    "ceiling": OFF + ["lai.filter=none", "data.sources=$clean"],
-    "oracle": OFF + ["lai.filter=oracle", "lai.oracle_sources=[$harmful]"],
+    "none": OFF + ["lai.filter.kind=none"],
+    "ceiling": OFF + ["lai.filter.kind=none", "data.sources=$clean"],
+    "oracle": OFF + ["lai.filter.kind=oracle", "lai.filter.oracle_sources=[$harmful]"],
     "lai-filter": LAI,
-    "lai-global": LAI + ["lai.reference=global"],
-    "lai-token_pair": LAI + EXACT + ["lai.pairing=token_pair"],
-    "lai-aligned": LAI + EXACT + ["lai.pairing=aligned"],
-    "lai-pooled": LAI + EXACT + ["lai.pairing=pooled"],
-    "lai-paper": LAI + EXACT + ["lai.pairing=aligned", "lai.include_self=true",
-                                "lai.reference=local"] + RAW,
-    "full-gradient": OFF + ["lai.filter=full_gradient"],
-    "loss@rate": OFF + ["lai.filter=loss", "lai.baseline_rate=$rate"],
-    "random@rate": OFF + ["lai.filter=random", "lai.baseline_rate=$rate"],
-    "mixing": ["lai.enabled=true", "lai.filter=none", "lai.mixing=true"],
-    "mixing-avg": ["lai.enabled=true", "lai.filter=none", "lai.mixing=true",
-                   "lai.mixing_average=true"],
-    "bandit": OFF + ["lai.filter=none", "lai.mixing=true", "lai.mixer=loss_bandit"],
-    "static-tuned": OFF + ["lai.filter=none", "data.sources=$tuned"],
+    "lai-global": LAI + ["lai.score.reference=global"],
+    "lai-token_pair": LAI + EXACT + ["lai.score.pairing=token_pair"],
+    "lai-aligned": LAI + EXACT + ["lai.score.pairing=aligned"],
+    "lai-pooled": LAI + EXACT + ["lai.score.pairing=pooled"],
+    "lai-paper": LAI + EXACT + ["lai.score.pairing=aligned", "lai.score.include_self=true",
+                                "lai.score.reference=local"] + RAW,
+    "full-gradient": OFF + ["lai.filter.kind=full_gradient"],
+    "loss@rate": OFF + ["lai.filter.kind=loss", "lai.filter.baseline_rate=$rate"],
+    "random@rate": OFF + ["lai.filter.kind=random", "lai.filter.baseline_rate=$rate"],
+    "mixing": ["lai.enabled=true", "lai.filter.kind=none", "lai.mixing.kind=value"],
+    "mixing-avg": ["lai.enabled=true", "lai.filter.kind=none", "lai.mixing.kind=value",
+                   "lai.mixing.average=true"],
+    "bandit": OFF + ["lai.filter.kind=none", "lai.mixing.kind=loss_bandit"],
+    "static-tuned": OFF + ["lai.filter.kind=none", "data.sources=$tuned"],
     # what each lever of the default buys (issue 10)
     "lai-raw": LAI + RAW,
-    "lai-no-memory": LAI + ["lai.memory_weight=0.0"],
-    "lai-adam": LAI + ["lai.precondition=adam"],
-    "oracle@rate": OFF + ["lai.filter=oracle", "lai.oracle_sources=[$harmful]",
-                          "lai.max_exclude_frac=$rate_cap"],
+    "lai-no-memory": LAI + ["lai.memory.weight=0.0"],
+    "lai-adam": LAI + ["lai.score.precondition=adam"],
+    "oracle@rate": OFF + ["lai.filter.kind=oracle", "lai.filter.oracle_sources=[$harmful]",
+                          "lai.filter.max_exclude_frac=$rate_cap"],
     # lai.unit=document (packed scenarios): keep or drop each document of a sequence
-    "oracle-doc": OFF + ["lai.filter=oracle", "lai.oracle_sources=[$harmful]",
+    "oracle-doc": OFF + ["lai.filter.kind=oracle", "lai.filter.oracle_sources=[$harmful]",
                          "lai.unit=document"],
-    "lai-doc": LAI + ["lai.unit=document", "lai.memory_weight=0.0"],
+    "lai-doc": LAI + ["lai.unit=document", "lai.memory.weight=0.0"],
     "lai-doc-raw": LAI + RAW + ["lai.unit=document"],
     # selection at equal trained tokens: 2 x the global batch scored per step, the best half
     # trained; by the oracle (`oracle` with refill), by the lowest loss, by the LAI values
-    "oracle-refill": OFF + ["lai.filter=oracle", "lai.oracle_sources=[$harmful]"] + SELECT,
-    "loss-refill": OFF + ["lai.filter=loss"] + SELECT,
-    "select-lai": ["lai.enabled=true", "lai.filter=none"] + SELECT,
+    "oracle-refill": OFF + ["lai.filter.kind=oracle", "lai.filter.oracle_sources=[$harmful]"] + SELECT,
+    "loss-refill": OFF + ["lai.filter.kind=loss"] + SELECT,
+    "select-lai": ["lai.enabled=true", "lai.filter.kind=none"] + SELECT,
     # soft reweighting beside drop and select: bounded loss weights from value_norm, nothing dropped
-    "weight-lai": ["lai.enabled=true", "lai.filter=none", "lai.weighting=sigmoid"],
+    "weight-lai": ["lai.enabled=true", "lai.filter.kind=none", "lai.weighting.kind=sigmoid"],
     # mixing over the groups lai-prep --groups K found (scenarios prepared with groups)
-    "mixing-groups": ["lai.enabled=true", "lai.filter=none", "lai.mixing=true",
-                      "lai.mixing_groups=true"],
-    "bandit-groups": OFF + ["lai.filter=none", "lai.mixing=true", "lai.mixer=loss_bandit",
-                            "lai.mixing_groups=true"],
+    "mixing-groups": ["lai.enabled=true", "lai.filter.kind=none", "lai.mixing.kind=value",
+                      "lai.mixing.groups=true"],
+    "bandit-groups": OFF + ["lai.filter.kind=none", "lai.mixing.kind=loss_bandit",
+                            "lai.mixing.groups=true"],
 }
 # round two (issue 19): the exact-pairing rows, the global reference, the exact full gradient and
 # the rate-matched drop baselines settled round one's questions and are levers now, so the suite
@@ -137,10 +137,10 @@ def overrides_for(name: str, variants: dict, sc: Scenario, dirs: dict[str, Path]
     `tuned`: the grid's winner ($tuned)."""
     if name.startswith(GRID) and name[len(GRID):].isdigit():
         mix = grid(sc)[int(name[len(GRID):])]
-        return OFF + ["lai.filter=none", f"data.sources={sources_override(mix, dirs)}"]
+        return OFF + ["lai.filter.kind=none", f"data.sources={sources_override(mix, dirs)}"]
     ov = list(variants[name])
     if name not in ("none", "ceiling"):
-        ov = [f"lai.max_exclude_frac={sc.cap}"] + ov
+        ov = [f"lai.filter.max_exclude_frac={sc.cap}"] + ov
     rate = min(rate, sc.cap) if rate == rate else 0.0
     subs = {"cap": f"{sc.cap}", "harmful": ",".join(sc.harmful), "rate": f"{rate:.4f}",
             "rate_cap": f"{(round(rate * global_batch) + 0.5) / global_batch:.4f}",

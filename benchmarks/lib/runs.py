@@ -23,12 +23,15 @@ def run_train(config: Path, run_dir: Path, seed: int, overrides: Sequence[str], 
     takes a free port)."""
     import json
     from pipeline.comm import free_port
+    from pipeline.config.moved import migrate_overrides
     timing = run_dir.parent / f"{run_dir.name}.time.json"
     args = [str(config), f"run.out_dir={run_dir}", f"run.seed={seed}", *overrides]
     sha = hashlib.sha256(Path(config).read_bytes()).hexdigest()
     if (run_dir / "final").exists():
         done = json.loads(timing.read_text()) if timing.is_file() else \
             {"wall_s": float("nan"), "cpu_s": float("nan")}
+        if "args" in done:                     # recorded before the lai blocks: the same run
+            done["args"] = migrate_overrides(done["args"])
         if done.get("args", args) != args:
             changed = [a for a in done["args"] if a not in args]
             raise SystemExit(f"error: {run_dir}: finished with other trainer arguments (then "

@@ -46,7 +46,7 @@ def lai_step_timings(model, x, scorers: dict, rounds: int = 5,
     def with_lai(scorer):
         def step():
             model.zero_grad(set_to_none=True)
-            with LayerInputCapture(model, layers=scorer.layers) as cap:
+            with LayerInputCapture(model, layers=scorer.s.layers) as cap:
                 logits = model(input_ids=inp).logits
             losses = per_sequence_loss(logits, tgt)
             with torch.no_grad():

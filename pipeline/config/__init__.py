@@ -1,8 +1,9 @@
 """The run config: typed dataclasses per section (schema.py), loaded from YAML with dotted
-overrides and the lai section resolved (load.py), assembled as Config and validated before
-anything starts (validate.py; the batch triple and lai.select's pool size in batch.py).
+overrides and the lai section resolved (load.py; the old flat lai keys: moved.py, and the file
+rewriter migrate.py), assembled as Config and validated before anything starts (validate.py; the
+batch triple and lai.select's pool size in batch.py).
 
-    cfg = load_config("configs/tiny_cpu.yaml", ["train.steps=20", "lai.filter=random"])
+    cfg = load_config("configs/tiny_cpu.yaml", ["train.steps=20", "lai.filter.kind=random"])
     cfg.validate(world=2)                # batch triple, ranges, data paths, LAI options
 
 Every error is a one-line UserError naming the file/field. What is derived from it lives with its

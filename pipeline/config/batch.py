@@ -46,11 +46,11 @@ def resolve_batch(t: TrainConfig, world: int) -> None:
 
 
 def pool_size(factor: float, global_batch: int, world: int) -> int:
-    """lai.select=oversample's candidates per step, P = factor x global_batch; ValueError
-    (lai.select_factor) unless P is a whole multiple of `world`."""
+    """lai.select.kind=oversample's candidates per step, P = factor x global_batch; ValueError
+    (lai.select.factor) unless P is a whole multiple of `world`."""
     p = round(factor * global_batch)
     if abs(p - factor * global_batch) > 1e-9 or p % world:
-        raise ValueError(f"lai.select_factor: {factor:g} x global batch {global_batch} = "
+        raise ValueError(f"lai.select.factor: {factor:g} x global batch {global_batch} = "
                          f"{factor * global_batch:g} candidates per step must be a whole "
                          f"multiple of the {world} rank(s)")
     return p

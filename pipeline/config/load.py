@@ -1,11 +1,12 @@
 """Loading the run config: YAML files merged in order, then `dotted.key=value` overrides, typed.
 
-    cfg = load_config("configs/tiny_cpu.yaml", ["train.steps=20", "lai.filter=random"])
+    cfg = load_config("configs/tiny_cpu.yaml", ["train.steps=20", "lai.filter.kind=random"])
 
 Every error is a one-line UserError naming the file/field: an unknown key (with close matches),
 a value of the wrong type (booleans and floats as pipeline.values reads them, in YAML and on the
-command line alike). The `lai` section is resolved here (pipeline.lai.LAISettings.resolved:
-its own checks, then concrete values for what was left to LAI), so everything downstream, and
+command line alike), an old flat lai key (`lai.threshold: moved to lai.filter.threshold`,
+pipeline.config.moved). The `lai` section is resolved here, once (LAISettings.resolved: each
+block's check, then concrete values for what was left to LAI), so everything downstream, and
 RUN/config.yaml, sees concrete values. Ranges and cross-field rules: pipeline.config.validate.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from pipeline.config.moved import HOW, MOVED, migrate, moved, old_keys
 from pipeline.config.validate import Config
 from pipeline.errors import UserError
 from pipeline.values import to_bool, to_float
@@ -113,6 +115,8 @@ def _parse_override(text: str) -> tuple[str, Any]:
         raise UserError(f"override {text!r}: expected dotted.key=value")
     key, raw = text.split("=", 1)
     key = key.strip()
+    if key in MOVED:
+        raise UserError(f"command line: {moved(key)}")
     where = f"override {key}"
     parent: Any = Config
     tp = None
@@ -179,6 +183,8 @@ def _read_yaml(p: Path) -> dict:
         raise UserError(f"{p}: invalid YAML{at}") from None
     if not isinstance(data, dict):
         raise UserError(f"{p}: expected a mapping of sections (run, data, model, ...)")
+    if old := old_keys(data):
+        raise UserError(f"{p}: {moved(old[0])} ({HOW} to the new layout)")
     _build(Config, data, "", str(p))          # unknown keys / wrong types, named in this file
     return data
 
@@ -212,7 +218,7 @@ def load_config(paths: str | Path | list[str | Path] | None = None,
 
 def resolve(cfg: Config) -> Config:
     """`cfg` with its lai section resolved (UserError naming the lai field if it is bad); the
-    trainer's selector knows the training documents (lai.memory_weight)."""
+    trainer's selector knows the training documents (lai.memory.weight)."""
     try:
         cfg.lai = cfg.lai.resolved(has_val=has_val_data(cfg), has_documents=True)
     except ValueError as e:
@@ -234,8 +240,9 @@ def has_val_data(cfg: Config) -> bool:
 
 
 def config_from_dict(d: dict, where: str = "config") -> Config:
-    """Rebuild a Config from `Config.to_dict()` output (e.g. from a checkpoint)."""
-    return resolve(_build(Config, d, "", where))
+    """Rebuild a Config from `Config.to_dict()` output (e.g. from a checkpoint; an old lai
+    layout is migrated, pipeline.config.moved)."""
+    return resolve(_build(Config, migrate(d)[0], "", where))
 
 
 def save_yaml(cfg: Config) -> str:

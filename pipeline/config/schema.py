@@ -1,8 +1,9 @@
 """The run config's schema: one typed dataclass per section (run, data, model, train, lai, log);
 the whole config (Config) is assembled and validated in pipeline.config.validate.
 
-The `lai` section is pipeline.lai's own settings type (LAISettings): it is resolved to concrete
-values when the config loads (pipeline.config.load). Choices of the other sections are in CHOICES;
+The `lai` section is pipeline.lai's own settings type (LAISettings: one block per component,
+each beside the class that reads it): it is resolved to concrete values when the config loads
+(pipeline.config.load). Choices of the other sections are in CHOICES;
 ranges and cross-field rules in pipeline.config.validate.
 """
 from __future__ import annotations
@@ -51,7 +52,7 @@ class ModelConfig:
     tie_word_embeddings: bool = True
     activation_checkpointing: bool = False
     compile: bool = False              # torch.compile each transformer block's forward (the LM
-                                       # head, loss and LAI stay eager); with LAI: lai.layers=blocks
+                                       # head, loss and LAI stay eager); with LAI: lai.score.layers=blocks
     rope_theta: float = 10000.0        # llama / gpt_neox
     init_from: str = ""                # a save_pretrained folder to start from (continued
                                        # pretraining): its config.json replaces the shape above
@@ -102,7 +103,7 @@ class LogConfig:
     wandb_project: str = "lai-pretrain"
 
 
-CHOICES: dict[str, tuple[str, ...]] = {          # the lai section's choices: pipeline.lai.selection.settings
+CHOICES: dict[str, tuple[str, ...]] = {          # the lai blocks check their own choices
     "data.verify": ("first", "always", "never"),
     "model.family": ("llama", "gpt_neox", "gpt2", "gpt_neo"),
     "train.backend": ("deepspeed", "fsdp2"),

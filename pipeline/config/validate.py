@@ -1,7 +1,7 @@
 """The whole run config (Config: the schema's sections) and its validation: ranges, choices and
 cross-field rules, before anything starts. The first bad field raises a one-line UserError
-`<field>: <what is wrong>`; the lai section is checked by pipeline.lai.selection.settings (its one
-validation)."""
+`<field>: <what is wrong>`; the lai section was checked when it was resolved (each block's
+check, pipeline.lai.selection.settings); here only its rules with the other sections."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +16,6 @@ from pipeline.config.schema import (CHOICES, DataConfig, LogConfig, ModelConfig,
 from pipeline.errors import UserError
 from pipeline.lai.selection.baselines import FILTERS
 from pipeline.lai.selection.settings import LAISettings
-from pipeline.lai.selection.settings import check as check_lai
 
 MAX_SEED = 2**31 - 1         # numpy's legacy seed takes [0, 2**32); headroom for derived seeds
 
@@ -139,27 +138,30 @@ def _fsdp2(t) -> None:
 
 
 def _lai(cfg: Config, world: int) -> None:
+    """The lai section's rules with the other sections (its own: LAISettings.resolved)."""
+    lai = cfg.lai
     try:
-        check_lai(cfg.lai)
+        lai.check()
     except ValueError as e:
         raise UserError(str(e)) from None
-    f = FILTERS[cfg.lai.filter]
+    need(lai.is_resolved, "lai", "not resolved (pipeline.config.load resolves it)")
+    f = FILTERS[lai.filter.kind]
     sharded = cfg.train.zero_stage == 3 or cfg.train.backend == "fsdp2"
-    need(not (f.needs_full_params and sharded), "lai.filter",
-         f"{cfg.lai.filter!r} ({f.about}) needs full parameters; not with train.zero_stage=3 "
+    need(not (f.needs_full_params and sharded), "lai.filter.kind",
+         f"{lai.filter.kind!r} ({f.about}) needs full parameters; not with train.zero_stage=3 "
          "or train.backend=fsdp2")
-    need(not (cfg.model.compile and cfg.lai.enabled and cfg.lai.layers == "linear"),
+    need(not (cfg.model.compile and lai.enabled and lai.score.layers == "linear"),
          "model.compile", "compiled blocks hide their linear layers from LAI's input hooks; use "
-         "lai.layers=blocks (the block inputs stay visible) or model.compile=false")
+         "lai.score.layers=blocks (the block inputs stay visible) or model.compile=false")
     need(not (cfg.model.compile and cfg.train.zero_stage == 3
               and cfg.train.backend == "deepspeed"), "model.compile",
          "not with DeepSpeed's train.zero_stage=3 (its parameter hooks run inside the blocks); "
          "train.backend=fsdp2 gathers each block's parameters around its compiled forward")
-    need(not cfg.lai.mixing or len(cfg.data.sources) >= 2 or cfg.lai.mixing_groups, "lai.mixing",
-         f"needs at least 2 data.sources to mix, got {len(cfg.data.sources)}")
-    if cfg.lai.select != "none":
+    need(not lai.mixing.on or len(cfg.data.sources) >= 2 or lai.mixing.groups,
+         "lai.mixing.kind", f"needs at least 2 data.sources to mix, got {len(cfg.data.sources)}")
+    if lai.select.kind != "none":
         try:
-            pool_size(cfg.lai.select_factor, cfg.train.global_batch, world)
+            pool_size(lai.select.factor, cfg.train.global_batch, world)
         except ValueError as e:
             raise UserError(str(e)) from None
 

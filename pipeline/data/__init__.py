@@ -7,7 +7,7 @@ weighted, deterministic global order -> each rank's slice of every global micro-
     loader.py   RankLoader (rank slicing, resume state)
     mixture.py  DynamicMixture: each global micro-batch's sources from weights that change
                 during training (lai.mixing)
-    groups.py   the (source, group) arms of lai.mixing_groups
+    groups.py   the (source, group) arms of lai.mixing.groups
 """
 from pipeline.data.dataset import DocSpan, PackedDataset
 from pipeline.data.loader import RankLoader

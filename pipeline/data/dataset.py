@@ -11,7 +11,7 @@ With `mixing=True` the weights change during training (lai.mixing), so no fixed 
 the loader allocates each global micro-batch's slots to sources from the current weights
 (mixture.py), and a seq_id names its sample directly, seq_id = k * S + s (the k-th sample of
 source s of S), so it still maps back to its documents without the weights' history.
-With `groups=True` too (lai.mixing_groups) the mixture's sources are (prepared source, group) arms
+With `groups=True` too (lai.mixing.groups) the mixture's sources are (prepared source, group) arms
 (groups.py): `streams`, `weights` and `source_names` are the arms'.
 """
 from __future__ import annotations

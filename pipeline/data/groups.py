@@ -1,4 +1,4 @@
-"""Mixing over groups (lai.mixing_groups): each group of each prepared source becomes an arm.
+"""Mixing over groups (lai.mixing.groups): each group of each prepared source becomes an arm.
 
 `lai-prep --groups K` records every document's group in its shard's `.docs.npy` and each group's
 top terms and train tokens in the manifest (data_prep.groups). An arm is the SourceStream of one
@@ -26,7 +26,7 @@ def _doc_groups(stream: SourceStream) -> np.ndarray:
         rows = read_docs(stream.data_dir / prefix)
         if rows is None or "group" not in (rows.dtype.names or ()):
             raise UserError(f"{stream.data_dir / prefix}.docs.npy: no document groups "
-                            "(lai.mixing_groups needs data prepared with lai-prep --groups K)")
+                            "(lai.mixing.groups needs data prepared with lai-prep --groups K)")
         parts.append(rows["group"])
     return np.concatenate(parts)
 
@@ -37,7 +37,7 @@ def group_arms(stream: SourceStream, manifest: Manifest, weight: float, first_in
     missing = [s for s in dict.fromkeys(stream.shard_sources) if s not in manifest.groups]
     if missing:
         raise UserError(f"{stream.data_dir / MANIFEST_NAME}: source '{missing[0]}' has no groups "
-                        "(lai.mixing_groups needs data prepared with lai-prep --groups K)")
+                        "(lai.mixing.groups needs data prepared with lai-prep --groups K)")
     groups = _doc_groups(stream)
     names = list(dict.fromkeys(stream.shard_sources))
     source = np.repeat(np.array([names.index(s) for s in stream.shard_sources], dtype=np.int16),

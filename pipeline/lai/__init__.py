@@ -7,9 +7,10 @@ the README (Valuation). No DeepSpeed here: ranks talk through pipeline.comm.
 
 Two subpackages; kernels/ never imports selection/:
   kernels/    the math of a value: layer inputs, logit gradients, features, exact and sketched
-              pairings, Adam-aware factors (no policy, no ranks)
-  selection/  what the trainer uses: settings, the scorer and its references, normalisation,
-              memory, the filter policy and baselines, the Selector, weighting, source mixing
+              pairings, Adam-aware factors, document units (no policy, no ranks)
+  selection/  what the trainer uses: the lai.* settings blocks (each beside its reader), the
+              scorer and its references, normalisation, memory, the filter policy and
+              baselines, the Selector, weighting, source mixing
 This package re-exports the public names below; code inside pipeline/ imports the real module.
 """
 from .selection.api import lai_values
@@ -18,20 +19,24 @@ from .selection.baselines import (FILTERS, FilterInput, full_gradient_scores, lo
 from .kernels.capture import LAYER_SETS, LayerInputCapture
 from .kernels.pairings import PAIRINGS
 from .kernels.grads import logit_grads, per_sequence_loss
-from .selection.mixing import SourceMixer
-from .selection.policy import FilterPolicy
+from .selection.memory import MemorySettings
+from .selection.mixing import MixingSettings, SourceMixer
+from .selection.policy import FilterPolicy, FilterSettings
 from .kernels.precondition import (PRECONDITIONS, AdamFactors, AdamPreconditioner,
                            elementwise_preconditioner)
 from .selection.reference import full_gradient_values, ghost_values
-from .selection.scorer import LAIScorer
+from .selection.scorer import (DEFAULT_PAIRING, DEFAULT_SKETCH_DIM, METHODS, REFERENCES, LAIScorer,
+                     ScoreSettings)
 from .selection.selector import Selection, Selector
-from .selection.settings import DEFAULT_PAIRING, DEFAULT_SKETCH_DIM, METHODS, REFERENCES, LAISettings
+from .selection.settings import LAISettings, SelectSettings
+from .selection.weighting import WeightingSettings
 
 __all__ = [
     "DEFAULT_PAIRING", "DEFAULT_SKETCH_DIM", "FILTERS", "LAYER_SETS", "METHODS", "PAIRINGS",
     "PRECONDITIONS", "REFERENCES",
-    "AdamFactors", "AdamPreconditioner", "FilterInput", "FilterPolicy", "LAIScorer", "LAISettings",
-    "LayerInputCapture", "Selection", "Selector", "SourceMixer",
+    "AdamFactors", "AdamPreconditioner", "FilterInput", "FilterPolicy", "FilterSettings",
+    "LAIScorer", "LAISettings", "LayerInputCapture", "MemorySettings", "MixingSettings",
+    "ScoreSettings", "SelectSettings", "Selection", "Selector", "SourceMixer", "WeightingSettings",
     "elementwise_preconditioner", "full_gradient_scores", "full_gradient_values", "ghost_values",
     "lai_values", "logit_grads",
     "loss_scores", "oracle_scores", "per_sequence_loss", "random_scores",

@@ -14,9 +14,9 @@
                    out (RUN/final, lai-export)
     trainer.py     the Trainer: setup, then a loop of train_step and log / eval / save / stop
     step.py        one optimizer step, top to bottom (micro-steps, masked loss, the update)
-    pool.py        lai.select=oversample: the candidate pool, scored forward-only
+    pool.py        lai.select.kind=oversample: the candidate pool, scored forward-only
     optim.py       LR schedule, client AdamW, the SkipGate
-    moments.py     Adam's second moments for lai.precondition=adam (ZeRO 0-3, fsdp2)
+    moments.py     Adam's second moments for lai.score.precondition=adam (ZeRO 0-3, fsdp2)
     log.py         what is reported while training;  metrics.py  TensorBoard writer
     sinks.py       RUN/metrics.jsonl and W&B;  quiet.py  known-harmless console messages
     faults.py      test-only fault injection

@@ -129,7 +129,7 @@ class StepLog:
         self.metrics.scalars(r.step, scalars)
         lai = self.cfg.lai
         warming = (f" (LAI warming up: filtering starts at step {lai.warmup_steps + 1})"
-                   if lai.filter != "none" and r.step <= lai.warmup_steps else "")
+                   if lai.filter.kind != "none" and r.step <= lai.warmup_steps else "")
         mix = "" if self.mixer is None else " mix " + ", ".join(
             f"{n} {w:.1%}" for n, w in zip(self.dataset.source_names, self.mixer.weights))
         log0(info, f"step {r.step}/{self.cfg.train.steps} loss {scalars['train/loss']:.4f} "

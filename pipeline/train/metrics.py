@@ -40,13 +40,13 @@ from torch.utils.tensorboard.summary import histogram as histogram_summary
 # What each LAI chart means (the source name in lai_source/<source>/... is matched as "*").
 DESCRIPTIONS = {
     "lai/excluded_frac": "Fraction of the step's sequences excluded before the optimizer step "
-                         "(filter score <= lai.threshold: by default the value's z-score in "
-                         "its global micro-batch <= -1; at most lai.max_exclude_frac; 0 while "
+                         "(filter score <= lai.filter.threshold: by default the value's z-score in "
+                         "its global micro-batch <= -1; at most lai.filter.max_exclude_frac; 0 while "
                          "lai.warmup_steps lasts).",
     "lai/kept_tokens": "Target tokens trained on per step after exclusion, all ranks.",
     "lai/values": "LAI value of every sequence of the step: > 0 a step on it lowers the loss of "
                   "the reference (the rest of the global batch, or the val set); < 0 it "
-                  "raises it. The filter compares lai.normalize's step-normalised value "
+                  "raises it. The filter compares lai.filter.normalize's step-normalised value "
                   "with lai.threshold.",
     "lai_source/*/excluded_frac": "Fraction of this source's sequences of the step excluded "
                                   "before the optimizer step.",
@@ -57,11 +57,11 @@ DESCRIPTIONS = {
     "val/*/loss": "Validation loss (token mean) on this source's own val split: how the model "
                   "does on each source, whatever the mix; lower is better.",
     "lai_mixing/*/weight": "This source's sampling weight (lai.mixing): the share of the next "
-                           "batches drawn from it (the time-average with lai.mixing_average).",
+                           "batches drawn from it (the time-average with lai.mixing.average).",
     "lai_mixing/*/weight_now": "The mixer's latest weight for this source (lai.mixing), before "
                                "time-averaging.",
     "lai_mixing/*/weight_avg": "The time-average of this source's weight over the mixing "
-                               "updates (what is drawn with lai.mixing_average=true).",
+                               "updates (what is drawn with lai.mixing.average=true).",
     "lai_mixing/*/reward": "The smoothed reward that drives this source's weight (lai.mixing): "
                            "mixer=value its running mean z-scored LAI value (> 0 it gains "
                            "weight); mixer=loss_bandit its running loss / sampling weight.",

@@ -1,4 +1,4 @@
-"""Adam's second moments for Adam-aware LAI scoring (lai.precondition=adam), read where the
+"""Adam's second moments for Adam-aware LAI scoring (lai.score.precondition=adam), read where the
 optimizer keeps them, under ZeRO 0-3, and reduced to what LAI needs: per scored weight, the row
 and column sums of P = 1/(sqrt(v_hat)+eps) (pipeline.lai.kernels.precondition fits r c^T from them).
 
@@ -20,7 +20,7 @@ Each rank turns its part into P and its partial row and column sums in one pass
 numbers gives every rank the totals (the + 1 counts the elements: a layout this reader does not
 understand fails loudly instead of scoring with wrong weights). v itself is never gathered.
 
-Cost per refresh (every lai.precondition_every steps): reading this rank's share of
+Cost per refresh (every lai.score.precondition_every steps): reading this rank's share of
 exp_avg_sq of the scored weights, ~4 P_scored / world bytes, once; that all-reduce (Llama-7B,
 layers=linear: ~2.5M numbers, 20 MB; layers=head: V + d + 1); one all-reduce of the step count.
 Before the first optimizer step the optimizer holds no moments (or, at ZeRO 0 in bf16, the
@@ -44,7 +44,7 @@ KEY = "exp_avg_sq"
 def _full_shape(param: torch.nn.Parameter) -> tuple[int, int]:
     shape = tuple(getattr(param, "ds_shape", param.shape))        # ZeRO 3 holds a placeholder
     if len(shape) != 2:
-        raise ValueError(f"lai.precondition=adam: a scored weight of shape {shape} is not a "
+        raise ValueError(f"lai.score.precondition=adam: a scored weight of shape {shape} is not a "
                          "matrix")
     return shape
 
@@ -81,7 +81,7 @@ class MomentReader:
         if isinstance(param, DTensor):                                # fsdp2: a row shard
             v = self.optimizer.state.get(param, {}).get(KEY)
             if v is None:
-                raise ValueError("lai.precondition=adam: a scored weight has no Adam state")
+                raise ValueError("lai.score.precondition=adam: a scored weight has no Adam state")
             _, offset = compute_local_shape_and_global_offset(v.shape, v.device_mesh, v.placements)
             return v.to_local().flatten(), offset[0] * v.shape[1]
         if hasattr(param, "_hp_mapping"):                             # ZeRO 1/2, bf16 optimizer
@@ -93,7 +93,7 @@ class MomentReader:
             return None, 0
         v = self.optimizer.state.get(self._master(param), {}).get(KEY)
         if v is None:
-            raise ValueError("lai.precondition=adam: a scored weight has no Adam state")
+            raise ValueError("lai.score.precondition=adam: a scored weight has no Adam state")
         return v.flatten(), 0
 
     def _link(self) -> None:
@@ -135,7 +135,7 @@ class MomentReader:
             row, col = flat[i:i + rows], flat[i + rows:i + rows + cols]
             n = int(flat[i + rows + cols])
             if n != rows * cols:
-                raise RuntimeError(f"lai.precondition=adam: the ranks hold {n} of the "
+                raise RuntimeError(f"lai.score.precondition=adam: the ranks hold {n} of the "
                                    f"{rows * cols} optimizer-state entries of {name} (a ZeRO "
                                    "layout this reader does not know)")
             out[name] = (row, col)

@@ -1,4 +1,4 @@
-"""lai.select=oversample: each optimizer step draws a candidate pool of P = lai.select_factor x G
+"""lai.select.kind=oversample: each optimizer step draws a candidate pool of P = lai.select.factor x G
 sequences (G: the global batch), scores them with a forward-only LAI pass (with LAI off: the
 filter's scores, e.g. the oracle's, for a refill reference), and trains on the G best, so the
 trained tokens per step do not change.
@@ -30,7 +30,7 @@ from pipeline.comm import Comm
 from pipeline.config.batch import pool_size
 from pipeline.lai.kernels.grads import per_sequence_loss
 from pipeline.lai.selection.normalize import normalize
-from pipeline.lai.selection.policy import FilterPolicy
+from pipeline.lai.selection.policy import FilterPolicy, FilterSettings
 
 
 @dataclass
@@ -56,10 +56,10 @@ class CandidatePool:
         settings = selector.settings
         self.loader, self.selector, self.comm, self.device = loader, selector, comm, device
         self.micro, self.g = micro_batch, global_batch
-        self.p = pool_size(settings.select_factor, global_batch, comm.world)
-        self.policy = FilterPolicy(threshold=sys.float_info.max,
-                                   warmup_steps=settings.warmup_steps,
-                                   max_exclude_frac=(self.p - self.g) / self.p)
+        self.p = pool_size(settings.select.factor, global_batch, comm.world)
+        choice = FilterSettings(threshold=sys.float_info.max,
+                                max_exclude_frac=(self.p - self.g) / self.p)   # keep the top G
+        self.policy = FilterPolicy(choice, settings.warmup_steps)
 
     def _chunks(self) -> list[tuple[int, int]]:
         """(start, size per rank) of the pool's global micro-batches."""

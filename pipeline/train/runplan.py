@@ -30,8 +30,8 @@ def data_plan(cfg: Config, train: PackedDataset, val: PackedDataset | None, worl
     reference) reads. `cfg` is validated (the batch triple filled for `world`)."""
     t, plan = cfg.train, DataPlan()
     trained = t.steps * t.global_batch
-    pool = (pool_size(cfg.lai.select_factor, t.global_batch, world)
-            if cfg.lai.select != "none" else t.global_batch)          # lai.select: candidates
+    pool = (pool_size(cfg.lai.select.factor, t.global_batch, world)
+            if cfg.lai.select.kind != "none" else t.global_batch)          # lai.select: candidates
     samples = t.steps * pool
     total_weight = sum(train.weights)
     for st, w, arm in zip(train.streams, train.weights, train.source_names):
@@ -55,7 +55,7 @@ def data_plan(cfg: Config, train: PackedDataset, val: PackedDataset | None, worl
         f"{f' (lai.select draws {pool} candidates per step)' if pool != t.global_batch else ''}")
     if val is not None:
         reads = max(t.eval_batches if t.eval_every else 0,
-                    cfg.lai.val_batches if cfg.lai.enabled and cfg.lai.reference == "val" else 0
+                    cfg.lai.score.val_batches if cfg.lai.enabled and cfg.lai.score.reference == "val" else 0
                     ) * t.micro_batch * world
         plan.lines.append(f"val: {val.samples_per_epoch:,} samples of {val.seq_len}+1 tokens; "
                           f"an eval reads {reads:,}")
@@ -72,7 +72,7 @@ def data_plan(cfg: Config, train: PackedDataset, val: PackedDataset | None, worl
 
 def reference_note(cfg: Config) -> str:
     """The LAI reference in force, in words (the start line and the dry run name it)."""
-    ref = cfg.lai.reference
+    ref = cfg.lai.score.reference
     what = {"val": "the val split of " + ("data.val_sources" if cfg.data.val_sources
                                           else "data.sources"),
             "global": "the global micro-batch itself: self-influence",
@@ -102,7 +102,7 @@ def memory_estimate(cfg: Config, n_params: int, model_config, world: int) -> str
     act = tokens * hidden * elem * (1 if cfg.model.activation_checkpointing else 17) * layers
     # logits and their gradient in the model's dtype (the loss and the LAI sketch work in
     # chunks); exact LAI also holds the fp32 logit gradients
-    exact = cfg.lai.enabled and cfg.lai.method == "exact"
+    exact = cfg.lai.enabled and cfg.lai.score.method == "exact"
     logits = tokens * model_config.vocab_size * (elem * 2 + (4 if exact else 0))
     lai, lai_parts = lai_buffers(cfg, model_config, world)
     total = params + grads + optim + act + logits + lai
@@ -122,8 +122,8 @@ def lai_buffers(cfg: Config, model_config, world: int) -> tuple[float, str]:
     (pipeline.lai.kernels.sketch.CHUNK_ELEMENTS, the GPU size), and the sketches (method=sketch)
     or the all-gathered features (method=exact)."""
     from pipeline.lai.kernels.sketch import CHUNK_ELEMENTS
-    lai, t, seq = cfg.lai, cfg.train, cfg.data.seq_len
-    if not lai.enabled:
+    lai, t, seq = cfg.lai.score, cfg.train, cfg.data.seq_len
+    if not cfg.lai.enabled:
         return 0.0, "LAI off"
     d, n_layer, vocab = (model_config.hidden_size, model_config.num_hidden_layers,
                          model_config.vocab_size)

@@ -60,17 +60,17 @@ def open_data(cfg: Config, info: DistInfo) -> Data:
     d = cfg.data
     sources = [(s.path, s.weight) for s in d.sources]
     train = PackedDataset(sources, d.seq_len, split="train", seed=cfg.run.seed,
-                          mixing=cfg.lai.mixing, groups=cfg.lai.mixing_groups)
+                          mixing=cfg.lai.mixing.on, groups=cfg.lai.mixing.groups)
     _check_tokenizer(train.tokenizer_path, train.tokenizer.sha256, Path(d.sources[0].path))
     loader = RankLoader(train, cfg.train.micro_batch, info.rank, info.world,
                         pin_memory=info.device.type == "cuda", segments=cfg.lai.unit == "document")
     val = None
-    if cfg.train.eval_every > 0 or (cfg.lai.enabled and cfg.lai.reference == "val"):
+    if cfg.train.eval_every > 0 or (cfg.lai.enabled and cfg.lai.score.reference == "val"):
         val_sources = [(s.path, s.weight) for s in (d.val_sources or d.sources)]
         try:
             val = PackedDataset(val_sources, d.seq_len, split="val", seed=cfg.run.seed)
         except UserError as e:
-            raise UserError(f"train.eval_every / lai.reference=val need a val split: {e} (set "
+            raise UserError(f"train.eval_every / lai.score.reference=val need a val split: {e} (set "
                             "train.eval_every=0, or prepare the data with a val fraction)") from None
     sets = source_val_sets(cfg) if cfg.train.eval_every > 0 and cfg.train.eval_per_source else {}
     return Data(train, loader, val, cfg.train.micro_batch, info, sets)
@@ -162,12 +162,12 @@ def data_json(cfg: Config, fingerprint: str | None = None) -> dict[str, Any]:
     """RUN/data.json: exactly PackedDataset's arguments, for lai-report to rebuild the dataset
     (plus the train dataset's fingerprint, so re-prepared data is detected; "mixing": true when
     lai.mixing is on, whose seq_ids name (source, sample) directly; "groups": true with
-    lai.mixing_groups, whose sources are (source, group) arms)."""
+    lai.mixing.groups, whose sources are (source, group) arms)."""
     val = cfg.data.val_sources or cfg.data.sources
     extra: dict[str, Any] = {"fingerprint": fingerprint} if fingerprint else {}
-    if cfg.lai.mixing:
+    if cfg.lai.mixing.on:
         extra["mixing"] = True
-    if cfg.lai.mixing_groups:
+    if cfg.lai.mixing.groups:
         extra["groups"] = True
     return {**extra, "sources": [[s.path, s.weight] for s in cfg.data.sources],
             "val_sources": [[s.path, s.weight] for s in val],

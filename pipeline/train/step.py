@@ -213,7 +213,7 @@ class StepRunner:
             keep = torch.ones_like(losses, dtype=torch.bool)
         clock.mark()
         n_tokens = (targets != -100).sum(1) if units is None else units.tokens
-        weights = sequence_weights(value_norm, self.selector.settings)
+        weights = sequence_weights(value_norm, self.selector.settings.weighting)
         loss, stats = masked_loss(losses, n_tokens, keep, self.comm, weights)
         self.gate.observe(stats.nonfinite)
         del cap, logits

@@ -3,7 +3,7 @@
     Trainer(cfg, info, resume).run()
 
 setup (__init__): data -> run files -> model, optimizer, DeepSpeed engine -> LAI selector,
-source mixer (lai.mixing, lai.mixer), ledger, counters -> one TrainState that checkpoints save
+source mixer (lai.mixing), ledger, counters -> one TrainState that checkpoints save
 and restore -> metrics;
 then `run()`: a loop of `train_step` (pipeline.train.step: the micro-steps and the update) and
 log / eval / save / stop, each a short method; at the end the final export.
@@ -67,13 +67,13 @@ class Trainer:
         self.parts = build_engine(cfg, info, self.data, self.comm,
                                   load_universal=start is not None and start.universal)
         self.selector = Selector(cfg.lai, cfg.run.seed, self.comm,
-                                 val_batches=lambda: self.data.val_batches(cfg.lai.val_batches),
+                                 val_batches=lambda: self.data.val_batches(cfg.lai.score.val_batches),
                                  documents=self.data.train,
                                  moments=MomentReader(self.parts.engine, self.parts.optimizer,
                                                       self.comm, info.device),
                                  global_batch=cfg.train.global_batch)
-        self.mixer = (SourceMixer.from_settings(cfg.lai, self.data.train.weights, self.comm)
-                      if cfg.lai.mixing else None)
+        self.mixer = (SourceMixer(self.data.train.weights, cfg.lai.mixing, cfg.lai.warmup_steps,
+                                  self.comm) if cfg.lai.mixing.on else None)
         self.ledger = Ledger(self.run_dir, info.rank, chunk_rows=cfg.log.ledger_chunk_rows)
         self.counters = Counters()
         self.state = self._register()
@@ -94,7 +94,7 @@ class Trainer:
                                  and t.precision == "fp32",
                                  pool=CandidatePool(self.selector, self.data.loader, self.comm,
                                                     info.device, t.micro_batch, t.global_batch)
-                                 if cfg.lai.select != "none" else None)
+                                 if cfg.lai.select.kind != "none" else None)
         self.log = StepLog(cfg, info, self.comm, self.metrics, self.data.train,
                            self.parts.flops_per_token, self.mixer)
         self._announce()
@@ -137,9 +137,9 @@ class Trainer:
         log0(info, f"{self.parts.n_params / 1e6:.2f}M params, {info.world} rank(s) on "
                    f"{info.device.type}, {engine}, {t.precision}, global batch "
                    f"{t.global_batch} = {t.micro_batch}x{t.grad_accum}x{info.world}, LAI "
-                   f"{'on (reference ' + cfg.lai.reference + ')' if cfg.lai.enabled else 'off'}"
-                   f", filter {cfg.lai.filter}{_acting(cfg.lai)}"
-                   f"{f', source mixing ({cfg.lai.mixer})' if self.mixer else ''}; "
+                   f"{'on (reference ' + cfg.lai.score.reference + ')' if cfg.lai.enabled else 'off'}"
+                   f", filter {cfg.lai.filter.kind}{_acting(cfg.lai)}"
+                   f"{f', source mixing ({cfg.lai.mixing.kind})' if self.mixer else ''}; "
                    f"run dir {self.run_dir} (log: train.log)")
         plan = data_plan(cfg, self.data.train, self.data.val, info.world)
         for line in plan.lines + plan.warnings:
@@ -272,8 +272,8 @@ class Trainer:
 
 def _acting(s) -> str:
     """What else acts on the values, for the start line (lai.select, lai.weighting)."""
-    return ((f", select oversample x{s.select_factor:g}" if s.select != "none" else "")
-            + (f", weighting {s.weighting}" if s.weighting != "none" else ""))
+    return ((f", select oversample x{s.select.factor:g}" if s.select.kind != "none" else "")
+            + (f", weighting {s.weighting.kind}" if s.weighting.kind != "none" else ""))
 
 
 @torch.no_grad()

@@ -15,8 +15,8 @@ from support import ROOT
     (["train.zero_stgae=2"], "unknown key 'train.zero_stgae'"),
     (["train.micro_batch=x"], "train.micro_batch: expected int"),
     (["train.global_batch=100", "train.grad_accum=3"], "train.global_batch:"),
-    (["lai.sketch_dim=2"], "lai.sketch_dim: must be an int >= 4, got 2"),
-    (["lai.method=exact", "lai.sketch_dim=1024"], "lai.sketch_dim: 1024 is only used by"),
+    (["lai.score.sketch_dim=2"], "lai.score.sketch_dim: must be an int >= 4, got 2"),
+    (["lai.score.method=exact", "lai.score.sketch_dim=1024"], "lai.score.sketch_dim: 1024 is only used by"),
     (["train.lr=.inf"], "train.lr: expected a finite number, got inf"),     # was: a NaN model
 ])
 def test_cli_fails_fast_with_one_line(stub_data_dir, args, field):

@@ -23,6 +23,7 @@ import torch
 from support import ROOT
 from support.lai import synthetic_corpus, trained_tiny_model
 from support.train import run_train
+from pipeline.lai import FilterSettings, ScoreSettings
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -137,8 +138,8 @@ def _step_grads(ids: torch.Tensor, targets: torch.Tensor, keep: torch.Tensor, de
     model = build_model(cfg.model, vocab_size=V, seq_len=T)
     opt = build_optimizer(model, cfg.train, SkipGate(Comm.resolve(), device), offload=False)
     engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds_config(cfg, 1, True))
-    sel = Selector(LAISettings(enabled=True, filter="lai", max_exclude_frac=0.5, compile=False),
-                   seed=0)
+    sel = Selector(LAISettings(filter=FilterSettings(kind="lai", max_exclude_frac=0.5),
+                               score=ScoreSettings(compile=False)).resolved(), seed=0)
     ids, targets = ids.to(device), targets.to(device)
     with sel.capture(engine.module) as cap:
         logits = engine(input_ids=ids).logits
@@ -201,7 +202,7 @@ def _train(data: Path, run: Path, steps: int) -> str:
             "train.micro_batch=8", "train.global_batch=0", f"train.steps={steps}",
             "train.zero_stage=2", "train.precision=bf16", "train.schedule=constant",
             "train.lr=1e-2", "train.warmup_steps=2", "train.eval_every=0", "lai.warmup_steps=1",
-            "lai.max_exclude_frac=0.25", "lai.compile=false", "log.every=1", "run.save_every=0"]
+            "lai.filter.max_exclude_frac=0.25", "lai.score.compile=false", "log.every=1", "run.save_every=0"]
     p = run_train(args, ranks=1, timeout=600)
     return p.stdout + p.stderr
 

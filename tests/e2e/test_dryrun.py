@@ -113,9 +113,9 @@ def test_shipped_large_configs_pass_the_dry_run_with_memory_and_time(vocab32k, t
     out = capsys.readouterr().out
     assert f"model: {params / 1e6:.2f}M parameters" in out
     mem = next(x for x in out.splitlines() if x.startswith("memory per device"))
-    logits = t.micro_batch * seq * 32000 * (2 * 2 + (4 if cfg.lai.method == "exact" else 0))
+    logits = t.micro_batch * seq * 32000 * (2 * 2 + (4 if cfg.lai.score.method == "exact" else 0))
     softmax = min(t.micro_batch * seq * 32000, 1 << 28) * 4
-    sketches = (t.micro_batch + 1) * cfg.lai.sketch_dim * 4
+    sketches = (t.micro_batch + 1) * cfg.lai.score.sketch_dim * 4
     assert gib(mem, "logits") == round(logits / GIB, 2)
     assert gib(mem, "LAI buffers") == round((layer_inputs + softmax + sketches) / GIB, 2)
     assert gib(mem, "softmax block") == round(softmax / GIB, 2)
@@ -142,7 +142,7 @@ def test_launcher_checks_before_starting_ranks(small, tmp_path):
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(
-        "error: command line: unknown key 'lai.pairng' (did you mean 'lai.pairing'"), lines
+        "error: command line: unknown key 'lai.pairng' (did you mean 'lai.score.pairing'"), lines
     assert "[lai-train" not in p.stdout and "[ERROR]" not in p.stdout + p.stderr
     p = launch("--dry-run", CONFIG, *overrides(small, run))
     assert p.returncode == 0, p.stderr

@@ -3,7 +3,7 @@
 - one source holding two templated kinds of documents (dice-game spam, theorem prose): the groups
   separate them (purity), deterministically for a seed and whatever the worker count; the
   manifest and the .docs.npy carry them and read back; a partitioned run finds the same groups;
-- `lai.mixing_groups=true` on one prepared directory: the arms are its groups, named by their top
+- `lai.mixing.groups=true` on one prepared directory: the arms are its groups, named by their top
   terms in the log, TensorBoard, RUN/mixing.json and lai-report; per-arm sequence counts equal
   the ledger's; the weights move towards the group the val set stands for; stopped and resumed
   equals the uninterrupted run (ledger, trajectory).
@@ -106,8 +106,8 @@ def run_args(data: Path, val: Path, run: Path, steps: int) -> list[str]:
             "model.n_layer=2", "model.hidden=64", "model.n_head=2", "train.micro_batch=8",
             "train.global_batch=0", "train.steps=8", f"train.steps={steps}", "train.lr=1e-2",
             "train.schedule=constant", "train.warmup_steps=2", "train.eval_every=0",
-            "lai.filter=none", "lai.mixing=true", "lai.mixing_groups=true", "lai.reference=val",
-            "lai.warmup_steps=1", "lai.mixing_every=2", "lai.mixing_eta=2.0", "lai.mixing_ema=0.5",
+            "lai.filter.kind=none", "lai.mixing.kind=value", "lai.mixing.groups=true", "lai.score.reference=val",
+            "lai.warmup_steps=1", "lai.mixing.every=2", "lai.mixing.eta=2.0", "lai.mixing.ema=0.5",
             "log.every=1", "log.histogram_every=0", "run.save_every=4"]
 
 

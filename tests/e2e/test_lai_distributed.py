@@ -10,6 +10,7 @@ import torch.multiprocessing as mp
 from pipeline.comm import Comm, free_port
 from pipeline.lai import (FilterPolicy, LAIScorer, LayerInputCapture, lai_values, loss_scores,
                           random_scores)
+from pipeline.lai import FilterSettings, ScoreSettings
 from pipeline.lai.kernels.grads import shift_labels
 from pipeline.lai.selection.normalize import normalize
 from support.lai import batch, random_factors, tiny_model
@@ -43,17 +44,18 @@ def worker(rank, port, out_dir):
         for case in CASES:
             pairing, method, include_self, adam = case
             kw = dict(pairing=pairing, method=method, layers="linear", include_self=include_self,
-                      sketch_dim=4096 if method == "sketch" else None, seed=3,
+                      sketch_dim=4096 if method == "sketch" else None,
                       precondition="adam" if adam else "none")
             for ref in ("global", "val"):
-                scorer = LAIScorer(reference=ref, **kw)
+                scorer = LAIScorer(ScoreSettings(reference=ref, **kw).resolved(), 3)
                 scorer.factors = random_factors(model) if adam else None
                 if ref == "val":
                     scorer.set_val_reference(model, [(val, shift_labels(val))])
                 out[(ref, *case)] = scorer.values(cap.inputs, logits, targets,
                                                   weights=scorer.input_weights(cap))
         values = out[("global", "token_pair", "exact", False, False)]
-        out["mask"] = FilterPolicy(max_exclude_frac=0.5).mask(values, step=0)
+        out["mask"] = FilterPolicy(FilterSettings(max_exclude_frac=0.5, threshold=0.0),
+                                   0).mask(values, step=0)
         out["loss"] = loss_scores(torch.arange(float(SPLIT[rank])) + 10 * rank, 0.4,
                                   Comm.resolve())
         ids = torch.arange(SPLIT[rank]) + sum(SPLIT[:rank])
@@ -87,7 +89,8 @@ def test_two_ranks_equal_single_process(tmp_path):
             err = ((got - single).abs().max() / single.abs().max()).item()
             assert err < tol, (ref, *case, err)
     values = lai_values(model, ids)
-    assert torch.equal(joined("mask"), FilterPolicy(max_exclude_frac=0.5).global_mask(values, 0))
+    assert torch.equal(joined("mask"), FilterPolicy(FilterSettings(max_exclude_frac=0.5,
+                                                                   threshold=0.0), 0).global_mask(values, 0))
     for mode in ("zscore", "rank"):          # normalised against the global micro-batch
         torch.testing.assert_close(joined(mode), normalize(values, mode), rtol=1e-9, atol=1e-12)
     assert not joined("mask").all()

@@ -24,9 +24,9 @@ def test_memory_is_trainer_state_resumed_bit_for_bit(tmp_path):
                 f"data.sources=[{{path: '{data}', weight: 1.0}}]", "data.seq_len=32",
                 "model.n_layer=1", "model.hidden=32", "model.n_head=2", "train.micro_batch=4",
                 "train.global_batch=0", f"train.steps={steps}", "train.zero_stage=0", "train.schedule=constant",
-                "train.eval_every=0", "lai.reference=global", "lai.warmup_steps=0",
-                "lai.filter=lai", "lai.normalize=zscore", "lai.threshold=-0.3", "lai.memory_weight=2.0",
-                "lai.max_exclude_frac=0.5", "log.every=1", "run.save_every=0"]
+                "train.eval_every=0", "lai.score.reference=global", "lai.warmup_steps=0",
+                "lai.filter.kind=lai", "lai.filter.normalize=zscore", "lai.filter.threshold=-0.3", "lai.memory.weight=2.0",
+                "lai.filter.max_exclude_frac=0.5", "log.every=1", "run.save_every=0"]
         run_train(args, ranks=1)
 
     train(tmp_path / "straight", 8)

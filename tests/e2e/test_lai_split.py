@@ -3,9 +3,9 @@ batches of 16 sequences, the same model, split as 1 rank x micro 8 x accumulatio
 micro 4 x 4, and 2 ranks (a real gloo group) x micro 8 x 1.
 
 - What no longer depends on the split is equal: with per-sequence scores (LAI values against the
-  same val reference, lai.normalize=none, no memory) and a budget that does not bind, every split
+  same val reference, lai.filter.normalize=none, no memory) and a budget that does not bind, every split
   excludes exactly the same sequences.
-- The budget per step is the same for every split: with lai.max_exclude_frac 0.1 (1.6 of 16 per
+- The budget per step is the same for every split: with lai.filter.max_exclude_frac 0.1 (1.6 of 16 per
   step, carried) and every sequence a candidate, each step excludes exactly its budget (1 or 2)
   under every split, where the old per-micro-batch cap floor(0.1 x 8) = 0 excluded nothing on
   one rank.
@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 import torch
+from pipeline.lai import FilterSettings
 
 STEPS, G = 4, 16
 
@@ -35,7 +36,7 @@ def _decide(rank: int, world: int, micro: int, **lai) -> tuple[list[list[bool]],
     (sequences in global order, identical on every rank) and this rank's values."""
     import support.engine as es
     from pipeline.comm import Comm
-    from pipeline.lai import LAISettings, Selector, per_sequence_loss
+    from pipeline.lai import LAISettings, MemorySettings, ScoreSettings, Selector, per_sequence_loss
     comm = Comm.resolve()
     model = es.seeded_model(es.tiny_cfg(0, "llama"))
     model.eval()
@@ -48,8 +49,9 @@ def _decide(rank: int, world: int, micro: int, **lai) -> tuple[list[list[bool]],
         return rows[:, :-1], rows[:, 1:], torch.arange(lo, lo + micro)
 
     vals = [local(val, k)[:2] for k in range(accum)]
-    s = LAISettings(**{"enabled": True, "filter": "lai", "reference": "val",
-                       "memory_weight": 0.0, "compile": False, **lai})
+    s = LAISettings(enabled=True, filter=FilterSettings(kind="lai", **lai),
+                    score=ScoreSettings(reference="val", compile=False),
+                    memory=MemorySettings(weight=0.0)).resolved(has_val=True)
     sel = Selector(s, seed=0, comm=comm, val_batches=lambda: vals, global_batch=G)
     out, values = [], []
     for step in range(1, STEPS + 1):
@@ -97,7 +99,9 @@ def test_decisions_do_not_depend_on_the_split(tmp_path, monkeypatch):
         assert 0 < sum(not k for step in one for k in step) < STEPS * G     # it decided
         budgeted = _decide(0, 1, micro, **_settings()["budget"])[0]
         for step, (a, b) in enumerate(zip(budgeted, two["budget"])):
-            budget = FilterPolicy(max_exclude_frac=0.1).allowance(step, G, G)
+            budget = FilterPolicy(FilterSettings(max_exclude_frac=0.1, threshold=0.0),
+                                  0).allowance(step, G, G)
             assert a.count(False) == b.count(False) == budget, (micro, step)
-    assert [FilterPolicy(max_exclude_frac=0.1).allowance(s, G, G) for s in range(STEPS)] == \
+    assert [FilterPolicy(FilterSettings(max_exclude_frac=0.1, threshold=0.0), 0).allowance(s, G,
+                                                                                           G) for s in range(STEPS)] == \
         [1, 2, 1, 2]

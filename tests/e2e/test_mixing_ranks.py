@@ -1,4 +1,4 @@
-"""Source mixing over 2 gloo ranks: both mixers (lai.mixer=value, loss_bandit) end with the state
+"""Source mixing over 2 gloo ranks: both mixers (lai.mixing.kind=value, loss_bandit) end with the state
 of one process fed the concatenated batches, bit for bit, also after resuming that state in one
 process (the mixers' math: unit/test_mixing.py)."""
 from __future__ import annotations
@@ -11,6 +11,7 @@ import torch
 
 from pipeline.comm import free_port
 from pipeline.lai import SourceMixer
+from pipeline.lai import MixingSettings
 
 SPLIT = [5, 3]      # unequal local batches
 
@@ -24,8 +25,8 @@ def feed(step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def make_mixer(mixer: str) -> SourceMixer:
-    return SourceMixer([1.0, 1.0, 2.0], eta=0.4, ema=0.7, floor=0.15, every=2, warmup_steps=1,
-                       mixer=mixer, average=True)
+    return SourceMixer([1.0, 1.0, 2.0], MixingSettings(kind=mixer, eta=0.4, ema=0.7, floor=0.15,
+                                                       every=2, average=True), warmup_steps=1)
 
 
 def mixer_run(mixer: str, rank: int = 0, world: int = 1, steps=range(1, 10), mx=None,

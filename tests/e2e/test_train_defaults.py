@@ -15,11 +15,11 @@ pytestmark = pytest.mark.slow
 def test_the_shipped_default_trains_exactly_what_no_valuation_trains(tmp_path):
     from pipeline.config import load_config
     from support.train import CONFIG
-    assert load_config(CONFIG, []).lai.filter == "none" and load_config(None, []).lai.enabled
+    assert load_config(CONFIG, []).lai.filter.kind == "none" and load_config(None, []).lai.enabled
     data = make_animals_data(tmp_path)
     # the tiny run turns the filter on; the shipped default (asserted above) is none
-    out = train(data, tmp_path / "shipped", "run.save_every=0", "lai.filter=none")
-    train(data, tmp_path / "off", "run.save_every=0", "lai.enabled=false", "lai.filter=none")
+    out = train(data, tmp_path / "shipped", "run.save_every=0", "lai.filter.kind=none")
+    train(data, tmp_path / "off", "run.save_every=0", "lai.enabled=false", "lai.filter.kind=none")
     assert "filter none" in out
     a, b = final_params(tmp_path / "shipped"), final_params(tmp_path / "off")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -3,7 +3,7 @@
 - Engine level (one process group, the same seeded Llama, the same batches): per-sequence LAI
   values of every pairing, sketch and exact, equal ZeRO 3's; three clipped, masked optimizer
   steps give the same losses and gradient norms; Adam's second moments read from the DTensor
-  shards (lai.precondition=adam) equal those read from ZeRO 3's partitions; a NaN gradient in
+  shards (lai.score.precondition=adam) equal those read from ZeRO 3's partitions; a NaN gradient in
   one rank's shard skips the update on both.
 - Through the trainer: a run killed with SIGKILL mid-run resumes on 1 rank, then on 2 again
   (DCP reshards natively), and every step trains the same sequences with the same keep
@@ -31,6 +31,7 @@ from support.engine import B, run_on_ranks, seeded_model, tiny_cfg
 from pipeline.comm import free_port
 from support.train import (ROOT, assert_export_equals_final, assert_two_one_two_equals_straight,
                            env, final_params, make_animals_data, train, train_args)
+from pipeline.lai import FilterSettings, ScoreSettings
 
 pytestmark = pytest.mark.slow
 
@@ -62,8 +63,9 @@ def _engines(rank: int):
 
 def _values(eng, rank: int, method: str, pairing: str) -> torch.Tensor:
     from pipeline.lai import LAISettings, Selector, per_sequence_loss
-    sel = Selector(LAISettings(enabled=True, filter="lai", reference="global", method=method,
-                               pairing=pairing), seed=0)
+    sel = Selector(LAISettings(enabled=True, filter=FilterSettings(kind="lai"),
+                               score=ScoreSettings(reference="global", method=method,
+                                                   pairing=pairing)).resolved(), seed=0)
     ids, tgt = _batch(rank, 0)
     with sel.capture(eng.module) as cap:
         logits = eng(input_ids=ids).logits

@@ -1,4 +1,4 @@
-"""lai.filter=full_gradient (the exact full-gradient upper reference) on 2 real ranks (gloo) with
+"""lai.filter.kind=full_gradient (the exact full-gradient upper reference) on 2 real ranks (gloo) with
 real DeepSpeed engines (ZeRO 0 and 2):
 
 - each rank's values == pipeline.lai.full_gradient_values of its slice of the concatenated global
@@ -20,6 +20,7 @@ from pipeline.comm import Comm
 from support import ROOT
 from support.engine import (B, T, V, WORLD, engine_and_optimizer, run_on_ranks, seeded_model,
                             tiny_cfg)
+from pipeline.lai import FilterSettings, ScoreSettings
 
 
 
@@ -66,9 +67,10 @@ def _check_values_and_mask(rank, stage):
     ref = full_gradient_values(ref_model, torch.cat([_sample(r) for r in range(WORLD)]))
     # threshold between the 3rd and 4th value: 3 candidates, the cap (floor(0.34 * 6) = 2) binds
     thr = float(ref.sort().values[2:4].mean())
-    lai_cfg = LAISettings(enabled=False, filter="full_gradient", threshold=thr, warmup_steps=1,
-                        max_exclude_frac=0.34)
-    policy = FilterPolicy(threshold=thr, warmup_steps=1, max_exclude_frac=0.34)
+    lai_cfg = LAISettings(enabled=False, warmup_steps=1,
+                          filter=FilterSettings(kind="full_gradient", threshold=thr,
+                                                max_exclude_frac=0.34)).resolved()
+    policy = FilterPolicy(FilterSettings(threshold=thr, max_exclude_frac=0.34), 1)
     want = policy.global_mask(ref, 1)
     assert int((~want).sum()) == 2
     mine = slice(rank * B, (rank + 1) * B)
@@ -89,7 +91,8 @@ def _check_values_and_mask(rank, stage):
                           input_ids=ids, model=engine.module)
     assert keep1.all()
     # include_self: the self term joins the mean
-    sel_self = Selector(LAISettings(enabled=False, filter="full_gradient", include_self=True), seed=0)
+    sel_self = Selector(LAISettings(enabled=False, filter=FilterSettings(kind="full_gradient"),
+                                    score=ScoreSettings(include_self=True)).resolved(), seed=0)
     v_self, _, _ = sel_self.select(2, None, logits, tgt, losses, torch.arange(B) + rank * B,
                                 input_ids=ids, model=engine.module)
     ref_self = full_gradient_values(ref_model, torch.cat([_sample(r) for r in range(WORLD)]),
@@ -100,7 +103,7 @@ def _check_values_and_mask(rank, stage):
     bad = tgt.clone()
     if rank == 1:
         bad[0, 3] = -100
-    with pytest.raises(UserError, match=r"^lai\.filter: .*-100"):
+    with pytest.raises(UserError, match=r"^lai\.filter\.kind: .*-100"):
         sel.select(2, None, logits, bad, losses, torch.arange(B) + rank * B,
                    input_ids=ids, model=engine.module)
     engine.destroy()
@@ -112,7 +115,8 @@ def _check_training_unchanged(rank, stage):
     cfg = tiny_cfg(stage, "llama")
     model = seeded_model(cfg)
     twin = copy.deepcopy(model)
-    sel = Selector(LAISettings(enabled=False, filter="full_gradient", max_exclude_frac=0.5), seed=0)
+    sel = Selector(LAISettings(enabled=False, filter=FilterSettings(kind="full_gradient",
+                                                                    max_exclude_frac=0.5)).resolved(), seed=0)
     a = engine_and_optimizer(cfg, model)[0]
     a.train()
     keep = _train_micro(a, rank, selector=sel)
@@ -154,10 +158,10 @@ def _load(stub_data_dir, *overrides):
 def test_full_gradient_config(stub_data_dir):
     from pipeline.errors import UserError
     for enabled in ("true", "false"):
-        _load(stub_data_dir, "lai.filter=full_gradient", f"lai.enabled={enabled}",
+        _load(stub_data_dir, "lai.filter.kind=full_gradient", f"lai.enabled={enabled}",
               "train.zero_stage=2").validate(world=2)
     with pytest.raises(UserError) as e:
-        _load(stub_data_dir, "lai.filter=full_gradient", "train.zero_stage=3").validate(world=2)
+        _load(stub_data_dir, "lai.filter.kind=full_gradient", "train.zero_stage=3").validate(world=2)
     msg = str(e.value)
-    assert msg.startswith("lai.filter: ") and "\n" not in msg, msg
+    assert msg.startswith("lai.filter.kind: ") and "\n" not in msg, msg
     assert "zero_stage=3" in msg and "small-model evaluation reference" in msg

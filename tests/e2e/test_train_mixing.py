@@ -8,7 +8,7 @@ with one tokenizer, clean sentences and random tokens, the val reference on the 
 - stopped after N steps and resumed (a checkpoint in the middle of an update window) equals the
   straight 2N-step run: ledger rows (hence batches), the trajectory and the final parameters;
 - switching lai.mixing on resume is refused with one line;
-- lai.mixer=loss_bandit with LAI off: the bandit mixes (the higher-loss source gains), logs its
+- lai.mixing.kind=loss_bandit with LAI off: the bandit mixes (the higher-loss source gains), logs its
   arms, and a run stopped on 2 ranks and resumed on 1 draws the same batches with the same
   restored mixer state as the uninterrupted 2-rank run (later updates: equal up to the float
   summation order of 1 vs 2 ranks, as e2e/test_train_elastic.py).
@@ -68,10 +68,10 @@ def args(data, run: Path, *overrides: str) -> list[str]:
             "model.n_layer=2", "model.hidden=64", "model.n_head=2", "train.micro_batch=4", "train.global_batch=0",
             f"train.steps={2 * N}", "train.lr=1e-2", "train.schedule=constant",
             "train.warmup_steps=2", "train.zero_stage=1", "train.eval_every=4",
-            "train.eval_batches=2", "lai.filter=none", "lai.mixing=true", "lai.reference=val",
+            "train.eval_batches=2", "lai.filter.kind=none", "lai.mixing.kind=value", "lai.score.reference=val",
             "lai.warmup_steps=1",
-            "lai.mixing_every=2", "lai.mixing_eta=2.0", "lai.mixing_ema=0.5",
-            "lai.mixing_average=true",
+            "lai.mixing.every=2", "lai.mixing.eta=2.0", "lai.mixing.ema=0.5",
+            "lai.mixing.average=true",
             "log.every=1", "run.save_every=4", *overrides]
 
 
@@ -149,14 +149,14 @@ def test_mixing_run_follows_its_weights_and_resumes_bit_for_bit(data, tmp_path):
 
     # lai.mixing decides the seq_id layout: switching it on resume is refused, one line
     p = subprocess.run([sys.executable, "-m", "pipeline.train",
-                        *args(data, split, "lai.mixing=false", f"train.steps={3 * N}")],
+                        *args(data, split, "lai.mixing.kind=none", f"train.steps={3 * N}")],
                        env=env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
     lines = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(lines) == 1, p.stderr
-    assert lines[0].startswith("error: run.resume:") and "lai.mixing: True -> False" in lines[0]
+    assert lines[0].startswith("error: run.resume:") and "lai.mixing.kind: 'value' -> 'none'" in lines[0]
 
 
-BANDIT = ["lai.enabled=false", "lai.mixer=loss_bandit", "lai.mixing_average=false",
+BANDIT = ["lai.enabled=false", "lai.mixing.kind=loss_bandit", "lai.mixing.average=false",
           "train.global_batch=8", "train.micro_batch=8", "train.eval_every=0",
           "log.histogram_every=0"]
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from support.engine import B, T, V, WORLD, engine_and_optimizer, run_on_ranks, seeded_model, tiny_cfg
+from pipeline.lai import ScoreSettings
 
 pytestmark = pytest.mark.slow
 STEPS = 2
@@ -94,8 +95,8 @@ def _check_stage(rank: int, stage: int, precision: str) -> None:
                 assert torch.equal(g, w), f"ZeRO 2 {precision}: {name} after a load"
         again.destroy()
     if precision == "fp32":             # Adam-aware values on 2 ranks == one process
-        s = LAISettings(precondition="adam", method="exact", sketch_dim=None,
-                        reference="global").resolved()
+        s = LAISettings(score=ScoreSettings(precondition="adam", method="exact", sketch_dim=None,
+                                            reference="global")).resolved()
         sel = Selector(s, seed=0, comm=Comm.resolve(), moments=read)
         sel.refresh(STEPS + 1, engine.module)
         x = _global_batch(10)
@@ -126,7 +127,8 @@ def _full_state(engine, opt, param) -> torch.Tensor:
 def _values_on(model, opt, x):
     """Single-process Adam-aware values of input_ids x[:, :-1] with targets x[:, 1:]."""
     from pipeline.lai import AdamFactors, LAIScorer, LayerInputCapture
-    scorer = LAIScorer(method="exact", reference="local", precondition="adam")
+    scorer = LAIScorer(ScoreSettings(method="exact", reference="local",
+                                     precondition="adam").resolved())
     scorer.factors = AdamFactors.from_optimizer(model, opt)
     with torch.no_grad(), LayerInputCapture(model) as cap:
         logits = model(input_ids=x[:, :-1]).logits

@@ -1,6 +1,6 @@
-"""lai.filter=oracle (ground truth by source, the benchmarks' perfect-filter reference):
+"""lai.filter.kind=oracle (ground truth by source, the benchmarks' perfect-filter reference):
 
-- Selector: the value of a sequence is 0.5 - the fraction of its tokens from lai.oracle_sources
+- Selector: the value of a sequence is 0.5 - the fraction of its tokens from lai.filter.oracle_sources
   (sequences spanning sources included); with a cap at or above their share exactly the sequences
   at least half from those sources are excluded, under a smaller cap the cap's count of them, purest
   and then lowest position first; nothing before lai.warmup_steps;
@@ -8,7 +8,7 @@
   min(cap, harmful in the global micro-batch) sequences, all harmful, and the ledger holds the
   oracle's values;
 - config: oracle without sources, sources without oracle, and a source the training data lacks are
-  refused in one line naming lai.oracle_sources;
+  refused in one line naming lai.filter.oracle_sources;
 - loss-based filtering at a rate below half a sequence of the batch excludes nothing.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from support.datagen import make_data_dir, random_docs, two_source_dir
+from pipeline.lai import FilterSettings
 
 SEQ = 16
 
@@ -42,8 +43,9 @@ def _harmful_fraction(ds, seq_id: int, harmful: set[str]) -> float:
 
 def _selector(ds, sources, cap, warmup=0):
     from pipeline.lai import LAISettings, Selector
-    s = LAISettings(enabled=False, filter="oracle", oracle_sources=sources, max_exclude_frac=cap,
-                    warmup_steps=warmup).resolved()
+    s = LAISettings(enabled=False, warmup_steps=warmup,
+                    filter=FilterSettings(kind="oracle", oracle_sources=sources,
+                                          max_exclude_frac=cap)).resolved()
     return Selector(s, seed=0, documents=ds)
 
 
@@ -80,23 +82,24 @@ def test_oracle_config_errors(data):
     from pipeline.config import load_config
     from pipeline.data import PackedDataset
     from pipeline.errors import UserError
-    cases = {("lai.filter=oracle",): "lai.oracle_sources: lai.filter=oracle needs",
-             ("lai.filter=lai", "lai.oracle_sources=[bad]"): "lai.oracle_sources: set to ['bad'] "
-             "but only lai.filter=oracle reads it"}
+    cases = {("lai.filter.kind=oracle",): "lai.filter.oracle_sources: lai.filter.kind=oracle needs",
+             ("lai.filter.kind=lai", "lai.filter.oracle_sources=[bad]"):
+             "lai.filter.oracle_sources: set to ['bad'] but only lai.filter.kind=oracle reads it"}
     for overrides, msg in cases.items():
         with pytest.raises(UserError) as e:
             load_config(None, [f"data.sources=[{{path: '{data['good']}', weight: 1.0}}]",
                                *overrides]).validate()
         assert str(e.value).startswith(msg) and "\n" not in str(e.value), str(e.value)
     ds = PackedDataset([(data["good"], 1.0), (data["bad"], 1.0)], SEQ)
-    with pytest.raises(UserError, match=r"^lai.oracle_sources: 'spam' not among the training "
+    with pytest.raises(UserError, match=r"^lai.filter.oracle_sources: 'spam' not among the training "
                                         r"data's sources \(bad, good\)$"):
         _selector(ds, ["bad", "spam"], 0.5)
 
 
 def test_loss_filter_rate_below_half_a_sequence_keeps_all():
     from pipeline.lai import LAISettings, Selector
-    s = LAISettings(enabled=False, filter="loss", baseline_rate=0.02, max_exclude_frac=0.5)
+    s = LAISettings(enabled=False, filter=FilterSettings(kind="loss", baseline_rate=0.02,
+                                                         max_exclude_frac=0.5))
     sel = Selector(s.resolved(), seed=0)
     losses = torch.tensor([1.0, 5.0, 2.0, 3.0])
     assert sel.select(1, None, None, None, losses, torch.arange(4)).keep.all()
@@ -116,7 +119,7 @@ def test_oracle_on_the_trainer_path(data, tmp_path):
             f"data.seq_len={SEQ}", "model.n_layer=1", "model.hidden=32", "model.n_head=2",
             "train.micro_batch=4", "train.global_batch=8", "train.steps=6", "train.zero_stage=0",
             "train.eval_every=0", "train.warmup_steps=1", "lai.enabled=false",
-            "lai.filter=oracle", "lai.oracle_sources=[bad]", "lai.max_exclude_frac=0.3",
+            "lai.filter.kind=oracle", "lai.filter.oracle_sources=[bad]", "lai.filter.max_exclude_frac=0.3",
             "lai.warmup_steps=1", "log.every=2", "log.histogram_every=0"]
     p = subprocess.run(torchrun(args), env=env(), cwd=ROOT, capture_output=True, text=True,
                        timeout=300)
@@ -129,7 +132,8 @@ def test_oracle_on_the_trainer_path(data, tmp_path):
     for step in range(1, 7):
         r = rows["step"] == step
         bad, kept = frac[r] >= 0.5, rows["kept"][r]
-        budget = FilterPolicy(max_exclude_frac=0.3).allowance(step - 1, 8, 8)
+        budget = FilterPolicy(FilterSettings(max_exclude_frac=0.3, threshold=0.0),
+                              0).allowance(step - 1, 8, 8)
         want = 0 if step == 1 else min(budget, int(bad.sum()))      # lai.warmup_steps=1
         assert (~kept).sum() == want, (step, bad, kept)
         assert bad[~kept].all()

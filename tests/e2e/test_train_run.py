@@ -44,7 +44,7 @@ def test_zero0_trains_with_lai_logs_and_ledger(animals_data, tmp_path):
     run = tmp_path / "z0"
     # the raw value against threshold 0 (normalize=none: no memory), so the mask reads off the
     # ledger's values; the normalised default is exercised by the ZeRO 2 resume test
-    out = train(animals_data, run, "train.zero_stage=0", "run.keep_checkpoints=1", "lai.normalize=none")
+    out = train(animals_data, run, "train.zero_stage=0", "run.keep_checkpoints=1", "lai.filter.normalize=none")
     losses = loss_by_step(run)
     assert losses[-1] < losses[0] - 0.3, losses
     tb = scalars(run)
@@ -100,8 +100,8 @@ def test_zero2_resume_equals_straight_run(animals_data, tmp_path):
     # normalised values with memory across epochs, and Adam factors read at steps 2, 4, 6, 8 (the
     # resumed step 5 scores with the saved ones): state that must survive too
     const = ["train.zero_stage=2", "train.schedule=constant", "train.precision=bf16",
-             "lai.normalize=zscore", "lai.threshold=-0.5", "lai.memory_weight=1.0",
-             "lai.precondition=adam", "lai.precondition_every=2", "lai.reference=val"]
+             "lai.filter.normalize=zscore", "lai.filter.threshold=-0.5", "lai.memory.weight=1.0",
+             "lai.score.precondition=adam", "lai.score.precondition_every=2", "lai.score.reference=val"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     train(animals_data, straight, *const)
     train(animals_data, split, *const, f"train.steps={N}")
@@ -162,19 +162,19 @@ def test_resume_with_changed_lai_options_works_with_a_note(animals_data, tmp_pat
     under the old options is recomputed (values stay finite). Before: a warning that the change
     was harmless, then a crash in LAIScorer.load_state_dict."""
     run = tmp_path / "changed"
-    common = ["train.zero_stage=0", "lai.reference=val", "train.eval_every=0"]
+    common = ["train.zero_stage=0", "lai.score.reference=val", "train.eval_every=0"]
     train(animals_data, run, *common, f"train.steps={N}")
-    out = train(animals_data, run, *common, "lai.pairing=pooled")
+    out = train(animals_data, run, *common, "lai.score.pairing=pooled")
     note = [line for line in out.splitlines() if "resumed from" in line]
     assert len(note) == 1, out[-3000:]
-    assert "lai.pairing: 'token_pair' -> 'pooled'" in note[0], note
-    assert "lai.sketch_dim: 262144 -> 4096" in note[0] and f"train.steps: {N} -> {2 * N}" in note[0]
+    assert "lai.score.pairing: 'token_pair' -> 'pooled'" in note[0], note
+    assert "lai.score.sketch_dim: 262144 -> 4096" in note[0] and f"train.steps: {N} -> {2 * N}" in note[0]
     rows = ledger(run)
     assert sorted(set(rows["step"])) == list(range(1, 2 * N + 1))
     assert np.isfinite(rows["value"]).all()
     import yaml
     saved = yaml.safe_load((run / "config.yaml").read_text())["lai"]
-    assert (saved["pairing"], saved["sketch_dim"]) == ("pooled", 4096)     # resolved values
+    assert (saved["score"]["pairing"], saved["score"]["sketch_dim"]) == ("pooled", 4096)   # resolved
 
 
 # ---------------------------------------------------------------- LAI off, faults
@@ -184,8 +184,8 @@ def test_lai_disabled_equals_unfiltered_lai_run(animals_data, tmp_path):
     bitwise identical to plain training, and the loss goes down."""
     off, scored = tmp_path / "off", tmp_path / "scored"
     common = ["train.zero_stage=1", "train.offload_optimizer=cpu"]
-    train(animals_data, off, *common, "lai.enabled=false", "lai.filter=none")
-    train(animals_data, scored, *common, "lai.filter=lai", "lai.warmup_steps=100")
+    train(animals_data, off, *common, "lai.enabled=false", "lai.filter.kind=none")
+    train(animals_data, scored, *common, "lai.filter.kind=lai", "lai.warmup_steps=100")
     a, b = ledger(off), ledger(scored)
     assert np.isnan(a["value"]).all() and np.isfinite(b["value"]).all()
     assert np.array_equal(a["loss"], b["loss"]) and a["kept"].all() and b["kept"].all()

@@ -1,4 +1,4 @@
-"""lai.select=oversample (with lai.weighting=sigmoid) end to end on 2 CPU ranks (torchrun, gloo,
+"""lai.select.kind=oversample (with lai.weighting.kind=sigmoid) end to end on 2 CPU ranks (torchrun, gloo,
 real DeepSpeed), the tiny run of support.train: 1.5 x the global batch of 8 scored per step,
 the best 8 trained.
 
@@ -19,11 +19,12 @@ import pytest
 import torch
 
 from support.train import N, final_params, ledger, make_animals_data, train
+from pipeline.lai import FilterSettings, SelectSettings
 
 pytestmark = pytest.mark.slow
 G, P = 8, 12                       # global batch, candidates per step
-SELECT = ["lai.select=oversample", "lai.select_factor=1.5", "lai.filter=none",
-          "lai.weighting=sigmoid", "train.global_batch=8", "train.schedule=constant"]
+SELECT = ["lai.select.kind=oversample", "lai.select.factor=1.5", "lai.filter.kind=none",
+          "lai.weighting.kind=sigmoid", "train.global_batch=8", "train.schedule=constant"]
 
 
 @pytest.fixture(scope="module")
@@ -82,22 +83,25 @@ def test_select_settings_refused_with_field_name():
     from pipeline.config.batch import pool_size
     from pipeline.lai import LAISettings
     assert pool_size(1.5, 8, 2) == 12 and pool_size(1.25, 8, 2) == 10
-    with pytest.raises(ValueError, match=r"^lai\.select_factor: 1\.3 x global batch 8 = 10\.4 "):
+    with pytest.raises(ValueError, match=r"^lai\.select\.factor: 1\.3 x global batch 8 = 10\.4 "):
         pool_size(1.3, 8, 2)
-    with pytest.raises(ValueError, match=r"^lai\.select_factor: .* multiple of the 4 rank"):
+    with pytest.raises(ValueError, match=r"^lai\.select\.factor: .* multiple of the 4 rank"):
         pool_size(1.25, 8, 4)
     for enabled, filt in ((True, "lai"), (False, "none")):
-        with pytest.raises(ValueError, match=r"^lai\.select: 'oversample' ranks the candidates "
-                                             r"by one score: .* lai\.filter=none"):
-            LAISettings(select="oversample", enabled=enabled, filter=filt).resolved()
-    assert LAISettings(select="oversample", enabled=False, filter="oracle",
-                       oracle_sources=["spam"]).resolved().select == "oversample"
-    with pytest.raises(ValueError, match=r"^lai\.select_factor: must be a finite number > 1"):
-        LAISettings(select="oversample", filter="none", select_factor=1.0).resolved()
+        with pytest.raises(ValueError, match=r"^lai\.select\.kind: 'oversample' ranks the "
+                                             r"candidates by one score: .* lai\.filter\.kind=none"):
+            LAISettings(enabled=enabled, select=SelectSettings(kind="oversample"),
+                        filter=FilterSettings(kind=filt)).resolved()
+    assert LAISettings(enabled=False, select=SelectSettings(kind="oversample"),
+                       filter=FilterSettings(kind="oracle",
+                                             oracle_sources=["spam"])).resolved().select.kind == "oversample"
+    with pytest.raises(ValueError, match=r"^lai\.select\.factor: must be a finite number > 1"):
+        LAISettings(select=SelectSettings(kind="oversample", factor=1.0),
+                    filter=FilterSettings(kind="none")).resolved()
 
 
 def test_oracle_with_refill_trains_the_least_harmful_candidates(tmp_path):
-    """With LAI off, lai.select ranks by the filter's scores: lai.filter=oracle at factor 2 trains
+    """With LAI off, lai.select ranks by the filter's scores: lai.filter.kind=oracle at factor 2 trains
     the 8 least harmful of each step's 16 candidates (the oracle-with-refill reference), the
     rest are untrained."""
     from support.datagen import make_data_dir, random_docs
@@ -110,9 +114,9 @@ def test_oracle_with_refill_trains_the_least_harmful_candidates(tmp_path):
     dirs = [make_data_dir(tmp_path / n, random_docs(60, 64, seed=i), vocab_size=64, source=n)
             for i, n in enumerate(("good", "bad"))]
     ds = PackedDataset([(d, 1.0) for d in dirs], 16)
-    s = LAISettings(enabled=False, filter="oracle", oracle_sources=["bad"], select="oversample",
-                    select_factor=2.0)
-    selector = Selector(s, seed=0, comm=Comm.local(), documents=ds)
+    s = LAISettings(enabled=False, filter=FilterSettings(kind="oracle", oracle_sources=["bad"]),
+                    select=SelectSettings(kind="oversample", factor=2.0))
+    selector = Selector(s.resolved(has_documents=True), seed=0, comm=Comm.local(), documents=ds)
     pool = CandidatePool(selector, RankLoader(ds, 4, 0, 1), Comm.local(), torch.device("cpu"),
                          micro_batch=4, global_batch=8)
 

@@ -20,6 +20,7 @@ from pipeline.comm import Comm
 from support.engine import (B, T, V, WORLD, engine_and_optimizer, run_on_ranks, seeded_model,
                             tiny_cfg)
 import torch.nn.functional as F
+from pipeline.lai import FilterSettings, ScoreSettings
 
 
 def _batch(rank: int, micro: int):
@@ -104,7 +105,8 @@ def _lai_values(rank, stage, reference):
     from pipeline.lai import LAISettings, Selector, per_sequence_loss
     cfg = tiny_cfg(stage, "gpt2")
     engine, _ = engine_and_optimizer(cfg, seeded_model(cfg))
-    sel = Selector(LAISettings(enabled=True, filter="lai", reference=reference), seed=0,
+    sel = Selector(LAISettings(enabled=True, filter=FilterSettings(kind="lai"),
+                               score=ScoreSettings(reference=reference)).resolved(has_val=True), seed=0,
                    val_batches=lambda: [_batch(rank, 5), _batch(rank, 6)])
     sel.refresh(1, engine.module)                         # reference=val: the cache is made
     ids, tgt = _batch(rank, 0)
@@ -124,17 +126,18 @@ def _check_baseline_filters(rank):
     from pipeline.lai import LAISettings, Selector
     losses = torch.tensor([[1.0, 5.0, 2.0], [3.0, 4.0, 0.5]])[rank]
     seq_ids = torch.arange(B) + rank * B
-    sel = Selector(LAISettings(enabled=False, filter="loss", baseline_rate=0.34,
-                             max_exclude_frac=0.5), seed=0)
+    sel = Selector(LAISettings(enabled=False, filter=FilterSettings(kind="loss",
+                                                                    baseline_rate=0.34, max_exclude_frac=0.5)).resolved(), seed=0)
     values, keep, _ = sel.select(1, None, None, None, losses, seq_ids)
     assert keep.tolist() == [[True, False, True], [True, False, True]][rank]
     assert ((values <= 0) == ~keep).all()
-    sel = Selector(LAISettings(enabled=False, filter="random", baseline_rate=0.5,
-                             max_exclude_frac=0.9), seed=3)
+    sel = Selector(LAISettings(enabled=False, filter=FilterSettings(kind="random",
+                                                                    baseline_rate=0.5, max_exclude_frac=0.9)).resolved(), seed=3)
     values, keep, _ = sel.select(1, None, None, None, losses, seq_ids)
     coin = [np.random.default_rng([3, int(i)]).random() > 0.5 for i in seq_ids]
     assert keep.tolist() == coin
-    sel = Selector(LAISettings(enabled=False, filter="random", warmup_steps=2), seed=3)
+    sel = Selector(LAISettings(enabled=False, warmup_steps=2,
+                               filter=FilterSettings(kind="random")).resolved(), seed=3)
     assert sel.select(2, None, None, None, losses, seq_ids)[1].all()   # first 2 steps: warmup
 
 

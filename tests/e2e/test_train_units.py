@@ -72,8 +72,8 @@ def test_document_units_on_the_trainer_path(mixed, tmp_path):
             "model.n_layer=1", "model.hidden=32", "model.n_head=2", "train.micro_batch=4",
             "train.global_batch=8", "train.steps=4", "train.zero_stage=0", "train.eval_every=0",
             "train.warmup_steps=1", "lai.enabled=true", "lai.unit=document",
-            "lai.filter=oracle", "lai.oracle_sources=[mixb]", "lai.max_exclude_frac=0.9",
-            "lai.memory_weight=0", "lai.warmup_steps=0", "log.every=2", "log.histogram_every=0"]
+            "lai.filter.kind=oracle", "lai.filter.oracle_sources=[mixb]", "lai.filter.max_exclude_frac=0.9",
+            "lai.memory.weight=0", "lai.warmup_steps=0", "log.every=2", "log.histogram_every=0"]
     p = subprocess.run(torchrun(args), env=env(), cwd=ROOT, capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]

@@ -56,12 +56,12 @@ def make_animals_data(out: Path) -> Path:
 def train_args(data: Path, run: Path, *overrides: str) -> list[str]:
     """The tiny run: 2 layers x 64, seq 32, micro batch 4 (global batch = 4 x ranks unless an
     override pins train.global_batch), 2N steps, checkpoints every 4 steps, the LAI filter on
-    (lai.filter=lai, not the shipped none), so keep decisions are part of what tests compare."""
+    (lai.filter.kind=lai, not the shipped none), so keep decisions are part of what tests compare."""
     return [str(CONFIG), f"run.out_dir={run}", f"data.sources=[{{path: '{data}', weight: 1.0}}]",
             "data.seq_len=32", "model.n_layer=2", "model.hidden=64", "model.n_head=2",
             "train.micro_batch=4", "train.global_batch=0", f"train.steps={2 * N}",
             "train.lr=1e-2", "train.min_lr=1e-3", "train.warmup_steps=2", "train.eval_every=4",
-            "train.eval_batches=2", "lai.filter=lai", "lai.warmup_steps=1", "lai.max_exclude_frac=0.25",
+            "train.eval_batches=2", "lai.filter.kind=lai", "lai.warmup_steps=1", "lai.filter.max_exclude_frac=0.25",
             "log.every=1", "log.histogram_every=4", "run.save_every=4", *overrides]
 
 

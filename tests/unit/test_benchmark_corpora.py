@@ -105,7 +105,7 @@ def test_scenarios_ground_truth_and_variant_overrides(tmp_path):
     def load(overrides):           # the suite's base config has val data (data.val_sources)
         return load_config(None, [f"data.val_sources=[{{path: '{tmp_path}'}}]", *overrides])
     assert set(SUITE) | set(LEVERS) == set(VARIANTS) and not set(SUITE) & set(LEVERS)
-    assert VARIANTS["lai-filter"] == ["lai.enabled=true", "lai.filter=lai"]
+    assert VARIANTS["lai-filter"] == ["lai.enabled=true", "lai.filter.kind=lai"]
     assert RATE_FROM == "lai-filter" in SUITE
     cpu = SIZES["cpu"]
     assert [filter_batch(cpu, n) for n in (1, 2, 4)] == [cpu["global_batch"]] * 3
@@ -120,17 +120,17 @@ def test_scenarios_ground_truth_and_variant_overrides(tmp_path):
                 continue
             cfg = load(overrides_for(name, VARIANTS, sc, dirs, 0.07, 16, grid(sc)[0]))
             if name in ("none", "ceiling"):
-                assert cfg.lai.filter == "none"
+                assert cfg.lai.filter.kind == "none"
             elif name != "oracle@rate":
-                assert cfg.lai.max_exclude_frac == sc.cap
+                assert cfg.lai.filter.max_exclude_frac == sc.cap
             if name.startswith("oracle"):
-                assert cfg.lai.oracle_sources == list(sc.harmful)
+                assert cfg.lai.filter.oracle_sources == list(sc.harmful)
         if sc.clean:
             ceiling = load(overrides_for("ceiling", VARIANTS, sc, dirs, 0.07, 16))
             assert [s.path for s in ceiling.data.sources] == [str(dirs[sc.clean])]
         if sc.harmful:
             at_rate = load(overrides_for("oracle@rate", VARIANTS, sc, dirs, 0.07, 16))
-            assert int(at_rate.lai.max_exclude_frac * 16) == 1            # round(0.07 * 16)
+            assert int(at_rate.lai.filter.max_exclude_frac * 16) == 1            # round(0.07 * 16)
         if not applies("static-tuned", sc):
             assert sc.only and "static-tuned" not in sc.only
             continue
@@ -145,10 +145,10 @@ def test_scenarios_ground_truth_and_variant_overrides(tmp_path):
         tuned = load(overrides_for("static-tuned", VARIANTS, sc, dirs, 0.07, 16,
                                                 mixes[-1]))
         assert [s.weight for s in tuned.data.sources] == pytest.approx(list(mixes[-1].values()))
-        assert not tuned.lai.enabled and not tuned.lai.mixing
+        assert not tuned.lai.enabled and not tuned.lai.mixing.on
     blend = SCENARIOS["blend"]
     assert blend.groups and applies("mixing-groups", blend) and not applies("lai-filter", blend)
-    assert load(overrides_for("mixing-groups", VARIANTS, blend, {}, 0.0, 16)).lai.mixing_groups
+    assert load(overrides_for("mixing-groups", VARIANTS, blend, {}, 0.0, 16)).lai.mixing.groups
     inside, universal = SCENARIOS["inside"], SCENARIOS["universal"]
     assert inside.harmful_share == 0 and all(set(inside.parts_of(s)) & set(inside.harmful) and
                                              set(inside.parts_of(s)) - set(inside.harmful)
@@ -158,7 +158,7 @@ def test_scenarios_ground_truth_and_variant_overrides(tmp_path):
     assert inside.oracle == "oracle-doc" and SCENARIOS["spam"].oracle == "oracle"
     for name in ("oracle-refill", "loss-refill", "select-lai"):
         pick = load(overrides_for(name, VARIANTS, SCENARIOS["spam"], {}, 0.0, 16))
-        assert pick.lai.select == "oversample" and pick.lai.select_factor == 2.0
+        assert pick.lai.select.kind == "oversample" and pick.lai.select.factor == 2.0
         assert applies(name, SCENARIOS["conflict"]) and not applies(name, inside)
     for name in ("oracle-doc", "lai-doc", "lai-doc-raw"):
         doc = load(overrides_for(name, VARIANTS, inside, {}, 0.0, 16))
@@ -168,9 +168,9 @@ def test_scenarios_ground_truth_and_variant_overrides(tmp_path):
     cfg = base_config(universal, cpu, {s: tmp_path / s for s in universal.prepared})
     assert cfg["data"]["val_sources"] == cfg["data"]["sources"] and len(cfg["data"]["sources"]) == 3
     cfg = load(overrides_for("bandit", VARIANTS, universal, {}, 0.0, 16))
-    assert cfg.lai.mixing and cfg.lai.mixer == "loss_bandit" and not cfg.lai.enabled
+    assert cfg.lai.mixing.on and cfg.lai.mixing.kind == "loss_bandit" and not cfg.lai.enabled
     assert load(overrides_for("mixing-avg", VARIANTS, universal, {}, 0.0, 16)
-                       ).lai.mixing_average
+                       ).lai.mixing.average
 
 
 def test_short_documents_for_packing():

@@ -15,19 +15,20 @@ def test_finished_run_is_reused_only_with_the_same_arguments_and_config(tmp_path
     config, run = tmp_path / "config.yaml", tmp_path / "variant" / "seed0"
     config.write_text("train:\n  steps: 300\n")
     (run / "final").mkdir(parents=True)
-    args = [str(config), f"run.out_dir={run}", "run.seed=0", "lai.filter=lai"]
+    args = [str(config), f"run.out_dir={run}", "run.seed=0", "lai.filter.kind=lai"]
     record = {"wall_s": 1.0, "cpu_s": 2.0, "args": args,
               "config_sha256": hashlib.sha256(config.read_bytes()).hexdigest()}
     (run.parent / "seed0.time.json").write_text(json.dumps(record))
-    assert run_train(config, run, 0, ["lai.filter=lai"], 1) == record
+    assert run_train(config, run, 0, ["lai.filter.kind=lai"], 1) == record
     config.write_text("train:\n  steps: 1500\n")               # same arguments, new config
     with pytest.raises(SystemExit, match="finished with another .*config.yaml"):
-        run_train(config, run, 0, ["lai.filter=lai"], 1)
+        run_train(config, run, 0, ["lai.filter.kind=lai"], 1)
     config.write_text("train:\n  steps: 300\n")
-    with pytest.raises(SystemExit, match="other trainer arguments.*lai.filter=lai.*lai.filter=loss"):
-        run_train(config, run, 0, ["lai.filter=loss"], 1)
+    with pytest.raises(SystemExit,
+                       match="other trainer arguments.*lai.filter.kind=lai.*lai.filter.kind=loss"):
+        run_train(config, run, 0, ["lai.filter.kind=loss"], 1)
     with pytest.raises(SystemExit, match="other trainer arguments.*run.seed=0; now run.seed=1"):
-        run_train(config, run, 1, ["lai.filter=lai"], 1)       # another seed
+        run_train(config, run, 1, ["lai.filter.kind=lai"], 1)       # another seed
 
 
 def test_prepared_data_is_reused_only_for_the_same_documents(tmp_path):

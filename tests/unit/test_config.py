@@ -51,7 +51,7 @@ def test_zero_presets_merge_over_a_run_config(stub_data_dir):
 
 
 def test_overrides_are_typed(stub_data_dir):
-    cfg = _valid(stub_data_dir, "train.steps=7", "train.lr=1e-3", "lai.enabled=false", "lai.filter=none",
+    cfg = _valid(stub_data_dir, "train.steps=7", "train.lr=1e-3", "lai.enabled=false", "lai.filter.kind=none",
                  "run.resume=/some/path", "model.family=gpt2", "train.lr=2e-3")
     assert (cfg.train.steps, cfg.train.lr, cfg.lai.enabled) == (7, 2e-3, False)
     assert cfg.run.resume == "/some/path" and cfg.model.family == "gpt2"
@@ -73,7 +73,7 @@ def test_overrides_are_typed(stub_data_dir):
     ("train.lr=.inf", "train.lr: expected a finite number, got inf"),
     ("train.lr=1e999", "train.lr: expected a finite number, got '1e999'"),
     ("train.lr=nan", "train.lr: expected a finite number, got 'nan'"),
-    ("lai.threshold=-.inf", "lai.threshold: expected a finite number, got -inf"),
+    ("lai.filter.threshold=-.inf", "lai.filter.threshold: expected a finite number, got -inf"),
     ("run.time_limit_s=.nan", "run.time_limit_s: expected a finite number, got nan"),
     ("data.sources=[{path: x, weight: .inf}]", "data.sources[0].weight: expected a finite number"),
     ("data.sources=3", "data.sources: expected list"),
@@ -91,14 +91,14 @@ def test_booleans_and_floats_read_alike_in_yaml_and_overrides(tmp_path):
     reads `1e-3` as a string, which a float field takes as the number it is."""
     for text, want in (("1", True), ("0", False), ("yes", True), ("No", False), ("ON", True),
                        ("off", False), ("true", True), ("False", False)):
-        assert load_config(None, [f"lai.include_self={text}"]).lai.include_self is want, text
+        assert load_config(None, [f"lai.score.include_self={text}"]).lai.score.include_self is want, text
     p = tmp_path / "c.yaml"
     p.write_text("train:\n  lr: 1e-3\n  min_lr: '2.5e-4'\n  eps: 1\nlai:\n  enabled: 0\n"
-                 "  filter: none\n  include_self: 'yes'\n")
+                 "  filter:\n    kind: none\n  score:\n    include_self: 'yes'\n")
     cfg = load_config(p)
     assert (cfg.train.lr, cfg.train.min_lr, cfg.train.eps) == (1e-3, 2.5e-4, 1.0)
     assert type(cfg.train.eps) is float
-    assert cfg.lai.enabled is False and cfg.lai.include_self is True
+    assert cfg.lai.enabled is False and cfg.lai.score.include_self is True
     p.write_text("train:\n  lr: .inf\n")
     with pytest.raises(UserError, match=r"c.yaml: train.lr: expected a finite number, got inf"):
         load_config(p)
@@ -144,26 +144,26 @@ def test_bad_yaml_names_file_and_key(tmp_path, text, message):
     (["train.offload_params=cpu", "train.zero_stage=2"], "train.offload_params"),
     (["train.offload_optimizer=cpu", "train.zero_stage=0"], "train.offload_optimizer"),
     (["train.precision=fp16"], "train.precision"),
-    (["lai.filter=best"], "lai.filter"),
-    (["lai.reference=everything"], "lai.reference"),
-    (["lai.enabled=false", "lai.filter=lai"], "lai.filter"),
-    (["lai.max_exclude_frac=1.5"], "lai.max_exclude_frac"),
+    (["lai.filter.kind=best"], "lai.filter.kind"),
+    (["lai.score.reference=everything"], "lai.score.reference"),
+    (["lai.enabled=false", "lai.filter.kind=lai"], "lai.filter.kind"),
+    (["lai.filter.max_exclude_frac=1.5"], "lai.filter.max_exclude_frac"),
     (["run.seed=-1"], "run.seed"),
     (["run.seed=4294967296"], "run.seed"),
-    (["lai.sketch_dim=2"], "lai.sketch_dim"),
-    (["lai.method=exact", "lai.sketch_dim=1024"], "lai.sketch_dim"),
-    (["lai.pairing=default"], "lai.pairing"),
-    (["lai.precondition=adam", "lai.layers=blocks"], "lai.precondition"),
-    (["lai.precondition_every=0"], "lai.precondition_every"),
+    (["lai.score.sketch_dim=2"], "lai.score.sketch_dim"),
+    (["lai.score.method=exact", "lai.score.sketch_dim=1024"], "lai.score.sketch_dim"),
+    (["lai.score.pairing=default"], "lai.score.pairing"),
+    (["lai.score.precondition=adam", "lai.score.layers=blocks"], "lai.score.precondition"),
+    (["lai.score.precondition_every=0"], "lai.score.precondition_every"),
     (["model.hidden=65"], "model.hidden"),
     (["train.min_lr=1.0"], "train.min_lr"),
     (["model.compile=true"], "model.compile"),                        # LAI on linear layers
-    (["model.compile=true", "lai.layers=blocks", "train.zero_stage=3"], "model.compile"),
+    (["model.compile=true", "lai.score.layers=blocks", "train.zero_stage=3"], "model.compile"),
     (["train.backend=torch"], "train.backend"),
     (["train.backend=fsdp2", "train.zero_stage=1"], "train.zero_stage"),     # no FSDP2 meaning
     (["train.backend=fsdp2", "train.zero_stage=3", "train.offload_optimizer=cpu"],
      "train.offload_optimizer"),
-    (["train.backend=fsdp2", "lai.filter=full_gradient"], "lai.filter"),
+    (["train.backend=fsdp2", "lai.filter.kind=full_gradient"], "lai.filter.kind"),
 ])
 def test_validation_names_the_field(stub_data_dir, overrides, field):
     with pytest.raises(UserError) as e:          # the lai section already fails when it loads
@@ -173,7 +173,7 @@ def test_validation_names_the_field(stub_data_dir, overrides, field):
 
 def test_fsdp2_accepts_the_zero_settings_it_maps(stub_data_dir):
     for extra in (["train.zero_stage=2"], ["train.zero_stage=3", "train.offload_params=cpu"],
-                  ["train.zero_stage=3", "model.compile=true", "lai.layers=blocks"]):
+                  ["train.zero_stage=3", "model.compile=true", "lai.score.layers=blocks"]):
         _valid(stub_data_dir, "train.backend=fsdp2", *extra).validate(world=2)
 
 
@@ -181,14 +181,14 @@ def test_lai_settings_are_resolved_when_the_config_loads(stub_data_dir):
     """No sentinels downstream: the pairing and the sketch size are concrete after loading and
     in RUN/config.yaml; sketch_dim is left unset for method=exact and kept when given."""
     cfg = _valid(stub_data_dir)
-    assert (cfg.lai.pairing, cfg.lai.method, cfg.lai.sketch_dim) == ("token_pair", "sketch", 1 << 18)
+    assert (cfg.lai.score.pairing, cfg.lai.score.method, cfg.lai.score.sketch_dim) == ("token_pair", "sketch", 1 << 18)
     assert "sketch_dim: 262144" in save_yaml(cfg) and "pairing: token_pair" in save_yaml(cfg)
-    assert _valid(stub_data_dir, "lai.pairing=pooled").lai.sketch_dim == 1 << 12
-    assert _valid(stub_data_dir, "lai.method=exact").lai.sketch_dim is None
-    assert _valid(stub_data_dir, "lai.sketch_dim=1024").lai.sketch_dim == 1024
+    assert _valid(stub_data_dir, "lai.score.pairing=pooled").lai.score.sketch_dim == 1 << 12
+    assert _valid(stub_data_dir, "lai.score.method=exact").lai.score.sketch_dim is None
+    assert _valid(stub_data_dir, "lai.score.sketch_dim=1024").lai.score.sketch_dim == 1024
     again = load_config(None, [f"data.sources=[{{path: '{stub_data_dir}'}}]"])
     assert again.lai == load_config(None, [f"data.sources=[{{path: '{stub_data_dir}'}}]",
-                                           "lai.sketch_dim=262144"]).lai
+                                           "lai.score.sketch_dim=262144"]).lai
 
 
 def test_missing_data_path_fails(tmp_path, stub_data_dir):
@@ -221,12 +221,12 @@ def test_ds_config_is_derived(stub_data_dir):
 
 def test_resume_changes_classified(stub_data_dir):
     a = {**_valid(stub_data_dir).to_dict(), "world": 2}
-    cfg = _valid(stub_data_dir, "train.steps=999", "log.every=3", "lai.threshold=0.1",
+    cfg = _valid(stub_data_dir, "train.steps=999", "log.every=3", "lai.filter.threshold=0.1",
                  "run.out_dir=/elsewhere")
     b = {**cfg.to_dict(), "world": 2}
     breaking, harmless = resume_changes(a, b)
     assert breaking == [] and config_hash(a) == config_hash(b)
-    assert {h.split(":")[0] for h in harmless} == {"train.steps", "log.every", "lai.threshold"}
+    assert {h.split(":")[0] for h in harmless} == {"train.steps", "log.every", "lai.filter.threshold"}
     for override in ("model.hidden=32", "data.seq_len=64", "train.global_batch=32",
                      "train.zero_stage=3", "train.precision=bf16", "train.backend=fsdp2"):
         c = {**_valid(stub_data_dir, override).to_dict(), "world": 2}
@@ -303,11 +303,11 @@ def test_reference_auto_is_val_when_the_run_has_val_data(tmp_path):
     no_val = make_data_dir(tmp_path / "b", docs, vocab_size=64, source="other")
 
     def ref(*overrides):            # tiny_cpu.yaml asks for global: ask for the default
-        return _valid(no_val, "lai.reference=auto", *overrides).lai.reference
+        return _valid(no_val, "lai.score.reference=auto", *overrides).lai.score.reference
 
     assert ref() == "global"                                     # no val data: self-influence
     assert ref(f"data.sources=[{{path: '{with_val}', weight: 1}}]") == "val"   # a val split
     assert ref(f"data.val_sources=[{{path: '{with_val}', weight: 1}}]") == "val"
-    assert ref(f"data.sources=[{{path: '{with_val}', weight: 1}}]", "lai.reference=global") \
+    assert ref(f"data.sources=[{{path: '{with_val}', weight: 1}}]", "lai.score.reference=global") \
         == "global"                                              # an explicit choice stays
-    assert "reference: val" in save_yaml(_valid(with_val, "lai.reference=auto"))
+    assert "reference: val" in save_yaml(_valid(with_val, "lai.score.reference=auto"))

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pipeline.lai import LAIScorer, LayerInputCapture, lai_values
+from pipeline.lai import ScoreSettings
 from pipeline.lai.kernels.grads import shift_labels
 from support.lai import batch, block_kernel, explicit_kernel, loo_mean, rel_err, tiny_model
 
@@ -37,9 +38,11 @@ def test_opt_mlp_rows_are_viewed_back_as_positions():
         logits = model(input_ids=ids).logits
     assert {x.dim() for x in cap.inputs} == {2, 3}            # OPT really flattens
     targets = shift_labels(ids)
-    exact = LAIScorer(reference="local").values(cap.inputs, logits, targets)
+    exact = LAIScorer(ScoreSettings(reference="local",
+                                    method="exact").resolved()).values(cap.inputs, logits, targets)
     assert rel_err(exact, lai_values(model, ids)) < 1e-12
-    sketch = LAIScorer(reference="local", method="sketch", sketch_dim=1 << 16).values(
+    sketch = LAIScorer(ScoreSettings(reference="local", method="sketch",
+                                     sketch_dim=1 << 16).resolved()).values(
         cap.inputs, logits, targets)
     assert torch.corrcoef(torch.stack([sketch, exact]))[0, 1] > 0.9
 
@@ -49,7 +52,7 @@ def test_mixture_of_experts_falls_back_to_blocks_with_one_warning(capsys):
     ids = batch(4, 10, 128)
     v = lai_values(model, ids)                                 # layers=linear asked for
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("warning: lai.layers=linear: ") \
+    assert len(err) == 1 and err[0].startswith("warning: lai.score.layers=linear: ") \
         and "layers=blocks" in err[0], err
     assert rel_err(v, loo_mean(block_kernel(model, ids, [*model.model.layers, model.lm_head]))) \
         < 1e-9

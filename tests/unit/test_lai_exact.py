@@ -6,6 +6,7 @@ import torch.nn.functional as F
 import pipeline.lai.kernels.exact as exact
 from pipeline.lai import (LAIScorer, LayerInputCapture, lai_values, logit_grads,
                           per_sequence_loss)
+from pipeline.lai import ScoreSettings
 from pipeline.lai.kernels.grads import shift_labels
 from support.lai import ARCHS, batch, block_kernel, explicit_kernel, loo_mean, rel_err, tiny_model
 
@@ -84,8 +85,8 @@ def test_train_loop_api_matches_lai_values():
         logits = model(input_ids=ids).logits
     assert all(not x.requires_grad for x in cap.inputs)
     assert len(cap.inputs) == 2 * 7 + 1       # q k v o gate up down per block + LM head
-    scorer = LAIScorer(pairing="token_pair", method="exact", layers="linear",
-                       reference="local", include_self=False, sketch_dim=None, seed=0)
+    scorer = LAIScorer(ScoreSettings(pairing="token_pair", method="exact", layers="linear",
+                                     reference="local", include_self=False, sketch_dim=None).resolved(), 0)
     v = scorer.values(cap.inputs, logits, shift_labels(ids))
     assert rel_err(v, lai_values(model, ids)) < 1e-12
 

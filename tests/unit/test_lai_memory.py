@@ -1,6 +1,7 @@
 """Memory across epochs (pipeline.lai.selection.memory): the prior and the update equal their definitions,
 a document valued harmful is down-weighted when it comes round again, the memory round-trips
 through its state (on the real trainer it survives resume: e2e/test_lai_memory_resume.py)."""
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -8,11 +9,12 @@ import pytest
 import torch
 
 from pipeline.lai import LAISettings, Selector
+from pipeline.lai import FilterSettings, MemorySettings
 from pipeline.lai.selection.memory import DocumentMemory
 
 
 def test_prior_and_update_follow_the_definition():
-    mem = DocumentMemory([3, 2], decay=0.25)
+    mem = DocumentMemory([3, 2], MemorySettings(decay=0.25))
     seq_a = [(0, 0, 6), (0, 1, 2)]            # two documents of source 0
     seq_b = [(0, 1, 4), (1, 1, 4)]
     assert mem.prior([seq_a, seq_b]).tolist() == [0.0, 0.0]          # nothing seen yet
@@ -27,11 +29,11 @@ def test_prior_and_update_follow_the_definition():
     assert prior[2].item() == 0.0
     mem.observe([seq_a], torch.tensor([float("nan")]))                # unscored: not recorded
     assert mem.table[0][0].item() == -2.0
-    again = DocumentMemory([3, 2], decay=0.25)
+    again = DocumentMemory([3, 2], MemorySettings(decay=0.25))
     again.load_state_dict(mem.state_dict())
     assert all(torch.allclose(a, b, equal_nan=True) for a, b in zip(again.table, mem.table))
     with pytest.raises(ValueError, match="documents per source"):
-        DocumentMemory([3], 0.5).load_state_dict(mem.state_dict())
+        DocumentMemory([3], MemorySettings(decay=0.5)).load_state_dict(mem.state_dict())
 
 
 class _Docs:
@@ -43,8 +45,8 @@ class _Docs:
 
 
 def test_a_document_valued_harmful_is_down_weighted_next_time():
-    s = LAISettings(filter="lai", normalize="zscore", threshold=-10.0, memory_weight=1.0,
-                    max_exclude_frac=0.5).resolved()
+    s = LAISettings(filter=FilterSettings(kind="lai", normalize="zscore", threshold=-10.0,
+                                          max_exclude_frac=0.5), memory=MemorySettings(weight=1.0)).resolved()
     sel = Selector(s, seed=0, documents=_Docs())
     sel.scorer = _FixedScorer(torch.tensor([-3.0, 1.0, 1.0, 1.0], dtype=torch.float64))
     cap = SimpleNamespace(inputs=None)          # the fixed scorer ignores the forward
@@ -53,7 +55,7 @@ def test_a_document_valued_harmful_is_down_weighted_next_time():
     # epoch 2: the same documents, none below threshold now (z -0.58, -0.58, -0.58, 1.73):
     # document 0 carries its memory (z -1.73 at step 1) and is excluded
     sel.scorer = _FixedScorer(torch.tensor([1.0, 1.0, 1.0, 1.1], dtype=torch.float64))
-    sel.policy.threshold = -1.0
+    sel.policy.s = dataclasses.replace(sel.policy.s, threshold=-1.0)
     second = sel.select(2, cap, None, None, torch.zeros(4), torch.arange(4, 8))
     assert second.keep.tolist() == [False, True, True, True]
     assert (second.value_norm > -1.0).all()      # its own value alone would have kept it
@@ -73,19 +75,27 @@ class _FixedScorer:
 
 
 def test_memory_needs_normalised_lai_scores():
-    with pytest.raises(ValueError, match="lai.memory_weight: "):
-        LAISettings(filter="lai", normalize="none", memory_weight=1.0).resolved()
-    with pytest.raises(ValueError, match="lai.memory_weight: "):
-        LAISettings(filter="loss", memory_weight=1.0).resolved()
+    with pytest.raises(ValueError, match="lai.memory.weight: "):
+        LAISettings(filter=FilterSettings(kind="lai", normalize="none"),
+                    memory=MemorySettings(weight=1.0)).resolved()
+    with pytest.raises(ValueError, match="lai.memory.weight: "):
+        LAISettings(filter=FilterSettings(kind="loss"),
+                    memory=MemorySettings(weight=1.0)).resolved()
     # the defaults: memory where the documents are known, for the normalised LAI filter only
-    lai = LAISettings(filter="lai")
-    assert lai.resolved(has_documents=True).memory_weight == 1.0
-    assert lai.resolved().memory_weight == 0.0
-    assert LAISettings().resolved(has_documents=True).memory_weight == 0.0   # filter none
-    assert LAISettings(filter="loss", enabled=False).resolved(has_documents=True).memory_weight == 0
-    assert LAISettings(filter="lai", normalize="none").resolved(has_documents=True).memory_weight == 0
-    assert [LAISettings(filter="lai", normalize=n).resolved().threshold for n in ("none", "zscore", "rank")] \
+    lai = LAISettings(filter=FilterSettings(kind="lai"))
+    assert lai.resolved(has_documents=True).memory.weight == 1.0
+    assert lai.resolved().memory.weight == 0.0
+    assert LAISettings().resolved(has_documents=True).memory.weight == 0.0   # filter none
+    assert LAISettings(enabled=False,
+                       filter=FilterSettings(kind="loss")).resolved(has_documents=True).memory.weight == 0
+    assert LAISettings(filter=FilterSettings(kind="lai",
+                                             normalize="none")).resolved(has_documents=True).memory.weight == 0
+    assert [LAISettings(filter=FilterSettings(kind="lai",
+                                              normalize=n)).resolved().filter.threshold for n in ("none",
+                                                                                           "zscore", "rank")] \
         == [0.0, -1.0, -0.4]
-    assert LAISettings(filter="full_gradient", enabled=False).resolved().threshold == 0.0
-    with pytest.raises(ValueError, match="lai.memory_decay: "):
-        LAISettings(filter="lai", normalize="zscore", memory_weight=1.0, memory_decay=1.0).resolved()
+    assert LAISettings(enabled=False,
+                       filter=FilterSettings(kind="full_gradient")).resolved().filter.threshold == 0.0
+    with pytest.raises(ValueError, match="lai.memory.decay: "):
+        LAISettings(filter=FilterSettings(kind="lai", normalize="zscore"),
+                    memory=MemorySettings(weight=1.0, decay=1.0)).resolved()

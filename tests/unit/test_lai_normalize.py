@@ -1,11 +1,12 @@
 """Step-normalised values (pipeline.lai.selection.normalize) and the filter on them: the z-score and the
-centred rank equal their definitions, ignore unscored (NaN) sequences, and with lai.normalize
+centred rank equal their definitions, ignore unscored (NaN) sequences, and with lai.filter.normalize
 the policy thresholds the normalised value; the ledger keeps raw and normalised values."""
 import numpy as np
 import pytest
 import torch
 
 from pipeline.lai import LAISettings, Selector
+from pipeline.lai import FilterSettings
 from pipeline.lai.selection.normalize import normalize
 
 
@@ -27,10 +28,11 @@ def test_zscore_and_rank_match_their_definitions():
 @pytest.mark.parametrize("scale", [1e-6, 1.0, 1e6])
 def test_normalised_filter_is_scale_free(scale):
     """The same batch at any value scale (values drift by orders of magnitude over training)
-    gives the same decision with lai.normalize=zscore, threshold -1."""
+    gives the same decision with lai.filter.normalize=zscore, threshold -1."""
     from pipeline.lai.selection.baselines import FILTERS, FilterInput
     vals = torch.tensor([0.5, -2.0, 1.0, 0.1, -0.2, 0.3, 0.0, 0.9], dtype=torch.float64) * scale
-    s = LAISettings(filter="lai", normalize="zscore", threshold=-1.0, max_exclude_frac=0.5).resolved()
+    s = LAISettings(filter=FilterSettings(kind="lai", normalize="zscore", threshold=-1.0,
+                                          max_exclude_frac=0.5)).resolved()
     sel = Selector(s, seed=0)
     score = normalize(FILTERS["lai"].scores(FilterInput(1, torch.arange(8), None, None,
                                                         torch.zeros(8), lai_values=vals), s, 0),

@@ -7,6 +7,7 @@ from transformers.pytorch_utils import Conv1D
 
 from pipeline.lai import (AdamFactors, LAISettings, Selector, elementwise_preconditioner,
                           full_gradient_values, ghost_values, lai_values, per_sequence_loss)
+from pipeline.lai import ScoreSettings
 from pipeline.lai.kernels.capture import hooked_modules
 from pipeline.lai.kernels.grads import shift_labels
 from pipeline.lai.kernels.precondition import fragment_sums, optimizer_moments, scored_layers
@@ -164,18 +165,18 @@ def test_sketch_with_preconditioning_is_unbiased(pairing):
 # ---------------------------------------------------------------- options and the Selector
 
 @pytest.mark.parametrize("kw, message", [
-    (dict(precondition="lbfgs"), "lai.precondition: 'lbfgs' is not one of none, adam"),
-    (dict(precondition="adam", layers="blocks"), "lai.precondition: adam needs lai.layers"),
-    (dict(precondition_every=0), "lai.precondition_every: must be an int >= 1"),
+    (dict(precondition="lbfgs"), "lai.score.precondition: 'lbfgs' is not one of none, adam"),
+    (dict(precondition="adam", layers="blocks"), "lai.score.precondition: adam needs lai.score.layers"),
+    (dict(precondition_every=0), "lai.score.precondition_every: must be an int >= 1"),
 ])
 def test_bad_precondition_options(kw, message):
     with pytest.raises(ValueError, match=message):
-        LAISettings(**kw).resolved()
+        LAISettings(score=ScoreSettings(**kw)).resolved()
 
 
 def test_adam_on_a_mixture_of_experts_needs_the_head_layer_set():
     model = tiny_model("mixtral")
-    with pytest.raises(ValueError, match="routes tokens to experts.*lai.layers=head"):
+    with pytest.raises(ValueError, match="routes tokens to experts.*lai.score.layers=head"):
         scored_layers(model, "linear")
     assert [n for n, _ in scored_layers(model, "head")] == ["lm_head"]
 
@@ -192,8 +193,8 @@ def _train(model, opt, steps, seed=0):
 def test_selector_reads_moments_when_due_and_restores_them(reference):
     model = tiny_model("llama", dtype=torch.float32)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    s = LAISettings(precondition="adam", precondition_every=3, method="exact",
-                    sketch_dim=None, reference=reference).resolved()
+    s = LAISettings(score=ScoreSettings(precondition="adam", precondition_every=3,
+                                        method="exact", reference=reference)).resolved()
     val = [(batch(4, 8, 128, seed=9), shift_labels(batch(4, 8, 128, seed=9)))]
     reads = []
 

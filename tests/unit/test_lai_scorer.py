@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from pipeline.lai import LAIScorer, LayerInputCapture, lai_values
+from pipeline.lai import ScoreSettings
 from pipeline.lai.kernels.grads import shift_labels
 from support.lai import batch, tiny_model
 
@@ -13,24 +14,24 @@ def test_val_reference_round_trip(tmp_path, method, pairing):
     model = tiny_model("gpt_neox")
     ids, val = batch(3, 10, 128, seed=1), batch(4, 10, 128, seed=2)
     kw = dict(pairing=pairing, method=method, layers="linear", include_self=False,
-              sketch_dim=1024 if method == "sketch" else None, seed=7)
-    scorer = LAIScorer(reference="val", **kw)
+              sketch_dim=1024 if method == "sketch" else None)
+    settings = ScoreSettings(reference="val", **kw).resolved()
+    scorer = LAIScorer(settings, 7)
     with pytest.raises(ValueError, match="set_val_reference"):
         scorer.values([torch.zeros(3, 10, 4)], torch.zeros(3, 10, 128), shift_labels(ids))
     scorer.set_val_reference(model, [(val[:2], shift_labels(val[:2])),
                                      (val[2:], shift_labels(val[2:]))])
     torch.save(scorer.state_dict(), tmp_path / "lai.pt")
-    restored = LAIScorer(reference="val", **kw)
+    restored = LAIScorer(settings, 7)
     restored.load_state_dict(torch.load(tmp_path / "lai.pt", weights_only=True))
     with LayerInputCapture(model) as cap:
         logits = model(input_ids=ids).logits
     v = restored.values(cap.inputs, logits, shift_labels(ids))
     assert torch.equal(v, scorer.values(cap.inputs, logits, shift_labels(ids)))
-    expected = lai_values(model, ids, ref_input_ids=val, **{k: kw[k] for k in
-                                                            ("pairing", "method", "sketch_dim",
-                                                             "seed")})
+    expected = lai_values(model, ids, ref_input_ids=val, seed=7,
+                          **{k: kw[k] for k in ("pairing", "method", "sketch_dim")})
     assert torch.allclose(v, expected, rtol=1e-9, atol=0)
-    other = LAIScorer(reference="val", **{**kw, "seed": 8})   # a cache made with other hashes:
+    other = LAIScorer(settings, 8)   # a cache made with other hashes:
     assert not other.load_state_dict(scorer.state_dict())     # dropped, to be recomputed
     with pytest.raises(ValueError, match="set_val_reference"):
         other.values(cap.inputs, logits, shift_labels(ids))
@@ -48,12 +49,13 @@ def test_captured_inputs_share_memory_for_shared_inputs():
 
 def test_bad_options():
     with pytest.raises(ValueError, match="reference"):
-        LAIScorer(reference="batch")
+        LAIScorer(ScoreSettings(reference="batch", method="exact").resolved())
     with pytest.raises(ValueError, match="targets"):
         model = tiny_model("gpt2")
         with LayerInputCapture(model) as cap:
             logits = model(input_ids=batch(2, 6, 128)).logits
-        LAIScorer(reference="local").values(cap.inputs, logits, torch.zeros(2, 5).long())
+        LAIScorer(ScoreSettings(reference="local", method="exact").resolved()).values(cap.inputs,
+                                                                                      logits, torch.zeros(2, 5).long())
 
 
 def test_selector_recomputes_a_val_reference_cached_under_other_options():
@@ -69,7 +71,8 @@ def test_selector_recomputes_a_val_reference_cached_under_other_options():
     def val_batches():
         calls.append(1)
         return [(val, shift_labels(val))]
-    s = LAISettings(reference="val", method="exact", val_refresh_every=10)
+    s = LAISettings(score=ScoreSettings(reference="val", method="exact", val_refresh_every=10)
+                    ).resolved(has_val=True)
     first = Selector(s, seed=0, val_batches=val_batches)
     first.refresh(1, model)
     first.refresh(5, model)                        # not due yet
@@ -79,7 +82,8 @@ def test_selector_recomputes_a_val_reference_cached_under_other_options():
     same.load_state_dict(state)
     same.refresh(5, model)
     assert len(calls) == 1 and same.val_step == 1
-    other = Selector(dataclasses.replace(s, pairing="pooled"), seed=0, val_batches=val_batches)
+    pooled = dataclasses.replace(s, score=dataclasses.replace(s.score, pairing="pooled"))
+    other = Selector(pooled, seed=0, val_batches=val_batches)
     other.load_state_dict(state)
     assert other.val_step is None
     other.refresh(5, model)

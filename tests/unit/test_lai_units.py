@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from pipeline.lai import LAIScorer
+from pipeline.lai import ScoreSettings
 from pipeline.lai.kernels.capture import LayerInputCapture
 from pipeline.lai.kernels.grads import shift_labels
 from pipeline.lai.kernels.units import unit_losses, unit_targets, units_of
@@ -64,7 +65,8 @@ def test_exact_unit_values_equal_the_head_gradient_inner_products():
     ids = batch(4, 16, 128)
     targets = shift_labels(ids)
     u = units_of(_segments(*targets.shape), targets)
-    scorer = LAIScorer(pairing="token_pair", method="exact", layers="head", reference="local")
+    scorer = LAIScorer(ScoreSettings(pairing="token_pair", method="exact", layers="head",
+                                     reference="local").resolved())
     with LayerInputCapture(model, "head") as cap:
         logits = model(input_ids=ids).logits
     got = scorer.values(cap.inputs, logits, targets, units=u)
@@ -84,13 +86,14 @@ def test_unit_sketch_tracks_the_exact_unit_values():
     with LayerInputCapture(model, "linear") as cap:
         logits = model(input_ids=ids).logits
     kw = dict(pairing="token_pair", layers="linear", reference="local")
-    exact = LAIScorer(method="exact", **kw).values(cap.inputs, logits, targets, units=u)
-    sketch = LAIScorer(method="sketch", sketch_dim=1 << 18, **kw).values(
+    exact = LAIScorer(ScoreSettings(method="exact", **kw).resolved()).values(
+        cap.inputs, logits, targets, units=u)
+    sketch = LAIScorer(ScoreSettings(method="sketch", sketch_dim=1 << 18, **kw).resolved()).values(
         cap.inputs, logits, targets, units=u)
     r = torch.corrcoef(torch.stack([exact, sketch]))[0, 1]
     assert r > 0.95, (r, exact, sketch)
     one = units_of(torch.zeros_like(targets), targets)          # one unit per row = the rows
-    rows = LAIScorer(method="sketch", sketch_dim=1 << 12, **kw)
+    rows = LAIScorer(ScoreSettings(method="sketch", sketch_dim=1 << 12, **kw).resolved())
     assert torch.allclose(rows.values(cap.inputs, logits, targets, units=one),
                           rows.values(cap.inputs, logits, targets), rtol=1e-5, atol=1e-12)
 
@@ -98,12 +101,15 @@ def test_unit_sketch_tracks_the_exact_unit_values():
 def test_document_units_refuse_what_values_whole_sequences():
     import pytest
 
-    from pipeline.lai import LAISettings
-    cases = [({"pairing": "aligned"}, "the aligned sketch is per sequence"),
-             ({"filter": "lai", "memory_weight": 1.0}, "the memory remembers sequences"),
-             ({"filter": "full_gradient"}, "full_gradient scores whole sequences")]
+    from pipeline.lai import FilterSettings, LAISettings, MemorySettings
+    cases = [({"score": ScoreSettings(pairing="aligned")}, "the aligned sketch is per sequence"),
+             ({"filter": FilterSettings(kind="lai"), "memory": MemorySettings(weight=1.0)},
+              "the memory remembers sequences"),
+             ({"filter": FilterSettings(kind="full_gradient"), "enabled": False},
+              "full_gradient scores whole sequences")]
     for fields, msg in cases:
         with pytest.raises(ValueError, match=f"^lai.unit: document: .*{msg}"):
             LAISettings(unit="document", **fields).resolved()
-    assert LAISettings(unit="document", pairing="aligned", method="exact").resolved()
-    assert LAISettings(unit="document").resolved(has_documents=True).memory_weight == 0.0
+    assert LAISettings(unit="document", score=ScoreSettings(pairing="aligned",
+                                                            method="exact")).resolved()
+    assert LAISettings(unit="document").resolved(has_documents=True).memory.weight == 0.0

@@ -1,5 +1,5 @@
-"""Source mixing (lai.mixing): the exponentiated-gradient update (lai.mixer=value) and the EXP3
-loss bandit (lai.mixer=loss_bandit) against hand computations and plain-float recursions, the
+"""Source mixing (lai.mixing): the exponentiated-gradient update (lai.mixing.kind=value) and the EXP3
+loss bandit (lai.mixing.kind=loss_bandit) against hand computations and plain-float recursions, the
 time-average against the floor-to-floor swing of an alternating reward, the mixer state's round
 trip and the mixing settings' errors. The data side (allocation, loader): test_mixing_data.py;
 2 gloo ranks equal one process: e2e/test_mixing_ranks.py; the trainer end to end:
@@ -14,6 +14,7 @@ import torch
 
 from pipeline.errors import UserError
 from pipeline.lai import LAISettings, SourceMixer
+from pipeline.lai import MixingSettings, ScoreSettings
 from pipeline.lai.selection.mixing import exploration
 
 
@@ -31,10 +32,11 @@ def test_eg_update_by_hand():
     """Two equal sources, mean z-scores +1 / -1, eta = ln(2)/2: q = (2/3, 1/3); floor 1/4 keeps a
     quarter of the initial (1/2, 1/2): p = (5/8, 3/8). The next window sees only source 0 at
     +2 (source 1 keeps m = -1): with ema 1/2, m = (3/2, -1), q ~ (2/3 * 2^(3/4), 1/3 * 2^(-1/2))."""
-    mx = SourceMixer([1.0, 1.0], eta=math.log(2) / 2, ema=0.0, floor=0.25, every=1)
+    mx = SourceMixer([1.0, 1.0], MixingSettings(kind="value", eta=math.log(2) / 2, ema=0.0,
+                                                floor=0.25, every=1))
     mx.observe(1, torch.tensor([0, 1, 0, 1]), f64([1.5, -1.0, 0.5, -1.0]), no_loss(4))
     np.testing.assert_allclose(mx.end_step(1), [5 / 8, 3 / 8], rtol=1e-15)
-    mx.ema = 0.5
+    mx.s.ema = 0.5
     mx.observe(2, torch.tensor([0, 0, 1]), f64([2.0, 2.0, float("nan")]), no_loss(3))  # NaN: unset
     a, b = 2 / 3 * 2 ** 0.75, 1 / 3 * 2 ** -0.5
     q = np.array([a, b]) / (a + b)
@@ -64,7 +66,8 @@ def test_eg_update_matches_the_recursion_with_warmup_and_cadence():
     NaNs left out, a source missing from a window, against the plain-float recursion."""
     rng = np.random.default_rng(0)
     w0, eta, ema, floor = [3.0, 1.0, 2.0], 0.7, 0.6, 0.1
-    mx = SourceMixer(w0, eta=eta, ema=ema, floor=floor, every=2, warmup_steps=3)
+    mx = SourceMixer(w0, MixingSettings(kind="value", eta=eta, ema=ema, floor=floor, every=2),
+                     warmup_steps=3)
     windows, window, got = [], [], []
     for step in range(1, 12):
         for _ in range(2):                                  # two micro-steps
@@ -90,7 +93,8 @@ def test_time_average_by_hand():
     """average=True: the loader's weights are the mean of p_now over w0 and the updates. The EG
     example above: p_now (5/8, 3/8) after update 1 -> sampled (1/2 + 5/8)/2 = 9/16; a second
     update with mean z-scores (1/2, -1/2) (ema 0: m = x): q ~ (2/3 * 2^(1/4), 1/3 * 2^(-1/4))."""
-    mx = SourceMixer([1.0, 1.0], eta=math.log(2) / 2, ema=0.0, floor=0.25, every=1, average=True)
+    mx = SourceMixer([1.0, 1.0], MixingSettings(kind="value", eta=math.log(2) / 2, ema=0.0,
+                                                floor=0.25, every=1, average=True))
     mx.observe(1, torch.tensor([0, 1]), f64([1.0, -1.0]), no_loss(2))
     np.testing.assert_allclose(mx.end_step(1), [9 / 16, 7 / 16], rtol=1e-15)
     np.testing.assert_allclose(mx.now, [5 / 8, 3 / 8], rtol=1e-15)
@@ -114,7 +118,8 @@ def test_loss_bandit_by_hand():
     1/2): x / p = (6, 2), m = (3, 1); e_1 = min(1/2, sqrt(ln 2 / 2)) = 1/2: f = K e_1 = 1, p = w0.
     Update 2: losses (2, 2): m = (3.5, 2.5); log q = log w0 + e_1 m: q_0 = sigmoid(1/2);
     e_2 = sqrt(ln 2 / 4): p = (1 - 2 e_2) q + e_2 (ODM's policy)."""
-    mx = SourceMixer([1.0, 1.0], eta=9.9, ema=0.5, floor=0.0, every=1, mixer="loss_bandit")
+    mx = SourceMixer([1.0, 1.0], MixingSettings(kind="loss_bandit", eta=9.9, ema=0.5, floor=0.0,
+                                                every=1))
     mx.observe(1, torch.tensor([0, 1, 0]), no_loss(3), f64([2.0, 1.0, 4.0]))
     np.testing.assert_allclose(mx.end_step(1), [0.5, 0.5], rtol=1e-15)
     np.testing.assert_allclose(mx.m, [3.0, 1.0], rtol=1e-15)
@@ -150,7 +155,7 @@ def test_loss_bandit_matches_the_recursion():
     highest loss gains weight (ODM's reward), and without LAI values (all NaN) it still mixes."""
     rng = np.random.default_rng(4)
     w0 = [2.0, 1.0, 1.0]
-    mx = SourceMixer(w0, eta=0.1, ema=0.8, floor=0.3, every=2, mixer="loss_bandit")
+    mx = SourceMixer(w0, MixingSettings(kind="loss_bandit", eta=0.1, ema=0.8, floor=0.3, every=2))
     windows, window, got = [], [], []
     for step in range(1, 41):
         src = rng.integers(0, 2 if step in (5, 6) else 3, size=6)
@@ -171,7 +176,8 @@ def alternating_run(average: bool, updates: int = 1000, period: int = 100) -> np
     """Source 0's mean z-score is +1 for a quarter period, then flips sign every half period
     (source 1 the opposite): what a val set drawn from the mix does to a source as it goes from
     under- to over-trained. The sampled weight of source 0 after every update."""
-    mx = SourceMixer([1.0, 1.0], eta=0.1, ema=0.9, floor=0.1, every=1, average=average)
+    mx = SourceMixer([1.0, 1.0], MixingSettings(kind="value", eta=0.1, ema=0.9, floor=0.1, every=1,
+                                                average=average))
     out = []
     for u in range(1, updates + 1):
         sign = 1.0 if ((u + period // 4) // (period // 2)) % 2 == 0 else -1.0
@@ -192,14 +198,16 @@ def test_time_average_stays_off_the_floor_where_the_latest_weights_swing():
 
 
 def test_mixer_state_round_trip_continues_exactly():
-    a = SourceMixer([1.0, 2.0], eta=0.3, ema=0.5, floor=0.2, every=3, average=True)
+    a = SourceMixer([1.0, 2.0], MixingSettings(kind="value", eta=0.3, ema=0.5, floor=0.2, every=3,
+                                               average=True))
     rng = np.random.default_rng(1)
     feed = [(torch.from_numpy(rng.integers(0, 2, 6)), torch.from_numpy(rng.normal(size=6)),
              torch.from_numpy(rng.random(6) + 2)) for _ in range(10)]
     for step in range(1, 5):
         a.observe(step, *feed[step - 1])
         a.end_step(step)
-    b = SourceMixer([1.0, 2.0], eta=0.3, ema=0.5, floor=0.2, every=3, average=True)
+    b = SourceMixer([1.0, 2.0], MixingSettings(kind="value", eta=0.3, ema=0.5, floor=0.2, every=3,
+                                               average=True))
     b.load_state_dict(a.state_dict())
     for step in range(5, 11):
         for mx in (a, b):
@@ -208,26 +216,31 @@ def test_mixer_state_round_trip_continues_exactly():
     assert a.history == b.history and a.history_now == b.history_now
     assert np.array_equal(a.weights, b.weights) and len(a.history) == 4
     with pytest.raises(UserError, match="mixing state"):
-        SourceMixer([1.0, 1.0], eta=0.3, ema=0.5, floor=0.2, every=3).load_state_dict(a.state_dict())
+        SourceMixer([1.0, 1.0], MixingSettings(kind="value", eta=0.3, ema=0.5, floor=0.2,
+                                               every=3)).load_state_dict(a.state_dict())
 
 
 @pytest.mark.parametrize("override, message", [
-    (dict(mixing=True, enabled=False, filter="none"), "lai.mixing: needs lai.enabled=true"),
-    (dict(mixing_eta=-1.0), "lai.mixing_eta: must be a finite number >= 0"),
-    (dict(mixing_ema=1.0), r"lai.mixing_ema: must be in \[0, 1\)"),
-    (dict(mixing_floor=1.5), r"lai.mixing_floor: must be in \[0, 1\]"),
-    (dict(mixing_every=0), "lai.mixing_every: must be >= 1"),
-    (dict(mixer="bandit"), "lai.mixer: 'bandit' is not one of value, loss_bandit"),
+    (dict(kind="value", enabled=False), "lai.mixing.kind: value needs lai.enabled=true"),
+    (dict(eta=-1.0), "lai.mixing.eta: must be a finite number >= 0"),
+    (dict(ema=1.0), r"lai.mixing.ema: must be in \[0, 1\)"),
+    (dict(floor=1.5), r"lai.mixing.floor: must be in \[0, 1\]"),
+    (dict(every=0), "lai.mixing.every: must be >= 1"),
+    (dict(kind="bandit"), "lai.mixing.kind: 'bandit' is not one of none, value, loss_bandit"),
+    (dict(groups=True), "lai.mixing.groups: needs lai.mixing.kind=value or loss_bandit"),
 ])
 def test_settings_errors(override, message):
+    enabled = override.pop("enabled", True)
     with pytest.raises(ValueError, match=message) as e:
-        LAISettings(**override).resolved()
+        LAISettings(enabled=enabled, mixing=MixingSettings(**override)).resolved()
     assert "\n" not in str(e.value)
 
 
 def test_loss_bandit_needs_neither_lai_nor_a_val_reference():
-    s = LAISettings(mixing=True, mixer="loss_bandit", enabled=False, filter="none").resolved()
-    assert not s.mixing_average and SourceMixer.from_settings(s, [1, 1]).rule.reward == 2
-    with pytest.raises(ValueError, match="lai.mixing: steers"):
-        LAISettings(mixing=True, reference="global").resolved()
-    assert LAISettings(mixing=True, mixer="loss_bandit", reference="global").resolved()
+    s = LAISettings(enabled=False, mixing=MixingSettings(kind="loss_bandit")).resolved()
+    assert not s.mixing.average and SourceMixer([1, 1], s.mixing).rule.reward == 2
+    with pytest.raises(ValueError, match="lai.mixing.kind: value steers"):
+        LAISettings(score=ScoreSettings(reference="global"),
+                    mixing=MixingSettings(kind="value")).resolved()
+    assert LAISettings(score=ScoreSettings(reference="global"),
+                       mixing=MixingSettings(kind="loss_bandit")).resolved()

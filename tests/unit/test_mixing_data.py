@@ -164,24 +164,24 @@ def test_config_rules(dirs):
 
     def cfg(*overrides, sources=dirs[:2]):
         listed = ", ".join(f"{{path: '{d}', weight: 1}}" for d in sources)
-        return load_config(tiny, [f"data.sources=[{listed}]", "lai.mixing_without_val=true",
+        return load_config(tiny, [f"data.sources=[{listed}]", "lai.mixing.without_val=true",
                                   *overrides])
-    with pytest.raises(UserError, match=r"^lai.mixing: needs at least 2 data.sources to mix, got 1$"):
-        cfg("lai.mixing=true", sources=dirs[:1]).validate()
-    on = cfg("lai.mixing=true").validate()
+    with pytest.raises(UserError, match=r"^lai.mixing.kind: needs at least 2 data.sources to mix, got 1$"):
+        cfg("lai.mixing.kind=value", sources=dirs[:1]).validate()
+    on = cfg("lai.mixing.kind=value").validate()
     assert data_json(on)["mixing"] is True and "mixing" not in data_json(cfg())
     old = {**on.to_dict(), "world": 2}
     breaking, allowed = resume_changes(old, {**cfg().validate().to_dict(), "world": 2})
-    assert breaking == ["lai.mixing: True -> False"] and allowed == []
-    breaking, allowed = resume_changes(old, {**cfg("lai.mixing=true", "lai.mixing_eta=0.3")
+    assert breaking == ["lai.mixing.kind: 'value' -> 'none'"] and allowed == []
+    breaking, allowed = resume_changes(old, {**cfg("lai.mixing.kind=value", "lai.mixing.eta=0.3")
                                              .validate().to_dict(), "world": 2})
-    assert breaking == [] and allowed == ["lai.mixing_eta: 0.1 -> 0.3"]
+    assert breaking == [] and allowed == ["lai.mixing.eta: 0.1 -> 0.3"]
 
 
 def test_mixing_refuses_a_self_influence_reference_unless_asked(dirs):
-    """The README's recipe on configs/tiny_cpu.yaml (lai.reference: global): lai.mixing would
+    """The README's recipe on configs/tiny_cpu.yaml (lai.score.reference: global): lai.mixing would
     steer by self-influence, so it is refused in one line naming the settings that fix it; with
-    val data and lai.reference=val (or auto) it goes ahead, and lai.mixing_without_val=true
+    val data and lai.score.reference=val (or auto) it goes ahead, and lai.mixing.without_val=true
     allows the global reference on purpose. The dry run names the reference in force."""
 
     from pipeline.config import load_config
@@ -190,20 +190,20 @@ def test_mixing_refuses_a_self_influence_reference_unless_asked(dirs):
     two = f"data.sources=[{{path: '{dirs[0]}', weight: 1}}, {{path: '{dirs[1]}', weight: 1}}]"
     val = f"data.val_sources=[{{path: '{dirs[2]}', weight: 1}}]"
     with pytest.raises(UserError) as e:
-        load_config(tiny, [two, val, "lai.mixing=true"])
+        load_config(tiny, [two, val, "lai.mixing.kind=value"])
     assert str(e.value) == (
-        "lai.mixing: steers the source weights towards the reference, and lai.reference is "
+        "lai.mixing.kind: value steers the source weights towards the reference, and lai.score.reference is "
         "'global': the training batch itself (self-influence), not a goal; set "
-        "lai.reference=val, or lai.mixing_without_val=true to mix by 'global' anyway")
-    with pytest.raises(UserError, match=r"^lai.mixing: .*lai.reference=auto resolves to 'global' "
+        "lai.score.reference=val, or lai.mixing.without_val=true to mix by 'global' anyway")
+    with pytest.raises(UserError, match=r"^lai.mixing.kind: .*lai.score.reference=auto resolves to 'global' "
                        r"\(the run has no val data\).*set data.val_sources \(or prepare"):
-        load_config(tiny, [two, "lai.reference=auto", "lai.mixing=true"])
+        load_config(tiny, [two, "lai.score.reference=auto", "lai.mixing.kind=value"])
     for ref in ("val", "auto"):
-        cfg = load_config(tiny, [two, val, f"lai.reference={ref}", "lai.mixing=true"])
-        assert cfg.lai.reference == "val"
+        cfg = load_config(tiny, [two, val, f"lai.score.reference={ref}", "lai.mixing.kind=value"])
+        assert cfg.lai.score.reference == "val"
         assert reference_note(cfg) == "lai reference: val (the val split of data.val_sources)"
-    cfg = load_config(tiny, [two, "lai.mixing=true", "lai.mixing_without_val=true"])
-    assert cfg.lai.reference == "global" and reference_note(cfg).startswith(
+    cfg = load_config(tiny, [two, "lai.mixing.kind=value", "lai.mixing.without_val=true"])
+    assert cfg.lai.score.reference == "global" and reference_note(cfg).startswith(
         "lai reference: global (the global micro-batch itself: self-influence)")
 
 

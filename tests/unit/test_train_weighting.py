@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from support.engine import T, V, seeded_model, tiny_cfg
+from pipeline.lai import WeightingSettings
 
 KEEP = torch.tensor([True, False, True, True, True, True])
 Z = torch.tensor([-2.0, 0.5, 1.5, 0.0, float("nan"), -0.7], dtype=torch.float64)
@@ -27,10 +28,10 @@ def _batch():
 
 def test_weighted_step_equals_autograd_of_weighted_loss():
     from pipeline.comm import Comm
-    from pipeline.lai import LAISettings, per_sequence_loss
+    from pipeline.lai import per_sequence_loss
     from pipeline.lai.selection.weighting import sequence_weights
     from pipeline.train.step import masked_loss, token_weights
-    s = LAISettings(weighting="sigmoid", weight_temperature=0.5, weight_min=0.25, weight_max=3.0)
+    s = WeightingSettings(kind="sigmoid", temperature=0.5, min=0.25, max=3.0)
     model = seeded_model(tiny_cfg(0, "gpt2"))
     ref = copy.deepcopy(model)
     ids, tgt = _batch()
@@ -53,9 +54,9 @@ def test_weighted_step_equals_autograd_of_weighted_loss():
 def test_weights_bounded_monotone_and_off_by_default():
     from pipeline.lai import LAISettings
     from pipeline.lai.selection.weighting import sequence_weights
-    assert LAISettings().weighting == "none"
-    assert sequence_weights(torch.zeros(2), LAISettings()) is None
-    s = LAISettings(weighting="sigmoid", weight_min=0.5, weight_max=2.0)
+    assert LAISettings().weighting.kind == "none"
+    assert sequence_weights(torch.zeros(2), LAISettings().weighting) is None
+    s = WeightingSettings(kind="sigmoid", min=0.5, max=2.0)
     w = sequence_weights(torch.tensor([-1e9, -1.0, 0.0, 1.0, 1e9]), s)
     assert torch.all(torch.diff(w) > 0)
     assert w[0] == 0.5 and w[-1] == 2.0 and w[2] == 1.25
@@ -65,10 +66,11 @@ def test_weighting_settings_refused_with_field_name():
     import pytest
 
     from pipeline.lai import LAISettings
-    for bad, field in ((dict(weighting="soft"), "lai.weighting"),
-                       (dict(weighting="sigmoid", enabled=False, filter="none"), "lai.weighting"),
-                       (dict(weight_temperature=0.0), "lai.weight_temperature"),
-                       (dict(weight_min=2.0, weight_max=1.0), "lai.weight_min")):
+    from pipeline.lai.selection.weighting import WeightingSettings as W
+    for bad, field in ((dict(weighting=W(kind="soft")), "lai.weighting.kind"),
+                       (dict(weighting=W(kind="sigmoid"), enabled=False), "lai.weighting.kind"),
+                       (dict(weighting=W(temperature=0.0)), "lai.weighting.temperature"),
+                       (dict(weighting=W(min=2.0, max=1.0)), "lai.weighting.min")):
         with pytest.raises(ValueError, match=f"^{field}: "):
             LAISettings(**bad).resolved()
 

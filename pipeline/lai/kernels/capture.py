@@ -83,7 +83,7 @@ def effective_layers(model: nn.Module, layers: str) -> str:
     if check_layers(layers) == "linear" and routes_tokens(model):
         if model not in _WARNED:
             _WARNED.add(model)
-            print(f"warning: lai.layers=linear: {type(model).__name__} routes tokens to experts "
+            print(f"warning: lai.score.layers=linear: {type(model).__name__} routes tokens to experts "
                   "(an expert's rows are not positions of the batch); using layers=blocks",
                   file=sys.stderr, flush=True)
         return "blocks"

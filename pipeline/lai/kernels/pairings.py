@@ -1,5 +1,5 @@
 """The three pairings of two sequences, one object each: its features, its exact kernel and its
-sketch (PAIRINGS[name]; the settings' `lai.pairing` is one of these names).
+sketch (PAIRINGS[name]; the settings' `lai.score.pairing` is one of these names).
 
     token_pair: K(z, j) = sum_l sum_{t,t'} <a_zt, a_jt'> <g_zt, g_jt'> = <Phi_z, Phi_j>,
                 Phi_j = sum_l sum_t a^(l)_{j,t} (x) g_{j,t} (the ghost gradient inner product with
@@ -64,7 +64,7 @@ class Pairing:
         `units`: per unit, token_pair only)."""
         if units is not None:
             raise ValueError(f"lai.unit=document: the {self.name} sketch is per sequence "
-                             "(use lai.pairing=token_pair or lai.method=exact)")
+                             "(use lai.score.pairing=token_pair or lai.score.method=exact)")
         k1, k2 = self.split(sketch_dim)
         kernels, dt = Kernels(compiled), compute_dtype(logits)
         mask = valid.to(dt)
@@ -162,7 +162,7 @@ def _sides(weights: InputWeights | None, dt: torch.dtype, device
 
 def check_sketch_dim(sketch_dim) -> None:
     if not isinstance(sketch_dim, int) or isinstance(sketch_dim, bool) or sketch_dim < 4:
-        raise ValueError(f"lai.sketch_dim: must be an int >= 4, got {sketch_dim!r}")
+        raise ValueError(f"lai.score.sketch_dim: must be an int >= 4, got {sketch_dim!r}")
 
 
 PAIRINGS: dict[str, Pairing] = {p.name: p for p in (TokenPair(), Aligned(), Pooled())}

@@ -1,4 +1,4 @@
-"""Adam-aware scoring (lai.precondition=adam): LAI values in the geometry of the AdamW step.
+"""Adam-aware scoring (lai.score.precondition=adam): LAI values in the geometry of the AdamW step.
 
 AdamW moves a weight W by -lr * (m_hat / (sqrt(v_hat) + eps) + wd * W), m_hat and v_hat the
 bias-corrected moments (v_hat = exp_avg_sq / (1 - beta2^t), t = optimizer steps taken). Adding
@@ -101,7 +101,7 @@ def adam_hyper(optimizer: torch.optim.Optimizer) -> tuple[int, float, float]:
     state; 0 before the first), beta2 and eps of its parameter groups (which must agree)."""
     hyper = {(float(g["betas"][1]), float(g["eps"])) for g in optimizer.param_groups}
     if len(hyper) != 1:
-        raise ValueError(f"lai.precondition=adam: the optimizer's parameter groups differ in "
+        raise ValueError(f"lai.score.precondition=adam: the optimizer's parameter groups differ in "
                          f"(beta2, eps): {sorted(hyper)}")
     steps = [int(s["step"]) for s in optimizer.state.values() if "step" in s]
     return max(steps, default=0), *hyper.pop()
@@ -122,7 +122,7 @@ def optimizer_moments(optimizer: torch.optim.Optimizer) -> Moments:
         for name, w in weights:
             v = optimizer.state.get(w, {}).get("exp_avg_sq")
             if v is None:
-                raise ValueError(f"lai.precondition=adam: no Adam state for {name}")
+                raise ValueError(f"lai.score.precondition=adam: no Adam state for {name}")
             out[name] = fragment_sums(inverse_root(v, bias_correction2(t, beta2), eps), 0,
                                       *w.shape)
         return out
@@ -136,10 +136,10 @@ def scored_layers(model: nn.Module, layers: str) -> list[tuple[str, nn.Module]]:
     if eff == "blocks":
         why = ("routes tokens to experts and is scored with layers=blocks"
                if layers != "blocks" else "is scored with layers=blocks")
-        raise ValueError(f"lai.precondition=adam: {type(model).__name__} {why}, whose block "
+        raise ValueError(f"lai.score.precondition=adam: {type(model).__name__} {why}, whose block "
                          "inputs feed several linear layers with their own Adam column weights; "
-                         "use lai.layers=head (or linear on a dense model) or "
-                         "lai.precondition=none")
+                         "use lai.score.layers=head (or linear on a dense model) or "
+                         "lai.score.precondition=none")
     names = {m: n for n, m in model.named_modules()}
     return [(names[m], m) for m in hooked_modules(model, eff)]
 
@@ -164,7 +164,7 @@ class AdamFactors:
             total = row.sum()
             out[name] = (row * (o / total), col / o)
         if head not in out:
-            raise ValueError(f"lai.precondition=adam: the LM head {head!r} is not a scored layer")
+            raise ValueError(f"lai.score.precondition=adam: the LM head {head!r} is not a scored layer")
         return cls(out, head)
 
     @classmethod
@@ -198,7 +198,7 @@ class AdamFactors:
             name = names.get(m)
             f = self.factors.get(name) if name is not None else None
             if f is None:
-                raise ValueError(f"lai.precondition=adam: no Adam factors for the captured layer "
+                raise ValueError(f"lai.score.precondition=adam: no Adam factors for the captured layer "
                                  f"{names.get(m, type(m).__name__)!r}")
             cols.append(f[1])
         return InputWeights(cols, self.factors[self.head][0])

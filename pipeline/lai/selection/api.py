@@ -14,8 +14,7 @@ from ..kernels.capture import LayerInputCapture
 from ..kernels.grads import check_ids
 from ..kernels.modelio import eval_mode, model_logits
 from ..kernels.precondition import AdamFactors
-from .scorer import LAIScorer
-from .settings import DEFAULT_PAIRING
+from .scorer import DEFAULT_PAIRING, LAIScorer, ScoreSettings
 
 
 def lai_values(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor | None = None, *,
@@ -29,11 +28,12 @@ def lai_values(model: nn.Module, input_ids: torch.Tensor, labels: torch.Tensor |
     initialized. `preconditioner`: Adam-aware scoring with these factors
     (AdamFactors.from_optimizer(model, optimizer, layers)). See pipeline.lai for the
     definitions."""
-    scorer = LAIScorer(pairing=pairing, method=method, layers=layers,
-                       reference="local" if ref_input_ids is None else "val",
-                       include_self=include_self, sketch_dim=sketch_dim, seed=seed,
-                       compile=compile,
-                       precondition="none" if preconditioner is None else "adam")
+    s = ScoreSettings(pairing=pairing, method=method, layers=layers,
+                      reference="local" if ref_input_ids is None else "val",
+                      include_self=bool(include_self), sketch_dim=sketch_dim,
+                      compile=compile is not False,
+                      precondition="none" if preconditioner is None else "adam")
+    scorer = LAIScorer(s.resolved(), seed, compile_cpu=compile is True)
     scorer.factors = preconditioner
     input_ids, targets = check_ids(input_ids, labels)
     if ref_input_ids is None and ref_labels is not None:

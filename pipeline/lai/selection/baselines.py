@@ -7,19 +7,19 @@ Scores use the LAI sign convention: higher = more worth keeping.
 
   lai            the LAI values (needs lai.enabled)
   none           keep everything
-  random         exclude each sequence with probability lai.baseline_rate: a coin per (seed,
+  random         exclude each sequence with probability lai.filter.baseline_rate: a coin per (seed,
                  seq_id), the same whichever rank holds the sequence
-  loss           exclude the lai.baseline_rate fraction of highest losses of the global
+  loss           exclude the lai.filter.baseline_rate fraction of highest losses of the global
                  micro-batch (self-paced-learning style)
   full_gradient  the exact full-gradient inner product of each sequence with the rest of the
                  global micro-batch (pipeline.lai.full_gradient_values; j left out unless
                  include_self): an upper reference for small models, not a production filter
   oracle         ground truth by source: 0.5 - the fraction of the sequence's tokens from the
-                 training sources named in lai.oracle_sources, so the sequences at least half
+                 training sources named in lai.filter.oracle_sources, so the sequences at least half
                  from them are excluded, purest first, under the same cap: what a perfect filter
                  would do (the benchmarks' reference; reads the training documents)
 
-A new filter is one more `Filter` in FILTERS (its name becomes a valid `lai.filter`); anything it
+A new filter is one more `Filter` in FILTERS (its name becomes a valid `lai.filter.kind`); anything it
 needs beyond FilterInput's fields is a field added there and filled by the caller, and what it
 must check against the run once (its `check`) runs when the Selector is built.
 """
@@ -41,10 +41,9 @@ if TYPE_CHECKING:
     from .memory import Documents
 
 
-class FilterSettings(Protocol):
-    """What a filter reads of the lai settings (LAISettings has these fields)."""
+class FilterOptions(Protocol):
+    """What a filter reads of its settings (pipeline.lai.selection.policy.FilterSettings, lai.filter)."""
     baseline_rate: float
-    include_self: bool
     oracle_sources: list[str]
 
 
@@ -62,17 +61,20 @@ class FilterInput:
     documents: Documents | None = None   # the training data (oracle)
     segments: torch.Tensor | None = None   # lai.unit=document: int64 [B], each unit's document
                                        # run in its row (seq_ids and losses are then the units')
+    include_self: bool = False         # full_gradient: j in its own reference
+                                       # (lai.score.include_self)
 
 
 @dataclass(frozen=True)
 class Filter:
-    scores: Callable[[FilterInput, FilterSettings, int], torch.Tensor | None]  # (input, settings, seed)
+    scores: Callable[[FilterInput, FilterOptions, int], torch.Tensor | None]  # (input, settings, seed)
     needs_lai: bool = False            # its scores are the LAI values
-    uses_threshold: bool = False       # lai.threshold applies (else the threshold is 0)
-    uses_rate: bool = False            # excludes about lai.baseline_rate of each micro-batch
+    own_threshold: float | None = None   # the cut its scores are built around (random, loss,
+                                       # oracle: score <= 0 excluded); None: lai.filter.threshold
+    uses_rate: bool = False            # excludes about lai.filter.baseline_rate of each micro-batch
     needs_full_params: bool = False    # every rank needs the whole model (not with ZeRO-3)
     about: str = ""
-    check: Callable[[FilterSettings, "Documents | None"], None] | None = None   # once, against
+    check: Callable[[FilterOptions, "Documents | None"], None] | None = None   # once, against
                                        # the training documents: a UserError if they don't fit
 
 
@@ -107,7 +109,7 @@ def full_gradient_scores(model: nn.Module, input_ids: torch.Tensor, targets: tor
     be the inputs shifted by one (refused on every rank together otherwise)."""
     bad = bool((targets == -100).any()) or not torch.equal(input_ids[:, 1:], targets[:, :-1])
     if comm.any(bad, input_ids.device):
-        raise UserError("lai.filter: full_gradient scores whole sequences whose targets are the "
+        raise UserError("lai.filter.kind: full_gradient scores whole sequences whose targets are the "
                          "inputs shifted by one; a batch has ignored (-100) or other targets")
     # the seq_len + 1 token sample: HF shifts inside (labels=None), all seq_len targets count
     x = torch.cat(comm.gather(torch.cat([input_ids[:, :1], targets], 1), same_shape=True))
@@ -116,11 +118,11 @@ def full_gradient_scores(model: nn.Module, input_ids: torch.Tensor, targets: tor
     return values[comm.rank * b:(comm.rank + 1) * b]
 
 
-def _full_gradient(i: FilterInput, s: FilterSettings, seed: int) -> torch.Tensor:
+def _full_gradient(i: FilterInput, s: FilterOptions, seed: int) -> torch.Tensor:
     if i.model is None or i.input_ids is None:
-        raise ValueError("lai.filter=full_gradient: the filter input needs input_ids and the "
+        raise ValueError("lai.filter.kind=full_gradient: the filter input needs input_ids and the "
                          "model")
-    return full_gradient_scores(i.model, i.input_ids, i.targets, include_self=s.include_self,
+    return full_gradient_scores(i.model, i.input_ids, i.targets, include_self=i.include_self,
                                 comm=i.comm)
 
 
@@ -139,34 +141,34 @@ def oracle_scores(seq_ids: torch.Tensor, documents: Documents, harmful: set[str]
     return 0.5 - torch.tensor(frac, dtype=torch.float64, device=seq_ids.device)
 
 
-def _oracle(i: FilterInput, s: FilterSettings, seed: int) -> torch.Tensor:
+def _oracle(i: FilterInput, s: FilterOptions, seed: int) -> torch.Tensor:
     if i.documents is None:
-        raise ValueError("lai.filter=oracle: the filter input needs the training documents")
+        raise ValueError("lai.filter.kind=oracle: the filter input needs the training documents")
     return oracle_scores(i.seq_ids, i.documents, set(s.oracle_sources), i.segments)
 
 
-def _check_oracle(s: FilterSettings, documents: Documents | None) -> None:
+def _check_oracle(s: FilterOptions, documents: Documents | None) -> None:
     if documents is None:
-        raise ValueError("lai.filter=oracle: the selector needs the training documents")
+        raise ValueError("lai.filter.kind=oracle: the selector needs the training documents")
     known = documents.prepared_sources
     unknown = [n for n in s.oracle_sources if n not in known]
     if unknown:
-        raise UserError(f"lai.oracle_sources: {', '.join(map(repr, unknown))} not among the "
+        raise UserError(f"lai.filter.oracle_sources: {', '.join(map(repr, unknown))} not among the "
                         f"training data's sources ({', '.join(sorted(known))})")
 
 
 FILTERS: dict[str, Filter] = {
-    "lai": Filter(lambda i, s, seed: i.lai_values, needs_lai=True, uses_threshold=True,
-                  about="the LAI values"),
+    "lai": Filter(lambda i, s, seed: i.lai_values, needs_lai=True, about="the LAI values"),
     "none": Filter(lambda i, s, seed: None, about="keep everything"),
     "random": Filter(lambda i, s, seed: random_scores(i.seq_ids, seed, s.baseline_rate,
                                                       i.segments),
-                     uses_rate=True, about="a seeded coin per sequence"),
+                     uses_rate=True, own_threshold=0.0, about="a seeded coin per sequence"),
     "loss": Filter(lambda i, s, seed: loss_scores(i.losses, s.baseline_rate, i.comm),
-                   uses_rate=True, about="the highest losses of the global micro-batch"),
-    "full_gradient": Filter(_full_gradient, uses_threshold=True, needs_full_params=True,
+                   uses_rate=True, own_threshold=0.0,
+                   about="the highest losses of the global micro-batch"),
+    "full_gradient": Filter(_full_gradient, needs_full_params=True,
                             about="exact per-sample gradients of the whole model on every rank: "
                                   "a small-model evaluation reference"),
-    "oracle": Filter(_oracle, check=_check_oracle,
-                     about="ground truth: the sequences of the sources in lai.oracle_sources"),
+    "oracle": Filter(_oracle, check=_check_oracle, own_threshold=0.0,
+                     about="ground truth: the sequences of the sources in lai.filter.oracle_sources"),
 }

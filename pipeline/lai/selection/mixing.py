@@ -1,6 +1,6 @@
 """Source mixing (lai.mixing): the training sources' sampling weights follow an online rule fed
 with what each source's sequences showed since the last update. One mixer, two rewards
-(lai.mixer):
+(lai.mixing.kind):
 
 - `value`: exponentiated gradient (EG) on each source's running mean normalised LAI value (the
   z-score of each sequence's value in its global micro-batch), in the spirit of DoGE;
@@ -23,7 +23,7 @@ ODM's importance-weighted reward; with equal initial weights the bandit's p is O
                                                  least f_u of its initial share)
     p_avg = mean of p_now over w0 and the updates so far   (DoGE's time-average)
 
-and the loader draws the next global micro-batches with p_avg (`average`, lai.mixing_average) or
+and the loader draws the next global micro-batches with p_avg (`average`, lai.mixing.average) or
 p_now (pipeline.data.mixture). The time-average is what keeps a mixer from swinging from floor to
 floor when the reward follows the mix (a val set drawn from the mix: the under-trained source
 aligns best, takes the mass, is over-trained, loses it): p_now may oscillate, p_avg moves by
@@ -37,14 +37,54 @@ checkpoint member): m, log q, p_avg, the window's sums, per-source counts and th
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from pipeline.comm import Comm
-from pipeline.errors import UserError
+from pipeline.errors import UserError, need, need_one_of
 
 MIXERS = ("value", "loss_bandit")
+
+
+@dataclass
+class MixingSettings:
+    """lai.mixing: the training sources' sampling weights follow an online rule (read by
+    SourceMixer; kind and groups also by the data loader); needs 2+ data.sources."""
+    kind: str = "none"                 # none | value (EG on each source's mean normalised LAI
+                                       # value; needs lai.enabled) | loss_bandit (EXP3 on each
+                                       # source's training loss, as Online Data Mixing; needs no
+                                       # LAI value)
+    eta: float = 0.1                   # kind=value: EG step size: log-weight change per update
+                                       # per unit of the source's running mean z-score
+    ema: float = 0.9                   # smoothing of each source's reward, in [0, 1)
+    average: bool = False              # true: sample with the time-average of the weights over
+                                       # the updates (DoGE) instead of the latest (which can swing
+                                       # floor to floor when the val set is the mix); the
+                                       # time-average is logged either way
+    floor: float = 0.1                 # share of the initial weights always kept, in [0, 1]
+    every: int = 1                     # update the weights every N optimizer steps
+    groups: bool = False               # the arms are the (source, group) pairs of data prepared
+                                       # with lai-prep --groups K (pipeline.data.groups)
+    without_val: bool = False          # kind=value with a global or local reference (the
+                                       # training batch itself: self-influence, no goal) is
+                                       # refused unless this is true
+
+    def check(self) -> None:
+        """ValueError `lai.mixing.<field>: ...` naming the first bad field."""
+        need_one_of(self.kind, "lai.mixing.kind", ("none", *MIXERS))
+        need(math.isfinite(self.eta) and self.eta >= 0, "lai.mixing.eta",
+             f"must be a finite number >= 0, got {self.eta}")
+        need(0 <= self.ema < 1, "lai.mixing.ema", f"must be in [0, 1), got {self.ema}")
+        need(0 <= self.floor <= 1, "lai.mixing.floor", f"must be in [0, 1], got {self.floor}")
+        need(self.every >= 1, "lai.mixing.every", f"must be >= 1, got {self.every}")
+        need(not self.groups or self.kind != "none", "lai.mixing.groups",
+             "needs lai.mixing.kind=value or loss_bandit")
+
+    @property
+    def on(self) -> bool:
+        return self.kind != "none"
 
 
 def exploration(u: int, k: int) -> float:
@@ -53,24 +93,25 @@ def exploration(u: int, k: int) -> float:
 
 
 class ValueEG:
-    """lai.mixer=value: EG on the running mean normalised LAI value (see the module doc)."""
+    """lai.mixing.kind=value: EG on the running mean normalised LAI value (see the module
+    doc)."""
     reward = 1            # column of the gathered rows: 1 value_norm, 2 loss
 
-    def __init__(self, eta: float):
-        self.eta = eta
+    def __init__(self, s: MixingSettings):
+        self.s = s
 
     def signal(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
         return x
 
     def log_q(self, log_q: np.ndarray, m: np.ndarray, w0: np.ndarray, u: int) -> np.ndarray:
-        return log_q + self.eta * m
+        return log_q + self.s.eta * m
 
     def share(self, floor: float, u: int, k: int) -> float:
         return floor
 
 
 class LossBandit:
-    """lai.mixer=loss_bandit: EXP3 on the training loss, as ODM (see the module doc)."""
+    """lai.mixing.kind=loss_bandit: EXP3 on the training loss, as ODM (see the module doc)."""
     reward = 2
 
     def signal(self, x: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -83,23 +124,23 @@ class LossBandit:
         return max(floor, k * exploration(u, k))
 
 
-def make_rule(mixer: str, eta: float):
-    if mixer not in MIXERS:
-        raise ValueError(f"lai.mixer: {mixer!r} is not one of {', '.join(MIXERS)}")
-    return ValueEG(eta) if mixer == "value" else LossBandit()
+def make_rule(s: MixingSettings):
+    need_one_of(s.kind, "lai.mixing.kind", MIXERS)
+    return ValueEG(s) if s.kind == "value" else LossBandit()
 
 
 class SourceMixer:
     """Sampling weights of `initial` weighted sources (see the module doc). Collective: every
     rank calls `observe` and `end_step` together."""
 
-    def __init__(self, initial, *, eta: float, ema: float, floor: float, every: int,
-                 warmup_steps: int = 0, mixer: str = "value", average: bool = False,
+    def __init__(self, initial, s: MixingSettings, warmup_steps: int = 0,
                  comm: Comm | None = None):
+        """`s`: checked MixingSettings of kind value or loss_bandit; `warmup_steps`: no update
+        up to this step (lai.warmup_steps)."""
         w0 = np.asarray(initial, dtype=np.float64)
         self.w0 = w0 / w0.sum()
-        self.rule = make_rule(mixer, eta)
-        self.ema, self.floor, self.every, self.average = ema, floor, every, average
+        s.check()
+        self.s, self.rule = s, make_rule(s)
         self.warmup_steps = warmup_steps
         self.comm = comm or Comm.resolve()
         n = self.w0.size
@@ -111,13 +152,6 @@ class SourceMixer:
         self.history: list[list[float]] = [[0, *self.weights.tolist()]]   # [step, *p]
         self.history_now: list[list[float]] = [self.now.tolist()]
 
-    @classmethod
-    def from_settings(cls, s, initial, comm: Comm | None = None) -> SourceMixer:
-        """From LAISettings `s` (lai.mixer, lai.mixing_*, lai.warmup_steps)."""
-        return cls(initial, eta=s.mixing_eta, ema=s.mixing_ema, floor=s.mixing_floor,
-                   every=s.mixing_every, warmup_steps=s.warmup_steps, mixer=s.mixer,
-                   average=s.mixing_average, comm=comm)
-
     @property
     def q(self) -> np.ndarray:
         """float64 [S]: softmax(log q)."""
@@ -127,7 +161,7 @@ class SourceMixer:
     @property
     def weights(self) -> np.ndarray:
         """float64 [S]: the sampling weights (p_avg with `average`, else p_now; sum 1)."""
-        return self.avg if self.average else self.now
+        return self.avg if self.s.average else self.now
 
     def active(self, step: int) -> bool:
         return step > self.warmup_steps
@@ -153,18 +187,18 @@ class SourceMixer:
 
     def end_step(self, step: int) -> np.ndarray | None:
         """After optimizer step `step`: the new sampling weights if an update was due, else None."""
-        if not self.active(step) or (step - self.warmup_steps) % self.every:
+        if not self.active(step) or (step - self.warmup_steps) % self.s.every:
             return None
         seen = self.counts > 0
         self.last = np.where(seen, self.sums / np.where(seen, self.counts, 1.0), np.nan)
         i = self.rule.reward - 1
         x = self.rule.signal(np.nan_to_num(self.last[i]), self.weights)
-        self.m = np.where(seen[i], self.ema * self.m + (1.0 - self.ema) * x, self.m)
+        self.m = np.where(seen[i], self.s.ema * self.m + (1.0 - self.s.ema) * x, self.m)
         self.updates += 1
         u = self.updates
         self.log_q = self.rule.log_q(self.log_q, self.m, self.w0, u)
         self.log_q -= self.log_q.max()                 # softmax-invariant; keeps it bounded above
-        f = self.rule.share(self.floor, u, self.w0.size)
+        f = self.rule.share(self.s.floor, u, self.w0.size)
         self.now = (1.0 - f) * self.q + f * self.w0
         self.avg = self.avg + (self.now - self.avg) / (u + 1)
         self.sums, self.counts = np.zeros_like(self.sums), np.zeros_like(self.counts)
@@ -187,7 +221,7 @@ class SourceMixer:
         weights), p_now at each (`weights_now`), and the sequences drawn from each source."""
         h = np.asarray(self.history, dtype=np.float64)
         return {"sources": list(names), "mixer": type(self.rule).__name__,
-                "average": self.average, "initial": self.w0.tolist(),
+                "average": self.s.average, "initial": self.w0.tolist(),
                 "final": self.weights.tolist(), "steps": h[:, 0].astype(np.int64).tolist(),
                 "weights": h[:, 1:].tolist(), "weights_now": [list(r) for r in self.history_now],
                 "sequences": self.sequences.astype(np.int64).tolist()}

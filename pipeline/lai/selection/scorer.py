@@ -9,59 +9,122 @@ current) the features are weighted per coordinate (precondition.py); before that
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 import torch
 from torch import nn
 
 from pipeline.comm import Comm
+from pipeline.errors import need, need_one_of
 
-from ..kernels.capture import LayerInputCapture
+from ..kernels.capture import LAYER_SETS, LayerInputCapture
 from ..kernels.exact import reference_mean
 from ..kernels.features import Features, cat_features, check_inputs
 from ..kernels.grads import check_targets
 from ..kernels.modelio import eval_mode, model_logits
 from ..kernels.pairings import PAIRINGS
-from ..kernels.precondition import AdamFactors, InputWeights
-from .settings import DEFAULT_PAIRING, LAISettings
+from ..kernels.precondition import PRECONDITIONS, AdamFactors, InputWeights
 from ..kernels.units import Units, unit_targets
+
+METHODS = ("exact", "sketch")
+REFERENCES = ("local", "global", "val")
+DEFAULT_PAIRING = "token_pair"
+DEFAULT_SKETCH_DIM = PAIRINGS[DEFAULT_PAIRING].default_sketch_dim
+
+
+@dataclass
+class ScoreSettings:
+    """lai.score: how the LAI values are computed (read by LAIScorer and the Selector)."""
+    pairing: str = DEFAULT_PAIRING     # token_pair | aligned | pooled
+    method: str = "sketch"             # sketch (scales: T-independent traffic) | exact
+    layers: str = "linear"             # linear | blocks | head (the LM head alone: its exact
+                                       # ghost term)
+    reference: str = "auto"            # auto | local | global | val; auto: val when the run
+                                       # has val data (data.val_sources or a val split), else
+                                       # global (docs/RESULTS.md: the clean val reference did best)
+    include_self: bool = False
+    sketch_dim: int | None = None      # method=sketch: sketch size (None: the pairing's default);
+                                       # method=exact: must stay unset
+    compile: bool = True               # method=sketch on CUDA: torch.compile the sketch kernels
+    precondition: str = "none"         # none | adam: score in AdamW's step geometry, P =
+                                       # 1/(sqrt(v_hat)+eps) fitted rank-1 per layer
+                                       # (pipeline.lai.kernels.precondition); layers linear or head
+    precondition_every: int = 10       # precondition=adam: re-read Adam's second moments every
+                                       # N steps (~ v's half-life at beta2 0.95: 14 steps)
+    val_refresh_every: int = 100       # reference=val: recompute the val features every N steps
+    val_batches: int = 2               # reference=val: micro-batches per rank in the reference
+
+    def check(self) -> None:
+        """ValueError `lai.score.<field>: ...` naming the first bad field."""
+        k = "lai.score."
+        need_one_of(self.pairing, k + "pairing", tuple(PAIRINGS))
+        need_one_of(self.method, k + "method", METHODS)
+        need_one_of(self.layers, k + "layers", LAYER_SETS)
+        need_one_of(self.reference, k + "reference", ("auto", *REFERENCES))
+        need_one_of(self.precondition, k + "precondition", PRECONDITIONS)
+        need(self.precondition == "none" or self.layers != "blocks", k + "precondition",
+             "adam needs lai.score.layers=linear or head (a block input feeds several linear "
+             "layers, each with its own Adam column weights); set lai.score.layers or "
+             "lai.score.precondition=none")
+        need(int(self.precondition_every) == self.precondition_every
+             and self.precondition_every >= 1, k + "precondition_every",
+             f"must be an int >= 1, got {self.precondition_every!r}")
+        if self.method == "exact":
+            need(self.sketch_dim is None, k + "sketch_dim",
+                 f"{self.sketch_dim} is only used by lai.score.method=sketch (lai.score.method "
+                 "is exact); remove it (lai.score.sketch_dim=null) or set lai.score.method=sketch")
+        elif self.sketch_dim is not None:
+            PAIRINGS[self.pairing].split(self.sketch_dim)   # ValueError naming the sketch_dim
+        need(self.val_refresh_every >= 1, k + "val_refresh_every",
+             f"must be >= 1, got {self.val_refresh_every}")
+        need(self.val_batches >= 1, k + "val_batches", f"must be >= 1, got {self.val_batches}")
+
+    def resolved(self, has_val: bool = False) -> ScoreSettings:
+        """Checked, with sketch_dim=None -> the pairing's default (method=sketch) and
+        reference=auto -> val if the run `has_val` data, else global."""
+        self.check()
+        sketch_dim = self.sketch_dim
+        if self.method == "sketch" and sketch_dim is None:
+            sketch_dim = PAIRINGS[self.pairing].default_sketch_dim
+        reference = self.reference
+        if reference == "auto":
+            reference = "val" if has_val else "global"
+        return dataclasses.replace(self, sketch_dim=sketch_dim, reference=reference)
+
+    @property
+    def is_resolved(self) -> bool:
+        """Nothing left to fill in: a concrete reference, a sketch_dim exactly for sketch."""
+        return self.reference != "auto" and (self.method == "sketch") != (self.sketch_dim is None)
+
+    def key(self) -> dict:
+        """The options that define the values (what a cached val reference depends on)."""
+        return {k: getattr(self, k) for k in ("pairing", "method", "layers", "reference",
+                                               "include_self", "sketch_dim", "precondition")}
 
 
 class LAIScorer:
-    """Train-loop scorer. Capture the forward with LayerInputCapture(model, scorer.layers),
-    then `values(cap.inputs, logits, targets, group)`; all ranks of `group` call it together.
-    The options are LAISettings fields, checked and resolved there (ValueError naming the
-    field); sketch_dim is for method="sketch" only (None: the pairing's default). compile: run
-    the sketch kernels through torch.compile (None: on CUDA tensors only; sketch.Kernels).
-    precondition="adam": pass `weights=scorer.input_weights(cap)` to `values`."""
+    """Train-loop scorer of resolved ScoreSettings `s` (ScoreSettings.resolved). Capture the
+    forward with LayerInputCapture(model, scorer.s.layers), then
+    `values(cap.inputs, logits, targets, group)`; all ranks of `group` call it together.
+    s.compile: run the sketch kernels through torch.compile on CUDA tensors (sketch.Kernels;
+    `compile_cpu`: on CPU tensors too). precondition=adam: pass
+    `weights=scorer.input_weights(cap)` to `values`."""
 
-    def __init__(self, *, pairing: str = DEFAULT_PAIRING, method: str = "exact",
-                 layers: str = "linear", reference: str = "global", include_self: bool = False,
-                 sketch_dim: int | None = None, precondition: str = "none", seed: int = 0,
-                 compile: bool | None = None):
-        s = LAISettings(pairing=pairing, method=method, layers=layers, reference=reference,
-                        include_self=bool(include_self), sketch_dim=sketch_dim,
-                        precondition=precondition).resolved()
-        self.pairing, self.method, self.layers = s.pairing, s.method, s.layers
-        self.reference, self.include_self, self.sketch_dim = s.reference, s.include_self, \
-            s.sketch_dim
-        self.precondition = s.precondition
-        self.seed = int(seed)
-        self.compile = compile
+    def __init__(self, s: ScoreSettings, seed: int = 0, *, compile_cpu: bool = False):
+        if not s.is_resolved:
+            raise ValueError("LAIScorer: needs resolved settings (ScoreSettings.resolved)")
+        self.s, self.seed, self.compile_cpu = s, int(seed), compile_cpu
         self.kernel = PAIRINGS[s.pairing]       # features, exact kernel and sketch of the pairing
-        self._config = {**s.scoring(), "seed": self.seed}
+        self._config = {**s.key(), "seed": self.seed}
         self._val: dict[str, Any] | None = None
         self.factors: AdamFactors | None = None   # precondition=adam: the factors in force
-
-    @classmethod
-    def from_settings(cls, s: LAISettings, seed: int) -> LAIScorer:
-        """The scorer of resolved run settings `s` (lai.compile: on CUDA, or never)."""
-        return cls(**s.scoring(), seed=seed, compile=None if s.compile else False)
 
     # -- features -------------------------------------------------------------------------
     def input_weights(self, cap: LayerInputCapture) -> InputWeights | None:
         """The feature weights of a capture (None: plain LAI, or no factors yet)."""
-        if self.precondition == "none" or self.factors is None:
+        if self.s.precondition == "none" or self.factors is None:
             return None
         return self.factors.weights(cap.model, cap.modules)
 
@@ -70,13 +133,13 @@ class LAIScorer:
         [B, sketch_dim] (with `units`: one per unit, [P, ...])."""
         valid = check_targets(logits, targets)
         inputs = check_inputs(inputs, logits)
-        if self.method == "exact":
+        if self.s.method == "exact":
             if units is not None:
                 inputs, logits, targets = _pseudo_rows(inputs, logits, targets, units)
             return self.kernel.features(inputs, logits, targets, weights)
-        compiled = logits.is_cuda if self.compile is None else self.compile
-        assert self.sketch_dim is not None       # resolved() sets it for method=sketch
-        return self.kernel.sketch(inputs, logits, targets, valid, self.sketch_dim, self.seed,
+        compiled = self.s.compile and (logits.is_cuda or self.compile_cpu)
+        assert self.s.sketch_dim is not None     # resolved() sets it for method=sketch
+        return self.kernel.sketch(inputs, logits, targets, valid, self.s.sketch_dim, self.seed,
                                   compiled, weights, units)
 
     def _reference(self, local, comm: Comm) -> dict[str, Any]:
@@ -99,12 +162,12 @@ class LAIScorer:
         of these units instead, [P_local] (pipeline.lai.kernels.units; the reference's members are then
         units too)."""
         local = self._local(inputs, logits, targets, weights, units)
-        if self.reference == "val":
+        if self.s.reference == "val":
             if self._val is None:
                 raise ValueError("reference='val': call set_val_reference(...) first")
             ref, in_ref = self._val, False
         else:
-            comm = Comm.local() if self.reference == "local" else Comm.resolve(group)
+            comm = Comm.local() if self.s.reference == "local" else Comm.resolve(group)
             ref, in_ref = self._reference(local, comm), True
         if isinstance(local, Features):
             cross = self.kernel.ref_totals(local, ref["features"].to(local.a.device))
@@ -115,12 +178,12 @@ class LAIScorer:
         if in_ref:
             cross = cross - own
         self_k = None
-        if self.include_self:   # sketch: exact self term, no sketch noise on the largest term
+        if self.s.include_self:   # sketch: exact self term, no sketch noise on the largest term
             rows = (inputs, logits, targets) if units is None else \
                 _pseudo_rows(check_inputs(inputs, logits), logits, targets, units)
-            self_k = own if self.method == "exact" else self.kernel.self_kernel(
+            self_k = own if self.s.method == "exact" else self.kernel.self_kernel(
                 self.kernel.features(*rows, weights))
-        return reference_mean(cross, ref["n"] - int(in_ref), self_k, self.include_self)
+        return reference_mean(cross, ref["n"] - int(in_ref), self_k, self.s.include_self)
 
     # -- validation reference -------------------------------------------------------------
     @torch.no_grad()
@@ -136,7 +199,7 @@ class LAIScorer:
         parts = []
         with eval_mode(model):
             for input_ids, targets in batches:
-                with LayerInputCapture(model, self.layers) as cap:
+                with LayerInputCapture(model, self.s.layers) as cap:
                     logits = model_logits(model, input_ids)
                 parts.append(self._local(cap.inputs, logits, targets, self.input_weights(cap)))
                 del cap, logits

@@ -12,17 +12,18 @@
 values: the LAI values when lai.enabled, else the filter's scores (NaN for filter=none); they are
 what the ledger records, with value_norm, their z-score within the global micro-batch (the value
 that means the same at every step: pipeline.lai.selection.normalize). keep: FilterPolicy(threshold, warmup,
-cap) on the scores of the filter `lai.filter` (pipeline.lai.selection.baselines) -- for filter=lai the
-values normalised as lai.normalize says -- the same global decision on every rank. The cap is a
+cap) on the scores of the filter `lai.filter.kind` (pipeline.lai.selection.baselines) -- for kind=lai the
+values normalised as lai.filter.normalize says -- the same global decision on every rank. The cap is a
 budget per optimizer step of `global_batch` sequences, spent over its global micro-batches in
 order (pipeline.lai.selection.policy); without `global_batch` every `select` is a whole step.
-lai.precondition=adam: `refresh` re-reads Adam's second moments through `moments` (a
-precondition.Moments reader: the trainer's works under ZeRO 0-3) every lai.precondition_every
+lai.score.precondition=adam: `refresh` re-reads Adam's second moments through `moments` (a
+precondition.Moments reader: the trainer's works under ZeRO 0-3) every lai.score.precondition_every
 steps, and at every step until the first optimizer step has made some; a val reference is
 recomputed with the new factors.
 """
 from __future__ import annotations
 
+import dataclasses
 from contextlib import nullcontext
 from typing import Callable, NamedTuple
 
@@ -58,35 +59,40 @@ class Selector:
     def __init__(self, settings: LAISettings, seed: int, comm: Comm | None = None,
                  val_batches: Batches | None = None, documents: Documents | None = None,
                  moments: Moments | None = None, global_batch: int | None = None):
-        """`comm`: the data-parallel ranks (default: torch.distributed's default group, if any);
-        `documents`: the training data, for lai.memory_weight (its memory is `self.memory`) and
-        lai.filter=oracle;
-        `moments`: reads Adam's second moments (needed by lai.precondition=adam);
+        """`settings`: resolved (LAISettings.resolved; the run config's lai section is);
+        `comm`: the data-parallel ranks (default: torch.distributed's default group, if any);
+        `val_batches`: the val micro-batches (needed by lai.score.reference=val);
+        `documents`: the training data, for lai.memory (its memory is `self.memory`) and
+        lai.filter.kind=oracle;
+        `moments`: reads Adam's second moments (needed by lai.score.precondition=adam);
         `global_batch`: sequences per optimizer step (None: each `select` is a whole step)."""
-        s = self.settings = settings.resolved(has_val=val_batches is not None,
-                                              has_documents=documents is not None)
-        assert s.memory_weight is not None and s.threshold is not None   # resolved() set both
+        if not settings.is_resolved:
+            raise ValueError("Selector: needs resolved settings (LAISettings.resolved)")
+        s = self.settings = settings
         self.seed, self.val_batches, self.documents = seed, val_batches, documents
         self.moments = moments
         self.memory = None
-        if s.memory_weight > 0:
+        if s.memory.weight:
             if documents is None:
-                raise ValueError("lai.memory_weight: the selector needs the training documents")
-            self.memory = DocumentMemory(documents.num_docs, s.memory_decay)
+                raise ValueError("lai.memory.weight: the selector needs the training documents")
+            self.memory = DocumentMemory(documents.num_docs, s.memory)
         self.comm = comm or Comm.resolve()
-        self.scorer = LAIScorer.from_settings(s, seed) if s.enabled else None
+        self.scorer = LAIScorer(s.score, seed) if s.enabled else None
         self.precond = None
-        if self.scorer is not None and s.precondition == "adam":
+        if self.scorer is not None and s.score.precondition == "adam":
             if moments is None:
-                raise ValueError("lai.precondition=adam: the Selector needs a reader of the "
-                                 "optimizer's second moments (moments=...)")
-            self.precond = AdamPreconditioner(s.precondition_every, s.layers)
-        self.filter = FILTERS[s.filter]
+                raise ValueError("lai.score.precondition=adam: the Selector needs a reader of "
+                                 "the optimizer's second moments (moments=...)")
+            self.precond = AdamPreconditioner(s.score.precondition_every, s.score.layers)
+        if self.scorer is not None and s.score.reference == "val" and val_batches is None:
+            raise ValueError("lai.score.reference=val: the Selector needs the val batches "
+                             "(val_batches=...)")
+        self.filter = FILTERS[s.filter.kind]
         if self.filter.check is not None:
-            self.filter.check(s, documents)
-        self.policy = FilterPolicy(threshold=s.threshold if self.filter.uses_threshold else 0.0,
-                                   warmup_steps=s.warmup_steps,
-                                   max_exclude_frac=s.max_exclude_frac)
+            self.filter.check(s.filter, documents)
+        own = self.filter.own_threshold          # random, loss, oracle: their scores' own cut
+        self.policy = FilterPolicy(s.filter if own is None else
+                                   dataclasses.replace(s.filter, threshold=own), s.warmup_steps)
         self.val_step: int | None = None
         self.global_batch = global_batch
         self._spent = (0, 0, 0)           # (step, sequences seen, excluded) of the current step
@@ -95,13 +101,13 @@ class Selector:
         """Context for the forward: records layer inputs when LAI is on."""
         if self.scorer is None:
             return nullcontext()
-        return LayerInputCapture(model, self.scorer.layers)
+        return LayerInputCapture(model, self.scorer.s.layers)
 
     def refresh(self, step: int, model: nn.Module) -> None:
         """precondition=adam: new Adam factors when due. reference=val: (re)compute the cached
-        val reference at the first step, then every lai.val_refresh_every steps and whenever the
+        val reference at the first step, then every lai.score.val_refresh_every steps and whenever the
         factors changed (forward only, in eval mode)."""
-        s = self.settings
+        s = self.settings.score
         if self.scorer is None:
             return
         changed = False
@@ -132,11 +138,12 @@ class Selector:
                                         weights=self.scorer.input_weights(cap), units=units)
         ids, segments = (seq_ids, None) if units is None else \
             (seq_ids[units.rows.to(seq_ids.device)], units.segment)
+        f = self.settings.filter
         score = self.filter.scores(FilterInput(step, ids, input_ids, targets, losses, model,
-                                               values, self.comm, self.documents, segments),
-                                   self.settings, self.seed)
-        if self.filter.needs_lai and self.settings.normalize != "none":
-            score = normalize(score, self.settings.normalize, self.comm)
+                                               values, self.comm, self.documents, segments,
+                                               self.settings.score.include_self), f, self.seed)
+        if self.filter.needs_lai and f.normalize != "none":
+            score = normalize(score, f.normalize, self.comm)
         if self.memory is not None and step > self.settings.warmup_steps:
             score = self._remember(seq_ids, score)
         if score is None:
@@ -167,14 +174,14 @@ class Selector:
         return keep
 
     def _remember(self, seq_ids: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
-        """score + memory_weight * the documents' remembered scores, then this step's scores
+        """score + lai.memory.weight * the documents' remembered scores, then this step's scores
         remembered; over the whole global micro-batch, so the memory is the same on every
         rank (pipeline.lai.selection.memory)."""
         assert self.documents is not None and self.memory is not None
         id_parts = self.comm.gather(seq_ids.detach().cpu())
         ids, scores = torch.cat(id_parts), torch.cat(self.comm.gather(score.detach().cpu()))
         keys = [self.documents.document_keys(int(i)) for i in ids]
-        combined = scores.to(torch.float64) + self.settings.memory_weight * self.memory.prior(keys)
+        combined = scores.to(torch.float64) + self.settings.memory.weight * self.memory.prior(keys)
         self.memory.observe(keys, scores)
         offset = sum(p.numel() for p in id_parts[:self.comm.rank])
         return combined[offset:offset + seq_ids.numel()].to(score.device)

@@ -27,18 +27,18 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import Config
+from pipeline.config.moved import migrate
 from pipeline.errors import UserError
 from pipeline.train.checkpointing import checkpoint
 
 # Differences that make a checkpoint unusable (refused); every other difference is noted.
 # run.out_dir / run.resume / data.verify are where and how, not what: never compared. A name
-# ending in "." is a section (every key in it), any other name one key. lai.mixing decides how
-# seq_ids and the loader state are laid out (lai.mixing_groups: over which arms), lai.mixer what
-# the mixing state means; the mixer's step size, smoothing, floor, averaging and cadence may change.
+# ending in "." is a section (every key in it), any other name one key. lai.mixing.kind decides
+# how seq_ids and the loader state are laid out (lai.mixing.groups: over which arms) and what the
+# mixing state means; the mixer's step size, smoothing, floor, averaging and cadence may change.
 RESUME_BREAKING = ("model.", "data.", "run.seed", "train.global_batch", "train.backend",
                    "train.zero_stage", "train.precision", "train.offload_optimizer",
-                   "train.offload_params", "lai.mixing", "lai.mixer",
-                   "lai.mixing_groups")
+                   "train.offload_params", "lai.mixing.kind", "lai.mixing.groups")
 RESUME_IGNORED = ("run.out_dir", "run.resume", "run.continue_from", "data.verify")
 
 
@@ -147,8 +147,9 @@ def _global_batch(flat: dict[str, Any]) -> int:
 def resume_changes(old: dict[str, Any], new: dict[str, Any],
                    breaking_keys: tuple[str, ...] = RESUME_BREAKING) -> tuple[list[str], list[str]]:
     """(breaking, allowed) differences between two `to_dict()`s (plus a "world" key), each as
-    "key: old -> new" strings; `breaking_keys` as RESUME_BREAKING."""
-    a, b = _flatten(old), _flatten(new)
+    "key: old -> new" strings; `breaking_keys` as RESUME_BREAKING. A checkpoint saved with the
+    old flat lai keys is compared in the new layout (pipeline.config.moved)."""
+    a, b = _flatten(migrate(old)[0]), _flatten(new)
     a["train.global_batch"], b["train.global_batch"] = _global_batch(a), _global_batch(b)
     for flat in (a, b):                     # saved before train.backend existed: DeepSpeed
         flat.setdefault("train.backend", "deepspeed")
