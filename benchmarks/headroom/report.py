@@ -97,7 +97,8 @@ def summary_section(scen: list[Scenario], per: dict, size_name: str, meta: dict)
         for r in per[sc.name]["rows"]:
             if r["variant"] not in names:
                 names.append(r["variant"])
-    header = ["variant"] + [f"{sc.name}: minus none [95% CI] / share of oracle gain" for sc in scen]
+    header = ["variant"] + [f"{sc.name}{f' ({sc.length}x the steps)' if sc.length != 1 else ''}: "
+                            "minus none [95% CI] / share of oracle gain" for sc in scen]
     tab = [["*headroom: oracle - none (x noise)*"]
            + [f"{per[sc.name]['headroom']['oracle_minus_none']:+.3f} "
               f"({per[sc.name]['headroom']['ratio']:.1f}x{'' if per[sc.name]['headroom']['counts'] else ', does not count'})"
@@ -117,7 +118,7 @@ def summary_section(scen: list[Scenario], per: dict, size_name: str, meta: dict)
         "and the share of the oracle's gain it recovers: (none - method) / (none - oracle). "
         "`ceiling` trains the same steps on the clean / target data alone; `oracle` excludes exactly "
         "the harmful sequences of each batch under the same cap as every filter "
-        "(`lai.filter.kind=oracle`); where documents are packed (`inside`) the headroom and shares are "
+        "(`lai.filter.kind=oracle`); where documents are packed (`inside`, `packed`) the headroom and shares are "
         "read against `oracle-doc`, which masks exactly the harmful documents "
         f"(`lai.unit=document`). {meta['line']} Details, per-source exclusion and AUROC: "
         "[the scenario sections](#quality-with-headroom).", "",
