@@ -18,7 +18,7 @@ from support import ROOT
 from support.slurm import SlurmCluster, SlurmError, install_slurm
 
 LAUNCH = ROOT / "launch"
-STEPS = 60  # the preemption signal takes ~10-20 steps of this tiny model to arrive
+STEPS = 30  # the preemption signal lands 2-4 steps after step 3 here: ample margin, few steps
 
 _why_not = SlurmCluster.unavailable_reason()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(_why_not is not None, reason=str(_why_not))]

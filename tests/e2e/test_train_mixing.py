@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from support.train import CONFIG, N, ROOT, env, final_params, ledger, run_train, scalars
+from support.train import CONFIG, N, ROOT, env, final_params, ledger, refused, run_train, scalars
 
 pytestmark = pytest.mark.slow
 
@@ -148,11 +148,8 @@ def test_mixing_run_follows_its_weights_and_resumes_bit_for_bit(data, tmp_path):
     assert "## Val loss per source" in (straight / "report" / "report.md").read_text()
 
     # lai.mixing decides the seq_id layout: switching it on resume is refused, one line
-    p = subprocess.run([sys.executable, "-m", "pipeline.train",
-                        *args(data, split, "lai.mixing.kind=none", f"train.steps={3 * N}")],
-                       env=env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
-    lines = p.stderr.strip().splitlines()
-    assert p.returncode == 2 and len(lines) == 1, p.stderr
+    lines = refused(args(data, split, "lai.mixing.kind=none", f"train.steps={3 * N}"))
+    assert len(lines) == 1, lines
     assert lines[0].startswith("error: run.resume:") and "lai.mixing.kind: 'value' -> 'none'" in lines[0]
 
 

@@ -99,6 +99,23 @@ def train(data: Path, run: Path, *overrides: str, rc: int = 0, ranks: int = 2) -
     return p.stdout + p.stderr
 
 
+def refused(args: list[str]) -> list[str]:
+    """lai-train `args` called in this process (one rank, the same entry point as `python -m
+    pipeline.train`), for a refusal that comes before anything starts: asserts exit 2; the
+    stderr lines. Saves the seconds of a fresh interpreter importing torch."""
+    import contextlib
+    import io
+
+    import pytest
+
+    from pipeline.train.cli import main
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2, err.getvalue()
+    return err.getvalue().strip().splitlines()
+
+
 def launch_env(port: int | None = None) -> dict[str, str]:
     """launch/train.sh's environment: CPU ranks (CUDA_VISIBLE_DEVICES="" hides any GPU), outside
     any Slurm job."""
