@@ -47,7 +47,7 @@ DESCRIPTIONS = {
     "lai/values": "LAI value of every sequence of the step: > 0 a step on it lowers the loss of "
                   "the reference (the rest of the global batch, or the val set); < 0 it "
                   "raises it. The filter compares lai.filter.normalize's step-normalised value "
-                  "with lai.threshold.",
+                  "with lai.filter.threshold.",
     "lai_source/*/excluded_frac": "Fraction of this source's sequences of the step excluded "
                                   "before the optimizer step.",
     "lai_source/*/mean_value_norm": "Mean step-normalised LAI value (z-score within the global "
