@@ -72,10 +72,11 @@ def cli_main(fn: Callable[..., int | None]) -> Callable[..., int]:
     return wrapper
 
 
-def need(ok: bool, key: str, what: str) -> None:
-    """A settings check: ValueError `<key>: <what>` (one line) unless `ok`."""
+def need(ok: bool, key: str, what: str, error: type[Exception] = ValueError) -> None:
+    """A settings check: `error` (ValueError for the lai blocks, UserError for the run config's
+    validation) `<key>: <what>` (one line) unless `ok`."""
     if not ok:
-        raise ValueError(f"{key}: {what}")
+        raise error(f"{key}: {what}")
 
 
 def need_one_of(value, key: str, options) -> None:

@@ -124,7 +124,8 @@ class Plan:
 
 def plan(sc: Scenario, size: dict, nproc: int, data_root: Path, out: Path) -> Plan:
     """Prepare the scenario's data (resumable) and write its base config to OUT/<scenario>/."""
-    ssize = with_steps({**size, **sc.train}, size["steps"] * sc.length)
+    ssize = {**size, **sc.train}
+    ssize = with_steps(ssize, ssize["steps"] * sc.length)
     dirs = prepare(sc, size["scale"], data_root)
     config = out / sc.name / "config.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)

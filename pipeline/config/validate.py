@@ -5,6 +5,7 @@ check, pipeline.lai.selection.settings); here only its rules with the other sect
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 from pipeline.config.batch import pool_size, resolve_batch
 from pipeline.config.schema import (CHOICES, DataConfig, LogConfig, ModelConfig, RunConfig,
                                     TrainConfig)
+from pipeline import errors
 from pipeline.errors import UserError
 from pipeline.lai.selection.baselines import FILTERS
 from pipeline.lai.selection.settings import LAISettings
@@ -38,9 +40,7 @@ class Config:
         return self
 
 
-def need(ok: bool, key: str, what: str) -> None:
-    if not ok:
-        raise UserError(f"{key}: {what}")
+need = functools.partial(errors.need, error=UserError)   # the run config's checks: UserError
 
 
 def validate(cfg: Config, world: int = 1) -> None:
