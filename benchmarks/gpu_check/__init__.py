@@ -11,8 +11,9 @@ results saved as it ends, a failing part is recorded and the next one still runs
 3. data: the stdlib corpus through the real `lai-prep`, GPT-2's vocabulary size (50257);
 4. overhead: GPT-2 small (124M parameters, seq 1024, bf16, SDPA attention) through the real
    trainer (`python -m pipeline.train`, 1 rank, DeepSpeed ZeRO 1, one process per run): LAI off,
-   sketch, and off with compiled blocks at the largest micro-batch that fits (measured, or
-   --batch); the nanoGPT-class reference loop (benchmarks/ref_loop.py: whole-model
+   sketch, both again with compiled blocks (model.compile: the sketch's capture hooks traced
+   into them), and off under train.backend=fsdp2, at the largest micro-batch that fits
+   (measured, or --batch); the nanoGPT-class reference loop (benchmarks/ref_loop.py: whole-model
    torch.compile, SDPA, fused AdamW, bf16 autocast, no DeepSpeed) on the same model, data and
    batch; --plan adds others (a bare DeepSpeed loop, benchmarks/bare_loop.py: bare:big; exact at
    the small batch: exact:small). Per run: tokens/s (the trainer's

@@ -128,13 +128,15 @@ def probe_batch(args, size) -> int:
 
 # (numerator, denominator) modes of the throughput ratios (wall tokens/s, same micro-batch)
 RATIOS = [("off", "ref"), ("off-compiled", "ref"), ("bare", "ref"), ("off", "bare"),
-          ("sketch", "off"), ("sketch", "ref"), ("off-fsdp2", "off"), ("sketch-fsdp2", "sketch"),
+          ("sketch", "off"), ("sketch", "ref"), ("sketch-compiled", "off-compiled"),
+          ("sketch-compiled", "ref"), ("off-fsdp2", "off"), ("sketch-fsdp2", "sketch"),
           ("off-fsdp2", "ref")]
 
 
 def ratios(rows: list[dict]) -> dict[str, float]:
     """Throughput ratios "A/B@batch" (wall tokens/s of mode A over mode B at the same
-    micro-batch), and "lai_share:MODE@batch": an LAI mode's LAI time over the LAI-off step."""
+    micro-batch), and "lai_share:MODE@batch": an LAI mode's LAI time over the step of LAI off
+    with the same compile and backend (off, off-compiled, off-fsdp2)."""
     by = {(r["mode"], r["batch"]): r for r in rows if "error" not in r}
     out = {}
     for batch in sorted({b for _, b in by}):
@@ -142,8 +144,9 @@ def ratios(rows: list[dict]) -> dict[str, float]:
             if (a, batch) in by and (b, batch) in by:
                 out[f"{a}/{b}@{batch}"] = (by[a, batch]["wall_tokens_per_s"]
                                            / by[b, batch]["wall_tokens_per_s"])
-        off = by.get(("off", batch))
         for (mode, b), r in by.items():
+            base = "off" + "".join(s for s in ("-compiled", "-fsdp2") if mode.endswith(s))
+            off = by.get((base, batch))
             if b == batch and off and r.get("time_lai_s") and mode.startswith(("sketch", "exact")):
                 out[f"lai_share:{mode}@{batch}"] = r["time_lai_s"] / off["step_s"]
     return out

@@ -52,7 +52,8 @@ class ModelConfig:
     tie_word_embeddings: bool = True
     activation_checkpointing: bool = False
     compile: bool = False              # torch.compile each transformer block's forward (the LM
-                                       # head, loss and LAI stay eager); with LAI: lai.score.layers=blocks
+                                       # head, loss and LAI stay eager; LAI's capture hooks are
+                                       # traced into the blocks)
     rope_theta: float = 10000.0        # llama / gpt_neox
     init_from: str = ""                # a save_pretrained folder to start from (continued
                                        # pretraining): its config.json replaces the shape above

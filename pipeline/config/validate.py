@@ -150,9 +150,6 @@ def _lai(cfg: Config, world: int) -> None:
     need(not (f.needs_full_params and sharded), "lai.filter.kind",
          f"{lai.filter.kind!r} ({f.about}) needs full parameters; not with train.zero_stage=3 "
          "or train.backend=fsdp2")
-    need(not (cfg.model.compile and lai.enabled and lai.score.layers == "linear"),
-         "model.compile", "compiled blocks hide their linear layers from LAI's input hooks; use "
-         "lai.score.layers=blocks (the block inputs stay visible) or model.compile=false")
     need(not (cfg.model.compile and cfg.train.zero_stage == 3
               and cfg.train.backend == "deepspeed"), "model.compile",
          "not with DeepSpeed's train.zero_stage=3 (its parameter hooks run inside the blocks); "

@@ -24,6 +24,7 @@ from pipeline.format.manifest import MANIFEST_NAME, load_manifest
 from pipeline.format.tokenizer import tokenizer_sha256
 from pipeline.format.verified import verify_shards
 from pipeline.fsutil import atomic_write, atomic_write_json
+from pipeline.lai.kernels.capture import install_hooks
 from pipeline.train import engine as backend
 from pipeline.train.hf import init_from
 from pipeline.train.engine import ds_config as ds_config  # re-exported: run files, tests
@@ -137,6 +138,8 @@ def build_engine(cfg: Config, info: DistInfo, data: Data, comm: Comm, *,
                                    cfg.data.seq_len, cfg.data.sources[0].path))
     model = build_model(cfg.model, vocab_size=data.train.vocab_size, seq_len=cfg.data.seq_len,
                         bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id)
+    if cfg.lai.enabled:         # before the first forward: compiled blocks trace them in
+        install_hooks(model, cfg.lai.score.layers)
     flops = model_flops_per_token(model, cfg.data.seq_len)
     n_params = sum(p.numel() for p in model.parameters())
     gate = SkipGate(comm, info.device)

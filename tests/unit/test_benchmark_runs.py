@@ -52,17 +52,24 @@ def test_prepared_data_is_reused_only_for_the_same_documents(tmp_path):
 
 def test_gpu_check_ratios_pair_modes_at_the_same_batch():
     """benchmarks.gpu_check.overhead.ratios: wall tokens/s of A over B at the same micro-batch
-    only, LAI share = LAI time over the LAI-off step; failed runs are left out."""
+    only, LAI share = LAI time over the LAI-off step of the same compile setting; failed runs
+    are left out."""
     from benchmarks.gpu_check.overhead import ratios
     rows = [{"mode": "ref", "batch": 64, "wall_tokens_per_s": 400.0},
             {"mode": "off", "batch": 64, "wall_tokens_per_s": 300.0, "step_s": 2.0,
              "time_lai_s": 0.001},
             {"mode": "sketch", "batch": 64, "wall_tokens_per_s": 270.0, "step_s": 2.2,
              "time_lai_s": 0.1},
+            {"mode": "off-compiled", "batch": 64, "wall_tokens_per_s": 320.0, "step_s": 1.6},
+            {"mode": "sketch-compiled", "batch": 64, "wall_tokens_per_s": 288.0,
+             "step_s": 1.7, "time_lai_s": 0.4},
             {"mode": "off", "batch": 8, "wall_tokens_per_s": 100.0, "step_s": 1.0},
             {"mode": "bare", "batch": 8, "error": "RuntimeError: out of memory"}]
-    assert ratios(rows) == {"off/ref@64": 0.75, "sketch/off@64": 0.9, "sketch/ref@64": 0.675,
-                            "lai_share:sketch@64": 0.05}
+    assert ratios(rows) == {"off/ref@64": 0.75, "off-compiled/ref@64": 0.8,
+                            "sketch/off@64": 0.9, "sketch/ref@64": 0.675,
+                            "sketch-compiled/off-compiled@64": 0.9,
+                            "sketch-compiled/ref@64": 0.72,
+                            "lai_share:sketch@64": 0.05, "lai_share:sketch-compiled@64": 0.25}
 
 
 def test_longer_scenarios_scale_warmups_and_eval_cadence_with_their_steps():

@@ -157,8 +157,7 @@ def test_bad_yaml_names_file_and_key(tmp_path, text, message):
     (["lai.score.precondition_every=0"], "lai.score.precondition_every"),
     (["model.hidden=65"], "model.hidden"),
     (["train.min_lr=1.0"], "train.min_lr"),
-    (["model.compile=true"], "model.compile"),                        # LAI on linear layers
-    (["model.compile=true", "lai.score.layers=blocks", "train.zero_stage=3"], "model.compile"),
+    (["model.compile=true", "train.zero_stage=3"], "model.compile"),
     (["train.backend=torch"], "train.backend"),
     (["train.backend=fsdp2", "train.zero_stage=1"], "train.zero_stage"),     # no FSDP2 meaning
     (["train.backend=fsdp2", "train.zero_stage=3", "train.offload_optimizer=cpu"],
@@ -173,7 +172,7 @@ def test_validation_names_the_field(stub_data_dir, overrides, field):
 
 def test_fsdp2_accepts_the_zero_settings_it_maps(stub_data_dir):
     for extra in (["train.zero_stage=2"], ["train.zero_stage=3", "train.offload_params=cpu"],
-                  ["train.zero_stage=3", "model.compile=true", "lai.score.layers=blocks"]):
+                  ["train.zero_stage=3", "model.compile=true"]):
         _valid(stub_data_dir, "train.backend=fsdp2", *extra).validate(world=2)
 
 

@@ -2,7 +2,8 @@
 
 Layer sets:
   "linear": the input of every nn.Linear (and transformers' GPT-2 Conv1D, which is a linear
-            layer with transposed weight), LM head included, in forward order.
+            layer with transposed weight), LM head included, in module order (HF's causal LMs
+            register their layers in the order the forward calls them).
   "blocks": the hidden state entering each transformer block plus the final hidden state
             (the LM head's input).
   "head":   the LM head alone (its input, the final hidden state): the exact ghost term of the
@@ -14,6 +15,8 @@ A layer may see the batch flattened to [B*T, d] rows (OPT's MLP); features.check
 those back as [B, T, d]. A mixture-of-experts model (each expert sees only the tokens routed to
 it, as rows whose positions the layer input does not tell) is captured with the "blocks" set
 when "linear" is asked for, with a one-line warning on stderr (once per model).
+The hooks are installed on a model once and stay, off between captures, so that torch.compile
+traces them into compiled blocks (model.compile): a compiled model records through its graph.
 """
 from __future__ import annotations
 
@@ -96,48 +99,109 @@ def decoder_blocks(model: nn.Module) -> nn.ModuleList | None:
     return max(lists, key=lambda ml: sum(p.numel() for p in ml.parameters())) if lists else None
 
 
+class _Slot:
+    """The pre-hook of one captured module: while its hooks are on, keeps the module's input
+    (detached: no extra graph)."""
+
+    def __init__(self, hooks: "_Hooks"):
+        self.hooks = hooks
+        self.seen: list[torch.Tensor] = []
+
+    def __call__(self, module, args, kwargs):
+        if self.hooks.on:
+            x = args[0] if args else kwargs.get("hidden_states")
+            if not isinstance(x, torch.Tensor):
+                raise ValueError(f"LayerInputCapture: cannot find the input tensor of "
+                                 f"{type(module).__name__}")
+            self.seen.append(x.detach())
+
+
+class _Hooks:
+    """The pre-hooks of one layer set on one model, installed once and kept: off, each is one
+    attribute read. Kept rather than added per capture so that torch.compile traces them into
+    a compiled block's graph on its first call (hooks added to a module already compiled are
+    not run by its graph). Each slot keeps its own list, so the compiled graph's guards see the
+    same state (on or off, every list empty) at every block and every step: no recompiles."""
+
+    def __init__(self, model: nn.Module, layers: str):
+        self.on = False
+        self.modules = hooked_modules(model, effective_layers(model, layers))
+        self.slots = [_Slot(self) for _ in self.modules]
+        for m, slot in zip(self.modules, self.slots):
+            m.register_forward_pre_hook(slot, with_kwargs=True)
+
+    def take(self) -> tuple[list[nn.Module], list[torch.Tensor]]:
+        """(module of each captured input, the inputs) in module order, each recorded tensor
+        once: inputs with the same storage, shape, strides and dtype (the q/k/v projections'
+        one input) become one object; the slots are emptied."""
+        mods: list[nn.Module] = []
+        inputs: list[torch.Tensor] = []
+        same: dict[tuple, torch.Tensor] = {}
+        for m, slot in zip(self.modules, self.slots):
+            for x in slot.seen:
+                key = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, x.device)
+                mods.append(m)
+                inputs.append(same.setdefault(key, x))
+            slot.seen = []
+        return mods, inputs
+
+
+_INSTALLED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def install_hooks(model: nn.Module, layers: str = "linear") -> _Hooks:
+    """The capture hooks of `layers` on `model`, installed on the first call. Install them
+    before a compiled model's first forward (the trainer does): installed later, they make
+    torch.compile drop every compiled graph (torch._dynamo.reset), which were traced without
+    them, so the next forwards trace them in."""
+    per_model = _INSTALLED.setdefault(model, {})
+    if layers not in per_model:
+        per_model[check_layers(layers)] = _Hooks(model, layers)
+        if has_compiled_parts(model):
+            torch._dynamo.reset()
+    return per_model[layers]
+
+
+def has_compiled_parts(model: nn.Module) -> bool:
+    """Whether a module of `model` runs a torch.compile'd forward (model.compile's blocks,
+    nn.Module.compile)."""
+    return any(hasattr(m.forward, "_torchdynamo_orig_callable")
+               or getattr(m, "_compiled_call_impl", None) is not None for m in model.modules())
+
+
 class LayerInputCapture:
     """Context manager: during forwards inside the `with`, records each hooked module's input
-    (detached, no extra graph) into `inputs` (list of [B, T, d_l] or [B*T, d_l] tensors,
-    forward order) and the module of each into `modules`.
-    Hooks are removed on exit; `inputs` stays until `clear()` or the object is dropped."""
+    (detached, no extra graph). On exit `inputs` holds them (list of [B, T, d_l] or [B*T, d_l]
+    tensors, in module order: the forward order of HF's causal LMs; one object per distinct
+    tensor) and `modules` the module of each; they stay until `clear()` or the object is
+    dropped. The hooks themselves stay on the model, off (install_hooks), so a compiled model
+    records through its graph."""
 
     def __init__(self, model: nn.Module, layers: str = "linear"):
         self.model = model
         self.layers = check_layers(layers)
         self.inputs: list[torch.Tensor] = []
         self.modules: list[nn.Module] = []
-        self._seen: dict[tuple, torch.Tensor] = {}
-        self._handles: list = []
-
-    def _hook(self, module, args, kwargs):
-        x = args[0] if args else kwargs.get("hidden_states")
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(f"LayerInputCapture: cannot find the input tensor of "
-                             f"{type(module).__name__}")
-        key = (x.data_ptr(), tuple(x.shape), x.stride(), x.dtype, x._version)
-        if key not in self._seen:
-            self._seen[key] = x.detach()
-        self.inputs.append(self._seen[key])
-        self.modules.append(module)
+        self._hooks: _Hooks | None = None
 
     def __enter__(self) -> "LayerInputCapture":
         self.clear()
-        layers = effective_layers(self.model, self.layers)
-        self._handles = [m.register_forward_pre_hook(self._hook, with_kwargs=True)
-                         for m in hooked_modules(self.model, layers)]
+        hooks = install_hooks(self.model, self.layers)
+        if hooks.on:
+            raise RuntimeError("LayerInputCapture: a capture of this model and layer set is "
+                               "already open")
+        hooks.on, self._hooks = True, hooks
         return self
 
     def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-        self._seen = {}
+        hooks, self._hooks = self._hooks, None
+        if hooks is not None:
+            hooks.on = False
+            self.modules, self.inputs = hooks.take()
 
     def clear(self) -> None:
         self.inputs = []
         self.modules = []
-        self._seen = {}
 
 
 Weight: TypeAlias = float | torch.Tensor     # a scalar, or one weight per input coordinate [d]

@@ -40,7 +40,8 @@ def check_inputs(inputs: list[torch.Tensor], logits: torch.Tensor) -> list[torch
     tensor read by several layers stays one object (unique_inputs counts on it)."""
     if not inputs:
         raise ValueError("inputs: no layer inputs captured (run the forward inside "
-                         "LayerInputCapture)")
+                         "LayerInputCapture; a compiled model needs its capture hooks before its "
+                         "first forward: capture.install_hooks)")
     b, t = logits.shape[:2]
     viewed: dict[int, torch.Tensor] = {}
     out = []
