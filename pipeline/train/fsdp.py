@@ -37,8 +37,6 @@ from typing import cast
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.api import CheckpointException
-from torch.distributed.fsdp import fully_shard
 
 from pipeline.config import TrainConfig
 from pipeline.errors import UserError
@@ -77,6 +75,7 @@ def shard(model: nn.Module, t: TrainConfig, device: torch.device) -> nn.Module:
     block its own FSDP unit, the rest (embeddings, final norm, LM head: tied weights stay one
     parameter) the root's, kept gathered from its forward to its backward. Collective. (Its
     deprecation warnings: pipeline.train.quiet.)"""
+    from torch.distributed.fsdp import fully_shard     # here: DeepSpeed runs never import it
     if device.type == "cuda" and t.offload_params != "cpu":
         model.to(device)
     kw = shard_kwargs(t, device)
@@ -161,6 +160,7 @@ class FSDPEngine:
     def load_checkpoint(self, load_dir: str, tag: str, **_) -> tuple[str, dict]:
         """Model and optimizer from load_dir/tag/dcp/ (resharded to this world size); returns
         (path, the client state save_checkpoint was given)."""
+        from torch.distributed.checkpoint.api import CheckpointException
         from torch.distributed.checkpoint.state_dict import (set_model_state_dict,
                                                              set_optimizer_state_dict)
 
@@ -201,6 +201,8 @@ def _first_failure(e) -> str:
 def load_full_model(ckpt: Path, model: nn.Module) -> dict[str, torch.Tensor]:
     """The model weights of an fsdp2 checkpoint `ckpt`, read into `model` (built on the meta
     device; materialised on the host here) on one process without a process group."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
     from pipeline.train.checkpointing import safe_load
     model.to_empty(device="cpu")
     state = {"model": model.state_dict()}
