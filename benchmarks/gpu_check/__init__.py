@@ -9,16 +9,17 @@ results saved as it ends, a failing part is recorded and the next one still runs
 1. env: device, driver, torch / CUDA / DeepSpeed / transformers versions;
 2. tests: `pytest -m cuda` (tests/e2e/test_cuda.py: LAI on CUDA, a ZeRO-2 bf16 step with LAI, resume);
 3. data: the stdlib corpus through the real `lai-prep`, GPT-2's vocabulary size (50257);
-4. overhead: GPT-2 small (124M parameters, seq 1024, bf16, SDPA attention) through the real
-   trainer (`python -m pipeline.train`, 1 rank, DeepSpeed ZeRO 1, one process per run): LAI off,
-   sketch, both again with compiled blocks (model.compile: the sketch's capture hooks traced
-   into them), and off under train.backend=fsdp2, at the largest micro-batch that fits
-   (measured, or --batch); the nanoGPT-class reference loop (benchmarks/ref_loop.py: whole-model
-   torch.compile, SDPA, fused AdamW, bf16 autocast, no DeepSpeed) on the same model, data and
-   batch; --plan adds others (a bare DeepSpeed loop, benchmarks/bare_loop.py: bare:big; exact at
-   the small batch: exact:small). Per run: tokens/s (the trainer's
-   phase timers and wall clock between log lines), MFU against the card's bf16 dense peak, peak
-   memory, LAI's share of the step, the data phase; the ratios pipeline / reference (and / bare);
+4. overhead: GPT-2 small (124M parameters, seq 1024, bf16, SDPA attention) through the real trainer
+   (`python -m pipeline.train`, 1 rank, DeepSpeed ZeRO 1, one process per run): LAI off, sketch,
+   both again with compiled blocks (model.compile: the sketch's capture hooks traced into them),
+   at the largest micro-batch that fits (measured, or --batch); the nanoGPT-class reference loop
+   (benchmarks/ref_loop.py: whole-model torch.compile, SDPA, fused AdamW, bf16 autocast, no
+   DeepSpeed) on the same model, data and batch; --plan adds others (a bare DeepSpeed loop,
+   benchmarks/bare_loop.py: bare:big; exact at the small batch: exact:small;
+   train.backend=fsdp2: off-fsdp2:big, sketch-fsdp2:big). Per run: tokens/s (the trainer's phase
+   timers and wall clock between log lines), MFU against the card's bf16 dense peak, peak
+   memory, LAI's share of the step, the data phase; the ratios pipeline / reference (and /
+   bare);
 5. profile: where the sketch's time goes (forward with / without capture, input side, vocabulary
    side, outer product, an fp32 softmax as the floor; the vocabulary side under torch.compile),
    the loss's forward + backward (upcast F.cross_entropy vs the chunked loss: time, memory) and
