@@ -4,10 +4,15 @@
 
 Families: llama, gpt_neox, gpt2, gpt_neo; or any causal LM folder with `model.init_from`
 (pipeline.train.hf.init_from). `model.compile` compiles each block's forward with
-torch.compile (regional compilation: one graph serves every block; hooks on the blocks, such as
-LAI's layers=blocks capture, run eagerly around it). Dropout is off (pretraining at this scale rarely uses it,
-and it would make LAI's forward differ from the trained one). Weights come from the model's own
-initializer under the torch RNG state the caller seeded.
+torch.compile (regional compilation: one graph serves every block; hooks on the blocks run
+eagerly around it, hooks inside it, such as LAI's capture of the linear layers, are traced in).
+With `model.activation_checkpointing` too, the compiled forward holds transformers'
+checkpoint, whose forward side effects (its output recording, LAI's capture) the recompute in
+the backward does not replay (torch._dynamo's skip_fwd_side_effects_in_bwd_under_checkpoint;
+without it the side effects are a graph break that leaves every block eager). Dropout is off
+(pretraining at this scale rarely uses it, and it would make LAI's forward differ from the
+trained one). Weights come from the model's own initializer under the torch RNG state the
+caller seeded.
 """
 from __future__ import annotations
 
@@ -69,7 +74,9 @@ def build_model(m: ModelConfig, *, vocab_size: int, seq_len: int, bos_id: int = 
         model = transformers.AutoModelForCausalLM.from_config(cfg)
     if m.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if m.compile:                 # regional: each block's forward, so module hooks stay eager
+    if m.compile:                 # regional: each block's forward (see the module doc)
+        if m.activation_checkpointing:
+            torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
         for block in decoder_blocks(model) or ():
             block.forward = torch.compile(block.forward)
     model.train()

@@ -88,3 +88,37 @@ def test_trainer_with_compiled_blocks_keeps_the_eager_run_ledger(animals_data, t
     for field in ("loss", "value"):
         np.testing.assert_allclose(comp[field], eager[field], rtol=1e-4,
                                    atol=1e-6 * np.abs(eager[field]).max())
+
+
+@pytest.mark.slow
+def test_compiled_blocks_with_activation_checkpointing_compile_and_train_alike():
+    """model.compile with model.activation_checkpointing: the blocks really compile (a graph, no
+    graph break: transformers' checkpoint is traced, its forward side effects, LAI's capture
+    included, are not replayed in the recompute) and their gradients and captured inputs equal
+    the eager checkpointed model's."""
+    from torch._dynamo.utils import counters
+
+    from pipeline.config import ModelConfig
+    from pipeline.lai import LayerInputCapture
+    from pipeline.train.model import build_model
+    ids = torch.randint(0, 256, (2, 32), generator=torch.Generator().manual_seed(0))
+    out = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(family="llama", n_layer=2, hidden=64, n_head=2,
+                                        compile=compiled, activation_checkpointing=True),
+                            vocab_size=256, seq_len=32)
+        graphs, breaks = counters["stats"]["unique_graphs"], sum(counters["graph_break"].values())
+        with LayerInputCapture(model) as cap:                   # as the trainer: forward
+            loss = model(input_ids=ids).logits.square().mean()
+        loss.backward()
+        out[compiled] = cap.inputs, [p.grad for p in model.parameters()]
+        if compiled:
+            assert counters["stats"]["unique_graphs"] > graphs
+            assert sum(counters["graph_break"].values()) == breaks, dict(counters["graph_break"])
+    (eager_in, eager_grads), (comp_in, comp_grads) = out[False], out[True]
+    assert len(comp_in) == len(eager_in) == 15
+    for a, b in zip(comp_in, eager_in):
+        assert torch.allclose(a, b, atol=1e-5)
+    for a, b in zip(comp_grads, eager_grads):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * b.abs().max())
