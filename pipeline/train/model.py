@@ -16,6 +16,8 @@ caller seeded.
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 import transformers
 from torch import nn
@@ -76,8 +78,21 @@ def build_model(m: ModelConfig, *, vocab_size: int, seq_len: int, bos_id: int = 
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if m.compile:                 # regional: each block's forward (see the module doc)
         if m.activation_checkpointing:
-            torch._dynamo.config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
+            _compile_checkpointed_blocks()
         for block in decoder_blocks(model) or ():
             block.forward = torch.compile(block.forward)
     model.train()
     return model
+
+
+def _compile_checkpointed_blocks() -> None:
+    """Let torch.compile trace transformers' checkpointed block forward: its forward side
+    effects are not replayed in the recompute (see the module doc). A torch without that
+    setting runs the blocks eager, with a warning on stderr."""
+    config = torch._dynamo.config
+    if hasattr(config, "skip_fwd_side_effects_in_bwd_under_checkpoint"):
+        config.skip_fwd_side_effects_in_bwd_under_checkpoint = True
+    else:
+        print(f"warning: model.compile with model.activation_checkpointing: torch "
+              f"{torch.__version__} cannot compile the checkpointed blocks; they run eager",
+              file=sys.stderr, flush=True)
