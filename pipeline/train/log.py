@@ -99,9 +99,8 @@ class StepLog:
             self.window = Window()
         if log.histogram_every and (r.step % log.histogram_every == 0 or last) \
                 and self.cfg.lai.enabled:
-            values = torch.cat([m.values for m in r.micros])
-            self.metrics.histogram(r.step, "lai/values",
-                                   torch.cat(self.comm.gather(values, same_shape=True)))
+            values = torch.cat([m.values for m in r.micros])    # per unit: counts differ
+            self.metrics.histogram(r.step, "lai/values", torch.cat(self.comm.gather(values)))
 
     def _report(self, r: StepResult, counters: Counters) -> None:
         w, info = self.window, self.info

@@ -62,7 +62,8 @@ def test_loader_segments_are_the_document_runs_of_each_target(mixed):
 def test_document_units_on_the_trainer_path(mixed, tmp_path):
     """Packed sequences straddling sources mixa and mixb, 2 ranks x 4 sequences, LAI values per
     document (the token_pair sketch) and the oracle deciding at cap 0.9: every mixb document is
-    dropped and every mixa one kept, one ledger row per document run holding a target."""
+    dropped and every mixa one kept, one ledger row per document run holding a target; the
+    value histogram holds every rank's units (the ranks' counts differ)."""
     from pipeline.report.stats import locate_all
     from pipeline.report.valuation import build_dataset, load_data_spec
     from support.train import ROOT, env, ledger, torchrun
@@ -73,7 +74,7 @@ def test_document_units_on_the_trainer_path(mixed, tmp_path):
             "train.global_batch=8", "train.steps=4", "train.zero_stage=0", "train.eval_every=0",
             "train.warmup_steps=1", "lai.enabled=true", "lai.unit=document",
             "lai.filter.kind=oracle", "lai.filter.oracle_sources=[mixb]", "lai.filter.max_exclude_frac=0.9",
-            "lai.memory.weight=0", "lai.warmup_steps=0", "log.every=2", "log.histogram_every=0"]
+            "lai.memory.weight=0", "lai.warmup_steps=0", "log.every=2", "log.histogram_every=2"]
     p = subprocess.run(torchrun(args), env=env(), cwd=ROOT, capture_output=True, text=True,
                        timeout=300)
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
@@ -92,3 +93,9 @@ def test_document_units_on_the_trainer_path(mixed, tmp_path):
     harmful = np.array([spans.docs[d][0] == "mixb" for d in spans.doc])
     assert 0 < harmful.sum() < rows.size
     assert not rows["kept"][harmful].any() and rows["kept"][~harmful].all()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ea = EventAccumulator(str(run / "tb"), size_guidance={"histograms": 0})    # keep them all
+    ea.Reload()
+    counts = {e.step: e.histogram_value.num for e in ea.Histograms("lai/values")}
+    assert counts == {s: float((rows["step"] == s).sum()) for s in (2, 4)}
+    assert len({int((rows["rank"][rows["step"] == 2] == k).sum()) for k in (0, 1)}) > 1
