@@ -60,11 +60,12 @@ def step_time(model, ids, scorer: LAIScorer | None) -> float:
     else:
         with LayerInputCapture(model, scorer.s.layers) as cap:
             logits = model(input_ids=ids).logits
-        keep = FilterPolicy(FilterSettings(max_exclude_frac=CAP, threshold=0.0),
-                            0).mask(scorer.values(cap.inputs, logits, targets),
-                                                      step=0)
+        vocab = scorer.vocab_request(None, logits)     # the loss folds the vocabulary side
+        losses = per_sequence_loss(logits, targets, vocab=vocab)
+        keep = FilterPolicy(FilterSettings(max_exclude_frac=CAP, threshold=0.0), 0).mask(
+            scorer.values(cap.inputs, logits, targets,
+                          vocab=None if vocab is None else vocab.tokens), step=0)
         del cap
-        losses = per_sequence_loss(logits, targets)
         (losses * keep).sum().div(keep.sum()).backward()
     return time.process_time() - t0
 

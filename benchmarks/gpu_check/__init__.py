@@ -18,11 +18,13 @@ results saved as it ends, a failing part is recorded and the next one still runs
    benchmarks/bare_loop.py: bare:big; exact at the small batch: exact:small;
    train.backend=fsdp2: off-fsdp2:big, sketch-fsdp2:big). Per run: tokens/s (the trainer's phase
    timers and wall clock between log lines), MFU against the card's bf16 dense peak, peak
-   memory, LAI's share of the step, the data phase; the ratios pipeline / reference (and /
-   bare);
+   memory, LAI's share of the step (its phase timer: the sketch's vocabulary side runs in the
+   loss's forward, so LAI's whole cost is the ratio sketch / off), the data phase; the ratios
+   pipeline / reference (and / bare);
 5. profile: where the sketch's time goes (forward with / without capture, input side, vocabulary
    side, outer product, an fp32 softmax as the floor; the vocabulary side under torch.compile),
-   the loss's forward + backward (upcast F.cross_entropy vs the chunked loss: time, memory) and
+   the loss's forward + backward (upcast F.cross_entropy vs the chunked loss, alone and folding
+   the sketch's vocabulary side as LAI steps do: time, memory) and
    the document memory's CPU lookups per micro-batch;
 6. fidelity: on the model the sketch run trained, LAI values (token_pair, the batch as reference)
    of the sketch at several sizes and of a bf16 copy against exact fp32: Pearson per batch;

@@ -32,20 +32,26 @@ def _timed(fn, reps: int = 5, host: bool = False) -> float:
     return float(np.median(times))
 
 
-def loss_costs(logits, targets) -> dict[str, float]:
+def loss_costs(logits, targets, k2: int) -> dict[str, float]:
     """Forward + backward of the per-sequence loss on `logits`: the upcast F.cross_entropy the
-    trainer used before issue 22 against the chunked one it uses now (pipeline/lai/kernels/xent.py):
+    trainer used before issue 22 against the chunked one (pipeline/lai/kernels/xent.py), alone
+    and folding the sketch's vocabulary side (k2 buckets) as the trainer's LAI steps do:
     seconds and peak memory above the logits (GiB)."""
     import torch
     import torch.nn.functional as F
 
     from pipeline.lai import per_sequence_loss
+    from pipeline.lai.kernels.sketch import VocabRequest
 
     def upcast(x):
         return F.cross_entropy(x.flatten(0, 1).float(), targets.flatten(), reduction="none")
 
+    def folding(x):
+        return per_sequence_loss(x, targets, vocab=VocabRequest(k2, 0))
+
     out = {}
-    for name, fn in (("upcast", upcast), ("chunked", lambda x: per_sequence_loss(x, targets))):
+    for name, fn in (("upcast", upcast), ("chunked", lambda x: per_sequence_loss(x, targets)),
+                     ("chunked_folding", folding)):
         x = logits.detach().requires_grad_(True)
 
         def run():
@@ -108,7 +114,9 @@ def profile_part(args, size, res) -> None:
     its pieces (input side, vocabulary side, outer product; the kernels as `values` runs them:
     compiled on CUDA) and a plain fp32 softmax of the logits (the memory-bound floor of the
     vocabulary side); the vocabulary side through torch.compile apart; the loss's forward +
-    backward, upcast against chunked (loss_costs); the document memory's CPU lookups."""
+    backward, upcast against chunked, and chunked folding the vocabulary side, which the
+    trainer's LAI steps run instead of the separate vocabulary pass (loss_costs); the document
+    memory's CPU lookups."""
     import torch
 
     from pipeline.lai import LAIScorer, LayerInputCapture
@@ -150,7 +158,7 @@ def profile_part(args, size, res) -> None:
         t.update(_compiled_vocab_side(vocab))
     inputs = cap = ca = cg = None   # frees them (a `del` reads as undefined names in the lambdas above)
     teardown()
-    t.update(loss_costs(logits, tgt))
+    t.update(loss_costs(logits, tgt, k2))
     t["document_keys_cpu"] = document_keys_seconds(args, size, b)
     res["lai_profile"] = {"batch": b, "chunk": step, "k1": k1, "k2": k2,
                           "attn": getattr(model.config, "_attn_implementation", "?"), **t}

@@ -31,9 +31,9 @@ def lai_step_timings(model, x, scorers: dict, rounds: int = 5,
                      extra: dict | None = None) -> dict[str, float]:
     """Best-of-`rounds` seconds of one training step on x (int64 [B, T+1]) without LAI ("plain":
     forward, per-sequence loss, backward) and with each scorer (forward under LayerInputCapture
-    of the scorer's layer set, LAI values -- with its Adam factors, if any -- masked backward:
-    what pipeline.train does), measured round-robin. `extra` adds other callables to the same
-    rounds."""
+    of the scorer's layer set, the loss folding the sketch's vocabulary side, LAI values --
+    with its Adam factors, if any -- masked backward: what pipeline.train does), measured
+    round-robin. `extra` adds other callables to the same rounds."""
     import torch
     from pipeline.lai import LayerInputCapture, per_sequence_loss
     inp, tgt = x[:, :-1], x[:, 1:]
@@ -48,10 +48,12 @@ def lai_step_timings(model, x, scorers: dict, rounds: int = 5,
             model.zero_grad(set_to_none=True)
             with LayerInputCapture(model, layers=scorer.s.layers) as cap:
                 logits = model(input_ids=inp).logits
-            losses = per_sequence_loss(logits, tgt)
+            weights = scorer.input_weights(cap)
+            vocab = scorer.vocab_request(weights, logits)
+            losses = per_sequence_loss(logits, tgt, vocab=vocab)
             with torch.no_grad():
-                keep = scorer.values(cap.inputs, logits, tgt,
-                                     weights=scorer.input_weights(cap)) > 0
+                keep = scorer.values(cap.inputs, logits, tgt, weights=weights,
+                                     vocab=None if vocab is None else vocab.tokens) > 0
             (losses * keep).sum().div(len(losses)).backward()
         return step
 

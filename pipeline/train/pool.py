@@ -96,9 +96,10 @@ class CandidatePool:
         targets = batch["targets"].to(self.device, non_blocking=True)
         with self.selector.capture(engine.module) as cap:
             logits = engine(input_ids=input_ids).logits
-        losses = per_sequence_loss(logits, targets)
+        vocab = self.selector.vocab_request(cap, logits)     # folded by the loss, as in step
+        losses = per_sequence_loss(logits, targets, vocab=vocab)
         sel = self.selector.select(step, cap, logits, targets, losses, batch["seq_ids"],
-                                   input_ids=input_ids, model=engine.module)
+                                   input_ids=input_ids, model=engine.module, vocab=vocab)
         return sel.values.to(torch.float64), losses.float()
 
     def batch(self, drawn: Drawn, k: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

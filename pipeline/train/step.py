@@ -199,15 +199,17 @@ class StepRunner:
         units = units_of(batch["segments"].to(dev), targets) if "segments" in batch else None
         with self.selector.capture(engine.module) if drawn is None else nullcontext() as cap:
             logits = engine(input_ids=input_ids).logits
-        losses = per_sequence_loss(logits, targets) if units is None else \
-            per_unit_loss(logits, targets, units)
+        # the loss's pass over the logits also folds the LAI sketch's vocabulary side
+        vocab = self.selector.vocab_request(cap, logits) if drawn is None else None
+        losses = per_sequence_loss(logits, targets, vocab=vocab) if units is None else \
+            per_unit_loss(logits, targets, units, vocab=vocab)
         if step in self.nan_steps:
             losses = faults.poison(losses, self.comm.rank)
         clock.mark()
         if drawn is None:
             values, keep, value_norm = self.selector.select(
                 step, cap, logits, targets, losses, batch["seq_ids"], input_ids=input_ids,
-                model=engine.module, units=units)
+                model=engine.module, units=units, vocab=vocab)
         else:                                             # chosen and scored by the pool
             values, value_norm = drawn.values[pos], drawn.value_norm[pos]
             keep = torch.ones_like(losses, dtype=torch.bool)

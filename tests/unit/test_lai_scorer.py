@@ -88,3 +88,24 @@ def test_selector_recomputes_a_val_reference_cached_under_other_options():
     assert other.val_step is None
     other.refresh(5, model)
     assert len(calls) == 2 and other.val_step == 5
+
+
+@pytest.mark.parametrize("pairing", ["token_pair", "aligned", "pooled"])
+def test_values_from_the_loss_folded_vocabulary_side_equal_the_scorers_own(pairing):
+    """The trainer's path (the loss folds the sketch's vocabulary side for the scorer's
+    VocabRequest, the scorer takes those tokens) gives the values of the scorer's own pass
+    over the logits; exact scoring asks for nothing."""
+    from pipeline.lai import per_sequence_loss
+    model, ids = tiny_model("llama"), batch(4, 10, 128)
+    targets = shift_labels(ids)
+    scorer = LAIScorer(ScoreSettings(reference="local", method="sketch", pairing=pairing,
+                                     sketch_dim=1024).resolved(), 5)
+    with LayerInputCapture(model) as cap:
+        logits = model(input_ids=ids).logits
+    request = scorer.vocab_request(None, logits)
+    per_sequence_loss(logits, targets, vocab=request)
+    own = scorer.values(cap.inputs, logits, targets)
+    folded = scorer.values(cap.inputs, logits, targets, vocab=request.tokens)
+    assert torch.allclose(folded, own, rtol=1e-5, atol=1e-7 * own.abs().max()), (folded, own)
+    exact = LAIScorer(ScoreSettings(reference="local", method="exact").resolved())
+    assert exact.vocab_request(None, logits) is None

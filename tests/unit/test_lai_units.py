@@ -113,3 +113,21 @@ def test_document_units_refuse_what_values_whole_sequences():
     assert LAISettings(unit="document", score=ScoreSettings(pairing="aligned",
                                                             method="exact")).resolved()
     assert LAISettings(unit="document").resolved(has_documents=True).memory.weight == 0.0
+
+
+def test_document_values_from_the_loss_folded_vocabulary_side_equal_the_scorers_own():
+    """lai.unit=document with the vocabulary side the loss folded (per_unit_loss with the
+    scorer's VocabRequest, as the trainer runs it): the same values as the scorer's own pass."""
+    from pipeline.lai.kernels.grads import per_unit_loss
+    model, ids = tiny_model("llama"), batch(3, 12, 128)
+    tgt = shift_labels(ids)
+    units = units_of(_segments(3, 12), tgt)
+    scorer = LAIScorer(ScoreSettings(reference="local", method="sketch",
+                                     sketch_dim=1024).resolved(), 5)
+    with LayerInputCapture(model) as cap:
+        logits = model(input_ids=ids).logits
+    request = scorer.vocab_request(None, logits)
+    per_unit_loss(logits, tgt, units, vocab=request)
+    own = scorer.values(cap.inputs, logits, tgt, units=units)
+    folded = scorer.values(cap.inputs, logits, tgt, units=units, vocab=request.tokens)
+    assert torch.allclose(folded, own, rtol=1e-5, atol=1e-7 * own.abs().max()), (folded, own)

@@ -72,3 +72,29 @@ def test_chunked_forward_keeps_no_vocabulary_sized_float32_tensor():
         xent.token_cross_entropy(x, targets, compiled=False)
     big = [t for t in saved if t.numel() >= B * T * V]
     assert len(big) == 1 and big[0].dtype == torch.bfloat16, [(t.shape, t.dtype) for t in saved]
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-6)])
+@pytest.mark.parametrize("chunk", [7, 1 << 24])      # rows per chunk: 3 chunks, or one
+@pytest.mark.parametrize("weighted", [False, True])
+def test_loss_with_a_vocab_request_folds_the_sketchs_vocabulary_side(monkeypatch, dtype, tol,
+                                                                     chunk, weighted):
+    """A VocabRequest leaves the loss and its gradient exactly as without it, and its tokens
+    are what the sketch's own vocabulary pass computes (sketch.vocab_chunks: softmax - onehot
+    over N_j, signed, folded; 0 at ignored targets), with Adam-aware row weights too."""
+    monkeypatch.setitem(sketch.CHUNK_ELEMENTS, "cpu", chunk * V)
+    logits, targets, w = _case(dtype)
+    row = torch.rand(V, generator=torch.Generator().manual_seed(1), dtype=dtype) if weighted \
+        else None
+    request = sketch.VocabRequest(16, 3, row)
+    with_request = _loss_and_grad(
+        lambda x, t: per_sequence_loss(x, t, vocab=request), logits, targets, w)
+    plain = _loss_and_grad(per_sequence_loss, logits, targets, w)
+    assert torch.equal(with_request[0], plain[0]) and torch.equal(with_request[1], plain[1])
+    valid = targets != -100
+    want = torch.cat([c for _, c in sketch.vocab_chunks(logits, targets, valid, 16, 3, dtype,
+                                                        sketch.Kernels(False), row)])
+    assert request.tokens is not None and request.tokens.shape == (B, T, 16)
+    assert not request.tokens.requires_grad
+    torch.testing.assert_close(request.tokens, want, rtol=tol, atol=tol * want.abs().max().item())
+    assert request.tokens[1, :3].abs().max() == 0 and request.tokens[2, -1].abs().max() == 0

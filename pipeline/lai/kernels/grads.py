@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from .sketch import VocabRequest
 from .units import Units, unit_losses
 from .xent import IGNORE, compute_dtype, token_cross_entropy
 
@@ -72,18 +73,21 @@ def _logit_grads(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tenso
 
 
 def per_sequence_loss(logits: torch.Tensor, targets: torch.Tensor,
-                      compiled: bool | None = None) -> torch.Tensor:
+                      compiled: bool | None = None, vocab: VocabRequest | None = None
+                      ) -> torch.Tensor:
     """l_j = mean cross-entropy over the valid targets of sequence j; [B], differentiable,
     fp32 (float64 for float64 logits). Chunked over the tokens (xent.py: no [B, T, V] fp32
-    tensor); `compiled`: its kernels through torch.compile (None: on CUDA)."""
+    tensor); `compiled`: its kernels through torch.compile (None: on CUDA); `vocab`: filled
+    with the LAI sketch's vocabulary side in the same pass (xent.py)."""
     valid = check_targets(logits, targets)
-    ce = token_cross_entropy(logits, targets, compiled)
+    ce = token_cross_entropy(logits, targets, compiled, vocab)
     return ce.sum(dim=1) / valid.sum(dim=1).to(ce.dtype)
 
 
 def per_unit_loss(logits: torch.Tensor, targets: torch.Tensor, units: Units,
-                  compiled: bool | None = None) -> torch.Tensor:
+                  compiled: bool | None = None, vocab: VocabRequest | None = None
+                  ) -> torch.Tensor:
     """l_u = mean cross-entropy over the target positions of unit u (pipeline.lai.kernels.units); [P],
     differentiable, as per_sequence_loss."""
     check_targets(logits, targets)
-    return unit_losses(token_cross_entropy(logits, targets, compiled), units)
+    return unit_losses(token_cross_entropy(logits, targets, compiled, vocab), units)

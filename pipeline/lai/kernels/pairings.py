@@ -58,10 +58,11 @@ class Pairing:
 
     def sketch(self, inputs: list[torch.Tensor], logits: torch.Tensor, targets: torch.Tensor,
                valid: torch.Tensor, sketch_dim: int, seed: int, compiled: bool = False,
-               weights: InputWeights | None = None, units: Units | None = None
-               ) -> torch.Tensor | Features:
+               weights: InputWeights | None = None, units: Units | None = None,
+               vocab: torch.Tensor | None = None) -> torch.Tensor | Features:
         """This batch's sketch (inputs validated by the caller; `compiled`: sketch.Kernels;
-        `units`: per unit, token_pair only)."""
+        `units`: per unit, token_pair only; `vocab`: the vocabulary side per token, already
+        folded by the loss, sketch.vocab_chunks)."""
         if units is not None:
             raise ValueError(f"lai.unit=document: the {self.name} sketch is per sequence "
                              "(use lai.score.pairing=token_pair or lai.score.method=exact)")
@@ -71,7 +72,7 @@ class Pairing:
         cols, row = _sides(weights, dt, logits.device)
         ca = self._input_sketch(inputs, mask, k1, seed, dt, kernels, cols)
         out = ca.new_empty(logits.shape[0], k2)
-        for sl, cg in vocab_chunks(logits, targets, valid, k2, seed, dt, kernels, row):
+        for sl, cg in vocab_chunks(logits, targets, valid, k2, seed, dt, kernels, row, vocab):
             out[sl] = self._vocab_sketch(cg, k2, seed)
         return Features(ca, out)
 
@@ -100,7 +101,7 @@ class TokenPair(Pairing):
         return k1, sketch_dim // k1
 
     def sketch(self, inputs, logits, targets, valid, sketch_dim, seed, compiled=False,
-               weights=None, units: Units | None = None):
+               weights=None, units: Units | None = None, vocab: torch.Tensor | None = None):
         """Per-sequence Kronecker sketches [B, k1 * k2] (summed over the reference); with
         `units` those of the units [P, k1 * k2] (pipeline.lai.kernels.units)."""
         k1, k2 = self.split(sketch_dim)
@@ -108,7 +109,7 @@ class TokenPair(Pairing):
         cols, row = _sides(weights, dt, logits.device)
         # g = 0 at ignored positions: no mask on the input side
         ca = input_side(inputs, seed, k1, dt, None, kernels=kernels, cols=cols)   # [B, T, k1]
-        chunks = vocab_chunks(logits, targets, valid, k2, seed, dt, kernels, row)
+        chunks = vocab_chunks(logits, targets, valid, k2, seed, dt, kernels, row, vocab)
         if units is not None:
             return _unit_sketch(ca, chunks, valid, units).view(units.count, k1 * k2)
         out = ca.new_empty(logits.shape[0], k1 * k2)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from dataclasses import dataclass
 
 import torch
 
@@ -176,10 +177,25 @@ def vocab_side(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
                 row: torch.Tensor | None = None) -> torch.Tensor:
     """vocab_kernel with this seed's vocabulary signs (times `row` [V], the logit side's
     per-entry weight, if given: the sketch of row * g); [c, T, k2]."""
-    s = signs(logits.shape[-1], seed, STREAM_VOCAB, logits.device, dt)
-    if row is not None:
-        s = s * row
+    s = VocabRequest(k2, seed, row).signs(logits.shape[-1], logits.device, dt)
     return (kernels or Kernels(False))(vocab_kernel, logits.detach(), targets, valid, s, k2)
+
+
+@dataclass
+class VocabRequest:
+    """The vocabulary side of a batch's sketch, asked of the loss (xent.token_cross_entropy
+    fills `tokens`), so the logits are read once for both: k2 buckets, the seed, the logit
+    side's per-entry weight `row` [V] (Adam-aware scoring; None: plain). `tokens`: C2(g) per
+    token [B, T, k2], what vocab_chunks yields for the whole batch."""
+    k2: int
+    seed: int
+    row: torch.Tensor | None = None
+    tokens: torch.Tensor | None = None
+
+    def signs(self, v: int, device: torch.device, dt: torch.dtype) -> torch.Tensor:
+        """The vocabulary signs [v] of this seed, times `row` (as vocab_side signs them)."""
+        s = signs(v, self.seed, STREAM_VOCAB, device, dt)
+        return s if self.row is None else s * self.row.to(device, dt)
 
 
 def positional(z: torch.Tensor, k: int, seed: int, stream: int) -> torch.Tensor:
@@ -205,9 +221,15 @@ def chunk_size(b: int, t: int, v: int, device: torch.device) -> int:
 
 
 def vocab_chunks(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, k2: int,
-                 seed: int, dt: torch.dtype, kernels: Kernels, row: torch.Tensor | None = None):
+                 seed: int, dt: torch.dtype, kernels: Kernels, row: torch.Tensor | None = None,
+                 tokens: torch.Tensor | None = None):
     """Yields (slice of sequences, C2(g) of their tokens [c, T, k2]) chunk by chunk, so no full
-    [B, T, V] block is ever held (`row`: vocab_side's weight)."""
+    [B, T, V] block is ever held (`row`: vocab_side's weight); `tokens`: the whole batch's,
+    already folded by the loss (a filled VocabRequest of the same k2, seed and row), as one
+    chunk."""
+    if tokens is not None:
+        yield slice(None), tokens
+        return
     b, t, v = logits.shape
     step = chunk_size(b, t, v, logits.device)
     for s in range(0, b, step):

@@ -22,10 +22,11 @@ from pipeline.errors import need, need_one_of
 from ..kernels.capture import LAYER_SETS, LayerInputCapture
 from ..kernels.exact import reference_mean
 from ..kernels.features import Features, cat_features, check_inputs
-from ..kernels.grads import check_targets
+from ..kernels.grads import check_targets, compute_dtype
 from ..kernels.modelio import eval_mode, model_logits
 from ..kernels.pairings import PAIRINGS
 from ..kernels.precondition import PRECONDITIONS, AdamFactors, InputWeights
+from ..kernels.sketch import VocabRequest
 from ..kernels.units import Units, unit_targets
 
 METHODS = ("exact", "sketch")
@@ -128,9 +129,22 @@ class LAIScorer:
             return None
         return self.factors.weights(cap.model, cap.modules)
 
-    def _local(self, inputs, logits, targets, weights=None, units: Units | None = None):
+    def vocab_request(self, weights: InputWeights | None, logits: torch.Tensor
+                      ) -> VocabRequest | None:
+        """What the loss's forward can fold for this scorer's sketch of `logits` (their dtype
+        and device; `weights`: input_weights of the capture), None for method=exact."""
+        if self.s.method != "sketch":
+            return None
+        assert self.s.sketch_dim is not None     # resolved() sets it for method=sketch
+        row = None if weights is None else weights.logit_side(compute_dtype(logits),
+                                                               logits.device)
+        return VocabRequest(self.kernel.split(self.s.sketch_dim)[1], self.seed, row)
+
+    def _local(self, inputs, logits, targets, weights=None, units: Units | None = None,
+               vocab: torch.Tensor | None = None):
         """This rank's exact Features, aligned/pooled sketch Features, or token_pair sketches
-        [B, sketch_dim] (with `units`: one per unit, [P, ...])."""
+        [B, sketch_dim] (with `units`: one per unit, [P, ...]; `vocab`: the filled `tokens` of
+        vocab_request's request)."""
         valid = check_targets(logits, targets)
         inputs = check_inputs(inputs, logits)
         if self.s.method == "exact":
@@ -140,7 +154,7 @@ class LAIScorer:
         compiled = self.s.compile and (logits.is_cuda or self.compile_cpu)
         assert self.s.sketch_dim is not None     # resolved() sets it for method=sketch
         return self.kernel.sketch(inputs, logits, targets, valid, self.s.sketch_dim, self.seed,
-                                  compiled, weights, units)
+                                  compiled, weights, units, vocab)
 
     def _reference(self, local, comm: Comm) -> dict[str, Any]:
         """Reference over all ranks of `comm` from this rank's local features (gathered) or
@@ -155,13 +169,14 @@ class LAIScorer:
 
     # -- values ---------------------------------------------------------------------------
     def values(self, inputs: list[torch.Tensor], logits: torch.Tensor, targets: torch.Tensor,
-               group=None, weights: InputWeights | None = None, units: Units | None = None
-               ) -> torch.Tensor:
+               group=None, weights: InputWeights | None = None, units: Units | None = None,
+               vocab: torch.Tensor | None = None) -> torch.Tensor:
         """float64 [B_local] LAI values of this rank's sequences (targets already shifted);
         `weights`: input_weights(cap) of the capture (Adam-aware scoring); `units`: the values
         of these units instead, [P_local] (pipeline.lai.kernels.units; the reference's members are then
-        units too)."""
-        local = self._local(inputs, logits, targets, weights, units)
+        units too); `vocab`: the sketch's vocabulary side as the loss folded it
+        (vocab_request)."""
+        local = self._local(inputs, logits, targets, weights, units, vocab)
         if self.s.reference == "val":
             if self._val is None:
                 raise ValueError("reference='val': call set_val_reference(...) first")

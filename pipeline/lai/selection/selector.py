@@ -38,6 +38,7 @@ from .memory import DocumentMemory, Documents
 from .normalize import normalize
 from .policy import FilterPolicy
 from ..kernels.precondition import AdamPreconditioner, Moments
+from ..kernels.sketch import VocabRequest
 from .scorer import LAIScorer
 from .settings import LAISettings
 from ..kernels.units import Units
@@ -103,6 +104,14 @@ class Selector:
             return nullcontext()
         return LayerInputCapture(model, self.scorer.s.layers)
 
+    def vocab_request(self, cap, logits: torch.Tensor) -> VocabRequest | None:
+        """For the loss of this forward (`cap` its capture): the vocabulary side of the sketch
+        to fold in the same pass over the logits, then handed to `select` (None: nothing to
+        sketch)."""
+        if self.scorer is None:
+            return None
+        return self.scorer.vocab_request(self.scorer.input_weights(cap), logits)
+
     def refresh(self, step: int, model: nn.Module) -> None:
         """precondition=adam: new Adam factors when due. reference=val: (re)compute the cached
         val reference at the first step, then every lai.score.val_refresh_every steps and whenever the
@@ -128,14 +137,16 @@ class Selector:
     def select(self, step: int, cap, logits: torch.Tensor | None, targets: torch.Tensor | None,
                losses: torch.Tensor, seq_ids: torch.Tensor, *,
                input_ids: torch.Tensor | None = None, model: nn.Module | None = None,
-               units: Units | None = None) -> Selection:
+               units: Units | None = None, vocab: VocabRequest | None = None) -> Selection:
         """Values, keep mask and normalised values for optimizer step `step` (1-based).
         `units` (lai.unit=document): everything is per unit [P] instead of per sequence [B]
-        (`losses` the units' losses; `seq_ids` stay the rows')."""
+        (`losses` the units' losses; `seq_ids` stay the rows'). `vocab`: vocab_request's
+        request, filled by the loss."""
         values = None
         if self.scorer is not None:
             values = self.scorer.values(cap.inputs, logits, targets, group=self.comm,
-                                        weights=self.scorer.input_weights(cap), units=units)
+                                        weights=self.scorer.input_weights(cap), units=units,
+                                        vocab=None if vocab is None else vocab.tokens)
         ids, segments = (seq_ids, None) if units is None else \
             (seq_ids[units.rows.to(seq_ids.device)], units.segment)
         f = self.settings.filter
