@@ -70,7 +70,9 @@ def test_compiled_sketch_kernels_equal_eager_on_cuda(trained, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_chunked_loss_equals_upcast_cross_entropy_on_cuda(monkeypatch, dtype):
     """The chunked per-sequence loss (compiled kernels, the CUDA default; several chunks) equals
-    F.cross_entropy on the fp32 copy: losses to fp32 rounding, gradients to one bf16 ulp."""
+    F.cross_entropy on the fp32 copy: losses to fp32 rounding, gradients to one bf16 ulp; folding
+    the sketch's vocabulary side (as LAI steps do) leaves them as they are and folds what the
+    sketch's own compiled pass does."""
     import torch.nn.functional as F
 
     from pipeline.lai import per_sequence_loss
@@ -97,6 +99,14 @@ def test_compiled_chunked_loss_equals_upcast_cross_entropy_on_cuda(monkeypatch, 
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=0)
     tol = 2.0 ** -7 if dtype == torch.bfloat16 else 1e-5
     assert ((grad - ref_grad).abs() <= tol * ref_grad.abs() + 1e-7).all()
+    request = sketch.VocabRequest(64, 3)
+    folded_loss, folded_grad = run(lambda x: per_sequence_loss(x, targets, vocab=request))
+    assert torch.equal(folded_grad, grad)                # the same backward kernel
+    torch.testing.assert_close(folded_loss, loss, rtol=1e-6, atol=0)   # another compiled graph
+    own = torch.cat([c for _, c in sketch.vocab_chunks(
+        logits, targets, targets != -100, 64, 3, torch.float32, sketch.Kernels(True))])
+    assert sketch.Kernels._failed is None, sketch.Kernels._failed
+    torch.testing.assert_close(request.tokens, own, rtol=1e-4, atol=1e-6 * own.abs().max().item())
 
 
 # ---------------------------------------------------------------- one DeepSpeed rank on CUDA

@@ -122,3 +122,26 @@ def test_compiled_blocks_with_activation_checkpointing_compile_and_train_alike()
         assert torch.allclose(a, b, atol=1e-5)
     for a, b in zip(comp_grads, eager_grads):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * b.abs().max())
+
+
+@pytest.mark.slow
+def test_compiled_loss_folding_the_vocabulary_side_equals_eager():
+    """The loss's kernels through torch.compile (fullgraph; the CUDA default) with a
+    VocabRequest compile (no fallback to eager) and give the eager loss, gradient and folded
+    tokens (the chunking around them: unit/test_lai_xent.py)."""
+    from pipeline.lai.kernels import xent
+    from pipeline.lai.kernels.sketch import Kernels, VocabRequest
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 16, 40, generator=g) * 3
+    targets = torch.randint(0, 40, (3, 16), generator=g)
+    targets[0, :4] = -100
+    out = {}
+    for compiled in (False, True):
+        x = logits.clone().requires_grad_(True)
+        request = VocabRequest(8, 1)
+        ce = xent.token_cross_entropy(x, targets, compiled=compiled, vocab=request)
+        ce.sum().backward()
+        out[compiled] = ce.detach(), x.grad, request.tokens
+    assert Kernels._failed is None, Kernels._failed
+    for a, b in zip(out[True], out[False]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
