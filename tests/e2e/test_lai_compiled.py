@@ -71,13 +71,13 @@ def test_compiled_blocks_capture_what_eager_blocks_do():
 @pytest.mark.slow
 def test_trainer_with_compiled_blocks_keeps_the_eager_run_ledger(animals_data, tmp_path):
     """A real run with model.compile=true and LAI on the default layer set (filtering from step
-    3, after two uncaptured warmup steps): its ledger (losses, values, keep decisions) equals the
-    eager run's."""
+    3, after two uncaptured warmup steps; a sketch whose vocabulary side the loss folds): its
+    ledger (losses, values, keep decisions) equals the eager run's."""
     import numpy as np
 
     from support.train import ledger, train
     args = ["train.zero_stage=0", "train.eval_every=0", "train.steps=4", "run.save_every=0",
-            "lai.warmup_steps=2", "log.histogram_every=0"]
+            "lai.warmup_steps=2", "log.histogram_every=0", "lai.score.sketch_dim=1024"]
     runs = {}
     for name, extra in (("eager", []), ("compiled", ["model.compile=true"])):
         train(animals_data, tmp_path / name, *args, *extra, ranks=1)

@@ -94,12 +94,13 @@ def test_selector_recomputes_a_val_reference_cached_under_other_options():
 def test_values_from_the_loss_folded_vocabulary_side_equal_the_scorers_own(pairing):
     """The trainer's path (the loss folds the sketch's vocabulary side for the scorer's
     VocabRequest, the scorer takes those tokens) gives the values of the scorer's own pass
-    over the logits; exact scoring asks for nothing."""
+    over the logits; exact scoring asks for nothing, nor does a sketch whose vocabulary side
+    has more buckets than the vocabulary (aligned's default: it would outgrow the logits)."""
     from pipeline.lai import per_sequence_loss
-    model, ids = tiny_model("llama"), batch(4, 10, 128)
+    model, ids = tiny_model("llama"), batch(4, 10, 128)        # vocabulary 128
     targets = shift_labels(ids)
     scorer = LAIScorer(ScoreSettings(reference="local", method="sketch", pairing=pairing,
-                                     sketch_dim=1024).resolved(), 5)
+                                     sketch_dim=200).resolved(), 5)
     with LayerInputCapture(model) as cap:
         logits = model(input_ids=ids).logits
     request = scorer.vocab_request(None, logits)
@@ -109,3 +110,6 @@ def test_values_from_the_loss_folded_vocabulary_side_equal_the_scorers_own(pairi
     assert torch.allclose(folded, own, rtol=1e-5, atol=1e-7 * own.abs().max()), (folded, own)
     exact = LAIScorer(ScoreSettings(reference="local", method="exact").resolved())
     assert exact.vocab_request(None, logits) is None
+    wide = LAIScorer(ScoreSettings(reference="local", method="sketch", pairing=pairing,
+                                   sketch_dim=258 if pairing == "aligned" else 65536).resolved())
+    assert wide.vocab_request(None, logits) is None              # more than 128 buckets

@@ -132,13 +132,19 @@ class LAIScorer:
     def vocab_request(self, weights: InputWeights | None, logits: torch.Tensor
                       ) -> VocabRequest | None:
         """What the loss's forward can fold for this scorer's sketch of `logits` (their dtype
-        and device; `weights`: input_weights of the capture), None for method=exact."""
+        and device; `weights`: input_weights of the capture). None for method=exact, and when
+        the vocabulary side has more buckets than the vocabulary has entries (aligned's
+        default): folded for the whole batch at once it would outgrow the logits, while its
+        own pass holds one chunk of sequences at a time."""
         if self.s.method != "sketch":
             return None
         assert self.s.sketch_dim is not None     # resolved() sets it for method=sketch
+        k2 = self.kernel.split(self.s.sketch_dim)[1]
+        if k2 > logits.shape[-1]:
+            return None
         row = None if weights is None else weights.logit_side(compute_dtype(logits),
                                                                logits.device)
-        return VocabRequest(self.kernel.split(self.s.sketch_dim)[1], self.seed, row)
+        return VocabRequest(k2, self.seed, row)
 
     def _local(self, inputs, logits, targets, weights=None, units: Units | None = None,
                vocab: torch.Tensor | None = None):
