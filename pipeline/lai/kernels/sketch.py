@@ -112,12 +112,18 @@ def vocab_kernel(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tenso
     (0 at ignored positions), without materialising g: the softmax (dtype of the signs s [V])
     signed in place and folded; the one-hot is one bucket per token (bucket y mod k)."""
     dt = s.dtype
-    p = torch.softmax(logits, dim=-1, dtype=dt).mul_(s)
-    out = fold(p, k)
-    tgt = targets.clamp_min(0)
-    out = out.scatter_add(-1, (tgt % k).unsqueeze(-1), -s[tgt].unsqueeze(-1))
+    out = fold_minus_onehot(torch.softmax(logits, dim=-1, dtype=dt).mul_(s), targets, s, k)
     scale = valid.to(dt) / valid.sum(dim=1, keepdim=True).to(dt)
     return out.mul_(scale.unsqueeze(-1))
+
+
+def fold_minus_onehot(p: torch.Tensor, targets: torch.Tensor, s: torch.Tensor, k: int
+                      ) -> torch.Tensor:
+    """C2(p - onehot(targets)) [..., k] of a softmax already signed by s [V] (p [..., V]): p
+    folded, the one-hot one bucket per token (bucket y mod k, sign s[y]; ignored targets count
+    as id 0, for the caller's scale to zero)."""
+    tgt = targets.clamp_min(0)
+    return fold(p, k).scatter_add(-1, (tgt % k).unsqueeze(-1), -s[tgt].unsqueeze(-1))
 
 
 class Kernels:

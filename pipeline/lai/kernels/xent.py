@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from .sketch import Kernels, VocabRequest, chunk_rows, fold
+from .sketch import Kernels, VocabRequest, chunk_rows, fold_minus_onehot
 
 IGNORE = -100               # target id of positions without a target
 
@@ -45,10 +45,8 @@ def forward_sketch_kernel(z: torch.Tensor, y: torch.Tensor, s: torch.Tensor, k: 
     softmax - onehot(y) with signs s [V] (weights folded in) into k buckets [r, k] (not yet
     scaled by 1 / N_j; IGNORE rows: the scale zeroes them)."""
     lsm = torch.log_softmax(z, dim=-1, dtype=compute_dtype(z))
-    yc = y.clamp_min(0)
-    ce = -lsm.gather(-1, yc.unsqueeze(-1)).squeeze(-1)
-    folded = fold(lsm.exp_().mul_(s), k)
-    folded = folded.scatter_add(-1, (yc % k).unsqueeze(-1), -s[yc].unsqueeze(-1))
+    ce = -lsm.gather(-1, y.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    folded = fold_minus_onehot(lsm.exp_().mul_(s), y, s, k)
     return torch.where(y != IGNORE, ce, torch.zeros_like(ce)), folded
 
 
