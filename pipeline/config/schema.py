@@ -74,6 +74,15 @@ class TrainConfig:
     zero_stage: int = 0
     offload_optimizer: str = "none"    # none | cpu   (ZeRO >= 1)
     offload_params: str = "none"       # none | cpu   (ZeRO 3)
+    # DeepSpeed's ZeRO communication (zero_stage >= 1; null / 0 = DeepSpeed's own default;
+    # sizes in elements, as DeepSpeed counts them). Change how gradients and parameters travel,
+    # not what is computed.
+    overlap_comm: bool | None = None   # reduce gradients while the backward runs (DeepSpeed:
+                                       # on at stage 3 only); buffers of 4.5x reduce_bucket_size
+    contiguous_gradients: bool | None = None   # gather gradients into one buffer as produced
+    reduce_bucket_size: int = 0        # gradient elements per reduce (DeepSpeed: 5e8)
+    allgather_bucket_size: int = 0     # stages 1-2: updated-parameter elements per all-gather (5e8)
+    prefetch_bucket_size: int = 0      # stage 3: parameter elements fetched ahead (5e7)
     precision: str = "fp32"            # fp32 | bf16
     lr: float = 3e-4
     min_lr: float = 3e-5

@@ -113,6 +113,7 @@ def _train(cfg: Config, world: int) -> None:
          "needs train.zero_stage >= 1")
     need(t.offload_params == "none" or t.zero_stage == 3, "train.offload_params",
          "needs train.zero_stage = 3")
+    _zero_comm(t)
     if t.backend == "fsdp2":
         _fsdp2(t)
     need(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
@@ -125,6 +126,37 @@ def _train(cfg: Config, world: int) -> None:
     need(t.eps > 0, "train.eps", f"must be > 0, got {t.eps}")
     need(t.grad_clip >= 0, "train.grad_clip", f"must be >= 0, got {t.grad_clip}")
     need(t.eval_every >= 0, "train.eval_every", f"must be >= 0, got {t.eval_every}")
+
+
+# train.<key> -> DeepSpeed's zero_optimization key
+ZERO_COMM = {"overlap_comm": "overlap_comm", "contiguous_gradients": "contiguous_gradients",
+             "reduce_bucket_size": "reduce_bucket_size",
+             "allgather_bucket_size": "allgather_bucket_size",
+             "prefetch_bucket_size": "stage3_prefetch_bucket_size"}
+
+
+def zero_comm(t) -> dict[str, Any]:
+    """The ZeRO communication settings `t` (TrainConfig) sets, by their train.* names; the
+    unset ones (null, 0) are left to DeepSpeed."""
+    return {k: v for k in ZERO_COMM if (v := getattr(t, k)) is not None
+            and (isinstance(v, bool) or v != 0)}
+
+
+def _zero_comm(t) -> None:
+    """DeepSpeed's ZeRO communication settings: set only where DeepSpeed reads them."""
+    for key in ("reduce_bucket_size", "allgather_bucket_size", "prefetch_bucket_size"):
+        need(getattr(t, key) >= 0, f"train.{key}", f"must be >= 0 (0 = DeepSpeed's default), "
+             f"got {getattr(t, key)}")
+    for key in zero_comm(t):
+        need(t.backend == "deepspeed", f"train.{key}", "a DeepSpeed ZeRO setting; fsdp2 "
+             "gathers and reduces per block, with no buckets to size (unset it)")
+        need(t.zero_stage >= 1, f"train.{key}", "a ZeRO setting; DeepSpeed ignores it at "
+             "train.zero_stage=0 (unset it or use stage >= 1)")
+    need(not (t.allgather_bucket_size and t.zero_stage == 3), "train.allgather_bucket_size",
+         "stages 1-2 only (stage 3 gathers parameters by train.prefetch_bucket_size)")
+    need(not (t.prefetch_bucket_size and t.zero_stage != 3), "train.prefetch_bucket_size",
+         f"stage 3 only (train.zero_stage={t.zero_stage} gathers by "
+         "train.allgather_bucket_size)")
 
 
 def _fsdp2(t) -> None:

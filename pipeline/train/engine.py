@@ -29,6 +29,7 @@ from typing import Any, Callable
 import torch
 
 from pipeline.config import Config
+from pipeline.config.validate import ZERO_COMM, zero_comm
 from pipeline.train.runtime import DistInfo
 
 
@@ -70,6 +71,7 @@ def ds_config(cfg: Config, world: int, cuda: bool, *, load_universal: bool = Fal
         zero["offload_optimizer"] = {"device": t.offload_optimizer, "pin_memory": cuda}
     if t.offload_params != "none":
         zero["offload_param"] = {"device": t.offload_params, "pin_memory": cuda}
+    zero.update({ZERO_COMM[k]: v for k, v in zero_comm(t).items()})   # unset: DeepSpeed's
     extra = {"checkpoint": {"load_universal": True}} if load_universal else {}
     return {
         **extra,

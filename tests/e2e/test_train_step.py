@@ -2,7 +2,8 @@
 single-process autograd:
 
 - masked loss == training on exactly the kept sequences (gradients), uneven kept sequences and
-  uneven valid tokens across ranks, ZeRO 0 / 2 / 3;
+  uneven valid tokens across ranks, ZeRO 0 / 2 / 3, also with DeepSpeed's communication settings
+  (overlap, small buckets) changed;
 - grad_accum 2 == the documented formula (mean over micro-steps of each one's kept-token mean);
 - all-kept masked loss == the plain token-mean loss;
 - ZeRO-3 LAI values == ZeRO-0 LAI values on the same batch (global and val reference);
@@ -70,11 +71,18 @@ def _masked_backward(engine, rank, micro):
     return loss, stats
 
 
-def _check_masked_equals_kept_only(rank, stage, grad_accum):
+def _check_masked_equals_kept_only(rank, stage, grad_accum, **comm):
+    """`comm`: DeepSpeed's ZeRO communication settings (train.overlap_comm, ...), which the
+    engine must hold and which must not change the gradients."""
     cfg = tiny_cfg(stage, "gpt2", grad_accum)
+    for key, value in comm.items():
+        setattr(cfg.train, key, value)
     model = seeded_model(cfg)
     ref = _reference_grads(model, list(range(grad_accum)))
     engine, _ = engine_and_optimizer(cfg, model)
+    if comm:
+        assert engine.zero_overlap_comm() == comm["overlap_comm"]
+        assert engine.zero_reduce_bucket_size() == comm["reduce_bucket_size"]
     for micro in range(grad_accum):
         _masked_backward(engine, rank, micro)
         if micro < grad_accum - 1:
@@ -178,6 +186,12 @@ def _checks(rank: int):
     for stage in (0, 2, 3):
         _check_masked_equals_kept_only(rank, stage, grad_accum=1)
     _check_masked_equals_kept_only(rank, 2, grad_accum=2)
+    # gradients reduced during the backward, in buckets of 300 elements (a layer's weight
+    # spans several), not copied into one buffer: the same gradients
+    _check_masked_equals_kept_only(rank, 2, grad_accum=2, overlap_comm=True, reduce_bucket_size=300,
+                                   contiguous_gradients=False, allgather_bucket_size=300)
+    _check_masked_equals_kept_only(rank, 3, grad_accum=1, overlap_comm=False, reduce_bucket_size=300,
+                                   prefetch_bucket_size=300)
     for reference in ("global", "val"):
         v0, v3 = _lai_values(rank, 0, reference), _lai_values(rank, 3, reference)
         assert v0.dtype == torch.float64 and v0.shape == (B,) and v0.abs().max() > 0

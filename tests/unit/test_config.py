@@ -163,6 +163,12 @@ def test_bad_yaml_names_file_and_key(tmp_path, text, message):
     (["train.backend=fsdp2", "train.zero_stage=3", "train.offload_optimizer=cpu"],
      "train.offload_optimizer"),
     (["train.backend=fsdp2", "lai.filter.kind=full_gradient"], "lai.filter.kind"),
+    (["train.zero_stage=0", "train.overlap_comm=false"], "train.overlap_comm"),   # ignored there
+    (["train.reduce_bucket_size=-1"], "train.reduce_bucket_size"),
+    (["train.zero_stage=3", "train.allgather_bucket_size=100"], "train.allgather_bucket_size"),
+    (["train.zero_stage=2", "train.prefetch_bucket_size=100"], "train.prefetch_bucket_size"),
+    (["train.backend=fsdp2", "train.zero_stage=3", "train.contiguous_gradients=true"],
+     "train.contiguous_gradients"),
 ])
 def test_validation_names_the_field(stub_data_dir, overrides, field):
     with pytest.raises(UserError) as e:          # the lai section already fails when it loads
@@ -212,7 +218,14 @@ def test_ds_config_is_derived(stub_data_dir):
     assert ds["zero_optimization"]["offload_optimizer"]["device"] == "cpu"
     assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"] and ds["gradient_clipping"] == 0.5
     assert "scheduler" not in ds and "optimizer" not in ds      # our schedule, our client AdamW
+    for key in ("overlap_comm", "contiguous_gradients", "reduce_bucket_size"):
+        assert key not in ds["zero_optimization"]                # unset: DeepSpeed's defaults
     json.dumps(ds)
+    cfg = _valid(stub_data_dir, "train.zero_stage=3", "train.overlap_comm=false",
+                 "train.reduce_bucket_size=123", "train.prefetch_bucket_size=77")
+    zero = ds_config(cfg, world=4, cuda=True)["zero_optimization"]
+    assert zero == {"stage": 3, "overlap_comm": False, "reduce_bucket_size": 123,
+                    "stage3_prefetch_bucket_size": 77}
     dj = data_json(cfg, "abc")
     assert dj["sources"] == [[str(stub_data_dir), 1.0]] and dj["val_sources"] == dj["sources"]
     assert dj["seq_len"] == cfg.data.seq_len and dj["seed"] == cfg.run.seed

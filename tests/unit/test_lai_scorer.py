@@ -90,12 +90,13 @@ def test_selector_recomputes_a_val_reference_cached_under_other_options():
     assert len(calls) == 2 and other.val_step == 5
 
 
-@pytest.mark.parametrize("pairing", ["token_pair", "aligned", "pooled"])
+@pytest.mark.parametrize("pairing", ["token_pair", "pooled"])
 def test_values_from_the_loss_folded_vocabulary_side_equal_the_scorers_own(pairing):
     """The trainer's path (the loss folds the sketch's vocabulary side for the scorer's
     VocabRequest, the scorer takes those tokens) gives the values of the scorer's own pass
-    over the logits; exact scoring asks for nothing, nor does a sketch whose vocabulary side
-    has more buckets than the vocabulary (aligned's default: it would outgrow the logits)."""
+    over the logits; exact scoring asks for nothing, nor does aligned (not per token), nor a
+    sketch whose vocabulary side has more buckets than the vocabulary (it would outgrow the
+    logits)."""
     from pipeline.lai import per_sequence_loss
     model, ids = tiny_model("llama"), batch(4, 10, 128)        # vocabulary 128
     targets = shift_labels(ids)
@@ -111,5 +112,8 @@ def test_values_from_the_loss_folded_vocabulary_side_equal_the_scorers_own(pairi
     exact = LAIScorer(ScoreSettings(reference="local", method="exact").resolved())
     assert exact.vocab_request(None, logits) is None
     wide = LAIScorer(ScoreSettings(reference="local", method="sketch", pairing=pairing,
-                                   sketch_dim=258 if pairing == "aligned" else 65536).resolved())
+                                   sketch_dim=65536).resolved())
     assert wide.vocab_request(None, logits) is None              # more than 128 buckets
+    aligned = LAIScorer(ScoreSettings(reference="local", method="sketch", pairing="aligned",
+                                      sketch_dim=200).resolved())
+    assert aligned.vocab_request(None, logits) is None

@@ -77,3 +77,55 @@ def test_lai_cost_page_states_the_defaults_of_the_code():
     line = next(x for x in page.splitlines() if x.startswith("Default sketch_dim"))
     stated = dict(re.findall(rf"({'|'.join(PAIRINGS)}) (\d+)", line))
     assert stated == {name: str(p.default_sketch_dim) for name, p in PAIRINGS.items()}, line
+
+
+@pytest.mark.parametrize("sketch_dim", [16, 1024])       # vocabulary folded (50 > 8) and not
+def test_aligned_sketch_is_the_countsketch_of_the_flattened_sides(sketch_dim):
+    """Aligned's sketch equals an explicit CountSketch matrix applied to vec(a_j) over (layer,
+    position, coordinate) and to vec(g_j) over (position, entry): bucket (i + o_l + h(t)) mod k,
+    sign s_l(i) s(t) (o_vocab = 0), built here one coordinate at a time. Covers a shared input
+    (one copy standing for two readers, weight sqrt(2)), ignored positions and a vocabulary
+    side folded into fewer buckets than entries."""
+    from pipeline.lai.kernels import sketch as sk
+    from pipeline.lai.kernels.features import token_features
+    from pipeline.lai.kernels.pairings import PAIRINGS
+
+    torch.manual_seed(0)
+    b, t, v, seed = 3, 5, 50, 7
+    shared = torch.randn(b, t, 6, dtype=torch.float64)
+    inputs = [shared, torch.randn(b, t, 9, dtype=torch.float64), shared]
+    logits = torch.randn(b, t, v, dtype=torch.float64)
+    targets = torch.randint(0, v, (b, t))
+    targets[1, 2:] = -100
+    valid = targets >= 0
+    got = PAIRINGS["aligned"].sketch(inputs, logits, targets, valid, sketch_dim, seed)
+    k1, k2 = PAIRINGS["aligned"].split(sketch_dim)
+    exact = token_features(inputs, logits, targets)          # a [B, T, sum d], g [B, T, V]
+
+    def shift(k, stream):
+        a, c, _, _ = sk._params(seed, stream)
+        return [((a * p + c) % sk.PRIME) % k for p in range(t)]
+
+    def matrix(k, widths, offsets, streams, pos_stream):
+        """[k, T * sum(widths)]: the CountSketch of the (position, coordinate) vector."""
+        h, s_pos = shift(k, pos_stream), sk.signs(t, seed, pos_stream, "cpu", torch.float64)
+        m = torch.zeros(k, t, sum(widths), dtype=torch.float64)
+        start = 0
+        for n, off, stream in zip(widths, offsets, streams):
+            s = sk.signs(n, seed, stream, "cpu", torch.float64)
+            for p in range(t):
+                for i in range(n):
+                    m[(i + off + h[p]) % k, p, start + i] = s[i] * s_pos[p]
+            start += n
+        return m.view(k, -1)
+
+    # the features' own layout: each captured input once (the shared one by sqrt(2)): the
+    # explicit matrix spans layers 0 (shared, counted twice) and 1
+    mask = valid.to(torch.float64).unsqueeze(-1)
+    a = torch.cat([shared * 2 ** 0.5, inputs[1]], -1) * mask
+    m1 = matrix(k1, [6, 9], [sk.offset(k1, seed, 0), sk.offset(k1, seed, 1)], [0, 1],
+                sk.STREAM_POS_A)
+    m2 = matrix(k2, [v], [0], [sk.STREAM_VOCAB], sk.STREAM_POS_G)
+    assert exact.g.shape == (b, t, v)
+    torch.testing.assert_close(got.a, a.reshape(b, -1) @ m1.T)
+    torch.testing.assert_close(got.g, exact.g.reshape(b, -1) @ m2.T)

@@ -26,14 +26,16 @@ from .exact import product_self, product_totals, token_pair_self, token_pair_tot
 from .features import Features, pooled_features, token_features
 from .grads import compute_dtype
 from .precondition import InputWeights
-from .sketch import (STREAM_POS_A, STREAM_POS_G, Kernels, input_side, positional,
-                     vocab_chunks)
+from .sketch import Kernels, aligned_vocab, input_side, vocab_chunks
 from .units import Units, unit_mask
 
 
 class Pairing:
     name: str
     default_sketch_dim: int
+    # whether the sketch's vocabulary side is per token, C2(g_t) [B, T, k2] (what the loss can
+    # fold: sketch.VocabRequest); aligned places the unfolded g by position instead
+    per_token_vocab = True
 
     # -- exact ------------------------------------------------------------------------------
     def features(self, inputs: list[torch.Tensor], logits: torch.Tensor, targets: torch.Tensor,
@@ -62,27 +64,13 @@ class Pairing:
                vocab: torch.Tensor | None = None) -> torch.Tensor | Features:
         """This batch's sketch (inputs validated by the caller; `compiled`: sketch.Kernels;
         `units`: per unit, token_pair only; `vocab`: the vocabulary side per token, already
-        folded by the loss, sketch.vocab_chunks)."""
+        folded by the loss (sketch.vocab_chunks), for pairings with `per_token_vocab`)."""
+        raise NotImplementedError
+
+    def _per_sequence(self, units: Units | None) -> None:
         if units is not None:
             raise ValueError(f"lai.unit=document: the {self.name} sketch is per sequence "
                              "(use lai.score.pairing=token_pair or lai.score.method=exact)")
-        k1, k2 = self.split(sketch_dim)
-        kernels, dt = Kernels(compiled), compute_dtype(logits)
-        mask = valid.to(dt)
-        cols, row = _sides(weights, dt, logits.device)
-        ca = self._input_sketch(inputs, mask, k1, seed, dt, kernels, cols)
-        out = ca.new_empty(logits.shape[0], k2)
-        for sl, cg in vocab_chunks(logits, targets, valid, k2, seed, dt, kernels, row, vocab):
-            out[sl] = self._vocab_sketch(cg, k2, seed)
-        return Features(ca, out)
-
-    def _input_sketch(self, inputs, mask, k1, seed, dt, kernels, cols) -> torch.Tensor:
-        """The input side's sketch of every sequence, [B, k1] (a separately sketched pairing)."""
-        raise NotImplementedError
-
-    def _vocab_sketch(self, cg: torch.Tensor, k2: int, seed: int) -> torch.Tensor:
-        """The vocabulary side's sketch [c, k2] from per-token sketches cg [c, T, k2]."""
-        raise NotImplementedError
 
 
 class TokenPair(Pairing):
@@ -130,13 +118,18 @@ def _unit_sketch(ca: torch.Tensor, chunks, valid: torch.Tensor, units: Units) ->
 
 class Aligned(Pairing):
     name, default_sketch_dim = "aligned", 1 << 18        # Pearson 0.97 at 2^18
+    per_token_vocab = False
 
-    def _input_sketch(self, inputs, mask, k1, seed, dt, kernels, cols):
-        return positional(input_side(inputs, seed, k1, dt, mask, cols=cols), k1, seed,
-                          STREAM_POS_A)
-
-    def _vocab_sketch(self, cg, k2, seed):
-        return positional(cg, k2, seed, STREAM_POS_G)
+    def sketch(self, inputs, logits, targets, valid, sketch_dim, seed, compiled=False,
+               weights=None, units: Units | None = None, vocab: torch.Tensor | None = None):
+        """Features of the two sides' sketches over (position, coordinate) [B, k1], [B, k2]."""
+        self._per_sequence(units)
+        assert vocab is None, "aligned folds no per-token vocabulary side"
+        k1, k2 = self.split(sketch_dim)
+        dt = compute_dtype(logits)
+        cols, row = _sides(weights, dt, logits.device)
+        ca = input_side(inputs, seed, k1, dt, valid.to(dt), cols=cols, aligned=True)
+        return Features(ca, aligned_vocab(logits, targets, valid, k2, seed, dt, row))
 
 
 class Pooled(Pairing):
@@ -145,12 +138,20 @@ class Pooled(Pairing):
     def features(self, inputs, logits, targets, weights=None):
         return pooled_features(inputs, logits, targets, weights)
 
-    def _input_sketch(self, inputs, mask, k1, seed, dt, kernels, cols):
-        return input_side(inputs, seed, k1, dt, mask, pooled_n=mask.sum(1, keepdim=True),
-                          cols=cols)
-
-    def _vocab_sketch(self, cg, k2, seed):
-        return cg.sum(1)
+    def sketch(self, inputs, logits, targets, valid, sketch_dim, seed, compiled=False,
+               weights=None, units: Units | None = None, vocab: torch.Tensor | None = None):
+        """Features of the sketches of abar [B, k1] and gbar [B, k2]."""
+        self._per_sequence(units)
+        k1, k2 = self.split(sketch_dim)
+        kernels, dt = Kernels(compiled), compute_dtype(logits)
+        mask = valid.to(dt)
+        cols, row = _sides(weights, dt, logits.device)
+        ca = input_side(inputs, seed, k1, dt, mask, pooled_n=mask.sum(1, keepdim=True),
+                        cols=cols)
+        cg = ca.new_empty(logits.shape[0], k2)
+        for sl, tokens in vocab_chunks(logits, targets, valid, k2, seed, dt, kernels, row, vocab):
+            cg[sl] = tokens.sum(1)
+        return Features(ca, cg)
 
 
 def _sides(weights: InputWeights | None, dt: torch.dtype, device

@@ -18,15 +18,18 @@ random offset, s_l from a pairwise-independent family ((alpha i + beta) mod p) m
 (p = 2^31 - 1). The sketch of a [.., n] tensor is then a few contiguous slice sums (no scatter,
 no atomics): memory-bound, one pass. Layer l is stream l; the vocabulary side one stream (its
 offset is irrelevant, a cyclic shift of all buckets preserves inner products); aligned also
-hashes the position t (an extra cyclic shift and sign per position). The parameters come from
+hashes the position t (an extra cyclic shift and sign per position), placed by one scatter-add
+per layer (`positional`; atomic adds on CUDA, so its sums are reproducible there only to float
+rounding). The parameters come from
 (seed, stream) only, so every rank and every batch shape agrees, and sign tables are cached per
 (size, seed, stream, device).
 
 Cost: the layer-input side reads every captured input once for the whole batch; the vocabulary
 side g = (softmax - onehot) / N is never materialised: per chunk of sequences the softmax is
 computed once (fp32), signed in place and folded into k2 buckets, and the one-hot enters as one
-bucket per token. Accumulation is fp32 (float64 for float64 models). token_pair adds k1 * k2 * T
-flops per sequence for the outer product.
+bucket per token (aligned's chunk holds its signed g, placed unfolded). Accumulation is fp32
+(float64 for float64 models). token_pair adds k1 * k2 * T flops per sequence for the outer
+product.
 """
 from __future__ import annotations
 
@@ -111,10 +114,13 @@ def vocab_kernel(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tenso
     """C2(g_t) for every token of `logits` [c, T, V] -> [c, T, k], g = (softmax - onehot) / N_j
     (0 at ignored positions), without materialising g: the softmax (dtype of the signs s [V])
     signed in place and folded; the one-hot is one bucket per token (bucket y mod k)."""
-    dt = s.dtype
-    out = fold_minus_onehot(torch.softmax(logits, dim=-1, dtype=dt).mul_(s), targets, s, k)
-    scale = valid.to(dt) / valid.sum(dim=1, keepdim=True).to(dt)
-    return out.mul_(scale.unsqueeze(-1))
+    out = fold_minus_onehot(torch.softmax(logits, dim=-1, dtype=s.dtype).mul_(s), targets, s, k)
+    return out.mul_(token_scale(valid, s.dtype))
+
+
+def token_scale(valid: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
+    """1 / N_j at the valid tokens of valid [c, T], 0 elsewhere; [c, T, 1] in dtype dt."""
+    return (valid.to(dt) / valid.sum(dim=1, keepdim=True).to(dt)).unsqueeze(-1)
 
 
 def fold_minus_onehot(p: torch.Tensor, targets: torch.Tensor, s: torch.Tensor, k: int
@@ -152,8 +158,9 @@ class Kernels:
 
 def input_side(inputs, seed: int, k1: int, dt: torch.dtype, mask: torch.Tensor | None,
                 pooled_n: torch.Tensor | None = None, kernels: Kernels | None = None,
-                cols: list[torch.Tensor] | None = None) -> torch.Tensor:
-    """sum_l C1_l(a_l): [B, T, k1] per token, or with `pooled_n` the sketch of abar [B, k1].
+                cols: list[torch.Tensor] | None = None, aligned: bool = False) -> torch.Tensor:
+    """sum_l C1_l(a_l): [B, T, k1] per token; with `pooled_n` the sketch of abar [B, k1]; with
+    `aligned` the sketch of vec(a) over (position, coordinate) [B, k1] (`positional`).
     `mask` [B, T] (dt) zeroes ignored positions (None: the caller's vocabulary side is already
     zero there, as for token_pair); `cols`: per-input column weights (unique_inputs)."""
     out = None
@@ -172,6 +179,9 @@ def input_side(inputs, seed: int, k1: int, dt: torch.dtype, mask: torch.Tensor |
         elif mask is not None:
             x = x * mask.unsqueeze(-1)
         y = _signed(x, x.shape[-1], k1, seed, layer, dt, w)
+        if aligned:
+            out = positional(y, k1, offset(k1, seed, layer), seed, STREAM_POS_A, out)
+            continue
         if out is None:
             out = y.new_zeros(*y.shape[:-1], k1)
         fold(y, k1, offset(k1, seed, layer), out)
@@ -204,16 +214,40 @@ class VocabRequest:
         return s if self.row is None else s * self.row.to(device, dt)
 
 
-def positional(z: torch.Tensor, k: int, seed: int, stream: int) -> torch.Tensor:
-    """Sketch of the (position, coordinate) pairs of per-token sketches z [c, T, k] -> [c, k]:
-    position t shifts every bucket by h(t) and flips the sign by s(t)."""
-    t = z.shape[1]
+def positional(y: torch.Tensor, k: int, off: int, seed: int, stream: int,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """Sketch of the (position, coordinate) pairs of y [c, T, n] (already signed per
+    coordinate) -> [c, k], added into `out` when given: coordinate i of position t goes to
+    bucket (i + off + h(t)) mod k with sign s(t), h(t) a random shift per position (= folding
+    each token into k buckets at offset `off`, then shifting it by h(t)). One scatter-add that
+    reads y once; per-token [T, k] sketches would be k / n times larger."""
+    c, t, n = y.shape
     a, b, _, _ = _params(seed, stream)
     shift = ((a * torch.arange(t, dtype=torch.int64) + b) % PRIME) % k            # random h(t)
-    idx = (torch.arange(k).unsqueeze(0) - shift.unsqueeze(1)) % k                 # [T, k]
-    z = z * signs(t, seed, stream, z.device, z.dtype).view(1, t, 1)
-    idx = idx.to(z.device)
-    return z.gather(2, idx.unsqueeze(0).expand(z.shape[0], -1, -1)).sum(1)
+    idx = (torch.arange(n).unsqueeze(0) + (shift + off).unsqueeze(1)) % k         # [T, n]
+    y = y * signs(t, seed, stream, y.device, y.dtype).view(1, t, 1)
+    if out is None:
+        out = y.new_zeros(c, k)
+    return out.scatter_add_(1, idx.view(1, -1).expand(c, -1).to(y.device), y.reshape(c, t * n))
+
+
+def aligned_vocab(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, k: int,
+                  seed: int, dt: torch.dtype, row: torch.Tensor | None = None) -> torch.Tensor:
+    """The aligned pairing's vocabulary side: the sketch of vec(row * g_j) over (position,
+    entry) [B, k], entry v of position t in bucket (v + h(t)) mod k with sign s(v) s(t), one
+    chunk of sequences at a time (g = (softmax - onehot) / N_j, as vocab_kernel, but unfolded:
+    `positional` places it)."""
+    b, t, v = logits.shape
+    s = VocabRequest(k, seed, row).signs(v, logits.device, dt)
+    out = logits.new_zeros(b, k, dtype=dt)
+    step = chunk_size(b, t, v, logits.device)
+    for first in range(0, b, step):
+        sl = slice(first, first + step)
+        tgt = targets[sl].clamp_min(0).unsqueeze(-1)
+        g = torch.softmax(logits[sl].detach(), dim=-1, dtype=dt).mul_(s)
+        g.scatter_add_(-1, tgt, -s[tgt]).mul_(token_scale(valid[sl], dt))
+        positional(g, k, 0, seed, STREAM_POS_G, out[sl])
+    return out
 
 
 def chunk_rows(width: int, device: torch.device) -> int:

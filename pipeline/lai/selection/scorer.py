@@ -132,11 +132,11 @@ class LAIScorer:
     def vocab_request(self, weights: InputWeights | None, logits: torch.Tensor
                       ) -> VocabRequest | None:
         """What the loss's forward can fold for this scorer's sketch of `logits` (their dtype
-        and device; `weights`: input_weights of the capture). None for method=exact, and when
-        the vocabulary side has more buckets than the vocabulary has entries (aligned's
-        default): folded for the whole batch at once it would outgrow the logits, while its
-        own pass holds one chunk of sequences at a time."""
-        if self.s.method != "sketch":
+        and device; `weights`: input_weights of the capture). None for method=exact, for
+        aligned (its vocabulary side is not per token), and when the vocabulary side has more
+        buckets than the vocabulary has entries: folded for the whole batch at once it would
+        outgrow the logits, while its own pass holds one chunk of sequences at a time."""
+        if self.s.method != "sketch" or not self.kernel.per_token_vocab:
             return None
         assert self.s.sketch_dim is not None     # resolved() sets it for method=sketch
         k2 = self.kernel.split(self.s.sketch_dim)[1]
