@@ -22,7 +22,8 @@ results saved as it ends, a failing part is recorded and the next one still runs
    loss's forward, so LAI's whole cost is the ratio sketch / off), the data phase; the ratios
    pipeline / reference (and / bare);
 5. profile: where the sketch's time goes (forward with / without capture, input side, vocabulary
-   side, outer product, an fp32 softmax as the floor; the vocabulary side under torch.compile),
+   side, outer product, an fp32 softmax as the floor; the vocabulary side under torch.compile;
+   the input side as one compiled call over all inputs, beside one read of every input: its floor),
    the loss's forward + backward (upcast F.cross_entropy vs the chunked loss, alone and folding
    the sketch's vocabulary side as LAI steps do: time, memory) and
    the document memory's CPU lookups per micro-batch;

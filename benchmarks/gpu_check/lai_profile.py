@@ -102,9 +102,48 @@ def _compiled_vocab_side(vocab) -> dict:
         return {"compile_error": f"{type(e).__name__}: {str(e)[:200]}"}
 
 
+def _layer_sum(xs, ss, rotations, k: int):
+    """sum_l C1_l(x_l) over every captured input in one function (compiled: one call for the
+    whole input side, the running sum never written between layers); [B, T, k]."""
+    from pipeline.lai.kernels.sketch import fold
+    out = fold(xs[0] * ss[0], k).index_select(-1, rotations[0])
+    for x, s, r in zip(xs[1:], ss[1:], rotations[1:]):
+        out = out + fold(x * s, k).index_select(-1, r)
+    return out
+
+
+def _grouped_input_side(inputs, k1: int, expected) -> dict:
+    """The input side as one compiled call over all inputs, against input_side's one compiled
+    call per input (what the trainer runs; its running sum [B, T, k1] is read and written once
+    per input): time, compile seconds, and the floor of reading every input once; or why
+    compiling failed. Checked against input_side's result (`expected`)."""
+    import torch
+
+    from pipeline.lai.kernels import sketch as S
+    from pipeline.lai.kernels.capture import scaled, unique_inputs
+    xs, ss, rs = [], [], []
+    for layer, (x, w) in enumerate(unique_inputs(inputs)):
+        xs.append(x.detach())
+        ss.append(scaled(S.signs(x.shape[-1], 0, layer, x.device, torch.float32), w))
+        rs.append(S._rotation(k1, 0, layer, x.device))
+    out = {"inputs_read": _timed(lambda: [x.sum() for x in xs])}
+    try:
+        grouped = torch.compile(_layer_sum, fullgraph=True)
+        t0 = time.perf_counter()
+        got = grouped(xs, ss, rs, k1)
+        out["grouped_compile_seconds"] = time.perf_counter() - t0
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max())
+        out["input_side_grouped"] = _timed(lambda: grouped(xs, ss, rs, k1))
+    except Exception as e:   # measured, not assumed: record why it did not work
+        out["grouped_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+    return out
+
+
 def _shown(key: str, v) -> str:
     if key.endswith("_gib"):
         return f"{key} {v:.2f} GiB"
+    if key.endswith("compile_seconds"):
+        return f"{key} {v:.1f} s"
     return f"{key} {v * 1e3:.2f} ms" if isinstance(v, float) else f"{key} {v}"
 
 
@@ -113,7 +152,8 @@ def profile_part(args, size, res) -> None:
     large micro-batch: forward (no grad) with and without capture, the whole `values` call and
     its pieces (input side, vocabulary side, outer product; the kernels as `values` runs them:
     compiled on CUDA) and a plain fp32 softmax of the logits (the memory-bound floor of the
-    vocabulary side); the vocabulary side through torch.compile apart; the loss's forward +
+    vocabulary side); the vocabulary side through torch.compile apart; the input side as one
+    compiled call over all inputs, beside one read of every input (its floor); the loss's forward +
     backward, upcast against chunked, and chunked folding the vocabulary side, which the
     trainer's LAI steps run instead of the separate vocabulary pass (loss_costs); the document
     memory's CPU lookups."""
@@ -156,6 +196,7 @@ def profile_part(args, size, res) -> None:
                                                            dtype=torch.float32)
                                              for s in range(0, b, step)])}
         t.update(_compiled_vocab_side(vocab))
+        t.update(_grouped_input_side(inputs, k1, ca))
     inputs = cap = ca = cg = None   # frees them (a `del` reads as undefined names in the lambdas above)
     teardown()
     t.update(loss_costs(logits, tgt, k2))

@@ -70,7 +70,8 @@ def section(res) -> str:
               f"{prof['chunk']} sequences; ms, median of 5; loss_*: forward + backward of the "
               "per-sequence loss, upcast F.cross_entropy vs chunked, and chunked folding the "
               "sketch's vocabulary side as LAI steps run it)", "",
-              md_table(keys, [[prof[k] * (1 if k == "compile_seconds" else 1e3) for k in keys]],
+              md_table(keys, [[prof[k] * (1 if k.endswith("compile_seconds") else 1e3)
+                               for k in keys]],
                        "{:.2f}"), ""]
         if "loss_chunked_peak_gib" in prof:
             L.append(f"- loss forward + backward, memory above the logits: upcast "
@@ -80,6 +81,8 @@ def section(res) -> str:
                      f"{prof['loss_chunked_folding_peak_gib']:.2f} GiB")
         if "compile_error" in prof:
             L.append(f"- torch.compile of the vocabulary side failed: {prof['compile_error']}")
+        if "grouped_error" in prof:
+            L.append(f"- the input side as one compiled call failed: {prof['grouped_error']}")
     fid = res.get("fidelity")
     if fid:
         keys = [k for k in fid["rows"][0] if k.startswith(("pearson", "spearman"))]
