@@ -3,8 +3,8 @@
     cfg = load_config("configs/tiny_cpu.yaml", ["train.steps=20", "lai.filter.kind=random"])
 
 Every error is a one-line UserError naming the file/field: an unknown key (with close matches),
-a value of the wrong type (booleans and floats as pipeline.values reads them, in YAML and on the
-command line alike), an old flat lai key (`lai.threshold: moved to lai.filter.threshold`,
+a value of the wrong type (booleans, floats and ints as pipeline.values reads them, in YAML and
+on the command line alike), an old flat lai key (`lai.threshold: moved to lai.filter.threshold`,
 pipeline.config.moved). The `lai` section is resolved here, once (LAISettings.resolved: each
 block's check, then concrete values for what was left to LAI), so everything downstream, and
 RUN/config.yaml, sees concrete values. Ranges and cross-field rules: pipeline.config.validate.
@@ -24,7 +24,7 @@ import yaml
 from pipeline.config.moved import HOW, MOVED, migrate, moved, old_keys
 from pipeline.config.validate import Config
 from pipeline.errors import UserError
-from pipeline.values import to_bool, to_float
+from pipeline.values import to_bool, to_float, to_int
 
 
 def _fields(cls) -> dict[str, dataclasses.Field]:
@@ -69,9 +69,9 @@ def _type_name(tp) -> str:
 
 
 def _coerce(value: Any, tp, key: str, where: str) -> Any:
-    """`value` (from YAML) as type `tp`, or a UserError naming `key`. Booleans and floats are read
-    by pipeline.values (every boolean spelling; numbers, also as numeric strings, finite only);
-    nothing else is converted."""
+    """`value` (from YAML) as type `tp`, or a UserError naming `key`. Booleans, floats and ints
+    are read by pipeline.values (every boolean spelling; numbers, also as numeric strings, finite
+    only; ints whole: 5e8 is 500000000); nothing else is converted."""
     bad = UserError(f"{where}: {key}: expected {_type_name(tp)}, got {value!r}")
     if _optional(tp) is not None:
         return None if value is None else _coerce(value, _optional(tp), key, where)
@@ -81,9 +81,10 @@ def _coerce(value: Any, tp, key: str, where: str) -> Any:
         except ValueError as e:
             raise UserError(f"{where}: {key}: {e}") from None
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        return value
+        try:
+            return to_int(value)
+        except ValueError:
+            raise bad from None
     if tp is str:
         if not isinstance(value, str):
             raise bad

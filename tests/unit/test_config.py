@@ -64,6 +64,8 @@ def test_overrides_are_typed(stub_data_dir):
     ("trian.steps=3", "unknown key 'trian.steps' (did you mean 'train.steps'"),
     ("train=3", "unknown key 'train'"),
     ("train.steps=3.5", "train.steps: expected int, got 3.5"),
+    ("train.steps=2.5e0", "train.steps: expected int, got '2.5e0'"),
+    ("train.steps=true", "train.steps: expected int, got True"),
     ("train.steps=many", "train.steps: expected int, got 'many'"),
     ("lai.enabled=maybe", "lai.enabled: expected a boolean (true/false, yes/no, on/off, 1/0), "
                           "got 'maybe'"),
@@ -86,9 +88,10 @@ def test_bad_overrides_name_the_field(override, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
-def test_booleans_and_floats_read_alike_in_yaml_and_overrides(tmp_path):
-    """One set of boolean spellings (pipeline.values) and numeric strings for floats: YAML 1.1
-    reads `1e-3` as a string, which a float field takes as the number it is."""
+def test_booleans_floats_and_ints_read_alike_in_yaml_and_overrides(tmp_path):
+    """One set of boolean spellings (pipeline.values) and numeric strings for numbers: YAML 1.1
+    reads `1e-3` as a string, which a float field takes as the number it is, and `5e8` one an
+    int field takes as the whole number it is."""
     for text, want in (("1", True), ("0", False), ("yes", True), ("No", False), ("ON", True),
                        ("off", False), ("true", True), ("False", False)):
         assert load_config(None, [f"lai.score.include_self={text}"]).lai.score.include_self is want, text
@@ -99,6 +102,11 @@ def test_booleans_and_floats_read_alike_in_yaml_and_overrides(tmp_path):
     assert (cfg.train.lr, cfg.train.min_lr, cfg.train.eps) == (1e-3, 2.5e-4, 1.0)
     assert type(cfg.train.eps) is float
     assert cfg.lai.enabled is False and cfg.lai.score.include_self is True
+    p.write_text("train:\n  reduce_bucket_size: 5e8\n  allgather_bucket_size: 2.0e+8\n")
+    cfg = load_config(p, ["train.steps=1e3"])
+    assert (cfg.train.reduce_bucket_size, cfg.train.allgather_bucket_size, cfg.train.steps) == \
+        (500_000_000, 200_000_000, 1000)
+    assert type(cfg.train.reduce_bucket_size) is int and type(cfg.train.steps) is int
     p.write_text("train:\n  lr: .inf\n")
     with pytest.raises(UserError, match=r"c.yaml: train.lr: expected a finite number, got inf"):
         load_config(p)
