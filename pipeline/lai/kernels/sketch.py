@@ -217,7 +217,8 @@ class VocabRequest:
 def positional(y: torch.Tensor, k: int, off: int, seed: int, stream: int,
                out: torch.Tensor | None = None) -> torch.Tensor:
     """Sketch of the (position, coordinate) pairs of y [c, T, n] (already signed per
-    coordinate) -> [c, k], added into `out` when given: coordinate i of position t goes to
+    coordinate; a temporary: signed per position in place) -> [c, k], added into `out` when
+    given: coordinate i of position t goes to
     bucket (i + off + h(t)) mod k with sign s(t), h(t) a random shift per position (= folding
     each token into k buckets at offset `off`, then shifting it by h(t)). One scatter-add that
     reads y once; per-token [T, k] sketches would be k / n times larger."""
@@ -225,7 +226,7 @@ def positional(y: torch.Tensor, k: int, off: int, seed: int, stream: int,
     a, b, _, _ = _params(seed, stream)
     shift = ((a * torch.arange(t, dtype=torch.int64) + b) % PRIME) % k            # random h(t)
     idx = (torch.arange(n).unsqueeze(0) + (shift + off).unsqueeze(1)) % k         # [T, n]
-    y = y * signs(t, seed, stream, y.device, y.dtype).view(1, t, 1)
+    y = y.mul_(signs(t, seed, stream, y.device, y.dtype).view(1, t, 1))
     if out is None:
         out = y.new_zeros(c, k)
     return out.scatter_add_(1, idx.view(1, -1).expand(c, -1).to(y.device), y.reshape(c, t * n))
