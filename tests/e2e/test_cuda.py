@@ -67,6 +67,26 @@ def test_compiled_sketch_kernels_equal_eager_on_cuda(trained, dtype):
     assert _rel(compiled, eager) < 1e-5, (compiled, eager)
 
 
+def test_aligned_vocabulary_side_equals_cpu_and_holds_one_chunk_on_cuda():
+    """The aligned sketch's vocabulary side (a scatter-add per chunk) on CUDA equals the CPU's,
+    and its memory above the logits stays under two fp32 copies of them: the signed chunk and
+    one [T, V] index (its expansion over the chunk's sequences is a view, never copied)."""
+    from pipeline.lai.kernels import sketch
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(8, 256, 4096, generator=g)
+    targets = torch.randint(0, 4096, (8, 256), generator=g)
+    valid = targets >= 0
+    cpu = sketch.aligned_vocab(logits, targets, valid, 1 << 17, 3, torch.float32)
+    logits, targets, valid = logits.cuda(), targets.cuda(), valid.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    gpu = sketch.aligned_vocab(logits, targets, valid, 1 << 17, 3, torch.float32)
+    extra = torch.cuda.max_memory_allocated() - base
+    assert extra < 2 * logits.numel() * 4, extra / (logits.numel() * 4)
+    torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-5, atol=1e-6 * cpu.abs().max().item())
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_compiled_chunked_loss_equals_upcast_cross_entropy_on_cuda(monkeypatch, dtype):
     """The chunked per-sequence loss (compiled kernels, the CUDA default; several chunks) equals

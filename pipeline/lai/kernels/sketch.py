@@ -180,7 +180,9 @@ def input_side(inputs, seed: int, k1: int, dt: torch.dtype, mask: torch.Tensor |
             x = x * mask.unsqueeze(-1)
         y = _signed(x, x.shape[-1], k1, seed, layer, dt, w)
         if aligned:
-            out = positional(y, k1, offset(k1, seed, layer), seed, STREAM_POS_A, out)
+            idx = position_index(y.shape[1], y.shape[2], k1, offset(k1, seed, layer), seed,
+                                 STREAM_POS_A, y.device)
+            out = positional(y, k1, idx, seed, STREAM_POS_A, out)
             continue
         if out is None:
             out = y.new_zeros(*y.shape[:-1], k1)
@@ -214,22 +216,29 @@ class VocabRequest:
         return s if self.row is None else s * self.row.to(device, dt)
 
 
-def positional(y: torch.Tensor, k: int, off: int, seed: int, stream: int,
+def position_index(t: int, n: int, k: int, off: int, seed: int, stream: int,
+                   device: torch.device) -> torch.Tensor:
+    """int64 [T, n]: the bucket (i + off + h(t)) mod k of coordinate i at position t, h(t) the
+    stream's random shift per position (= folding each token into k buckets at offset `off`,
+    then shifting it by h(t))."""
+    a, b, _, _ = _params(seed, stream)
+    shift = ((a * torch.arange(t, dtype=torch.int64) + b) % PRIME) % k            # random h(t)
+    cols = torch.arange(n, device=device)
+    return (cols.unsqueeze(0) + (shift + off).to(device).unsqueeze(1)) % k
+
+
+def positional(y: torch.Tensor, k: int, idx: torch.Tensor, seed: int, stream: int,
                out: torch.Tensor | None = None) -> torch.Tensor:
     """Sketch of the (position, coordinate) pairs of y [c, T, n] (already signed per
     coordinate; a temporary: signed per position in place) -> [c, k], added into `out` when
-    given: coordinate i of position t goes to
-    bucket (i + off + h(t)) mod k with sign s(t), h(t) a random shift per position (= folding
-    each token into k buckets at offset `off`, then shifting it by h(t)). One scatter-add that
-    reads y once; per-token [T, k] sketches would be k / n times larger."""
+    given: coordinate i of position t to bucket idx[t, i] (position_index of the same stream)
+    with sign s(t). One scatter-add that reads y once; per-token [T, k] sketches would be
+    k / n times larger."""
     c, t, n = y.shape
-    a, b, _, _ = _params(seed, stream)
-    shift = ((a * torch.arange(t, dtype=torch.int64) + b) % PRIME) % k            # random h(t)
-    idx = (torch.arange(n).unsqueeze(0) + (shift + off).unsqueeze(1)) % k         # [T, n]
     y = y.mul_(signs(t, seed, stream, y.device, y.dtype).view(1, t, 1))
     if out is None:
         out = y.new_zeros(c, k)
-    return out.scatter_add_(1, idx.view(1, -1).expand(c, -1).to(y.device), y.reshape(c, t * n))
+    return out.scatter_add_(1, idx.view(1, -1).expand(c, -1), y.reshape(c, t * n))
 
 
 def aligned_vocab(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, k: int,
@@ -241,13 +250,14 @@ def aligned_vocab(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tens
     b, t, v = logits.shape
     s = VocabRequest(k, seed, row).signs(v, logits.device, dt)
     out = logits.new_zeros(b, k, dtype=dt)
+    idx = position_index(t, v, k, 0, seed, STREAM_POS_G, logits.device)
     step = chunk_size(b, t, v, logits.device)
     for first in range(0, b, step):
         sl = slice(first, first + step)
         tgt = targets[sl].clamp_min(0).unsqueeze(-1)
         g = torch.softmax(logits[sl].detach(), dim=-1, dtype=dt).mul_(s)
         g.scatter_add_(-1, tgt, -s[tgt]).mul_(token_scale(valid[sl], dt))
-        positional(g, k, 0, seed, STREAM_POS_G, out[sl])
+        positional(g, k, idx, seed, STREAM_POS_G, out[sl])
     return out
 
 
