@@ -263,8 +263,12 @@ def test_resume_changes_classified(stub_data_dir):
     assert resume_changes(old, {**b, "world": 1})[0] == []          # 8 x 1 x 2 = 16
     old["train"]["grad_accum"] = 2
     assert resume_changes(old, {**b, "world": 1})[0] == ["train.global_batch: 32 -> 16"]
-    del old["train"]["backend"]                     # saved before train.backend: DeepSpeed
+    for key in ("backend", "reduce_bucket_size", "overlap_comm"):   # saved before they
+        del old["train"][key]                                         # existed: the defaults
     assert "train.backend" not in str(resume_changes(old, {**b, "world": 1}))
+    assert "bucket" not in str(resume_changes(old, {**b, "world": 1}))
+    changed = {**b, "train": {**b["train"], "reduce_bucket_size": 5}}
+    assert "train.reduce_bucket_size: 0 -> 5" in resume_changes(old, {**changed, "world": 1})[1]
 
 
 def test_batch_triple_is_derived_from_the_global_batch():

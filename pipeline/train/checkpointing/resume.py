@@ -151,8 +151,9 @@ def resume_changes(old: dict[str, Any], new: dict[str, Any],
     old flat lai keys is compared in the new layout (pipeline.config.moved)."""
     a, b = _flatten(migrate(old)[0]), _flatten(new)
     a["train.global_batch"], b["train.global_batch"] = _global_batch(a), _global_batch(b)
-    for flat in (a, b):                     # saved before train.backend existed: DeepSpeed
-        flat.setdefault("train.backend", "deepspeed")
+    for k, v in _flatten(Config().to_dict()).items():   # saved before key k existed: the
+        a.setdefault(k, v)                                # default it had (train.backend:
+        b.setdefault(k, v)                                # deepspeed; ZeRO buckets: 0)
     breaking: list[str] = []
     allowed: list[str] = []
     for k in sorted(set(a) | set(b)):
