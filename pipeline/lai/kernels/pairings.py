@@ -26,7 +26,7 @@ from .exact import product_self, product_totals, token_pair_self, token_pair_tot
 from .features import Features, pooled_features, token_features
 from .grads import compute_dtype
 from .precondition import InputWeights
-from .sketch import Kernels, aligned_vocab, input_side, vocab_chunks
+from .sketch import Kernels, aligned_vocab, input_side, pooled_vocab, vocab_chunks
 from .units import Units, unit_mask
 
 
@@ -143,14 +143,13 @@ class Pooled(Pairing):
         """Features of the sketches of abar [B, k1] and gbar [B, k2]."""
         self._per_sequence(units)
         k1, k2 = self.split(sketch_dim)
-        kernels, dt = Kernels(compiled), compute_dtype(logits)
+        dt = compute_dtype(logits)
         mask = valid.to(dt)
         cols, row = _sides(weights, dt, logits.device)
         ca = input_side(inputs, seed, k1, dt, mask, pooled_n=mask.sum(1, keepdim=True),
                         cols=cols)
-        cg = ca.new_empty(logits.shape[0], k2)
-        for sl, tokens in vocab_chunks(logits, targets, valid, k2, seed, dt, kernels, row, vocab):
-            cg[sl] = tokens.sum(1)
+        cg = vocab.sum(1) if vocab is not None else \
+            pooled_vocab(logits, targets, valid, k2, seed, dt, row)
         return Features(ca, cg)
 
 

@@ -27,7 +27,8 @@ rounding). The parameters come from
 Cost: the layer-input side reads every captured input once for the whole batch; the vocabulary
 side g = (softmax - onehot) / N is never materialised: per chunk of sequences the softmax is
 computed once (fp32), signed in place and folded into k2 buckets, and the one-hot enters as one
-bucket per token (aligned's chunk holds its signed g, placed unfolded). Accumulation is fp32
+bucket per token (aligned's and pooled's own passes hold each chunk's signed g: placed by position,
+or summed over positions, then folded). Accumulation is fp32
 (float64 for float64 models). token_pair adds k1 * k2 * T flops per sequence for the outer
 product.
 """
@@ -195,7 +196,7 @@ def vocab_side(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
                 row: torch.Tensor | None = None) -> torch.Tensor:
     """vocab_kernel with this seed's vocabulary signs (times `row` [V], the logit side's
     per-entry weight, if given: the sketch of row * g); [c, T, k2]."""
-    s = VocabRequest(k2, seed, row).signs(logits.shape[-1], logits.device, dt)
+    s = vocab_signs(logits.shape[-1], seed, logits.device, dt, row)
     return (kernels or Kernels(False))(vocab_kernel, logits.detach(), targets, valid, s, k2)
 
 
@@ -212,8 +213,15 @@ class VocabRequest:
 
     def signs(self, v: int, device: torch.device, dt: torch.dtype) -> torch.Tensor:
         """The vocabulary signs [v] of this seed, times `row` (as vocab_side signs them)."""
-        s = signs(v, self.seed, STREAM_VOCAB, device, dt)
-        return s if self.row is None else s * self.row.to(device, dt)
+        return vocab_signs(v, self.seed, device, dt, self.row)
+
+
+def vocab_signs(v: int, seed: int, device: torch.device, dt: torch.dtype,
+                row: torch.Tensor | None = None) -> torch.Tensor:
+    """The vocabulary side's signs [v] of `seed`, times `row` [v] (the logit side's per-entry
+    weight) if given."""
+    s = signs(v, seed, STREAM_VOCAB, device, dt)
+    return s if row is None else s * row.to(device, dt)
 
 
 def position_index(t: int, n: int, k: int, off: int, seed: int, stream: int,
@@ -241,23 +249,41 @@ def positional(y: torch.Tensor, k: int, idx: torch.Tensor, seed: int, stream: in
     return out.scatter_add_(1, idx.view(1, -1).expand(c, -1), y.reshape(c, t * n))
 
 
-def aligned_vocab(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, k: int,
-                  seed: int, dt: torch.dtype, row: torch.Tensor | None = None) -> torch.Tensor:
-    """The aligned pairing's vocabulary side: the sketch of vec(row * g_j) over (position,
-    entry) [B, k], entry v of position t in bucket (v + h(t)) mod k with sign s(v) s(t), one
-    chunk of sequences at a time (g = (softmax - onehot) / N_j, as vocab_kernel, but unfolded:
-    `positional` places it)."""
+def signed_grads(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, seed: int,
+                 dt: torch.dtype, row: torch.Tensor | None = None):
+    """Yields (slice of sequences, s * g of their tokens [c, T, V] in dtype dt) chunk by chunk:
+    g = (softmax - onehot) / N_j (0 at ignored positions) unfolded, s the vocabulary signs of
+    this seed times `row` (vocab_side's weight). What the aligned and pooled sketches reduce
+    (by position, or over positions) before folding."""
     b, t, v = logits.shape
-    s = VocabRequest(k, seed, row).signs(v, logits.device, dt)
-    out = logits.new_zeros(b, k, dtype=dt)
-    idx = position_index(t, v, k, 0, seed, STREAM_POS_G, logits.device)
+    s = vocab_signs(v, seed, logits.device, dt, row)
     step = chunk_size(b, t, v, logits.device)
     for first in range(0, b, step):
         sl = slice(first, first + step)
         tgt = targets[sl].clamp_min(0).unsqueeze(-1)
         g = torch.softmax(logits[sl].detach(), dim=-1, dtype=dt).mul_(s)
-        g.scatter_add_(-1, tgt, -s[tgt]).mul_(token_scale(valid[sl], dt))
+        yield sl, g.scatter_add_(-1, tgt, -s[tgt]).mul_(token_scale(valid[sl], dt))
+
+
+def aligned_vocab(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, k: int,
+                  seed: int, dt: torch.dtype, row: torch.Tensor | None = None) -> torch.Tensor:
+    """The aligned pairing's vocabulary side: the sketch of vec(row * g_j) over (position,
+    entry) [B, k], entry v of position t in bucket (v + h(t)) mod k with sign s(v) s(t)."""
+    b, t, v = logits.shape
+    out = logits.new_zeros(b, k, dtype=dt)
+    idx = position_index(t, v, k, 0, seed, STREAM_POS_G, logits.device)
+    for sl, g in signed_grads(logits, targets, valid, seed, dt, row):
         positional(g, k, idx, seed, STREAM_POS_G, out[sl])
+    return out
+
+
+def pooled_vocab(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, k: int,
+                 seed: int, dt: torch.dtype, row: torch.Tensor | None = None) -> torch.Tensor:
+    """The pooled pairing's vocabulary side: C2(sum_t row * g_jt) [B, k] (= the sum over positions
+    of vocab_side's per-token sketches, summed before folding)."""
+    out = logits.new_empty(logits.shape[0], k, dtype=dt)
+    for sl, g in signed_grads(logits, targets, valid, seed, dt, row):
+        out[sl] = fold(g.sum(1), k)
     return out
 
 
