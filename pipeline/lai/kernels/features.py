@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from .capture import scaled, unique_inputs
-from .grads import _logit_grads, check_targets, compute_dtype
+from .grads import check_targets, compute_dtype
+from .sketch import logit_grads_unchecked
 
 if TYPE_CHECKING:
     from .precondition import InputWeights
@@ -60,7 +61,7 @@ def _prepared(inputs, logits, targets, weights):
     valid = check_targets(logits, targets)
     inputs = check_inputs(inputs, logits)
     dt = compute_dtype(logits)
-    g = _logit_grads(logits.detach(), targets, valid)
+    g = logit_grads_unchecked(logits.detach(), targets, valid, compute_dtype(logits))
     if weights is not None:
         g.mul_(weights.logit_side(dt, g.device))
     uniq = unique_inputs(inputs, None if weights is None else weights.cols)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .sketch import VocabRequest
+from .sketch import VocabRequest, logit_grads_unchecked
 from .units import Units, unit_losses
 from .xent import IGNORE, compute_dtype, token_cross_entropy
 
@@ -61,15 +61,7 @@ def logit_grads(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """g[j, t] = d l_j / d logits[j, t] = (softmax - onehot(target)) / N_j, 0 at ignored
     positions; [B, T, V] in fp32 (float64 for float64 logits), detached."""
     valid = check_targets(logits, targets)
-    return _logit_grads(logits.detach(), targets, valid)
-
-
-def _logit_grads(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    g = torch.softmax(logits.to(compute_dtype(logits)), dim=-1)
-    g.scatter_add_(-1, targets.clamp_min(0).unsqueeze(-1),
-                   -torch.ones_like(g[..., :1]))
-    scale = valid.to(g.dtype) / valid.sum(dim=1, keepdim=True).to(g.dtype)
-    return g.mul_(scale.unsqueeze(-1))
+    return logit_grads_unchecked(logits.detach(), targets, valid, compute_dtype(logits))
 
 
 def per_sequence_loss(logits: torch.Tensor, targets: torch.Tensor,

@@ -124,6 +124,15 @@ def token_scale(valid: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
     return (valid.to(dt) / valid.sum(dim=1, keepdim=True).to(dt)).unsqueeze(-1)
 
 
+def logit_grads_unchecked(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
+               dt: torch.dtype) -> torch.Tensor:
+    """g = d l_j / d logits = (softmax - onehot(target)) / N_j for every token of logits
+    [c, T, V]: [c, T, V] in dtype dt, 0 at ignored positions (ids checked by the caller)."""
+    g = torch.softmax(logits, dim=-1, dtype=dt)
+    g.scatter_add_(-1, targets.clamp_min(0).unsqueeze(-1), -torch.ones_like(g[..., :1]))
+    return g.mul_(token_scale(valid, dt))
+
+
 def fold_minus_onehot(p: torch.Tensor, targets: torch.Tensor, s: torch.Tensor, k: int
                       ) -> torch.Tensor:
     """C2(p - onehot(targets)) [..., k] of a softmax already signed by s [V] (p [..., V]): p
@@ -260,9 +269,7 @@ def signed_grads(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tenso
     step = chunk_size(b, t, v, logits.device)
     for first in range(0, b, step):
         sl = slice(first, first + step)
-        tgt = targets[sl].clamp_min(0).unsqueeze(-1)
-        g = torch.softmax(logits[sl].detach(), dim=-1, dtype=dt).mul_(s)
-        yield sl, g.scatter_add_(-1, tgt, -s[tgt]).mul_(token_scale(valid[sl], dt))
+        yield sl, logit_grads_unchecked(logits[sl].detach(), targets[sl], valid[sl], dt).mul_(s)
 
 
 def aligned_vocab(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor, k: int,

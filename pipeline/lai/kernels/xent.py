@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from .sketch import Kernels, VocabRequest, chunk_rows, fold_minus_onehot
+from .sketch import Kernels, VocabRequest, chunk_rows, fold_minus_onehot, token_scale
 
 IGNORE = -100               # target id of positions without a target
 
@@ -93,9 +93,7 @@ class TokenCrossEntropy(torch.autograd.Function):
             lambda: [z.new_empty(z.shape[0], dtype=dt), z.new_empty(z.shape[0], vocab.k2,
                                                                    dtype=dt)],
             (z, y), vocab.signs(z.shape[-1], z.device, dt), vocab.k2)
-        valid = targets != IGNORE
-        scale = valid.to(dt) / valid.sum(dim=1, keepdim=True).to(dt)       # 1 / N_j, 0 ignored
-        tokens = folded.view(*targets.shape, vocab.k2).mul_(scale.unsqueeze(-1))
+        tokens = folded.view(*targets.shape, vocab.k2).mul_(token_scale(targets != IGNORE, dt))
         ctx.mark_non_differentiable(tokens)
         return ce.view(targets.shape), tokens
 
